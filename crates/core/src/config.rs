@@ -1,0 +1,231 @@
+//! The configuration file: raw TOML structs → [`Config::parse`] → a validated [`Config`].
+//!
+//! Owns the file's schema and every check that can be made without I/O. Errors name the file, the
+//! line and the dotted key (`listener[1].bind`), as `FILE:LINE: key: what is wrong`. Unknown keys
+//! are errors. Relative paths are resolved against the config file's directory. Reading
+//! certificate files is the daemon's job; it reports problems with the [`Origin`] kept here, so
+//! they too point at the line that named the file.
+
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::session::BackendTls;
+use crate::xml::XmlLimits;
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// Dotted key path, e.g. `tls.certificate[0].cert`.
+    pub key: String,
+}
+
+impl Origin {
+    /// An error at this place.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            origin: self.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A configuration mistake, printed as `FILE:LINE: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Where.
+    pub origin: Origin,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.origin;
+        if o.key.is_empty() {
+            write!(f, "{}:{}: {}", o.file.display(), o.line, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                o.file.display(),
+                o.line,
+                o.key,
+                self.message
+            )
+        }
+    }
+}
+
+/// What a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Client-to-server with STARTTLS (RFC 6120 §5).
+    C2s,
+    /// Client-to-server with direct TLS (XEP-0368), ALPN `xmpp-client`.
+    C2sTls,
+}
+
+impl ListenerKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::C2s => "c2s",
+            ListenerKind::C2sTls => "c2s-tls",
+        }
+    }
+}
+
+/// One `[[tls.certificate]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// Names served: exact domains and `*.domain` wildcards, lowercase.
+    pub domains: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// Where `cert` was configured.
+    pub cert_origin: Origin,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Where `key` was configured.
+    pub key_origin: Origin,
+}
+
+/// How the gateway connects to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `host:port`.
+    pub address: String,
+    /// Plaintext, STARTTLS or direct TLS.
+    pub tls: BackendTls,
+    /// CA bundle to verify the backend's certificate; `None` = the system roots.
+    pub ca: Option<PathBuf>,
+    /// Name to verify the backend's certificate against; `None` = the client's domain.
+    pub server_name: Option<String>,
+    /// Send a PROXY protocol v2 header first.
+    pub proxy_protocol: bool,
+    /// Where the backend was configured (for connect errors).
+    pub origin: Origin,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// Protocol.
+    pub kind: ListenerKind,
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Where `bind` was configured (for bind errors).
+    pub bind_origin: Origin,
+    /// The XMPP server behind this listener.
+    pub backend: BackendConfig,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest stanza after authentication.
+    pub stanza_bytes: usize,
+    /// Largest stanza (and stream header) before authentication.
+    pub preauth_stanza_bytes: usize,
+    /// Largest stanza accepted from a backend.
+    pub backend_stanza_bytes: usize,
+    /// Deepest nesting.
+    pub depth: usize,
+    /// Most attributes per element.
+    pub attributes: usize,
+}
+
+impl Limits {
+    /// Parser limits after authentication.
+    pub fn xml(&self) -> XmlLimits {
+        XmlLimits {
+            stanza_bytes: self.stanza_bytes,
+            depth: self.depth,
+            attributes: self.attributes,
+        }
+    }
+
+    /// Parser limits before authentication.
+    pub fn xml_preauth(&self) -> XmlLimits {
+        XmlLimits {
+            stanza_bytes: self.preauth_stanza_bytes,
+            ..self.xml()
+        }
+    }
+
+    /// Parser limits for the backend leg.
+    pub fn xml_backend(&self) -> XmlLimits {
+        XmlLimits {
+            stanza_bytes: self.backend_stanza_bytes,
+            ..self.xml()
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            stanza_bytes: 262_144,
+            preauth_stanza_bytes: 10_000,
+            backend_stanza_bytes: 1_048_576,
+            depth: 32,
+            attributes: 64,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Certificates, in file order (the first is the default when nothing matches).
+    pub certificates: Vec<CertificateConfig>,
+    /// Listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Parser limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Parse and validate the text of the config file at `path` (used for messages and for
+    /// resolving relative paths; not read here).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        raw::parse(text, path)
+    }
+
+    /// Human-readable differences from `old`, for the reload log.
+    pub fn diff(&self, old: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            match old.listeners.iter().find(|o| o.name == l.name) {
+                None => out.push(format!("listener {} added", l.name)),
+                Some(o) if o != l => out.push(format!("listener {} changed", l.name)),
+                Some(_) => {}
+            }
+        }
+        for o in &old.listeners {
+            if !self.listeners.iter().any(|l| l.name == o.name) {
+                out.push(format!("listener {} removed", o.name));
+            }
+        }
+        if self.certificates != old.certificates {
+            out.push("certificates changed".to_owned());
+        }
+        if self.limits != old.limits {
+            out.push("limits changed".to_owned());
+        }
+        out
+    }
+}

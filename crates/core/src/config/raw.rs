@@ -1,0 +1,398 @@
+//! The file as written: serde structs with spans, and their validation into [`Config`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    BackendConfig, CertificateConfig, Config, ConfigError, Limits, ListenerConfig, ListenerKind,
+    Origin,
+};
+use crate::session::BackendTls;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    certificate: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    domains: Spanned<Vec<String>>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    bind: Spanned<String>,
+    backend: Spanned<String>,
+    backend_tls: Option<Spanned<String>>,
+    backend_ca: Option<Spanned<String>>,
+    backend_server_name: Option<Spanned<String>>,
+    proxy_protocol: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    stanza_bytes: Option<Spanned<i64>>,
+    preauth_stanza_bytes: Option<Spanned<i64>>,
+    backend_stanza_bytes: Option<Spanned<i64>>,
+    depth: Option<Spanned<i64>>,
+    attributes: Option<Spanned<i64>>,
+}
+
+/// Resolves spans to lines and keys for one file's text.
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Locator<'_> {
+    fn origin(&self, span: Range<usize>, key: &str) -> Origin {
+        let start = span.start.min(self.text.len());
+        let line = self.text.as_bytes()[..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        Origin {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.to_owned(),
+        }
+    }
+
+    fn err<T>(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        msg: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(self.origin(span, key).error(msg))
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new("")).join(p)
+        }
+    }
+}
+
+pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let loc = Locator { text, file };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_owned();
+        loc.origin(span.clone(), &key_at(text, span.start))
+            .error(message)
+    })?;
+    validate(raw, &loc)
+}
+
+fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
+    let mut certificates = Vec::new();
+    for (i, c) in raw.tls.certificate.into_iter().enumerate() {
+        let key = |k: &str| format!("tls.certificate[{i}].{k}");
+        if c.domains.get_ref().is_empty() {
+            return loc.err(
+                c.domains.span(),
+                &key("domains"),
+                "at least one domain is required",
+            );
+        }
+        let mut domains = Vec::new();
+        for d in c.domains.get_ref() {
+            let d = d.to_ascii_lowercase();
+            let name = d.strip_prefix("*.").unwrap_or(&d);
+            if !crate::jid::is_domain(name) || name.contains('*') {
+                return loc.err(
+                    c.domains.span(),
+                    &key("domains"),
+                    format!("'{d}' is not a domain or '*.domain'"),
+                );
+            }
+            domains.push(d);
+        }
+        certificates.push(CertificateConfig {
+            domains,
+            cert: loc.path(c.cert.get_ref()),
+            cert_origin: loc.origin(c.cert.span(), &key("cert")),
+            key: loc.path(c.key.get_ref()),
+            key_origin: loc.origin(c.key.span(), &key("key")),
+        });
+    }
+
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    for (i, l) in raw.listener.into_iter().enumerate() {
+        let key = |k: &str| format!("listener[{i}].{k}");
+        let name = l.name.get_ref().trim().to_owned();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return loc.err(
+                l.name.span(),
+                &key("name"),
+                "use letters, digits, '-' and '_'",
+            );
+        }
+        if !names.insert(name.clone()) {
+            return loc.err(
+                l.name.span(),
+                &key("name"),
+                format!("duplicate listener name '{name}'"),
+            );
+        }
+        let kind = match l.kind.get_ref().as_str() {
+            "c2s" => ListenerKind::C2s,
+            "c2s-tls" => ListenerKind::C2sTls,
+            other => {
+                return loc.err(
+                    l.kind.span(),
+                    &key("kind"),
+                    format!("unknown kind '{other}' (expected \"c2s\" or \"c2s-tls\")"),
+                )
+            }
+        };
+        let bind: SocketAddr = match l.bind.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return loc.err(
+                    l.bind.span(),
+                    &key("bind"),
+                    "expected IP:PORT, e.g. \"0.0.0.0:5222\" or \"[::]:5222\"",
+                )
+            }
+        };
+        let address = l.backend.get_ref().clone();
+        if !valid_host_port(&address) {
+            return loc.err(
+                l.backend.span(),
+                &key("backend"),
+                "expected HOST:PORT, e.g. \"127.0.0.1:15222\"",
+            );
+        }
+        let tls = match l
+            .backend_tls
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("off", _)) => BackendTls::Off,
+            Some(("starttls", _)) => BackendTls::StartTls,
+            Some(("tls", _)) => BackendTls::Direct,
+            Some((other, span)) => {
+                return loc.err(
+                    span,
+                    &key("backend_tls"),
+                    format!("unknown value '{other}' (expected \"off\", \"starttls\" or \"tls\")"),
+                )
+            }
+        };
+        let proxy_protocol = match l
+            .proxy_protocol
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("off", _)) => false,
+            Some(("v2", _)) => true,
+            Some((other, span)) => {
+                return loc.err(
+                    span,
+                    &key("proxy_protocol"),
+                    format!("unknown value '{other}' (expected \"v2\" or \"off\")"),
+                )
+            }
+        };
+        for (opt, k) in [
+            (&l.backend_ca, "backend_ca"),
+            (&l.backend_server_name, "backend_server_name"),
+        ] {
+            if let (Some(v), BackendTls::Off) = (opt, tls) {
+                return loc.err(
+                    v.span(),
+                    &key(k),
+                    "only meaningful with backend_tls = \"starttls\" or \"tls\"",
+                );
+            }
+        }
+        let server_name = match &l.backend_server_name {
+            Some(s) if !crate::jid::is_domain(s.get_ref()) => {
+                return loc.err(
+                    s.span(),
+                    &key("backend_server_name"),
+                    "not a valid DNS name",
+                )
+            }
+            other => other.as_ref().map(|s| s.get_ref().clone()),
+        };
+        listeners.push(ListenerConfig {
+            name,
+            kind,
+            bind,
+            bind_origin: loc.origin(l.bind.span(), &key("bind")),
+            backend: BackendConfig {
+                address,
+                tls,
+                ca: l.backend_ca.as_ref().map(|p| loc.path(p.get_ref())),
+                server_name,
+                proxy_protocol,
+                origin: loc.origin(l.backend.span(), &key("backend")),
+            },
+        });
+    }
+    if listeners.is_empty() {
+        return loc.err(0..0, "listener", "at least one [[listener]] is required");
+    }
+    if certificates.is_empty() {
+        return loc.err(
+            0..0,
+            "tls.certificate",
+            "at least one [[tls.certificate]] is required (clients are served over TLS)",
+        );
+    }
+
+    let d = Limits::default();
+    let r = &raw.limits;
+    let limits = Limits {
+        stanza_bytes: limit(
+            loc,
+            &r.stanza_bytes,
+            "limits.stanza_bytes",
+            d.stanza_bytes,
+            1024,
+        )?,
+        preauth_stanza_bytes: limit(
+            loc,
+            &r.preauth_stanza_bytes,
+            "limits.preauth_stanza_bytes",
+            d.preauth_stanza_bytes,
+            1024,
+        )?,
+        backend_stanza_bytes: limit(
+            loc,
+            &r.backend_stanza_bytes,
+            "limits.backend_stanza_bytes",
+            d.backend_stanza_bytes,
+            1024,
+        )?,
+        depth: limit(loc, &r.depth, "limits.depth", d.depth, 4)?,
+        attributes: limit(loc, &r.attributes, "limits.attributes", d.attributes, 8)?,
+    };
+    Ok(Config {
+        path: loc.file.to_path_buf(),
+        certificates,
+        listeners,
+        limits,
+    })
+}
+
+fn limit(
+    loc: &Locator<'_>,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: usize,
+    min: usize,
+) -> Result<usize, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    match usize::try_from(*v.get_ref()) {
+        Ok(n) if n >= min => Ok(n),
+        _ => loc.err(
+            v.span(),
+            key,
+            format!("must be an integer of at least {min}"),
+        ),
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            crate::jid::is_domain(host) && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    }
+}
+
+/// The dotted key whose key or value covers byte offset `at` (`listener[1].bind`), for errors
+/// that serde reports with only a span.
+fn key_at(text: &str, at: usize) -> String {
+    let Ok(doc) = text.parse::<toml_edit::Document<String>>() else {
+        return String::new();
+    };
+    let mut best = String::new();
+    walk_table(doc.as_table(), "", at, &mut best);
+    best
+}
+
+fn covers(span: Option<Range<usize>>, at: usize) -> bool {
+    span.is_some_and(|s| s.start <= at && at < s.end.max(s.start + 1))
+}
+
+fn walk_table(table: &toml_edit::Table, prefix: &str, at: usize, best: &mut String) {
+    for (k, item) in table.iter() {
+        let path = if prefix.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let key_span = table.key(k).and_then(|key| key.span());
+        if covers(key_span, at) || covers(item.span(), at) {
+            *best = path.clone();
+        }
+        walk_item(item, &path, at, best);
+    }
+}
+
+fn walk_item(item: &toml_edit::Item, path: &str, at: usize, best: &mut String) {
+    match item {
+        toml_edit::Item::Table(t) => walk_table(t, path, at, best),
+        toml_edit::Item::ArrayOfTables(a) => {
+            for (i, t) in a.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                if covers(t.span(), at) {
+                    *best = p.clone();
+                }
+                walk_table(t, &p, at, best);
+            }
+        }
+        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => {
+            for (k, v) in t.iter() {
+                let p = format!("{path}.{k}");
+                if covers(v.span(), at) || covers(t.key(k).and_then(|key| key.span()), at) {
+                    *best = p;
+                }
+            }
+        }
+        _ => {}
+    }
+}

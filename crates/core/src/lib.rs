@@ -1,0 +1,32 @@
+//! # stanzawall-core
+//!
+//! The pure heart of stanzawall, an XMPP-aware firewall. Everything here is sans-IO: functions
+//! take bytes, events and (where time matters) the current time as arguments, and return events,
+//! verdicts and bytes to write. No tokio, no sockets, no clock reads — which is what makes every
+//! part unit-testable without sleeps and fuzzable in one line.
+//!
+//! Data flow of one client connection (see `shared/DESIGN.md`):
+//!
+//! ```text
+//! bytes ─► xml::StreamReader ─► XmlEvent ─► session::Session ─► canonical bytes ─► other leg
+//!            (restricted XML,                 (STARTTLS, SASL relay,
+//!             limits at the cap)               bind, from-stamping)
+//! ```
+//!
+//! - [`xml`]: restricted streaming XML (RFC 6120 §11) into a bounded tree, and the one canonical
+//!   serialization (invariant 1: never forward bytes the parser did not accept);
+//! - [`stream`]: stream headers and stream errors (RFC 6120 §4);
+//! - [`jid`]: prepared JIDs, compared only in canonical form;
+//! - [`session`]: the c2s state machine;
+//! - [`proxy_protocol`]: the PROXY protocol v2 header for backends that accept it;
+//! - [`config`]: the TOML configuration, validated with file/line/key errors.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod jid;
+pub mod proxy_protocol;
+pub mod session;
+pub mod stream;
+pub mod xml;

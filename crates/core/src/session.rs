@@ -1,0 +1,711 @@
+//! The c2s session state machine: one client stream in front, one backend stream behind.
+//!
+//! Sans-IO (rustls' `ConnectionCommon` style): the daemon feeds bytes from either leg and reports
+//! I/O milestones (TLS done, backend connected); the session answers with bytes to write on each
+//! leg and [`Effect`]s for the daemon to carry out. It never touches sockets or clocks.
+//!
+//! What it enforces (DESIGN.md "Data flow of one c2s connection"):
+//! - the gateway answers the client's header itself and offers only `<starttls><required/>`;
+//!   after `<starttls/>` no byte reaches the XML parser until TLS is up;
+//! - SASL is relayed, never performed; mechanisms that cannot cross a TLS-terminating hop
+//!   (`-PLUS`, channel-binding advertisements), compression, STARTTLS and Stream Management are
+//!   removed from the backend's features;
+//! - every stanza from the client carries its bound JID as `from` (RFC 6120 §8.1.2.1);
+//! - everything written is re-serialized from the parsed tree (invariant 1);
+//! - any error closes both legs with the right stream error (invariant 5).
+
+mod features;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+
+use crate::jid::{self, FullJid};
+use crate::stream::{Condition, Header, StreamError, NS_CLIENT, STREAM_CLOSE};
+use crate::xml::{Element, StreamReader, XmlError, XmlEvent, XmlLimits, NS_STREAMS};
+
+pub use features::{filter_features, is_channel_binding_mechanism};
+
+/// STARTTLS namespace (RFC 6120 §5).
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+/// SASL namespace (RFC 6120 §6).
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+/// Resource binding namespace (RFC 6120 §7).
+pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+/// Client State Indication (XEP-0352).
+pub const NS_CSI: &str = "urn:xmpp:csi:0";
+
+/// How the backend leg is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendTls {
+    /// Plaintext (loopback or a trusted network).
+    #[default]
+    Off,
+    /// Plaintext connect, then STARTTLS negotiated by the session.
+    StartTls,
+    /// TLS from the first byte (the daemon wraps the socket before any stream byte).
+    Direct,
+}
+
+/// Per-session settings, taken from the listener config.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The client connected with direct TLS (XEP-0368): no STARTTLS step.
+    pub direct_tls: bool,
+    /// Limits before SASL success.
+    pub preauth_limits: XmlLimits,
+    /// Limits after SASL success.
+    pub limits: XmlLimits,
+    /// Limits on what the backend sends.
+    pub backend_limits: XmlLimits,
+    /// Backend leg security.
+    pub backend_tls: BackendTls,
+    /// The stream id the gateway announces to the client (random, chosen by the daemon).
+    pub stream_id: String,
+}
+
+/// Something the daemon must do after writing out the pending bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `<proceed/>` was queued: flush it, then run the TLS server handshake on the client socket,
+    /// starting with [`Session::take_client_buffered`].
+    StartClientTls {
+        /// The `to` of the client's stream header, for certificate choice when there is no SNI.
+        domain: String,
+    },
+    /// Connect to the backend; call [`Session::backend_connected`] when the socket is ready.
+    ConnectBackend {
+        /// The domain the client asked for.
+        domain: String,
+    },
+    /// Flush, then run a TLS client handshake on the backend socket; then
+    /// [`Session::backend_tls_established`].
+    StartBackendTls,
+    /// The client bound this full JID.
+    Bound(FullJid),
+    /// SASL succeeded: the daemon may relax pre-authentication timeouts.
+    Authenticated,
+    /// Flush what is queued and close both legs.
+    Close(CloseReason),
+}
+
+/// Why a session ended, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed its stream.
+    ClientClosed,
+    /// The backend closed its stream.
+    BackendClosed,
+    /// The gateway closed the client's stream with this error.
+    ClientError(StreamError),
+    /// The backend sent this stream error (relayed to the client).
+    BackendError(StreamError),
+    /// The backend misbehaved or failed; the client got internal-server-error.
+    BackendFailed(String),
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Which side caused the close (`client`, `backend`, `gateway`), for metric labels.
+    pub fn side(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed | CloseReason::ClientError(_) => "client",
+            CloseReason::BackendClosed
+            | CloseReason::BackendError(_)
+            | CloseReason::BackendFailed(_) => "backend",
+            CloseReason::Shutdown => "gateway",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClientClosed => f.write_str("client closed stream"),
+            CloseReason::BackendClosed => f.write_str("backend closed stream"),
+            CloseReason::ClientError(e) => write!(f, "client stream error: {e}"),
+            CloseReason::BackendError(e) => write!(f, "backend stream error: {e}"),
+            CloseReason::BackendFailed(why) => write!(f, "backend failed: {why}"),
+            CloseReason::Shutdown => f.write_str("system shutdown"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientPhase {
+    /// Waiting for the client's stream header.
+    Header,
+    /// Plaintext stream open, only `<starttls/>` accepted.
+    AwaitStartTls,
+    /// `<proceed/>` sent; waiting for the TLS handshake.
+    TlsHandshake,
+    /// Secure stream open; stanzas are relayed.
+    Open,
+    /// Closed; nothing more is read or written.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BackendPhase {
+    NotStarted,
+    Connecting,
+    AwaitHeader,
+    AwaitFeatures,
+    AwaitProceed,
+    TlsHandshake,
+    Open,
+}
+
+/// Traffic counters of one session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Top-level elements received from the client and forwarded.
+    pub stanzas_from_client: u64,
+    /// Top-level elements received from the backend and forwarded.
+    pub stanzas_from_backend: u64,
+}
+
+/// One client-to-server session (see the module docs).
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    client: StreamReader,
+    backend: StreamReader,
+    client_phase: ClientPhase,
+    backend_phase: BackendPhase,
+    client_tls: bool,
+    backend_tls_done: bool,
+    /// Our header has been written on the current client stream.
+    client_header_sent: bool,
+    /// Backend features received before the client's restarted header.
+    pending_features: Option<Element>,
+    domain: Option<String>,
+    lang: Option<String>,
+    authenticated: bool,
+    bind_id: Option<String>,
+    bound: Option<FullJid>,
+    to_client: Vec<u8>,
+    to_backend: Vec<u8>,
+    effects: VecDeque<Effect>,
+    counters: Counters,
+}
+
+impl Session {
+    /// A session for a freshly accepted connection.
+    pub fn new(cfg: SessionConfig) -> Self {
+        let client = StreamReader::new(cfg.preauth_limits);
+        let backend = StreamReader::new(cfg.backend_limits);
+        let client_tls = cfg.direct_tls;
+        Session {
+            cfg,
+            client,
+            backend,
+            client_phase: ClientPhase::Header,
+            backend_phase: BackendPhase::NotStarted,
+            client_tls,
+            backend_tls_done: false,
+            client_header_sent: false,
+            pending_features: None,
+            domain: None,
+            lang: None,
+            authenticated: false,
+            bind_id: None,
+            bound: None,
+            to_client: Vec::new(),
+            to_backend: Vec::new(),
+            effects: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Bytes to write to the client; the caller writes all of them before reading more.
+    pub fn take_to_client(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.to_client)
+    }
+
+    /// Bytes to write to the backend.
+    pub fn take_to_backend(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.to_backend)
+    }
+
+    /// Next effect for the daemon.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// Bytes the client sent after `<starttls/>`: the start of its TLS handshake.
+    pub fn take_client_buffered(&mut self) -> Vec<u8> {
+        self.client.take_buffered()
+    }
+
+    /// Bytes the backend sent after `<proceed/>`.
+    pub fn take_backend_buffered(&mut self) -> Vec<u8> {
+        self.backend.take_buffered()
+    }
+
+    /// The bound full JID, once known.
+    pub fn bound_jid(&self) -> Option<&FullJid> {
+        self.bound.as_ref()
+    }
+
+    /// The domain the client addressed.
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
+    /// Traffic counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// True once the session has closed; the daemon stops reading.
+    pub fn is_closed(&self) -> bool {
+        self.client_phase == ClientPhase::Closed
+    }
+
+    /// Bytes received from the client.
+    pub fn client_bytes(&mut self, data: &[u8]) {
+        if self.is_closed() || self.client_phase == ClientPhase::TlsHandshake {
+            // After `<proceed/>` the daemon hands bytes to TLS; nothing reaches the parser.
+            return;
+        }
+        self.client.feed(data);
+        self.drain_client();
+    }
+
+    /// Bytes received from the backend.
+    pub fn backend_bytes(&mut self, data: &[u8]) {
+        if self.is_closed() || self.backend_phase == BackendPhase::TlsHandshake {
+            return;
+        }
+        self.backend.feed(data);
+        self.drain_backend();
+    }
+
+    /// The client's TLS handshake completed: expect a new stream header inside TLS.
+    pub fn client_tls_established(&mut self) {
+        if self.client_phase != ClientPhase::TlsHandshake {
+            return;
+        }
+        self.client_tls = true;
+        self.client.restart();
+        self.client_phase = ClientPhase::Header;
+        self.client_header_sent = false;
+    }
+
+    /// The backend socket is connected (and, for direct TLS, the handshake is done).
+    pub fn backend_connected(&mut self) {
+        if self.backend_phase != BackendPhase::Connecting {
+            return;
+        }
+        if self.cfg.backend_tls == BackendTls::Direct {
+            self.backend_tls_done = true;
+        }
+        self.open_backend_stream();
+    }
+
+    /// The backend leg's STARTTLS handshake completed.
+    pub fn backend_tls_established(&mut self) {
+        if self.backend_phase != BackendPhase::TlsHandshake {
+            return;
+        }
+        self.backend_tls_done = true;
+        self.backend.restart();
+        self.open_backend_stream();
+    }
+
+    /// The backend could not be reached or its connection broke.
+    pub fn backend_failed(&mut self, why: &str) {
+        if self.is_closed() {
+            return;
+        }
+        self.fail_backend(why.to_owned());
+    }
+
+    /// The client's connection broke (no stream close): close the backend stream.
+    pub fn client_disconnected(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        self.close_backend_stream();
+        self.finish(CloseReason::ClientClosed);
+    }
+
+    /// The gateway is shutting down: `<system-shutdown/>` to the client, close the backend.
+    pub fn shutdown(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        self.client_error_no_finish(StreamError::new(Condition::SystemShutdown, None));
+        self.close_backend_stream();
+        self.finish(CloseReason::Shutdown);
+    }
+
+    /// An inactivity or handshake deadline passed.
+    pub fn timed_out(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        let err = StreamError::new(Condition::ConnectionTimeout, None);
+        self.client_error_no_finish(err.clone());
+        self.close_backend_stream();
+        self.finish(CloseReason::ClientError(err));
+    }
+
+    fn drain_client(&mut self) {
+        while !self.is_closed() && self.client_phase != ClientPhase::TlsHandshake {
+            match self.client.next_event() {
+                Ok(None) => break,
+                Ok(Some(ev)) => self.on_client_event(ev),
+                Err(e) => self.client_xml_error(e),
+            }
+        }
+    }
+
+    fn drain_backend(&mut self) {
+        while !self.is_closed() && self.backend_phase != BackendPhase::TlsHandshake {
+            match self.backend.next_event() {
+                Ok(None) => break,
+                Ok(Some(ev)) => self.on_backend_event(ev),
+                Err(e) => self.fail_backend(format!("invalid XML from backend: {e}")),
+            }
+        }
+    }
+
+    fn on_client_event(&mut self, ev: XmlEvent) {
+        match (self.client_phase, ev) {
+            (ClientPhase::Header, XmlEvent::StreamOpen { header, default_ns }) => {
+                self.on_client_header(&header, default_ns.as_deref())
+            }
+            (_, XmlEvent::StreamClose) => {
+                self.to_client.extend_from_slice(STREAM_CLOSE);
+                self.close_backend_stream();
+                self.finish(CloseReason::ClientClosed);
+            }
+            (ClientPhase::AwaitStartTls, XmlEvent::Stanza(el)) => {
+                if el.is(NS_TLS, "starttls") {
+                    Element::new(NS_TLS, "proceed").write_to(&mut self.to_client, NS_CLIENT);
+                    self.client_phase = ClientPhase::TlsHandshake;
+                    let domain = self.domain.clone().unwrap_or_default();
+                    self.effects.push_back(Effect::StartClientTls { domain });
+                } else {
+                    self.client_error(Condition::PolicyViolation, "STARTTLS is required");
+                }
+            }
+            (ClientPhase::Open, XmlEvent::Stanza(el)) => self.on_client_element(el),
+            // A header where a stanza belongs is caught by the reader; these cannot happen.
+            (_, XmlEvent::StreamOpen { .. }) | (_, XmlEvent::Stanza(_)) => {
+                self.client_error(Condition::BadFormat, "unexpected element")
+            }
+        }
+    }
+
+    fn on_client_header(&mut self, header: &Element, default_ns: Option<&str>) {
+        let to = header.attr("to").map(str::to_owned);
+        // RFC 6120 §4.9.1.2: an error at stream open is sent after our own header.
+        self.write_client_header(to.clone().filter(|d| jid::is_domain(d)));
+        if !header.is(NS_STREAMS, "stream") {
+            return self.client_error(Condition::InvalidNamespace, "not a stream header");
+        }
+        if default_ns != Some(NS_CLIENT) {
+            return self.client_error(
+                Condition::InvalidNamespace,
+                "content namespace must be jabber:client",
+            );
+        }
+        let major = header
+            .attr("version")
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse::<u32>().ok());
+        if major != Some(1) {
+            return self.client_error(Condition::UnsupportedVersion, "version 1.0 is required");
+        }
+        let Some(to) = to.filter(|d| jid::is_domain(d)) else {
+            return self.client_error(Condition::HostUnknown, "a valid 'to' domain is required");
+        };
+        if let Some(domain) = &self.domain {
+            if !domain.eq_ignore_ascii_case(&to) {
+                return self.client_error(Condition::HostUnknown, "'to' changed on stream restart");
+            }
+        }
+        self.domain = Some(to.clone());
+        self.lang = header.lang().map(str::to_owned);
+        if !self.client_tls {
+            let features = Element::new(NS_STREAMS, "features").with_child(
+                Element::new(NS_TLS, "starttls").with_child(Element::new(NS_TLS, "required")),
+            );
+            features.write_to(&mut self.to_client, NS_CLIENT);
+            self.client_phase = ClientPhase::AwaitStartTls;
+            return;
+        }
+        self.client_phase = ClientPhase::Open;
+        match self.backend_phase {
+            BackendPhase::NotStarted => {
+                self.backend_phase = BackendPhase::Connecting;
+                self.effects
+                    .push_back(Effect::ConnectBackend { domain: to });
+            }
+            _ => {
+                if let Some(features) = self.pending_features.take() {
+                    features.write_to(&mut self.to_client, NS_CLIENT);
+                }
+            }
+        }
+    }
+
+    fn on_client_element(&mut self, mut el: Element) {
+        if self.backend_phase != BackendPhase::Open || self.pending_features.is_some() {
+            return self.client_error(
+                Condition::NotAuthorized,
+                "element sent before stream features",
+            );
+        }
+        let ns = &*el.ns;
+        if ns == NS_CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
+            if let Err(e) = self.check_from(&mut el) {
+                return self.client_error(e, "'from' does not match the authenticated address");
+            }
+            if !self.authenticated || self.bound.is_none() {
+                self.note_bind_request(&el);
+            }
+        } else if ns == NS_SASL {
+            if !matches!(el.name.as_str(), "auth" | "response" | "abort") || self.authenticated {
+                return self
+                    .client_error(Condition::UnsupportedStanzaType, "unexpected SASL element");
+            }
+            if el.name == "auth"
+                && el
+                    .attr("mechanism")
+                    .is_some_and(is_channel_binding_mechanism)
+            {
+                // The channel binding the client computes is for its TLS session with us, which
+                // the backend cannot verify; refuse here rather than relay a doomed exchange.
+                let failure = Element::new(NS_SASL, "failure")
+                    .with_child(Element::new(NS_SASL, "invalid-mechanism"));
+                failure.write_to(&mut self.to_client, NS_CLIENT);
+                return;
+            }
+        } else if !(ns == NS_CSI
+            && matches!(el.name.as_str(), "active" | "inactive")
+            && self.bound.is_some())
+        {
+            return self.client_error(
+                Condition::UnsupportedStanzaType,
+                "unsupported top-level element",
+            );
+        }
+        self.counters.stanzas_from_client += 1;
+        el.write_to(&mut self.to_backend, NS_CLIENT);
+    }
+
+    /// RFC 6120 §8.1.2.1: stamp the bound JID; a different `from` is `<invalid-from/>`. Before
+    /// binding nothing is authorized, so a `from` is removed.
+    fn check_from(&self, el: &mut Element) -> Result<(), Condition> {
+        match &self.bound {
+            None => {
+                el.remove_attr("from");
+                Ok(())
+            }
+            Some(bound) => match el.attr("from") {
+                Some(from) if !jid::is_own_address(from, bound) => Err(Condition::InvalidFrom),
+                _ => {
+                    el.set_attr("from", bound.to_string());
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    fn note_bind_request(&mut self, el: &Element) {
+        if el.name == "iq" && el.attr("type") == Some("set") && el.child(NS_BIND, "bind").is_some()
+        {
+            self.bind_id = el.attr("id").map(str::to_owned);
+        }
+    }
+
+    fn on_backend_event(&mut self, ev: XmlEvent) {
+        match (self.backend_phase, ev) {
+            (BackendPhase::AwaitHeader, XmlEvent::StreamOpen { header, default_ns }) => {
+                if !header.is(NS_STREAMS, "stream") || default_ns.as_deref() != Some(NS_CLIENT) {
+                    return self
+                        .fail_backend("backend stream header has the wrong namespace".to_owned());
+                }
+                self.backend_phase = BackendPhase::AwaitFeatures;
+            }
+            (_, XmlEvent::StreamClose) => {
+                self.to_client.extend_from_slice(STREAM_CLOSE);
+                self.to_backend.extend_from_slice(STREAM_CLOSE);
+                self.finish(CloseReason::BackendClosed);
+            }
+            (_, XmlEvent::Stanza(el)) if el.is(NS_STREAMS, "error") => {
+                let err = StreamError::from_element(&el);
+                if !self.client_header_sent {
+                    self.write_client_header(self.domain.clone());
+                }
+                el.write_to(&mut self.to_client, NS_CLIENT);
+                self.to_client.extend_from_slice(STREAM_CLOSE);
+                self.to_backend.extend_from_slice(STREAM_CLOSE);
+                self.finish(CloseReason::BackendError(err));
+            }
+            (BackendPhase::AwaitFeatures, XmlEvent::Stanza(el))
+                if el.is(NS_STREAMS, "features") =>
+            {
+                self.on_backend_features(el)
+            }
+            (BackendPhase::AwaitProceed, XmlEvent::Stanza(el)) if el.is(NS_TLS, "proceed") => {
+                self.backend_phase = BackendPhase::TlsHandshake;
+                self.effects.push_back(Effect::StartBackendTls);
+            }
+            (BackendPhase::Open, XmlEvent::Stanza(el)) => self.on_backend_element(el),
+            (phase, XmlEvent::Stanza(el)) => self.fail_backend(format!(
+                "unexpected <{}/> from backend in phase {phase:?}",
+                el.name
+            )),
+            (_, XmlEvent::StreamOpen { .. }) => {
+                self.fail_backend("unexpected stream header".to_owned())
+            }
+        }
+    }
+
+    fn on_backend_features(&mut self, mut features: Element) {
+        let offers_tls = features.child(NS_TLS, "starttls");
+        if self.cfg.backend_tls == BackendTls::StartTls && !self.backend_tls_done {
+            if offers_tls.is_none() {
+                return self.fail_backend(
+                    "backend does not offer STARTTLS (backend_tls = \"starttls\")".to_owned(),
+                );
+            }
+            Element::new(NS_TLS, "starttls").write_to(&mut self.to_backend, NS_CLIENT);
+            self.backend_phase = BackendPhase::AwaitProceed;
+            return;
+        }
+        if offers_tls.is_some_and(|s| s.child(NS_TLS, "required").is_some())
+            && !self.backend_tls_done
+        {
+            return self.fail_backend(
+                "backend requires STARTTLS; set backend_tls = \"starttls\"".to_owned(),
+            );
+        }
+        filter_features(&mut features);
+        self.backend_phase = BackendPhase::Open;
+        if self.client_header_sent && self.client_phase == ClientPhase::Open {
+            features.write_to(&mut self.to_client, NS_CLIENT);
+        } else {
+            self.pending_features = Some(features);
+        }
+    }
+
+    fn on_backend_element(&mut self, el: Element) {
+        if el.is(NS_STREAMS, "features") {
+            return self.fail_backend("stream features outside stream negotiation".to_owned());
+        }
+        self.counters.stanzas_from_backend += 1;
+        if el.is(NS_SASL, "success") && !self.authenticated {
+            el.write_to(&mut self.to_client, NS_CLIENT);
+            return self.restart_after_sasl();
+        }
+        if self.bind_id.is_some() && el.name == "iq" && el.attr("id") == self.bind_id.as_deref() {
+            self.bind_id = None;
+            if el.attr("type") == Some("result") {
+                let jid_text = el
+                    .child(NS_BIND, "bind")
+                    .and_then(|b| b.child(NS_BIND, "jid"))
+                    .map(Element::text);
+                match jid_text.as_deref().and_then(jid::parse_full) {
+                    Some(full) => {
+                        self.bound = Some(full.clone());
+                        self.effects.push_back(Effect::Bound(full));
+                    }
+                    None => {
+                        return self.fail_backend("bind result without a valid full JID".to_owned())
+                    }
+                }
+            }
+        }
+        el.write_to(&mut self.to_client, NS_CLIENT);
+    }
+
+    /// RFC 6120 §6.4.6: after `<success/>` both streams restart. We restart the backend leg
+    /// ourselves, and answer the client's new header when it comes.
+    fn restart_after_sasl(&mut self) {
+        self.authenticated = true;
+        self.effects.push_back(Effect::Authenticated);
+        self.client.set_limits(self.cfg.limits);
+        self.client.restart();
+        self.client_phase = ClientPhase::Header;
+        self.client_header_sent = false;
+        self.backend.restart();
+        self.open_backend_stream();
+    }
+
+    fn open_backend_stream(&mut self) {
+        let header = Header {
+            to: self.domain.clone(),
+            lang: self.lang.clone(),
+            ..Header::default()
+        };
+        header.write(NS_CLIENT, &mut self.to_backend);
+        self.backend_phase = BackendPhase::AwaitHeader;
+    }
+
+    fn write_client_header(&mut self, from: Option<String>) {
+        let reply = Header {
+            from,
+            id: Some(self.cfg.stream_id.clone()),
+            lang: Some("en".to_owned()),
+            to: None,
+        };
+        reply.write(NS_CLIENT, &mut self.to_client);
+        self.client_header_sent = true;
+    }
+
+    fn client_xml_error(&mut self, e: XmlError) {
+        let text = e.to_string();
+        self.client_error(e.condition(), &text);
+    }
+
+    fn client_error(&mut self, condition: Condition, text: &str) {
+        let err = StreamError::new(condition, Some(text.to_owned()));
+        self.client_error_no_finish(err.clone());
+        self.close_backend_stream();
+        self.finish(CloseReason::ClientError(err));
+    }
+
+    /// Write a stream error and the closing tag to the client (our header first if needed).
+    fn client_error_no_finish(&mut self, err: StreamError) {
+        if self.client_phase == ClientPhase::TlsHandshake {
+            // Mid-handshake there is no stream to write to.
+            return;
+        }
+        if !self.client_header_sent {
+            self.write_client_header(self.domain.clone());
+        }
+        err.to_element().write_to(&mut self.to_client, NS_CLIENT);
+        self.to_client.extend_from_slice(STREAM_CLOSE);
+    }
+
+    fn fail_backend(&mut self, why: String) {
+        self.client_error_no_finish(StreamError::new(Condition::InternalServerError, None));
+        self.close_backend_stream();
+        self.finish(CloseReason::BackendFailed(why));
+    }
+
+    fn close_backend_stream(&mut self) {
+        // Only a leg on which we have written a header (and that is not mid-handshake).
+        if matches!(
+            self.backend_phase,
+            BackendPhase::AwaitHeader
+                | BackendPhase::AwaitFeatures
+                | BackendPhase::AwaitProceed
+                | BackendPhase::Open
+        ) {
+            self.to_backend.extend_from_slice(STREAM_CLOSE);
+        }
+    }
+
+    fn finish(&mut self, reason: CloseReason) {
+        self.client_phase = ClientPhase::Closed;
+        self.effects.push_back(Effect::Close(reason));
+    }
+}

@@ -1,0 +1,134 @@
+//! Restricted, streaming XML for XMPP (RFC 6120 §11) with hard limits.
+//!
+//! This module owns turning bytes into a bounded element tree and back into one canonical byte
+//! form. It refuses everything RFC 6120 §11.1 prohibits (comments, processing instructions, DTDs,
+//! entity references other than the five predefined ones) and everything that is not
+//! well-formed XML 1.0 + Namespaces (non-UTF-8, invalid characters, undeclared prefixes,
+//! duplicate attributes, mismatched tags). It never forwards input bytes: callers re-serialize
+//! the tree (DESIGN.md invariant 1). It never reads a clock or does I/O.
+//!
+//! Parser choice: a purpose-built tokenizer rather than quick-xml (fast but lenient: it accepts
+//! DTDs, comments, undeclared prefixes and duplicate attributes, and is not incremental over a
+//! byte stream) or rxml (strict but slow). The throughput of this one is measured by
+//! `cargo bench -p stanzawall-core --bench xml` and recorded in docs/BENCHMARKS.md.
+
+mod chars;
+mod element;
+mod reader;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use chars::escape_attr as escape_attr_str;
+pub use element::{Attr, Element, Node, Ns};
+pub use reader::StreamReader;
+
+use crate::stream::Condition;
+
+/// The stream namespace (RFC 6120 §4.8.1).
+pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+/// The namespace bound to the `xml` prefix.
+pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace bound to the `xmlns` prefix; may never be declared.
+pub const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
+
+/// Caps enforced while parsing (DESIGN.md invariant 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XmlLimits {
+    /// Largest stanza (top-level element), and largest stream header, in bytes.
+    pub stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza (the stanza itself is depth 1).
+    pub depth: usize,
+    /// Most attributes (namespace declarations included) on one element.
+    pub attributes: usize,
+}
+
+impl Default for XmlLimits {
+    fn default() -> Self {
+        XmlLimits {
+            stanza_bytes: 262_144,
+            depth: 32,
+            attributes: 64,
+        }
+    }
+}
+
+/// What the reader produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XmlEvent {
+    /// The stream header's start tag (no children); `default_ns` is its default namespace.
+    StreamOpen {
+        /// The `<stream:stream>` element with its attributes.
+        header: Element,
+        /// The content namespace declared on the header (`jabber:client`, `jabber:server`).
+        default_ns: Option<Ns>,
+    },
+    /// A complete top-level element: a stanza or a stream-level element (features, SASL, …).
+    Stanza(Element),
+    /// `</stream:stream>`.
+    StreamClose,
+}
+
+/// Why input was refused. Each maps to the stream error RFC 6120 §4.9.3 requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum XmlError {
+    /// Not well-formed XML 1.0 or XML Namespaces.
+    #[error("not well-formed: {0}")]
+    NotWellFormed(&'static str),
+    /// A feature prohibited by RFC 6120 §11.1 (comment, PI, DTD, entity reference).
+    #[error("restricted XML: {0}")]
+    Restricted(&'static str),
+    /// Bytes that are not UTF-8, or an encoding other than UTF-8 declared.
+    #[error("not UTF-8")]
+    InvalidUtf8,
+    /// A declared encoding other than UTF-8.
+    #[error("unsupported encoding declared")]
+    UnsupportedEncoding,
+    /// A character outside XML 1.0 `Char` (e.g. a C0 control).
+    #[error("invalid XML character")]
+    InvalidChar,
+    /// A prefix used without a declaration in scope.
+    #[error("undeclared namespace prefix")]
+    UndeclaredPrefix,
+    /// Well-formed XML that cannot appear there in an XMPP stream.
+    #[error("bad format: {0}")]
+    BadFormat(&'static str),
+    /// A `<stream:stream>` element inside the stream.
+    #[error("nested stream header")]
+    NestedStreamHeader,
+    /// A stanza (or stream header) larger than the cap.
+    #[error("stanza exceeds {limit} bytes")]
+    TooLarge {
+        /// The cap in force.
+        limit: usize,
+    },
+    /// Nesting deeper than the cap.
+    #[error("nesting exceeds depth {limit}")]
+    TooDeep {
+        /// The cap in force.
+        limit: usize,
+    },
+    /// More attributes on one element than the cap.
+    #[error("more than {limit} attributes")]
+    TooManyAttributes {
+        /// The cap in force.
+        limit: usize,
+    },
+}
+
+impl XmlError {
+    /// The stream error condition to close the stream with.
+    pub fn condition(&self) -> Condition {
+        match self {
+            XmlError::NotWellFormed(_) | XmlError::InvalidChar | XmlError::UndeclaredPrefix => {
+                Condition::NotWellFormed
+            }
+            XmlError::Restricted(_) => Condition::RestrictedXml,
+            XmlError::InvalidUtf8 | XmlError::UnsupportedEncoding => Condition::UnsupportedEncoding,
+            XmlError::BadFormat(_) => Condition::BadFormat,
+            XmlError::NestedStreamHeader => Condition::InvalidXml,
+            XmlError::TooLarge { .. }
+            | XmlError::TooDeep { .. }
+            | XmlError::TooManyAttributes { .. } => Condition::PolicyViolation,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Character classes of XML 1.0 (5th ed.) §2.2/§2.3 and the canonical escapes.
+//!
+//! Everything here works on already-UTF-8-validated text; it never allocates except into the
+//! caller's buffer.
+
+/// XML 1.0 `Char`: TAB, LF, CR, and U+0020.. except surrogates, U+FFFE and U+FFFF.
+pub(crate) fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// True if every char of `s` is an XML `Char`. ASCII fast path: only C0 controls can fail there.
+pub(crate) fn all_xml_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_ascii() {
+        return b
+            .iter()
+            .all(|&c| c >= 0x20 || c == b'\t' || c == b'\n' || c == b'\r');
+    }
+    s.chars().all(is_xml_char)
+}
+
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z'
+        | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}'
+        | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}' | '\u{200C}'..='\u{200D}'
+        | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}'
+        | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
+}
+
+fn is_name_char(c: char) -> bool {
+    is_name_start(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// XML Namespaces `NCName`: a `Name` without colons.
+pub(crate) fn is_ncname(s: &str) -> bool {
+    let mut it = s.chars();
+    match it.next() {
+        Some(c) if is_name_start(c) => it.all(is_name_char),
+        _ => false,
+    }
+}
+
+/// Escape character data: `&`, `<` and `>` (the last so `]]>` can never appear), and CR, which
+/// would otherwise be normalized to LF by the next parser.
+pub(crate) fn escape_text(s: &str, out: &mut Vec<u8>) {
+    let bytes = s.as_bytes();
+    let mut last = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\r' => b"&#13;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[last..i]);
+        out.extend_from_slice(rep);
+        last = i + 1;
+    }
+    out.extend_from_slice(&bytes[last..]);
+}
+
+/// Escape a single-quoted attribute value; TAB, LF and CR become character references so that
+/// attribute-value normalization on the next parse leaves them intact.
+pub(crate) fn escape_attr(s: &str, out: &mut Vec<u8>) {
+    let bytes = s.as_bytes();
+    let mut last = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\'' => b"&apos;",
+            b'"' => b"&quot;",
+            b'\t' => b"&#9;",
+            b'\n' => b"&#10;",
+            b'\r' => b"&#13;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[last..i]);
+        out.extend_from_slice(rep);
+        last = i + 1;
+    }
+    out.extend_from_slice(&bytes[last..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_ncname("message"));
+        assert!(is_ncname("_a-b.c9"));
+        assert!(is_ncname("ñame"));
+        assert!(!is_ncname("9lives"));
+        assert!(!is_ncname("a:b"));
+        assert!(!is_ncname(""));
+        assert!(!is_ncname("-x"));
+    }
+
+    #[test]
+    fn xml_chars() {
+        assert!(all_xml_chars("hello\tworld\r\n"));
+        assert!(!all_xml_chars("nul\u{0}"));
+        assert!(!all_xml_chars("bell\u{7}"));
+        assert!(!all_xml_chars("nonchar\u{FFFE}"));
+        assert!(all_xml_chars("emoji \u{1F600}"));
+    }
+
+    #[test]
+    fn escapes() {
+        let mut out = Vec::new();
+        escape_text("a<b&c>]]>\r", &mut out);
+        assert_eq!(out, b"a&lt;b&amp;c&gt;]]&gt;&#13;");
+        out.clear();
+        escape_attr("it's \"x\"\n", &mut out);
+        assert_eq!(out, b"it&apos;s &quot;x&quot;&#10;");
+    }
+}
