@@ -102,6 +102,8 @@ pub enum CloseReason {
     BackendError(StreamError),
     /// The backend misbehaved or failed; the client got internal-server-error.
     BackendFailed(String),
+    /// The client's connection failed below XMPP (TLS handshake, I/O).
+    ClientFailed(String),
     /// The gateway is shutting down.
     Shutdown,
 }
@@ -110,7 +112,7 @@ impl CloseReason {
     /// Which side caused the close (`client`, `backend`, `gateway`), for metric labels.
     pub fn side(&self) -> &'static str {
         match self {
-            CloseReason::ClientClosed | CloseReason::ClientError(_) => "client",
+            CloseReason::ClientClosed | CloseReason::ClientError(_) | CloseReason::ClientFailed(_) => "client",
             CloseReason::BackendClosed
             | CloseReason::BackendError(_)
             | CloseReason::BackendFailed(_) => "backend",
@@ -127,6 +129,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ClientError(e) => write!(f, "client stream error: {e}"),
             CloseReason::BackendError(e) => write!(f, "backend stream error: {e}"),
             CloseReason::BackendFailed(why) => write!(f, "backend failed: {why}"),
+            CloseReason::ClientFailed(why) => write!(f, "client failed: {why}"),
             CloseReason::Shutdown => f.write_str("system shutdown"),
         }
     }

@@ -1,1 +1,85 @@
-fn main() {}
+//! `stanzawall`: the daemon and its command line.
+//!
+//! `run` serves until SIGTERM/SIGINT and reloads on SIGHUP; `check` validates a config (and the
+//! files it names) and prints `FILE:LINE: key: what is wrong`. Only this file uses `anyhow`.
+
+mod conn;
+mod io;
+mod server;
+mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An XMPP-aware firewall: terminates TLS, parses every stanza strictly, and hands the XMPP
+/// server behind it only canonical XML.
+#[derive(Debug, Parser)]
+#[command(name = "stanzawall", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground (SIGHUP reloads, SIGTERM/SIGINT stop).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and the certificates it names; exit 1 on error.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match server::Generation::load(&config) {
+            Ok(g) => {
+                println!(
+                    "{}: ok ({} listeners, {} certificates)",
+                    config.display(),
+                    g.config.listeners.len(),
+                    g.config.certificates.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("STANZAWALL_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

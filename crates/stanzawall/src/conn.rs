@@ -1,0 +1,279 @@
+//! One client connection: moves bytes between the sockets and the core [`Session`].
+//!
+//! The loop is mini-redis-shaped: write everything the session queued (a slow reader blocks
+//! us here, which is the backpressure of invariant 6: we read no more from the other side until
+//! it drains), carry out the session's effects (TLS upgrades, backend connect), then wait for
+//! bytes from either leg, a shutdown, or the handshake deadline. It makes no protocol decision.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use stanzawall_core::config::{ListenerConfig, ListenerKind};
+use stanzawall_core::session::{BackendTls, CloseReason, Effect, Session, SessionConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+use tracing::{debug, info, warn};
+
+use crate::io::{Rewind, Stream};
+use crate::server::Generation;
+
+/// Time from accept to SASL success before the connection is cut (configurable in a later
+/// `[network]` section; fixed until then).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for connecting to a backend.
+const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for flushing final bytes when closing.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_BUF: usize = 16 * 1024;
+
+/// Traffic totals for the close log line.
+#[derive(Debug, Default)]
+struct Totals {
+    from_client: u64,
+    to_client: u64,
+    from_backend: u64,
+    to_backend: u64,
+}
+
+/// Serve one accepted connection to completion.
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    generation: Arc<Generation>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let limits = generation.config.limits;
+    let direct_tls = listener.kind == ListenerKind::C2sTls;
+    let mut session = Session::new(SessionConfig {
+        direct_tls,
+        preauth_limits: limits.xml_preauth(),
+        limits: limits.xml(),
+        backend_limits: limits.xml_backend(),
+        backend_tls: listener.backend.tls,
+        stream_id: random_id(),
+    });
+    debug!("session opened");
+
+    let mut client = Stream::Plain(Rewind::new(socket));
+    let mut totals = Totals::default();
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    if direct_tls {
+        match timeout(HANDSHAKE_TIMEOUT, accept_tls(&mut client, None, true, &generation)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return info!(close.side = "client", reason = %format!("TLS handshake failed: {e}"), "session closed"),
+            Err(_) => return info!(close.side = "client", reason = "TLS handshake timed out", "session closed"),
+        }
+    }
+    let mut backend: Option<Stream> = None;
+    let mut authenticated = false;
+    let mut cbuf = vec![0u8; READ_BUF];
+    let mut bbuf = vec![0u8; READ_BUF];
+
+    let reason = 'session: loop {
+        if let Err(e) = flush(&mut session, &mut client, &mut backend, &mut totals).await {
+            session.client_disconnected();
+            debug!(error = %e, "write failed");
+        }
+        while let Some(effect) = session.poll_effect() {
+            match effect {
+                Effect::StartClientTls { domain } => {
+                    let prefix = session.take_client_buffered();
+                    if let Stream::Plain(r) = &mut client {
+                        r.rewind(prefix);
+                    }
+                    match timeout(deadline.saturating_duration_since(Instant::now()), accept_tls(&mut client, Some(&domain), false, &generation)).await {
+                        Ok(Ok(())) => session.client_tls_established(),
+                        Ok(Err(e)) => break 'session CloseReason::ClientFailed(format!("TLS handshake failed: {e}")),
+                        Err(_) => break 'session CloseReason::ClientFailed("TLS handshake timed out".into()),
+                    }
+                }
+                Effect::ConnectBackend { domain } => {
+                    match connect_backend(&listener, &generation, &domain, peer, local).await {
+                        Ok(stream) => {
+                            backend = Some(stream);
+                            session.backend_connected();
+                        }
+                        Err(e) => {
+                            warn!(backend = %listener.backend.address, error = %e, "backend unavailable");
+                            session.backend_failed(&e);
+                        }
+                    }
+                }
+                Effect::StartBackendTls => {
+                    let leftover = session.take_backend_buffered();
+                    let domain = session.domain().unwrap_or_default().to_owned();
+                    match upgrade_backend(&mut backend, leftover, &listener, &generation, &domain).await {
+                        Ok(()) => session.backend_tls_established(),
+                        Err(e) => session.backend_failed(&e),
+                    }
+                }
+                Effect::Bound(jid) => {
+                    tracing::Span::current().record("client.jid", tracing::field::display(&jid));
+                    info!("session bound");
+                }
+                Effect::Authenticated => authenticated = true,
+                Effect::Close(reason) => {
+                    let _ = timeout(CLOSE_FLUSH_TIMEOUT, flush(&mut session, &mut client, &mut backend, &mut totals)).await;
+                    break 'session reason;
+                }
+            }
+            if let Err(e) = flush(&mut session, &mut client, &mut backend, &mut totals).await {
+                debug!(error = %e, "write failed");
+                session.client_disconnected();
+            }
+        }
+        tokio::select! {
+            r = client.read(&mut cbuf) => match r {
+                Ok(0) | Err(_) => session.client_disconnected(),
+                Ok(n) => {
+                    totals.from_client += n as u64;
+                    session.client_bytes(&cbuf[..n]);
+                }
+            },
+            r = read_backend(&mut backend, &mut bbuf) => match r {
+                Ok(0) => session.backend_failed("backend closed the connection"),
+                Err(e) => session.backend_failed(&format!("backend read failed: {e}")),
+                Ok(n) => {
+                    totals.from_backend += n as u64;
+                    session.backend_bytes(&bbuf[..n]);
+                }
+            },
+            _ = shutdown.changed() => session.shutdown(),
+            _ = tokio::time::sleep_until(deadline), if !authenticated => session.timed_out(),
+        }
+    };
+    let _ = timeout(CLOSE_FLUSH_TIMEOUT, client.shutdown()).await;
+    if let Some(b) = backend.as_mut() {
+        let _ = timeout(CLOSE_FLUSH_TIMEOUT, b.shutdown()).await;
+    }
+    let counters = session.counters();
+    info!(
+        bytes.from_client = totals.from_client,
+        bytes.to_client = totals.to_client,
+        bytes.from_backend = totals.from_backend,
+        bytes.to_backend = totals.to_backend,
+        stanzas.from_client = counters.stanzas_from_client,
+        stanzas.from_backend = counters.stanzas_from_backend,
+        close.side = reason.side(),
+        reason = %reason,
+        "session closed"
+    );
+}
+
+async fn flush(
+    session: &mut Session,
+    client: &mut Stream,
+    backend: &mut Option<Stream>,
+    totals: &mut Totals,
+) -> std::io::Result<()> {
+    let out = session.take_to_backend();
+    if !out.is_empty() {
+        if let Some(b) = backend.as_mut() {
+            b.write_all(&out).await?;
+            b.flush().await?;
+            totals.to_backend += out.len() as u64;
+        }
+    }
+    let out = session.take_to_client();
+    if !out.is_empty() {
+        client.write_all(&out).await?;
+        client.flush().await?;
+        totals.to_client += out.len() as u64;
+    }
+    Ok(())
+}
+
+async fn read_backend(backend: &mut Option<Stream>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match backend {
+        Some(b) => b.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// TLS server handshake on the client leg; the certificate is chosen by SNI, else `domain`.
+async fn accept_tls(client: &mut Stream, domain: Option<&str>, direct: bool, generation: &Generation) -> std::io::Result<()> {
+    let plain = client.take_plain()?;
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), plain);
+    let start = acceptor.await?;
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let name = sni.as_deref().or(domain);
+    let config = generation
+        .tls
+        .server_config(name, direct)
+        .ok_or_else(|| std::io::Error::other("no certificate configured"))?;
+    let tls = start.into_stream(config).await?;
+    *client = Stream::Server(Box::new(tls));
+    Ok(())
+}
+
+async fn connect_backend(
+    listener: &ListenerConfig,
+    generation: &Generation,
+    domain: &str,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<Stream, String> {
+    let address = &listener.backend.address;
+    let socket = match timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(address.as_str())).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect to {address} failed: {e}")),
+        Err(_) => return Err(format!("connect to {address} timed out")),
+    };
+    let _ = socket.set_nodelay(true);
+    let mut stream = Stream::Plain(Rewind::new(socket));
+    if listener.backend.proxy_protocol {
+        let header = stanzawall_core::proxy_protocol::v2_header(peer, local);
+        stream.write_all(&header).await.map_err(|e| format!("PROXY header to {address}: {e}"))?;
+    }
+    if listener.backend.tls == BackendTls::Direct {
+        upgrade_backend_stream(&mut stream, listener, generation, domain).await?;
+    }
+    Ok(stream)
+}
+
+async fn upgrade_backend(
+    backend: &mut Option<Stream>,
+    leftover: Vec<u8>,
+    listener: &ListenerConfig,
+    generation: &Generation,
+    domain: &str,
+) -> Result<(), String> {
+    if !leftover.is_empty() {
+        return Err("backend sent data after <proceed/>".into());
+    }
+    match backend.as_mut() {
+        Some(stream) => upgrade_backend_stream(stream, listener, generation, domain).await,
+        None => Err("no backend connection".into()),
+    }
+}
+
+async fn upgrade_backend_stream(stream: &mut Stream, listener: &ListenerConfig, generation: &Generation, domain: &str) -> Result<(), String> {
+    let config = generation.tls.backend_config(&listener.name).ok_or("no TLS client configuration for backend")?;
+    let name = listener.backend.server_name.as_deref().unwrap_or(domain).to_owned();
+    let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("backend name {name}: {e}"))?;
+    let plain = stream.take_plain().map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls = timeout(BACKEND_CONNECT_TIMEOUT, connector.connect(server_name, plain))
+        .await
+        .map_err(|_| "backend TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("backend TLS handshake with {name} failed: {e}"))?;
+    *stream = Stream::Client(Box::new(tls));
+    Ok(())
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: ids only need to be unique per stream, not secret.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        bytes[..12].copy_from_slice(&nanos.to_le_bytes()[..12]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

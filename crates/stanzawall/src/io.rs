@@ -1,0 +1,119 @@
+//! Byte streams of one connection: a socket that may be upgraded to TLS mid-stream.
+//!
+//! Owns only moving bytes. [`Rewind`] replays bytes that were read before a TLS handshake began
+//! (a client may send its ClientHello right behind `<starttls/>`), so they reach TLS and never
+//! the XML parser.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A TCP stream with bytes to replay before reading from the socket again.
+#[derive(Debug)]
+pub struct Rewind {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    /// Wrap a socket with nothing to replay.
+    pub fn new(inner: TcpStream) -> Self {
+        Rewind { prefix: Vec::new(), offset: 0, inner }
+    }
+
+    /// Queue bytes to be read before the socket's.
+    pub fn rewind(&mut self, bytes: Vec<u8>) {
+        let mut rest = bytes;
+        rest.extend_from_slice(&self.prefix[self.offset..]);
+        self.prefix = rest;
+        self.offset = 0;
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.offset < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.offset);
+            buf.put_slice(&this.prefix[this.offset..this.offset + n]);
+            this.offset += n;
+            if this.offset == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.offset = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One leg of a connection: plaintext, or TLS as server (client leg) or client (backend leg).
+#[derive(Debug)]
+pub enum Stream {
+    /// Plaintext.
+    Plain(Rewind),
+    /// TLS terminated here (the client leg).
+    Server(Box<tokio_rustls::server::TlsStream<Rewind>>),
+    /// TLS initiated here (the backend leg).
+    Client(Box<tokio_rustls::client::TlsStream<Rewind>>),
+    /// Transient state while a handshake owns the socket.
+    Upgrading,
+}
+
+impl Stream {
+    /// Take the plaintext socket for a TLS handshake.
+    pub fn take_plain(&mut self) -> io::Result<Rewind> {
+        match std::mem::replace(self, Stream::Upgrading) {
+            Stream::Plain(r) => Ok(r),
+            other => {
+                *self = other;
+                Err(io::Error::other("stream is already TLS"))
+            }
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut *$self {
+            Stream::Plain($s) => $e,
+            Stream::Server($s) => $e,
+            Stream::Client($s) => $e,
+            Stream::Upgrading => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        dispatch!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}

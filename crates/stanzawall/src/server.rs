@@ -1,0 +1,227 @@
+//! The daemon's supervisor: listeners, config generations, reload and shutdown.
+//!
+//! A [`Generation`] is one validated config with its certificates loaded. It is published through
+//! a `watch` channel; each accepted connection takes the generation current at accept time, so a
+//! reload changes new connections and leaves open sessions untouched. A reload is all or
+//! nothing: parse, validate, load certificates, bind new sockets — any failure keeps the old
+//! generation and logs why. Shutdown stops accepting, asks every session to send
+//! `<system-shutdown/>`, and waits a bounded time for them to finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stanzawall_core::config::{Config, ConfigError};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn, Instrument};
+
+use crate::conn;
+use crate::tls::TlsStore;
+
+/// How long shutdown waits for sessions to deliver `<system-shutdown/>` and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// One config generation: the validated config and everything loaded from files it names.
+#[derive(Debug)]
+pub struct Generation {
+    /// The configuration.
+    pub config: Config,
+    /// Certificates and backend TLS settings.
+    pub tls: TlsStore,
+}
+
+/// Errors loading a generation: either a config mistake or an unreadable file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The config file cannot be read at all.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A mistake at a line of the config.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl Generation {
+    /// Read, validate and load everything the config file names.
+    pub fn load(path: &Path) -> Result<Generation, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+        let config = Config::parse(&text, path)?;
+        let tls = TlsStore::load(&config)?;
+        Ok(Generation { config, tls })
+    }
+}
+
+struct RunningListener {
+    bind: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let first = Arc::new(Generation::load(&path)?);
+    let (gen_tx, gen_rx) = watch::channel(first.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tracker = TaskTracker::new();
+    let mut running: HashMap<String, RunningListener> = HashMap::new();
+    let sockets = bind_new(&first, &running).await?;
+    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker);
+    info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    info!(sessions = tracker.len(), "shutting down");
+    for (_, l) in running.drain() {
+        l.task.abort();
+    }
+    let _ = shutdown_tx.send(true);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        warn!(sessions = tracker.len(), "sessions still open after the grace period; exiting");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Bind the sockets a generation needs that are not already bound at the same address.
+async fn bind_new(generation: &Generation, running: &HashMap<String, RunningListener>) -> Result<HashMap<String, TcpListener>, ConfigError> {
+    let mut sockets = HashMap::new();
+    for l in &generation.config.listeners {
+        if running.get(&l.name).is_some_and(|r| r.bind == l.bind) {
+            continue;
+        }
+        // A listener moving to an address another running listener holds is bound after that one
+        // stops; any other address must be free now.
+        if running.values().any(|r| r.bind == l.bind) {
+            continue;
+        }
+        let socket = TcpListener::bind(l.bind)
+            .await
+            .map_err(|e| l.bind_origin.error(format!("cannot listen on {}: {e}", l.bind)))?;
+        sockets.insert(l.name.clone(), socket);
+    }
+    Ok(sockets)
+}
+
+fn start_listeners(
+    generation: &Arc<Generation>,
+    mut sockets: HashMap<String, TcpListener>,
+    running: &mut HashMap<String, RunningListener>,
+    gen_rx: &watch::Receiver<Arc<Generation>>,
+    shutdown_rx: &watch::Receiver<bool>,
+    tracker: &TaskTracker,
+) {
+    // Stop listeners that are gone or moved.
+    let keep: Vec<(String, SocketAddr)> = generation.config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
+    running.retain(|name, r| {
+        let stay = keep.iter().any(|(n, b)| n == name && *b == r.bind);
+        if !stay {
+            r.task.abort();
+            info!(listener = %name, bind = %r.bind, "listener stopped");
+        }
+        stay
+    });
+    for l in &generation.config.listeners {
+        if running.contains_key(&l.name) {
+            continue;
+        }
+        let socket = match sockets.remove(&l.name) {
+            Some(s) => s,
+            // Its address was held by a listener stopped just above.
+            None => match std::net::TcpListener::bind(l.bind).and_then(|s| {
+                s.set_nonblocking(true)?;
+                TcpListener::from_std(s)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(listener = %l.name, bind = %l.bind, error = %e, "cannot listen");
+                    continue;
+                }
+            },
+        };
+        info!(listener = %l.name, kind = l.kind.as_str(), bind = %l.bind, backend = %l.backend.address, "listening");
+        let task = tokio::spawn(accept_loop(l.name.clone(), socket, gen_rx.clone(), shutdown_rx.clone(), tracker.clone()));
+        running.insert(l.name.clone(), RunningListener { bind: l.bind, task });
+    }
+}
+
+async fn accept_loop(
+    name: String,
+    socket: TcpListener,
+    gen_rx: watch::Receiver<Arc<Generation>>,
+    shutdown_rx: watch::Receiver<bool>,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = match socket.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let generation = gen_rx.borrow().clone();
+        let Some(listener) = generation.config.listeners.iter().find(|l| l.name == name).cloned() else {
+            continue;
+        };
+        let local = stream.local_addr().unwrap_or(listener.bind);
+        let span = tracing::info_span!(
+            "session",
+            listener = %name,
+            client.ip = %peer.ip(),
+            client.port = peer.port(),
+            client.jid = tracing::field::Empty
+        );
+        tracker.spawn(
+            conn::serve(stream, peer, local, Arc::new(listener), generation, shutdown_rx.clone()).instrument(span),
+        );
+    }
+}
+
+async fn reload(
+    path: &Path,
+    gen_tx: &watch::Sender<Arc<Generation>>,
+    running: &mut HashMap<String, RunningListener>,
+    gen_rx: &watch::Receiver<Arc<Generation>>,
+    shutdown_rx: &watch::Receiver<bool>,
+    tracker: &TaskTracker,
+) {
+    let next = match Generation::load(path) {
+        Ok(g) => Arc::new(g),
+        Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
+    };
+    let sockets = match bind_new(&next, running).await {
+        Ok(s) => s,
+        Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
+    };
+    let old = gen_tx.borrow().clone();
+    let changes = next.config.diff(&old.config);
+    for c in &next.config.certificates {
+        let name = c.domains.first().map(String::as_str);
+        info!(domains = ?c.domains, sha256 = next.tls.fingerprint(name).unwrap_or(""), "certificate loaded");
+    }
+    gen_tx.send_replace(next.clone());
+    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker);
+    info!(changes = ?changes, "configuration reloaded");
+}
