@@ -31,10 +31,7 @@ pub struct Origin {
 impl Origin {
     /// An error at this place.
     pub fn error(&self, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            origin: self.clone(),
-            message: message.into(),
-        }
+        ConfigError { origin: self.clone(), message: message.into() }
     }
 }
 
@@ -53,14 +50,7 @@ impl fmt::Display for ConfigError {
         if o.key.is_empty() {
             write!(f, "{}:{}: {}", o.file.display(), o.line, self.message)
         } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                o.file.display(),
-                o.line,
-                o.key,
-                self.message
-            )
+            write!(f, "{}:{}: {}: {}", o.file.display(), o.line, o.key, self.message)
         }
     }
 }
@@ -149,27 +139,17 @@ pub struct Limits {
 impl Limits {
     /// Parser limits after authentication.
     pub fn xml(&self) -> XmlLimits {
-        XmlLimits {
-            stanza_bytes: self.stanza_bytes,
-            depth: self.depth,
-            attributes: self.attributes,
-        }
+        XmlLimits { stanza_bytes: self.stanza_bytes, depth: self.depth, attributes: self.attributes }
     }
 
     /// Parser limits before authentication.
     pub fn xml_preauth(&self) -> XmlLimits {
-        XmlLimits {
-            stanza_bytes: self.preauth_stanza_bytes,
-            ..self.xml()
-        }
+        XmlLimits { stanza_bytes: self.preauth_stanza_bytes, ..self.xml() }
     }
 
     /// Parser limits for the backend leg.
     pub fn xml_backend(&self) -> XmlLimits {
-        XmlLimits {
-            stanza_bytes: self.backend_stanza_bytes,
-            ..self.xml()
-        }
+        XmlLimits { stanza_bytes: self.backend_stanza_bytes, ..self.xml() }
     }
 }
 

@@ -26,7 +26,7 @@ pub fn is_domain(domain: &str) -> bool {
 pub fn is_own_address(from: &str, bound: &FullJid) -> bool {
     match parse(from) {
         Some(j) => match j.resource() {
-            Some(_) => j == Jid::from(bound.clone()),
+            Some(_) => j == *bound,
             None => j.to_bare() == bound.to_bare(),
         },
         None => false,

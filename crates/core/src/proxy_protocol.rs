@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 
 /// The 12-byte v2 signature.
-pub const SIGNATURE: [u8; 12] = [
-    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
-];
+pub const SIGNATURE: [u8; 12] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
 
 /// The header announcing a TCP connection from `client` to `local` (the gateway's listener).
 /// Mixed families are expressed as IPv6 with IPv4-mapped addresses.
@@ -47,10 +45,7 @@ mod tests {
 
     #[test]
     fn ipv4_header_layout() {
-        let h = v2_header(
-            "192.0.2.1:40000".parse().unwrap(),
-            "127.0.0.1:5222".parse().unwrap(),
-        );
+        let h = v2_header("192.0.2.1:40000".parse().unwrap(), "127.0.0.1:5222".parse().unwrap());
         assert_eq!(h.len(), 16 + 12);
         assert_eq!(&h[..12], &SIGNATURE);
         assert_eq!(h[12], 0x21);
@@ -64,18 +59,9 @@ mod tests {
 
     #[test]
     fn ipv6_and_mixed_use_inet6() {
-        let h = v2_header(
-            "[2001:db8::1]:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        );
+        let h = v2_header("[2001:db8::1]:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         assert_eq!(h[13], 0x21);
         assert_eq!(h.len(), 16 + 36);
-        assert_eq!(
-            &h[32..48],
-            &"::ffff:127.0.0.1"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets()
-        );
+        assert_eq!(&h[32..48], &"::ffff:127.0.0.1".parse::<std::net::Ipv6Addr>().unwrap().octets());
     }
 }

@@ -113,9 +113,7 @@ impl CloseReason {
     pub fn side(&self) -> &'static str {
         match self {
             CloseReason::ClientClosed | CloseReason::ClientError(_) | CloseReason::ClientFailed(_) => "client",
-            CloseReason::BackendClosed
-            | CloseReason::BackendError(_)
-            | CloseReason::BackendFailed(_) => "backend",
+            CloseReason::BackendClosed | CloseReason::BackendError(_) | CloseReason::BackendFailed(_) => "backend",
             CloseReason::Shutdown => "gateway",
         }
     }
@@ -412,15 +410,9 @@ impl Session {
             return self.client_error(Condition::InvalidNamespace, "not a stream header");
         }
         if default_ns != Some(NS_CLIENT) {
-            return self.client_error(
-                Condition::InvalidNamespace,
-                "content namespace must be jabber:client",
-            );
+            return self.client_error(Condition::InvalidNamespace, "content namespace must be jabber:client");
         }
-        let major = header
-            .attr("version")
-            .and_then(|v| v.split('.').next())
-            .and_then(|m| m.parse::<u32>().ok());
+        let major = header.attr("version").and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok());
         if major != Some(1) {
             return self.client_error(Condition::UnsupportedVersion, "version 1.0 is required");
         }
@@ -435,9 +427,8 @@ impl Session {
         self.domain = Some(to.clone());
         self.lang = header.lang().map(str::to_owned);
         if !self.client_tls {
-            let features = Element::new(NS_STREAMS, "features").with_child(
-                Element::new(NS_TLS, "starttls").with_child(Element::new(NS_TLS, "required")),
-            );
+            let features = Element::new(NS_STREAMS, "features")
+                .with_child(Element::new(NS_TLS, "starttls").with_child(Element::new(NS_TLS, "required")));
             features.write_to(&mut self.to_client, NS_CLIENT);
             self.client_phase = ClientPhase::AwaitStartTls;
             return;
@@ -446,8 +437,7 @@ impl Session {
         match self.backend_phase {
             BackendPhase::NotStarted => {
                 self.backend_phase = BackendPhase::Connecting;
-                self.effects
-                    .push_back(Effect::ConnectBackend { domain: to });
+                self.effects.push_back(Effect::ConnectBackend { domain: to });
             }
             _ => {
                 if let Some(features) = self.pending_features.take() {
@@ -459,10 +449,7 @@ impl Session {
 
     fn on_client_element(&mut self, mut el: Element) {
         if self.backend_phase != BackendPhase::Open || self.pending_features.is_some() {
-            return self.client_error(
-                Condition::NotAuthorized,
-                "element sent before stream features",
-            );
+            return self.client_error(Condition::NotAuthorized, "element sent before stream features");
         }
         let ns = &*el.ns;
         if ns == NS_CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
@@ -474,29 +461,17 @@ impl Session {
             }
         } else if ns == NS_SASL {
             if !matches!(el.name.as_str(), "auth" | "response" | "abort") || self.authenticated {
-                return self
-                    .client_error(Condition::UnsupportedStanzaType, "unexpected SASL element");
+                return self.client_error(Condition::UnsupportedStanzaType, "unexpected SASL element");
             }
-            if el.name == "auth"
-                && el
-                    .attr("mechanism")
-                    .is_some_and(is_channel_binding_mechanism)
-            {
+            if el.name == "auth" && el.attr("mechanism").is_some_and(is_channel_binding_mechanism) {
                 // The channel binding the client computes is for its TLS session with us, which
                 // the backend cannot verify; refuse here rather than relay a doomed exchange.
-                let failure = Element::new(NS_SASL, "failure")
-                    .with_child(Element::new(NS_SASL, "invalid-mechanism"));
+                let failure = Element::new(NS_SASL, "failure").with_child(Element::new(NS_SASL, "invalid-mechanism"));
                 failure.write_to(&mut self.to_client, NS_CLIENT);
                 return;
             }
-        } else if !(ns == NS_CSI
-            && matches!(el.name.as_str(), "active" | "inactive")
-            && self.bound.is_some())
-        {
-            return self.client_error(
-                Condition::UnsupportedStanzaType,
-                "unsupported top-level element",
-            );
+        } else if !(ns == NS_CSI && matches!(el.name.as_str(), "active" | "inactive") && self.bound.is_some()) {
+            return self.client_error(Condition::UnsupportedStanzaType, "unsupported top-level element");
         }
         self.counters.stanzas_from_client += 1;
         el.write_to(&mut self.to_backend, NS_CLIENT);
@@ -521,8 +496,7 @@ impl Session {
     }
 
     fn note_bind_request(&mut self, el: &Element) {
-        if el.name == "iq" && el.attr("type") == Some("set") && el.child(NS_BIND, "bind").is_some()
-        {
+        if el.name == "iq" && el.attr("type") == Some("set") && el.child(NS_BIND, "bind").is_some() {
             self.bind_id = el.attr("id").map(str::to_owned);
         }
     }
@@ -531,8 +505,7 @@ impl Session {
         match (self.backend_phase, ev) {
             (BackendPhase::AwaitHeader, XmlEvent::StreamOpen { header, default_ns }) => {
                 if !header.is(NS_STREAMS, "stream") || default_ns.as_deref() != Some(NS_CLIENT) {
-                    return self
-                        .fail_backend("backend stream header has the wrong namespace".to_owned());
+                    return self.fail_backend("backend stream header has the wrong namespace".to_owned());
                 }
                 self.backend_phase = BackendPhase::AwaitFeatures;
             }
@@ -551,9 +524,7 @@ impl Session {
                 self.to_backend.extend_from_slice(STREAM_CLOSE);
                 self.finish(CloseReason::BackendError(err));
             }
-            (BackendPhase::AwaitFeatures, XmlEvent::Stanza(el))
-                if el.is(NS_STREAMS, "features") =>
-            {
+            (BackendPhase::AwaitFeatures, XmlEvent::Stanza(el)) if el.is(NS_STREAMS, "features") => {
                 self.on_backend_features(el)
             }
             (BackendPhase::AwaitProceed, XmlEvent::Stanza(el)) if el.is(NS_TLS, "proceed") => {
@@ -561,13 +532,10 @@ impl Session {
                 self.effects.push_back(Effect::StartBackendTls);
             }
             (BackendPhase::Open, XmlEvent::Stanza(el)) => self.on_backend_element(el),
-            (phase, XmlEvent::Stanza(el)) => self.fail_backend(format!(
-                "unexpected <{}/> from backend in phase {phase:?}",
-                el.name
-            )),
-            (_, XmlEvent::StreamOpen { .. }) => {
-                self.fail_backend("unexpected stream header".to_owned())
+            (phase, XmlEvent::Stanza(el)) => {
+                self.fail_backend(format!("unexpected <{}/> from backend in phase {phase:?}", el.name))
             }
+            (_, XmlEvent::StreamOpen { .. }) => self.fail_backend("unexpected stream header".to_owned()),
         }
     }
 
@@ -575,20 +543,14 @@ impl Session {
         let offers_tls = features.child(NS_TLS, "starttls");
         if self.cfg.backend_tls == BackendTls::StartTls && !self.backend_tls_done {
             if offers_tls.is_none() {
-                return self.fail_backend(
-                    "backend does not offer STARTTLS (backend_tls = \"starttls\")".to_owned(),
-                );
+                return self.fail_backend("backend does not offer STARTTLS (backend_tls = \"starttls\")".to_owned());
             }
             Element::new(NS_TLS, "starttls").write_to(&mut self.to_backend, NS_CLIENT);
             self.backend_phase = BackendPhase::AwaitProceed;
             return;
         }
-        if offers_tls.is_some_and(|s| s.child(NS_TLS, "required").is_some())
-            && !self.backend_tls_done
-        {
-            return self.fail_backend(
-                "backend requires STARTTLS; set backend_tls = \"starttls\"".to_owned(),
-            );
+        if offers_tls.is_some_and(|s| s.child(NS_TLS, "required").is_some()) && !self.backend_tls_done {
+            return self.fail_backend("backend requires STARTTLS; set backend_tls = \"starttls\"".to_owned());
         }
         filter_features(&mut features);
         self.backend_phase = BackendPhase::Open;
@@ -611,18 +573,13 @@ impl Session {
         if self.bind_id.is_some() && el.name == "iq" && el.attr("id") == self.bind_id.as_deref() {
             self.bind_id = None;
             if el.attr("type") == Some("result") {
-                let jid_text = el
-                    .child(NS_BIND, "bind")
-                    .and_then(|b| b.child(NS_BIND, "jid"))
-                    .map(Element::text);
+                let jid_text = el.child(NS_BIND, "bind").and_then(|b| b.child(NS_BIND, "jid")).map(Element::text);
                 match jid_text.as_deref().and_then(jid::parse_full) {
                     Some(full) => {
                         self.bound = Some(full.clone());
                         self.effects.push_back(Effect::Bound(full));
                     }
-                    None => {
-                        return self.fail_backend("bind result without a valid full JID".to_owned())
-                    }
+                    None => return self.fail_backend("bind result without a valid full JID".to_owned()),
                 }
             }
         }
@@ -643,22 +600,13 @@ impl Session {
     }
 
     fn open_backend_stream(&mut self) {
-        let header = Header {
-            to: self.domain.clone(),
-            lang: self.lang.clone(),
-            ..Header::default()
-        };
+        let header = Header { to: self.domain.clone(), lang: self.lang.clone(), ..Header::default() };
         header.write(NS_CLIENT, &mut self.to_backend);
         self.backend_phase = BackendPhase::AwaitHeader;
     }
 
     fn write_client_header(&mut self, from: Option<String>) {
-        let reply = Header {
-            from,
-            id: Some(self.cfg.stream_id.clone()),
-            lang: Some("en".to_owned()),
-            to: None,
-        };
+        let reply = Header { from, id: Some(self.cfg.stream_id.clone()), lang: Some("en".to_owned()), to: None };
         reply.write(NS_CLIENT, &mut self.to_client);
         self.client_header_sent = true;
     }
@@ -698,10 +646,7 @@ impl Session {
         // Only a leg on which we have written a header (and that is not mid-handshake).
         if matches!(
             self.backend_phase,
-            BackendPhase::AwaitHeader
-                | BackendPhase::AwaitFeatures
-                | BackendPhase::AwaitProceed
-                | BackendPhase::Open
+            BackendPhase::AwaitHeader | BackendPhase::AwaitFeatures | BackendPhase::AwaitProceed | BackendPhase::Open
         ) {
             self.to_backend.extend_from_slice(STREAM_CLOSE);
         }

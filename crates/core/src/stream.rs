@@ -155,16 +155,13 @@ pub struct StreamError {
 impl StreamError {
     /// A stream error with a condition and optional explanation.
     pub fn new(condition: Condition, text: impl Into<Option<String>>) -> Self {
-        StreamError {
-            condition,
-            text: text.into(),
-        }
+        StreamError { condition, text: text.into() }
     }
 
     /// The `<stream:error>` element.
     pub fn to_element(&self) -> Element {
-        let mut el = Element::new(NS_STREAMS, "error")
-            .with_child(Element::new(NS_STREAM_ERRORS, self.condition.as_str()));
+        let mut el =
+            Element::new(NS_STREAMS, "error").with_child(Element::new(NS_STREAM_ERRORS, self.condition.as_str()));
         if let Some(t) = &self.text {
             el = el.with_child(
                 Element::new(NS_STREAM_ERRORS, "text")
@@ -213,12 +210,7 @@ impl Header {
     /// Write `<?xml version='1.0'?><stream:stream …>` with the given content namespace.
     pub fn write(&self, content_ns: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b"<?xml version='1.0'?><stream:stream");
-        for (k, v) in [
-            ("from", &self.from),
-            ("to", &self.to),
-            ("id", &self.id),
-            ("xml:lang", &self.lang),
-        ] {
+        for (k, v) in [("from", &self.from), ("to", &self.to), ("id", &self.id), ("xml:lang", &self.lang)] {
             if let Some(v) = v {
                 out.push(b' ');
                 out.extend_from_slice(k.as_bytes());
@@ -247,33 +239,19 @@ mod tests {
         let mut bytes = Vec::new();
         Header::default().write(NS_CLIENT, &mut bytes);
         err.to_element().write_to(&mut bytes, NS_CLIENT);
-        assert!(String::from_utf8_lossy(&bytes).contains(
-            "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-        ));
+        assert!(String::from_utf8_lossy(&bytes)
+            .contains("<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"));
         let mut r = StreamReader::new(XmlLimits::default());
         r.feed(&bytes);
-        assert!(matches!(
-            r.next_event(),
-            Ok(Some(XmlEvent::StreamOpen { .. }))
-        ));
-        let Ok(Some(XmlEvent::Stanza(el))) = r.next_event() else {
-            panic!("no error element")
-        };
+        assert!(matches!(r.next_event(), Ok(Some(XmlEvent::StreamOpen { .. }))));
+        let Ok(Some(XmlEvent::Stanza(el))) = r.next_event() else { panic!("no error element") };
         assert_eq!(StreamError::from_element(&el), err);
     }
 
     #[test]
     fn every_condition_name_parses_back() {
-        for name in [
-            "bad-format",
-            "system-shutdown",
-            "unsupported-version",
-            "invalid-from",
-        ] {
-            assert_eq!(
-                Condition::from_name(name).map(Condition::as_str),
-                Some(name)
-            );
+        for name in ["bad-format", "system-shutdown", "unsupported-version", "invalid-from"] {
+            assert_eq!(Condition::from_name(name).map(Condition::as_str), Some(name));
         }
         assert_eq!(Condition::from_name("made-up"), None);
     }

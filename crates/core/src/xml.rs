@@ -44,11 +44,7 @@ pub struct XmlLimits {
 
 impl Default for XmlLimits {
     fn default() -> Self {
-        XmlLimits {
-            stanza_bytes: 262_144,
-            depth: 32,
-            attributes: 64,
-        }
+        XmlLimits { stanza_bytes: 262_144, depth: 32, attributes: 64 }
     }
 }
 
@@ -119,16 +115,14 @@ impl XmlError {
     /// The stream error condition to close the stream with.
     pub fn condition(&self) -> Condition {
         match self {
-            XmlError::NotWellFormed(_) | XmlError::InvalidChar | XmlError::UndeclaredPrefix => {
-                Condition::NotWellFormed
-            }
+            XmlError::NotWellFormed(_) | XmlError::InvalidChar | XmlError::UndeclaredPrefix => Condition::NotWellFormed,
             XmlError::Restricted(_) => Condition::RestrictedXml,
             XmlError::InvalidUtf8 | XmlError::UnsupportedEncoding => Condition::UnsupportedEncoding,
             XmlError::BadFormat(_) => Condition::BadFormat,
             XmlError::NestedStreamHeader => Condition::InvalidXml,
-            XmlError::TooLarge { .. }
-            | XmlError::TooDeep { .. }
-            | XmlError::TooManyAttributes { .. } => Condition::PolicyViolation,
+            XmlError::TooLarge { .. } | XmlError::TooDeep { .. } | XmlError::TooManyAttributes { .. } => {
+                Condition::PolicyViolation
+            }
         }
     }
 }

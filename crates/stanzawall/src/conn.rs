@@ -67,7 +67,9 @@ pub async fn serve(
     if direct_tls {
         match timeout(HANDSHAKE_TIMEOUT, accept_tls(&mut client, None, true, &generation)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return info!(close.side = "client", reason = %format!("TLS handshake failed: {e}"), "session closed"),
+            Ok(Err(e)) => {
+                return info!(close.side = "client", reason = %format!("TLS handshake failed: {e}"), "session closed")
+            }
             Err(_) => return info!(close.side = "client", reason = "TLS handshake timed out", "session closed"),
         }
     }
@@ -88,7 +90,12 @@ pub async fn serve(
                     if let Stream::Plain(r) = &mut client {
                         r.rewind(prefix);
                     }
-                    match timeout(deadline.saturating_duration_since(Instant::now()), accept_tls(&mut client, Some(&domain), false, &generation)).await {
+                    match timeout(
+                        deadline.saturating_duration_since(Instant::now()),
+                        accept_tls(&mut client, Some(&domain), false, &generation),
+                    )
+                    .await
+                    {
                         Ok(Ok(())) => session.client_tls_established(),
                         Ok(Err(e)) => break 'session CloseReason::ClientFailed(format!("TLS handshake failed: {e}")),
                         Err(_) => break 'session CloseReason::ClientFailed("TLS handshake timed out".into()),
@@ -120,7 +127,8 @@ pub async fn serve(
                 }
                 Effect::Authenticated => authenticated = true,
                 Effect::Close(reason) => {
-                    let _ = timeout(CLOSE_FLUSH_TIMEOUT, flush(&mut session, &mut client, &mut backend, &mut totals)).await;
+                    let _ =
+                        timeout(CLOSE_FLUSH_TIMEOUT, flush(&mut session, &mut client, &mut backend, &mut totals)).await;
                     break 'session reason;
                 }
             }
@@ -198,16 +206,19 @@ async fn read_backend(backend: &mut Option<Stream>, buf: &mut [u8]) -> std::io::
 }
 
 /// TLS server handshake on the client leg; the certificate is chosen by SNI, else `domain`.
-async fn accept_tls(client: &mut Stream, domain: Option<&str>, direct: bool, generation: &Generation) -> std::io::Result<()> {
+async fn accept_tls(
+    client: &mut Stream,
+    domain: Option<&str>,
+    direct: bool,
+    generation: &Generation,
+) -> std::io::Result<()> {
     let plain = client.take_plain()?;
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), plain);
     let start = acceptor.await?;
     let sni = start.client_hello().server_name().map(str::to_owned);
     let name = sni.as_deref().or(domain);
-    let config = generation
-        .tls
-        .server_config(name, direct)
-        .ok_or_else(|| std::io::Error::other("no certificate configured"))?;
+    let config =
+        generation.tls.server_config(name, direct).ok_or_else(|| std::io::Error::other("no certificate configured"))?;
     let tls = start.into_stream(config).await?;
     *client = Stream::Server(Box::new(tls));
     Ok(())
@@ -254,7 +265,12 @@ async fn upgrade_backend(
     }
 }
 
-async fn upgrade_backend_stream(stream: &mut Stream, listener: &ListenerConfig, generation: &Generation, domain: &str) -> Result<(), String> {
+async fn upgrade_backend_stream(
+    stream: &mut Stream,
+    listener: &ListenerConfig,
+    generation: &Generation,
+    domain: &str,
+) -> Result<(), String> {
     let config = generation.tls.backend_config(&listener.name).ok_or("no TLS client configuration for backend")?;
     let name = listener.backend.server_name.as_deref().unwrap_or(domain).to_owned();
     let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("backend name {name}: {e}"))?;
@@ -272,7 +288,8 @@ fn random_id() -> String {
     let mut bytes = [0u8; 12];
     if getrandom::fill(&mut bytes).is_err() {
         // No entropy source: ids only need to be unique per stream, not secret.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         bytes[..12].copy_from_slice(&nanos.to_le_bytes()[..12]);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()

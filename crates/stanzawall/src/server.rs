@@ -103,7 +103,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Bind the sockets a generation needs that are not already bound at the same address.
-async fn bind_new(generation: &Generation, running: &HashMap<String, RunningListener>) -> Result<HashMap<String, TcpListener>, ConfigError> {
+async fn bind_new(
+    generation: &Generation,
+    running: &HashMap<String, RunningListener>,
+) -> Result<HashMap<String, TcpListener>, ConfigError> {
     let mut sockets = HashMap::new();
     for l in &generation.config.listeners {
         if running.get(&l.name).is_some_and(|r| r.bind == l.bind) {
@@ -131,7 +134,8 @@ fn start_listeners(
     tracker: &TaskTracker,
 ) {
     // Stop listeners that are gone or moved.
-    let keep: Vec<(String, SocketAddr)> = generation.config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
+    let keep: Vec<(String, SocketAddr)> =
+        generation.config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
     running.retain(|name, r| {
         let stay = keep.iter().any(|(n, b)| n == name && *b == r.bind);
         if !stay {
@@ -159,7 +163,8 @@ fn start_listeners(
             },
         };
         info!(listener = %l.name, kind = l.kind.as_str(), bind = %l.bind, backend = %l.backend.address, "listening");
-        let task = tokio::spawn(accept_loop(l.name.clone(), socket, gen_rx.clone(), shutdown_rx.clone(), tracker.clone()));
+        let task =
+            tokio::spawn(accept_loop(l.name.clone(), socket, gen_rx.clone(), shutdown_rx.clone(), tracker.clone()));
         running.insert(l.name.clone(), RunningListener { bind: l.bind, task });
     }
 }

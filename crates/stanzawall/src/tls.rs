@@ -113,7 +113,7 @@ impl TlsStore {
     fn select(&self, name: Option<&str>) -> Option<&Entry> {
         if let Some(name) = name {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(e) = self.entries.iter().find(|e| e.domains.iter().any(|d| *d == name)) {
+            if let Some(e) = self.entries.iter().find(|e| e.domains.contains(&name)) {
                 return Some(e);
             }
             if let Some((_, parent)) = name.split_once('.') {

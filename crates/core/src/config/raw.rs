@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{
-    BackendConfig, CertificateConfig, Config, ConfigError, Limits, ListenerConfig, ListenerKind,
-    Origin,
-};
+use super::{BackendConfig, CertificateConfig, Config, ConfigError, Limits, ListenerConfig, ListenerKind, Origin};
 use crate::session::BackendTls;
 
 #[derive(Debug, Deserialize)]
@@ -72,24 +69,11 @@ struct Locator<'a> {
 impl Locator<'_> {
     fn origin(&self, span: Range<usize>, key: &str) -> Origin {
         let start = span.start.min(self.text.len());
-        let line = self.text.as_bytes()[..start]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
-        Origin {
-            file: self.file.to_path_buf(),
-            line,
-            key: key.to_owned(),
-        }
+        let line = self.text.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count() + 1;
+        Origin { file: self.file.to_path_buf(), line, key: key.to_owned() }
     }
 
-    fn err<T>(
-        &self,
-        span: Range<usize>,
-        key: &str,
-        msg: impl Into<String>,
-    ) -> Result<T, ConfigError> {
+    fn err<T>(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
         Err(self.origin(span, key).error(msg))
     }
 
@@ -108,8 +92,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_owned();
-        loc.origin(span.clone(), &key_at(text, span.start))
-            .error(message)
+        loc.origin(span.clone(), &key_at(text, span.start)).error(message)
     })?;
     validate(raw, &loc)
 }
@@ -119,22 +102,14 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
     for (i, c) in raw.tls.certificate.into_iter().enumerate() {
         let key = |k: &str| format!("tls.certificate[{i}].{k}");
         if c.domains.get_ref().is_empty() {
-            return loc.err(
-                c.domains.span(),
-                &key("domains"),
-                "at least one domain is required",
-            );
+            return loc.err(c.domains.span(), &key("domains"), "at least one domain is required");
         }
         let mut domains = Vec::new();
         for d in c.domains.get_ref() {
             let d = d.to_ascii_lowercase();
             let name = d.strip_prefix("*.").unwrap_or(&d);
             if !crate::jid::is_domain(name) || name.contains('*') {
-                return loc.err(
-                    c.domains.span(),
-                    &key("domains"),
-                    format!("'{d}' is not a domain or '*.domain'"),
-                );
+                return loc.err(c.domains.span(), &key("domains"), format!("'{d}' is not a domain or '*.domain'"));
             }
             domains.push(d);
         }
@@ -152,23 +127,11 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
     for (i, l) in raw.listener.into_iter().enumerate() {
         let key = |k: &str| format!("listener[{i}].{k}");
         let name = l.name.get_ref().trim().to_owned();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return loc.err(
-                l.name.span(),
-                &key("name"),
-                "use letters, digits, '-' and '_'",
-            );
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return loc.err(l.name.span(), &key("name"), "use letters, digits, '-' and '_'");
         }
         if !names.insert(name.clone()) {
-            return loc.err(
-                l.name.span(),
-                &key("name"),
-                format!("duplicate listener name '{name}'"),
-            );
+            return loc.err(l.name.span(), &key("name"), format!("duplicate listener name '{name}'"));
         }
         let kind = match l.kind.get_ref().as_str() {
             "c2s" => ListenerKind::C2s,
@@ -184,26 +147,14 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
         let bind: SocketAddr = match l.bind.get_ref().parse() {
             Ok(a) => a,
             Err(_) => {
-                return loc.err(
-                    l.bind.span(),
-                    &key("bind"),
-                    "expected IP:PORT, e.g. \"0.0.0.0:5222\" or \"[::]:5222\"",
-                )
+                return loc.err(l.bind.span(), &key("bind"), "expected IP:PORT, e.g. \"0.0.0.0:5222\" or \"[::]:5222\"")
             }
         };
         let address = l.backend.get_ref().clone();
         if !valid_host_port(&address) {
-            return loc.err(
-                l.backend.span(),
-                &key("backend"),
-                "expected HOST:PORT, e.g. \"127.0.0.1:15222\"",
-            );
+            return loc.err(l.backend.span(), &key("backend"), "expected HOST:PORT, e.g. \"127.0.0.1:15222\"");
         }
-        let tls = match l
-            .backend_tls
-            .as_ref()
-            .map(|s| (s.get_ref().as_str(), s.span()))
-        {
+        let tls = match l.backend_tls.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
             None | Some(("off", _)) => BackendTls::Off,
             Some(("starttls", _)) => BackendTls::StartTls,
             Some(("tls", _)) => BackendTls::Direct,
@@ -215,11 +166,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
                 )
             }
         };
-        let proxy_protocol = match l
-            .proxy_protocol
-            .as_ref()
-            .map(|s| (s.get_ref().as_str(), s.span()))
-        {
+        let proxy_protocol = match l.proxy_protocol.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
             None | Some(("off", _)) => false,
             Some(("v2", _)) => true,
             Some((other, span)) => {
@@ -230,25 +177,14 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
                 )
             }
         };
-        for (opt, k) in [
-            (&l.backend_ca, "backend_ca"),
-            (&l.backend_server_name, "backend_server_name"),
-        ] {
+        for (opt, k) in [(&l.backend_ca, "backend_ca"), (&l.backend_server_name, "backend_server_name")] {
             if let (Some(v), BackendTls::Off) = (opt, tls) {
-                return loc.err(
-                    v.span(),
-                    &key(k),
-                    "only meaningful with backend_tls = \"starttls\" or \"tls\"",
-                );
+                return loc.err(v.span(), &key(k), "only meaningful with backend_tls = \"starttls\" or \"tls\"");
             }
         }
         let server_name = match &l.backend_server_name {
             Some(s) if !crate::jid::is_domain(s.get_ref()) => {
-                return loc.err(
-                    s.span(),
-                    &key("backend_server_name"),
-                    "not a valid DNS name",
-                )
+                return loc.err(s.span(), &key("backend_server_name"), "not a valid DNS name")
             }
             other => other.as_ref().map(|s| s.get_ref().clone()),
         };
@@ -281,13 +217,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
     let d = Limits::default();
     let r = &raw.limits;
     let limits = Limits {
-        stanza_bytes: limit(
-            loc,
-            &r.stanza_bytes,
-            "limits.stanza_bytes",
-            d.stanza_bytes,
-            1024,
-        )?,
+        stanza_bytes: limit(loc, &r.stanza_bytes, "limits.stanza_bytes", d.stanza_bytes, 1024)?,
         preauth_stanza_bytes: limit(
             loc,
             &r.preauth_stanza_bytes,
@@ -305,12 +235,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
         depth: limit(loc, &r.depth, "limits.depth", d.depth, 4)?,
         attributes: limit(loc, &r.attributes, "limits.attributes", d.attributes, 8)?,
     };
-    Ok(Config {
-        path: loc.file.to_path_buf(),
-        certificates,
-        listeners,
-        limits,
-    })
+    Ok(Config { path: loc.file.to_path_buf(), certificates, listeners, limits })
 }
 
 fn limit(
@@ -323,11 +248,7 @@ fn limit(
     let Some(v) = v else { return Ok(default) };
     match usize::try_from(*v.get_ref()) {
         Ok(n) if n >= min => Ok(n),
-        _ => loc.err(
-            v.span(),
-            key,
-            format!("must be an integer of at least {min}"),
-        ),
+        _ => loc.err(v.span(), key, format!("must be an integer of at least {min}")),
     }
 }
 
@@ -336,9 +257,7 @@ fn valid_host_port(s: &str) -> bool {
         return true;
     }
     match s.rsplit_once(':') {
-        Some((host, port)) => {
-            crate::jid::is_domain(host) && port.parse::<u16>().is_ok_and(|p| p != 0)
-        }
+        Some((host, port)) => crate::jid::is_domain(host) && port.parse::<u16>().is_ok_and(|p| p != 0),
         None => false,
     }
 }
@@ -360,11 +279,7 @@ fn covers(span: Option<Range<usize>>, at: usize) -> bool {
 
 fn walk_table(table: &toml_edit::Table, prefix: &str, at: usize, best: &mut String) {
     for (k, item) in table.iter() {
-        let path = if prefix.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        let path = if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
         let key_span = table.key(k).and_then(|key| key.span());
         if covers(key_span, at) || covers(item.span(), at) {
             *best = path.clone();

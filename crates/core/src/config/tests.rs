@@ -1,1 +1,115 @@
+use std::path::Path;
 
+use super::*;
+
+const GOOD: &str = r#"
+[[tls.certificate]]
+domains = ["example.test", "*.example.test"]
+cert = "certs/example.test.crt"
+key  = "/etc/keys/example.test.key"
+
+[[listener]]
+name    = "c2s"
+kind    = "c2s"
+bind    = "127.0.0.1:5222"
+backend = "127.0.0.1:15222"
+
+[[listener]]
+name    = "c2s-direct"
+kind    = "c2s-tls"
+bind    = "[::1]:5223"
+backend = "xmpp.internal:5222"
+backend_tls = "starttls"
+backend_ca = "ca.pem"
+proxy_protocol = "v2"
+
+[limits]
+stanza_bytes = 262144
+preauth_stanza_bytes = 10000
+depth = 32
+attributes = 64
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/stanzawall/gw.toml"))
+}
+
+fn error(text: &str) -> String {
+    parse(text).expect_err("must be refused").to_string()
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].kind, ListenerKind::C2s);
+    assert_eq!(c.listeners[1].kind, ListenerKind::C2sTls);
+    assert_eq!(c.listeners[1].backend.tls, BackendTls::StartTls);
+    assert!(c.listeners[1].backend.proxy_protocol);
+    assert_eq!(c.listeners[1].backend.ca.as_deref(), Some(Path::new("/etc/stanzawall/ca.pem")));
+    // Relative paths are relative to the config file; absolute ones stay.
+    assert_eq!(c.certificates[0].cert, Path::new("/etc/stanzawall/certs/example.test.crt"));
+    assert_eq!(c.certificates[0].key, Path::new("/etc/keys/example.test.key"));
+    assert_eq!(c.certificates[0].cert_origin.line, 4);
+    assert_eq!(c.limits.preauth_stanza_bytes, 10000);
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let bad = GOOD.replace("bind    = \"[::1]:5223\"", "bind    = \"localhost\"");
+    assert_eq!(
+        error(&bad),
+        "/etc/stanzawall/gw.toml:16: listener[1].bind: expected IP:PORT, e.g. \"0.0.0.0:5222\" or \"[::]:5222\""
+    );
+    let bad = GOOD.replace("kind    = \"c2s-tls\"", "kind    = \"s2s\"");
+    assert!(
+        error(&bad).starts_with("/etc/stanzawall/gw.toml:15: listener[1].kind: unknown kind 's2s'"),
+        "{}",
+        error(&bad)
+    );
+    let bad = GOOD.replace("depth = 32", "depth = -1");
+    assert_eq!(error(&bad), "/etc/stanzawall/gw.toml:25: limits.depth: must be an integer of at least 4");
+    let bad = GOOD.replace("backend_tls = \"starttls\"", "backend_tls = \"maybe\"");
+    assert!(error(&bad).starts_with("/etc/stanzawall/gw.toml:18: listener[1].backend_tls:"), "{}", error(&bad));
+    let bad = GOOD.replace("name    = \"c2s-direct\"", "name    = \"c2s\"");
+    assert!(error(&bad).contains(":14: listener[1].name: duplicate listener name 'c2s'"), "{}", error(&bad));
+    let bad = GOOD.replace("domains = [\"example.test\", \"*.example.test\"]", "domains = [\"exa mple\"]");
+    assert!(error(&bad).contains(":3: tls.certificate[0].domains:"), "{}", error(&bad));
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let bad = GOOD.replace("proxy_protocol = \"v2\"", "proxy_protocol = \"v2\"\nbackend_tsl = \"tls\"");
+    let e = error(&bad);
+    assert!(e.starts_with("/etc/stanzawall/gw.toml:21: listener[1].backend_tsl: unknown field `backend_tsl`"), "{e}");
+    let bad = format!("{GOOD}\n[limit]\ndepth = 3\n");
+    let e = error(&bad);
+    assert!(e.starts_with("/etc/stanzawall/gw.toml:28: limit: unknown field `limit`"), "{e}");
+}
+
+#[test]
+fn syntax_and_type_errors_have_lines() {
+    let e = error("[[listener]]\nname = \"c2s\"\nkind = c2s\n");
+    assert!(e.starts_with("/etc/stanzawall/gw.toml:3:"), "{e}");
+    let e = error(&GOOD.replace("stanza_bytes = 262144", "stanza_bytes = \"big\""));
+    assert!(e.starts_with("/etc/stanzawall/gw.toml:23: limits.stanza_bytes:"), "{e}");
+}
+
+#[test]
+fn missing_parts_are_errors() {
+    assert!(error("").contains("at least one [[listener]] is required"));
+    let no_certs = GOOD.split("[[listener]]").skip(1).map(|l| format!("[[listener]]{l}")).collect::<String>();
+    assert!(error(&no_certs).contains("tls.certificate: at least one"));
+    let e = error("[[tls.certificate]]\ndomains=[\"a.test\"]\ncert=\"c\"\nkey=\"k\"\n[[listener]]\nname=\"x\"\nkind=\"c2s\"\nbind=\"127.0.0.1:1\"\n");
+    assert!(e.contains("missing field `backend`"), "{e}");
+    let e = error(&GOOD.replace("backend_tls = \"starttls\"\n", ""));
+    assert!(e.contains("listener[1].backend_ca: only meaningful with backend_tls"), "{e}");
+}
+
+#[test]
+fn diff_reports_changes() {
+    let a = parse(GOOD).unwrap();
+    let b = parse(&GOOD.replace("127.0.0.1:15222", "127.0.0.1:15223")).unwrap();
+    assert_eq!(b.diff(&a), vec!["listener c2s changed".to_owned()]);
+    assert!(a.diff(&a).is_empty());
+}

@@ -35,9 +35,7 @@ pub fn filter_features(features: &mut Element) {
     for child in &mut features.children {
         if let crate::xml::Node::Element(mechs) = child {
             if mechs.is(NS_SASL, "mechanisms") {
-                mechs.retain_elements(|m| {
-                    !(m.is(NS_SASL, "mechanism") && is_channel_binding_mechanism(&m.text()))
-                });
+                mechs.retain_elements(|m| !(m.is(NS_SASL, "mechanism") && is_channel_binding_mechanism(&m.text())));
             }
         }
     }

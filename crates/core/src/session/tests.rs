@@ -1,1 +1,335 @@
+use super::*;
+use crate::stream::Condition;
+use crate::xml::XmlLimits;
 
+const CLIENT_HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.test' version='1.0' \
+    xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en'>";
+const BACKEND_HEADER: &str = "<?xml version='1.0'?><stream:stream from='example.test' id='b1' version='1.0' \
+    xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+const BACKEND_SASL_FEATURES: &str = "<stream:features>\
+    <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+    <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-1-PLUS</mechanism>\
+    <mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
+    <sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>\
+    <compression xmlns='http://jabber.org/features/compress'><method>zlib</method></compression>\
+    <register xmlns='http://jabber.org/features/iq-register'/></stream:features>";
+const BACKEND_BIND_FEATURES: &str = "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
+    <sm xmlns='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>";
+
+fn config(direct_tls: bool, backend_tls: BackendTls) -> SessionConfig {
+    let limits = XmlLimits { stanza_bytes: 65536, depth: 16, attributes: 32 };
+    SessionConfig {
+        direct_tls,
+        preauth_limits: XmlLimits { stanza_bytes: 4096, ..limits },
+        limits,
+        backend_limits: limits,
+        backend_tls,
+        stream_id: "gw1".to_owned(),
+    }
+}
+
+fn client_out(s: &mut Session) -> String {
+    String::from_utf8(s.take_to_client()).unwrap()
+}
+
+fn backend_out(s: &mut Session) -> String {
+    String::from_utf8(s.take_to_backend()).unwrap()
+}
+
+fn effects(s: &mut Session) -> Vec<Effect> {
+    std::iter::from_fn(|| s.poll_effect()).collect()
+}
+
+/// A session through STARTTLS, backend connected, SASL features relayed.
+fn at_sasl() -> Session {
+    let mut s = Session::new(config(false, BackendTls::Off));
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let out = client_out(&mut s);
+    assert!(out.contains("<stream:stream from='example.test' id='gw1'"), "{out}");
+    assert!(out.ends_with(
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
+    ));
+    s.client_bytes(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    assert_eq!(client_out(&mut s), "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    assert_eq!(effects(&mut s), vec![Effect::StartClientTls { domain: "example.test".into() }]);
+    s.client_tls_established();
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    assert!(client_out(&mut s).starts_with("<?xml version='1.0'?><stream:stream from='example.test'"));
+    assert_eq!(effects(&mut s), vec![Effect::ConnectBackend { domain: "example.test".into() }]);
+    s.backend_connected();
+    let hdr = backend_out(&mut s);
+    assert!(hdr.contains("to='example.test'") && hdr.contains("xml:lang='en'"), "{hdr}");
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.backend_bytes(BACKEND_SASL_FEATURES.as_bytes());
+    s
+}
+
+/// Continue to a bound session as alice@example.test/phone.
+fn bound() -> Session {
+    let mut s = at_sasl();
+    client_out(&mut s);
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
+    assert_eq!(
+        backend_out(&mut s),
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>"
+    );
+    s.backend_bytes(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    assert_eq!(client_out(&mut s), "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    assert_eq!(effects(&mut s), vec![Effect::Authenticated]);
+    // The backend stream restarts at once; the client's restart is answered when it comes.
+    assert!(backend_out(&mut s).starts_with("<?xml version='1.0'?><stream:stream to='example.test'"));
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.backend_bytes(BACKEND_BIND_FEATURES.as_bytes());
+    assert_eq!(client_out(&mut s), "", "features wait for the client's new header");
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let out = client_out(&mut s);
+    assert!(out.starts_with("<?xml version='1.0'?><stream:stream"));
+    assert!(out.ends_with(
+        "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>"
+    ), "stream management is not offered: {out}");
+    s.client_bytes(b"<iq type='set' id='bind1' from='mallory@evil.test'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
+    assert_eq!(
+        backend_out(&mut s),
+        "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>",
+        "an unbound client's 'from' is removed"
+    );
+    s.backend_bytes(b"<iq type='result' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/phone</jid></bind></iq>");
+    let full = crate::jid::parse_full("alice@example.test/phone").unwrap();
+    assert_eq!(effects(&mut s), vec![Effect::Bound(full)]);
+    assert!(client_out(&mut s).contains("<jid>alice@example.test/phone</jid>"));
+    s
+}
+
+#[test]
+fn features_lose_what_cannot_cross_the_gateway() {
+    let mut s = at_sasl();
+    let out = client_out(&mut s);
+    assert_eq!(
+        out,
+        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+         <mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
+         <register xmlns='http://jabber.org/features/iq-register'/></stream:features>"
+    );
+}
+
+#[test]
+fn bytes_after_starttls_never_reach_the_parser() {
+    let mut s = Session::new(config(false, BackendTls::Off));
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    // STARTTLS command injection: plaintext smuggled behind <starttls/> must not be parsed.
+    s.client_bytes(
+        b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><message to='x@y'><body>smuggled</body></message>",
+    );
+    client_out(&mut s);
+    assert_eq!(effects(&mut s).len(), 1);
+    assert_eq!(s.take_client_buffered(), b"<message to='x@y'><body>smuggled</body></message>");
+    s.client_bytes(b"<presence/>");
+    assert_eq!(backend_out(&mut s), "");
+    assert_eq!(client_out(&mut s), "");
+}
+
+#[test]
+fn anything_but_starttls_before_tls_is_refused() {
+    let mut s = Session::new(config(false, BackendTls::Off));
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    client_out(&mut s);
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
+    let out = client_out(&mut s);
+    assert!(out.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{out}");
+    assert!(out.ends_with("</stream:stream>"));
+    assert!(
+        matches!(effects(&mut s).as_slice(), [Effect::Close(CloseReason::ClientError(e))] if e.condition == Condition::PolicyViolation)
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn bad_stream_headers_get_their_stream_errors() {
+    for (header, cond) in [
+        ("<stream:stream to='example.test' version='1.0' xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>", Condition::InvalidNamespace),
+        ("<stream:stream to='example.test' version='1.0' xmlns='jabber:client' xmlns:stream='urn:wrong'>", Condition::InvalidNamespace),
+        ("<stream:stream to='example.test' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", Condition::UnsupportedVersion),
+        ("<stream:stream to='example.test' version='2.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", Condition::UnsupportedVersion),
+        ("<stream:stream version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", Condition::HostUnknown),
+        ("<stream:stream to='a@b' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", Condition::HostUnknown),
+    ] {
+        let mut s = Session::new(config(false, BackendTls::Off));
+        s.client_bytes(header.as_bytes());
+        let out = client_out(&mut s);
+        // Our header first, then the error (RFC 6120 §4.9.1.2).
+        assert!(out.starts_with("<?xml version='1.0'?><stream:stream"), "{out}");
+        assert!(out.contains(&format!("<{} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", cond.as_str())), "{header}: {out}");
+        assert!(s.is_closed());
+    }
+}
+
+#[test]
+fn channel_binding_auth_is_refused_locally() {
+    let mut s = at_sasl();
+    client_out(&mut s);
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1-PLUS'>cD10bHMtdW5pcXVlLCxuPWEscj1i</auth>");
+    assert_eq!(client_out(&mut s), "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>");
+    assert_eq!(backend_out(&mut s), "");
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn from_is_stamped_and_enforced() {
+    let mut s = bound();
+    s.client_bytes(b"<message to='bob@example.test' type='chat'><body>hi</body></message>");
+    assert_eq!(
+        backend_out(&mut s),
+        "<message to='bob@example.test' type='chat' from='alice@example.test/phone'><body>hi</body></message>"
+    );
+    s.client_bytes(b"<presence from='Alice@Example.Test'/>");
+    assert_eq!(backend_out(&mut s), "<presence from='alice@example.test/phone'/>");
+    s.client_bytes(b"<message from='bob@example.test/x' to='carol@example.test'><body>spoof</body></message>");
+    assert_eq!(backend_out(&mut s), "</stream:stream>", "the spoofed stanza is not forwarded");
+    let out = client_out(&mut s);
+    assert!(out.contains("<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{out}");
+    assert!(s.is_closed());
+}
+
+#[test]
+fn malformed_stanza_never_reaches_the_backend() {
+    for (payload, cond) in [
+        ("<message><body>&xxe;</body></message>", Condition::RestrictedXml),
+        ("<!DOCTYPE x [<!ENTITY xxe 'boom'>]><message/>", Condition::RestrictedXml),
+        ("<message><body>unclosed</message>", Condition::NotWellFormed),
+        ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>", Condition::InvalidXml),
+        ("<evil xmlns='urn:x'/>", Condition::UnsupportedStanzaType),
+    ] {
+        let mut s = bound();
+        backend_out(&mut s);
+        s.client_bytes(payload.as_bytes());
+        assert_eq!(backend_out(&mut s), "</stream:stream>", "{payload}");
+        let out = client_out(&mut s);
+        assert!(
+            out.contains(&format!("<{} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", cond.as_str())),
+            "{payload}: {out}"
+        );
+        assert!(out.ends_with("</stream:stream>"));
+    }
+}
+
+#[test]
+fn oversized_preauth_stanza_is_refused() {
+    let mut s = at_sasl();
+    client_out(&mut s);
+    let big = format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}", "A".repeat(5000));
+    s.client_bytes(big.as_bytes());
+    assert!(client_out(&mut s).contains("<policy-violation"));
+    assert_eq!(backend_out(&mut s), "</stream:stream>");
+}
+
+#[test]
+fn backend_errors_and_closes_reach_the_client() {
+    let mut s = bound();
+    client_out(&mut s);
+    s.backend_bytes(b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>");
+    assert_eq!(
+        client_out(&mut s),
+        "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    );
+    assert!(
+        matches!(effects(&mut s).as_slice(), [Effect::Close(CloseReason::BackendError(e))] if e.condition == Condition::Conflict)
+    );
+
+    let mut s = bound();
+    client_out(&mut s);
+    s.backend_bytes(b"</stream:stream>");
+    assert_eq!(client_out(&mut s), "</stream:stream>");
+    assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::BackendClosed)]);
+
+    let mut s = bound();
+    client_out(&mut s);
+    s.backend_failed("connection reset");
+    assert!(client_out(&mut s).contains("<internal-server-error"));
+}
+
+#[test]
+fn client_close_and_shutdown_close_both_legs() {
+    let mut s = bound();
+    backend_out(&mut s);
+    s.client_bytes(b"</stream:stream>");
+    assert_eq!(backend_out(&mut s), "</stream:stream>");
+    assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::ClientClosed)]);
+
+    let mut s = bound();
+    backend_out(&mut s);
+    client_out(&mut s);
+    s.shutdown();
+    assert_eq!(
+        client_out(&mut s),
+        "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    );
+    assert_eq!(backend_out(&mut s), "</stream:stream>");
+    assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::Shutdown)]);
+}
+
+#[test]
+fn backend_starttls_is_negotiated_before_features_are_relayed() {
+    let mut s = Session::new(config(true, BackendTls::StartTls));
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    client_out(&mut s);
+    assert_eq!(effects(&mut s).len(), 1);
+    s.backend_connected();
+    backend_out(&mut s);
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.backend_bytes(BACKEND_SASL_FEATURES.as_bytes());
+    assert_eq!(backend_out(&mut s), "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    assert_eq!(client_out(&mut s), "");
+    s.backend_bytes(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    assert_eq!(effects(&mut s), vec![Effect::StartBackendTls]);
+    s.backend_tls_established();
+    assert!(backend_out(&mut s).contains("to='example.test'"));
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.backend_bytes(BACKEND_SASL_FEATURES.as_bytes());
+    let out = client_out(&mut s);
+    assert!(
+        out.contains("<mechanism>SCRAM-SHA-1</mechanism>") && !out.contains("PLUS") && !out.contains("starttls"),
+        "{out}"
+    );
+}
+
+#[test]
+fn backend_requiring_tls_without_backend_tls_fails_clearly() {
+    let mut s = Session::new(config(true, BackendTls::Off));
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    s.backend_connected();
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.backend_bytes(
+        b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
+    );
+    assert!(client_out(&mut s).contains("<internal-server-error"));
+    assert!(
+        matches!(effects(&mut s).last(), Some(Effect::Close(CloseReason::BackendFailed(why))) if why.contains("backend_tls"))
+    );
+}
+
+#[test]
+fn stanzas_before_features_are_refused() {
+    let mut s = Session::new(config(true, BackendTls::Off));
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AA==</auth>");
+    assert!(client_out(&mut s).contains("<not-authorized"));
+    assert_eq!(backend_out(&mut s), "", "nothing is written to a backend never connected");
+}
+
+#[test]
+fn every_split_of_a_session_gives_the_same_output() {
+    // The same client bytes fed whole or one byte at a time produce identical backend bytes.
+    let script = "<message to='bob@example.test'><body>caf\u{e9} &amp; \u{1F600}</body></message>\
+                  <iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq><presence/>";
+    let mut whole = bound();
+    backend_out(&mut whole);
+    whole.client_bytes(script.as_bytes());
+    let expected = backend_out(&mut whole);
+    let mut trickle = bound();
+    backend_out(&mut trickle);
+    for b in script.as_bytes() {
+        trickle.client_bytes(std::slice::from_ref(b));
+    }
+    assert_eq!(backend_out(&mut trickle), expected);
+    assert_eq!(trickle.counters().stanzas_from_client, whole.counters().stanzas_from_client);
+}

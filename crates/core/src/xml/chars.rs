@@ -12,9 +12,7 @@ pub(crate) fn is_xml_char(c: char) -> bool {
 pub(crate) fn all_xml_chars(s: &str) -> bool {
     let b = s.as_bytes();
     if b.is_ascii() {
-        return b
-            .iter()
-            .all(|&c| c >= 0x20 || c == b'\t' || c == b'\n' || c == b'\r');
+        return b.iter().all(|&c| c >= 0x20 || c == b'\t' || c == b'\n' || c == b'\r');
     }
     s.chars().all(is_xml_char)
 }
@@ -29,8 +27,7 @@ fn is_name_start(c: char) -> bool {
 }
 
 fn is_name_char(c: char) -> bool {
-    is_name_start(c)
-        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+    is_name_start(c) || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
 /// XML Namespaces `NCName`: a `Name` without colons.

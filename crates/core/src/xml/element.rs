@@ -51,12 +51,7 @@ pub struct Element {
 impl Element {
     /// A new empty element.
     pub fn new(ns: impl Into<Ns>, name: impl Into<String>) -> Self {
-        Element {
-            ns: ns.into(),
-            name: name.into(),
-            attrs: Vec::new(),
-            children: Vec::new(),
-        }
+        Element { ns: ns.into(), name: name.into(), attrs: Vec::new(), children: Vec::new() }
     }
 
     /// Builder: add an unprefixed attribute.
@@ -69,11 +64,7 @@ impl Element {
     /// Builder: add a namespaced attribute (e.g. `xml:lang`).
     #[must_use]
     pub fn with_attr_ns(mut self, ns: &str, name: &str, value: impl Into<String>) -> Self {
-        self.attrs.push(Attr {
-            ns: Some(Ns::from(ns)),
-            name: name.to_owned(),
-            value: value.into(),
-        });
+        self.attrs.push(Attr { ns: Some(Ns::from(ns)), name: name.to_owned(), value: value.into() });
         self
     }
 
@@ -98,43 +89,26 @@ impl Element {
 
     /// Value of an unprefixed attribute.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|a| a.ns.is_none() && a.name == name)
-            .map(|a| a.value.as_str())
+        self.attrs.iter().find(|a| a.ns.is_none() && a.name == name).map(|a| a.value.as_str())
     }
 
     /// Value of `xml:lang`.
     pub fn lang(&self) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|a| a.ns.as_deref() == Some(NS_XML) && a.name == "lang")
-            .map(|a| a.value.as_str())
+        self.attrs.iter().find(|a| a.ns.as_deref() == Some(NS_XML) && a.name == "lang").map(|a| a.value.as_str())
     }
 
     /// Set (or replace) an unprefixed attribute.
     pub fn set_attr(&mut self, name: &str, value: impl Into<String>) {
         let value = value.into();
-        match self
-            .attrs
-            .iter_mut()
-            .find(|a| a.ns.is_none() && a.name == name)
-        {
+        match self.attrs.iter_mut().find(|a| a.ns.is_none() && a.name == name) {
             Some(a) => a.value = value,
-            None => self.attrs.push(Attr {
-                ns: None,
-                name: name.to_owned(),
-                value,
-            }),
+            None => self.attrs.push(Attr { ns: None, name: name.to_owned(), value }),
         }
     }
 
     /// Remove an unprefixed attribute; returns its old value.
     pub fn remove_attr(&mut self, name: &str) -> Option<String> {
-        let i = self
-            .attrs
-            .iter()
-            .position(|a| a.ns.is_none() && a.name == name)?;
+        let i = self.attrs.iter().position(|a| a.ns.is_none() && a.name == name)?;
         Some(self.attrs.remove(i).value)
     }
 

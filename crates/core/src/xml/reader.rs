@@ -156,13 +156,11 @@ impl StreamReader {
     fn check_pending(&self) -> Result<(), XmlError> {
         let pending = self.buf.len() - self.pos;
         match self.state {
-            State::Prolog { .. } if pending > self.limits.stanza_bytes => Err(XmlError::TooLarge {
-                limit: self.limits.stanza_bytes,
-            }),
+            State::Prolog { .. } if pending > self.limits.stanza_bytes => {
+                Err(XmlError::TooLarge { limit: self.limits.stanza_bytes })
+            }
             State::Stream if self.stanza_consumed + pending > self.limits.stanza_bytes => {
-                Err(XmlError::TooLarge {
-                    limit: self.limits.stanza_bytes,
-                })
+                Err(XmlError::TooLarge { limit: self.limits.stanza_bytes })
             }
             _ => Ok(()),
         }
@@ -191,8 +189,7 @@ impl StreamReader {
                 return Ok(Step::Incomplete);
             }
             let from = self.scan.max(self.pos + CDATA.len());
-            let Some(end) = memchr::memmem::find(&self.buf[from..], b"]]>").map(|i| i + from)
-            else {
+            let Some(end) = memchr::memmem::find(&self.buf[from..], b"]]>").map(|i| i + from) else {
                 self.scan = self.buf.len().saturating_sub(2).max(self.pos + CDATA.len());
                 return Ok(Step::Incomplete);
             };
@@ -213,33 +210,25 @@ impl StreamReader {
             }
             return Err(XmlError::Restricted("comments are not allowed"));
         }
-        Err(XmlError::Restricted(
-            "DTDs and marked sections are not allowed",
-        ))
+        Err(XmlError::Restricted("DTDs and marked sections are not allowed"))
     }
 
     /// `<?…`: only the XML declaration, and only at the very start of a stream.
     fn question(&mut self) -> Result<Step, XmlError> {
         let at_start = matches!(self.state, State::Prolog { at_start: true });
         if !at_start {
-            return Err(XmlError::Restricted(
-                "processing instructions are not allowed",
-            ));
+            return Err(XmlError::Restricted("processing instructions are not allowed"));
         }
         let rest = &self.buf[self.pos..];
         if rest.len() < 6 {
             return if b"<?xml ".starts_with(rest) {
                 Ok(Step::Incomplete)
             } else {
-                Err(XmlError::Restricted(
-                    "processing instructions are not allowed",
-                ))
+                Err(XmlError::Restricted("processing instructions are not allowed"))
             };
         }
         if !(rest.starts_with(b"<?xml") && matches!(rest[5], b' ' | b'\t' | b'\r' | b'\n')) {
-            return Err(XmlError::Restricted(
-                "processing instructions are not allowed",
-            ));
+            return Err(XmlError::Restricted("processing instructions are not allowed"));
         }
         let Some(end) = memchr::memmem::find(rest, b"?>") else {
             return Ok(Step::Incomplete);
@@ -267,9 +256,7 @@ impl StreamReader {
         match self.state {
             State::Prolog { .. } => {
                 if self_closing {
-                    return Err(XmlError::BadFormat(
-                        "the stream header must not be self-closing",
-                    ));
+                    return Err(XmlError::BadFormat("the stream header must not be self-closing"));
                 }
                 let decls = parsed.decls()?;
                 let default_ns = lookup_default(&[&decls]);
@@ -278,16 +265,11 @@ impl StreamReader {
                 self.root_decls = decls;
                 self.consume_to(end + 1);
                 self.state = State::Stream;
-                Ok(Step::Event(XmlEvent::StreamOpen {
-                    header: el,
-                    default_ns,
-                }))
+                Ok(Step::Event(XmlEvent::StreamOpen { header: el, default_ns }))
             }
             State::Stream => {
                 if self.stack.len() >= self.limits.depth {
-                    return Err(XmlError::TooDeep {
-                        limit: self.limits.depth,
-                    });
+                    return Err(XmlError::TooDeep { limit: self.limits.depth });
                 }
                 let decls = parsed.decls()?;
                 let el = self.resolve(parsed.qname, parsed.attrs, &decls)?;
@@ -363,10 +345,7 @@ impl StreamReader {
                     return Ok(Step::Continue);
                 }
             }
-            let n = rest
-                .iter()
-                .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-                .count();
+            let n = rest.iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')).count();
             if n == 0 {
                 return Err(if self.state == State::Stream {
                     XmlError::BadFormat("character data at stream level")
@@ -393,11 +372,7 @@ impl StreamReader {
         self.add_stanza_bytes(end)?;
         self.push_text(&text);
         self.consume_to(self.pos + end);
-        Ok(if complete {
-            Step::Continue
-        } else {
-            Step::Incomplete
-        })
+        Ok(if complete { Step::Continue } else { Step::Incomplete })
     }
 
     /// Count consumed bytes against the stanza cap; a stanza that arrives whole in one read is
@@ -405,9 +380,7 @@ impl StreamReader {
     fn add_stanza_bytes(&mut self, n: usize) -> Result<(), XmlError> {
         self.stanza_consumed += n;
         if self.stanza_consumed > self.limits.stanza_bytes {
-            return Err(XmlError::TooLarge {
-                limit: self.limits.stanza_bytes,
-            });
+            return Err(XmlError::TooLarge { limit: self.limits.stanza_bytes });
         }
         Ok(())
     }
@@ -477,12 +450,7 @@ impl StreamReader {
     }
 
     /// Resolve prefixes of an element and its attributes against the open scopes.
-    fn resolve(
-        &self,
-        qname: &str,
-        raw_attrs: Vec<(&str, String)>,
-        decls: &Decls,
-    ) -> Result<Element, XmlError> {
+    fn resolve(&self, qname: &str, raw_attrs: Vec<(&str, String)>, decls: &Decls) -> Result<Element, XmlError> {
         let mut scopes: Vec<&Decls> = Vec::with_capacity(self.stack.len() + 2);
         scopes.push(decls);
         scopes.extend(self.stack.iter().rev().map(|o| &o.decls));
@@ -505,18 +473,9 @@ impl StreamReader {
             if attrs.iter().any(|a| a.ns == ans && a.name == local) {
                 return Err(XmlError::NotWellFormed("duplicate attribute"));
             }
-            attrs.push(Attr {
-                ns: ans,
-                name: local.to_owned(),
-                value,
-            });
+            attrs.push(Attr { ns: ans, name: local.to_owned(), value });
         }
-        Ok(Element {
-            ns,
-            name: local.to_owned(),
-            attrs,
-            children: Vec::new(),
-        })
+        Ok(Element { ns, name: local.to_owned(), attrs, children: Vec::new() })
     }
 }
 
@@ -530,11 +489,7 @@ fn split_qname(q: &str) -> (Option<&str>, &str) {
 fn lookup_default(scopes: &[&Decls]) -> Option<Ns> {
     for s in scopes {
         if let Some((_, ns)) = s.iter().find(|(p, _)| p.is_none()) {
-            return if ns.is_empty() {
-                None
-            } else {
-                Some(ns.clone())
-            };
+            return if ns.is_empty() { None } else { Some(ns.clone()) };
         }
     }
     None
@@ -613,26 +568,17 @@ fn parse_tag(tag: &str, max_attrs: usize) -> Result<ParsedTag<'_>, XmlError> {
             break;
         }
         if trimmed.len() == rest.len() {
-            return Err(XmlError::NotWellFormed(
-                "attributes must be separated by whitespace",
-            ));
+            return Err(XmlError::NotWellFormed("attributes must be separated by whitespace"));
         }
-        let eq = trimmed
-            .find('=')
-            .ok_or(XmlError::NotWellFormed("attribute without value"))?;
+        let eq = trimmed.find('=').ok_or(XmlError::NotWellFormed("attribute without value"))?;
         let name = trimmed[..eq].trim_end_matches(is_ws);
         check_qname(name)?;
         let after = trimmed[eq + 1..].trim_start_matches(is_ws);
-        let quote = after
-            .chars()
-            .next()
-            .ok_or(XmlError::NotWellFormed("attribute without value"))?;
+        let quote = after.chars().next().ok_or(XmlError::NotWellFormed("attribute without value"))?;
         if quote != '"' && quote != '\'' {
             return Err(XmlError::NotWellFormed("attribute value must be quoted"));
         }
-        let close = after[1..]
-            .find(quote)
-            .ok_or(XmlError::NotWellFormed("unterminated attribute"))?;
+        let close = after[1..].find(quote).ok_or(XmlError::NotWellFormed("unterminated attribute"))?;
         let raw_value = &after[1..1 + close];
         if attrs.iter().any(|(n, _)| *n == name) {
             return Err(XmlError::NotWellFormed("duplicate attribute"));
@@ -747,17 +693,12 @@ fn resolve_refs(s: &str, attr: bool) -> Result<String, XmlError> {
         };
         let lit = normalize_newlines(lit);
         if attr {
-            out.extend(
-                lit.chars()
-                    .map(|c| if matches!(c, '\t' | '\n') { ' ' } else { c }),
-            );
+            out.extend(lit.chars().map(|c| if matches!(c, '\t' | '\n') { ' ' } else { c }));
         } else {
             out.push_str(&lit);
         }
         let Some(tail) = tail else { break };
-        let semi = tail
-            .find(';')
-            .ok_or(XmlError::NotWellFormed("unterminated reference"))?;
+        let semi = tail.find(';').ok_or(XmlError::NotWellFormed("unterminated reference"))?;
         let name = &tail[..semi];
         let c = match name {
             "lt" => '<',

@@ -7,19 +7,11 @@ const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.test' vers
     xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
 
 fn limits() -> XmlLimits {
-    XmlLimits {
-        stanza_bytes: 4096,
-        depth: 8,
-        attributes: 16,
-    }
+    XmlLimits { stanza_bytes: 4096, depth: 8, attributes: 16 }
 }
 
 /// Feed `input` in chunks of `chunk` bytes; collect events until the first error.
-fn parse_chunked(
-    input: &[u8],
-    chunk: usize,
-    limits: XmlLimits,
-) -> (Vec<XmlEvent>, Option<XmlError>) {
+fn parse_chunked(input: &[u8], chunk: usize, limits: XmlLimits) -> (Vec<XmlEvent>, Option<XmlError>) {
     let mut r = StreamReader::new(limits);
     let mut events = Vec::new();
     for part in input.chunks(chunk.max(1)) {
@@ -68,23 +60,14 @@ fn header_then_stanzas_then_close() {
     let (events, err) = parse(&input);
     assert_eq!(err, None);
     assert_eq!(events.len(), 5);
-    let XmlEvent::StreamOpen { header, default_ns } = &events[0] else {
-        panic!("no header")
-    };
+    let XmlEvent::StreamOpen { header, default_ns } = &events[0] else { panic!("no header") };
     assert!(header.is(NS_STREAMS, "stream"));
     assert_eq!(header.attr("to"), Some("example.test"));
     assert_eq!(default_ns.as_deref(), Some(NS_CLIENT));
-    let XmlEvent::Stanza(msg) = &events[1] else {
-        panic!("no message")
-    };
+    let XmlEvent::Stanza(msg) = &events[1] else { panic!("no message") };
     assert!(msg.is(NS_CLIENT, "message"));
-    assert_eq!(
-        msg.child(NS_CLIENT, "body").map(Element::text).as_deref(),
-        Some("hi & bye")
-    );
-    let XmlEvent::Stanza(iq) = &events[3] else {
-        panic!("no iq")
-    };
+    assert_eq!(msg.child(NS_CLIENT, "body").map(Element::text).as_deref(), Some("hi & bye"));
+    let XmlEvent::Stanza(iq) = &events[3] else { panic!("no iq") };
     assert!(iq.child("jabber:iq:roster", "query").is_some());
     assert_eq!(events[4], XmlEvent::StreamClose);
 }
@@ -106,24 +89,15 @@ fn canonical_serialization() {
 
 #[test]
 fn cdata_becomes_escaped_text() {
-    let el = stanzas(&format!(
-        "{HEADER}<message><body><![CDATA[<b>&]]></body></message>"
-    ))
-    .remove(0);
+    let el = stanzas(&format!("{HEADER}<message><body><![CDATA[<b>&]]></body></message>")).remove(0);
     let body = el.child(NS_CLIENT, "body").unwrap();
     assert_eq!(body.text(), "<b>&");
-    assert_eq!(
-        String::from_utf8(el.to_bytes(NS_CLIENT)).unwrap(),
-        "<message><body>&lt;b&gt;&amp;</body></message>"
-    );
+    assert_eq!(String::from_utf8(el.to_bytes(NS_CLIENT)).unwrap(), "<message><body>&lt;b&gt;&amp;</body></message>");
 }
 
 #[test]
 fn newlines_and_attribute_whitespace_are_normalized() {
-    let el = stanzas(&format!(
-        "{HEADER}<message id='a\tb\r\nc'><body>x\r\ny\rz&#13;</body></message>"
-    ))
-    .remove(0);
+    let el = stanzas(&format!("{HEADER}<message id='a\tb\r\nc'><body>x\r\ny\rz&#13;</body></message>")).remove(0);
     assert_eq!(el.attr("id"), Some("a b c"));
     assert_eq!(el.child(NS_CLIENT, "body").unwrap().text(), "x\ny\nz\r");
 }
@@ -131,14 +105,8 @@ fn newlines_and_attribute_whitespace_are_normalized() {
 #[test]
 fn restricted_xml_is_refused() {
     for (body, cond) in [
-        (
-            "<message><body>&xxe;</body></message>",
-            Condition::RestrictedXml,
-        ),
-        (
-            "<!DOCTYPE foo [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]>",
-            Condition::RestrictedXml,
-        ),
+        ("<message><body>&xxe;</body></message>", Condition::RestrictedXml),
+        ("<!DOCTYPE foo [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]>", Condition::RestrictedXml),
         ("<!-- comment -->", Condition::RestrictedXml),
         ("<message><!-- c --></message>", Condition::RestrictedXml),
         ("<?php evil() ?>", Condition::RestrictedXml),
@@ -155,32 +123,17 @@ fn malformed_xml_is_refused() {
     for (body, cond) in [
         ("<message><body>x</message>", Condition::NotWellFormed),
         ("<message a='1' a='2'/>", Condition::NotWellFormed),
-        (
-            "<message xmlns:p='urn:p' p:a='1' xmlns:q='urn:p' q:a='2'/>",
-            Condition::NotWellFormed,
-        ),
+        ("<message xmlns:p='urn:p' p:a='1' xmlns:q='urn:p' q:a='2'/>", Condition::NotWellFormed),
         ("<p:message/>", Condition::NotWellFormed),
         ("<message p:a='1'/>", Condition::NotWellFormed),
         ("<message a=1/>", Condition::NotWellFormed),
         ("<message a='<'/>", Condition::NotWellFormed),
         ("<message a='1'b='2'/>", Condition::NotWellFormed),
         ("<1message/>", Condition::NotWellFormed),
-        (
-            "<message><body>\u{1}</body></message>",
-            Condition::NotWellFormed,
-        ),
-        (
-            "<message><body>a]]>b</body></message>",
-            Condition::NotWellFormed,
-        ),
-        (
-            "<message><body>&#0;</body></message>",
-            Condition::NotWellFormed,
-        ),
-        (
-            "<message><body>&#xD800;</body></message>",
-            Condition::NotWellFormed,
-        ),
+        ("<message><body>\u{1}</body></message>", Condition::NotWellFormed),
+        ("<message><body>a]]>b</body></message>", Condition::NotWellFormed),
+        ("<message><body>&#0;</body></message>", Condition::NotWellFormed),
+        ("<message><body>&#xD800;</body></message>", Condition::NotWellFormed),
         ("<message xmlns:p=''/>", Condition::NotWellFormed),
         ("</message>", Condition::NotWellFormed),
         ("hello", Condition::BadFormat),
@@ -195,25 +148,16 @@ fn non_utf8_is_unsupported_encoding() {
     let mut input = HEADER.as_bytes().to_vec();
     input.extend_from_slice(b"<message><body>\xff\xfe</body></message>");
     let (_, err) = parse_chunked(&input, input.len(), limits());
-    assert_eq!(
-        err.map(|e| e.condition()),
-        Some(Condition::UnsupportedEncoding)
-    );
+    assert_eq!(err.map(|e| e.condition()), Some(Condition::UnsupportedEncoding));
     let (_, err) = parse("<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>");
-    assert_eq!(
-        err.map(|e| e.condition()),
-        Some(Condition::UnsupportedEncoding)
-    );
+    assert_eq!(err.map(|e| e.condition()), Some(Condition::UnsupportedEncoding));
 }
 
 #[test]
 fn limits_are_enforced_at_the_cap() {
     // A stanza far larger than the cap is refused once the cap is buffered, whether it arrives
     // whole or in pieces, and whether the excess is in text or inside an unfinished tag.
-    let huge_text = format!(
-        "{HEADER}<message><body>{}</body></message>",
-        "a".repeat(100_000)
-    );
+    let huge_text = format!("{HEADER}<message><body>{}</body></message>", "a".repeat(100_000));
     let huge_attr = format!("{HEADER}<message id='{}'/>", "a".repeat(100_000));
     for input in [&huge_text, &huge_attr] {
         for chunk in [input.len(), 1000, 7] {
@@ -224,10 +168,7 @@ fn limits_are_enforced_at_the_cap() {
     // Refused before the stanza completes: the end tag never arrives.
     let mut r = StreamReader::new(limits());
     r.feed(HEADER.as_bytes());
-    assert!(matches!(
-        r.next_event(),
-        Ok(Some(XmlEvent::StreamOpen { .. }))
-    ));
+    assert!(matches!(r.next_event(), Ok(Some(XmlEvent::StreamOpen { .. }))));
     r.feed(b"<message><body>");
     r.feed(&[b'x'; 5000]);
     assert_eq!(r.next_event(), Err(XmlError::TooLarge { limit: 4096 }));
@@ -237,10 +178,7 @@ fn limits_are_enforced_at_the_cap() {
     let ok_deep = format!("{HEADER}{}{}", "<a>".repeat(8), "</a>".repeat(8));
     assert_eq!(parse(&ok_deep).1, None);
     let attrs: String = (0..17).map(|i| format!(" a{i}='x'")).collect();
-    assert_eq!(
-        error_of(&format!("<message{attrs}/>")),
-        XmlError::TooManyAttributes { limit: 16 }
-    );
+    assert_eq!(error_of(&format!("<message{attrs}/>")), XmlError::TooManyAttributes { limit: 16 });
     // An endless stream header is capped too.
     let endless = format!("<stream:stream {}", "a".repeat(10_000));
     assert_eq!(parse(&endless).1, Some(XmlError::TooLarge { limit: 4096 }));
@@ -253,7 +191,8 @@ fn header_checks() {
     let (_, err) = parse("GET / HTTP/1.1\r\n");
     assert_eq!(err.map(|e| e.condition()), Some(Condition::NotWellFormed));
     // A BOM and leading whitespace are fine; an XML declaration after whitespace is not.
-    let (events, err) = parse("\u{feff}<?xml version='1.0'?>\n<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
+    let (events, err) =
+        parse("\u{feff}<?xml version='1.0'?>\n<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
     assert_eq!(err, None);
     assert_eq!(events.len(), 1);
     let (_, err) = parse(" <?xml version='1.0'?><stream:stream>");
@@ -263,34 +202,19 @@ fn header_checks() {
 #[test]
 fn restart_keeps_buffered_bytes() {
     let mut r = StreamReader::new(limits());
-    r.feed(
-        format!("{HEADER}<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>{HEADER}<presence/>")
-            .as_bytes(),
-    );
-    assert!(matches!(
-        r.next_event(),
-        Ok(Some(XmlEvent::StreamOpen { .. }))
-    ));
+    r.feed(format!("{HEADER}<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>{HEADER}<presence/>").as_bytes());
+    assert!(matches!(r.next_event(), Ok(Some(XmlEvent::StreamOpen { .. }))));
     assert!(matches!(r.next_event(), Ok(Some(XmlEvent::Stanza(_)))));
     r.restart();
-    assert!(matches!(
-        r.next_event(),
-        Ok(Some(XmlEvent::StreamOpen { .. }))
-    ));
+    assert!(matches!(r.next_event(), Ok(Some(XmlEvent::StreamOpen { .. }))));
     assert!(matches!(r.next_event(), Ok(Some(XmlEvent::Stanza(ref p))) if p.name == "presence"));
 }
 
 #[test]
 fn bytes_after_an_element_can_be_taken() {
     let mut r = StreamReader::new(limits());
-    r.feed(
-        format!("{HEADER}<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01")
-            .as_bytes(),
-    );
-    assert!(matches!(
-        r.next_event(),
-        Ok(Some(XmlEvent::StreamOpen { .. }))
-    ));
+    r.feed(format!("{HEADER}<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01").as_bytes());
+    assert!(matches!(r.next_event(), Ok(Some(XmlEvent::StreamOpen { .. }))));
     assert!(matches!(r.next_event(), Ok(Some(XmlEvent::Stanza(_)))));
     assert_eq!(r.take_buffered(), b"\x16\x03\x01");
 }
@@ -377,13 +301,7 @@ fn arb_element(depth: u32) -> BoxedStrategy<Element> {
     let leaf = (
         prop_oneof![Just("jabber:client"), Just("urn:a"), Just("urn:b")],
         prop_oneof![Just("body"), Just("x"), Just("item")],
-        prop::collection::vec(
-            (
-                prop_oneof![Just("id"), Just("to"), Just("type")],
-                arb_text(),
-            ),
-            0..3,
-        ),
+        prop::collection::vec((prop_oneof![Just("id"), Just("to"), Just("type")], arb_text()), 0..3),
         arb_text(),
     )
         .prop_map(|(ns, name, attrs, text)| {
