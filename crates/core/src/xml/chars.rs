@@ -32,6 +32,15 @@ fn is_name_char(c: char) -> bool {
 
 /// XML Namespaces `NCName`: a `Name` without colons.
 pub(crate) fn is_ncname(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_ascii() {
+        return match b.first() {
+            Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
+                b[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+            }
+            _ => false,
+        };
+    }
     let mut it = s.chars();
     match it.next() {
         Some(c) if is_name_start(c) => it.all(is_name_char),

@@ -61,7 +61,12 @@ pub struct StreamReader {
     stack: Vec<Open>,
     /// Bytes of the current stanza already consumed (tags and text).
     stanza_consumed: usize,
+    /// Recently declared namespace names, shared between elements.
+    ns_cache: Vec<Ns>,
 }
+
+/// Namespace names kept for sharing.
+const NS_CACHE: usize = 16;
 
 impl StreamReader {
     /// A reader expecting a stream header (optionally preceded by an XML declaration).
@@ -77,6 +82,7 @@ impl StreamReader {
             root_qname: String::new(),
             stack: Vec::new(),
             stanza_consumed: 0,
+            ns_cache: Vec::new(),
         }
     }
 
@@ -258,8 +264,8 @@ impl StreamReader {
                 if self_closing {
                     return Err(XmlError::BadFormat("the stream header must not be self-closing"));
                 }
-                let decls = parsed.decls()?;
-                let default_ns = lookup_default(&[&decls]);
+                let decls = decls(&mut self.ns_cache, &parsed)?;
+                let default_ns = lookup_default(std::iter::once(&decls));
                 let el = self.resolve(parsed.qname, parsed.attrs, &decls)?;
                 self.root_qname = parsed.qname.to_owned();
                 self.root_decls = decls;
@@ -271,7 +277,7 @@ impl StreamReader {
                 if self.stack.len() >= self.limits.depth {
                     return Err(XmlError::TooDeep { limit: self.limits.depth });
                 }
-                let decls = parsed.decls()?;
+                let decls = decls(&mut self.ns_cache, &parsed)?;
                 let el = self.resolve(parsed.qname, parsed.attrs, &decls)?;
                 if self.stack.is_empty() && el.is(NS_STREAMS, "stream") {
                     return Err(XmlError::NestedStreamHeader);
@@ -407,7 +413,8 @@ impl StreamReader {
             self.buf.clear();
             self.pos = 0;
             self.scan = 0;
-        } else if self.pos > 8192 {
+        } else if self.pos > 8192 && self.pos * 2 > self.buf.len() {
+            // Compact only when the consumed part dominates, so the cost stays amortized O(1).
             self.buf.drain(..self.pos);
             self.scan -= self.pos;
             self.pos = 0;
@@ -451,14 +458,15 @@ impl StreamReader {
 
     /// Resolve prefixes of an element and its attributes against the open scopes.
     fn resolve(&self, qname: &str, raw_attrs: Vec<(&str, String)>, decls: &Decls) -> Result<Element, XmlError> {
-        let mut scopes: Vec<&Decls> = Vec::with_capacity(self.stack.len() + 2);
-        scopes.push(decls);
-        scopes.extend(self.stack.iter().rev().map(|o| &o.decls));
-        scopes.push(&self.root_decls);
+        let scopes = || {
+            std::iter::once(decls)
+                .chain(self.stack.iter().rev().map(|o| &o.decls))
+                .chain(std::iter::once(&self.root_decls))
+        };
         let (prefix, local) = split_qname(qname);
         let ns = match prefix {
-            None => lookup_default(&scopes).unwrap_or_else(|| Arc::from("")),
-            Some(p) => lookup_prefix(&scopes, p)?,
+            None => lookup_default(scopes()).unwrap_or_else(|| Arc::from("")),
+            Some(p) => lookup_prefix(scopes(), p)?,
         };
         let mut attrs: Vec<Attr> = Vec::with_capacity(raw_attrs.len());
         for (name, value) in raw_attrs {
@@ -468,7 +476,7 @@ impl StreamReader {
             let (prefix, local) = split_qname(name);
             let ans = match prefix {
                 None => None,
-                Some(p) => Some(lookup_prefix(&scopes, p)?),
+                Some(p) => Some(lookup_prefix(scopes(), p)?),
             };
             if attrs.iter().any(|a| a.ns == ans && a.name == local) {
                 return Err(XmlError::NotWellFormed("duplicate attribute"));
@@ -479,6 +487,42 @@ impl StreamReader {
     }
 }
 
+/// The namespace declarations among a tag's attributes (XML Namespaces §3), with namespace
+/// names shared through a small cache: stanzas repeat the same few namespaces.
+fn decls(cache: &mut Vec<Ns>, tag: &ParsedTag<'_>) -> Result<Decls, XmlError> {
+    let mut decls = Decls::new();
+    for (name, value) in &tag.attrs {
+        let prefix = if *name == "xmlns" {
+            if value == NS_XML || value == NS_XMLNS {
+                return Err(XmlError::NotWellFormed("reserved namespace as default"));
+            }
+            None
+        } else if let Some(p) = name.strip_prefix("xmlns:") {
+            let reserved = p == "xml" || value == NS_XML;
+            if p == "xmlns" || value.is_empty() || value == NS_XMLNS || (reserved && !(p == "xml" && value == NS_XML)) {
+                return Err(XmlError::NotWellFormed("illegal namespace declaration"));
+            }
+            Some(p.to_owned())
+        } else {
+            continue;
+        };
+        decls.push((prefix, intern(cache, value)));
+    }
+    Ok(decls)
+}
+
+fn intern(cache: &mut Vec<Ns>, ns: &str) -> Ns {
+    if let Some(found) = cache.iter().find(|n| &***n == ns) {
+        return found.clone();
+    }
+    let fresh: Ns = Arc::from(ns);
+    if cache.len() >= NS_CACHE {
+        cache.remove(0);
+    }
+    cache.push(fresh.clone());
+    fresh
+}
+
 fn split_qname(q: &str) -> (Option<&str>, &str) {
     match q.split_once(':') {
         Some((p, l)) => (Some(p), l),
@@ -486,57 +530,24 @@ fn split_qname(q: &str) -> (Option<&str>, &str) {
     }
 }
 
-fn lookup_default(scopes: &[&Decls]) -> Option<Ns> {
-    for s in scopes {
-        if let Some((_, ns)) = s.iter().find(|(p, _)| p.is_none()) {
-            return if ns.is_empty() { None } else { Some(ns.clone()) };
-        }
-    }
-    None
+fn lookup_default<'a>(mut scopes: impl Iterator<Item = &'a Decls>) -> Option<Ns> {
+    scopes.find_map(|s| s.iter().find(|(p, _)| p.is_none())).and_then(|(_, ns)| (!ns.is_empty()).then(|| ns.clone()))
 }
 
-fn lookup_prefix(scopes: &[&Decls], prefix: &str) -> Result<Ns, XmlError> {
+fn lookup_prefix<'a>(mut scopes: impl Iterator<Item = &'a Decls>, prefix: &str) -> Result<Ns, XmlError> {
     if prefix == "xml" {
         return Ok(Arc::from(NS_XML));
     }
-    for s in scopes {
-        if let Some((_, ns)) = s.iter().find(|(p, _)| p.as_deref() == Some(prefix)) {
-            return Ok(ns.clone());
-        }
-    }
-    Err(XmlError::UndeclaredPrefix)
+    scopes
+        .find_map(|s| s.iter().find(|(p, _)| p.as_deref() == Some(prefix)))
+        .map(|(_, ns)| ns.clone())
+        .ok_or(XmlError::UndeclaredPrefix)
 }
 
 /// A start tag split into its name and raw attributes.
 struct ParsedTag<'a> {
     qname: &'a str,
     attrs: Vec<(&'a str, String)>,
-}
-
-impl ParsedTag<'_> {
-    /// The namespace declarations among the attributes, checked per XML Namespaces §3.
-    fn decls(&self) -> Result<Decls, XmlError> {
-        let mut decls = Decls::new();
-        for (name, value) in &self.attrs {
-            if *name == "xmlns" {
-                if value == NS_XML || value == NS_XMLNS {
-                    return Err(XmlError::NotWellFormed("reserved namespace as default"));
-                }
-                decls.push((None, Arc::from(value.as_str())));
-            } else if let Some(p) = name.strip_prefix("xmlns:") {
-                let reserved = p == "xml" || value == NS_XML;
-                if p == "xmlns"
-                    || value.is_empty()
-                    || value == NS_XMLNS
-                    || (reserved && !(p == "xml" && value == NS_XML))
-                {
-                    return Err(XmlError::NotWellFormed("illegal namespace declaration"));
-                }
-                decls.push((Some(p.to_owned()), Arc::from(value.as_str())));
-            }
-        }
-        Ok(decls)
-    }
 }
 
 fn is_ws(c: char) -> bool {
@@ -557,7 +568,7 @@ fn check_qname(q: &str) -> Result<(), XmlError> {
 
 /// Parse `name (S attr=value)* S?` — the inside of a start tag without `<`, `/` and `>`.
 fn parse_tag(tag: &str, max_attrs: usize) -> Result<ParsedTag<'_>, XmlError> {
-    let name_end = tag.find(is_ws).unwrap_or(tag.len());
+    let name_end = tag.bytes().position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')).unwrap_or(tag.len());
     let qname = &tag[..name_end];
     check_qname(qname)?;
     let mut attrs: Vec<(&str, String)> = Vec::new();
@@ -570,7 +581,7 @@ fn parse_tag(tag: &str, max_attrs: usize) -> Result<ParsedTag<'_>, XmlError> {
         if trimmed.len() == rest.len() {
             return Err(XmlError::NotWellFormed("attributes must be separated by whitespace"));
         }
-        let eq = trimmed.find('=').ok_or(XmlError::NotWellFormed("attribute without value"))?;
+        let eq = memchr(b'=', trimmed.as_bytes()).ok_or(XmlError::NotWellFormed("attribute without value"))?;
         let name = trimmed[..eq].trim_end_matches(is_ws);
         check_qname(name)?;
         let after = trimmed[eq + 1..].trim_start_matches(is_ws);
@@ -578,7 +589,8 @@ fn parse_tag(tag: &str, max_attrs: usize) -> Result<ParsedTag<'_>, XmlError> {
         if quote != '"' && quote != '\'' {
             return Err(XmlError::NotWellFormed("attribute value must be quoted"));
         }
-        let close = after[1..].find(quote).ok_or(XmlError::NotWellFormed("unterminated attribute"))?;
+        let close =
+            memchr(quote as u8, &after.as_bytes()[1..]).ok_or(XmlError::NotWellFormed("unterminated attribute"))?;
         let raw_value = &after[1..1 + close];
         if attrs.iter().any(|(n, _)| *n == name) {
             return Err(XmlError::NotWellFormed("duplicate attribute"));
@@ -684,10 +696,14 @@ fn decode_attr(raw: &str) -> Result<String, XmlError> {
 }
 
 fn resolve_refs(s: &str, attr: bool) -> Result<String, XmlError> {
+    let plain = |b: &u8| !matches!(b, b'&' | b'\r') && !(attr && matches!(b, b'\t' | b'\n'));
+    if s.as_bytes().iter().all(plain) {
+        return Ok(s.to_owned());
+    }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     loop {
-        let (lit, tail) = match rest.find('&') {
+        let (lit, tail) = match memchr(b'&', rest.as_bytes()) {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
@@ -698,7 +714,7 @@ fn resolve_refs(s: &str, attr: bool) -> Result<String, XmlError> {
             out.push_str(&lit);
         }
         let Some(tail) = tail else { break };
-        let semi = tail.find(';').ok_or(XmlError::NotWellFormed("unterminated reference"))?;
+        let semi = memchr(b';', tail.as_bytes()).ok_or(XmlError::NotWellFormed("unterminated reference"))?;
         let name = &tail[..semi];
         let c = match name {
             "lt" => '<',
