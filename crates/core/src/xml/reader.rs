@@ -696,7 +696,7 @@ fn decode_attr(raw: &str) -> Result<String, XmlError> {
 }
 
 fn resolve_refs(s: &str, attr: bool) -> Result<String, XmlError> {
-    let plain = |b: &u8| !matches!(b, b'&' | b'\r') && !(attr && matches!(b, b'\t' | b'\n'));
+    let plain = |b: &u8| !(matches!(b, b'&' | b'\r') || (attr && matches!(b, b'\t' | b'\n')));
     if s.as_bytes().iter().all(plain) {
         return Ok(s.to_owned());
     }
