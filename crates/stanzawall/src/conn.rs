@@ -89,6 +89,7 @@ pub async fn serve(
                     let prefix = session.take_client_buffered();
                     if let Stream::Plain(r) = &mut client {
                         r.rewind(prefix);
+                        r.skip_leading_whitespace();
                     }
                     match timeout(
                         deadline.saturating_duration_since(Instant::now()),

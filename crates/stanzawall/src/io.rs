@@ -2,7 +2,10 @@
 //!
 //! Owns only moving bytes. [`Rewind`] replays bytes that were read before a TLS handshake began
 //! (a client may send its ClientHello right behind `<starttls/>`), so they reach TLS and never
-//! the XML parser.
+//! the XML parser. It can also drop XML whitespace in front of the first TLS record: clients such
+//! as go-sendxmpp write `<starttls/>\n`, and that newline is stream-level whitespace of the
+//! plaintext stream, not TLS data (a TLS record starts with a content-type byte, never 0x09,
+//! 0x0A, 0x0D or 0x20), so dropping it is unambiguous.
 
 use std::io;
 use std::pin::Pin;
@@ -16,13 +19,18 @@ use tokio::net::TcpStream;
 pub struct Rewind {
     prefix: Vec<u8>,
     offset: usize,
+    skip_whitespace: bool,
     inner: TcpStream,
+}
+
+fn is_xml_whitespace(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 impl Rewind {
     /// Wrap a socket with nothing to replay.
     pub fn new(inner: TcpStream) -> Self {
-        Rewind { prefix: Vec::new(), offset: 0, inner }
+        Rewind { prefix: Vec::new(), offset: 0, skip_whitespace: false, inner }
     }
 
     /// Queue bytes to be read before the socket's.
@@ -32,11 +40,34 @@ impl Rewind {
         self.prefix = rest;
         self.offset = 0;
     }
+
+    /// Drop XML whitespace before the next non-whitespace byte (see the module docs).
+    pub fn skip_leading_whitespace(&mut self) {
+        self.skip_whitespace = true;
+    }
 }
 
 impl AsyncRead for Rewind {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        while this.skip_whitespace {
+            if this.offset < this.prefix.len() {
+                let ws = this.prefix[this.offset..].iter().take_while(|b| is_xml_whitespace(b)).count();
+                this.offset += ws;
+                if this.offset < this.prefix.len() {
+                    this.skip_whitespace = false;
+                }
+                continue;
+            }
+            let mut tmp = [0u8; 2048];
+            let mut rb = ReadBuf::new(&mut tmp);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.prefix = rb.filled().to_vec();
+            this.offset = 0;
+        }
         if this.offset < this.prefix.len() {
             let n = buf.remaining().min(this.prefix.len() - this.offset);
             buf.put_slice(&this.prefix[this.offset..this.offset + n]);
