@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this):
+#   1. installs what the tests need (Debian packages: Prosody, ejabberd, go-sendxmpp, slixmpp, pytest);
+#   2. format and lint checks;
+#   3. unit and property tests of the core and the daemon;
+#   4. the release build, then end-to-end tests: real Prosody and ejabberd behind a real
+#      `stanzawall run`, driven by slixmpp and go-sendxmpp on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: cargo not found: install a Rust toolchain >= 1.85 (rustup) first" >&2
+  exit 1
+fi
+scripts/install-test-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== cargo build --release"
+cargo build --release --locked
+echo "== end-to-end (tests/e2e)"
+STANZAWALL_BIN="$PWD/target/release/stanzawall" \
+  /usr/bin/python3 -m pytest -p no:cacheprovider -q tests/e2e
