@@ -19,12 +19,14 @@
 //! - [`jid`]: prepared JIDs, compared only in canonical form;
 //! - [`session`]: the c2s state machine;
 //! - [`proxy_protocol`]: the PROXY protocol v2 header for backends that accept it;
-//! - [`config`]: the TOML configuration, validated with file/line/key errors.
+//! - [`config`]: the TOML configuration, validated with file/line/key errors;
+//! - [`fuzzing`]: the fuzz targets' entry points, also replayed as tests.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod config;
+pub mod fuzzing;
 pub mod jid;
 pub mod proxy_protocol;
 pub mod session;

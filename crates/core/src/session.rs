@@ -612,12 +612,14 @@ impl Session {
     }
 
     fn client_xml_error(&mut self, e: XmlError) {
-        let text = e.to_string();
-        self.client_error(e.condition(), &text);
+        self.close_with(e.to_stream_error());
     }
 
     fn client_error(&mut self, condition: Condition, text: &str) {
-        let err = StreamError::new(condition, Some(text.to_owned()));
+        self.close_with(StreamError::new(condition, Some(text.to_owned())));
+    }
+
+    fn close_with(&mut self, err: StreamError) {
         self.client_error_no_finish(err.clone());
         self.close_backend_stream();
         self.finish(CloseReason::ClientError(err));

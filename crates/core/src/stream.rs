@@ -143,6 +143,9 @@ impl fmt::Display for Condition {
     }
 }
 
+/// Namespace of application-specific error conditions shared by XMPP servers (`stanza-too-big`).
+pub const NS_XMPP_ERRORS: &str = "urn:xmpp:errors";
+
 /// A stream error to send (or one received from a peer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamError {
@@ -150,12 +153,21 @@ pub struct StreamError {
     pub condition: Condition,
     /// Optional human-readable text (never includes peer-supplied data verbatim).
     pub text: Option<String>,
+    /// Application-specific condition (RFC 6120 §4.9.4), as (namespace, element name).
+    pub app: Option<(&'static str, &'static str)>,
 }
 
 impl StreamError {
     /// A stream error with a condition and optional explanation.
     pub fn new(condition: Condition, text: impl Into<Option<String>>) -> Self {
-        StreamError { condition, text: text.into() }
+        StreamError { condition, text: text.into(), app: None }
+    }
+
+    /// Add an application-specific condition element.
+    #[must_use]
+    pub fn with_app(mut self, ns: &'static str, name: &'static str) -> Self {
+        self.app = Some((ns, name));
+        self
     }
 
     /// The `<stream:error>` element.
@@ -169,6 +181,9 @@ impl StreamError {
                     .with_text(t.clone()),
             );
         }
+        if let Some((ns, name)) = self.app {
+            el = el.with_child(Element::new(ns, name));
+        }
         el
     }
 
@@ -180,7 +195,7 @@ impl StreamError {
             .find_map(|c| Condition::from_name(&c.name))
             .unwrap_or(Condition::UndefinedCondition);
         let text = el.child(NS_STREAM_ERRORS, "text").map(Element::text);
-        StreamError { condition, text }
+        StreamError { condition, text, app: None }
     }
 }
 

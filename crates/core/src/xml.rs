@@ -112,6 +112,15 @@ pub enum XmlError {
 }
 
 impl XmlError {
+    /// The stream error to close the stream with.
+    pub fn to_stream_error(&self) -> crate::stream::StreamError {
+        let err = crate::stream::StreamError::new(self.condition(), Some(self.to_string()));
+        match self {
+            XmlError::TooLarge { .. } => err.with_app(crate::stream::NS_XMPP_ERRORS, "stanza-too-big"),
+            _ => err,
+        }
+    }
+
     /// The stream error condition to close the stream with.
     pub fn condition(&self) -> Condition {
         match self {

@@ -59,7 +59,7 @@ pub async fn serve(
         backend_tls: listener.backend.tls,
         stream_id: random_id(),
     });
-    debug!("session opened");
+    info!("session opened");
 
     let mut client = Stream::Plain(Rewind::new(socket));
     let mut totals = Totals::default();

@@ -218,7 +218,9 @@ fn oversized_preauth_stanza_is_refused() {
     client_out(&mut s);
     let big = format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}", "A".repeat(5000));
     s.client_bytes(big.as_bytes());
-    assert!(client_out(&mut s).contains("<policy-violation"));
+    let out = client_out(&mut s);
+    assert!(out.contains("<policy-violation"), "{out}");
+    assert!(out.contains("<stanza-too-big xmlns='urn:xmpp:errors'/>"), "{out}");
     assert_eq!(backend_out(&mut s), "</stream:stream>");
 }
 

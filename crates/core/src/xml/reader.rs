@@ -127,6 +127,11 @@ impl StreamReader {
         self.pos < self.buf.len()
     }
 
+    /// True when every byte fed has been turned into events: nothing buffered, no stanza open.
+    pub fn is_idle(&self) -> bool {
+        self.pos == self.buf.len() && self.stack.is_empty()
+    }
+
     /// True between a complete stream header and the stream's end tag.
     pub fn in_stream(&self) -> bool {
         self.state == State::Stream
@@ -261,6 +266,11 @@ impl StreamReader {
         let tag_len = end + 1 - self.pos;
         match self.state {
             State::Prolog { .. } => {
+                // Checked here too so a header that arrives whole meets the same cap as one
+                // that trickles in (where `check_pending` catches it).
+                if tag_len > self.limits.stanza_bytes {
+                    return Err(XmlError::TooLarge { limit: self.limits.stanza_bytes });
+                }
                 if self_closing {
                     return Err(XmlError::BadFormat("the stream header must not be self-closing"));
                 }
@@ -342,7 +352,7 @@ impl StreamReader {
         let rest = &self.buf[self.pos..];
         if self.stack.is_empty() {
             // Stream level and prolog: only whitespace (and a BOM at the very start).
-            if self.state == (State::Prolog { at_start: true }) && self.pos == 0 {
+            if self.state == (State::Prolog { at_start: true }) {
                 if rest.len() < 3 && [0xEF, 0xBB, 0xBF].starts_with(rest) {
                     return Ok(Step::Incomplete);
                 }
@@ -468,6 +478,11 @@ impl StreamReader {
             None => lookup_default(scopes()).unwrap_or_else(|| Arc::from("")),
             Some(p) => lookup_prefix(scopes(), p)?,
         };
+        if &*ns == NS_XML {
+            // Well-formed, but no canonical form exists: the XML namespace can only be written
+            // with the `xml` prefix, never as a default namespace. Nothing in XMPP uses it.
+            return Err(XmlError::BadFormat("element in the reserved xml namespace"));
+        }
         let mut attrs: Vec<Attr> = Vec::with_capacity(raw_attrs.len());
         for (name, value) in raw_attrs {
             if name == "xmlns" || name.starts_with("xmlns:") {

@@ -1,0 +1,144 @@
+//! Entry points for the fuzz targets in `fuzz/` and for replaying their corpora as unit tests.
+//!
+//! Each function takes arbitrary bytes and panics only when an invariant is broken — a panic
+//! here is a finding. They are public so that a fuzz target is one line, and so that the corpus
+//! replay test (`tests/fuzz_corpus.rs`) runs exactly the same code on every `cargo test`.
+
+use crate::config::Config;
+use crate::session::{BackendTls, Session, SessionConfig};
+use crate::stream::NS_CLIENT;
+use crate::xml::{Element, StreamReader, XmlEvent, XmlLimits};
+
+/// The stream header prepended by [`xml_stanzas`].
+pub const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream to='example.test' version='1.0' \
+    xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+fn limits() -> XmlLimits {
+    XmlLimits { stanza_bytes: 16 * 1024, depth: 16, attributes: 16 }
+}
+
+/// Parse `input` fed in chunks of `chunk` bytes; the stanzas until the first error.
+fn parse(input: &[u8], chunk: usize) -> (Vec<Element>, bool) {
+    let mut r = StreamReader::new(limits());
+    let mut out = Vec::new();
+    for part in input.chunks(chunk.max(1)) {
+        r.feed(part);
+        loop {
+            match r.next_event() {
+                Ok(Some(XmlEvent::Stanza(el))) => out.push(el),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return (out, false),
+            }
+        }
+    }
+    (out, true)
+}
+
+/// Stanza-level XML: a fixed header, then the fuzz input (its first byte picks the read size).
+/// Invariants: chunking does not change the result; what was accepted re-serializes to bytes
+/// that parse back to the same tree, and the canonical form is a fixed point.
+pub fn xml_stanzas(data: &[u8]) {
+    let Some((&first, body)) = data.split_first() else { return };
+    let mut input = HEADER.to_vec();
+    input.extend_from_slice(body);
+    check_stream(&input, usize::from(first % 32) + 1);
+}
+
+/// A whole stream from its first byte (header, XML declaration, BOM …); same invariants.
+pub fn xml_stream(data: &[u8]) {
+    let Some((&first, body)) = data.split_first() else { return };
+    check_stream(body, usize::from(first % 32) + 1);
+}
+
+fn check_stream(input: &[u8], chunk: usize) {
+    let (whole, ok_whole) = parse(input, input.len());
+    let (split, ok_split) = parse(input, chunk);
+    assert_eq!(whole, split, "chunking changed the parse");
+    assert_eq!(ok_whole, ok_split, "chunking changed acceptance");
+    if whole.is_empty() {
+        return;
+    }
+    let mut again = HEADER.to_vec();
+    for el in &whole {
+        el.write_to(&mut again, NS_CLIENT);
+    }
+    let (reparsed, ok) = parse(&again, again.len());
+    assert!(ok, "canonical output was refused: {}", String::from_utf8_lossy(&again));
+    assert_eq!(reparsed, whole, "parse . serialize . parse is not the identity");
+    let mut third = HEADER.to_vec();
+    for el in &reparsed {
+        el.write_to(&mut third, NS_CLIENT);
+    }
+    assert_eq!(third, again, "canonical form is not a fixed point");
+}
+
+/// JIDs: whatever parses re-parses from its string form to the same JID.
+pub fn jid(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    if let Some(j) = crate::jid::parse(s) {
+        let again = crate::jid::parse(&j.to_string());
+        assert_eq!(again.as_ref(), Some(&j), "JID does not round-trip: {s:?}");
+    }
+}
+
+/// The config parser never panics, and errors always name a line within the file.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Err(e) = Config::parse(&text, std::path::Path::new("fuzz.toml")) {
+        let lines = text.lines().count().max(1);
+        assert!(e.origin.line >= 1 && e.origin.line <= lines + 1, "line {} outside 1..={lines}", e.origin.line);
+    }
+}
+
+/// The session fed an arbitrary sequence of I/O events. Each op is one byte; byte ops take a
+/// length byte and that many bytes. Invariants: no panic; once closed the session writes
+/// nothing more; the client never sees bytes before the session answered its header.
+pub fn session(data: &[u8]) {
+    let mut s = Session::new(SessionConfig {
+        direct_tls: data.first().is_some_and(|b| b & 1 == 1),
+        preauth_limits: limits(),
+        limits: limits(),
+        backend_limits: limits(),
+        backend_tls: match data.first().map(|b| (b >> 1) % 3) {
+            Some(1) => BackendTls::StartTls,
+            Some(2) => BackendTls::Direct,
+            _ => BackendTls::Off,
+        },
+        stream_id: "fuzz".to_owned(),
+    });
+    let mut rest = data.get(1..).unwrap_or_default();
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        let was_closed = s.is_closed();
+        match op % 10 {
+            0 | 1 => {
+                let n = rest.first().map_or(0, |&n| usize::from(n)).min(rest.len().saturating_sub(1));
+                let bytes = rest.get(1..1 + n).unwrap_or_default();
+                rest = rest.get(1 + n..).unwrap_or_default();
+                if op % 10 == 0 {
+                    s.client_bytes(bytes)
+                } else {
+                    s.backend_bytes(bytes)
+                }
+            }
+            2 => s.client_tls_established(),
+            3 => s.backend_connected(),
+            4 => s.backend_tls_established(),
+            5 => s.shutdown(),
+            6 => s.backend_failed("fuzz"),
+            7 => s.client_disconnected(),
+            8 => s.timed_out(),
+            _ => {
+                let _ = s.take_client_buffered();
+                let _ = s.take_backend_buffered();
+            }
+        }
+        let to_client = s.take_to_client();
+        let to_backend = s.take_to_backend();
+        while s.poll_effect().is_some() {}
+        if was_closed {
+            assert!(to_client.is_empty() && to_backend.is_empty(), "wrote after close");
+        }
+    }
+}
