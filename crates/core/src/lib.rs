@@ -17,6 +17,7 @@
 //!   serialization (invariant 1: never forward bytes the parser did not accept);
 //! - [`stream`]: stream headers and stream errors (RFC 6120 §4);
 //! - [`jid`]: prepared JIDs, compared only in canonical form;
+//! - [`stanza`]: stanza kinds and error replies (bounces);
 //! - [`session`]: the c2s state machine;
 //! - [`proxy_protocol`]: the PROXY protocol v2 header for backends that accept it;
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
@@ -30,5 +31,6 @@ pub mod fuzzing;
 pub mod jid;
 pub mod proxy_protocol;
 pub mod session;
+pub mod stanza;
 pub mod stream;
 pub mod xml;

@@ -20,7 +20,8 @@ mod tests;
 
 use std::collections::VecDeque;
 
-use crate::jid::{self, FullJid};
+use crate::jid::{self, FullJid, Jid};
+use crate::stanza::{self, Kind, StanzaCondition};
 use crate::stream::{Condition, Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, XmlError, XmlEvent, XmlLimits, NS_STREAMS};
 
@@ -34,6 +35,10 @@ pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 /// Client State Indication (XEP-0352).
 pub const NS_CSI: &str = "urn:xmpp:csi:0";
+/// Message Carbons (XEP-0280).
+pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+/// Roster management (RFC 6121 §2).
+pub const NS_ROSTER: &str = "jabber:iq:roster";
 
 /// How the backend leg is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +90,23 @@ pub enum Effect {
     Bound(FullJid),
     /// SASL succeeded: the daemon may relax pre-authentication timeouts.
     Authenticated,
+    /// A client stanza was refused and answered with a stanza error (nothing forwarded).
+    Bounced {
+        /// The stanza kind.
+        kind: Kind,
+        /// The error condition sent back.
+        condition: StanzaCondition,
+        /// Why, for the audit line.
+        reason: &'static str,
+    },
+    /// A stanza was dropped without an error reply (one that may not be answered, or one from
+    /// the backend that the client must not see).
+    Dropped {
+        /// True for a stanza from the backend toward the client.
+        from_backend: bool,
+        /// Why, for the audit line.
+        reason: &'static str,
+    },
     /// Flush what is queued and close both legs.
     Close(CloseReason),
 }
@@ -297,7 +319,7 @@ impl Session {
 
     /// The backend socket is connected (and, for direct TLS, the handshake is done).
     pub fn backend_connected(&mut self) {
-        if self.backend_phase != BackendPhase::Connecting {
+        if self.is_closed() || self.backend_phase != BackendPhase::Connecting {
             return;
         }
         if self.cfg.backend_tls == BackendTls::Direct {
@@ -308,7 +330,7 @@ impl Session {
 
     /// The backend leg's STARTTLS handshake completed.
     pub fn backend_tls_established(&mut self) {
-        if self.backend_phase != BackendPhase::TlsHandshake {
+        if self.is_closed() || self.backend_phase != BackendPhase::TlsHandshake {
             return;
         }
         self.backend_tls_done = true;
@@ -452,9 +474,24 @@ impl Session {
             return self.client_error(Condition::NotAuthorized, "element sent before stream features");
         }
         let ns = &*el.ns;
-        if ns == NS_CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
+        if let Some(kind) = Kind::of(&el).filter(|_| ns == NS_CLIENT) {
             if let Err(e) = self.check_from(&mut el) {
                 return self.client_error(e, "'from' does not match the authenticated address");
+            }
+            if kind == Kind::Iq {
+                if let Err((condition, reason)) = check_iq(&el) {
+                    return match condition {
+                        None => self.client_error(Condition::InvalidXml, reason),
+                        Some(c) => self.bounce(&el, kind, c, reason),
+                    };
+                }
+            }
+            // RFC 7622: addresses are forwarded, and compared, only in prepared form.
+            if let Some(to) = el.attr("to") {
+                match jid::parse(to) {
+                    Some(j) => el.set_attr("to", j.to_string()),
+                    None => return self.bounce(&el, kind, StanzaCondition::JidMalformed, "malformed 'to' address"),
+                }
             }
             if !self.authenticated || self.bound.is_none() {
                 self.note_bind_request(&el);
@@ -492,6 +529,19 @@ impl Session {
                     Ok(())
                 }
             },
+        }
+    }
+
+    /// Answer a refused client stanza with a stanza error (or drop it where no error may be
+    /// sent, RFC 6120 §8.3.1); nothing reaches the backend.
+    fn bounce(&mut self, el: &Element, kind: Kind, condition: StanzaCondition, reason: &'static str) {
+        let domain = self.domain.clone().unwrap_or_default();
+        match stanza::error_reply(el, condition, Some(reason), &domain) {
+            Some(reply) => {
+                reply.write_to(&mut self.to_client, NS_CLIENT);
+                self.effects.push_back(Effect::Bounced { kind, condition, reason });
+            }
+            None => self.effects.push_back(Effect::Dropped { from_backend: false, reason }),
         }
     }
 
@@ -565,6 +615,18 @@ impl Session {
         if el.is(NS_STREAMS, "features") {
             return self.fail_backend("stream features outside stream negotiation".to_owned());
         }
+        if let Some(reason) = self.forged_for_client(&el) {
+            // Answer an iq so its sender is not left waiting; never answer a message or presence
+            // from a forger (no error loops, no oracle).
+            if el.name == "iq" {
+                let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
+                if let Some(reply) = stanza::error_reply(&el, StanzaCondition::ServiceUnavailable, None, &own) {
+                    reply.write_to(&mut self.to_backend, NS_CLIENT);
+                }
+            }
+            self.effects.push_back(Effect::Dropped { from_backend: true, reason });
+            return;
+        }
         self.counters.stanzas_from_backend += 1;
         if el.is(NS_SASL, "success") && !self.authenticated {
             el.write_to(&mut self.to_client, NS_CLIENT);
@@ -584,6 +646,29 @@ impl Session {
             }
         }
         el.write_to(&mut self.to_client, NS_CLIENT);
+    }
+
+    /// Stanzas toward the client that only the user's own account may send: carbons
+    /// (XEP-0280 §11: a client must check, many did not) and roster pushes (RFC 6121 §2.1.6).
+    fn forged_for_client(&self, el: &Element) -> Option<&'static str> {
+        let from_own_account = || match el.attr("from") {
+            None => true,
+            Some(from) => match (jid::parse(from), &self.bound) {
+                (Some(j), Some(bound)) => j == Jid::from(bound.to_bare()),
+                _ => false,
+            },
+        };
+        match Kind::of(el)? {
+            Kind::Message
+                if el.elements().any(|c| &*c.ns == NS_CARBONS && matches!(c.name.as_str(), "received" | "sent")) =>
+            {
+                (!from_own_account()).then_some("carbon copy from a foreign sender")
+            }
+            Kind::Iq if el.attr("type") == Some("set") && el.child(NS_ROSTER, "query").is_some() => {
+                (!from_own_account()).then_some("roster push from a foreign sender")
+            }
+            _ => None,
+        }
     }
 
     /// RFC 6120 §6.4.6: after `<success/>` both streams restart. We restart the backend leg
@@ -657,5 +742,20 @@ impl Session {
     fn finish(&mut self, reason: CloseReason) {
         self.client_phase = ClientPhase::Closed;
         self.effects.push_back(Effect::Close(reason));
+    }
+}
+
+/// RFC 6120 §8.2.3: an iq has an id and a type; a get or set has exactly one child.
+/// `Err((None, why))` is a stream error (there is no id to answer), `Err((Some(c), why))` a bounce.
+fn check_iq(el: &Element) -> Result<(), (Option<StanzaCondition>, &'static str)> {
+    if el.attr("id").is_none() {
+        return Err((None, "iq without id"));
+    }
+    match el.attr("type") {
+        Some("get" | "set") if el.elements().count() != 1 => {
+            Err((Some(StanzaCondition::BadRequest), "iq get/set must have exactly one child"))
+        }
+        Some("get" | "set" | "result" | "error") => Ok(()),
+        _ => Err((None, "iq without a valid type")),
     }
 }

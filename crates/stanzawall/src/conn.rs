@@ -102,6 +102,8 @@ pub async fn serve(
                         Err(_) => break 'session CloseReason::ClientFailed("TLS handshake timed out".into()),
                     }
                 }
+                // A session that closed in the same read (header + garbage) needs no backend.
+                Effect::ConnectBackend { .. } if session.is_closed() => {}
                 Effect::ConnectBackend { domain } => {
                     match connect_backend(&listener, &generation, &domain, peer, local).await {
                         Ok(stream) => {
@@ -127,6 +129,12 @@ pub async fn serve(
                     info!("session bound");
                 }
                 Effect::Authenticated => authenticated = true,
+                Effect::Bounced { kind, condition, reason } => {
+                    info!(stanza.kind = kind.as_str(), error = condition.as_str(), reason, "stanza bounced")
+                }
+                Effect::Dropped { from_backend, reason } => {
+                    info!(direction = if from_backend { "to-client" } else { "to-backend" }, reason, "stanza dropped")
+                }
                 Effect::Close(reason) => {
                     let _ =
                         timeout(CLOSE_FLUSH_TIMEOUT, flush(&mut session, &mut client, &mut backend, &mut totals)).await;

@@ -335,3 +335,88 @@ fn every_split_of_a_session_gives_the_same_output() {
     assert_eq!(backend_out(&mut trickle), expected);
     assert_eq!(trickle.counters().stanzas_from_client, whole.counters().stanzas_from_client);
 }
+
+#[test]
+fn to_is_prepared_or_bounced_as_jid_malformed() {
+    let mut s = bound();
+    backend_out(&mut s);
+    s.client_bytes("<message to='\u{ff42}ob@EXAMPLE.test' id='m1'><body>x</body></message>".as_bytes());
+    assert_eq!(
+        backend_out(&mut s),
+        "<message to='bob@example.test' id='m1' from='alice@example.test/phone'><body>x</body></message>"
+    );
+    let long_local = "a".repeat(3072);
+    for bad in [
+        format!("{long_local}@example.test"),
+        "@example.test".into(),
+        "bo\"b@example.test".into(),
+        "bob@exa mple.test".into(),
+    ] {
+        s.client_bytes(format!("<message to='{bad}' id='m2'><body>x</body></message>").as_bytes());
+        assert_eq!(backend_out(&mut s), "", "{bad} forwarded");
+        let out = client_out(&mut s);
+        assert!(out.starts_with("<message type='error' id='m2'"), "{out}");
+        assert!(out.contains("<jid-malformed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"), "{out}");
+        assert!(out.contains("to='alice@example.test/phone'"), "{out}");
+        assert!(matches!(
+            effects(&mut s).as_slice(),
+            [Effect::Bounced { condition: StanzaCondition::JidMalformed, .. }]
+        ));
+    }
+    // An error stanza is never answered with an error: dropped instead.
+    s.client_bytes(b"<message to='@bad' type='error' id='e1'/>");
+    assert_eq!(client_out(&mut s), "");
+    assert_eq!(backend_out(&mut s), "");
+    assert!(matches!(effects(&mut s).as_slice(), [Effect::Dropped { from_backend: false, .. }]));
+}
+
+#[test]
+fn iq_structure_is_enforced() {
+    let mut s = bound();
+    backend_out(&mut s);
+    s.client_bytes(b"<iq type='get' id='q1'><query xmlns='jabber:iq:roster'/><query xmlns='jabber:iq:version'/></iq>");
+    assert_eq!(backend_out(&mut s), "");
+    let out = client_out(&mut s);
+    assert!(out.starts_with("<iq type='error' id='q1'") && out.contains("<bad-request"), "{out}");
+    assert!(!s.is_closed());
+    s.client_bytes(b"<iq type='result' id='r1'/>");
+    assert_eq!(backend_out(&mut s), "<iq type='result' id='r1' from='alice@example.test/phone'/>");
+    s.client_bytes(b"<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert!(client_out(&mut s).contains("<invalid-xml"));
+    assert!(s.is_closed());
+}
+
+#[test]
+fn forged_carbons_and_roster_pushes_never_reach_the_client() {
+    let mut s = bound();
+    client_out(&mut s);
+    let forged = "<message from='carol@example.test/x' to='alice@example.test/phone'>\
+        <received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+        <message from='bob@example.test/y' to='alice@example.test'><body>forged</body></message>\
+        </forwarded></received></message>";
+    s.backend_bytes(forged.as_bytes());
+    assert_eq!(client_out(&mut s), "");
+    assert!(matches!(effects(&mut s).as_slice(), [Effect::Dropped { from_backend: true, .. }]));
+    let genuine = forged.replace("from='carol@example.test/x'", "from='alice@example.test'");
+    s.backend_bytes(genuine.as_bytes());
+    assert!(client_out(&mut s).contains("forged"), "a carbon from the own account is delivered");
+
+    s.backend_bytes(b"<iq type='set' id='p1' from='carol@example.test/x' to='alice@example.test/phone'><query xmlns='jabber:iq:roster'><item jid='evil@example.test'/></query></iq>");
+    assert_eq!(client_out(&mut s), "");
+    let answer = backend_out(&mut s);
+    assert!(
+        answer.starts_with("<iq type='error' id='p1' from='alice@example.test/phone' to='carol@example.test/x'>"),
+        "{answer}"
+    );
+    s.backend_bytes(
+        b"<iq type='set' id='p2'><query xmlns='jabber:iq:roster'><item jid='bob@example.test'/></query></iq>",
+    );
+    assert!(client_out(&mut s).contains("id='p2'"), "a roster push from the server is delivered");
+}
+
+#[test]
+fn xml_1_1_is_refused() {
+    let mut s = Session::new(config(false, BackendTls::Off));
+    s.client_bytes(b"<?xml version='1.1'?><stream:stream to='example.test' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
+    assert!(client_out(&mut s).contains("<not-well-formed"));
+}

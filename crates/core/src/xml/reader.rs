@@ -626,7 +626,9 @@ fn check_xml_decl(decl: &str) -> Result<(), XmlError> {
     let mut version_seen = false;
     for (name, value) in &parsed.attrs {
         match *name {
-            "version" if value.starts_with("1.") => version_seen = true,
+            // RFC 6120 §11.5: XML 1.0 only.
+            "version" if value == "1.0" => version_seen = true,
+            "version" => return Err(XmlError::NotWellFormed("only XML 1.0 is supported")),
             "encoding" if value.eq_ignore_ascii_case("utf-8") => {}
             "encoding" => return Err(XmlError::UnsupportedEncoding),
             "standalone" if value == "yes" || value == "no" => {}
