@@ -654,7 +654,7 @@ impl Session {
         let from_own_account = || match el.attr("from") {
             None => true,
             Some(from) => match (jid::parse(from), &self.bound) {
-                (Some(j), Some(bound)) => j == Jid::from(bound.to_bare()),
+                (Some(j), Some(bound)) => j == bound.to_bare(),
                 _ => false,
             },
         };
