@@ -20,7 +20,7 @@ mod tests;
 
 use std::collections::VecDeque;
 
-use crate::jid::{self, FullJid, Jid};
+use crate::jid::{self, FullJid};
 use crate::stanza::{self, Kind, StanzaCondition};
 use crate::stream::{Condition, Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, XmlError, XmlEvent, XmlLimits, NS_STREAMS};
