@@ -22,6 +22,8 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== cargo build --release"
 cargo build --release --locked
+echo "== cargo build (debug, test-only fault-injection feature, for the panic-isolation test)"
+cargo build --locked -p stanzawall --features fault-injection
 echo "== end-to-end (tests/e2e)"
-STANZAWALL_BIN="$PWD/target/release/stanzawall" \
+STANZAWALL_BIN="$PWD/target/release/stanzawall" STANZAWALL_FAULT_BIN="$PWD/target/debug/stanzawall" \
   /usr/bin/python3 -m pytest -p no:cacheprovider -q tests/e2e

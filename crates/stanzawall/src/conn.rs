@@ -29,6 +29,9 @@ const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for flushing final bytes when closing.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_BUF: usize = 16 * 1024;
+/// See the `fault-injection` feature in Cargo.toml.
+#[cfg(feature = "fault-injection")]
+const FAULT_INJECTION_PANIC: &[u8] = b"<stanzawall-fault-injection-panic/>";
 
 /// Traffic totals for the close log line.
 #[derive(Debug, Default)]
@@ -151,6 +154,10 @@ pub async fn serve(
                 Ok(0) | Err(_) => session.client_disconnected(),
                 Ok(n) => {
                     totals.from_client += n as u64;
+                    #[cfg(feature = "fault-injection")]
+                    if cbuf[..n].windows(FAULT_INJECTION_PANIC.len()).any(|w| w == FAULT_INJECTION_PANIC) {
+                        panic!("fault injection: the client asked this session to panic");
+                    }
                     session.client_bytes(&cbuf[..n]);
                 }
             },

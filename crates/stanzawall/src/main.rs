@@ -65,6 +65,11 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            // A panic ends only the task it happened in (tokio catches it; the release profile
+            // unwinds); log it through tracing with the session's span instead of raw stderr.
+            std::panic::set_hook(Box::new(|info| {
+                tracing::error!(panic = %info, "task panicked; its connection is closed, other sessions continue");
+            }));
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
