@@ -156,6 +156,7 @@ pub async fn serve(
                     totals.from_client += n as u64;
                     #[cfg(feature = "fault-injection")]
                     if cbuf[..n].windows(FAULT_INJECTION_PANIC.len()).any(|w| w == FAULT_INJECTION_PANIC) {
+                        #[allow(clippy::panic)] // the whole point of this test-only feature
                         panic!("fault injection: the client asked this session to panic");
                     }
                     session.client_bytes(&cbuf[..n]);
