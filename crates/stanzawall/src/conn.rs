@@ -155,8 +155,8 @@ pub async fn serve(
                 Ok(n) => {
                     totals.from_client += n as u64;
                     #[cfg(feature = "fault-injection")]
+                    #[allow(clippy::panic)] // the whole point of this test-only feature
                     if cbuf[..n].windows(FAULT_INJECTION_PANIC.len()).any(|w| w == FAULT_INJECTION_PANIC) {
-                        #[allow(clippy::panic)] // the whole point of this test-only feature
                         panic!("fault injection: the client asked this session to panic");
                     }
                     session.client_bytes(&cbuf[..n]);
