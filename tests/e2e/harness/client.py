@@ -212,7 +212,12 @@ class Client:
 
     def _abort(self) -> None:
         self.xmpp.cancel_connection_attempt()
-        self.xmpp.abort()
+        try:
+            self.xmpp.abort()
+        except AttributeError:
+            # The peer already closed: asyncio's SSL transport has dropped its protocol and
+            # abort() trips over None (seen after a SASL failure closes the stream).
+            pass
         # slixmpp leaves its outgoing-filter task running after a failed
         # connect ("Task was destroyed but it is pending" at loop close).
         task = getattr(self.xmpp, "_run_out_filters", None)
