@@ -4,7 +4,8 @@
 #   2. format and lint checks;
 #   3. unit and property tests of the core and the daemon;
 #   4. the release build, then end-to-end tests: real Prosody and ejabberd behind a real
-#      `stanzawall run`, driven by slixmpp and go-sendxmpp on loopback.
+#      `stanzawall run`, driven by slixmpp and go-sendxmpp on loopback;
+#   5. a fuzz smoke: every cargo-fuzz target for 30 s (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,3 +28,5 @@ cargo build --locked -p stanzawall --features fault-injection
 echo "== end-to-end (tests/e2e)"
 STANZAWALL_BIN="$PWD/target/release/stanzawall" STANZAWALL_FAULT_BIN="$PWD/target/debug/stanzawall" \
   /usr/bin/python3 -m pytest -p no:cacheprovider -q tests/e2e
+echo "== fuzz smoke (30 s per target)"
+scripts/fuzz.sh 30
