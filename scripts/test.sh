@@ -3,9 +3,10 @@
 #   1. installs what the tests need (Debian packages: Prosody, ejabberd, go-sendxmpp, slixmpp, pytest);
 #   2. format and lint checks;
 #   3. unit and property tests of the core and the daemon;
-#   4. the release build, then end-to-end tests: real Prosody and ejabberd behind a real
-#      `stanzawall run`, driven by slixmpp and go-sendxmpp on loopback;
-#   5. a fuzz smoke: every cargo-fuzz target for 30 s (scripts/fuzz.sh).
+#   4. a fuzz smoke: every cargo-fuzz target for 30 s (scripts/fuzz.sh);
+#   5. the release build, then end-to-end tests: real Prosody and ejabberd behind a real
+#      `stanzawall run`, driven by slixmpp and go-sendxmpp on loopback (last, so pytest's
+#      summary closes the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +26,8 @@ echo "== cargo build --release"
 cargo build --release --locked
 echo "== cargo build (debug, test-only fault-injection feature, for the panic-isolation test)"
 cargo build --locked -p stanzawall --features fault-injection
+echo "== fuzz smoke (30 s per target)"
+scripts/fuzz.sh 30
 echo "== end-to-end (tests/e2e)"
 STANZAWALL_BIN="$PWD/target/release/stanzawall" STANZAWALL_FAULT_BIN="$PWD/target/debug/stanzawall" \
   /usr/bin/python3 -m pytest -p no:cacheprovider -q tests/e2e
-echo "== fuzz smoke (30 s per target)"
-scripts/fuzz.sh 30
