@@ -231,3 +231,24 @@ def test_check_reports_file_line_and_key(tmp, pki, prosody):
     line = text.splitlines().index('bakend_tls = "tls"') + 1
     assert bad.returncode == 1
     assert bad.stderr.startswith(f"{gw.config_path}:{line}: listener[0].bakend_tls: unknown field"), bad.stderr
+
+
+def test_reload_renaming_a_listener_keeps_its_port(tmp, pki, prosody):
+    gw = scratch_gateway(tmp, pki, prosody, "gw-rename", 3).start()
+    try:
+        port = gw.port("c2s")
+        for i in range(5):
+            # Same address under a new name: the old listener must release it before the new
+            # one binds, every time.
+            (name,) = gw.listeners
+            gw.listeners = {f"c2s-{i}": Listener(f"c2s-{i}", "c2s", port, prosody.port)}
+            mark = len(gw.log())
+            gw.write_config()
+            gw.reload()
+            gw.wait_log("configuration reloaded", after=mark)
+            assert "cannot listen" not in gw.log()[mark:], gw.log()[mark:]
+            s = RawStream.open(HOST, port, ca_file=pki.ca_cert)
+            assert "SCRAM-SHA-1" in s.mechanisms
+            s.close()
+    finally:
+        assert gw.terminate() == 0

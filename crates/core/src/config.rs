@@ -147,9 +147,10 @@ impl Limits {
         XmlLimits { stanza_bytes: self.preauth_stanza_bytes, ..self.xml() }
     }
 
-    /// Parser limits for the backend leg.
+    /// Parser limits for the backend leg: deeper than the client's, because the server wraps
+    /// what clients sent (carbons, MAM results and offline delivery add three levels or more).
     pub fn xml_backend(&self) -> XmlLimits {
-        XmlLimits { stanza_bytes: self.backend_stanza_bytes, ..self.xml() }
+        XmlLimits { stanza_bytes: self.backend_stanza_bytes, depth: self.depth + 16, ..self.xml() }
     }
 }
 
@@ -158,7 +159,9 @@ impl Default for Limits {
         Limits {
             stanza_bytes: 262_144,
             preauth_stanza_bytes: 10_000,
-            backend_stanza_bytes: 1_048_576,
+            // Servers re-escape what clients sent (`'` becomes `&apos;`, six bytes), so the
+            // backend leg gets a multiple of the client cap.
+            backend_stanza_bytes: 2_097_152,
             depth: 32,
             attributes: 64,
         }

@@ -39,6 +39,8 @@ pub const NS_CSI: &str = "urn:xmpp:csi:0";
 pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 /// Roster management (RFC 6121 §2).
 pub const NS_ROSTER: &str = "jabber:iq:roster";
+/// Non-SASL authentication (XEP-0078, obsolete).
+pub const NS_LEGACY_AUTH: &str = "jabber:iq:auth";
 
 /// How the backend leg is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -165,6 +167,9 @@ enum ClientPhase {
     TlsHandshake,
     /// Secure stream open; stanzas are relayed.
     Open,
+    /// The client sent `</stream:stream>`: its input is over, but what the backend still sends
+    /// is relayed until the backend closes too (RFC 6120 §4.4) or the daemon times out.
+    Closing,
     /// Closed; nothing more is read or written.
     Closed,
 }
@@ -218,7 +223,8 @@ impl Session {
     /// A session for a freshly accepted connection.
     pub fn new(cfg: SessionConfig) -> Self {
         let client = StreamReader::new(cfg.preauth_limits);
-        let backend = StreamReader::new(cfg.backend_limits);
+        let mut backend = StreamReader::new(cfg.backend_limits);
+        backend.skip_over_limits(true);
         let client_tls = cfg.direct_tls;
         Session {
             cfg,
@@ -282,6 +288,12 @@ impl Session {
         self.counters
     }
 
+    /// True between the client's `</stream:stream>` and the backend's: the daemon bounds this
+    /// wait and then calls [`Session::timed_out`].
+    pub fn is_closing(&self) -> bool {
+        self.client_phase == ClientPhase::Closing
+    }
+
     /// True once the session has closed; the daemon stops reading.
     pub fn is_closed(&self) -> bool {
         self.client_phase == ClientPhase::Closed
@@ -289,8 +301,9 @@ impl Session {
 
     /// Bytes received from the client.
     pub fn client_bytes(&mut self, data: &[u8]) {
-        if self.is_closed() || self.client_phase == ClientPhase::TlsHandshake {
+        if self.is_closed() || matches!(self.client_phase, ClientPhase::TlsHandshake | ClientPhase::Closing) {
             // After `<proceed/>` the daemon hands bytes to TLS; nothing reaches the parser.
+            // After the client's `</stream:stream>` nothing more may come from it.
             return;
         }
         self.client.feed(data);
@@ -370,6 +383,10 @@ impl Session {
         if self.is_closed() {
             return;
         }
+        if self.client_phase == ClientPhase::Closing {
+            self.to_client.extend_from_slice(STREAM_CLOSE);
+            return self.finish(CloseReason::ClientClosed);
+        }
         let err = StreamError::new(Condition::ConnectionTimeout, None);
         self.client_error_no_finish(err.clone());
         self.close_backend_stream();
@@ -377,7 +394,7 @@ impl Session {
     }
 
     fn drain_client(&mut self) {
-        while !self.is_closed() && self.client_phase != ClientPhase::TlsHandshake {
+        while !matches!(self.client_phase, ClientPhase::Closed | ClientPhase::TlsHandshake | ClientPhase::Closing) {
             match self.client.next_event() {
                 Ok(None) => break,
                 Ok(Some(ev)) => self.on_client_event(ev),
@@ -401,11 +418,21 @@ impl Session {
             (ClientPhase::Header, XmlEvent::StreamOpen { header, default_ns }) => {
                 self.on_client_header(&header, default_ns.as_deref())
             }
+            (ClientPhase::Open, XmlEvent::StreamClose) if self.backend_phase == BackendPhase::Open => {
+                self.close_backend_stream();
+                self.client_phase = ClientPhase::Closing;
+            }
             (_, XmlEvent::StreamClose) => {
                 self.to_client.extend_from_slice(STREAM_CLOSE);
                 self.close_backend_stream();
                 self.finish(CloseReason::ClientClosed);
             }
+            (ClientPhase::Open, XmlEvent::Whitespace) => {
+                if self.backend_phase == BackendPhase::Open && self.pending_features.is_none() {
+                    self.to_backend.push(b' ');
+                }
+            }
+            (_, XmlEvent::Whitespace) => {}
             (ClientPhase::AwaitStartTls, XmlEvent::Stanza(el)) => {
                 if el.is(NS_TLS, "starttls") {
                     Element::new(NS_TLS, "proceed").write_to(&mut self.to_client, NS_CLIENT);
@@ -417,8 +444,9 @@ impl Session {
                 }
             }
             (ClientPhase::Open, XmlEvent::Stanza(el)) => self.on_client_element(el),
-            // A header where a stanza belongs is caught by the reader; these cannot happen.
-            (_, XmlEvent::StreamOpen { .. }) | (_, XmlEvent::Stanza(_)) => {
+            // A header where a stanza belongs is caught by the reader, and the client leg never
+            // skips; these cannot happen.
+            (_, XmlEvent::StreamOpen { .. }) | (_, XmlEvent::Stanza(_)) | (_, XmlEvent::Skipped { .. }) => {
                 self.client_error(Condition::BadFormat, "unexpected element")
             }
         }
@@ -477,6 +505,15 @@ impl Session {
         if let Some(kind) = Kind::of(&el).filter(|_| ns == NS_CLIENT) {
             if let Err(e) = self.check_from(&mut el) {
                 return self.client_error(e, "'from' does not match the authenticated address");
+            }
+            if kind == Kind::Iq && el.child(NS_LEGACY_AUTH, "query").is_some() {
+                // XEP-0078 would authenticate without SASL, past the gateway's view of the session.
+                return self.bounce(
+                    &el,
+                    kind,
+                    StanzaCondition::ServiceUnavailable,
+                    "legacy authentication is disabled",
+                );
             }
             if kind == Kind::Iq {
                 if let Err((condition, reason)) = check_iq(&el) {
@@ -561,9 +598,20 @@ impl Session {
             }
             (_, XmlEvent::StreamClose) => {
                 self.to_client.extend_from_slice(STREAM_CLOSE);
+                if self.client_phase == ClientPhase::Closing {
+                    // The backend answered the client's close: a clean end.
+                    return self.finish(CloseReason::ClientClosed);
+                }
                 self.to_backend.extend_from_slice(STREAM_CLOSE);
                 self.finish(CloseReason::BackendClosed);
             }
+            (BackendPhase::Open, XmlEvent::Whitespace) => {
+                if matches!(self.client_phase, ClientPhase::Open | ClientPhase::Closing) && self.client_header_sent {
+                    self.to_client.push(b' ');
+                }
+            }
+            (_, XmlEvent::Whitespace) => {}
+            (_, XmlEvent::Skipped { reason, root }) => self.on_backend_skipped(reason, root),
             (_, XmlEvent::Stanza(el)) if el.is(NS_STREAMS, "error") => {
                 let err = StreamError::from_element(&el);
                 if !self.client_header_sent {
@@ -646,6 +694,26 @@ impl Session {
             }
         }
         el.write_to(&mut self.to_client, NS_CLIENT);
+    }
+
+    /// A backend stanza over the limits was skipped: the client never sees it, the session
+    /// lives on (one oversized or too-deep stanza from anyone must not disconnect the
+    /// recipient), and a stanza that may be answered gets an error back to its sender.
+    fn on_backend_skipped(&mut self, reason: XmlError, root: Option<Element>) {
+        if let Some(root) = root.filter(|r| Kind::of(r).is_some()) {
+            let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
+            let text = "stanza exceeds the recipient gateway's limits";
+            if let Some(reply) = stanza::error_reply(&root, StanzaCondition::PolicyViolation, Some(text), &own) {
+                reply.write_to(&mut self.to_backend, NS_CLIENT);
+            }
+        }
+        let why = match reason {
+            XmlError::TooLarge { .. } => "stanza from backend too large",
+            XmlError::TooDeep { .. } => "stanza from backend nested too deep",
+            XmlError::TooManyAttributes { .. } => "stanza from backend with too many attributes",
+            _ => "stanza from backend in a reserved namespace",
+        };
+        self.effects.push_back(Effect::Dropped { from_backend: true, reason: why });
     }
 
     /// Stanzas toward the client that only the user's own account may send: carbons

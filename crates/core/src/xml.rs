@@ -15,6 +15,7 @@
 mod chars;
 mod element;
 mod reader;
+mod skip;
 #[cfg(test)]
 mod tests;
 
@@ -62,6 +63,17 @@ pub enum XmlEvent {
     Stanza(Element),
     /// `</stream:stream>`.
     StreamClose,
+    /// Whitespace between stanzas (a keepalive, RFC 6120 §4.6.1); one event per run.
+    Whitespace,
+    /// A stanza skipped because it broke a limit (only with
+    /// [`StreamReader::skip_over_limits`]); `root` is its top element without children, when the
+    /// root's own start tag was acceptable.
+    Skipped {
+        /// The limit or rule it broke.
+        reason: XmlError,
+        /// The stanza's root element, without children.
+        root: Option<Element>,
+    },
 }
 
 /// Why input was refused. Each maps to the stream error RFC 6120 §4.9.3 requires.
@@ -91,6 +103,13 @@ pub enum XmlError {
     /// A `<stream:stream>` element inside the stream.
     #[error("nested stream header")]
     NestedStreamHeader,
+    /// An element in the stream namespace inside a stanza.
+    #[error("stream element inside a stanza")]
+    NestedStreamElement,
+    /// An element in the XML namespace, or the XML or XMLNS namespace as a default namespace
+    /// (they have no canonical serialization).
+    #[error("reserved namespace")]
+    ReservedNamespace,
     /// A stanza (or stream header) larger than the cap.
     #[error("stanza exceeds {limit} bytes")]
     TooLarge {
@@ -121,6 +140,18 @@ impl XmlError {
         }
     }
 
+    /// Errors confined to one stanza, which a reader in skip mode steps over.
+    pub fn is_stanza_local(&self) -> bool {
+        matches!(
+            self,
+            XmlError::TooLarge { .. }
+                | XmlError::TooDeep { .. }
+                | XmlError::TooManyAttributes { .. }
+                | XmlError::ReservedNamespace
+                | XmlError::NestedStreamElement
+        )
+    }
+
     /// The stream error condition to close the stream with.
     pub fn condition(&self) -> Condition {
         match self {
@@ -128,7 +159,8 @@ impl XmlError {
             XmlError::Restricted(_) => Condition::RestrictedXml,
             XmlError::InvalidUtf8 | XmlError::UnsupportedEncoding => Condition::UnsupportedEncoding,
             XmlError::BadFormat(_) => Condition::BadFormat,
-            XmlError::NestedStreamHeader => Condition::InvalidXml,
+            XmlError::NestedStreamHeader | XmlError::NestedStreamElement => Condition::InvalidXml,
+            XmlError::ReservedNamespace => Condition::BadFormat,
             XmlError::TooLarge { .. } | XmlError::TooDeep { .. } | XmlError::TooManyAttributes { .. } => {
                 Condition::PolicyViolation
             }

@@ -65,8 +65,8 @@ fn ours(body: &[u8]) -> Option<Vec<T>> {
     loop {
         match r.next_event() {
             Ok(Some(XmlEvent::Stanza(el))) => out.push(from_ours(&el)),
-            Ok(Some(XmlEvent::StreamOpen { .. })) => {}
-            Ok(Some(XmlEvent::StreamClose)) => return None,
+            Ok(Some(XmlEvent::StreamOpen { .. } | XmlEvent::Whitespace)) => {}
+            Ok(Some(XmlEvent::StreamClose | XmlEvent::Skipped { .. })) => return None,
             Ok(None) => break,
             Err(_) => return None,
         }

@@ -28,6 +28,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for flushing final bytes when closing.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time the backend has to answer a client's `</stream:stream>` with its own (RFC 6120 §4.4)
+/// while what it still sends is relayed.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A write that makes no progress for this long ends the session (the peer stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP keepalive on both legs, so a peer that vanished without a FIN is noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const READ_BUF: usize = 16 * 1024;
 /// See the `fault-injection` feature in Cargo.toml.
 #[cfg(feature = "fault-injection")]
@@ -51,7 +58,7 @@ pub async fn serve(
     generation: Arc<Generation>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = socket.set_nodelay(true);
+    tune(&socket);
     let limits = generation.config.limits;
     let direct_tls = listener.kind == ListenerKind::C2sTls;
     let mut session = Session::new(SessionConfig {
@@ -82,9 +89,8 @@ pub async fn serve(
     let mut bbuf = vec![0u8; READ_BUF];
 
     let reason = 'session: loop {
-        if let Err(e) = flush(&mut session, &mut client, &mut backend, &mut totals).await {
-            session.client_disconnected();
-            debug!(error = %e, "write failed");
+        if let Err(failure) = flush(&mut session, &mut client, &mut backend, &mut totals).await {
+            on_write_failure(&mut session, failure);
         }
         while let Some(effect) = session.poll_effect() {
             match effect {
@@ -144,9 +150,8 @@ pub async fn serve(
                     break 'session reason;
                 }
             }
-            if let Err(e) = flush(&mut session, &mut client, &mut backend, &mut totals).await {
-                debug!(error = %e, "write failed");
-                session.client_disconnected();
+            if let Err(failure) = flush(&mut session, &mut client, &mut backend, &mut totals).await {
+                on_write_failure(&mut session, failure);
             }
         }
         tokio::select! {
@@ -172,6 +177,7 @@ pub async fn serve(
             },
             _ = shutdown.changed() => session.shutdown(),
             _ = tokio::time::sleep_until(deadline), if !authenticated => session.timed_out(),
+            _ = tokio::time::sleep(CLOSE_HANDSHAKE_TIMEOUT), if session.is_closing() => session.timed_out(),
         }
     };
     let _ = timeout(CLOSE_FLUSH_TIMEOUT, client.shutdown()).await;
@@ -192,27 +198,56 @@ pub async fn serve(
     );
 }
 
+/// Which leg a write failed on.
+#[derive(Debug)]
+enum WriteFailure {
+    Client(std::io::Error),
+    Backend(std::io::Error),
+}
+
+/// Write what the session queued, backend first. Each leg's write is bounded by
+/// `WRITE_TIMEOUT`: a peer that stops reading gets backpressure, then a close — never an
+/// unbounded queue and never a session stuck forever.
 async fn flush(
     session: &mut Session,
     client: &mut Stream,
     backend: &mut Option<Stream>,
     totals: &mut Totals,
-) -> std::io::Result<()> {
+) -> Result<(), WriteFailure> {
     let out = session.take_to_backend();
     if !out.is_empty() {
         if let Some(b) = backend.as_mut() {
-            b.write_all(&out).await?;
-            b.flush().await?;
+            write_bounded(b, &out).await.map_err(WriteFailure::Backend)?;
             totals.to_backend += out.len() as u64;
         }
     }
     let out = session.take_to_client();
     if !out.is_empty() {
-        client.write_all(&out).await?;
-        client.flush().await?;
+        write_bounded(client, &out).await.map_err(WriteFailure::Client)?;
         totals.to_client += out.len() as u64;
     }
     Ok(())
+}
+
+async fn write_bounded(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> {
+    let write = async {
+        stream.write_all(data).await?;
+        stream.flush().await
+    };
+    match timeout(WRITE_TIMEOUT, write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading")),
+    }
+}
+
+fn on_write_failure(session: &mut Session, failure: WriteFailure) {
+    match failure {
+        WriteFailure::Client(e) => {
+            debug!(error = %e, "write to client failed");
+            session.client_disconnected();
+        }
+        WriteFailure::Backend(e) => session.backend_failed(&format!("write to backend failed: {e}")),
+    }
 }
 
 async fn read_backend(backend: &mut Option<Stream>, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -254,7 +289,7 @@ async fn connect_backend(
         Ok(Err(e)) => return Err(format!("connect to {address} failed: {e}")),
         Err(_) => return Err(format!("connect to {address} timed out")),
     };
-    let _ = socket.set_nodelay(true);
+    tune(&socket);
     let mut stream = Stream::Plain(Rewind::new(socket));
     if listener.backend.proxy_protocol {
         let header = stanzawall_core::proxy_protocol::v2_header(peer, local);
@@ -299,6 +334,13 @@ async fn upgrade_backend_stream(
         .map_err(|e| format!("backend TLS handshake with {name} failed: {e}"))?;
     *stream = Stream::Client(Box::new(tls));
     Ok(())
+}
+
+/// No Nagle delay (stanzas are small and latency-bound), and TCP keepalive.
+fn tune(socket: &TcpStream) {
+    let _ = socket.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE).with_interval(TCP_KEEPALIVE / 4);
+    let _ = socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive);
 }
 
 fn random_id() -> String {

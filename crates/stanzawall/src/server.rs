@@ -75,7 +75,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
-    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker);
+    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker).await;
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -125,7 +125,7 @@ async fn bind_new(
     Ok(sockets)
 }
 
-fn start_listeners(
+async fn start_listeners(
     generation: &Arc<Generation>,
     mut sockets: HashMap<String, TcpListener>,
     running: &mut HashMap<String, RunningListener>,
@@ -133,17 +133,22 @@ fn start_listeners(
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
 ) {
-    // Stop listeners that are gone or moved.
+    // Stop listeners that are gone or moved, and wait until their sockets are closed: an
+    // address they held may be bound again just below (a renamed or swapped listener).
     let keep: Vec<(String, SocketAddr)> =
         generation.config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
-    running.retain(|name, r| {
-        let stay = keep.iter().any(|(n, b)| n == name && *b == r.bind);
-        if !stay {
+    let stopped: Vec<String> = running
+        .iter()
+        .filter(|(name, r)| !keep.iter().any(|(n, b)| n == *name && *b == r.bind))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in stopped {
+        if let Some(r) = running.remove(&name) {
             r.task.abort();
+            let _ = r.task.await;
             info!(listener = %name, bind = %r.bind, "listener stopped");
         }
-        stay
-    });
+    }
     for l in &generation.config.listeners {
         if running.contains_key(&l.name) {
             continue;
@@ -227,6 +232,6 @@ async fn reload(
         info!(domains = ?c.domains, sha256 = next.tls.fingerprint(name).unwrap_or(""), "certificate loaded");
     }
     gen_tx.send_replace(next.clone());
-    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker);
+    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker).await;
     info!(changes = ?changes, "configuration reloaded");
 }

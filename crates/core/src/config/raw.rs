@@ -32,7 +32,7 @@ struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCertificate {
-    domains: Spanned<Vec<String>>,
+    domains: Spanned<Vec<Spanned<String>>>,
     cert: Spanned<String>,
     key: Spanned<String>,
 }
@@ -106,12 +106,12 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
         }
         let mut domains = Vec::new();
         for d in c.domains.get_ref() {
-            let d = d.to_ascii_lowercase();
-            let name = d.strip_prefix("*.").unwrap_or(&d);
+            let lower = d.get_ref().to_ascii_lowercase();
+            let name = lower.strip_prefix("*.").unwrap_or(&lower);
             if !crate::jid::is_domain(name) || name.contains('*') {
-                return loc.err(c.domains.span(), &key("domains"), format!("'{d}' is not a domain or '*.domain'"));
+                return loc.err(d.span(), &key("domains"), format!("'{lower}' is not a domain or '*.domain'"));
             }
-            domains.push(d);
+            domains.push(lower);
         }
         certificates.push(CertificateConfig {
             domains,
@@ -150,6 +150,13 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
                 return loc.err(l.bind.span(), &key("bind"), "expected IP:PORT, e.g. \"0.0.0.0:5222\" or \"[::]:5222\"")
             }
         };
+        if let Some(other) = listeners.iter().find(|o: &&ListenerConfig| o.bind == bind) {
+            return loc.err(
+                l.bind.span(),
+                &key("bind"),
+                format!("{bind} is already used by listener '{}'", other.name),
+            );
+        }
         let address = l.backend.get_ref().clone();
         if !valid_host_port(&address) {
             return loc.err(l.backend.span(), &key("backend"), "expected HOST:PORT, e.g. \"127.0.0.1:15222\"");
@@ -217,38 +224,48 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
     let d = Limits::default();
     let r = &raw.limits;
     let limits = Limits {
-        stanza_bytes: limit(loc, &r.stanza_bytes, "limits.stanza_bytes", d.stanza_bytes, 1024)?,
+        stanza_bytes: limit(loc, &r.stanza_bytes, "limits.stanza_bytes", d.stanza_bytes, 1024..=MAX_BYTES)?,
         preauth_stanza_bytes: limit(
             loc,
             &r.preauth_stanza_bytes,
             "limits.preauth_stanza_bytes",
             d.preauth_stanza_bytes,
-            1024,
+            1024..=MAX_BYTES,
         )?,
         backend_stanza_bytes: limit(
             loc,
             &r.backend_stanza_bytes,
             "limits.backend_stanza_bytes",
             d.backend_stanza_bytes,
-            1024,
+            1024..=MAX_BYTES,
         )?,
-        depth: limit(loc, &r.depth, "limits.depth", d.depth, 4)?,
-        attributes: limit(loc, &r.attributes, "limits.attributes", d.attributes, 8)?,
+        // Bounded above: trees are built and dropped recursively, and duplicate-attribute checks
+        // are quadratic in the attribute count.
+        depth: limit(loc, &r.depth, "limits.depth", d.depth, 4..=256)?,
+        attributes: limit(loc, &r.attributes, "limits.attributes", d.attributes, 8..=256)?,
     };
+    if let Some(v) = &r.preauth_stanza_bytes {
+        if limits.preauth_stanza_bytes > limits.stanza_bytes {
+            return loc.err(v.span(), "limits.preauth_stanza_bytes", "must not exceed limits.stanza_bytes");
+        }
+    }
     Ok(Config { path: loc.file.to_path_buf(), certificates, listeners, limits })
 }
+
+/// Largest byte cap accepted (64 MiB): beyond it one connection could pin too much memory.
+const MAX_BYTES: usize = 64 << 20;
 
 fn limit(
     loc: &Locator<'_>,
     v: &Option<Spanned<i64>>,
     key: &str,
     default: usize,
-    min: usize,
+    range: std::ops::RangeInclusive<usize>,
 ) -> Result<usize, ConfigError> {
     let Some(v) = v else { return Ok(default) };
     match usize::try_from(*v.get_ref()) {
-        Ok(n) if n >= min => Ok(n),
-        _ => loc.err(v.span(), key, format!("must be an integer of at least {min}")),
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => loc.err(v.span(), key, format!("must be an integer from {} to {}", range.start(), range.end())),
     }
 }
 

@@ -68,7 +68,7 @@ fn errors_name_file_line_and_key() {
         error(&bad)
     );
     let bad = GOOD.replace("depth = 32", "depth = -1");
-    assert_eq!(error(&bad), "/etc/stanzawall/gw.toml:25: limits.depth: must be an integer of at least 4");
+    assert_eq!(error(&bad), "/etc/stanzawall/gw.toml:25: limits.depth: must be an integer from 4 to 256");
     let bad = GOOD.replace("backend_tls = \"starttls\"", "backend_tls = \"maybe\"");
     assert!(error(&bad).starts_with("/etc/stanzawall/gw.toml:18: listener[1].backend_tls:"), "{}", error(&bad));
     let bad = GOOD.replace("name    = \"c2s-direct\"", "name    = \"c2s\"");
@@ -93,6 +93,22 @@ fn syntax_and_type_errors_have_lines() {
     assert!(e.starts_with("/etc/stanzawall/gw.toml:3:"), "{e}");
     let e = error(&GOOD.replace("stanza_bytes = 262144", "stanza_bytes = \"big\""));
     assert!(e.starts_with("/etc/stanzawall/gw.toml:23: limits.stanza_bytes:"), "{e}");
+}
+
+#[test]
+fn limits_and_binds_are_checked_against_each_other() {
+    let e = error(&GOOD.replace("depth = 32", "depth = 1000000"));
+    assert!(e.contains("limits.depth: must be an integer from 4 to 256"), "{e}");
+    let e = error(&GOOD.replace("preauth_stanza_bytes = 10000", "preauth_stanza_bytes = 300000"));
+    assert!(e.contains(":24: limits.preauth_stanza_bytes: must not exceed limits.stanza_bytes"), "{e}");
+    let e = error(&GOOD.replace("[::1]:5223", "127.0.0.1:5222"));
+    assert!(e.contains(":16: listener[1].bind: 127.0.0.1:5222 is already used by listener 'c2s'"), "{e}");
+    // A bad domain in a multi-line array is reported at its own line.
+    let e = error(&GOOD.replace(
+        "domains = [\"example.test\", \"*.example.test\"]",
+        "domains = [\n  \"example.test\",\n  \"bad domain\",\n]",
+    ));
+    assert!(e.contains(":5: tls.certificate[0].domains: 'bad domain'"), "{e}");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! §6: the binding is to the client↔gateway TLS session, which the backend never sees) and their
 //! advertisement (XEP-0440), SASL2/Bind2 (XEP-0388/0386: no stream restart, not relayed yet), and
 //! Stream Management (XEP-0198) with instant resumption (XEP-0397), whose counters the gateway does
-//! not rewrite yet.
+//! not rewrite yet, and legacy non-SASL authentication (XEP-0078), which would bypass the SASL
+//! relay the gateway follows.
 
 use crate::xml::Element;
 
@@ -22,6 +23,7 @@ const REMOVED_FEATURES: &[&str] = &[
     "urn:xmpp:sm:3",
     "urn:xmpp:sm:2",
     "urn:xmpp:isr:0",
+    "http://jabber.org/features/iq-auth",
 ];
 
 /// True for SASL mechanisms that bind to the TLS channel (`SCRAM-SHA-1-PLUS`, …).

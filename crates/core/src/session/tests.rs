@@ -253,8 +253,26 @@ fn backend_errors_and_closes_reach_the_client() {
 fn client_close_and_shutdown_close_both_legs() {
     let mut s = bound();
     backend_out(&mut s);
+    client_out(&mut s);
+    s.client_bytes(b"</stream:stream><message to='x@example.test'/>");
+    assert_eq!(backend_out(&mut s), "</stream:stream>", "nothing after the client's close is read");
+    assert!(s.is_closing() && !s.is_closed());
+    // RFC 6120 §4.4: what the backend sent before it saw the close still reaches the client.
+    s.backend_bytes(b"<message from='bob@example.test/x'><body>in flight</body></message></stream:stream>");
+    assert_eq!(
+        client_out(&mut s),
+        "<message from='bob@example.test/x'><body>in flight</body></message></stream:stream>"
+    );
+    assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::ClientClosed)]);
+    assert_eq!(backend_out(&mut s), "");
+
+    // A backend that never answers the close is cut by the daemon's timer.
+    let mut s = bound();
+    backend_out(&mut s);
+    client_out(&mut s);
     s.client_bytes(b"</stream:stream>");
-    assert_eq!(backend_out(&mut s), "</stream:stream>");
+    s.timed_out();
+    assert_eq!(client_out(&mut s), "</stream:stream>");
     assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::ClientClosed)]);
 
     let mut s = bound();
@@ -419,4 +437,65 @@ fn xml_1_1_is_refused() {
     let mut s = Session::new(config(false, BackendTls::Off));
     s.client_bytes(b"<?xml version='1.1'?><stream:stream to='example.test' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
     assert!(client_out(&mut s).contains("<not-well-formed"));
+}
+
+#[test]
+fn whitespace_keepalives_cross_in_both_directions() {
+    let mut s = bound();
+    backend_out(&mut s);
+    client_out(&mut s);
+    s.client_bytes(b" \n\t ");
+    assert_eq!(backend_out(&mut s), " ", "one space per run");
+    s.backend_bytes(b"  ");
+    assert_eq!(client_out(&mut s), " ");
+}
+
+#[test]
+fn an_oversized_backend_stanza_is_skipped_not_fatal() {
+    let mut s = bound();
+    client_out(&mut s);
+    backend_out(&mut s);
+    // Deeper than the backend's depth cap (16 + 16 here), then a normal stanza.
+    let deep = format!(
+        "<message from='mallory@evil.test/x' to='alice@example.test/phone' id='d1'>{}{}</message>",
+        "<x>".repeat(40),
+        "</x>".repeat(40)
+    );
+    s.backend_bytes(deep.as_bytes());
+    s.backend_bytes(b"<message from='bob@example.test/y'><body>next</body></message>");
+    assert!(!s.is_closed());
+    assert_eq!(client_out(&mut s), "<message from='bob@example.test/y'><body>next</body></message>");
+    let bounce = backend_out(&mut s);
+    assert!(
+        bounce.starts_with("<message type='error' id='d1' from='alice@example.test/phone' to='mallory@evil.test/x'>"),
+        "{bounce}"
+    );
+    assert!(bounce.contains("<policy-violation"), "{bounce}");
+    assert!(matches!(effects(&mut s).as_slice(), [Effect::Dropped { from_backend: true, .. }]));
+    // A body bigger than the backend cap, trickled: skipped too, nothing buffered for it.
+    let mut s = bound();
+    client_out(&mut s);
+    s.backend_bytes(b"<message from='bob@example.test/y' type='error'><body>");
+    for _ in 0..100 {
+        s.backend_bytes(&[b'A'; 1000]);
+    }
+    s.backend_bytes(b"</body></message><presence from='bob@example.test/y'/>");
+    assert!(!s.is_closed());
+    assert_eq!(client_out(&mut s), "<presence from='bob@example.test/y'/>");
+    assert_eq!(backend_out(&mut s), "", "an error stanza is never answered");
+}
+
+#[test]
+fn legacy_auth_is_neither_offered_nor_relayed() {
+    let mut s = Session::new(config(true, BackendTls::Off));
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    s.backend_connected();
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.backend_bytes(b"<stream:features><auth xmlns='http://jabber.org/features/iq-auth'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>");
+    let out = client_out(&mut s);
+    assert!(!out.contains("iq-auth") && out.contains("PLAIN"), "{out}");
+    backend_out(&mut s);
+    s.client_bytes(b"<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice</username><password>pw</password><resource>r</resource></query></iq>");
+    assert_eq!(backend_out(&mut s), "");
+    assert!(client_out(&mut s).contains("<service-unavailable"));
 }

@@ -15,6 +15,7 @@ use memchr::{memchr, memchr3};
 
 use super::chars::{all_xml_chars, is_ncname};
 use super::element::{Attr, Element, Node, Ns};
+use super::skip::Skip;
 use super::{XmlError, XmlEvent, XmlLimits, NS_STREAMS, NS_XML, NS_XMLNS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +64,23 @@ pub struct StreamReader {
     stanza_consumed: usize,
     /// Recently declared namespace names, shared between elements.
     ns_cache: Vec<Ns>,
+    /// A UTF-8 byte order mark was consumed in this prolog (at most one is allowed).
+    bom_seen: bool,
+    /// See [`StreamReader::skip_over_limits`].
+    skip_over_limits: bool,
+    /// The stanza being skipped.
+    skip: Option<Skip>,
 }
 
 /// Namespace names kept for sharing.
 const NS_CACHE: usize = 16;
+/// Longest XML declaration accepted (`<?xml version='1.0' encoding='UTF-8' standalone='yes'?>`
+/// is 56 bytes); bounds its rescans while it trickles in.
+const MAX_XML_DECL: usize = 128;
+/// What one element and one attribute cost in the tree beyond their bytes, charged against the
+/// stanza cap so that `<a/><a/>…` cannot turn a 256 KiB stanza into megabytes of tree.
+const ELEMENT_OVERHEAD: usize = 96;
+const ATTRIBUTE_OVERHEAD: usize = 48;
 
 impl StreamReader {
     /// A reader expecting a stream header (optionally preceded by an XML declaration).
@@ -83,6 +97,9 @@ impl StreamReader {
             stack: Vec::new(),
             stanza_consumed: 0,
             ns_cache: Vec::new(),
+            bom_seen: false,
+            skip_over_limits: false,
+            skip: None,
         }
     }
 
@@ -110,6 +127,8 @@ impl StreamReader {
         self.stanza_consumed = 0;
         self.scan = self.pos;
         self.scan_quote = 0;
+        self.bom_seen = false;
+        self.skip = None;
     }
 
     /// Remove and return the bytes received but not yet parsed (after `<starttls/>` they belong
@@ -120,6 +139,11 @@ impl StreamReader {
         self.pos = 0;
         self.scan = 0;
         rest
+    }
+
+    /// Bytes buffered but not yet turned into events.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len() - self.pos
     }
 
     /// True if bytes are buffered that have not been parsed into an event yet.
@@ -139,9 +163,38 @@ impl StreamReader {
 
     /// Next event, `Ok(None)` if more bytes are needed.
     pub fn next_event(&mut self) -> Result<Option<XmlEvent>, XmlError> {
+        match self.next_inner() {
+            Err(e) if self.skip_over_limits && e.is_stanza_local() && self.state == State::Stream => {
+                self.start_skip(e);
+                self.next_inner()
+            }
+            other => other,
+        }
+    }
+
+    /// Skip, rather than fail on, a stanza that breaks a size or depth limit or uses a reserved
+    /// namespace: the rest of that stanza is scanned without building a tree and reported as
+    /// [`XmlEvent::Skipped`]. For the backend leg, which relays what anyone sent: one such
+    /// stanza must not end the recipient's session.
+    pub fn skip_over_limits(&mut self, on: bool) {
+        self.skip_over_limits = on;
+    }
+
+    fn next_inner(&mut self) -> Result<Option<XmlEvent>, XmlError> {
         loop {
             if self.pos >= self.buf.len() {
                 return Ok(None);
+            }
+            if let Some(mut skip) = self.skip.take() {
+                let (consumed, done) = skip.scan(&self.buf[self.pos..])?;
+                let to = self.pos + consumed;
+                self.consume_to(to);
+                if !done {
+                    self.skip = Some(skip);
+                    return Ok(None);
+                }
+                self.stanza_consumed = 0;
+                return Ok(Some(XmlEvent::Skipped { reason: skip.reason, root: skip.root }));
             }
             let step = match self.state {
                 State::Closed => {
@@ -161,6 +214,18 @@ impl StreamReader {
                 }
             }
         }
+    }
+
+    /// Enter skip mode at the token that broke a limit (it has not been consumed).
+    fn start_skip(&mut self, reason: XmlError) {
+        let depth = self.stack.len();
+        let root = (!self.stack.is_empty()).then(|| {
+            let mut root = self.stack.swap_remove(0).el;
+            root.children.clear();
+            root
+        });
+        self.stack.clear();
+        self.skip = Some(Skip::new(depth, reason, root));
     }
 
     /// Refuse as soon as the buffered part of the current token exceeds what may be buffered.
@@ -241,8 +306,12 @@ impl StreamReader {
         if !(rest.starts_with(b"<?xml") && matches!(rest[5], b' ' | b'\t' | b'\r' | b'\n')) {
             return Err(XmlError::Restricted("processing instructions are not allowed"));
         }
-        let Some(end) = memchr::memmem::find(rest, b"?>") else {
-            return Ok(Step::Incomplete);
+        let Some(end) = memchr::memmem::find(&rest[..rest.len().min(MAX_XML_DECL)], b"?>") else {
+            return if rest.len() >= MAX_XML_DECL {
+                Err(XmlError::NotWellFormed("XML declaration too long"))
+            } else {
+                Ok(Step::Incomplete)
+            };
         };
         let decl = std::str::from_utf8(&rest[5..end]).map_err(|_| XmlError::InvalidUtf8)?;
         check_xml_decl(decl)?;
@@ -292,8 +361,13 @@ impl StreamReader {
                 if self.stack.is_empty() && el.is(NS_STREAMS, "stream") {
                     return Err(XmlError::NestedStreamHeader);
                 }
+                if !self.stack.is_empty() && &*el.ns == NS_STREAMS {
+                    // Stream elements never occur inside stanzas; lenient parsers behind us have
+                    // keyed on these names (smuggling), so they do not cross.
+                    return Err(XmlError::NestedStreamElement);
+                }
                 let qname = parsed.qname.to_owned();
-                self.add_stanza_bytes(tag_len)?;
+                self.add_stanza_bytes(tag_len + ELEMENT_OVERHEAD + ATTRIBUTE_OVERHEAD * el.attrs.len())?;
                 self.consume_to(end + 1);
                 if self_closing {
                     Ok(self.close_element(Open { el, qname, decls }))
@@ -316,14 +390,18 @@ impl StreamReader {
         let name = std::str::from_utf8(raw).map_err(|_| XmlError::InvalidUtf8)?;
         let name = name.trim_end_matches([' ', '\t', '\r', '\n']);
         let tag_len = end + 1 - self.pos;
-        match self.stack.pop() {
+        match self.stack.last() {
             Some(open) => {
                 if open.qname != name {
                     return Err(XmlError::NotWellFormed("end tag does not match start tag"));
                 }
+                // Checked before the pop, so that skip mode sees the element still open.
                 self.add_stanza_bytes(tag_len)?;
                 self.consume_to(end + 1);
-                Ok(self.close_element(open))
+                match self.stack.pop() {
+                    Some(open) => Ok(self.close_element(open)),
+                    None => Err(XmlError::NotWellFormed("end tag without start tag")),
+                }
             }
             None if self.state == State::Stream && name == self.root_qname => {
                 self.consume_to(end + 1);
@@ -352,11 +430,12 @@ impl StreamReader {
         let rest = &self.buf[self.pos..];
         if self.stack.is_empty() {
             // Stream level and prolog: only whitespace (and a BOM at the very start).
-            if self.state == (State::Prolog { at_start: true }) {
+            if self.state == (State::Prolog { at_start: true }) && !self.bom_seen {
                 if rest.len() < 3 && [0xEF, 0xBB, 0xBF].starts_with(rest) {
                     return Ok(Step::Incomplete);
                 }
                 if rest.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                    self.bom_seen = true;
                     self.consume_to(self.pos + 3);
                     return Ok(Step::Continue);
                 }
@@ -371,11 +450,14 @@ impl StreamReader {
                     XmlError::NotWellFormed("expected a stream header")
                 });
             }
+            self.consume_to(self.pos + n);
             if let State::Prolog { .. } = self.state {
                 self.state = State::Prolog { at_start: false };
+                return Ok(Step::Continue);
             }
-            self.consume_to(self.pos + n);
-            return Ok(Step::Continue);
+            // Whitespace keepalives (RFC 6120 §4.6.1) are reported, once per run, so the other
+            // leg sees them: servers detect dead clients with them.
+            return Ok(Step::Event(XmlEvent::Whitespace));
         }
         let (end, complete) = match memchr(b'<', rest) {
             Some(i) => (i, true),
@@ -481,7 +563,7 @@ impl StreamReader {
         if &*ns == NS_XML {
             // Well-formed, but no canonical form exists: the XML namespace can only be written
             // with the `xml` prefix, never as a default namespace. Nothing in XMPP uses it.
-            return Err(XmlError::BadFormat("element in the reserved xml namespace"));
+            return Err(XmlError::ReservedNamespace);
         }
         let mut attrs: Vec<Attr> = Vec::with_capacity(raw_attrs.len());
         for (name, value) in raw_attrs {
@@ -509,7 +591,7 @@ fn decls(cache: &mut Vec<Ns>, tag: &ParsedTag<'_>) -> Result<Decls, XmlError> {
     for (name, value) in &tag.attrs {
         let prefix = if *name == "xmlns" {
             if value == NS_XML || value == NS_XMLNS {
-                return Err(XmlError::NotWellFormed("reserved namespace as default"));
+                return Err(XmlError::ReservedNamespace);
             }
             None
         } else if let Some(p) = name.strip_prefix("xmlns:") {
@@ -672,9 +754,17 @@ fn safe_text_end(rest: &[u8]) -> Result<usize, XmlError> {
             end = start - 1;
         }
     }
-    // `]]>` split across reads must still be seen: hold back trailing `]`.
-    while end > 0 && matches!(rest[end - 1], b'\r' | b']') {
+    // A trailing CR may start a CRLF pair, and `]]>` split across reads must still be seen:
+    // hold back one CR, or at most two `]`. Never more: a peer trickling `]` or CR one byte at a
+    // time would otherwise make every read rescan all of them (quadratic time).
+    if end > 0 && rest[end - 1] == b'\r' {
         end -= 1;
+    } else {
+        let mut held = 0;
+        while held < 2 && end > 0 && rest[end - 1] == b']' {
+            end -= 1;
+            held += 1;
+        }
     }
     Ok(end)
 }

@@ -59,7 +59,8 @@ fn header_then_stanzas_then_close() {
     );
     let (events, err) = parse(&input);
     assert_eq!(err, None);
-    assert_eq!(events.len(), 5);
+    assert_eq!(events.len(), 6);
+    assert_eq!(events[2], XmlEvent::Whitespace, "the keepalive between stanzas is reported");
     let XmlEvent::StreamOpen { header, default_ns } = &events[0] else { panic!("no header") };
     assert!(header.is(NS_STREAMS, "stream"));
     assert_eq!(header.attr("to"), Some("example.test"));
@@ -67,23 +68,22 @@ fn header_then_stanzas_then_close() {
     let XmlEvent::Stanza(msg) = &events[1] else { panic!("no message") };
     assert!(msg.is(NS_CLIENT, "message"));
     assert_eq!(msg.child(NS_CLIENT, "body").map(Element::text).as_deref(), Some("hi & bye"));
-    let XmlEvent::Stanza(iq) = &events[3] else { panic!("no iq") };
+    let XmlEvent::Stanza(iq) = &events[4] else { panic!("no iq") };
     assert!(iq.child("jabber:iq:roster", "query").is_some());
-    assert_eq!(events[4], XmlEvent::StreamClose);
+    assert_eq!(events[5], XmlEvent::StreamClose);
 }
 
 #[test]
 fn canonical_serialization() {
     let input = format!(
         "{HEADER}<message xmlns=\"jabber:client\" to=\"a@b\"><body>&lt;x&gt; &quot;q&quot; &#x41;&#66;</body>\
-         <x:y xmlns:x='urn:x' x:attr='v'/><stream:features/></message>"
+         <x:y xmlns:x='urn:x' x:attr='v'/></message>"
     );
     let el = stanzas(&input).remove(0);
     let out = String::from_utf8(el.to_bytes(NS_CLIENT)).unwrap();
     assert_eq!(
         out,
-        "<message to='a@b'><body>&lt;x&gt; \"q\" AB</body><y xmlns='urn:x' xmlns:a0='urn:x' a0:attr='v'/>\
-         <stream:features/></message>"
+        "<message to='a@b'><body>&lt;x&gt; \"q\" AB</body><y xmlns='urn:x' xmlns:a0='urn:x' a0:attr='v'/></message>"
     );
 }
 
@@ -138,6 +138,10 @@ fn malformed_xml_is_refused() {
         ("</message>", Condition::NotWellFormed),
         ("hello", Condition::BadFormat),
         ("<stream:stream>", Condition::InvalidXml),
+        ("<message><stream:features/></message>", Condition::InvalidXml),
+        ("<message><stream:error/></message>", Condition::InvalidXml),
+        ("<xml:a/>", Condition::BadFormat),
+        ("<a xmlns='http://www.w3.org/XML/1998/namespace'/>", Condition::BadFormat),
     ] {
         assert_eq!(error_of(body).condition(), cond, "{body}");
     }
@@ -197,6 +201,67 @@ fn header_checks() {
     assert_eq!(events.len(), 1);
     let (_, err) = parse(" <?xml version='1.0'?><stream:stream>");
     assert_eq!(err.map(|e| e.condition()), Some(Condition::RestrictedXml));
+}
+
+#[test]
+fn trickled_brackets_and_crs_stay_linear() {
+    // Each read holds back at most two `]` or one CR, so a 250 KB trickle costs a linear scan;
+    // the old code rescanned everything held back on every byte. (Time is measured in benches;
+    // this checks the bytes are consumed as they come.)
+    for b in [b']', b'\r'] {
+        let mut r = StreamReader::new(XmlLimits::default());
+        r.feed(format!("{HEADER}<message><body>").as_bytes());
+        while let Ok(Some(_)) = r.next_event() {}
+        for _ in 0..10_000 {
+            r.feed(&[b]);
+            assert_eq!(r.next_event(), Ok(None));
+            assert!(r.buffered_len() <= 2, "{} bytes held back", r.buffered_len());
+        }
+    }
+}
+
+#[test]
+fn one_bom_at_most() {
+    let (_, err) = parse("\u{feff}\u{feff}<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
+    assert!(err.is_some());
+}
+
+#[test]
+fn tree_overhead_counts_against_the_cap() {
+    // 4-byte elements: far under the byte cap, but each costs a tree node.
+    let input = format!("{HEADER}<message>{}</message>", "<a/>".repeat(400));
+    assert_eq!(parse(&input).1, Some(XmlError::TooLarge { limit: 4096 }));
+}
+
+#[test]
+fn skip_mode_steps_over_a_stanza_over_the_limits() {
+    let mut r = StreamReader::new(limits());
+    r.skip_over_limits(true);
+    let input = format!(
+        "{HEADER}<message id='big'><body>{}</body></message><presence/><iq id='deep' type='get'>{}{}</iq><presence id='after'/>",
+        "x".repeat(10_000),
+        "<a>".repeat(20),
+        "</a>".repeat(20)
+    );
+    let mut events = Vec::new();
+    for part in input.as_bytes().chunks(7) {
+        r.feed(part);
+        while let Some(ev) = r.next_event().unwrap() {
+            events.push(ev);
+        }
+    }
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            XmlEvent::StreamOpen { .. } => "open".into(),
+            XmlEvent::Stanza(el) => el.attr("id").unwrap_or(&el.name).to_owned(),
+            XmlEvent::Skipped { reason, root } => {
+                format!("skipped:{}:{}", root.as_ref().and_then(|r| r.attr("id")).unwrap_or("-"), reason.condition())
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["open", "skipped:big:policy-violation", "presence", "skipped:deep:policy-violation", "after"]);
 }
 
 #[test]
