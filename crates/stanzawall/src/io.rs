@@ -148,3 +148,43 @@ impl AsyncWrite for Stream {
         dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    async fn pair() -> (Rewind, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Rewind::new(accepted.unwrap().0), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn replays_prefix_then_socket_and_skips_leading_whitespace() {
+        let (mut r, mut peer) = pair().await;
+        // `<starttls/>\n` then a ClientHello: the newline was buffered with the element.
+        r.rewind(b"\n \r\n".to_vec());
+        r.skip_leading_whitespace();
+        peer.write_all(b"\t\n\x16\x03\x01rest").await.unwrap();
+        peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"\x16\x03\x01rest");
+    }
+
+    #[tokio::test]
+    async fn whitespace_inside_the_stream_is_kept_once_data_started() {
+        let (mut r, mut peer) = pair().await;
+        r.rewind(b" \x16 a".to_vec());
+        r.skip_leading_whitespace();
+        peer.write_all(b" b").await.unwrap();
+        peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"\x16 a b");
+    }
+}
