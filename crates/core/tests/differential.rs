@@ -255,6 +255,35 @@ fn gen_case(rng: &mut Rng) -> Vec<u8> {
     bytes
 }
 
+/// A CR not followed by LF inside a quoted attribute value (a rough scan, used only to name the
+/// one known rxml deviation).
+fn lone_cr_in_attribute(body: &[u8]) -> bool {
+    let (mut in_tag, mut quote) = (false, 0u8);
+    for (i, &b) in body.iter().enumerate() {
+        match (in_tag, quote, b) {
+            (false, _, b'<') => in_tag = true,
+            (true, 0, b'>') => in_tag = false,
+            (true, 0, b'\'' | b'"') => quote = b,
+            (true, q, _) if q != 0 && b == q => quote = 0,
+            (true, q, b'\r') if q != 0 && body.get(i + 1) != Some(&b'\n') => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+#[test]
+fn lone_cr_in_an_attribute_is_a_line_end() {
+    // Pinned: XML 1.0 §2.11 + §3.3.3 make it a space; canonical output carries no CR.
+    let mine = ours(b"<x a=\"\r:\"/>").expect("accepted");
+    assert_eq!(
+        mine,
+        vec![T::E("jabber:client".into(), "x".into(), vec![("".into(), "a".into(), " :".into())], vec![])]
+    );
+    assert_eq!(serialize(b"<x a=\"\r:\"/>"), b"<x a=' :'/>");
+    assert!(lone_cr_in_attribute(b"<x a=\"\r:\"/>") && !lone_cr_in_attribute(b"<x a='\r\n'>\r</x>"));
+}
+
 fn serialize(body: &[u8]) -> Vec<u8> {
     let mut r = StreamReader::new(XmlLimits { stanza_bytes: 1 << 20, depth: 64, attributes: 64 });
     r.feed(HEADER.as_bytes());
@@ -272,7 +301,7 @@ fn serialize(body: &[u8]) -> Vec<u8> {
 fn stanzawall_accepts_nothing_the_reference_refuses() {
     let cases: usize = std::env::var("STANZAWALL_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let mut rng = Rng(0x5eed_cafe_f00d_0001);
-    let (mut accepted, mut refused) = (0usize, 0usize);
+    let (mut accepted, mut refused, mut rxml_cr_deviations) = (0usize, 0usize, 0usize);
     for case in 0..cases {
         let body = gen_case(&mut rng);
         let Some(mine) = ours(&body) else {
@@ -282,7 +311,14 @@ fn stanzawall_accepts_nothing_the_reference_refuses() {
         accepted += 1;
         let shown = String::from_utf8_lossy(&body);
         let theirs = reference(&body);
-        assert_eq!(theirs.as_ref(), Some(&mine), "case {case}: rxml disagrees on accepted input {shown:?}");
+        if theirs.is_none() && lone_cr_in_attribute(&body) {
+            // rxml 0.14 refuses a CR not followed by LF inside an attribute value; XML 1.0 §2.11
+            // makes it a line end (then a space, §3.3.3). Harmless here: the raw bytes are never
+            // forwarded, and the canonical form is checked strictly just below.
+            rxml_cr_deviations += 1;
+        } else {
+            assert_eq!(theirs.as_ref(), Some(&mine), "case {case}: rxml disagrees on accepted input {shown:?}");
+        }
         let canonical = serialize(&body);
         let shown_c = String::from_utf8_lossy(&canonical);
         assert_eq!(
@@ -297,7 +333,8 @@ fn stanzawall_accepts_nothing_the_reference_refuses() {
         );
     }
     eprintln!(
-        "differential: {cases} cases, {accepted} accepted by both and identical, {refused} refused by stanzawall"
+        "differential: {cases} cases, {accepted} accepted and identical in rxml (of which {rxml_cr_deviations} only \
+         after canonicalization: rxml's lone-CR attribute bug), {refused} refused by stanzawall"
     );
     // The generator must exercise both sides, or the check proves nothing.
     assert!(accepted > cases / 20, "only {accepted} of {cases} accepted");
