@@ -34,7 +34,7 @@ def test_tls_renegotiation_is_refused(tmp, pki, prosody):
             proc.stdin.flush()
             time.sleep(1.0)
             # Whatever the client does next, the gateway must not have renegotiated.
-            proc.stdin.write(stream_header().encode())
+            proc.stdin.write(stream_header())
             proc.stdin.flush()
             gw.wait_log("NoRenegotiation", timeout=10)
         finally:

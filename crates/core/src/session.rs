@@ -15,6 +15,7 @@
 //! - any error closes both legs with the right stream error (invariant 5).
 
 mod features;
+mod sasl;
 #[cfg(test)]
 mod tests;
 
@@ -543,6 +544,15 @@ impl Session {
                 let failure = Element::new(NS_SASL, "failure").with_child(Element::new(NS_SASL, "invalid-mechanism"));
                 failure.write_to(&mut self.to_client, NS_CLIENT);
                 return;
+            }
+            if el.name == "auth" {
+                let mechanism = el.attr("mechanism").unwrap_or_default();
+                let domain = self.domain.as_deref().unwrap_or_default();
+                if sasl::foreign_authzid(mechanism, &el.text(), domain) {
+                    let failure = Element::new(NS_SASL, "failure").with_child(Element::new(NS_SASL, "invalid-authzid"));
+                    failure.write_to(&mut self.to_client, NS_CLIENT);
+                    return;
+                }
             }
         } else if !(ns == NS_CSI && matches!(el.name.as_str(), "active" | "inactive") && self.bound.is_some()) {
             return self.client_error(Condition::UnsupportedStanzaType, "unsupported top-level element");

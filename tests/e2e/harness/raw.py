@@ -155,6 +155,8 @@ class RawStream:
     def send(self, data: bytes | str) -> None:
         if isinstance(data, str):
             data = data.encode()
+        # _recv_some leaves whatever read timeout was left (possibly milliseconds).
+        self.sock.settimeout(self.timeout)
         self.sock.sendall(data)
 
     def _recv_some(self, deadline: float) -> bool:

@@ -54,6 +54,8 @@ pub struct StreamReader {
     scan: usize,
     /// Quote byte open at `scan` while scanning a start tag (0 = none).
     scan_quote: u8,
+    /// Attribute values seen so far in the start tag being scanned.
+    scan_attrs: usize,
     state: State,
     limits: XmlLimits,
     /// Declarations on the stream header, and its raw qualified name.
@@ -90,6 +92,7 @@ impl StreamReader {
             pos: 0,
             scan: 0,
             scan_quote: 0,
+            scan_attrs: 0,
             state: State::Prolog { at_start: true },
             limits,
             root_decls: Vec::new(),
@@ -127,6 +130,7 @@ impl StreamReader {
         self.stanza_consumed = 0;
         self.scan = self.pos;
         self.scan_quote = 0;
+        self.scan_attrs = 0;
         self.bom_seen = false;
         self.skip = None;
     }
@@ -322,7 +326,7 @@ impl StreamReader {
     }
 
     fn start_tag(&mut self) -> Result<Step, XmlError> {
-        let Some(end) = self.scan_tag_end() else {
+        let Some(end) = self.scan_tag_end()? else {
             return Ok(Step::Incomplete);
         };
         let raw = &self.buf[self.pos + 1..end];
@@ -501,6 +505,7 @@ impl StreamReader {
         self.pos = to;
         self.scan = to;
         self.scan_quote = 0;
+        self.scan_attrs = 0;
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -514,7 +519,9 @@ impl StreamReader {
     }
 
     /// Find the `>` closing the start tag at `pos`, skipping quoted attribute values; resumable.
-    fn scan_tag_end(&mut self) -> Option<usize> {
+    /// Counts attribute values as they pass, so a tag with too many attributes is refused at
+    /// the cap, before its end arrives.
+    fn scan_tag_end(&mut self) -> Result<Option<usize>, XmlError> {
         let mut i = self.scan.max(self.pos + 1);
         let mut quote = self.scan_quote;
         while i < self.buf.len() {
@@ -523,6 +530,10 @@ impl StreamReader {
                     Some(j) => {
                         i += j + 1;
                         quote = 0;
+                        self.scan_attrs += 1;
+                        if self.scan_attrs > self.limits.attributes {
+                            return Err(XmlError::TooManyAttributes { limit: self.limits.attributes });
+                        }
                     }
                     None => {
                         i = self.buf.len();
@@ -531,7 +542,7 @@ impl StreamReader {
                 }
             } else {
                 match memchr3(b'>', b'\'', b'"', &self.buf[i..]) {
-                    Some(j) if self.buf[i + j] == b'>' => return Some(i + j),
+                    Some(j) if self.buf[i + j] == b'>' => return Ok(Some(i + j)),
                     Some(j) => {
                         quote = self.buf[i + j];
                         i += j + 1;
@@ -545,7 +556,7 @@ impl StreamReader {
         }
         self.scan = i;
         self.scan_quote = quote;
-        None
+        Ok(None)
     }
 
     /// Resolve prefixes of an element and its attributes against the open scopes.

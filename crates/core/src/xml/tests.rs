@@ -183,6 +183,11 @@ fn limits_are_enforced_at_the_cap() {
     assert_eq!(parse(&ok_deep).1, None);
     let attrs: String = (0..17).map(|i| format!(" a{i}='x'")).collect();
     assert_eq!(error_of(&format!("<message{attrs}/>")), XmlError::TooManyAttributes { limit: 16 });
+    // Refused at the 17th value, before the tag ends.
+    let mut r = StreamReader::new(limits());
+    r.feed(format!("{HEADER}<message{attrs}").as_bytes());
+    assert!(matches!(r.next_event(), Ok(Some(XmlEvent::StreamOpen { .. }))));
+    assert_eq!(r.next_event(), Err(XmlError::TooManyAttributes { limit: 16 }));
     // An endless stream header is capped too.
     let endless = format!("<stream:stream {}", "a".repeat(10_000));
     assert_eq!(parse(&endless).1, Some(XmlError::TooLarge { limit: 4096 }));
