@@ -49,7 +49,7 @@ from pathlib import Path
 from .defaults import (DOMAIN, EJABBERD_DIST_PORT, EJABBERD_PLAIN_PORT,
                        EJABBERD_PROXY_PORT, EJABBERD_TLS_PORT, HOST,
                        START_TIMEOUT, STOP_TIMEOUT, USERS)
-from .proc import (ServerStartError, Spawned, require_free_ports, run_checked,
+from .proc import (ServerInstance, ServerStartError, Spawned, require_free_ports, run_checked,
                    tail, wait_for_port)
 
 __all__ = ["EjabberdInstance", "start_ejabberd"]
@@ -60,7 +60,7 @@ CTL_TIMEOUT = 30.0
 
 
 @dataclass
-class EjabberdInstance:
+class EjabberdInstance(ServerInstance):
     """One private ejabberd.  Attributes tests use:
 
     ``host`` ("127.0.0.1"), ``port`` (== ``tls_port``, 15322),
@@ -107,19 +107,6 @@ class EjabberdInstance:
     @property
     def ports(self) -> list[int]:
         return [self.tls_port, self.plain_port, self.proxy_port]
-
-    def jid(self, user: str) -> str:
-        return f"{user}@{self.domain}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.running()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self.log_path, lines)
 
     # -- setup ----------------------------------------------------------------
     def write_config(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 __all__ = [
-    "ServerStartError", "Spawned", "tail", "port_is_free", "require_free_ports",
+    "ServerInstance", "ServerStartError", "Spawned", "tail", "port_is_free", "require_free_ports",
     "wait_for_port", "run_checked",
 ]
 
@@ -213,3 +213,25 @@ class Spawned:
             pass
         self._logf.close()
         return self.popen.returncode
+
+
+class ServerInstance:
+    """What every private server fixture offers; subclasses set ``domain``, ``log_path`` and
+    ``_proc`` (a :class:`Spawned`, or None before start)."""
+
+    domain: str
+    log_path: Path
+    _proc: "Spawned | None"
+
+    def jid(self, user: str) -> str:
+        return f"{user}@{self.domain}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.running()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self.log_path, lines)

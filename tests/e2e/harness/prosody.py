@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .defaults import (DOMAIN, HOST, PROSODY_DIRECT_TLS, PROSODY_PORT,
                        PROSODY_TLS_PORT, START_TIMEOUT, STOP_TIMEOUT, USERS)
-from .proc import (ServerStartError, Spawned, require_free_ports, run_checked, tail,
+from .proc import (ServerInstance, ServerStartError, Spawned, require_free_ports, run_checked, tail,
                    wait_for_port)
 
 __all__ = ["ProsodyInstance", "start_prosody"]
@@ -50,7 +50,7 @@ def _lua_str(s: str | Path) -> str:
 
 
 @dataclass
-class ProsodyInstance:
+class ProsodyInstance(ServerInstance):
     """One private Prosody.  Attributes tests use:
 
     ``host`` ("127.0.0.1"), ``port`` (c2s: plaintext, or STARTTLS when
@@ -85,19 +85,6 @@ class ProsodyInstance:
         self.certs_path = self.dir / "certs"
 
     # -- helpers --------------------------------------------------------------
-    def jid(self, user: str) -> str:
-        return f"{user}@{self.domain}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.running()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self.log_path, lines)
-
     # -- setup ----------------------------------------------------------------
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

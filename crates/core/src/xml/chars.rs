@@ -48,48 +48,46 @@ pub(crate) fn is_ncname(s: &str) -> bool {
     }
 }
 
-/// Escape character data: `&`, `<` and `>` (the last so `]]>` can never appear), and CR, which
-/// would otherwise be normalized to LF by the next parser.
-pub(crate) fn escape_text(s: &str, out: &mut Vec<u8>) {
+/// Copy `s` to `out`, replacing the bytes `rep` names (all ASCII, so UTF-8 stays intact).
+fn escape_with(s: &str, out: &mut Vec<u8>, rep: impl Fn(u8) -> Option<&'static [u8]>) {
     let bytes = s.as_bytes();
     let mut last = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'\r' => b"&#13;",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[last..i]);
-        out.extend_from_slice(rep);
-        last = i + 1;
+        if let Some(r) = rep(b) {
+            out.extend_from_slice(&bytes[last..i]);
+            out.extend_from_slice(r);
+            last = i + 1;
+        }
     }
     out.extend_from_slice(&bytes[last..]);
+}
+
+/// Escape character data: `&`, `<` and `>` (the last so `]]>` can never appear), and CR, which
+/// would otherwise be normalized to LF by the next parser.
+pub(crate) fn escape_text(s: &str, out: &mut Vec<u8>) {
+    escape_with(s, out, |b| match b {
+        b'&' => Some(b"&amp;"),
+        b'<' => Some(b"&lt;"),
+        b'>' => Some(b"&gt;"),
+        b'\r' => Some(b"&#13;"),
+        _ => None,
+    })
 }
 
 /// Escape a single-quoted attribute value; TAB, LF and CR become character references so that
 /// attribute-value normalization on the next parse leaves them intact.
 pub(crate) fn escape_attr(s: &str, out: &mut Vec<u8>) {
-    let bytes = s.as_bytes();
-    let mut last = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'\'' => b"&apos;",
-            b'"' => b"&quot;",
-            b'\t' => b"&#9;",
-            b'\n' => b"&#10;",
-            b'\r' => b"&#13;",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[last..i]);
-        out.extend_from_slice(rep);
-        last = i + 1;
-    }
-    out.extend_from_slice(&bytes[last..]);
+    escape_with(s, out, |b| match b {
+        b'&' => Some(b"&amp;"),
+        b'<' => Some(b"&lt;"),
+        b'>' => Some(b"&gt;"),
+        b'\'' => Some(b"&apos;"),
+        b'"' => Some(b"&quot;"),
+        b'\t' => Some(b"&#9;"),
+        b'\n' => Some(b"&#10;"),
+        b'\r' => Some(b"&#13;"),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
