@@ -499,3 +499,18 @@ fn legacy_auth_is_neither_offered_nor_relayed() {
     assert_eq!(backend_out(&mut s), "");
     assert!(client_out(&mut s).contains("<service-unavailable"));
 }
+
+#[test]
+fn milestones_after_close_write_nothing() {
+    // Found by the session fuzz target: header + garbage in one read queues ConnectBackend and
+    // then Close; a backend that connects afterwards must get nothing.
+    let mut s = Session::new(config(true, BackendTls::Off));
+    s.client_bytes(format!("{CLIENT_HEADER}junk").as_bytes());
+    assert!(s.is_closed());
+    client_out(&mut s);
+    s.backend_connected();
+    s.backend_tls_established();
+    s.client_tls_established();
+    assert_eq!(backend_out(&mut s), "");
+    assert_eq!(client_out(&mut s), "");
+}
