@@ -179,6 +179,31 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Parser limits.
     pub limits: Limits,
+    /// `[network]`: admission control and timeouts.
+    pub network: NetworkConfig,
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Allow/deny lists, connection caps and rates, checked at accept.
+    pub guard: crate::guard::GuardConfig,
+    /// From accept to SASL success (TLS, stream open and authentication included).
+    pub handshake_timeout: std::time::Duration,
+    /// No traffic either way after authentication (whitespace keepalives count).
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            guard: crate::guard::GuardConfig::default(),
+            handshake_timeout: std::time::Duration::from_secs(30),
+            // Longer than Prosody's 840 s read timeout, after which it probes silent clients with
+            // a whitespace keepalive (which counts as traffic here).
+            idle_timeout: std::time::Duration::from_secs(20 * 60),
+        }
+    }
 }
 
 impl Config {
@@ -208,6 +233,9 @@ impl Config {
         }
         if self.limits != old.limits {
             out.push("limits changed".to_owned());
+        }
+        if self.network != old.network {
+            out.push("network changed".to_owned());
         }
         out
     }

@@ -19,6 +19,7 @@
 //! - [`jid`]: prepared JIDs, compared only in canonical form;
 //! - [`stanza`]: stanza kinds and error replies (bounces);
 //! - [`session`]: the c2s state machine;
+//! - [`guard`], [`limit`]: admission at accept (lists, caps, GCRA rates);
 //! - [`proxy_protocol`]: the PROXY protocol v2 header for backends that accept it;
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
 //! - [`fuzzing`]: the fuzz targets' entry points, also replayed as tests.
@@ -28,7 +29,9 @@
 
 pub mod config;
 pub mod fuzzing;
+pub mod guard;
 pub mod jid;
+pub mod limit;
 pub mod proxy_protocol;
 pub mod session;
 pub mod stanza;

@@ -3,7 +3,8 @@
 //! The loop is mini-redis-shaped: write everything the session queued (a slow reader blocks
 //! us here, which is the backpressure of invariant 6: we read no more from the other side until
 //! it drains), carry out the session's effects (TLS upgrades, backend connect), then wait for
-//! bytes from either leg, a shutdown, or the handshake deadline. It makes no protocol decision.
+//! bytes from either leg, a shutdown, the handshake deadline or the idle deadline. It makes no
+//! protocol decision.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,9 +22,6 @@ use tracing::{debug, info, warn};
 use crate::io::{Rewind, Stream};
 use crate::server::Generation;
 
-/// Time from accept to SASL success before the connection is cut (configurable in a later
-/// `[network]` section; fixed until then).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed for connecting to a backend.
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for flushing final bytes when closing.
@@ -73,9 +71,14 @@ pub async fn serve(
 
     let mut client = Stream::Plain(Rewind::new(socket));
     let mut totals = Totals::default();
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let network = &generation.config.network;
+    let (handshake_timeout, idle_timeout) = (network.handshake_timeout, network.idle_timeout);
+    // From accept to SASL success (slowloris is cut here, with <connection-timeout/> once a
+    // stream is open); after that, no traffic either way for idle_timeout ends the session.
+    let deadline = Instant::now() + handshake_timeout;
+    let mut idle_deadline = deadline;
     if direct_tls {
-        match timeout(HANDSHAKE_TIMEOUT, accept_tls(&mut client, None, true, &generation)).await {
+        match timeout(handshake_timeout, accept_tls(&mut client, None, true, &generation)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 return info!(close.side = "client", reason = %format!("TLS handshake failed: {e}"), "session closed")
@@ -137,7 +140,10 @@ pub async fn serve(
                     tracing::Span::current().record("client.jid", tracing::field::display(&jid));
                     info!("session bound");
                 }
-                Effect::Authenticated => authenticated = true,
+                Effect::Authenticated => {
+                    authenticated = true;
+                    idle_deadline = Instant::now() + idle_timeout;
+                }
                 Effect::Bounced { kind, condition, reason } => {
                     info!(stanza.kind = kind.as_str(), error = condition.as_str(), reason, "stanza bounced")
                 }
@@ -159,6 +165,7 @@ pub async fn serve(
                 Ok(0) | Err(_) => session.client_disconnected(),
                 Ok(n) => {
                     totals.from_client += n as u64;
+                    idle_deadline = Instant::now() + idle_timeout;
                     #[cfg(feature = "fault-injection")]
                     #[allow(clippy::panic)] // the whole point of this test-only feature
                     if cbuf[..n].windows(FAULT_INJECTION_PANIC.len()).any(|w| w == FAULT_INJECTION_PANIC) {
@@ -172,11 +179,13 @@ pub async fn serve(
                 Err(e) => session.backend_failed(&format!("backend read failed: {e}")),
                 Ok(n) => {
                     totals.from_backend += n as u64;
+                    idle_deadline = Instant::now() + idle_timeout;
                     session.backend_bytes(&bbuf[..n]);
                 }
             },
             _ = shutdown.changed() => session.shutdown(),
             _ = tokio::time::sleep_until(deadline), if !authenticated => session.timed_out(),
+            _ = tokio::time::sleep_until(idle_deadline), if authenticated => session.timed_out(),
             _ = tokio::time::sleep(CLOSE_HANDSHAKE_TIMEOUT), if session.is_closing() => session.timed_out(),
         }
     };

@@ -8,9 +8,10 @@
 //! `<system-shutdown/>`, and waits a bounded time for them to finish.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use stanzawall_core::config::{Config, ConfigError};
@@ -20,6 +21,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
+
+use stanzawall_core::guard::{Admission, ConnectionGuard};
 
 use crate::conn;
 use crate::tls::TlsStore;
@@ -62,6 +65,27 @@ impl Generation {
     }
 }
 
+/// The admission state shared by all listeners (short critical sections, no await inside).
+type SharedGuard = Arc<Mutex<ConnectionGuard>>;
+
+fn lock(guard: &SharedGuard) -> MutexGuard<'_, ConnectionGuard> {
+    // A panic while holding the lock cannot leave the counters half-updated in a way that
+    // matters more than refusing service; keep going with the data as it is.
+    guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An admitted connection's slot in the guard, given back on drop.
+struct Permit {
+    guard: SharedGuard,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        lock(&self.guard).release(self.ip);
+    }
+}
+
 struct RunningListener {
     bind: SocketAddr,
     task: JoinHandle<()>,
@@ -75,7 +99,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
-    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker).await;
+    let guard: SharedGuard = Arc::new(Mutex::new(ConnectionGuard::new(first.config.network.guard.clone())));
+    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard).await;
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -83,7 +108,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker).await,
+            _ = hup.recv() => reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -132,6 +157,7 @@ async fn start_listeners(
     gen_rx: &watch::Receiver<Arc<Generation>>,
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
+    guard: &SharedGuard,
 ) {
     // Stop listeners that are gone or moved, and wait until their sockets are closed: an
     // address they held may be bound again just below (a renamed or swapped listener).
@@ -168,8 +194,14 @@ async fn start_listeners(
             },
         };
         info!(listener = %l.name, kind = l.kind.as_str(), bind = %l.bind, backend = %l.backend.address, "listening");
-        let task =
-            tokio::spawn(accept_loop(l.name.clone(), socket, gen_rx.clone(), shutdown_rx.clone(), tracker.clone()));
+        let task = tokio::spawn(accept_loop(
+            l.name.clone(),
+            socket,
+            gen_rx.clone(),
+            shutdown_rx.clone(),
+            tracker.clone(),
+            guard.clone(),
+        ));
         running.insert(l.name.clone(), RunningListener { bind: l.bind, task });
     }
 }
@@ -180,6 +212,7 @@ async fn accept_loop(
     gen_rx: watch::Receiver<Arc<Generation>>,
     shutdown_rx: watch::Receiver<bool>,
     tracker: TaskTracker,
+    guard: SharedGuard,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -195,6 +228,18 @@ async fn accept_loop(
         let Some(listener) = generation.config.listeners.iter().find(|l| l.name == name).cloned() else {
             continue;
         };
+        // The L3/L4 guard decides before a byte is read: a refusal costs this accept only.
+        let admission = lock(&guard).admit(peer.ip(), std::time::Instant::now());
+        let permit = match admission {
+            Admission::Admitted => Permit { guard: guard.clone(), ip: peer.ip() },
+            Admission::Refused { why, audit } => {
+                if audit {
+                    info!(listener = %name, client.ip = %peer.ip(), reason = why.as_str(), "connection refused (further refusals of this source are not logged for a minute)");
+                }
+                drop(stream);
+                continue;
+            }
+        };
         let local = stream.local_addr().unwrap_or(listener.bind);
         let span = tracing::info_span!(
             "session",
@@ -203,8 +248,15 @@ async fn accept_loop(
             client.port = peer.port(),
             client.jid = tracing::field::Empty
         );
+        let shutdown_rx = shutdown_rx.clone();
         tracker.spawn(
-            conn::serve(stream, peer, local, Arc::new(listener), generation, shutdown_rx.clone()).instrument(span),
+            async move {
+                // Released when the session ends, however it ends (the permit is dropped on
+                // unwinding too).
+                let _permit = permit;
+                conn::serve(stream, peer, local, Arc::new(listener), generation, shutdown_rx).await
+            }
+            .instrument(span),
         );
     }
 }
@@ -216,6 +268,7 @@ async fn reload(
     gen_rx: &watch::Receiver<Arc<Generation>>,
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
+    guard: &SharedGuard,
 ) {
     let next = match Generation::load(path) {
         Ok(g) => Arc::new(g),
@@ -231,7 +284,8 @@ async fn reload(
         let name = c.domains.first().map(String::as_str);
         info!(domains = ?c.domains, sha256 = next.tls.fingerprint(name).unwrap_or(""), "certificate loaded");
     }
+    lock(guard).reconfigure(next.config.network.guard.clone());
     gen_tx.send_replace(next.clone());
-    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker).await;
+    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, guard).await;
     info!(changes = ?changes, "configuration reloaded");
 }

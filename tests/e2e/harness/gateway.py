@@ -48,13 +48,29 @@ class Listener:
         return "\n".join(lines) + "\n"
 
 
+def toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+#: The suite opens many connections from 127.0.0.1 in quick succession; the per-source rate and
+#: cap are off unless a test is about them (then it passes its own ``network``).
+PERMISSIVE_NETWORK: dict[str, object] = {"connection_rate_per_ip": "off", "max_connections_per_ip": 100_000}
+
+
 class Gateway:
     def __init__(self, workdir: Path, cert: Path, key: Path, listeners: list[Listener],
-                 limits: dict[str, int] | None = None):
+                 limits: dict[str, int] | None = None, network: dict[str, object] | None = None):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.listeners = {l.name: l for l in listeners}
         self.limits = limits or {}
+        self.network = PERMISSIVE_NETWORK if network is None else network
         self.config_path = self.dir / "stanzawall.toml"
         self.log_path = self.dir / "stanzawall.log"
         self.install_certificate(cert, key)
@@ -76,6 +92,9 @@ class Gateway:
         if self.limits:
             parts.append("[limits]")
             parts += [f"{k} = {v}" for k, v in self.limits.items()]
+        if self.network:
+            parts.append("[network]")
+            parts += [f"{k} = {toml_value(v)}" for k, v in self.network.items()]
         return "\n".join(parts) + "\n"
 
     def write_config(self, text: str | None = None) -> None:

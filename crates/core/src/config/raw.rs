@@ -9,6 +9,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{BackendConfig, CertificateConfig, Config, ConfigError, Limits, ListenerConfig, ListenerKind, Origin};
+use std::time::Duration;
+
+use super::NetworkConfig;
+use crate::guard::{Cidr, GuardConfig};
+use crate::limit::{parse_duration, Rate};
 use crate::session::BackendTls;
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +25,21 @@ struct RawConfig {
     listener: Vec<RawListener>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    network: RawNetwork,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    allow: Option<Vec<Spanned<String>>>,
+    deny: Option<Vec<Spanned<String>>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
+    connection_rate_per_ip: Option<Spanned<String>>,
+    connection_burst_per_ip: Option<Spanned<i64>>,
+    handshake_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,7 +269,74 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
             return loc.err(v.span(), "limits.preauth_stanza_bytes", "must not exceed limits.stanza_bytes");
         }
     }
-    Ok(Config { path: loc.file.to_path_buf(), certificates, listeners, limits })
+    let network = network(&raw.network, loc)?;
+    Ok(Config { path: loc.file.to_path_buf(), certificates, listeners, limits, network })
+}
+
+fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigError> {
+    let d = NetworkConfig::default();
+    let cidrs = |v: &Option<Vec<Spanned<String>>>, key: &str| -> Result<Option<Vec<Cidr>>, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        v.iter()
+            .map(|e| {
+                let text = e.get_ref();
+                if text.starts_with("list:") {
+                    return loc.err(
+                        e.span(),
+                        key,
+                        format!("'{text}': named lists come with the policy engine; use CIDRs"),
+                    );
+                }
+                Cidr::parse(text)
+                    .map_or_else(|| loc.err(e.span(), key, format!("'{text}' is not an address or CIDR")), Ok)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    };
+    let burst = match &r.connection_burst_per_ip {
+        None => d.guard.connection_rate_per_ip.map_or(10, |r| r.burst),
+        Some(b) => u32::try_from(*b.get_ref())
+            .ok()
+            .filter(|&b| b >= 1)
+            .map_or_else(|| loc.err(b.span(), "network.connection_burst_per_ip", "must be a positive integer"), Ok)?,
+    };
+    let rate = match &r.connection_rate_per_ip {
+        None => d.guard.connection_rate_per_ip.map(|rate| Rate { burst, ..rate }),
+        Some(v) if v.get_ref() == "off" => None,
+        Some(v) => Some(Rate::parse(v.get_ref(), burst).map_or_else(
+            || loc.err(v.span(), "network.connection_rate_per_ip", "expected N/second, N/minute or N/hour, or \"off\""),
+            Ok,
+        )?),
+    };
+    let duration = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
+        None => Ok(default),
+        Some(v) => parse_duration(v.get_ref())
+            .filter(|d| !d.is_zero())
+            .map_or_else(|| loc.err(v.span(), key, "expected a duration such as \"10s\", \"10m\" or \"1h\""), Ok),
+    };
+    Ok(NetworkConfig {
+        guard: GuardConfig {
+            allow: cidrs(&r.allow, "network.allow")?.unwrap_or(d.guard.allow),
+            deny: cidrs(&r.deny, "network.deny")?.unwrap_or(d.guard.deny),
+            max_connections: limit(
+                loc,
+                &r.max_connections,
+                "network.max_connections",
+                d.guard.max_connections,
+                1..=10_000_000,
+            )?,
+            max_connections_per_ip: limit(
+                loc,
+                &r.max_connections_per_ip,
+                "network.max_connections_per_ip",
+                d.guard.max_connections_per_ip,
+                1..=1_000_000,
+            )?,
+            connection_rate_per_ip: rate,
+        },
+        handshake_timeout: duration(&r.handshake_timeout, "network.handshake_timeout", d.handshake_timeout)?,
+        idle_timeout: duration(&r.idle_timeout, "network.idle_timeout", d.idle_timeout)?,
+    })
 }
 
 /// Largest byte cap accepted (64 MiB): beyond it one connection could pin too much memory.

@@ -129,3 +129,39 @@ fn diff_reports_changes() {
     assert_eq!(b.diff(&a), vec!["listener c2s changed".to_owned()]);
     assert!(a.diff(&a).is_empty());
 }
+
+#[test]
+fn network_section() {
+    let text = format!(
+        "{GOOD}\n[network]\nallow = [\"0.0.0.0/0\", \"::/0\"]\ndeny = [\"192.0.2.0/24\", \"2001:db8::1\"]\n\
+         max_connections = 1000\nmax_connections_per_ip = 5\nconnection_rate_per_ip = \"30/minute\"\n\
+         connection_burst_per_ip = 4\nhandshake_timeout = \"10s\"\nidle_timeout = \"10m\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let n = &c.network;
+    assert_eq!(n.guard.allow.len(), 2);
+    assert_eq!(n.guard.deny[1].to_string(), "2001:db8::1/128");
+    assert_eq!((n.guard.max_connections, n.guard.max_connections_per_ip), (1000, 5));
+    let rate = n.guard.connection_rate_per_ip.unwrap();
+    assert_eq!((rate.count, rate.per.as_secs(), rate.burst), (30, 60, 4));
+    assert_eq!(n.handshake_timeout.as_secs(), 10);
+    assert_eq!(n.idle_timeout.as_secs(), 600);
+    // Defaults when absent.
+    assert_eq!(parse(GOOD).unwrap().network, NetworkConfig::default());
+    let off = parse(&format!("{GOOD}\n[network]\nconnection_rate_per_ip = \"off\"\n")).unwrap();
+    assert!(off.network.guard.connection_rate_per_ip.is_none());
+}
+
+#[test]
+fn network_mistakes_name_their_line() {
+    let e = error(&format!("{GOOD}\n[network]\ndeny = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/40\",\n]\n"));
+    assert!(e.contains(":31: network.deny: '10.0.0.0/40' is not an address or CIDR"), "{e}");
+    let e = error(&format!("{GOOD}\n[network]\ndeny = [\"list:bad_ips\"]\n"));
+    assert!(e.contains("network.deny: 'list:bad_ips': named lists come with the policy engine"), "{e}");
+    let e = error(&format!("{GOOD}\n[network]\nconnection_rate_per_ip = \"30/fortnight\"\n"));
+    assert!(e.contains(":29: network.connection_rate_per_ip: expected N/second"), "{e}");
+    let e = error(&format!("{GOOD}\n[network]\nhandshake_timeout = \"soon\"\n"));
+    assert!(e.contains("network.handshake_timeout: expected a duration"), "{e}");
+    let e = error(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"10KB/s\"\n"));
+    assert!(e.contains("network.bandwidth_per_connection: unknown field"), "{e}");
+}
