@@ -234,7 +234,7 @@ async fn accept_loop(
             Admission::Admitted => Permit { guard: guard.clone(), ip: peer.ip() },
             Admission::Refused { why, audit } => {
                 if audit {
-                    info!(listener = %name, client.ip = %peer.ip(), reason = why.as_str(), "connection refused (further refusals of this source are not logged for a minute)");
+                    info!(listener = %name, client.ip = %peer.ip(), reason = %why.as_str(), "connection refused (further refusals of this source are not logged for a minute)");
                 }
                 drop(stream);
                 continue;
