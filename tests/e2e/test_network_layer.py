@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from harness.client import Client, run
 from harness.defaults import GATEWAY_SCRATCH_PORT, HOST
 from harness.gateway import Gateway, Listener
@@ -167,5 +169,69 @@ def test_idle_sessions_end_and_keepalives_keep_them(tmp, pki, prosody):
             await asyncio.to_thread(chatty.expect, r"<iq\b[^>]*id=['\"]p1['\"]")
             chatty.close()
         run(go())
+    finally:
+        assert gw.terminate() == 0
+
+
+def raw_from(source: str, port: int, pki) -> RawStream:
+    """A raw client whose TCP source address is `source` (a loopback address)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.settimeout(10)
+    s.connect((HOST, port))
+    rs = RawStream(s, ca_file=pki.ca_cert)
+    rs.start_stream()
+    rs.starttls()
+    return rs
+
+
+def refused_at_accept(source: str, port: int) -> bool:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.settimeout(5)
+    s.connect((HOST, port))
+    try:
+        s.sendall(stream_header())
+        return s.recv(1) == b""
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+def test_auth_failures_ban_the_source_across_restarts_until_expiry(tmp, pki, prosody):
+    network = {"connection_rate_per_ip": "off", "ban": {"auth_failures": 5, "window": "10m", "duration": "6s"}}
+    gw = gateway(tmp, pki, prosody, "gw-ban", 11, network)
+    port = gw.port("c2s")
+    try:
+        rs = raw_from(FLOODER, port, pki)
+        for i in range(4):
+            try:
+                rs.auth_plain("alice", f"wrong-{i}")
+            except Exception as e:  # RawStreamError: <failure> from real Prosody
+                assert "failure" in str(e), e
+        with pytest.raises(Exception):
+            rs.auth_plain("alice", "wrong-5")
+        rs.read_until_closed(5)
+        text = rs.received
+        assert parse_stream_error(text) == "policy-violation", text
+        assert "too many authentication failures" in text
+        rs.close()
+        banned_at = time.monotonic()
+        assert refused_at_accept(FLOODER, port), "the banned source is refused at accept"
+        ok = RawStream.open(HOST, port, ca_file=pki.ca_cert)  # 127.0.0.1 is not banned
+        ok.login("alice", prosody.users["alice"])
+        ok.close()
+        assert (gw.dir / "state" / "bans").read_text().startswith(f"{FLOODER} ")
+        # The ban is kept in the state dir: a restarted gateway still refuses the source.
+        assert gw.terminate() == 0
+        gw.start()
+        assert "bans loaded" in gw.log()
+        assert refused_at_accept(FLOODER, port)
+        # And it lifts after its duration.
+        time.sleep(max(0.0, 6.5 - (time.monotonic() - banned_at)))
+        again = raw_from(FLOODER, port, pki)
+        again.login("alice", prosody.users["alice"])
+        again.close()
     finally:
         assert gw.terminate() == 0

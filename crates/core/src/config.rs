@@ -173,6 +173,9 @@ impl Default for Limits {
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
+    /// Where state that survives restarts is kept (bans); `state_dir`, default `state/` beside
+    /// the config file.
+    pub state_dir: PathBuf,
     /// Certificates, in file order (the first is the default when nothing matches).
     pub certificates: Vec<CertificateConfig>,
     /// Listeners.

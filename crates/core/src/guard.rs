@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::ban::{BanConfig, BanList};
 use crate::limit::{Gcra, Rate};
 
 /// Most sources tracked at once (active connections or recent rate state).
@@ -79,6 +80,8 @@ pub struct GuardConfig {
     pub max_connections_per_ip: usize,
     /// New connections per address.
     pub connection_rate_per_ip: Option<Rate>,
+    /// Bans after repeated authentication failures.
+    pub ban: BanConfig,
 }
 
 impl Default for GuardConfig {
@@ -89,6 +92,7 @@ impl Default for GuardConfig {
             max_connections: 200_000,
             max_connections_per_ip: 20,
             connection_rate_per_ip: Rate::parse("30/minute", 10),
+            ban: BanConfig::default(),
         }
     }
 }
@@ -96,6 +100,8 @@ impl Default for GuardConfig {
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
+    /// The source is banned (repeated authentication failures).
+    Banned,
     /// The source is in `deny`.
     Denied,
     /// `allow` is set and the source is not in it.
@@ -112,6 +118,7 @@ impl Refusal {
     /// Label for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            Refusal::Banned => "banned",
             Refusal::Denied => "denied",
             Refusal::NotAllowed => "not-allowed",
             Refusal::GatewayFull => "gateway-full",
@@ -132,6 +139,7 @@ struct Source {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     config: GuardConfig,
+    bans: BanList,
     sources: HashMap<IpAddr, Source>,
     total: usize,
     last_prune: Option<Instant>,
@@ -154,12 +162,25 @@ pub enum Admission {
 impl ConnectionGuard {
     /// A guard with no connections.
     pub fn new(config: GuardConfig) -> Self {
-        ConnectionGuard { config, sources: HashMap::new(), total: 0, last_prune: None }
+        let bans = BanList::new(config.ban);
+        ConnectionGuard { config, bans, sources: HashMap::new(), total: 0, last_prune: None }
     }
 
-    /// New settings (reload); open connections stay counted.
+    /// New settings (reload); open connections stay counted, bans keep their expiry.
     pub fn reconfigure(&mut self, config: GuardConfig) {
+        self.bans.reconfigure(config.ban);
         self.config = config;
+    }
+
+    /// Count an authentication failure from `ip` at wall-clock `now`; the ban's expiry if it
+    /// caused one.
+    pub fn record_auth_failure(&mut self, ip: IpAddr, now: SystemTime) -> Option<SystemTime> {
+        self.bans.record_failure(ip, now)
+    }
+
+    /// The ban table, for the state directory.
+    pub fn bans(&mut self) -> &mut BanList {
+        &mut self.bans
     }
 
     /// Connections currently admitted.
@@ -167,10 +188,11 @@ impl ConnectionGuard {
         self.total
     }
 
-    /// Decide on a new connection from `ip` at `now`.
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admission {
+    /// Decide on a new connection from `ip` at `now` (monotonic, for rates) and `wall`
+    /// (wall-clock, for bans, which outlive the process).
+    pub fn admit(&mut self, ip: IpAddr, now: Instant, wall: SystemTime) -> Admission {
         self.maybe_prune(now);
-        let why = self.check(ip, now);
+        let why = if self.bans.is_banned(ip, wall) { Some(Refusal::Banned) } else { self.check(ip, now) };
         match why {
             None => {
                 self.total += 1;
@@ -274,26 +296,55 @@ mod tests {
             max_connections: 5,
             max_connections_per_ip: 2,
             connection_rate_per_ip: Rate::parse("60/minute", 3),
+            ban: BanConfig { auth_failures: 2, ..BanConfig::default() },
         });
-        assert_eq!(g.admit(ip("127.0.0.66"), t0), Admission::Refused { why: Refusal::Denied, audit: true });
-        assert!(matches!(g.admit(ip("192.0.2.1"), t0), Admission::Refused { why: Refusal::NotAllowed, .. }));
+        assert_eq!(
+            g.admit(ip("127.0.0.66"), t0, SystemTime::UNIX_EPOCH),
+            Admission::Refused { why: Refusal::Denied, audit: true }
+        );
+        assert!(matches!(
+            g.admit(ip("192.0.2.1"), t0, SystemTime::UNIX_EPOCH),
+            Admission::Refused { why: Refusal::NotAllowed, .. }
+        ));
         let a = ip("127.0.0.2");
-        assert_eq!(g.admit(a, t0), Admission::Admitted);
-        assert_eq!(g.admit(a, t0), Admission::Admitted);
-        assert_eq!(g.admit(a, t0), Admission::Refused { why: Refusal::TooManyFromSource, audit: true });
+        assert_eq!(g.admit(a, t0, SystemTime::UNIX_EPOCH), Admission::Admitted);
+        assert_eq!(g.admit(a, t0, SystemTime::UNIX_EPOCH), Admission::Admitted);
+        assert_eq!(
+            g.admit(a, t0, SystemTime::UNIX_EPOCH),
+            Admission::Refused { why: Refusal::TooManyFromSource, audit: true }
+        );
         // The second refusal of the same source within a minute is not audited again.
-        assert_eq!(g.admit(a, t0), Admission::Refused { why: Refusal::TooManyFromSource, audit: false });
+        assert_eq!(
+            g.admit(a, t0, SystemTime::UNIX_EPOCH),
+            Admission::Refused { why: Refusal::TooManyFromSource, audit: false }
+        );
         g.release(a);
-        assert_eq!(g.admit(a, t0), Admission::Admitted, "third of the burst of 3");
+        assert_eq!(g.admit(a, t0, SystemTime::UNIX_EPOCH), Admission::Admitted, "third of the burst of 3");
         g.release(a);
-        assert_eq!(g.admit(a, t0), Admission::Refused { why: Refusal::RateExceeded, audit: false });
-        assert_eq!(g.admit(a, t0 + Duration::from_secs(1)), Admission::Admitted, "one a second after the burst");
+        assert_eq!(
+            g.admit(a, t0, SystemTime::UNIX_EPOCH),
+            Admission::Refused { why: Refusal::RateExceeded, audit: false }
+        );
+        assert_eq!(
+            g.admit(a, t0 + Duration::from_secs(1), SystemTime::UNIX_EPOCH),
+            Admission::Admitted,
+            "one a second after the burst"
+        );
         // Gateway-wide cap.
         for i in 3..6 {
-            assert_eq!(g.admit(ip(&format!("127.0.0.{i}")), t0), Admission::Admitted);
+            assert_eq!(g.admit(ip(&format!("127.0.0.{i}")), t0, SystemTime::UNIX_EPOCH), Admission::Admitted);
         }
-        assert!(matches!(g.admit(ip("127.0.0.9"), t0), Admission::Refused { why: Refusal::GatewayFull, .. }));
+        assert!(matches!(
+            g.admit(ip("127.0.0.9"), t0, SystemTime::UNIX_EPOCH),
+            Admission::Refused { why: Refusal::GatewayFull, .. }
+        ));
         assert_eq!(g.active(), 5);
+        // Two authentication failures ban the source, whatever the other limits say.
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let b = ip("127.0.0.3");
+        assert_eq!(g.record_auth_failure(b, wall), None);
+        assert!(g.record_auth_failure(b, wall).is_some());
+        assert!(matches!(g.admit(b, t0, wall), Admission::Refused { why: Refusal::Banned, .. }));
     }
 
     #[test]
@@ -302,11 +353,11 @@ mod tests {
         let mut g = ConnectionGuard::new(GuardConfig::default());
         for i in 0..100u8 {
             let a = IpAddr::from([10, 0, 0, i]);
-            assert_eq!(g.admit(a, t0), Admission::Admitted);
+            assert_eq!(g.admit(a, t0, SystemTime::UNIX_EPOCH), Admission::Admitted);
             g.release(a);
         }
         assert_eq!(g.sources.len(), 100);
-        g.admit(ip("10.1.0.1"), t0 + Duration::from_secs(3600));
+        g.admit(ip("10.1.0.1"), t0 + Duration::from_secs(3600), SystemTime::UNIX_EPOCH);
         assert_eq!(g.sources.len(), 1);
     }
 }

@@ -19,7 +19,7 @@
 //! - [`jid`]: prepared JIDs, compared only in canonical form;
 //! - [`stanza`]: stanza kinds and error replies (bounces);
 //! - [`session`]: the c2s state machine;
-//! - [`guard`], [`limit`]: admission at accept (lists, caps, GCRA rates);
+//! - [`guard`], [`limit`], [`ban`]: admission at accept (lists, caps, GCRA rates, bans);
 //! - [`proxy_protocol`]: the PROXY protocol v2 header for backends that accept it;
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
 //! - [`fuzzing`]: the fuzz targets' entry points, also replayed as tests.
@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod ban;
 pub mod config;
 pub mod fuzzing;
 pub mod guard;

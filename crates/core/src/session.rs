@@ -93,6 +93,9 @@ pub enum Effect {
     Bound(FullJid),
     /// SASL succeeded: the daemon may relax pre-authentication timeouts.
     Authenticated,
+    /// SASL failed (the backend's `<failure/>`, or a foreign authzid refused here): the daemon
+    /// counts it toward a ban of the source address.
+    AuthFailed,
     /// A client stanza was refused and answered with a stanza error (nothing forwarded).
     Bounced {
         /// The stanza kind.
@@ -379,6 +382,14 @@ impl Session {
         self.finish(CloseReason::Shutdown);
     }
 
+    /// Close the client's stream with a stream error decided outside the session (a ban).
+    pub fn refuse(&mut self, condition: Condition, text: &str) {
+        if self.is_closed() {
+            return;
+        }
+        self.client_error(condition, text);
+    }
+
     /// An inactivity or handshake deadline passed.
     pub fn timed_out(&mut self) {
         if self.is_closed() {
@@ -551,6 +562,7 @@ impl Session {
                 if sasl::foreign_authzid(mechanism, &el.text(), domain) {
                     let failure = Element::new(NS_SASL, "failure").with_child(Element::new(NS_SASL, "invalid-authzid"));
                     failure.write_to(&mut self.to_client, NS_CLIENT);
+                    self.effects.push_back(Effect::AuthFailed);
                     return;
                 }
             }
@@ -689,6 +701,9 @@ impl Session {
         if el.is(NS_SASL, "success") && !self.authenticated {
             el.write_to(&mut self.to_client, NS_CLIENT);
             return self.restart_after_sasl();
+        }
+        if el.is(NS_SASL, "failure") && !self.authenticated {
+            self.effects.push_back(Effect::AuthFailed);
         }
         if self.bind_id.is_some() && el.name == "iq" && el.attr("id") == self.bind_id.as_deref() {
             self.bind_id = None;

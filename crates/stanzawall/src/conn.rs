@@ -13,6 +13,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use stanzawall_core::config::{ListenerConfig, ListenerKind};
 use stanzawall_core::session::{BackendTls, CloseReason, Effect, Session, SessionConfig};
+use stanzawall_core::stream::Condition;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -20,7 +21,7 @@ use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::io::{Rewind, Stream};
-use crate::server::Generation;
+use crate::server::{Generation, Permit};
 
 /// Time allowed for connecting to a backend.
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +56,7 @@ pub async fn serve(
     listener: Arc<ListenerConfig>,
     generation: Arc<Generation>,
     mut shutdown: watch::Receiver<bool>,
+    permit: &Permit,
 ) {
     tune(&socket);
     let limits = generation.config.limits;
@@ -139,6 +141,13 @@ pub async fn serve(
                 Effect::Bound(jid) => {
                     tracing::Span::current().record("client.jid", tracing::field::display(&jid));
                     info!("session bound");
+                }
+                Effect::AuthFailed => {
+                    if let Some(until) = permit.auth_failed().await {
+                        let until = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                        warn!(banned_until_unix = until, "source banned after repeated authentication failures");
+                        session.refuse(Condition::PolicyViolation, "too many authentication failures");
+                    }
                 }
                 Effect::Authenticated => {
                     authenticated = true;

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use stanzawall_core::config::{Config, ConfigError};
 use tokio::net::TcpListener;
@@ -74,10 +74,57 @@ fn lock(guard: &SharedGuard) -> MutexGuard<'_, ConnectionGuard> {
     guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// An admitted connection's slot in the guard, given back on drop.
-struct Permit {
+/// An admitted connection's slot in the guard, given back on drop (also on unwinding).
+#[derive(Debug)]
+pub struct Permit {
     guard: SharedGuard,
     ip: IpAddr,
+    state_dir: PathBuf,
+}
+
+impl Permit {
+    /// Count a failed authentication from this connection's source. If it bans the source,
+    /// the ban table is written to the state directory (bans survive a restart) and the ban's
+    /// expiry is returned.
+    pub async fn auth_failed(&self) -> Option<SystemTime> {
+        let (until, table) = {
+            let mut g = lock(&self.guard);
+            let now = SystemTime::now();
+            let until = g.record_auth_failure(self.ip, now)?;
+            (until, g.bans().to_text(now))
+        };
+        let dir = self.state_dir.clone();
+        match tokio::task::spawn_blocking(move || write_bans(&dir, &table)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(state_dir = %self.state_dir.display(), error = %e, "cannot persist bans"),
+            Err(e) => error!(error = %e, "ban writer failed"),
+        }
+        Some(until)
+    }
+}
+
+/// The ban table's file in the state directory.
+fn bans_path(dir: &Path) -> PathBuf {
+    dir.join("bans")
+}
+
+/// Replace the ban file atomically (write a temporary file, then rename over the old one).
+fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join("bans.tmp");
+    std::fs::write(&tmp, table)?;
+    std::fs::rename(tmp, bans_path(dir))
+}
+
+/// Load the bans a previous run wrote (a missing file is an empty table).
+fn load_bans(guard: &SharedGuard, dir: &Path) {
+    let text = match std::fs::read_to_string(bans_path(dir)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => return error!(state_dir = %dir.display(), error = %e, "cannot read bans"),
+    };
+    let (loaded, skipped) = lock(guard).bans().from_text(&text, SystemTime::now());
+    info!(state_dir = %dir.display(), loaded, expired_or_malformed = skipped, "bans loaded");
 }
 
 impl Drop for Permit {
@@ -100,6 +147,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
     let guard: SharedGuard = Arc::new(Mutex::new(ConnectionGuard::new(first.config.network.guard.clone())));
+    load_bans(&guard, &first.config.state_dir);
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard).await;
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
@@ -229,9 +277,11 @@ async fn accept_loop(
             continue;
         };
         // The L3/L4 guard decides before a byte is read: a refusal costs this accept only.
-        let admission = lock(&guard).admit(peer.ip(), std::time::Instant::now());
+        let admission = lock(&guard).admit(peer.ip(), std::time::Instant::now(), SystemTime::now());
         let permit = match admission {
-            Admission::Admitted => Permit { guard: guard.clone(), ip: peer.ip() },
+            Admission::Admitted => {
+                Permit { guard: guard.clone(), ip: peer.ip(), state_dir: generation.config.state_dir.clone() }
+            }
             Admission::Refused { why, audit } => {
                 if audit {
                     info!(listener = %name, client.ip = %peer.ip(), reason = %why.as_str(), "connection refused (further refusals of this source are not logged for a minute)");
@@ -253,8 +303,7 @@ async fn accept_loop(
             async move {
                 // Released when the session ends, however it ends (the permit is dropped on
                 // unwinding too).
-                let _permit = permit;
-                conn::serve(stream, peer, local, Arc::new(listener), generation, shutdown_rx).await
+                conn::serve(stream, peer, local, Arc::new(listener), generation, shutdown_rx, &permit).await
             }
             .instrument(span),
         );

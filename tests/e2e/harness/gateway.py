@@ -60,7 +60,12 @@ def toml_value(v: object) -> str:
 
 #: The suite opens many connections from 127.0.0.1 in quick succession; the per-source rate and
 #: cap are off unless a test is about them (then it passes its own ``network``).
-PERMISSIVE_NETWORK: dict[str, object] = {"connection_rate_per_ip": "off", "max_connections_per_ip": 100_000}
+PERMISSIVE_NETWORK: dict[str, object] = {
+    "connection_rate_per_ip": "off",
+    "max_connections_per_ip": 100_000,
+    # Brute-force tests would otherwise ban 127.0.0.1 for the rest of the suite.
+    "ban": {"auth_failures": 1000},
+}
 
 
 class Gateway:
@@ -94,7 +99,11 @@ class Gateway:
             parts += [f"{k} = {v}" for k, v in self.limits.items()]
         if self.network:
             parts.append("[network]")
-            parts += [f"{k} = {toml_value(v)}" for k, v in self.network.items()]
+            parts += [f"{k} = {toml_value(v)}" for k, v in self.network.items() if not isinstance(v, dict)]
+            for name, table in self.network.items():
+                if isinstance(table, dict):
+                    parts.append(f"[network.{name}]")
+                    parts += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         return "\n".join(parts) + "\n"
 
     def write_config(self, text: str | None = None) -> None:

@@ -12,6 +12,7 @@ use super::{BackendConfig, CertificateConfig, Config, ConfigError, Limits, Liste
 use std::time::Duration;
 
 use super::NetworkConfig;
+use crate::ban::BanConfig;
 use crate::guard::{Cidr, GuardConfig};
 use crate::limit::{parse_duration, Rate};
 use crate::session::BackendTls;
@@ -19,6 +20,7 @@ use crate::session::BackendTls;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    state_dir: Option<Spanned<String>>,
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]
@@ -40,6 +42,16 @@ struct RawNetwork {
     connection_burst_per_ip: Option<Spanned<i64>>,
     handshake_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    ban: RawBan,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBan {
+    auth_failures: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    duration: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,7 +282,9 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
         }
     }
     let network = network(&raw.network, loc)?;
-    Ok(Config { path: loc.file.to_path_buf(), certificates, listeners, limits, network })
+    // Bans (and later other state) outlive the process here; relative to the config file.
+    let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
+    Ok(Config { path: loc.file.to_path_buf(), state_dir, certificates, listeners, limits, network })
 }
 
 fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigError> {
@@ -333,6 +347,18 @@ fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigErr
                 1..=1_000_000,
             )?,
             connection_rate_per_ip: rate,
+            ban: BanConfig {
+                auth_failures: u32::try_from(limit(
+                    loc,
+                    &r.ban.auth_failures,
+                    "network.ban.auth_failures",
+                    d.guard.ban.auth_failures as usize,
+                    1..=1000,
+                )?)
+                .unwrap_or(d.guard.ban.auth_failures),
+                window: duration(&r.ban.window, "network.ban.window", d.guard.ban.window)?,
+                duration: duration(&r.ban.duration, "network.ban.duration", d.guard.ban.duration)?,
+            },
         },
         handshake_timeout: duration(&r.handshake_timeout, "network.handshake_timeout", d.handshake_timeout)?,
         idle_timeout: duration(&r.idle_timeout, "network.idle_timeout", d.idle_timeout)?,

@@ -146,6 +146,15 @@ fn network_section() {
     assert_eq!((rate.count, rate.per.as_secs(), rate.burst), (30, 60, 4));
     assert_eq!(n.handshake_timeout.as_secs(), 10);
     assert_eq!(n.idle_timeout.as_secs(), 600);
+    assert_eq!(n.guard.ban, crate::ban::BanConfig::default());
+    let banned = parse(&format!(
+        "state_dir = \"/var/lib/stanzawall\"\n{GOOD}\n[network.ban]\nauth_failures = 3\nwindow = \"1m\"\nduration = \"5s\"\n"
+    ))
+    .unwrap();
+    assert_eq!(banned.state_dir, Path::new("/var/lib/stanzawall"));
+    assert_eq!(parse(GOOD).unwrap().state_dir, Path::new("/etc/stanzawall/state"));
+    let b = banned.network.guard.ban;
+    assert_eq!((b.auth_failures, b.window.as_secs(), b.duration.as_secs()), (3, 60, 5));
     // Defaults when absent.
     assert_eq!(parse(GOOD).unwrap().network, NetworkConfig::default());
     let off = parse(&format!("{GOOD}\n[network]\nconnection_rate_per_ip = \"off\"\n")).unwrap();

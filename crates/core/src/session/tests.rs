@@ -514,3 +514,16 @@ fn milestones_after_close_write_nothing() {
     assert_eq!(backend_out(&mut s), "");
     assert_eq!(client_out(&mut s), "");
 }
+
+#[test]
+fn sasl_failures_are_reported_for_bans() {
+    let mut s = at_sasl();
+    client_out(&mut s);
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHdyb25n</auth>");
+    s.backend_bytes(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>");
+    assert!(client_out(&mut s).contains("<not-authorized/>"));
+    assert_eq!(effects(&mut s), vec![Effect::AuthFailed]);
+    s.refuse(Condition::PolicyViolation, "too many authentication failures");
+    assert!(client_out(&mut s).contains("<policy-violation"));
+    assert!(s.is_closed());
+}
