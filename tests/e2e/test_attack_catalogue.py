@@ -348,6 +348,15 @@ def after_login(ctx: Ctx, e: Entry, split: str) -> None:
     rec_serves(ctx)
 
 
+def refused_unforwarded(ctx: Ctx, e: Entry, text: str, closed: bool, needle: str) -> None:
+    """The expected stream error came back, the marker never reached the backend, and the
+    gateway still serves a normal client."""
+    expect_stream_error(text, closed, e.expect)
+    time.sleep(0.2)
+    assert needle.encode() not in ctx.rec.backend.received()
+    rec_serves(ctx)
+
+
 def header_level(ctx: Ctx, e: Entry, split: str) -> None:
     """Raw TCP to the STARTTLS listener; the first bytes are the hostile header."""
     m = marker()
@@ -355,10 +364,7 @@ def header_level(ctx: Ctx, e: Entry, split: str) -> None:
     with RawStream.connect(HOST, ctx.rec.gw.port("c2s"), ca_file=ctx.pki.ca_cert, timeout=WAIT) as rs:
         _, start = write(rs, data, split)
         text, closed = read_closed(rs, start)
-    expect_stream_error(text, closed, e.expect)
-    time.sleep(0.2)
-    assert needle.encode() not in ctx.rec.backend.received()
-    rec_serves(ctx)
+    refused_unforwarded(ctx, e, text, closed, needle)
 
 
 def header_accepted(ctx: Ctx, e: Entry, split: str) -> None:
@@ -388,10 +394,7 @@ def pre_tls(ctx: Ctx, e: Entry, split: str) -> None:
         assert "<starttls" in rs.features
         _, start = write(rs, data, split)
         text, closed = read_closed(rs, start)
-    expect_stream_error(text, closed, e.expect)
-    time.sleep(0.2)
-    assert needle.encode() not in ctx.rec.backend.received()
-    rec_serves(ctx)
+    refused_unforwarded(ctx, e, text, closed, needle)
 
 
 def starttls_injection(ctx: Ctx, e: Entry, split: str) -> None:
