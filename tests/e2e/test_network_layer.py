@@ -235,3 +235,48 @@ def test_auth_failures_ban_the_source_across_restarts_until_expiry(tmp, pki, pro
         again.close()
     finally:
         assert gw.terminate() == 0
+
+
+def test_shaping_slows_a_bulk_sender_and_delivers_everything(tmp, pki, prosody):
+    """1 MB of messages through a 10 KB/s per-connection limit (64 KB burst): the sender is
+    paced by the gateway not reading (the kernel's window pushes back), never disconnected,
+    and every byte of every body arrives in order."""
+    network = {"bandwidth_per_connection": "10KB/s", "bandwidth_burst": "64KB", "connection_rate_per_ip": "off"}
+    gw = gateway(tmp, pki, prosody, "gw-shaping", 12, network)
+    count, size = 100, 10_000  # 1,000,000 bytes of body text
+    bodies = [f"{i:04d}" + chr(ord("a") + i % 26) * (size - 4) for i in range(count)]
+    try:
+        async def go():
+            sender = await asyncio.to_thread(RawStream.open, HOST, gw.port("c2s"), ca_file=pki.ca_cert,
+                                             timeout=60)
+            await asyncio.to_thread(sender.login, "carol", prosody.users["carol"])
+            async with Client(prosody.jid("dave"), prosody.users["dave"], HOST, gw.port("c2s"),
+                              ca_file=pki.ca_cert) as dave:
+                started = time.monotonic()
+
+                def push():
+                    for i, body in enumerate(bodies):
+                        sender.send(f"<message to='{dave.jid}' type='chat' id='bulk{i}'><body>{body}</body></message>")
+                pushing = asyncio.create_task(asyncio.to_thread(push))
+                for i, body in enumerate(bodies):
+                    got = await dave.next_message(timeout=30)
+                    assert got.body == body, f"message {i}: {got.body[:12]!r}… ({len(got.body)} chars)"
+                elapsed = time.monotonic() - started
+                await pushing
+                # Slowed: beyond the 64 KB burst, ~936 KB at 10 KB/s cannot take less than ~93 s
+                # (a lower bound the gateway enforces, not a speed measurement).
+                assert elapsed >= 85, elapsed
+                # Not disconnected: the same stream still answers.
+                await asyncio.to_thread(sender.send, "<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>")
+                await asyncio.to_thread(sender.expect, r"<iq\b[^>]*id=['\"]after['\"]")
+                assert not sender.closed
+                sender.close()
+        run(go(), timeout=240)
+        assert gw.terminate() == 0
+        closes = [l for l in gw.log().splitlines() if "session closed" in l and "carol@" in l]
+        assert len(closes) == 1, closes
+        paused = int(closes[0].split("shaping.paused_ms=")[1].split()[0])
+        assert paused >= 60_000, closes[0]
+        print(f"shaping: {count * size} body bytes delivered; gateway paused reading for {paused} ms")
+    finally:
+        gw.terminate()

@@ -195,6 +195,8 @@ pub struct NetworkConfig {
     pub handshake_timeout: std::time::Duration,
     /// No traffic either way after authentication (whitespace keepalives count).
     pub idle_timeout: std::time::Duration,
+    /// Read shaping of the client leg after authentication (`None`: not shaped).
+    pub bandwidth_per_connection: Option<crate::limit::Bandwidth>,
 }
 
 impl Default for NetworkConfig {
@@ -205,6 +207,7 @@ impl Default for NetworkConfig {
             // Longer than Prosody's 840 s read timeout, after which it probes silent clients with
             // a whitespace keepalive (which counts as traffic here).
             idle_timeout: std::time::Duration::from_secs(20 * 60),
+            bandwidth_per_connection: None,
         }
     }
 }

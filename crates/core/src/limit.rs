@@ -73,6 +73,92 @@ impl Gcra {
     }
 }
 
+/// A byte rate with a burst, such as `10KB/s` with `64KB`: read shaping for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bandwidth {
+    /// Sustained bytes per second.
+    pub bytes_per_second: u64,
+    /// Bytes that may be read back to back before the rate applies (the bucket size).
+    pub burst: u64,
+}
+
+impl Bandwidth {
+    /// Parse `N<unit>/s` (also `/sec`, `/second`), the unit as in [`parse_bytes`].
+    pub fn parse(s: &str, burst: u64) -> Option<Bandwidth> {
+        let (n, per) = s.split_once('/')?;
+        if !matches!(per.trim(), "s" | "sec" | "second") {
+            return None;
+        }
+        let bytes_per_second = parse_bytes(n).filter(|&b| b > 0)?;
+        Some(Bandwidth { bytes_per_second, burst: burst.max(1) })
+    }
+}
+
+/// A token bucket of bytes for one connection, over time the caller passes in.
+///
+/// Shaping never drops: the caller asks [`ByteBucket::grant`] how much it may read now, reads
+/// at most that, and when the answer is zero waits [`ByteBucket::wait`] before asking again.
+/// The kernel's receive window then pushes back on the sender.
+#[derive(Debug, Clone)]
+pub struct ByteBucket {
+    rate: Bandwidth,
+    tokens: u64,
+    /// Nanoseconds of refill carried between calls, so slow rates do not lose fractions.
+    carry_nanos: u128,
+    last: Instant,
+}
+
+impl ByteBucket {
+    /// A bucket that starts full.
+    pub fn new(rate: Bandwidth, now: Instant) -> Self {
+        ByteBucket { rate, tokens: rate.burst, carry_nanos: 0, last: now }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_nanos() + self.carry_nanos;
+        self.last = now;
+        let per_second = u128::from(self.rate.bytes_per_second);
+        let earned = elapsed * per_second / 1_000_000_000;
+        self.carry_nanos = (earned * 1_000_000_000).checked_div(per_second).map_or(0, |used| elapsed - used);
+        let tokens = u128::from(self.tokens) + earned;
+        self.tokens = u64::try_from(tokens.min(u128::from(self.rate.burst))).unwrap_or(self.rate.burst);
+        if self.tokens == self.rate.burst {
+            self.carry_nanos = 0;
+        }
+    }
+
+    /// Bytes that may be read at `now`, at most `want`; zero means wait.
+    ///
+    /// Reads are granted in quanta of at least ~50 ms of traffic (capped by the burst), so a
+    /// shaped connection is woken a few times a second rather than once per byte.
+    pub fn grant(&mut self, want: usize, now: Instant) -> usize {
+        self.refill(now);
+        if self.tokens < self.quantum() {
+            return 0;
+        }
+        usize::try_from(self.tokens).map_or(want, |t| t.min(want))
+    }
+
+    /// Record that `n` bytes were read.
+    pub fn consume(&mut self, n: usize) {
+        self.tokens = self.tokens.saturating_sub(n as u64);
+    }
+
+    /// How long until [`ByteBucket::grant`] will give a full quantum.
+    pub fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        let missing = self.quantum().saturating_sub(self.tokens);
+        // Rounded up, less the refill time already carried, so the next grant is not early.
+        let nanos = (u128::from(missing) * 1_000_000_000).div_ceil(u128::from(self.rate.bytes_per_second.max(1)));
+        let nanos = nanos.saturating_sub(self.carry_nanos);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)).max(Duration::from_millis(1))
+    }
+
+    fn quantum(&self) -> u64 {
+        (self.rate.bytes_per_second / 20).clamp(1, self.rate.burst)
+    }
+}
+
 /// Parse a duration such as `10s`, `10m`, `1h`, `500ms`, `2d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -138,6 +224,60 @@ mod tests {
             assert!(!g.admit(&rate, t0 + Duration::from_millis(500)));
         }
         assert!(g.admit(&rate, t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn byte_bucket_paces_reads_to_the_rate() {
+        let rate = Bandwidth::parse("10KB/s", 64_000).unwrap();
+        assert_eq!(rate.bytes_per_second, 10_000);
+        let t0 = Instant::now();
+        let mut b = ByteBucket::new(rate, t0);
+        // The burst is available at once, in reads no larger than asked.
+        let mut got = 0;
+        while got < 64_000 {
+            let n = b.grant(16_384, t0);
+            assert!(n > 0 && n <= 16_384);
+            b.consume(n);
+            got += n;
+        }
+        assert_eq!(got, 64_000);
+        assert_eq!(b.grant(16_384, t0), 0, "empty bucket grants nothing");
+        // Next grant after one quantum (50 ms of 10 KB/s = 500 bytes).
+        assert_eq!(b.wait(t0), Duration::from_millis(50));
+        assert_eq!(b.grant(16_384, t0 + Duration::from_millis(49)), 0);
+        assert_eq!(b.grant(16_384, t0 + Duration::from_millis(50)), 500);
+        // Over 10 simulated seconds, reading whenever allowed yields rate × time, no more.
+        let mut now = t0 + Duration::from_millis(50);
+        let mut total = 0u64;
+        let end = now + Duration::from_secs(10);
+        while now < end {
+            let n = b.grant(16_384, now);
+            b.consume(n);
+            total += n as u64;
+            now += b.wait(now).max(Duration::from_millis(7));
+        }
+        assert!((99_000..=101_000).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn byte_bucket_slow_rates_keep_fractions() {
+        // 3 bytes per second (a third of a second per byte, not a whole number of nanoseconds),
+        // read whenever the bucket says so, for 100 s.
+        let rate = Bandwidth::parse("3/s", 1).unwrap();
+        let t0 = Instant::now();
+        let mut b = ByteBucket::new(rate, t0);
+        let mut total = 0;
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(100) {
+            let n = b.grant(100, now);
+            b.consume(n);
+            total += n;
+            now += b.wait(now);
+        }
+        assert!((300..=301).contains(&total), "{total}");
+        assert!(Bandwidth::parse("10KB/min", 1).is_none());
+        assert!(Bandwidth::parse("0KB/s", 1).is_none());
+        assert_eq!(Bandwidth::parse("1MiB/second", 1).map(|b| b.bytes_per_second), Some(1 << 20));
     }
 
     #[test]

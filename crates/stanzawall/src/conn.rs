@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use stanzawall_core::config::{ListenerConfig, ListenerKind};
+use stanzawall_core::limit::ByteBucket;
 use stanzawall_core::session::{BackendTls, CloseReason, Effect, Session, SessionConfig};
 use stanzawall_core::stream::Condition;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,6 +91,10 @@ pub async fn serve(
     }
     let mut backend: Option<Stream> = None;
     let mut authenticated = false;
+    // Read shaping of the client leg after authentication: when the bucket is empty we stop
+    // reading (the kernel's receive window then slows the sender); nothing is ever dropped.
+    let mut shaper: Option<ByteBucket> = None;
+    let mut shaped = Duration::ZERO;
     let mut cbuf = vec![0u8; READ_BUF];
     let mut bbuf = vec![0u8; READ_BUF];
 
@@ -151,6 +156,7 @@ pub async fn serve(
                 }
                 Effect::Authenticated => {
                     authenticated = true;
+                    shaper = network.bandwidth_per_connection.map(|b| ByteBucket::new(b, std::time::Instant::now()));
                     idle_deadline = Instant::now() + idle_timeout;
                 }
                 Effect::Bounced { kind, condition, reason } => {
@@ -169,10 +175,23 @@ pub async fn serve(
                 on_write_failure(&mut session, failure);
             }
         }
+        let (room, pause) = match shaper.as_mut() {
+            None => (READ_BUF, Duration::ZERO),
+            Some(bucket) => {
+                let now = std::time::Instant::now();
+                match bucket.grant(READ_BUF, now) {
+                    0 => (0, bucket.wait(now)),
+                    n => (n, Duration::ZERO),
+                }
+            }
+        };
         tokio::select! {
-            r = client.read(&mut cbuf) => match r {
+            r = client.read(&mut cbuf[..room]), if room > 0 => match r {
                 Ok(0) | Err(_) => session.client_disconnected(),
                 Ok(n) => {
+                    if let Some(bucket) = shaper.as_mut() {
+                        bucket.consume(n);
+                    }
                     totals.from_client += n as u64;
                     idle_deadline = Instant::now() + idle_timeout;
                     #[cfg(feature = "fault-injection")]
@@ -192,6 +211,7 @@ pub async fn serve(
                     session.backend_bytes(&bbuf[..n]);
                 }
             },
+            _ = tokio::time::sleep(pause), if room == 0 => shaped += pause,
             _ = shutdown.changed() => session.shutdown(),
             _ = tokio::time::sleep_until(deadline), if !authenticated => session.timed_out(),
             _ = tokio::time::sleep_until(idle_deadline), if authenticated => session.timed_out(),
@@ -210,6 +230,7 @@ pub async fn serve(
         bytes.to_backend = totals.to_backend,
         stanzas.from_client = counters.stanzas_from_client,
         stanzas.from_backend = counters.stanzas_from_backend,
+        shaping.paused_ms = shaped.as_millis() as u64,
         close.side = reason.side(),
         reason = %reason,
         "session closed"

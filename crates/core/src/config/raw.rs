@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::NetworkConfig;
 use crate::ban::BanConfig;
 use crate::guard::{Cidr, GuardConfig};
-use crate::limit::{parse_duration, Rate};
+use crate::limit::{parse_bytes, parse_duration, Bandwidth, Rate};
 use crate::session::BackendTls;
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +42,8 @@ struct RawNetwork {
     connection_burst_per_ip: Option<Spanned<i64>>,
     handshake_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    bandwidth_per_connection: Option<Spanned<String>>,
+    bandwidth_burst: Option<Spanned<String>>,
     #[serde(default)]
     ban: RawBan,
 }
@@ -328,7 +330,33 @@ fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigErr
             .filter(|d| !d.is_zero())
             .map_or_else(|| loc.err(v.span(), key, "expected a duration such as \"10s\", \"10m\" or \"1h\""), Ok),
     };
+    let burst_bytes = match &r.bandwidth_burst {
+        None => DEFAULT_BANDWIDTH_BURST,
+        Some(v) => parse_bytes(v.get_ref()).filter(|&b| b > 0 && b <= MAX_BYTES as u64).map_or_else(
+            || loc.err(v.span(), "network.bandwidth_burst", "expected a size from 1B to 64MiB, such as \"64KB\""),
+            Ok,
+        )?,
+    };
+    let bandwidth = match &r.bandwidth_per_connection {
+        Some(v) if v.get_ref() != "off" => Some(Bandwidth::parse(v.get_ref(), burst_bytes).map_or_else(
+            || {
+                loc.err(
+                    v.span(),
+                    "network.bandwidth_per_connection",
+                    "expected bytes per second such as \"10KB/s\", or \"off\"",
+                )
+            },
+            Ok,
+        )?),
+        _ => {
+            if let Some(b) = &r.bandwidth_burst {
+                return loc.err(b.span(), "network.bandwidth_burst", "needs network.bandwidth_per_connection");
+            }
+            None
+        }
+    };
     Ok(NetworkConfig {
+        bandwidth_per_connection: bandwidth,
         guard: GuardConfig {
             allow: cidrs(&r.allow, "network.allow")?.unwrap_or(d.guard.allow),
             deny: cidrs(&r.deny, "network.deny")?.unwrap_or(d.guard.deny),
@@ -364,6 +392,9 @@ fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigErr
         idle_timeout: duration(&r.idle_timeout, "network.idle_timeout", d.idle_timeout)?,
     })
 }
+
+/// `network.bandwidth_burst` when not set: enough for a large stanza at full speed.
+const DEFAULT_BANDWIDTH_BURST: u64 = 64_000;
 
 /// Largest byte cap accepted (64 MiB): beyond it one connection could pin too much memory.
 const MAX_BYTES: usize = 64 << 20;

@@ -171,6 +171,23 @@ fn network_mistakes_name_their_line() {
     assert!(e.contains(":29: network.connection_rate_per_ip: expected N/second"), "{e}");
     let e = error(&format!("{GOOD}\n[network]\nhandshake_timeout = \"soon\"\n"));
     assert!(e.contains("network.handshake_timeout: expected a duration"), "{e}");
-    let e = error(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"10KB/s\"\n"));
-    assert!(e.contains("network.bandwidth_per_connection: unknown field"), "{e}");
+    let e = error(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"10KB/min\"\n"));
+    assert!(e.contains(":29: network.bandwidth_per_connection: expected bytes per second"), "{e}");
+    let e = error(&format!("{GOOD}\n[network]\nbandwidth_burst = \"64KB\"\n"));
+    assert!(e.contains(":29: network.bandwidth_burst: needs network.bandwidth_per_connection"), "{e}");
+    let e = error(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"1MB/s\"\nbandwidth_burst = \"1GB\"\n"));
+    assert!(e.contains(":30: network.bandwidth_burst: expected a size"), "{e}");
+}
+
+#[test]
+fn bandwidth_shaping() {
+    let c = parse(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"10KB/s\"\nbandwidth_burst = \"16KiB\"\n"))
+        .unwrap();
+    let b = c.network.bandwidth_per_connection.unwrap();
+    assert_eq!((b.bytes_per_second, b.burst), (10_000, 16_384));
+    let c = parse(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"1MB/s\"\n")).unwrap();
+    assert_eq!(c.network.bandwidth_per_connection.map(|b| b.burst), Some(64_000));
+    let c = parse(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"off\"\n")).unwrap();
+    assert!(c.network.bandwidth_per_connection.is_none());
+    assert!(parse(GOOD).unwrap().network.bandwidth_per_connection.is_none());
 }
