@@ -20,6 +20,8 @@ PACKAGES=(
   lua-unbound
   openssl
   ca-certificates
+  nftables
+  iproute2
 )
 POLICY=/usr/sbin/policy-rc.d
 

@@ -89,22 +89,38 @@ impl BanList {
         }
     }
 
-    /// Active bans as text, one `IP UNTIL_UNIX_SECONDS` a line, sorted.
-    pub fn to_text(&self, now: SystemTime) -> String {
-        let mut lines: Vec<String> = self
-            .bans
-            .iter()
-            .filter(|(_, &until)| until > now)
-            .map(|(ip, until)| format!("{ip} {}\n", until.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())))
-            .collect();
-        lines.sort();
-        lines.concat()
+    /// Active bans and their expiry, sorted by address.
+    pub fn entries(&self, now: SystemTime) -> Vec<(IpAddr, SystemTime)> {
+        let mut v: Vec<(IpAddr, SystemTime)> =
+            self.bans.iter().filter(|(_, &until)| until > now).map(|(&ip, &until)| (ip, until)).collect();
+        v.sort();
+        v
     }
 
-    /// Load bans written by [`BanList::to_text`]; expired and malformed lines are skipped and
-    /// counted in the second value.
-    pub fn from_text(&mut self, text: &str, now: SystemTime) -> (usize, usize) {
-        let (mut loaded, mut skipped) = (0, 0);
+    /// Lift a ban (an operator's decision); true if `ip` was banned.
+    pub fn unban(&mut self, ip: IpAddr) -> bool {
+        self.failures.remove(&ip);
+        self.bans.remove(&ip).is_some()
+    }
+
+    /// Ban `ip` until `until` (a ban read back from the state directory).
+    pub fn ban_until(&mut self, ip: IpAddr, until: SystemTime) {
+        self.bans.insert(ip, until);
+    }
+
+    /// Active bans as text, one `IP UNTIL_UNIX_SECONDS` a line, sorted.
+    pub fn to_text(&self, now: SystemTime) -> String {
+        self.entries(now)
+            .iter()
+            .map(|(ip, until)| format!("{ip} {}\n", until.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())))
+            .collect()
+    }
+
+    /// Parse the state file's text into bans still active at `now`, and the number of expired
+    /// or malformed lines.
+    pub fn parse_text(text: &str, now: SystemTime) -> (Vec<(IpAddr, SystemTime)>, usize) {
+        let mut skipped = 0;
+        let mut bans = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let mut parts = line.split_whitespace();
             let parsed = match (parts.next().map(str::parse::<IpAddr>), parts.next().map(str::parse::<u64>)) {
@@ -112,13 +128,19 @@ impl BanList {
                 _ => None,
             };
             match parsed {
-                Some((ip, until)) if until > now => {
-                    self.bans.insert(ip, until);
-                    loaded += 1;
-                }
+                Some((ip, until)) if until > now => bans.push((ip, until)),
                 _ => skipped += 1,
             }
         }
+        (bans, skipped)
+    }
+
+    /// Load bans written by [`BanList::to_text`]; expired and malformed lines are skipped and
+    /// counted in the second value.
+    pub fn from_text(&mut self, text: &str, now: SystemTime) -> (usize, usize) {
+        let (bans, skipped) = Self::parse_text(text, now);
+        let loaded = bans.len();
+        self.bans.extend(bans);
         (loaded, skipped)
     }
 }

@@ -184,6 +184,33 @@ pub struct Config {
     pub limits: Limits,
     /// `[network]`: admission control and timeouts.
     pub network: NetworkConfig,
+    /// `[nftables]`: the generated packet-filter ruleset and live ban sync.
+    pub nftables: NftablesConfig,
+}
+
+/// `[nftables]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftablesConfig {
+    /// Add bans to (and lift them from) the kernel's ban sets as they happen.
+    pub sync: bool,
+    /// The `inet` table the ruleset defines and sync writes to.
+    pub table: String,
+    /// The `nft` binary sync runs (with fixed arguments, JSON on stdin).
+    pub nft: PathBuf,
+    /// TCP ports opened besides the listeners' (e.g. 22 for SSH): the generated input chain
+    /// drops everything else.
+    pub extra_tcp_ports: Vec<u16>,
+}
+
+impl Default for NftablesConfig {
+    fn default() -> Self {
+        NftablesConfig {
+            sync: false,
+            table: "stanzawall".to_owned(),
+            nft: PathBuf::from("/usr/sbin/nft"),
+            extra_tcp_ports: Vec::new(),
+        }
+    }
 }
 
 /// `[network]`.
@@ -242,6 +269,9 @@ impl Config {
         }
         if self.network != old.network {
             out.push("network changed".to_owned());
+        }
+        if self.nftables != old.nftables {
+            out.push("nftables changed".to_owned());
         }
         out
     }

@@ -61,6 +61,34 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// The prefix with its host bits cleared (`10.1.2.3/8` → `10.0.0.0/8`), as a packet filter
+    /// wants it.
+    pub fn network(&self) -> Cidr {
+        let addr = match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        Cidr { addr, prefix: self.prefix }
+    }
+
+    /// An IPv4 prefix?
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// Does it cover its whole family (`0.0.0.0/0`, `::/0`)?
+    pub fn is_everything(&self) -> bool {
+        self.prefix == 0
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)

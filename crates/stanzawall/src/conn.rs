@@ -149,8 +149,12 @@ pub async fn serve(
                 }
                 Effect::AuthFailed => {
                     if let Some(until) = permit.auth_failed().await {
-                        let until = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                        warn!(banned_until_unix = until, "source banned after repeated authentication failures");
+                        let unix = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                        warn!(banned_until_unix = unix, "source banned after repeated authentication failures");
+                        // In the kernel before this session's close, so the next SYN is dropped.
+                        if let Some(sync) = &generation.ban_sync {
+                            sync.ban(peer.ip(), until).await;
+                        }
                         session.refuse(Condition::PolicyViolation, "too many authentication failures");
                     }
                 }

@@ -7,6 +7,7 @@
 
 mod conn;
 mod io;
+mod nft;
 mod server;
 mod tls;
 
@@ -32,6 +33,13 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print the nftables ruleset (`table inet stanzawall`) for a configuration: only the
+    /// listener ports open, per-source meters, deny and ban sets (with the bans active now).
+    Nft {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Validate a configuration file and the certificates it names; exit 1 on error.
     Check {
         /// Configuration file (TOML).
@@ -51,6 +59,16 @@ fn main() -> ExitCode {
                     g.config.listeners.len(),
                     g.config.certificates.len()
                 );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Nft { config } => match nft_ruleset(&config) {
+            Ok(text) => {
+                print!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -89,4 +107,17 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The ruleset for the config at `path`, with the bans its state directory holds now.
+fn nft_ruleset(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config = stanzawall_core::config::Config::parse(&text, path)?;
+    let now = std::time::SystemTime::now();
+    let bans = match std::fs::read_to_string(config.state_dir.join("bans")) {
+        Ok(t) => stanzawall_core::ban::BanList::parse_text(&t, now).0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => anyhow::bail!("{}: {e}", config.state_dir.join("bans").display()),
+    };
+    Ok(nft::ruleset(&config, &bans, now))
 }

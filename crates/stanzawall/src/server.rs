@@ -25,6 +25,7 @@ use tracing::{error, info, warn, Instrument};
 use stanzawall_core::guard::{Admission, ConnectionGuard};
 
 use crate::conn;
+use crate::nft::BanSync;
 use crate::tls::TlsStore;
 
 /// How long shutdown waits for sessions to deliver `<system-shutdown/>` and close.
@@ -37,6 +38,8 @@ pub struct Generation {
     pub config: Config,
     /// Certificates and backend TLS settings.
     pub tls: TlsStore,
+    /// Live ban sync to nftables (`[nftables] sync = true`).
+    pub ban_sync: Option<BanSync>,
 }
 
 /// Errors loading a generation: either a config mistake or an unreadable file.
@@ -61,7 +64,8 @@ impl Generation {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
         let config = Config::parse(&text, path)?;
         let tls = TlsStore::load(&config)?;
-        Ok(Generation { config, tls })
+        let ban_sync = BanSync::new(&config.nftables);
+        Ok(Generation { config, tls, ban_sync })
     }
 }
 
@@ -116,15 +120,69 @@ fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, bans_path(dir))
 }
 
-/// Load the bans a previous run wrote (a missing file is an empty table).
-fn load_bans(guard: &SharedGuard, dir: &Path) {
-    let text = match std::fs::read_to_string(bans_path(dir)) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) => return error!(state_dir = %dir.display(), error = %e, "cannot read bans"),
+/// Read the ban file (a missing file is an empty table; `None` if it cannot be read).
+fn read_bans(dir: &Path) -> Option<String> {
+    match std::fs::read_to_string(bans_path(dir)) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(String::new()),
+        Err(e) => {
+            error!(state_dir = %dir.display(), error = %e, "cannot read bans");
+            None
+        }
+    }
+}
+
+/// Load the bans a previous run wrote, and hand them to nftables when syncing (the ruleset may
+/// have been loaded before they were made).
+async fn load_bans(guard: &SharedGuard, generation: &Generation) {
+    let dir = &generation.config.state_dir;
+    let Some(text) = read_bans(dir) else { return };
+    let now = SystemTime::now();
+    let entries = {
+        let mut g = lock(guard);
+        let (loaded, skipped) = g.bans().from_text(&text, now);
+        info!(state_dir = %dir.display(), loaded, expired_or_malformed = skipped, "bans loaded");
+        g.bans().entries(now)
     };
-    let (loaded, skipped) = lock(guard).bans().from_text(&text, SystemTime::now());
-    info!(state_dir = %dir.display(), loaded, expired_or_malformed = skipped, "bans loaded");
+    if let Some(sync) = &generation.ban_sync {
+        for (ip, until) in entries {
+            sync.ban(ip, until).await;
+        }
+    }
+}
+
+/// On reload, the ban file is the operator's word: lines removed from it lift those bans (the
+/// way to unban by hand), lines added are bans; both reach nftables when syncing.
+async fn reconcile_bans(guard: &SharedGuard, generation: &Generation) {
+    let dir = &generation.config.state_dir;
+    let Some(text) = read_bans(dir) else { return };
+    let now = SystemTime::now();
+    let (wanted, _) = stanzawall_core::ban::BanList::parse_text(&text, now);
+    let (lifted, added) = {
+        let mut g = lock(guard);
+        let current = g.bans().entries(now);
+        let lifted: Vec<IpAddr> =
+            current.iter().map(|&(ip, _)| ip).filter(|ip| !wanted.iter().any(|(w, _)| w == ip)).collect();
+        let added: Vec<(IpAddr, SystemTime)> = wanted.iter().copied().filter(|w| !current.contains(w)).collect();
+        for ip in &lifted {
+            g.bans().unban(*ip);
+        }
+        for &(ip, until) in &added {
+            g.bans().ban_until(ip, until);
+        }
+        (lifted, added)
+    };
+    for ip in &lifted {
+        info!(client.ip = %ip, "ban lifted (removed from the ban file)");
+    }
+    if let Some(sync) = &generation.ban_sync {
+        for ip in lifted {
+            sync.unban(ip).await;
+        }
+        for (ip, until) in added {
+            sync.ban(ip, until).await;
+        }
+    }
 }
 
 impl Drop for Permit {
@@ -147,7 +205,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
     let guard: SharedGuard = Arc::new(Mutex::new(ConnectionGuard::new(first.config.network.guard.clone())));
-    load_bans(&guard, &first.config.state_dir);
+    load_bans(&guard, &first).await;
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard).await;
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
@@ -335,6 +393,7 @@ async fn reload(
     }
     lock(guard).reconfigure(next.config.network.guard.clone());
     gen_tx.send_replace(next.clone());
+    reconcile_bans(guard, &next).await;
     start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, guard).await;
     info!(changes = ?changes, "configuration reloaded");
 }

@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::{BackendConfig, CertificateConfig, Config, ConfigError, Limits, ListenerConfig, ListenerKind, Origin};
 use std::time::Duration;
 
-use super::NetworkConfig;
+use super::{NetworkConfig, NftablesConfig};
 use crate::ban::BanConfig;
 use crate::guard::{Cidr, GuardConfig};
 use crate::limit::{parse_bytes, parse_duration, Bandwidth, Rate};
@@ -29,6 +29,17 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     network: RawNetwork,
+    #[serde(default)]
+    nftables: RawNftables,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNftables {
+    sync: Option<bool>,
+    table: Option<Spanned<String>>,
+    nft: Option<Spanned<String>>,
+    extra_tcp_ports: Option<Vec<Spanned<i64>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,9 +295,10 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
         }
     }
     let network = network(&raw.network, loc)?;
+    let nftables = nftables(&raw.nftables, &listeners, loc)?;
     // Bans (and later other state) outlive the process here; relative to the config file.
     let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
-    Ok(Config { path: loc.file.to_path_buf(), state_dir, certificates, listeners, limits, network })
+    Ok(Config { path: loc.file.to_path_buf(), state_dir, certificates, listeners, limits, network, nftables })
 }
 
 fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigError> {
@@ -391,6 +403,42 @@ fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigErr
         handshake_timeout: duration(&r.handshake_timeout, "network.handshake_timeout", d.handshake_timeout)?,
         idle_timeout: duration(&r.idle_timeout, "network.idle_timeout", d.idle_timeout)?,
     })
+}
+
+fn nftables(r: &RawNftables, listeners: &[ListenerConfig], loc: &Locator<'_>) -> Result<NftablesConfig, ConfigError> {
+    let d = NftablesConfig::default();
+    let table = match &r.table {
+        None => d.table,
+        Some(t) => {
+            let name = t.get_ref();
+            let ok = name.len() <= 32
+                && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return loc.err(t.span(), "nftables.table", "expected a name of letters, digits and '_' (at most 32)");
+            }
+            name.clone()
+        }
+    };
+    let mut extra_tcp_ports = Vec::new();
+    for p in r.extra_tcp_ports.iter().flatten() {
+        let port = u16::try_from(*p.get_ref())
+            .ok()
+            .filter(|&p| p > 0)
+            .map_or_else(|| loc.err(p.span(), "nftables.extra_tcp_ports", "expected a port from 1 to 65535"), Ok)?;
+        if let Some(l) = listeners.iter().find(|l| l.bind.port() == port) {
+            return loc.err(
+                p.span(),
+                "nftables.extra_tcp_ports",
+                format!("{port} is listener '{}' already; list only other services' ports", l.name),
+            );
+        }
+        if !extra_tcp_ports.contains(&port) {
+            extra_tcp_ports.push(port);
+        }
+    }
+    let nft = r.nft.as_ref().map_or(d.nft, |p| loc.path(p.get_ref()));
+    Ok(NftablesConfig { sync: r.sync.unwrap_or(false), table, nft, extra_tcp_ports })
 }
 
 /// `network.bandwidth_burst` when not set: enough for a large stanza at full speed.

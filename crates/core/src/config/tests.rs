@@ -180,6 +180,25 @@ fn network_mistakes_name_their_line() {
 }
 
 #[test]
+fn nftables_section() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.nftables, NftablesConfig::default());
+    let c = parse(&format!("{GOOD}\n[nftables]\nsync = true\ntable = \"edge_1\"\nextra_tcp_ports = [22, 22, 80]\n"))
+        .unwrap();
+    assert!(c.nftables.sync);
+    assert_eq!(c.nftables.table, "edge_1");
+    assert_eq!(c.nftables.extra_tcp_ports, vec![22, 80]);
+    let e = error(&format!("{GOOD}\n[nftables]\ntable = \"x; flush ruleset\"\n"));
+    assert!(e.contains(":29: nftables.table: expected a name"), "{e}");
+    let e = error(&format!("{GOOD}\n[nftables]\nextra_tcp_ports = [22, 5222]\n"));
+    assert!(e.contains(":29: nftables.extra_tcp_ports: 5222 is listener 'c2s' already"), "{e}");
+    let e = error(&format!("{GOOD}\n[nftables]\nextra_tcp_ports = [70000]\n"));
+    assert!(e.contains("nftables.extra_tcp_ports: expected a port"), "{e}");
+    let e = error(&format!("{GOOD}\n[nftables]\nsink = true\n"));
+    assert!(e.contains("unknown field `sink`"), "{e}");
+}
+
+#[test]
 fn bandwidth_shaping() {
     let c = parse(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"10KB/s\"\nbandwidth_burst = \"16KiB\"\n"))
         .unwrap();
