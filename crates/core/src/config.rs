@@ -6,6 +6,7 @@
 //! certificate files is the daemon's job; it reports problems with the [`Origin`] kept here, so
 //! they too point at the line that named the file.
 
+mod policy;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::policy::spec::PolicyConfig;
 use crate::session::BackendTls;
 use crate::xml::XmlLimits;
 
@@ -186,6 +188,41 @@ pub struct Config {
     pub network: NetworkConfig,
     /// `[nftables]`: the generated packet-filter ruleset and live ban sync.
     pub nftables: NftablesConfig,
+    /// Lists, limiters, rules, chain defaults and the audit log (compiled by
+    /// [`crate::policy::Policy::compile`]).
+    pub policy: PolicyConfig,
+    /// `[admin]`: the HTTP endpoint for metrics.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where `GET /metrics` is served; `None`: no admin endpoint.
+    pub bind: Option<SocketAddr>,
+}
+
+/// How the config reads the other files it names (includes and list files). The core does no
+/// I/O itself: the daemon passes the file system, tests and fuzzers pass what they like.
+pub trait Files {
+    /// The text of a file.
+    fn read(&self, path: &Path) -> std::io::Result<String>;
+    /// The entries of a directory (for `include = ["policy.d/*.toml"]`).
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>>;
+}
+
+/// No other files: a config that names one gets an error saying so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFiles;
+
+impl Files for NoFiles {
+    fn read(&self, _: &Path) -> std::io::Result<String> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "other files cannot be read here"))
+    }
+
+    fn list_dir(&self, _: &Path) -> std::io::Result<Vec<PathBuf>> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "directories cannot be listed here"))
+    }
 }
 
 /// `[nftables]`.
@@ -243,7 +280,18 @@ impl Config {
     /// Parse and validate the text of the config file at `path` (used for messages and for
     /// resolving relative paths; not read here).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        raw::parse(text, path)
+        raw::parse(text, path, &NoFiles)
+    }
+
+    /// Parse and validate, reading includes and list files through `files`.
+    pub fn parse_with(text: &str, path: &Path, files: &dyn Files) -> Result<Config, ConfigError> {
+        raw::parse(text, path, files)
+    }
+
+    /// Every file besides the main one that this config was built from (list files), for
+    /// change detection.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.policy.lists.values().filter_map(|l| l.file.clone()).collect()
     }
 
     /// Human-readable differences from `old`, for the reload log.
@@ -272,6 +320,34 @@ impl Config {
         }
         if self.nftables != old.nftables {
             out.push("nftables changed".to_owned());
+        }
+        if self.admin != old.admin {
+            out.push("admin changed".to_owned());
+        }
+        let (new, old) = (&self.policy, &old.policy);
+        for (name, l) in &new.lists {
+            match old.lists.get(name) {
+                None => out.push(format!("list {name} added ({} entries)", l.entries.len())),
+                Some(o) if o.entries.iter().map(|e| &e.value).ne(l.entries.iter().map(|e| &e.value)) => {
+                    out.push(format!("list {name} changed ({} → {} entries)", o.entries.len(), l.entries.len()))
+                }
+                Some(_) => {}
+            }
+        }
+        for name in old.lists.keys().filter(|n| !new.lists.contains_key(*n)) {
+            out.push(format!("list {name} removed"));
+        }
+        let rules = |p: &PolicyConfig| {
+            p.rules
+                .iter()
+                .map(|r| (r.name.clone(), r.chains.clone(), r.when.clone(), r.action.clone(), r.log_only))
+                .collect::<Vec<_>>()
+        };
+        if rules(new) != rules(old) || new.rates != old.rates || new.defaults != old.defaults {
+            out.push(format!("rules changed ({} → {} rules)", old.rules.len(), new.rules.len()));
+        }
+        if new.audit != old.audit {
+            out.push("audit changed".to_owned());
         }
         out
     }

@@ -62,6 +62,16 @@ impl Cidr {
 }
 
 impl Cidr {
+    /// The address as written.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// The prefix with its host bits cleared (`10.1.2.3/8` → `10.0.0.0/8`), as a packet filter
     /// wants it.
     pub fn network(&self) -> Cidr {

@@ -21,6 +21,7 @@
 //! - [`session`]: the c2s state machine;
 //! - [`guard`], [`limit`], [`ban`]: admission at accept (lists, caps, GCRA rates, bans);
 //! - [`proxy_protocol`]: the PROXY protocol v2 header for backends that accept it;
+//! - [`policy`]: the rule engine (lists, limiters, rules per chain → verdicts);
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
 //! - [`fuzzing`]: the fuzz targets' entry points, also replayed as tests.
 
@@ -33,6 +34,7 @@ pub mod fuzzing;
 pub mod guard;
 pub mod jid;
 pub mod limit;
+pub mod policy;
 pub mod proxy_protocol;
 pub mod session;
 pub mod stanza;

@@ -16,6 +16,7 @@
 
 mod features;
 mod sasl;
+pub mod sm;
 #[cfg(test)]
 mod tests;
 

@@ -167,3 +167,35 @@ impl XmlError {
         }
     }
 }
+
+/// Why [`parse_stanzas`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StanzaTextError {
+    /// The text is not acceptable restricted XML.
+    #[error("{0}")]
+    Xml(XmlError),
+    /// The text ended inside an element.
+    #[error("the text ends inside an element")]
+    Incomplete,
+}
+
+/// Parse top-level elements written as they would appear inside a `jabber:client` stream (for
+/// `stanzawall explain`, tests and benchmarks), with the same restricted parser and `limits`.
+pub fn parse_stanzas(text: &str, limits: XmlLimits) -> Result<Vec<Element>, StanzaTextError> {
+    let mut reader = StreamReader::new(XmlLimits { stanza_bytes: limits.stanza_bytes.max(1024), ..limits });
+    reader.feed(format!("<stream:stream xmlns='{}' xmlns:stream='{NS_STREAMS}'>", crate::stream::NS_CLIENT).as_bytes());
+    reader.feed(text.as_bytes());
+    let mut out = Vec::new();
+    loop {
+        match reader.next_event() {
+            Ok(Some(XmlEvent::Stanza(el))) => out.push(el),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => return Err(StanzaTextError::Xml(e)),
+        }
+    }
+    if !reader.is_idle() {
+        return Err(StanzaTextError::Incomplete);
+    }
+    Ok(out)
+}

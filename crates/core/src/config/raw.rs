@@ -11,7 +11,10 @@ use toml::Spanned;
 use super::{BackendConfig, CertificateConfig, Config, ConfigError, Limits, ListenerConfig, ListenerKind, Origin};
 use std::time::Duration;
 
-use super::{NetworkConfig, NftablesConfig};
+use std::collections::BTreeMap;
+
+use super::policy::{RawAudit, RawChain, RawList, RawPolicy, RawRate, RawRule};
+use super::{AdminConfig, Files, NetworkConfig, NftablesConfig};
 use crate::ban::BanConfig;
 use crate::guard::{Cidr, GuardConfig};
 use crate::limit::{parse_bytes, parse_duration, Bandwidth, Rate};
@@ -31,6 +34,25 @@ struct RawConfig {
     network: RawNetwork,
     #[serde(default)]
     nftables: RawNftables,
+    include: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    list: BTreeMap<String, Spanned<RawList>>,
+    #[serde(default)]
+    rate: BTreeMap<String, Spanned<RawRate>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    chain: BTreeMap<String, Spanned<RawChain>>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,23 +128,30 @@ struct RawLimits {
 }
 
 /// Resolves spans to lines and keys for one file's text.
-struct Locator<'a> {
-    text: &'a str,
-    file: &'a Path,
+pub(super) struct Locator<'a> {
+    pub(super) text: &'a str,
+    pub(super) file: &'a Path,
 }
 
 impl Locator<'_> {
-    fn origin(&self, span: Range<usize>, key: &str) -> Origin {
+    /// A TOML syntax or schema error, with the key at its position.
+    pub(super) fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_owned();
+        self.origin(span.clone(), &key_at(self.text, span.start)).error(message)
+    }
+
+    pub(super) fn origin(&self, span: Range<usize>, key: &str) -> Origin {
         let start = span.start.min(self.text.len());
         let line = self.text.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count() + 1;
         Origin { file: self.file.to_path_buf(), line, key: key.to_owned() }
     }
 
-    fn err<T>(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
+    pub(super) fn err<T>(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
         Err(self.origin(span, key).error(msg))
     }
 
-    fn path(&self, value: &str) -> PathBuf {
+    pub(super) fn path(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
             p.to_path_buf()
@@ -132,17 +161,13 @@ impl Locator<'_> {
     }
 }
 
-pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str, file: &Path, files: &dyn Files) -> Result<Config, ConfigError> {
     let loc = Locator { text, file };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let message = e.message().trim().to_owned();
-        loc.origin(span.clone(), &key_at(text, span.start)).error(message)
-    })?;
-    validate(raw, &loc)
+    let raw: RawConfig = toml::from_str(text).map_err(|e| loc.toml_error(&e))?;
+    validate(raw, &loc, files)
 }
 
-fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Config, ConfigError> {
     let mut certificates = Vec::new();
     for (i, c) in raw.tls.certificate.into_iter().enumerate() {
         let key = |k: &str| format!("tls.certificate[{i}].{k}");
@@ -294,11 +319,57 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigError> {
             return loc.err(v.span(), "limits.preauth_stanza_bytes", "must not exceed limits.stanza_bytes");
         }
     }
-    let network = network(&raw.network, loc)?;
+    let mut network = network(&raw.network, loc)?;
+    let sections = RawPolicy { list: raw.list, rate: raw.rate, rule: raw.rule, chain: raw.chain };
+    let policy = super::policy::policy(sections, &raw.include, &raw.audit, loc, files)?;
+    resolve_network_lists(&mut network, &raw.network, &policy, loc)?;
+    let admin = match &raw.admin.bind {
+        None => AdminConfig { bind: None },
+        Some(b) => match b.get_ref().parse::<SocketAddr>() {
+            Ok(a) => AdminConfig { bind: Some(a) },
+            Err(_) => return loc.err(b.span(), "admin.bind", "expected IP:PORT, e.g. \"127.0.0.1:5380\""),
+        },
+    };
     let nftables = nftables(&raw.nftables, &listeners, loc)?;
     // Bans (and later other state) outlive the process here; relative to the config file.
     let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
-    Ok(Config { path: loc.file.to_path_buf(), state_dir, certificates, listeners, limits, network, nftables })
+    Ok(Config {
+        path: loc.file.to_path_buf(),
+        state_dir,
+        certificates,
+        listeners,
+        limits,
+        network,
+        nftables,
+        policy,
+        admin,
+    })
+}
+
+/// Expand `list:NAME` entries of `network.allow` / `network.deny` with the list's CIDRs.
+fn resolve_network_lists(
+    network: &mut NetworkConfig,
+    r: &RawNetwork,
+    policy: &crate::policy::spec::PolicyConfig,
+    loc: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    for (raw, out, key) in
+        [(&r.allow, &mut network.guard.allow, "network.allow"), (&r.deny, &mut network.guard.deny, "network.deny")]
+    {
+        for e in raw.iter().flatten() {
+            let Some(name) = e.get_ref().strip_prefix("list:") else { continue };
+            let Some(list) = policy.lists.get(name) else {
+                return loc.err(e.span(), key, format!("no [list.{name}]"));
+            };
+            for entry in &list.entries {
+                match Cidr::parse(&entry.value) {
+                    Some(c) => out.push(c),
+                    None => return Err(entry.origin.error(format!("'{}' is not an address or CIDR", entry.value))),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigError> {
@@ -306,15 +377,10 @@ fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigErr
     let cidrs = |v: &Option<Vec<Spanned<String>>>, key: &str| -> Result<Option<Vec<Cidr>>, ConfigError> {
         let Some(v) = v else { return Ok(None) };
         v.iter()
+            // Named lists are expanded once the [list.*] sections are read.
+            .filter(|e| !e.get_ref().starts_with("list:"))
             .map(|e| {
                 let text = e.get_ref();
-                if text.starts_with("list:") {
-                    return loc.err(
-                        e.span(),
-                        key,
-                        format!("'{text}': named lists come with the policy engine; use CIDRs"),
-                    );
-                }
                 Cidr::parse(text)
                     .map_or_else(|| loc.err(e.span(), key, format!("'{text}' is not an address or CIDR")), Ok)
             })

@@ -166,7 +166,17 @@ fn network_mistakes_name_their_line() {
     let e = error(&format!("{GOOD}\n[network]\ndeny = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/40\",\n]\n"));
     assert!(e.contains(":31: network.deny: '10.0.0.0/40' is not an address or CIDR"), "{e}");
     let e = error(&format!("{GOOD}\n[network]\ndeny = [\"list:bad_ips\"]\n"));
-    assert!(e.contains("network.deny: 'list:bad_ips': named lists come with the policy engine"), "{e}");
+    assert!(e.contains(":29: network.deny: no [list.bad_ips]"), "{e}");
+    let c = parse(&format!(
+        "{GOOD}\n[network]\ndeny = [\"list:bad_ips\", \"192.0.2.1\"]\n[list.bad_ips]\nentries = [\"10.9.0.0/16\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.network.guard.deny.len(), 2);
+    assert!(c.network.guard.deny.iter().any(|d| d.contains("10.9.1.1".parse().unwrap())));
+    let e = error(&format!(
+        "{GOOD}\n[network]\ndeny = [\"list:bad_ips\"]\n[list.bad_ips]\nentries = [\n\"10.0.0.1\",\n\"x\"]\n"
+    ));
+    assert!(e.contains(":33: list.bad_ips: 'x' is not an address or CIDR"), "{e}");
     let e = error(&format!("{GOOD}\n[network]\nconnection_rate_per_ip = \"30/fortnight\"\n"));
     assert!(e.contains(":29: network.connection_rate_per_ip: expected N/second"), "{e}");
     let e = error(&format!("{GOOD}\n[network]\nhandshake_timeout = \"soon\"\n"));

@@ -1,0 +1,533 @@
+//! The policy engine: ordered rules per chain, compiled into matchers, evaluated per stanza.
+//!
+//! [`Policy::compile`] turns a [`PolicyConfig`] into one program: every keyword of every rule in
+//! one Aho-Corasick automaton, every regex in one `RegexSet`, JIDs and domains in hash sets with
+//! suffix lookups, URLs in host/path tables, addresses in per-prefix hash sets. Evaluating a
+//! stanza ([`Policy::evaluate`]) computes each fact once (the body, its keyword and regex hits,
+//! the URLs in it) and walks the chain's rules; first matching terminal rule wins, `log` rules
+//! and `log_only` rules are recorded and passed over. No list scan anywhere: the cost does not
+//! grow with the number of list entries.
+//!
+//! Pure like the rest of the core: the caller passes `now` and the shared [`RateTable`]; nothing
+//! here reads a clock or a file. It never fails at evaluation time: everything that can be
+//! wrong is refused by `compile`, with the file and line it came from.
+
+mod cidrset;
+mod compile;
+pub mod jidset;
+pub mod rate;
+mod rewrite;
+pub mod spec;
+#[cfg(test)]
+mod tests;
+pub mod url;
+
+use std::cell::OnceCell;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use aho_corasick::AhoCorasick;
+use regex::RegexSet;
+
+use crate::jid::{self, FullJid, Jid};
+use crate::stanza::{Kind, StanzaCondition};
+use crate::stream::{Condition as StreamCondition, NS_CLIENT};
+use crate::xml::Element;
+
+use cidrset::CidrSet;
+use jidset::{DomainSet, JidSet};
+pub use rate::RateTable;
+pub use spec::{AuditConfig, Chain, PolicyConfig};
+use url::{NormalizedUrl, UrlSet};
+
+/// Out-of-band data (XEP-0066), whose `<url/>` is checked like a link in the body.
+pub const NS_OOB_X: &str = "jabber:x:oob";
+/// XEP-0066 iq form.
+pub const NS_OOB_IQ: &str = "jabber:iq:oob";
+/// References (XEP-0372), whose `uri` attribute is a link.
+pub const NS_REFERENCE: &str = "urn:xmpp:reference:0";
+
+/// What happens to a stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward it as it is.
+    Pass,
+    /// Discard it (audited).
+    Drop,
+    /// Answer its sender with this stanza error (dropped instead where no error may be sent).
+    Bounce {
+        /// Condition.
+        condition: StanzaCondition,
+        /// Text.
+        text: Option<String>,
+    },
+    /// Close the client's stream with this stream error.
+    Close {
+        /// Condition.
+        condition: StreamCondition,
+        /// Text.
+        text: Option<String>,
+    },
+    /// Forward this rewritten stanza instead (strip, mask).
+    Rewrite(Element),
+}
+
+impl Outcome {
+    /// The action's name for logs and metrics.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Drop => "drop",
+            Outcome::Bounce { .. } => "bounce",
+            Outcome::Close { .. } => "close",
+            Outcome::Rewrite(_) => "rewrite",
+        }
+    }
+}
+
+/// A rule that matched: the terminal one, or a `log`/`log_only` rule passed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// The rule's name.
+    pub rule: Arc<str>,
+    /// Its action as configured (`drop`, `bounce`, `strip`, `log`, …).
+    pub action: &'static str,
+    /// Shadow mode: recorded, not enforced.
+    pub log_only: bool,
+    /// The error condition of a bounce or close.
+    pub condition: Option<&'static str>,
+}
+
+/// The result of evaluating one stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// What to do.
+    pub outcome: Outcome,
+    /// The terminal rule that decided it; `None`: the chain's default.
+    pub rule: Option<Arc<str>>,
+    /// Every rule that matched, in order (log and log_only rules, then the terminal one).
+    pub hits: Vec<Hit>,
+}
+
+/// What a stanza is evaluated against besides itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Which chain.
+    pub chain: Chain,
+    /// The session's authenticated JID.
+    pub user: Option<&'a FullJid>,
+    /// The client connection's source address.
+    pub source_ip: IpAddr,
+}
+
+/// Per-rule counters, kept across reloads by rule name (see [`Stats`]).
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    /// Stanzas the rule matched and enforced.
+    pub enforced: AtomicU64,
+    /// Stanzas a `log_only` rule would have acted on.
+    pub shadowed: AtomicU64,
+}
+
+/// Counters shared by successive compiled policies, so metrics survive a reload.
+#[derive(Debug, Default)]
+pub struct Stats {
+    rules: std::sync::Mutex<std::collections::BTreeMap<String, Arc<RuleCounters>>>,
+    /// Stanzas decided by a chain's default, per chain.
+    pub defaults: [AtomicU64; 2],
+}
+
+impl Stats {
+    /// The counters of rule `name` (created on first use).
+    pub fn rule(&self, name: &str) -> Arc<RuleCounters> {
+        let mut rules = match self.rules.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        rules.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Every rule's counters, by name.
+    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+        let rules = match self.rules.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        rules
+            .iter()
+            .map(|(n, c)| (n.clone(), c.enforced.load(Ordering::Relaxed), c.shadowed.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// One step of an element path: a namespace and a local name (`*` for any name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Step {
+    ns: String,
+    name: Option<String>,
+}
+
+impl Step {
+    fn matches(&self, el: &Element) -> bool {
+        *el.ns == *self.ns && self.name.as_deref().is_none_or(|n| n == el.name)
+    }
+}
+
+/// A compiled condition.
+#[derive(Debug)]
+enum Cond {
+    Kind(Vec<Kind>),
+    Type(Vec<String>),
+    From(Arc<JidSet>),
+    To(Arc<JidSet>),
+    User(Arc<JidSet>),
+    FromDomain(Arc<DomainSet>),
+    ToDomain(Arc<DomainSet>),
+    SourceIp(Arc<CidrSet>),
+    Payload(Vec<String>),
+    Path(Vec<Vec<Step>>),
+    /// A keyword group of the shared automaton.
+    Keywords(usize),
+    /// Indices into the shared regex set.
+    Regex(Vec<usize>),
+    Urls(Arc<UrlSet>),
+    Rate(usize),
+    Any(Vec<Vec<Cond>>),
+    Not(Vec<Cond>),
+}
+
+/// What a rule does, compiled.
+#[derive(Debug)]
+enum Action {
+    Pass,
+    Drop,
+    Bounce { condition: StanzaCondition, text: Option<String> },
+    Close { condition: StreamCondition, text: Option<String> },
+    Strip { payload: Vec<String>, paths: Vec<Vec<Step>> },
+    Mask(rewrite::Masker),
+    Log,
+}
+
+impl Action {
+    fn name(&self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Drop => "drop",
+            Action::Bounce { .. } => "bounce",
+            Action::Close { .. } => "close",
+            Action::Strip { .. } => "strip",
+            Action::Mask(_) => "mask",
+            Action::Log => "log",
+        }
+    }
+
+    fn condition(&self) -> Option<&'static str> {
+        match self {
+            Action::Bounce { condition, .. } => Some(condition.as_str()),
+            Action::Close { condition, .. } => Some(condition.as_str()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: Arc<str>,
+    when: Vec<Cond>,
+    action: Action,
+    log_only: bool,
+    counters: Arc<RuleCounters>,
+}
+
+/// A limiter as the evaluator needs it.
+#[derive(Debug)]
+struct Limiter {
+    name: String,
+    rate: crate::limit::Rate,
+    key: spec::RateKey,
+}
+
+/// A compiled policy. Cheap to share (`Arc`); replaced as a whole on reload.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    /// Rule indices per chain, in order.
+    chains: [Vec<usize>; 2],
+    defaults: [Outcome; 2],
+    /// All keywords, lowercased; pattern index → keyword groups containing it.
+    keywords: Option<AhoCorasick>,
+    keyword_groups: Vec<Vec<usize>>,
+    keyword_group_count: usize,
+    regexes: Option<RegexSet>,
+    limiters: Vec<Limiter>,
+    audit: AuditConfig,
+    stats: Arc<Stats>,
+}
+
+/// Facts about one stanza, each computed at most once per evaluation.
+struct Facts<'a> {
+    el: &'a Element,
+    ctx: &'a Context<'a>,
+    from: OnceCell<Option<Jid>>,
+    to: OnceCell<Option<Jid>>,
+    body: OnceCell<String>,
+    keyword_hits: OnceCell<Vec<bool>>,
+    regex_hits: OnceCell<Vec<bool>>,
+    urls: OnceCell<(Vec<NormalizedUrl>, bool)>,
+}
+
+/// The text of a message's `<body/>` children (all languages), joined by newlines.
+pub fn body_text(el: &Element) -> String {
+    let mut out = String::new();
+    for b in el.elements().filter(|c| c.is(NS_CLIENT, "body")) {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&b.text());
+    }
+    out
+}
+
+impl<'a> Facts<'a> {
+    fn new(el: &'a Element, ctx: &'a Context<'a>) -> Self {
+        Facts {
+            el,
+            ctx,
+            from: OnceCell::new(),
+            to: OnceCell::new(),
+            body: OnceCell::new(),
+            keyword_hits: OnceCell::new(),
+            regex_hits: OnceCell::new(),
+            urls: OnceCell::new(),
+        }
+    }
+
+    /// The sender: the `from` attribute, else (RFC 6120 §8.1.2.1) the user's own account on
+    /// c2s-in (the gateway stamps it anyway) and the user's server on c2s-out.
+    fn from(&self) -> Option<&Jid> {
+        self.from
+            .get_or_init(|| match self.el.attr("from") {
+                Some(f) => jid::parse(f),
+                None => match self.ctx.chain {
+                    Chain::C2sIn => self.ctx.user.map(|u| Jid::from(u.clone())),
+                    Chain::C2sOut => self.ctx.user.and_then(|u| jid::parse(u.domain().as_str())),
+                },
+            })
+            .as_ref()
+    }
+
+    /// The recipient: the `to` attribute, else the user's own account (c2s-in) or the user's
+    /// full JID (c2s-out).
+    fn to(&self) -> Option<&Jid> {
+        self.to
+            .get_or_init(|| match self.el.attr("to") {
+                Some(t) => jid::parse(t),
+                None => match self.ctx.chain {
+                    Chain::C2sIn => self.ctx.user.map(|u| Jid::from(u.to_bare())),
+                    Chain::C2sOut => self.ctx.user.map(|u| Jid::from(u.clone())),
+                },
+            })
+            .as_ref()
+    }
+
+    fn body(&self) -> &str {
+        self.body.get_or_init(|| body_text(self.el))
+    }
+
+    fn keyword_hit(&self, policy: &Policy, group: usize) -> bool {
+        let hits = self.keyword_hits.get_or_init(|| {
+            let mut hits = vec![false; policy.keyword_group_count];
+            if let Some(ac) = &policy.keywords {
+                let lower = self.body().to_lowercase();
+                for m in ac.find_overlapping_iter(&lower) {
+                    for &g in &policy.keyword_groups[m.pattern().as_usize()] {
+                        hits[g] = true;
+                    }
+                }
+            }
+            hits
+        });
+        hits.get(group).copied().unwrap_or(false)
+    }
+
+    fn regex_hit(&self, policy: &Policy, indices: &[usize]) -> bool {
+        let hits = self.regex_hits.get_or_init(|| {
+            let mut hits = vec![false; policy.regexes.as_ref().map_or(0, RegexSet::len)];
+            if let Some(set) = &policy.regexes {
+                for i in set.matches(self.body()).iter() {
+                    hits[i] = true;
+                }
+            }
+            hits
+        });
+        indices.iter().any(|&i| hits.get(i).copied().unwrap_or(false))
+    }
+
+    /// Links in the body, in XEP-0066 `<url/>`s and XEP-0372 references, and whether every one
+    /// was seen (a text with more links than the extractor's bounds is not complete).
+    fn urls(&self) -> &(Vec<NormalizedUrl>, bool) {
+        self.urls.get_or_init(|| {
+            let mut urls = Vec::new();
+            let mut complete = url::extract_urls_into(self.body(), &mut urls) == url::Scan::Complete;
+            for c in self.el.elements() {
+                if c.is(NS_OOB_X, "x") || c.is(NS_OOB_IQ, "query") {
+                    for u in c.elements().filter(|u| u.name == "url") {
+                        complete &= url::extract_urls_into(&u.text(), &mut urls) == url::Scan::Complete;
+                    }
+                }
+                if c.is(NS_REFERENCE, "reference") {
+                    if let Some(uri) = c.attr("uri") {
+                        complete &= url::extract_urls_into(uri, &mut urls) == url::Scan::Complete;
+                    }
+                }
+            }
+            (urls, complete)
+        })
+    }
+}
+
+/// Does some descendant chain below `el` follow `path`?
+fn has_path(el: &Element, path: &[Step]) -> bool {
+    match path.split_first() {
+        None => true,
+        Some((step, rest)) => el.elements().any(|c| step.matches(c) && has_path(c, rest)),
+    }
+}
+
+impl Policy {
+    /// Compile `config`; errors name the file and line of the offending value. `stats` carries
+    /// per-rule counters over from the previous policy.
+    pub fn compile(config: &PolicyConfig, stats: Arc<Stats>) -> Result<Policy, crate::config::ConfigError> {
+        compile::compile(config, stats)
+    }
+
+    /// An empty policy: every chain passes everything.
+    pub fn pass_all() -> Policy {
+        Policy {
+            rules: Vec::new(),
+            chains: [Vec::new(), Vec::new()],
+            defaults: [Outcome::Pass, Outcome::Pass],
+            keywords: None,
+            keyword_groups: Vec::new(),
+            keyword_group_count: 0,
+            regexes: None,
+            limiters: Vec::new(),
+            audit: AuditConfig::default(),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    /// True if no rule applies to `chain` and its default is pass: evaluation can be skipped.
+    pub fn is_pass_all(&self, chain: Chain) -> bool {
+        self.chains[chain.index()].is_empty() && self.defaults[chain.index()] == Outcome::Pass
+    }
+
+    /// The audit settings.
+    pub fn audit(&self) -> &AuditConfig {
+        &self.audit
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Number of rules.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Decide what happens to stanza `el`.
+    pub fn evaluate(&self, el: &Element, ctx: &Context<'_>, rates: &RateTable, now: Instant) -> Verdict {
+        let facts = Facts::new(el, ctx);
+        let mut hits = Vec::new();
+        for &i in &self.chains[ctx.chain.index()] {
+            let rule = &self.rules[i];
+            if !self.all(&rule.when, &facts, rates, now) {
+                continue;
+            }
+            hits.push(Hit {
+                rule: rule.name.clone(),
+                action: rule.action.name(),
+                log_only: rule.log_only,
+                condition: rule.action.condition(),
+            });
+            if rule.log_only {
+                rule.counters.shadowed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            rule.counters.enforced.fetch_add(1, Ordering::Relaxed);
+            let outcome = match &rule.action {
+                Action::Log => continue,
+                Action::Pass => Outcome::Pass,
+                Action::Drop => Outcome::Drop,
+                Action::Bounce { condition, text } => Outcome::Bounce { condition: *condition, text: text.clone() },
+                Action::Close { condition, text } => Outcome::Close { condition: *condition, text: text.clone() },
+                Action::Strip { payload, paths } => Outcome::Rewrite(rewrite::strip(el, payload, paths)),
+                Action::Mask(masker) => Outcome::Rewrite(masker.mask(el)),
+            };
+            return Verdict { outcome, rule: Some(rule.name.clone()), hits };
+        }
+        self.stats.defaults[ctx.chain.index()].fetch_add(1, Ordering::Relaxed);
+        Verdict { outcome: self.defaults[ctx.chain.index()].clone(), rule: None, hits }
+    }
+
+    fn all(&self, conds: &[Cond], f: &Facts<'_>, rates: &RateTable, now: Instant) -> bool {
+        conds.iter().all(|c| self.holds(c, f, rates, now))
+    }
+
+    fn holds(&self, c: &Cond, f: &Facts<'_>, rates: &RateTable, now: Instant) -> bool {
+        match c {
+            Cond::Kind(kinds) => Kind::of(f.el).is_some_and(|k| kinds.contains(&k)),
+            Cond::Type(types) => {
+                let ty = f.el.attr("type").unwrap_or(match Kind::of(f.el) {
+                    Some(Kind::Message) => "normal",
+                    Some(Kind::Presence) => "available",
+                    _ => "",
+                });
+                types.iter().any(|t| t == ty)
+            }
+            Cond::From(set) => f.from().is_some_and(|j| set.matches(j)),
+            Cond::To(set) => f.to().is_some_and(|j| set.matches(j)),
+            Cond::User(set) => f.ctx.user.is_some_and(|u| set.matches(&Jid::from(u.clone()))),
+            Cond::FromDomain(set) => f.from().is_some_and(|j| set.matches_domain(j.domain().as_str())),
+            Cond::ToDomain(set) => f.to().is_some_and(|j| set.matches_domain(j.domain().as_str())),
+            Cond::SourceIp(set) => set.contains(f.ctx.source_ip),
+            Cond::Payload(nss) => f.el.elements().any(|c| nss.iter().any(|ns| **ns == *c.ns)),
+            Cond::Path(paths) => paths.iter().any(|p| has_path(f.el, p)),
+            Cond::Keywords(group) => f.keyword_hit(self, *group),
+            Cond::Regex(indices) => f.regex_hit(self, indices),
+            Cond::Urls(set) => {
+                // Fail closed (invariant 5): links past the extractor's bounds could hide a
+                // listed one behind many harmless ones, so an incomplete scan counts as a match.
+                let (urls, complete) = f.urls();
+                !complete || urls.iter().any(|u| set.matches(u).is_some())
+            }
+            Cond::Rate(i) => {
+                let l = &self.limiters[*i];
+                match rate_key(l.key, f) {
+                    Some(key) => rates.over_limit(&l.name, &l.rate, key, now),
+                    // Nothing to count by (no sender address): not over any limit.
+                    None => false,
+                }
+            }
+            Cond::Any(groups) => groups.iter().any(|g| self.all(g, f, rates, now)),
+            Cond::Not(group) => !self.all(group, f, rates, now),
+        }
+    }
+}
+
+fn rate_key(key: spec::RateKey, f: &Facts<'_>) -> Option<String> {
+    use spec::RateKey::*;
+    Some(match key {
+        FromBare => f.from()?.to_bare().to_string(),
+        FromFull => f.from()?.to_string(),
+        FromDomain => f.from()?.domain().to_string(),
+        ToBare => f.to()?.to_bare().to_string(),
+        ToDomain => f.to()?.domain().to_string(),
+        SourceIp => f.ctx.source_ip.to_string(),
+        User => f.ctx.user?.to_bare().to_string(),
+    })
+}

@@ -1,0 +1,251 @@
+//! The policy as configured: validated names and shapes, not yet compiled into matchers.
+//!
+//! [`crate::config`] builds a [`PolicyConfig`] from the TOML (main file and includes) and
+//! [`super::Policy::compile`] turns it into matchers. Every value keeps its [`Origin`] so that
+//! compile errors (a bad regex, a malformed JID pattern, an unknown list) name the file and line.
+//! Comparing two `PolicyConfig`s is how a reload tells whether the policy changed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::config::Origin;
+use crate::limit::Rate;
+use crate::stanza::{Kind, StanzaCondition};
+use crate::stream::Condition;
+
+/// A value and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Where.
+    pub origin: Origin,
+}
+
+/// The chains a rule can sit in (DESIGN.md "Policy model").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Chain {
+    /// Client → server: what a local user sends.
+    C2sIn,
+    /// Server → client: what a local user receives.
+    C2sOut,
+}
+
+impl Chain {
+    /// Both chains, in index order.
+    pub const ALL: [Chain; 2] = [Chain::C2sIn, Chain::C2sOut];
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Chain::C2sIn => "c2s-in",
+            Chain::C2sOut => "c2s-out",
+        }
+    }
+
+    /// Parse the config spelling.
+    pub fn from_name(name: &str) -> Option<Chain> {
+        Chain::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// Index into per-chain arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// `[list.NAME]`: entries inline or from a file (one a line, `#` comments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListConfig {
+    /// The file the entries came from (watched for changes), if any.
+    pub file: Option<PathBuf>,
+    /// The entries, each with the line it was written on (in the config or the list file).
+    pub entries: Vec<Located<String>>,
+    /// Where the list was declared.
+    pub origin: Origin,
+}
+
+/// What a limiter counts by (`key = "from.bare"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// The sender's bare JID.
+    FromBare,
+    /// The sender's full JID.
+    FromFull,
+    /// The sender's domain.
+    FromDomain,
+    /// The recipient's bare JID.
+    ToBare,
+    /// The recipient's domain.
+    ToDomain,
+    /// The client connection's source address.
+    SourceIp,
+    /// The authenticated user of the session (bare JID).
+    User,
+}
+
+impl RateKey {
+    /// Every key, for error messages.
+    pub const ALL: [RateKey; 7] = [
+        RateKey::FromBare,
+        RateKey::FromFull,
+        RateKey::FromDomain,
+        RateKey::ToBare,
+        RateKey::ToDomain,
+        RateKey::SourceIp,
+        RateKey::User,
+    ];
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateKey::FromBare => "from.bare",
+            RateKey::FromFull => "from.full",
+            RateKey::FromDomain => "from.domain",
+            RateKey::ToBare => "to.bare",
+            RateKey::ToDomain => "to.domain",
+            RateKey::SourceIp => "source.ip",
+            RateKey::User => "user",
+        }
+    }
+}
+
+/// `[rate.NAME]`: a limiter, one bucket per key value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateConfig {
+    /// Sustained rate and burst.
+    pub rate: Rate,
+    /// What the buckets are keyed by.
+    pub key: RateKey,
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+/// One condition of a rule's `when` (all of a rule's conditions must hold).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionConfig {
+    /// `kind`: message, presence, iq.
+    Kind(Vec<Kind>),
+    /// `type`: the stanza's type attribute (absent: `normal` for messages, `available` for presence).
+    Type(Vec<String>),
+    /// `from`: JID patterns.
+    From(Vec<Located<String>>),
+    /// `to`: JID patterns.
+    To(Vec<Located<String>>),
+    /// `user`: patterns for the session's authenticated JID.
+    User(Vec<Located<String>>),
+    /// `from_in`: a list of JID patterns.
+    FromIn(Located<String>),
+    /// `to_in`.
+    ToIn(Located<String>),
+    /// `from_domain_in`: a list of domains.
+    FromDomainIn(Located<String>),
+    /// `to_domain_in`.
+    ToDomainIn(Located<String>),
+    /// `source_ip`: CIDRs or `list:NAME`.
+    SourceIp(Vec<Located<String>>),
+    /// `payload`: namespaces of child elements.
+    Payload(Vec<String>),
+    /// `path`: element paths below the stanza, `{ns}name/{ns}name`.
+    Path(Vec<Located<String>>),
+    /// `body_contains`: case-insensitive keywords or `list:NAME`.
+    BodyContains(Vec<Located<String>>),
+    /// `body_regex`: regular expressions over the body.
+    BodyRegex(Vec<Located<String>>),
+    /// `url_in`: a list of URLs and hosts.
+    UrlIn(Located<String>),
+    /// `rate`: a named limiter; holds when the stanza is over the limit.
+    Rate(Located<String>),
+    /// `any = [ {...}, {...} ]`: at least one group holds.
+    Any(Vec<Vec<ConditionConfig>>),
+    /// `not = {...}`: the group does not hold.
+    Not(Vec<ConditionConfig>),
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionConfig {
+    /// Forward unchanged; stop evaluating.
+    Pass,
+    /// Discard, audited.
+    Drop,
+    /// Answer the sender with a stanza error (never to an error or an iq result: those are dropped).
+    Bounce {
+        /// The condition (default `policy-violation`).
+        condition: StanzaCondition,
+        /// Human-readable text.
+        text: Option<String>,
+    },
+    /// Close the client's stream with a stream error.
+    Close {
+        /// The condition (default `policy-violation`).
+        condition: Condition,
+        /// Human-readable text.
+        text: Option<String>,
+    },
+    /// Remove the child elements the rule's `payload`/`path` conditions matched; forward the rest.
+    Strip,
+    /// Replace the body text the rule's `body_contains`/`body_regex` matched.
+    Mask {
+        /// Replacement for each matched character (default `*`).
+        with: String,
+    },
+    /// Audit and continue with the next rule.
+    Log,
+}
+
+impl ActionConfig {
+    /// The config spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ActionConfig::Pass => "pass",
+            ActionConfig::Drop => "drop",
+            ActionConfig::Bounce { .. } => "bounce",
+            ActionConfig::Close { .. } => "close",
+            ActionConfig::Strip => "strip",
+            ActionConfig::Mask { .. } => "mask",
+            ActionConfig::Log => "log",
+        }
+    }
+}
+
+/// One `[[rule]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleConfig {
+    /// Unique name (audit, metrics, `explain`).
+    pub name: String,
+    /// The chains it applies to (default: both c2s chains).
+    pub chains: Vec<Chain>,
+    /// All must hold.
+    pub when: Vec<ConditionConfig>,
+    /// What it does.
+    pub action: ActionConfig,
+    /// Shadow mode: audited as "would …", the stanza goes on to the next rule.
+    pub log_only: bool,
+    /// Where the rule starts.
+    pub origin: Origin,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// JSON-lines file; `None`: audit records go to the log only.
+    pub path: Option<PathBuf>,
+    /// Put message bodies in audit records.
+    pub include_body: bool,
+}
+
+/// The whole policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Named lists.
+    pub lists: BTreeMap<String, ListConfig>,
+    /// Named limiters.
+    pub rates: BTreeMap<String, RateConfig>,
+    /// Rules in evaluation order (main file first, then includes in order).
+    pub rules: Vec<RuleConfig>,
+    /// Default action per chain when no terminal rule matches (`[chain.c2s-in] default = …`).
+    pub defaults: BTreeMap<Chain, ActionConfig>,
+    /// Audit log.
+    pub audit: AuditConfig,
+}

@@ -1,0 +1,436 @@
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::{Config, Files};
+use crate::xml::{parse_stanzas, XmlLimits};
+
+const BASE: &str = r#"
+[[tls.certificate]]
+domains = ["example.test"]
+cert = "c.crt"
+key = "c.key"
+
+[[listener]]
+name = "c2s"
+kind = "c2s"
+bind = "127.0.0.1:5222"
+backend = "127.0.0.1:15222"
+"#;
+
+/// In-memory files for list files and includes.
+struct Mem(Vec<(PathBuf, String)>);
+
+impl Files for Mem {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        self.0
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        Ok(self.0.iter().filter(|(p, _)| p.parent() == Some(dir)).map(|(p, _)| p.clone()).collect())
+    }
+}
+
+fn config_with(policy: &str, files: &[(&str, &str)]) -> Result<Config, String> {
+    let mem = Mem(files.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_owned())).collect());
+    // Top-level keys must come before the first table.
+    let text = match policy.strip_prefix("include") {
+        Some(_) => {
+            let (first, rest) = policy.split_once('\n').unwrap_or((policy, ""));
+            format!("{first}\n{BASE}{rest}")
+        }
+        None => format!("{BASE}{policy}"),
+    };
+    Config::parse_with(&text, Path::new("/etc/sw/stanzawall.toml"), &mem).map_err(|e| e.to_string())
+}
+
+fn compile_with(policy: &str, files: &[(&str, &str)]) -> Result<Policy, String> {
+    let c = config_with(policy, files)?;
+    Policy::compile(&c.policy, Arc::new(Stats::default())).map_err(|e| e.to_string())
+}
+
+fn policy(text: &str) -> Policy {
+    compile_with(text, &[]).unwrap()
+}
+
+fn error(text: &str) -> String {
+    match compile_with(text, &[]) {
+        Ok(_) => panic!("accepted: {text}"),
+        Err(e) => e,
+    }
+}
+
+fn stanza(xml: &str) -> Element {
+    parse_stanzas(xml, XmlLimits::default()).unwrap().remove(0)
+}
+
+fn alice() -> FullJid {
+    jid::parse_full("alice@example.test/phone").unwrap()
+}
+
+fn eval_at(p: &Policy, chain: Chain, xml: &str, rates: &RateTable, now: Instant) -> Verdict {
+    let user = alice();
+    let ctx = Context { chain, user: Some(&user), source_ip: "192.0.2.10".parse().unwrap() };
+    p.evaluate(&stanza(xml), &ctx, rates, now)
+}
+
+fn eval(p: &Policy, chain: Chain, xml: &str) -> Verdict {
+    eval_at(p, chain, xml, &RateTable::new(), Instant::now())
+}
+
+fn rule_of(v: &Verdict) -> Option<&str> {
+    v.rule.as_deref()
+}
+
+const MSG_IN: &str =
+    "<message from='alice@example.test/phone' to='bob@example.test' id='1' type='chat'><body>hello</body></message>";
+
+#[test]
+fn issue_example_compiles_and_decides() {
+    let p = compile_with(
+        r#"
+[list.spam_domains]
+file = "lists/spam-domains.txt"
+[list.bad_urls]
+entries = ["evil.example/payload", "phish.example"]
+
+[rate.per_sender]
+rate  = "30/minute"
+burst = 10
+key   = "from.bare"
+
+[[rule]]
+name   = "blocked-servers"
+chain  = "c2s-out"
+when   = { from_domain_in = "spam_domains" }
+action = "drop"
+
+[[rule]]
+name   = "malicious-links"
+when   = { kind = "message", url_in = "bad_urls" }
+action = "bounce"
+error  = "policy-violation"
+text   = "Link blocked by policy"
+
+[[rule]]
+name   = "no-file-offers"
+when   = { payload = ["http://jabber.org/protocol/bytestreams", "http://jabber.org/protocol/si", "jabber:x:oob"] }
+action = "bounce"
+
+[[rule]]
+name   = "flood"
+when   = { kind = "message", rate = "per_sender" }
+action = "bounce"
+error  = "resource-constraint"
+
+[[rule]]
+name     = "watch-keywords"
+when     = { body_contains = ["confidential", "password:"] }
+action   = "drop"
+log_only = true
+"#,
+        &[("/etc/sw/lists/spam-domains.txt", "# spammers\nspam.example\n\nbulk.example  # since May\n")],
+    )
+    .unwrap();
+    let v =
+        eval(&p, Chain::C2sOut, "<message from='x@spam.example/r' to='alice@example.test'><body>hi</body></message>");
+    assert_eq!((rule_of(&v), &v.outcome), (Some("blocked-servers"), &Outcome::Drop));
+    let v =
+        eval(&p, Chain::C2sIn, "<message from='x@spam.example/r' to='alice@example.test'><body>hi</body></message>");
+    assert_eq!(rule_of(&v), None, "blocked-servers is c2s-out only");
+    let v = eval(
+        &p,
+        Chain::C2sIn,
+        "<message to='bob@example.test'><body>see HTTPS://Evil.Example/payload/x.exe now</body></message>",
+    );
+    assert_eq!(rule_of(&v), Some("malicious-links"));
+    assert_eq!(
+        v.outcome,
+        Outcome::Bounce { condition: StanzaCondition::PolicyViolation, text: Some("Link blocked by policy".into()) }
+    );
+    let v =
+        eval(&p, Chain::C2sIn, "<message to='bob@example.test'><body>evil.example/payloadx is fine</body></message>");
+    assert_eq!(rule_of(&v), None);
+    let v = eval(
+        &p,
+        Chain::C2sIn,
+        "<message to='bob@example.test'><x xmlns='jabber:x:oob'><url>http://a.phish.example/</url></x></message>",
+    );
+    assert_eq!(rule_of(&v), Some("malicious-links"), "OOB URLs are links too");
+    let v = eval(
+        &p,
+        Chain::C2sIn,
+        "<iq type='set' id='o' to='bob@example.test/r'><si xmlns='http://jabber.org/protocol/si'/></iq>",
+    );
+    assert_eq!(rule_of(&v), Some("no-file-offers"));
+    let v = eval(&p, Chain::C2sIn, "<message to='bob@example.test'><body>my Password: hunter2</body></message>");
+    assert_eq!((rule_of(&v), &v.outcome), (None, &Outcome::Pass), "log_only passes");
+    assert_eq!(v.hits.len(), 1);
+    assert_eq!((&*v.hits[0].rule, v.hits[0].action, v.hits[0].log_only), ("watch-keywords", "drop", true));
+}
+
+#[test]
+fn the_eleventh_message_of_a_burst_is_over_the_limit() {
+    let p = policy(
+        r#"
+[rate.per_sender]
+rate = "30/minute"
+burst = 10
+key = "from.bare"
+[[rule]]
+name = "flood"
+when = { kind = "message", rate = "per_sender" }
+action = "bounce"
+error = "resource-constraint"
+"#,
+    );
+    let rates = RateTable::new();
+    let now = Instant::now();
+    let decided: Vec<Option<String>> =
+        (0..12).map(|_| eval_at(&p, Chain::C2sIn, MSG_IN, &rates, now).rule.map(|r| r.to_string())).collect();
+    assert!(decided[..10].iter().all(Option::is_none), "{decided:?}");
+    assert_eq!(decided[10].as_deref(), Some("flood"));
+    // Presence does not meet the other condition, so it is not charged.
+    let v = eval_at(&p, Chain::C2sIn, "<presence/>", &rates, now);
+    assert_eq!(v.rule, None);
+    // Two seconds later one more message is allowed (30/minute).
+    assert_eq!(eval_at(&p, Chain::C2sIn, MSG_IN, &rates, now + Duration::from_secs(2)).rule, None);
+}
+
+#[test]
+fn jid_patterns_kinds_types_and_users() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "from-domain"
+when = { from = "*@evil.example" }
+action = "drop"
+[[rule]]
+name = "to-sub"
+when = { to = "*.partner.example", kind = ["message", "presence"] }
+action = "drop"
+[[rule]]
+name = "groupchat"
+when = { type = "groupchat" }
+action = "drop"
+[[rule]]
+name = "user"
+chain = "c2s-in"
+when = { user = "alice@example.test", type = "headline" }
+action = "drop"
+"#,
+    );
+    let out = |chain, xml: &str| eval(&p, chain, xml).rule.map(|r| r.to_string());
+    assert_eq!(out(Chain::C2sOut, "<message from='M@Evil.Example/x'/>").as_deref(), Some("from-domain"));
+    assert_eq!(out(Chain::C2sOut, "<message from='evil.example'/>"), None, "*@domain is users only");
+    assert_eq!(out(Chain::C2sIn, "<message to='room@muc.partner.example'/>").as_deref(), Some("to-sub"));
+    assert_eq!(out(Chain::C2sIn, "<iq type='get' id='1' to='muc.partner.example'><q xmlns='x'/></iq>"), None);
+    assert_eq!(out(Chain::C2sIn, "<message to='partner.example'/>"), None);
+    assert_eq!(out(Chain::C2sIn, "<message type='groupchat' to='r@m.example'/>").as_deref(), Some("groupchat"));
+    assert_eq!(out(Chain::C2sIn, "<message type='headline' to='r@m.example'/>").as_deref(), Some("user"));
+    assert_eq!(out(Chain::C2sOut, "<message type='headline' to='r@m.example'/>"), None);
+}
+
+#[test]
+fn any_not_paths_source_ip_and_regex() {
+    let p = policy(
+        r#"
+[list.nets]
+entries = ["192.0.2.0/24"]
+[[rule]]
+name = "jingle-from-outside"
+when = { path = "{urn:xmpp:jingle:1}jingle/{urn:xmpp:jingle:apps:file-transfer:5}*", not = { source_ip = "list:nets" } }
+action = "drop"
+[[rule]]
+name = "card-numbers"
+when = { any = [ { body_regex = '\b\d{4}-\d{4}-\d{4}-\d{4}\b' }, { body_contains = "list:none", kind = "iq" } ] }
+action = "bounce"
+[list.none]
+entries = ["never-in-a-body"]
+"#,
+    );
+    let jingle = "<iq type='set' id='j' to='b@example.test/r'><jingle xmlns='urn:xmpp:jingle:1'><content><description xmlns='urn:xmpp:jingle:apps:file-transfer:5'/></content></jingle></iq>";
+    assert_eq!(rule_of(&eval(&p, Chain::C2sIn, jingle)), None, "the path needs the file-transfer child directly below");
+    let jingle2 = "<iq type='set' id='j' to='b@example.test/r'><jingle xmlns='urn:xmpp:jingle:1'><file xmlns='urn:xmpp:jingle:apps:file-transfer:5'/></jingle></iq>";
+    let user = alice();
+    let inside = Context { chain: Chain::C2sIn, user: Some(&user), source_ip: "192.0.2.99".parse().unwrap() };
+    let outside = Context { source_ip: "198.51.100.1".parse().unwrap(), ..inside };
+    let rates = RateTable::new();
+    assert_eq!(p.evaluate(&stanza(jingle2), &inside, &rates, Instant::now()).rule, None);
+    assert_eq!(
+        p.evaluate(&stanza(jingle2), &outside, &rates, Instant::now()).rule.as_deref(),
+        Some("jingle-from-outside")
+    );
+    let card = "<message to='b@example.test'><body>it is 1234-5678-9012-3456 ok</body></message>";
+    assert_eq!(rule_of(&eval(&p, Chain::C2sIn, card)), Some("card-numbers"));
+    assert_eq!(rule_of(&eval(&p, Chain::C2sIn, MSG_IN)), None);
+}
+
+#[test]
+fn strip_and_mask_rewrite_and_leave_the_rest() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "strip-oob"
+when = { payload = "jabber:x:oob" }
+action = "strip"
+[[rule]]
+name = "mask-words"
+when = { body_contains = ["secret", "ПАРОЛЬ"], body_regex = '\d{3}-\d{4}' }
+action = "mask"
+"#,
+    );
+    let v = eval(
+        &p,
+        Chain::C2sIn,
+        "<message to='b@example.test'><body>file</body><x xmlns='jabber:x:oob'><url>http://x.example/f</url></x><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    );
+    let Outcome::Rewrite(el) = &v.outcome else { panic!("{v:?}") };
+    assert_eq!(
+        String::from_utf8(el.to_bytes(NS_CLIENT)).unwrap(),
+        "<message to='b@example.test'><body>file</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+    );
+    // Mask needs every condition to hold: both a keyword and the regex.
+    let v =
+        eval(&p, Chain::C2sIn, "<message to='b@example.test'><body>My SECRET is 555-1234, пароль: x</body></message>");
+    let Outcome::Rewrite(el) = &v.outcome else { panic!("{v:?}") };
+    assert_eq!(body_text(el), "My ****** is ********, ******: x");
+    let v = eval(&p, Chain::C2sIn, "<message to='b@example.test'><body>My SECRET is safe</body></message>");
+    assert_eq!(v.outcome, Outcome::Pass);
+}
+
+#[test]
+fn first_terminal_rule_wins_log_rules_continue_and_defaults_apply() {
+    let p = policy(
+        r#"
+[chain.c2s-out]
+default = "drop"
+[[rule]]
+name = "note"
+when = { kind = "message" }
+action = "log"
+[[rule]]
+name = "allow-chat"
+when = { type = "chat" }
+action = "pass"
+[[rule]]
+name = "drop-messages"
+when = { kind = "message" }
+action = "drop"
+"#,
+    );
+    let v = eval(&p, Chain::C2sIn, MSG_IN);
+    assert_eq!((rule_of(&v), &v.outcome), (Some("allow-chat"), &Outcome::Pass));
+    assert_eq!(v.hits.iter().map(|h| &*h.rule).collect::<Vec<_>>(), ["note", "allow-chat"]);
+    let v = eval(&p, Chain::C2sIn, "<message to='b@example.test' type='normal'/>");
+    assert_eq!(rule_of(&v), Some("drop-messages"));
+    assert_eq!(eval(&p, Chain::C2sIn, "<presence/>").outcome, Outcome::Pass);
+    assert_eq!(eval(&p, Chain::C2sOut, "<presence from='x@y.example'/>").outcome, Outcome::Drop, "default drop");
+    assert_eq!(p.stats().snapshot().iter().find(|(n, ..)| n == "note").map(|r| r.1), Some(2));
+}
+
+#[test]
+fn mistakes_name_file_line_and_key() {
+    let e = error("[[rule]]\nname = \"r\"\nwhen = { body_regex = \"(unclosed\" }\naction = \"drop\"\n");
+    assert!(e.contains("stanzawall.toml:14: rule[0].when.body_regex: bad regex '(unclosed': unclosed group"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\nwhen = { from_in = \"nope\" }\naction = \"drop\"\n");
+    assert!(e.contains(":14: rule[0].when.from_in: unknown list 'nope' (none is declared)"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\nwhen = { rate = \"nope\" }\naction = \"drop\"\n");
+    assert!(e.contains("unknown limiter 'nope'"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\nwhen = { from = \"a@@b\" }\naction = \"drop\"\n");
+    assert!(e.contains(":14: rule[0].when.from:"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\nwhen = { frm = \"a@b\" }\naction = \"drop\"\n");
+    assert!(e.contains("rule[0].when.frm: unknown condition 'frm'"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\naction = \"explode\"\n");
+    assert!(e.contains(":14: rule[0].action: unknown action 'explode'"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\naction = \"bounce\"\nerror = \"teapot\"\n");
+    assert!(e.contains(":15: rule[0].error: 'teapot' is not a stanza error condition"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\naction = \"strip\"\n");
+    assert!(e.contains("strip needs a payload or path condition"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\nchain = \"s2s-in\"\naction = \"drop\"\n");
+    assert!(e.contains(":14: rule[0].chain: unknown chain 's2s-in'"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\naction = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"pass\"\n");
+    assert!(e.contains("rule[1].name: rule 'r' already exists (/etc/sw/stanzawall.toml:12)"), "{e}");
+    let e = compile_with(
+        "[list.d]\nfile = \"d.txt\"\n[[rule]]\nname = \"r\"\nwhen = { from_domain_in = \"d\" }\naction = \"drop\"\n",
+        &[("/etc/sw/d.txt", "ok.example\n# comment\nnot a domain!\n")],
+    )
+    .unwrap_err();
+    assert!(e.starts_with("/etc/sw/d.txt:3: list.d:"), "{e}");
+    let e = config_with("[list.d]\nfile = \"missing.txt\"\n", &[]).unwrap_err();
+    assert!(e.contains(":13: list.d.file: /etc/sw/missing.txt:"), "{e}");
+}
+
+#[test]
+fn includes_append_rules_in_file_order() {
+    let c = config_with(
+        "include = [\"policy.d/*.toml\"]\n[[rule]]\nname = \"main\"\nwhen = { kind = \"iq\" }\naction = \"drop\"\n",
+        &[
+            ("/etc/sw/policy.d/20-b.toml", "[[rule]]\nname = \"b\"\naction = \"drop\"\n"),
+            ("/etc/sw/policy.d/10-a.toml", "[list.x]\nentries = [\"a.example\"]\n[[rule]]\nname = \"a\"\nwhen = { from_domain_in = \"x\" }\naction = \"drop\"\n"),
+            ("/etc/sw/policy.d/notes.txt", "not toml"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.policy.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["main", "a", "b"]);
+    assert_eq!(c.policy.rules[1].origin.file, PathBuf::from("/etc/sw/policy.d/10-a.toml"));
+    let e = config_with(
+        "include = [\"policy.d/*.toml\"]\n",
+        &[("/etc/sw/policy.d/1.toml", "[[rule]]\nname = \"a\"\naction = \"drop\"\nlisten = 1\n")],
+    )
+    .unwrap_err();
+    assert!(e.starts_with("/etc/sw/policy.d/1.toml:4:"), "{e}");
+}
+
+#[test]
+fn errors_and_results_are_evaluated_but_never_bounced_by_the_session() {
+    // The policy decides; stanza::error_reply refuses to answer errors and results (tested
+    // there). Here: an error stanza still matches rules (a drop applies to it).
+    let p = policy("[[rule]]\nname = \"r\"\nwhen = { type = \"error\" }\naction = \"bounce\"\n");
+    let v = eval(&p, Chain::C2sIn, "<message type='error' to='b@example.test'/>");
+    assert_eq!(rule_of(&v), Some("r"));
+}
+
+proptest! {
+    /// Whatever order a list's entries are written in, every stanza gets the same verdict.
+    #[test]
+    fn verdicts_do_not_depend_on_list_order(
+        entries in proptest::collection::vec("[a-c]{1,2}(\\.[a-c]{1,2}){0,2}\\.example", 1..12),
+        seed in any::<u64>(),
+        probes in proptest::collection::vec("[a-c]{1,2}(\\.[a-c]{1,2}){0,3}\\.example", 1..12),
+    ) {
+        let mut shuffled = entries.clone();
+        let n = shuffled.len();
+        let mut s = seed;
+        for i in (1..n).rev() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (s >> 33) as usize % (i + 1));
+        }
+        let build = |list: &[String]| {
+            let quoted: Vec<String> = list.iter().map(|e| format!("\"{e}\"")).collect();
+            policy(&format!(
+                "[list.d]\nentries = [{q}]\n[list.u]\nentries = [{q}]\n[list.w]\nentries = [{q}]\n\
+                 [[rule]]\nname = \"dom\"\nwhen = {{ from_domain_in = \"d\" }}\naction = \"drop\"\n\
+                 [[rule]]\nname = \"url\"\nwhen = {{ url_in = \"u\" }}\naction = \"drop\"\n\
+                 [[rule]]\nname = \"kw\"\nwhen = {{ body_contains = \"list:w\" }}\naction = \"drop\"\n",
+                q = quoted.join(", ")
+            ))
+        };
+        let (a, b) = (build(&entries), build(&shuffled));
+        for probe in &probes {
+            for xml in [
+                format!("<message from='u@{probe}/r'><body>x</body></message>"),
+                format!("<message from='u@z.test/r'><body>see http://{probe}/p</body></message>"),
+                format!("<message from='u@z.test/r'><body>{probe}</body></message>"),
+            ] {
+                prop_assert_eq!(eval(&a, Chain::C2sOut, &xml).rule, eval(&b, Chain::C2sOut, &xml).rule);
+            }
+        }
+    }
+}
