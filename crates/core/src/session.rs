@@ -15,6 +15,7 @@
 //! - any error closes both legs with the right stream error (invariant 5).
 
 mod features;
+mod filter;
 mod sasl;
 pub mod sm;
 #[cfg(test)]
@@ -28,6 +29,8 @@ use crate::stream::{Condition, Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, XmlError, XmlEvent, XmlLimits, NS_STREAMS};
 
 pub use features::{filter_features, is_channel_binding_mechanism};
+pub use filter::{PolicyBinding, PolicyEvent};
+use sm::{StreamManagement, NS_SM};
 
 /// STARTTLS namespace (RFC 6120 §5).
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
@@ -114,6 +117,8 @@ pub enum Effect {
         /// Why, for the audit line.
         reason: &'static str,
     },
+    /// A policy decision to audit (rules matched, or a chain default that is not pass).
+    Policy(PolicyEvent),
     /// Flush what is queued and close both legs.
     Close(CloseReason),
 }
@@ -222,7 +227,16 @@ pub struct Session {
     to_backend: Vec<u8>,
     effects: VecDeque<Effect>,
     counters: Counters,
+    /// Policy evaluation, once the daemon attaches it.
+    filter: Option<PolicyBinding>,
+    /// The time the daemon said it is (rate limits).
+    now: Option<std::time::Instant>,
+    /// XEP-0198 counters of both directions.
+    sm: StreamManagement,
 }
+
+/// Most runs of withheld or injected stanzas kept between two acknowledgements per direction.
+const SM_MAX_GAPS: usize = 1024;
 
 impl Session {
     /// A session for a freshly accepted connection.
@@ -250,6 +264,9 @@ impl Session {
             to_backend: Vec::new(),
             effects: VecDeque::new(),
             counters: Counters::default(),
+            filter: None,
+            now: None,
+            sm: StreamManagement::new(SM_MAX_GAPS),
         }
     }
 
@@ -567,10 +584,17 @@ impl Session {
                     return;
                 }
             }
+        } else if ns == NS_SM && self.bound.is_some() {
+            return self.on_client_sm(el);
         } else if !(ns == NS_CSI && matches!(el.name.as_str(), "active" | "inactive") && self.bound.is_some()) {
             return self.client_error(Condition::UnsupportedStanzaType, "unsupported top-level element");
         }
+        let is_stanza = Kind::of(&el).is_some();
+        let Some(el) = self.police(crate::policy::Chain::C2sIn, el) else { return };
         self.counters.stanzas_from_client += 1;
+        if is_stanza {
+            self.sm.to_server.forwarded();
+        }
         el.write_to(&mut self.to_backend, NS_CLIENT);
     }
 
@@ -600,8 +624,14 @@ impl Session {
             Some(reply) => {
                 reply.write_to(&mut self.to_client, NS_CLIENT);
                 self.effects.push_back(Effect::Bounced { kind, condition, reason });
+                let r = self.sm.client_stanza_bounced();
+                self.sm_result(r);
             }
-            None => self.effects.push_back(Effect::Dropped { from_backend: false, reason }),
+            None => {
+                self.effects.push_back(Effect::Dropped { from_backend: false, reason });
+                let r = self.sm.to_server.withheld();
+                self.sm_result(r);
+            }
         }
     }
 
@@ -686,18 +716,27 @@ impl Session {
         if el.is(NS_STREAMS, "features") {
             return self.fail_backend("stream features outside stream negotiation".to_owned());
         }
+        if &*el.ns == NS_SM && self.bound.is_some() {
+            return self.on_backend_sm(el);
+        }
         if let Some(reason) = self.forged_for_client(&el) {
             // Answer an iq so its sender is not left waiting; never answer a message or presence
             // from a forger (no error loops, no oracle).
+            let mut r = self.sm.to_client.withheld();
             if el.name == "iq" {
                 let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
                 if let Some(reply) = stanza::error_reply(&el, StanzaCondition::ServiceUnavailable, None, &own) {
                     reply.write_to(&mut self.to_backend, NS_CLIENT);
+                    r = r.and(self.sm.to_server.injected());
                 }
             }
             self.effects.push_back(Effect::Dropped { from_backend: true, reason });
-            return;
+            return self.sm_result(r);
         }
+        let is_stanza = Kind::of(&el).is_some();
+        let Some(el) = (if is_stanza { self.police(crate::policy::Chain::C2sOut, el) } else { Some(el) }) else {
+            return;
+        };
         self.counters.stanzas_from_backend += 1;
         if el.is(NS_SASL, "success") && !self.authenticated {
             el.write_to(&mut self.to_client, NS_CLIENT);
@@ -719,6 +758,9 @@ impl Session {
                 }
             }
         }
+        if is_stanza {
+            self.sm.to_client.forwarded();
+        }
         el.write_to(&mut self.to_client, NS_CLIENT);
     }
 
@@ -729,9 +771,12 @@ impl Session {
         if let Some(root) = root.filter(|r| Kind::of(r).is_some()) {
             let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
             let text = "stanza exceeds the recipient gateway's limits";
+            let mut r = self.sm.to_client.withheld();
             if let Some(reply) = stanza::error_reply(&root, StanzaCondition::PolicyViolation, Some(text), &own) {
                 reply.write_to(&mut self.to_backend, NS_CLIENT);
+                r = r.and(self.sm.to_server.injected());
             }
+            self.sm_result(r);
         }
         let why = match reason {
             XmlError::TooLarge { .. } => "stanza from backend too large",

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use stanzawall_core::config::{ListenerConfig, ListenerKind};
 use stanzawall_core::limit::ByteBucket;
-use stanzawall_core::session::{BackendTls, CloseReason, Effect, Session, SessionConfig};
+use stanzawall_core::session::{BackendTls, CloseReason, Effect, PolicyBinding, Session, SessionConfig};
 use stanzawall_core::stream::Condition;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,8 +21,10 @@ use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
+use crate::audit;
 use crate::io::{Rewind, Stream};
-use crate::server::{Generation, Permit};
+use crate::metrics::{ChainLabels, DirectionLabels, ErrorLabels, Metrics, VerdictLabels};
+use crate::server::{Generation, Permit, Shared};
 
 /// Time allowed for connecting to a backend.
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,16 +51,42 @@ struct Totals {
     to_backend: u64,
 }
 
+/// What a session runs with besides its socket.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// The generation current at accept (listener, limits, certificates).
+    pub generation: Arc<Generation>,
+    /// Later generations: their policy applies from the next stanza on.
+    pub gen_rx: watch::Receiver<Arc<Generation>>,
+    /// Set once at shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Rate state, metrics, audit.
+    pub shared: Shared,
+}
+
+/// Keeps the open-sessions gauge right however the session ends.
+struct Open<'a>(&'a Metrics);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.sessions.dec();
+    }
+}
+
 /// Serve one accepted connection to completion.
 pub async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     listener: Arc<ListenerConfig>,
-    generation: Arc<Generation>,
-    mut shutdown: watch::Receiver<bool>,
+    ctx: SessionContext,
     permit: &Permit,
 ) {
+    let SessionContext { generation, mut gen_rx, mut shutdown, shared } = ctx;
+    let metrics = &*shared.metrics;
+    metrics.sessions.inc();
+    metrics.sessions_total.inc();
+    let _open = Open(metrics);
     tune(&socket);
     let limits = generation.config.limits;
     let direct_tls = listener.kind == ListenerKind::C2sTls;
@@ -70,6 +98,12 @@ pub async fn serve(
         backend_tls: listener.backend.tls,
         stream_id: random_id(),
     });
+    gen_rx.mark_unchanged();
+    let binding =
+        PolicyBinding { policy: generation.policy.clone(), rates: shared.rates.clone(), source_ip: peer.ip() };
+    session.attach_policy(binding, std::time::Instant::now());
+    let mut audit_path = generation.policy.audit().path.clone();
+    let mut last_counters = session.counters();
     info!("session opened");
 
     let mut client = Stream::Plain(Rewind::new(socket));
@@ -169,6 +203,28 @@ pub async fn serve(
                 Effect::Dropped { from_backend, reason } => {
                     info!(direction = if from_backend { "to-client" } else { "to-backend" }, reason, "stanza dropped")
                 }
+                Effect::Policy(event) => {
+                    for hit in &event.hits {
+                        let labels = VerdictLabels {
+                            rule: hit.rule.to_string(),
+                            action: hit.action,
+                            log_only: if hit.log_only { "true" } else { "false" },
+                        };
+                        metrics.verdicts.get_or_create(&labels).inc();
+                    }
+                    if event.hits.iter().all(|h| h.log_only || h.action == "log") && event.outcome != "pass" {
+                        let labels = VerdictLabels {
+                            rule: format!("default:{}", event.chain.as_str()),
+                            action: event.outcome,
+                            log_only: "false",
+                        };
+                        metrics.defaults.get_or_create(&labels).inc();
+                    }
+                    let user = session.bound_jid().map(|j| j.to_bare().to_string());
+                    let origin =
+                        audit::Origin { listener: &listener.name, client_ip: peer.ip(), user: user.as_deref() };
+                    shared.audit.record(audit_path.clone(), audit::records(&event, origin)).await;
+                }
                 Effect::Close(reason) => {
                     let _ =
                         timeout(CLOSE_FLUSH_TIMEOUT, flush(&mut session, &mut client, &mut backend, &mut totals)).await;
@@ -189,7 +245,23 @@ pub async fn serve(
                 }
             }
         };
+        let counters = session.counters();
+        if counters != last_counters {
+            let c2s_in = counters.stanzas_from_client - last_counters.stanzas_from_client;
+            let c2s_out = counters.stanzas_from_backend - last_counters.stanzas_from_backend;
+            metrics.stanzas.get_or_create(&ChainLabels { chain: "c2s-in" }).inc_by(c2s_in);
+            metrics.stanzas.get_or_create(&ChainLabels { chain: "c2s-out" }).inc_by(c2s_out);
+            last_counters = counters;
+        }
         tokio::select! {
+            changed = gen_rx.changed() => {
+                // A reload: the next stanza is evaluated against the new policy.
+                if changed.is_ok() {
+                    let next = gen_rx.borrow_and_update().clone();
+                    session.set_policy(next.policy.clone());
+                    audit_path = next.policy.audit().path.clone();
+                }
+            }
             r = client.read(&mut cbuf[..room]), if room > 0 => match r {
                 Ok(0) | Err(_) => session.client_disconnected(),
                 Ok(n) => {
@@ -203,6 +275,7 @@ pub async fn serve(
                     if cbuf[..n].windows(FAULT_INJECTION_PANIC.len()).any(|w| w == FAULT_INJECTION_PANIC) {
                         panic!("fault injection: the client asked this session to panic");
                     }
+                    session.set_now(std::time::Instant::now());
                     session.client_bytes(&cbuf[..n]);
                 }
             },
@@ -212,6 +285,7 @@ pub async fn serve(
                 Ok(n) => {
                     totals.from_backend += n as u64;
                     idle_deadline = Instant::now() + idle_timeout;
+                    session.set_now(std::time::Instant::now());
                     session.backend_bytes(&bbuf[..n]);
                 }
             },
@@ -227,6 +301,26 @@ pub async fn serve(
         let _ = timeout(CLOSE_FLUSH_TIMEOUT, b.shutdown()).await;
     }
     let counters = session.counters();
+    for (direction, n) in [
+        ("from_client", totals.from_client),
+        ("to_client", totals.to_client),
+        ("from_backend", totals.from_backend),
+        ("to_backend", totals.to_backend),
+    ] {
+        metrics.bytes.get_or_create(&DirectionLabels { direction }).inc_by(n);
+    }
+    match &reason {
+        CloseReason::ClientError(e) => {
+            metrics.stream_errors.get_or_create(&ErrorLabels { side: "client", condition: e.condition.as_str() }).inc();
+        }
+        CloseReason::BackendError(e) => {
+            metrics
+                .stream_errors
+                .get_or_create(&ErrorLabels { side: "backend", condition: e.condition.as_str() })
+                .inc();
+        }
+        _ => {}
+    }
     info!(
         bytes.from_client = totals.from_client,
         bytes.to_client = totals.to_client,

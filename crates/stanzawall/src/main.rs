@@ -5,8 +5,11 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod audit;
 mod conn;
+mod explain;
 mod io;
+mod metrics;
 mod nft;
 mod server;
 mod tls;
@@ -40,24 +43,59 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Validate a configuration file and the certificates it names; exit 1 on error.
+    /// Validate a configuration file, the certificates, lists and rules it names; exit 1 on error.
     Check {
         /// Configuration file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Show which rule decides each stanza read from stdin (as a client would send it, or as
+    /// the server would deliver it), the action, and the rewritten stanza for strip and mask.
+    Explain {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The chain: c2s-in (client → server) or c2s-out (server → client).
+        #[arg(long, default_value = "c2s-in")]
+        chain: String,
+        /// The client's source address.
+        #[arg(long, default_value = "127.0.0.1")]
+        source_ip: std::net::IpAddr,
+        /// The session's bound JID (a full JID; a bare one gets the resource `explain`).
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match server::Generation::load(&config) {
+        Command::Explain { config, chain, source_ip, user } => {
+            let mut stdin = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin) {
+                eprintln!("stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            match explain::run(&config, &chain, source_ip, user.as_deref(), &stdin) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => match server::Generation::load(&config, &Default::default()) {
             Ok(g) => {
                 println!(
-                    "{}: ok ({} listeners, {} certificates)",
+                    "{}: ok ({} listeners, {} certificates, {} rules, {} lists)",
                     config.display(),
                     g.config.listeners.len(),
-                    g.config.certificates.len()
+                    g.config.certificates.len(),
+                    g.config.policy.rules.len(),
+                    g.config.policy.lists.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -111,8 +149,7 @@ fn main() -> ExitCode {
 
 /// The ruleset for the config at `path`, with the bans its state directory holds now.
 fn nft_ruleset(path: &std::path::Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let config = stanzawall_core::config::Config::parse(&text, path)?;
+    let config = server::load_config(path)?;
     let now = std::time::SystemTime::now();
     let bans = match std::fs::read_to_string(config.state_dir.join("bans")) {
         Ok(t) => stanzawall_core::ban::BanList::parse_text(&t, now).0,

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use stanzawall_core::config::{Config, ConfigError};
+use stanzawall_core::config::{Config, ConfigError, Files};
+use stanzawall_core::policy::{Policy, RateTable, Stats};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -24,10 +25,14 @@ use tracing::{error, info, warn, Instrument};
 
 use stanzawall_core::guard::{Admission, ConnectionGuard};
 
+use crate::audit::Audit;
 use crate::conn;
+use crate::metrics::Metrics;
 use crate::nft::BanSync;
 use crate::tls::TlsStore;
 
+/// How often list files are checked for changes.
+const LIST_POLL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for sessions to deliver `<system-shutdown/>` and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -40,6 +45,21 @@ pub struct Generation {
     pub tls: TlsStore,
     /// Live ban sync to nftables (`[nftables] sync = true`).
     pub ban_sync: Option<BanSync>,
+    /// The compiled policy.
+    pub policy: Arc<Policy>,
+}
+
+/// Daemon-wide state that outlives generations.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Rate-limit buckets of `rate` conditions (kept across reloads).
+    pub rates: Arc<RateTable>,
+    /// Per-rule counters (kept across reloads).
+    pub stats: Arc<Stats>,
+    /// Prometheus families.
+    pub metrics: Arc<Metrics>,
+    /// The audit log writer.
+    pub audit: Audit,
 }
 
 /// Errors loading a generation: either a config mistake or an unreadable file.
@@ -60,13 +80,38 @@ pub enum LoadError {
 
 impl Generation {
     /// Read, validate and load everything the config file names.
-    pub fn load(path: &Path) -> Result<Generation, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
-        let config = Config::parse(&text, path)?;
+    pub fn load(path: &Path, stats: &Arc<Stats>) -> Result<Generation, LoadError> {
+        let config = load_config(path)?;
+        let policy = Arc::new(Policy::compile(&config.policy, stats.clone())?);
         let tls = TlsStore::load(&config)?;
         let ban_sync = BanSync::new(&config.nftables);
-        Ok(Generation { config, tls, ban_sync })
+        Ok(Generation { config, tls, ban_sync, policy })
     }
+}
+
+/// The file system, for the list files and includes a config names.
+#[derive(Debug, Clone, Copy)]
+pub struct StdFiles;
+
+impl Files for StdFiles {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect()
+    }
+}
+
+/// Read and validate the config at `path` with the files it names.
+pub fn load_config(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    Ok(Config::parse_with(&text, path, &StdFiles)?)
+}
+
+/// Size and modification time of each watched file (list files), to notice edits.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
 }
 
 /// The admission state shared by all listeners (short critical sections, no await inside).
@@ -198,7 +243,15 @@ struct RunningListener {
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let first = Arc::new(Generation::load(&path)?);
+    let stats = Arc::new(Stats::default());
+    let first = Arc::new(Generation::load(&path, &stats)?);
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    let shared =
+        Shared { rates: Arc::new(RateTable::new()), stats, metrics: metrics.clone(), audit: Audit::start(metrics) };
+    let mut admin = first.config.admin.bind.map(|b| (b, tokio::spawn(crate::metrics::serve(b, registry.clone()))));
     let (gen_tx, gen_rx) = watch::channel(first.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
@@ -206,17 +259,43 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let sockets = bind_new(&first, &running).await?;
     let guard: SharedGuard = Arc::new(Mutex::new(ConnectionGuard::new(first.config.network.guard.clone())));
     load_bans(&guard, &first).await;
-    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard).await;
+    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard, &shared).await;
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // List files are polled: an edit takes effect within a second or two, with no signal.
+    let mut poll = tokio::time::interval(LIST_POLL);
+    let mut watched = first.config.watched_files();
+    let mut seen = fingerprint(&watched);
     loop {
-        tokio::select! {
-            _ = hup.recv() => reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard).await,
+        let reload_now = tokio::select! {
+            _ = hup.recv() => true,
+            _ = poll.tick() => {
+                let now = fingerprint(&watched);
+                let changed = now != seen;
+                seen = now;
+                if changed {
+                    info!(files = ?watched, "a list file changed; reloading");
+                }
+                changed
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
+        };
+        if reload_now {
+            reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard, &shared).await;
+            let current = gen_rx.borrow().clone();
+            watched = current.config.watched_files();
+            seen = fingerprint(&watched);
+            let bind = current.config.admin.bind;
+            if admin.as_ref().map(|(b, _)| *b) != bind {
+                if let Some((_, task)) = admin.take() {
+                    task.abort();
+                }
+                admin = bind.map(|b| (b, tokio::spawn(crate::metrics::serve(b, registry.clone()))));
+            }
         }
     }
 
@@ -264,6 +343,7 @@ async fn start_listeners(
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
     guard: &SharedGuard,
+    shared: &Shared,
 ) {
     // Stop listeners that are gone or moved, and wait until their sockets are closed: an
     // address they held may be bound again just below (a renamed or swapped listener).
@@ -307,6 +387,7 @@ async fn start_listeners(
             shutdown_rx.clone(),
             tracker.clone(),
             guard.clone(),
+            shared.clone(),
         ));
         running.insert(l.name.clone(), RunningListener { bind: l.bind, task });
     }
@@ -319,6 +400,7 @@ async fn accept_loop(
     shutdown_rx: watch::Receiver<bool>,
     tracker: TaskTracker,
     guard: SharedGuard,
+    shared: Shared,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -341,6 +423,7 @@ async fn accept_loop(
                 Permit { guard: guard.clone(), ip: peer.ip(), state_dir: generation.config.state_dir.clone() }
             }
             Admission::Refused { why, audit } => {
+                shared.metrics.refused.get_or_create(&crate::metrics::ReasonLabels { reason: why.as_str() }).inc();
                 if audit {
                     info!(listener = %name, client.ip = %peer.ip(), reason = %why.as_str(), "connection refused (further refusals of this source are not logged for a minute)");
                 }
@@ -357,11 +440,13 @@ async fn accept_loop(
             client.jid = tracing::field::Empty
         );
         let shutdown_rx = shutdown_rx.clone();
+        let (gen_rx, shared) = (gen_rx.clone(), shared.clone());
         tracker.spawn(
             async move {
                 // Released when the session ends, however it ends (the permit is dropped on
                 // unwinding too).
-                conn::serve(stream, peer, local, Arc::new(listener), generation, shutdown_rx, &permit).await
+                let ctx = conn::SessionContext { generation, gen_rx, shutdown: shutdown_rx, shared };
+                conn::serve(stream, peer, local, Arc::new(listener), ctx, &permit).await
             }
             .instrument(span),
         );
@@ -376,8 +461,9 @@ async fn reload(
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
     guard: &SharedGuard,
+    shared: &Shared,
 ) {
-    let next = match Generation::load(path) {
+    let next = match Generation::load(path, &shared.stats) {
         Ok(g) => Arc::new(g),
         Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
     };
@@ -394,6 +480,6 @@ async fn reload(
     lock(guard).reconfigure(next.config.network.guard.clone());
     gen_tx.send_replace(next.clone());
     reconcile_bans(guard, &next).await;
-    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, guard).await;
+    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, guard, shared).await;
     info!(changes = ?changes, "configuration reloaded");
 }

@@ -5,8 +5,8 @@
 //! attacks and it would bypass parsing), SASL mechanisms with channel binding (`-PLUS`, RFC 5802
 //! §6: the binding is to the client↔gateway TLS session, which the backend never sees) and their
 //! advertisement (XEP-0440), SASL2/Bind2 (XEP-0388/0386: no stream restart, not relayed yet), and
-//! Stream Management (XEP-0198) with instant resumption (XEP-0397), whose counters the gateway does
-//! not rewrite yet, and legacy non-SASL authentication (XEP-0078), which would bypass the SASL
+//! Stream Management v2 and instant resumption (XEP-0397); SM v3 is relayed with its counters
+//! rewritten (`filter.rs`), and legacy non-SASL authentication (XEP-0078), which would bypass the SASL
 //! relay the gateway follows.
 
 use crate::xml::Element;
@@ -20,7 +20,6 @@ const REMOVED_FEATURES: &[&str] = &[
     "urn:xmpp:sasl-cb:0",
     "urn:xmpp:sasl:2",
     "urn:xmpp:bind:0",
-    "urn:xmpp:sm:3",
     "urn:xmpp:sm:2",
     "urn:xmpp:isr:0",
     "http://jabber.org/features/iq-auth",

@@ -85,8 +85,8 @@ fn bound() -> Session {
     let out = client_out(&mut s);
     assert!(out.starts_with("<?xml version='1.0'?><stream:stream"));
     assert!(out.ends_with(
-        "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>"
-    ), "stream management is not offered: {out}");
+        "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><sm xmlns='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>"
+    ), "stream management v3 is relayed (its counters are rewritten): {out}");
     s.client_bytes(b"<iq type='set' id='bind1' from='mallory@evil.test'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
     assert_eq!(
         backend_out(&mut s),
@@ -526,4 +526,109 @@ fn sasl_failures_are_reported_for_bans() {
     s.refuse(Condition::PolicyViolation, "too many authentication failures");
     assert!(client_out(&mut s).contains("<policy-violation"));
     assert!(s.is_closed());
+}
+
+fn with_policy(s: &mut Session, rules: &str) -> std::time::Instant {
+    use std::sync::Arc;
+    let text = format!(
+        "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
+         [[listener]]\nname = \"c2s\"\nkind = \"c2s\"\nbind = \"127.0.0.1:5222\"\nbackend = \"127.0.0.1:1\"\n{rules}"
+    );
+    let c = crate::config::Config::parse(&text, std::path::Path::new("/x.toml")).unwrap();
+    let policy = crate::policy::Policy::compile(&c.policy, Arc::default()).unwrap();
+    let now = std::time::Instant::now();
+    let binding = PolicyBinding {
+        policy: Arc::new(policy),
+        rates: Arc::new(crate::policy::RateTable::new()),
+        source_ip: "127.0.0.1".parse().unwrap(),
+    };
+    s.attach_policy(binding, now);
+    now
+}
+
+const DROP_SPAM: &str = "[[rule]]\nname = \"spam\"\nwhen = { body_contains = \"spam\" }\naction = \"drop\"\n\
+    [[rule]]\nname = \"bad\"\nwhen = { body_contains = \"bad\" }\naction = \"bounce\"\ntext = \"no\"\n";
+
+fn msg(body: &str) -> String {
+    format!("<message to='bob@example.test' type='chat'><body>{body}</body></message>")
+}
+
+#[test]
+fn policy_verdicts_are_carried_out_and_reported() {
+    let mut s = bound();
+    with_policy(&mut s, DROP_SPAM);
+    s.client_bytes(msg("hello").as_bytes());
+    assert!(backend_out(&mut s).contains("<body>hello</body>"));
+    assert_eq!(effects(&mut s), vec![]);
+    s.client_bytes(msg("buy spam").as_bytes());
+    assert_eq!(backend_out(&mut s), "");
+    assert_eq!(client_out(&mut s), "");
+    let fx = effects(&mut s);
+    assert!(
+        matches!(fx.as_slice(), [Effect::Policy(e)] if e.outcome == "drop" && &*e.hits[0].rule == "spam" && e.from.as_deref() == Some("alice@example.test/phone")),
+        "{fx:?}"
+    );
+    s.client_bytes(msg("bad").as_bytes());
+    assert_eq!(backend_out(&mut s), "");
+    let reply = client_out(&mut s);
+    assert!(
+        reply.starts_with("<message type='error' from='bob@example.test' to='alice@example.test/phone'>"),
+        "{reply}"
+    );
+    assert!(reply.contains("<policy-violation") && reply.contains(">no</text>"), "{reply}");
+    // Server → client: a bounce goes back to the remote sender through the backend.
+    effects(&mut s);
+    s.backend_bytes(
+        b"<message from='mallory@evil.test/x' to='alice@example.test/phone' id='m9'><body>bad</body></message>",
+    );
+    assert_eq!(client_out(&mut s), "");
+    let back = backend_out(&mut s);
+    assert!(
+        back.starts_with("<message type='error' id='m9' from='alice@example.test/phone' to='mallory@evil.test/x'>"),
+        "{back}"
+    );
+}
+
+#[test]
+fn stream_management_counters_hide_what_the_gateway_withheld_and_injected() {
+    let mut s = bound();
+    with_policy(&mut s, DROP_SPAM);
+    s.client_bytes(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    assert_eq!(backend_out(&mut s), "<enable xmlns='urn:xmpp:sm:3'/>", "no resumption through the gateway");
+    s.backend_bytes(b"<enabled xmlns='urn:xmpp:sm:3' id='x' resume='true' location='10.0.0.5:5222'/>");
+    assert_eq!(client_out(&mut s), "<enabled xmlns='urn:xmpp:sm:3'/>");
+    // Client sends 4 stanzas: 2 forwarded, 1 dropped, 1 bounced (the bounce is injected toward
+    // the client).
+    for b in ["one", "spam", "two", "bad"] {
+        s.client_bytes(msg(b).as_bytes());
+    }
+    backend_out(&mut s);
+    client_out(&mut s);
+    s.client_bytes(b"<r xmlns='urn:xmpp:sm:3'/>");
+    assert_eq!(backend_out(&mut s), "<r xmlns='urn:xmpp:sm:3'/>");
+    // The server handled the 2 it received; the client sent 4, all handled.
+    s.backend_bytes(b"<a xmlns='urn:xmpp:sm:3' h='2'/>");
+    assert_eq!(client_out(&mut s), "<a xmlns='urn:xmpp:sm:3' h='4'/>");
+    // The server sent 3 stanzas, one dropped by policy; the client received 2 plus the bounce.
+    s.backend_bytes(msg("three").as_bytes());
+    s.backend_bytes(msg("spam").as_bytes());
+    s.backend_bytes(msg("four").as_bytes());
+    client_out(&mut s);
+    s.client_bytes(b"<a xmlns='urn:xmpp:sm:3' h='3'/>");
+    assert_eq!(backend_out(&mut s), "<a xmlns='urn:xmpp:sm:3' h='3'/>", "bounce + 2 received = the server's 3");
+    // An ack for more than the client was sent is a stream error, not a silent pass.
+    s.client_bytes(b"<a xmlns='urn:xmpp:sm:3' h='9'/>");
+    assert!(client_out(&mut s).contains("undefined-condition"));
+    assert!(s.is_closed());
+}
+
+#[test]
+fn sm_resume_is_refused_by_the_gateway() {
+    let mut s = bound();
+    s.client_bytes(b"<resume xmlns='urn:xmpp:sm:3' h='3' previd='abc'/>");
+    assert_eq!(backend_out(&mut s), "");
+    assert_eq!(
+        client_out(&mut s),
+        "<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    );
 }

@@ -1,0 +1,221 @@
+//! Where the session meets the policy engine, and Stream Management accounting.
+//!
+//! Every stanza of a bound session is evaluated: client → server in chain `c2s-in`, server →
+//! client in `c2s-out`. The verdict is carried out here (forward, forward rewritten, drop,
+//! bounce to the sender, close) and reported as an [`Effect::Policy`] for the audit log. Because
+//! the gateway withholds and injects stanzas, it also owns the XEP-0198 counters: `<a h/>` from
+//! each side is translated ([`super::sm`]) so neither end sees a mismatch or resends. Resumption
+//! (XEP-0198 §5) is not offered through the gateway: `resume` is removed from `<enable/>` and
+//! a `<resume/>` is answered with `<failed/>`, since the counters live in this session only.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::sm::{TooManyUnacked, NS_SM};
+use super::{Effect, Session};
+use crate::policy::{Chain, Context, Hit, Outcome, Policy, RateTable};
+use crate::stanza::{self, Kind, NS_STANZA_ERRORS};
+use crate::stream::{Condition, StreamError, NS_CLIENT};
+use crate::xml::Element;
+
+/// What the session needs to evaluate policy.
+#[derive(Debug, Clone)]
+pub struct PolicyBinding {
+    /// The current policy (replaced on reload with [`Session::set_policy`]).
+    pub policy: Arc<Policy>,
+    /// Rate state shared by all sessions.
+    pub rates: Arc<RateTable>,
+    /// The client connection's source address.
+    pub source_ip: IpAddr,
+}
+
+/// A policy decision to audit: every rule that matched one stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEvent {
+    /// Which chain.
+    pub chain: Chain,
+    /// The matched rules (log and log_only first, then the terminal one); empty when the
+    /// chain's default (not pass) decided.
+    pub hits: Vec<Hit>,
+    /// What was done: `pass`, `drop`, `bounce`, `close`, `rewrite`.
+    pub outcome: &'static str,
+    /// The stanza kind.
+    pub kind: Kind,
+    /// Its `type`, `id`, `from`, `to` attributes.
+    pub ty: Option<String>,
+    /// `id`.
+    pub id: Option<String>,
+    /// `from` (after stamping).
+    pub from: Option<String>,
+    /// `to`.
+    pub to: Option<String>,
+    /// The message body, when the audit includes bodies.
+    pub body: Option<String>,
+}
+
+impl Session {
+    /// Evaluate this session's stanzas against `binding.policy` from now on.
+    pub fn attach_policy(&mut self, binding: PolicyBinding, now: Instant) {
+        self.filter = Some(binding);
+        self.now = Some(now);
+    }
+
+    /// A new policy (reload): the next stanza is evaluated against it.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        if let Some(b) = self.filter.as_mut() {
+            b.policy = policy;
+        }
+    }
+
+    /// The time the next bytes are processed at (rate limits).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
+    /// Run `el` through chain `chain`. Returns the stanza to forward, or `None` when it was
+    /// dropped, bounced or the stream closed (all accounted for here).
+    pub(super) fn police(&mut self, chain: Chain, el: Element) -> Option<Element> {
+        let (Some(binding), Some(now), Some(kind)) = (self.filter.as_ref(), self.now, Kind::of(&el)) else {
+            return Some(el);
+        };
+        if binding.policy.is_pass_all(chain) || self.bound.is_none() {
+            return Some(el);
+        }
+        let ctx = Context { chain, user: self.bound.as_ref(), source_ip: binding.source_ip };
+        let verdict = binding.policy.evaluate(&el, &ctx, &binding.rates, now);
+        if !verdict.hits.is_empty() || verdict.outcome != Outcome::Pass {
+            let include_body = binding.policy.audit().include_body;
+            self.effects.push_back(Effect::Policy(PolicyEvent {
+                chain,
+                hits: verdict.hits,
+                outcome: verdict.outcome.action(),
+                kind,
+                ty: el.attr("type").map(str::to_owned),
+                id: el.attr("id").map(str::to_owned),
+                from: el.attr("from").map(str::to_owned),
+                to: el.attr("to").map(str::to_owned),
+                body: (include_body && kind == Kind::Message).then(|| crate::policy::body_text(&el)),
+            }));
+        }
+        match verdict.outcome {
+            Outcome::Pass => Some(el),
+            Outcome::Rewrite(new) => Some(new),
+            Outcome::Drop => {
+                let r = match chain {
+                    Chain::C2sIn => self.sm.to_server.withheld(),
+                    Chain::C2sOut => self.sm.to_client.withheld(),
+                };
+                self.sm_result(r);
+                None
+            }
+            Outcome::Bounce { condition, text } => {
+                match chain {
+                    Chain::C2sIn => {
+                        let domain = self.domain.clone().unwrap_or_default();
+                        match stanza::error_reply(&el, condition, text.as_deref(), &domain) {
+                            Some(reply) => {
+                                reply.write_to(&mut self.to_client, NS_CLIENT);
+                                let r = self.sm.client_stanza_bounced();
+                                self.sm_result(r);
+                            }
+                            None => {
+                                let r = self.sm.to_server.withheld();
+                                self.sm_result(r);
+                            }
+                        }
+                    }
+                    Chain::C2sOut => {
+                        let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
+                        match stanza::error_reply(&el, condition, text.as_deref(), &own) {
+                            Some(reply) => {
+                                reply.write_to(&mut self.to_backend, NS_CLIENT);
+                                let r = self.sm.server_stanza_bounced();
+                                self.sm_result(r);
+                            }
+                            None => {
+                                let r = self.sm.to_client.withheld();
+                                self.sm_result(r);
+                            }
+                        }
+                    }
+                }
+                None
+            }
+            Outcome::Close { condition, text } => {
+                self.close_with(StreamError::new(condition, text));
+                None
+            }
+        }
+    }
+
+    /// Close the session when the SM bookkeeping is full (too much withheld without an ack).
+    pub(super) fn sm_result(&mut self, r: Result<(), TooManyUnacked>) {
+        if let Err(e) = r {
+            if !self.is_closed() {
+                self.close_with(e.stream_error());
+            }
+        }
+    }
+
+    /// A top-level element in the SM namespace from the client (only once bound).
+    pub(super) fn on_client_sm(&mut self, mut el: Element) {
+        match el.name.as_str() {
+            "enable" => {
+                // No resumption through the gateway (see the module docs).
+                el.remove_attr("resume");
+                el.remove_attr("max");
+                el.write_to(&mut self.to_backend, NS_CLIENT);
+                self.sm.to_server.enable();
+            }
+            "r" => el.write_to(&mut self.to_backend, NS_CLIENT),
+            "a" => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return self.client_error(Condition::InvalidXml, "<a/> without a valid h");
+                };
+                match self.sm.to_client.translate_ack(h) {
+                    Ok(h) => {
+                        Element::new(NS_SM, "a").with_attr("h", h.to_string()).write_to(&mut self.to_backend, NS_CLIENT)
+                    }
+                    Err(e) => self.close_with(e.stream_error()),
+                }
+            }
+            "resume" => {
+                let failed = Element::new(NS_SM, "failed").with_child(Element::new(NS_STANZA_ERRORS, "item-not-found"));
+                failed.write_to(&mut self.to_client, NS_CLIENT);
+            }
+            _ => self.client_error(Condition::UnsupportedStanzaType, "unsupported stream management element"),
+        }
+    }
+
+    /// A top-level element in the SM namespace from the backend.
+    pub(super) fn on_backend_sm(&mut self, mut el: Element) {
+        match el.name.as_str() {
+            "enabled" => {
+                // A `location` would send the client around the gateway on reconnection.
+                for a in ["location", "resume", "id", "max"] {
+                    el.remove_attr(a);
+                }
+                el.write_to(&mut self.to_client, NS_CLIENT);
+                self.sm.to_client.enable();
+            }
+            "failed" => {
+                el.write_to(&mut self.to_client, NS_CLIENT);
+                self.sm.to_server.disable();
+            }
+            "r" => el.write_to(&mut self.to_client, NS_CLIENT),
+            "a" => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return self.fail_backend("<a/> without a valid h from backend".to_owned());
+                };
+                match self.sm.to_server.translate_ack(h) {
+                    Ok(h) => {
+                        Element::new(NS_SM, "a").with_attr("h", h.to_string()).write_to(&mut self.to_client, NS_CLIENT)
+                    }
+                    Err(e) => self.fail_backend(format!("backend acknowledged impossibly: {}", e.stream_error())),
+                }
+            }
+            other => self.fail_backend(format!("unexpected stream management <{other}/> from backend")),
+        }
+    }
+}

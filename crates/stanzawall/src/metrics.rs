@@ -1,0 +1,115 @@
+//! Prometheus metrics and the admin HTTP endpoint (`[admin] bind`, `GET /metrics`).
+//!
+//! Each family is registered once at start; sessions update them through [`Metrics`] (atomic
+//! counters, no locks on the stanza path). The endpoint serves the text exposition format and
+//! nothing else: it has no write operations, so it exposes no control surface.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tracing::{error, info};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChainLabels {
+    pub chain: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub rule: String,
+    pub action: &'static str,
+    pub log_only: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub side: &'static str,
+    pub condition: &'static str,
+}
+
+/// Every metric family of the daemon.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Sessions open now.
+    pub sessions: Gauge,
+    /// Sessions accepted since start.
+    pub sessions_total: Counter,
+    /// Stanzas forwarded per chain.
+    pub stanzas: Family<ChainLabels, Counter>,
+    /// Rule matches.
+    pub verdicts: Family<VerdictLabels, Counter>,
+    /// Stanzas decided by a chain's default other than pass.
+    pub defaults: Family<VerdictLabels, Counter>,
+    /// Bytes per direction.
+    pub bytes: Family<DirectionLabels, Counter>,
+    /// Connections refused at accept.
+    pub refused: Family<ReasonLabels, Counter>,
+    /// Stream errors that ended sessions, by side and condition (parse errors included).
+    pub stream_errors: Family<ErrorLabels, Counter>,
+    /// Audit records that could not be written.
+    pub audit_failures: Counter,
+}
+
+impl Metrics {
+    /// Register every family in `registry`.
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("stanzawall");
+        r.register("sessions", "Client sessions open now", self.sessions.clone());
+        r.register("sessions_accepted", "Client sessions accepted since start", self.sessions_total.clone());
+        r.register("stanzas", "Stanzas forwarded, per policy chain", self.stanzas.clone());
+        r.register("policy_verdicts", "Policy rule matches, per rule and action", self.verdicts.clone());
+        r.register("policy_defaults", "Stanzas decided by a chain default other than pass", self.defaults.clone());
+        r.register("bytes", "Bytes relayed, per direction", self.bytes.clone());
+        r.register("connections_refused", "Connections refused at accept, per reason", self.refused.clone());
+        r.register(
+            "stream_errors",
+            "Sessions ended by a stream error, per side and condition",
+            self.stream_errors.clone(),
+        );
+        r.register("audit_failures", "Audit records that could not be written", self.audit_failures.clone());
+    }
+}
+
+/// Serve `GET /metrics` on `bind` until the task is aborted.
+pub async fn serve(bind: SocketAddr, registry: Arc<Registry>) {
+    let listener = match tokio::net::TcpListener::bind(bind).await {
+        Ok(l) => l,
+        Err(e) => return error!(admin.bind = %bind, error = %e, "cannot listen for the admin endpoint"),
+    };
+    info!(admin.bind = %bind, "admin endpoint listening (GET /metrics)");
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                if encode(&mut body, &registry).is_err() {
+                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "encoding failed").into_response();
+                }
+                ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        error!(admin.bind = %bind, error = %e, "admin endpoint failed");
+    }
+}
