@@ -153,6 +153,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, so metrics can show each at zero before it happens.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Banned,
+        Refusal::Denied,
+        Refusal::NotAllowed,
+        Refusal::GatewayFull,
+        Refusal::TooManyFromSource,
+        Refusal::RateExceeded,
+    ];
+
     /// Label for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -72,6 +72,17 @@ pub struct Metrics {
 impl Metrics {
     /// Register every family in `registry`.
     pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        // Series that exist from the start read 0 rather than missing (alerts on rate() work
+        // before the first event).
+        for reason in stanzawall_core::guard::Refusal::ALL {
+            drop(self.refused.get_or_create(&ReasonLabels { reason: reason.as_str() }));
+        }
+        for chain in stanzawall_core::policy::Chain::ALL {
+            drop(self.stanzas.get_or_create(&ChainLabels { chain: chain.as_str() }));
+        }
+        for direction in ["from_client", "to_client", "from_backend", "to_backend"] {
+            drop(self.bytes.get_or_create(&DirectionLabels { direction }));
+        }
         let r = registry.sub_registry_with_prefix("stanzawall");
         r.register("sessions", "Client sessions open now", self.sessions.clone());
         r.register("sessions_accepted", "Client sessions accepted since start", self.sessions_total.clone());
