@@ -5,8 +5,10 @@
 //! suffix lookups, URLs in host/path tables, addresses in per-prefix hash sets. Evaluating a
 //! stanza ([`Policy::evaluate`]) computes each fact once (the body, its keyword and regex hits,
 //! the URLs in it) and walks the chain's rules; first matching terminal rule wins, `log` rules
-//! and `log_only` rules are recorded and passed over. No list scan anywhere: the cost does not
-//! grow with the number of list entries.
+//! and `log_only` rules are recorded and passed over. No list scan anywhere: lookups in JID,
+//! domain, URL and address lists cost the same at 10 or 100,000 entries; the keyword scan is
+//! linear in the body, with a per-byte constant that grows past 10,000 keywords (DFA below,
+//! a compact NFA above; `benches/policy.rs`).
 //!
 //! Pure like the rest of the core: the caller passes `now` and the shared [`RateTable`]; nothing
 //! here reads a clock or a file. It never fails at evaluation time: everything that can be
