@@ -10,6 +10,7 @@ name                   port   what
 PROSODY_PORT           15222  private Prosody, plaintext c2s, no STARTTLS
 PROSODY_TLS_PORT       15225  2nd private Prosody, c2s offering STARTTLS
 PROSODY_DIRECT_TLS     15226  same instance, XEP-0368 direct TLS c2s
+PROSODY_SM_PORT        15230  3rd private Prosody, plaintext, mod_smacks (policy tests)
 EJABBERD_TLS_PORT      15322  private ejabberd c2s, ``starttls: true``
 EJABBERD_PLAIN_PORT    15323  same instance, c2s ``starttls: false``
 EJABBERD_PROXY_PORT    15324  same instance, plain c2s, PROXY protocol required
@@ -19,6 +20,8 @@ GATEWAY_DIRECT_PORT    25223  stanzawall direct-TLS listener -> Prosody
 GATEWAY_EJABBERD_PORT  25322  stanzawall -> ejabberd (backend STARTTLS)
 GATEWAY_EJABBERD_PROXY 25324  stanzawall -> ejabberd (PROXY protocol v2)
 GATEWAY_SCRATCH_PORT   2542x  per-test gateways (reload, shutdown)
+GATEWAY_POLICY_PORT    25460  stanzawall with the policy example (test_policy.py)
+GATEWAY_POLICY_ADMIN   25461  its [admin] endpoint (GET /metrics)
 =====================  =====  ==============================================
 """
 
@@ -36,6 +39,7 @@ USERS: dict[str, str] = {
 PROSODY_PORT = 15222
 PROSODY_TLS_PORT = 15225
 PROSODY_DIRECT_TLS = 15226
+PROSODY_SM_PORT = 15230
 EJABBERD_TLS_PORT = 15322
 EJABBERD_PLAIN_PORT = 15323
 EJABBERD_PROXY_PORT = 15324
@@ -45,6 +49,8 @@ GATEWAY_DIRECT_PORT = 25223
 GATEWAY_EJABBERD_PORT = 25322
 GATEWAY_EJABBERD_PROXY_PORT = 25324
 GATEWAY_SCRATCH_PORT = 25420
+GATEWAY_POLICY_PORT = 25460
+GATEWAY_POLICY_ADMIN = 25461
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0

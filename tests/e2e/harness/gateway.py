@@ -70,12 +70,15 @@ PERMISSIVE_NETWORK: dict[str, object] = {
 
 class Gateway:
     def __init__(self, workdir: Path, cert: Path, key: Path, listeners: list[Listener],
-                 limits: dict[str, int] | None = None, network: dict[str, object] | None = None):
+                 limits: dict[str, int] | None = None, network: dict[str, object] | None = None,
+                 extra_toml: str = ""):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.listeners = {l.name: l for l in listeners}
         self.limits = limits or {}
         self.network = PERMISSIVE_NETWORK if network is None else network
+        #: Appended verbatim to the generated config (tables only: policy, [audit], [admin], ...).
+        self.extra_toml = extra_toml
         self.config_path = self.dir / "stanzawall.toml"
         self.log_path = self.dir / "stanzawall.log"
         self.install_certificate(cert, key)
@@ -104,6 +107,8 @@ class Gateway:
                 if isinstance(table, dict):
                     parts.append(f"[network.{name}]")
                     parts += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+        if self.extra_toml:
+            parts.append(self.extra_toml)
         return "\n".join(parts) + "\n"
 
     def write_config(self, text: str | None = None) -> None:

@@ -68,6 +68,8 @@ class ProsodyInstance(ServerInstance):
     direct_tls_port: int | None = None
     require_encryption: bool | None = None
     users: dict[str, str] = field(default_factory=lambda: dict(USERS))
+    #: Modules loaded besides MODULES (e.g. ``["smacks"]`` for XEP-0198).
+    extra_modules: list[str] = field(default_factory=list)
     host: str = HOST
     domain: str = DOMAIN
     _proc: Spawned | None = field(default=None, init=False, repr=False)
@@ -91,7 +93,7 @@ class ProsodyInstance(ServerInstance):
         self.data_path.mkdir(exist_ok=True)
         # An empty certificate dir means "no TLS": nothing to auto-discover.
         self.certs_path.mkdir(exist_ok=True)
-        modules = list(MODULES)
+        modules = list(MODULES) + [m for m in self.extra_modules if m not in MODULES]
         if self.tls:
             modules.append("tls")
             # certmanager indexes this dir by the certificates' SAN names; that
@@ -173,10 +175,12 @@ def start_prosody(dir: Path, *, tls: bool = False, cert: Path | None = None,
                   key: Path | None = None, port: int | None = None,
                   direct_tls_port: int | None = None,
                   require_encryption: bool | None = None,
-                  users: dict[str, str] | None = None) -> ProsodyInstance:
+                  users: dict[str, str] | None = None,
+                  extra_modules: list[str] | None = None) -> ProsodyInstance:
     """Write config into ``dir``, register ``users`` (default: USERS) and
     start.  Port defaults: 15222 plaintext, or 15225 + direct TLS 15226 when
-    ``tls``.  Call ``.stop()`` to tear down."""
+    ``tls``.  ``extra_modules`` adds modules (e.g. ``["smacks"]``, Prosody
+    0.12's XEP-0198).  Call ``.stop()`` to tear down."""
     if port is None:
         port = PROSODY_TLS_PORT if tls else PROSODY_PORT
     if tls and direct_tls_port is None:
@@ -184,5 +188,6 @@ def start_prosody(dir: Path, *, tls: bool = False, cert: Path | None = None,
     inst = ProsodyInstance(dir=dir, port=port, tls=tls, cert=cert, key=key,
                            direct_tls_port=direct_tls_port,
                            require_encryption=require_encryption,
-                           users=dict(USERS if users is None else users))
+                           users=dict(USERS if users is None else users),
+                           extra_modules=list(extra_modules or []))
     return inst.start()
