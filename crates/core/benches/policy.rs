@@ -11,13 +11,12 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use stanzawall_core::config::{Config, Files};
 use stanzawall_core::jid::parse_full;
-use stanzawall_core::policy::{Chain, Context, Outcome, Policy, PolicyConfig, RateTable, Stats};
+use stanzawall_core::policy::{Chain, Context, Outcome, Policy, PolicyConfig, RateTable};
 use stanzawall_core::xml::{parse_stanzas, Element, XmlLimits};
 
 const SIZES: [usize; 2] = [10, 100_000];
@@ -205,7 +204,7 @@ fn evaluate(c: &mut Criterion) {
     let user = parse_full("alice@example.test/phone").expect("bench user JID");
     let ctx = Context { chain: Chain::C2sOut, user: Some(&user), source_ip: [192, 0, 2, 10].into() };
     for n in SIZES {
-        let compiled = Policy::compile(&policy_config(n), Arc::new(Stats::default()));
+        let compiled = Policy::compile(&policy_config(n));
         let policy = compiled.unwrap_or_else(|e| panic!("bench policy: {e}"));
         let rates = RateTable::new();
         let mut t = Instant::now();
@@ -244,9 +243,8 @@ fn compile(c: &mut Criterion) {
     g.sampling_mode(SamplingMode::Flat);
     for n in SIZES {
         let config = policy_config(n);
-        let stats = Arc::new(Stats::default());
         g.bench_with_input(BenchmarkId::new("lists", n), &config, |b, config| {
-            b.iter(|| Policy::compile(black_box(config), stats.clone()).map(|p| p.rule_count()))
+            b.iter(|| Policy::compile(black_box(config)).map(|p| p.rule_count()))
         });
     }
     g.finish();

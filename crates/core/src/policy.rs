@@ -26,7 +26,6 @@ pub mod url;
 
 use std::cell::OnceCell;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -124,46 +123,6 @@ pub struct Context<'a> {
     pub source_ip: IpAddr,
 }
 
-/// Per-rule counters, kept across reloads by rule name (see [`Stats`]).
-#[derive(Debug, Default)]
-pub struct RuleCounters {
-    /// Stanzas the rule matched and enforced.
-    pub enforced: AtomicU64,
-    /// Stanzas a `log_only` rule would have acted on.
-    pub shadowed: AtomicU64,
-}
-
-/// Counters shared by successive compiled policies, so metrics survive a reload.
-#[derive(Debug, Default)]
-pub struct Stats {
-    rules: std::sync::Mutex<std::collections::BTreeMap<String, Arc<RuleCounters>>>,
-    /// Stanzas decided by a chain's default, per chain.
-    pub defaults: [AtomicU64; 2],
-}
-
-impl Stats {
-    /// The counters of rule `name` (created on first use).
-    pub fn rule(&self, name: &str) -> Arc<RuleCounters> {
-        let mut rules = match self.rules.lock() {
-            Ok(r) => r,
-            Err(p) => p.into_inner(),
-        };
-        rules.entry(name.to_owned()).or_default().clone()
-    }
-
-    /// Every rule's counters, by name.
-    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
-        let rules = match self.rules.lock() {
-            Ok(r) => r,
-            Err(p) => p.into_inner(),
-        };
-        rules
-            .iter()
-            .map(|(n, c)| (n.clone(), c.enforced.load(Ordering::Relaxed), c.shadowed.load(Ordering::Relaxed)))
-            .collect()
-    }
-}
-
 /// One step of an element path: a namespace and a local name (`*` for any name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Step {
@@ -240,7 +199,6 @@ struct Rule {
     when: Vec<Cond>,
     action: Action,
     log_only: bool,
-    counters: Arc<RuleCounters>,
 }
 
 /// A limiter as the evaluator needs it.
@@ -265,7 +223,6 @@ pub struct Policy {
     regexes: Option<RegexSet>,
     limiters: Vec<Limiter>,
     audit: AuditConfig,
-    stats: Arc<Stats>,
 }
 
 /// Facts about one stanza, each computed at most once per evaluation.
@@ -399,10 +356,9 @@ fn has_path(el: &Element, path: &[Step]) -> bool {
 }
 
 impl Policy {
-    /// Compile `config`; errors name the file and line of the offending value. `stats` carries
-    /// per-rule counters over from the previous policy.
-    pub fn compile(config: &PolicyConfig, stats: Arc<Stats>) -> Result<Policy, crate::config::ConfigError> {
-        compile::compile(config, stats)
+    /// Compile `config`; errors name the file and line of the offending value.
+    pub fn compile(config: &PolicyConfig) -> Result<Policy, crate::config::ConfigError> {
+        compile::compile(config)
     }
 
     /// An empty policy: every chain passes everything.
@@ -417,7 +373,6 @@ impl Policy {
             regexes: None,
             limiters: Vec::new(),
             audit: AuditConfig::default(),
-            stats: Arc::new(Stats::default()),
         }
     }
 
@@ -429,11 +384,6 @@ impl Policy {
     /// The audit settings.
     pub fn audit(&self) -> &AuditConfig {
         &self.audit
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
     }
 
     /// Number of rules.
@@ -457,10 +407,8 @@ impl Policy {
                 condition: rule.action.condition(),
             });
             if rule.log_only {
-                rule.counters.shadowed.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            rule.counters.enforced.fetch_add(1, Ordering::Relaxed);
             let outcome = match &rule.action {
                 Action::Log => continue,
                 Action::Pass => Outcome::Pass,
@@ -472,7 +420,6 @@ impl Policy {
             };
             return Verdict { outcome, rule: Some(rule.name.clone()), hits };
         }
-        self.stats.defaults[ctx.chain.index()].fetch_add(1, Ordering::Relaxed);
         Verdict { outcome: self.defaults[ctx.chain.index()].clone(), rule: None, hits }
     }
 

@@ -6,7 +6,6 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use stanzawall_core::jid;
 use stanzawall_core::policy::{Chain, Context, Outcome, Policy, RateTable};
@@ -18,7 +17,7 @@ use crate::server::load_config;
 /// The report for every stanza in `input`.
 pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, input: &str) -> anyhow::Result<String> {
     let config = load_config(path)?;
-    let policy = Policy::compile(&config.policy, Arc::default())?;
+    let policy = Policy::compile(&config.policy)?;
     let Some(chain) = Chain::from_name(chain) else {
         anyhow::bail!("--chain: unknown chain '{chain}' (expected c2s-in or c2s-out)");
     };

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match server::Generation::load(&config, &Default::default()) {
+        Command::Check { config } => match server::Generation::load(&config) {
             Ok(g) => {
                 println!(
                     "{}: ok ({} listeners, {} certificates, {} rules, {} lists)",

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use stanzawall_core::config::{Config, ConfigError, Files};
-use stanzawall_core::policy::{Policy, RateTable, Stats};
+use stanzawall_core::policy::{Policy, RateTable};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -52,10 +52,10 @@ pub struct Generation {
 /// Daemon-wide state that outlives generations.
 #[derive(Debug, Clone)]
 pub struct Shared {
+    /// Admission at accept (lists, caps, rates, bans).
+    pub guard: SharedGuard,
     /// Rate-limit buckets of `rate` conditions (kept across reloads).
     pub rates: Arc<RateTable>,
-    /// Per-rule counters (kept across reloads).
-    pub stats: Arc<Stats>,
     /// Prometheus families.
     pub metrics: Arc<Metrics>,
     /// The audit log writer.
@@ -80,9 +80,9 @@ pub enum LoadError {
 
 impl Generation {
     /// Read, validate and load everything the config file names.
-    pub fn load(path: &Path, stats: &Arc<Stats>) -> Result<Generation, LoadError> {
+    pub fn load(path: &Path) -> Result<Generation, LoadError> {
         let config = load_config(path)?;
-        let policy = Arc::new(Policy::compile(&config.policy, stats.clone())?);
+        let policy = Arc::new(Policy::compile(&config.policy)?);
         let tls = TlsStore::load(&config)?;
         let ban_sync = BanSync::new(&config.nftables);
         Ok(Generation { config, tls, ban_sync, policy })
@@ -115,7 +115,7 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 }
 
 /// The admission state shared by all listeners (short critical sections, no await inside).
-type SharedGuard = Arc<Mutex<ConnectionGuard>>;
+pub type SharedGuard = Arc<Mutex<ConnectionGuard>>;
 
 fn lock(guard: &SharedGuard) -> MutexGuard<'_, ConnectionGuard> {
     // A panic while holding the lock cannot leave the counters half-updated in a way that
@@ -243,23 +243,26 @@ struct RunningListener {
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let stats = Arc::new(Stats::default());
-    let first = Arc::new(Generation::load(&path, &stats)?);
+    let first = Arc::new(Generation::load(&path)?);
     let metrics = Arc::new(Metrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let registry = Arc::new(registry);
-    let shared =
-        Shared { rates: Arc::new(RateTable::new()), stats, metrics: metrics.clone(), audit: Audit::start(metrics) };
+    let guard: SharedGuard = Arc::new(Mutex::new(ConnectionGuard::new(first.config.network.guard.clone())));
+    let shared = Shared {
+        guard: guard.clone(),
+        rates: Arc::new(RateTable::new()),
+        metrics: metrics.clone(),
+        audit: Audit::start(metrics),
+    };
     let mut admin = first.config.admin.bind.map(|b| (b, tokio::spawn(crate::metrics::serve(b, registry.clone()))));
     let (gen_tx, gen_rx) = watch::channel(first.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
-    let guard: SharedGuard = Arc::new(Mutex::new(ConnectionGuard::new(first.config.network.guard.clone())));
     load_bans(&guard, &first).await;
-    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard, &shared).await;
+    start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -285,7 +288,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => break,
         };
         if reload_now {
-            reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &guard, &shared).await;
+            reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
             let current = gen_rx.borrow().clone();
             watched = current.config.watched_files();
             seen = fingerprint(&watched);
@@ -342,7 +345,6 @@ async fn start_listeners(
     gen_rx: &watch::Receiver<Arc<Generation>>,
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
-    guard: &SharedGuard,
     shared: &Shared,
 ) {
     // Stop listeners that are gone or moved, and wait until their sockets are closed: an
@@ -386,7 +388,6 @@ async fn start_listeners(
             gen_rx.clone(),
             shutdown_rx.clone(),
             tracker.clone(),
-            guard.clone(),
             shared.clone(),
         ));
         running.insert(l.name.clone(), RunningListener { bind: l.bind, task });
@@ -399,9 +400,9 @@ async fn accept_loop(
     gen_rx: watch::Receiver<Arc<Generation>>,
     shutdown_rx: watch::Receiver<bool>,
     tracker: TaskTracker,
-    guard: SharedGuard,
     shared: Shared,
 ) {
+    let guard = &shared.guard;
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(a) => a,
@@ -417,7 +418,7 @@ async fn accept_loop(
             continue;
         };
         // The L3/L4 guard decides before a byte is read: a refusal costs this accept only.
-        let admission = lock(&guard).admit(peer.ip(), std::time::Instant::now(), SystemTime::now());
+        let admission = lock(guard).admit(peer.ip(), std::time::Instant::now(), SystemTime::now());
         let permit = match admission {
             Admission::Admitted => {
                 Permit { guard: guard.clone(), ip: peer.ip(), state_dir: generation.config.state_dir.clone() }
@@ -460,10 +461,10 @@ async fn reload(
     gen_rx: &watch::Receiver<Arc<Generation>>,
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
-    guard: &SharedGuard,
     shared: &Shared,
 ) {
-    let next = match Generation::load(path, &shared.stats) {
+    let guard = &shared.guard;
+    let next = match Generation::load(path) {
         Ok(g) => Arc::new(g),
         Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
     };
@@ -480,6 +481,6 @@ async fn reload(
     lock(guard).reconfigure(next.config.network.guard.clone());
     gen_tx.send_replace(next.clone());
     reconcile_bans(guard, &next).await;
-    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, guard, shared).await;
+    start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, shared).await;
     info!(changes = ?changes, "configuration reloaded");
 }

@@ -14,7 +14,7 @@ use super::jidset::{DomainSet, JidSet};
 use super::rewrite::Masker;
 use super::spec::{ActionConfig, Chain, ConditionConfig, Located, PolicyConfig};
 use super::url::UrlSet;
-use super::{Action, Cond, Limiter, Outcome, Policy, Rule, Stats, Step};
+use super::{Action, Cond, Limiter, Outcome, Policy, Rule, Step};
 use crate::config::ConfigError;
 use crate::guard::Cidr;
 use crate::stream::NS_CLIENT;
@@ -41,7 +41,7 @@ struct Compiler<'a> {
     limiter_index: HashMap<String, usize>,
 }
 
-pub(super) fn compile(config: &PolicyConfig, stats: Arc<Stats>) -> Result<Policy, ConfigError> {
+pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
     let mut c = Compiler {
         config,
         keyword_index: HashMap::new(),
@@ -77,13 +77,7 @@ pub(super) fn compile(config: &PolicyConfig, stats: Arc<Stats>) -> Result<Policy
         for chain in &r.chains {
             chains[chain.index()].push(i);
         }
-        rules.push(Rule {
-            name: Arc::from(r.name.as_str()),
-            when,
-            action,
-            log_only: r.log_only,
-            counters: stats.rule(&r.name),
-        });
+        rules.push(Rule { name: Arc::from(r.name.as_str()), when, action, log_only: r.log_only });
     }
     let keywords = if c.keywords.is_empty() {
         None
@@ -123,7 +117,6 @@ pub(super) fn compile(config: &PolicyConfig, stats: Arc<Stats>) -> Result<Policy
         regexes,
         limiters: c.limiters,
         audit: config.audit.clone(),
-        stats,
     })
 }
 

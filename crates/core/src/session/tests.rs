@@ -535,7 +535,7 @@ fn with_policy(s: &mut Session, rules: &str) -> std::time::Instant {
          [[listener]]\nname = \"c2s\"\nkind = \"c2s\"\nbind = \"127.0.0.1:5222\"\nbackend = \"127.0.0.1:1\"\n{rules}"
     );
     let c = crate::config::Config::parse(&text, std::path::Path::new("/x.toml")).unwrap();
-    let policy = crate::policy::Policy::compile(&c.policy, Arc::default()).unwrap();
+    let policy = crate::policy::Policy::compile(&c.policy).unwrap();
     let now = std::time::Instant::now();
     let binding = PolicyBinding {
         policy: Arc::new(policy),
