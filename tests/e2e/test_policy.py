@@ -1,6 +1,7 @@
 """Policy engine (issue 3) end to end: real Prosody (with mod_smacks), real slixmpp clients,
-one stanzawall running the issue's example policy (plus a strip, a mask, a log and an SM
-drop rule) with an audit log and the admin endpoint.
+one stanzawall running the issue's example policy (plus a log, a close, a strip, a mask and
+a drop rule) with an audit log and the admin endpoint; the list files are real files, so
+editing them is the hot-reload test. Tests that change the config or a list file put it back.
 
 Every "nothing arrives" assertion uses a sentinel instead of a sleep: the stanza under test
 and then an innocent one travel the same ordered path (client → gateway → Prosody →
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import subprocess
 import time
@@ -76,9 +78,9 @@ name   = "no-file-offers"
 when   = {{ payload = ["http://jabber.org/protocol/bytestreams", "http://jabber.org/protocol/si", "jabber:x:oob"] }}
 action = "bounce"
 
+# As in the issue, no chain (both), but only for carol so the other tests never meet the limiter.
 [[rule]]
 name   = "flood"
-chain  = "c2s-in"
 when   = {{ kind = "message", from = "carol@example.test", rate = "per_sender" }}
 action = "bounce"
 error  = "resource-constraint"
@@ -383,6 +385,23 @@ def test_masked_words_arrive_masked(gw, prosody_sm, pki):
     assert recs[0]["rule"] == "mask-swears" and recs[0]["action"] == "mask"
 
 
+def test_strip_and_mask_apply_on_c2s_out_too(gw, prosody_sm, pki):
+    """dave talks to Prosody directly: only alice's c2s-out chain sees what he sends her."""
+    async def go():
+        dave = Client(prosody_sm.jid("dave"), prosody_sm.users["dave"], HOST, prosody_sm.port,
+                      starttls=False, allow_plain_unencrypted=True)
+        async with client(gw, prosody_sm, "alice", pki) as alice, dave:
+            send(dave, alice.jid, "ring ring", "out-jmi", extra=[f"<propose xmlns='{NS_JMI}' id='c2'/>"])
+            send(dave, alice.jid, "oh darn", "out-mask")
+            got = [await next_body(alice) for _ in range(2)]
+            assert [(m.id, m.body) for m in got] == [("out-jmi", "ring ring"), ("out-mask", "oh ****")], got
+            assert NS_JMI not in got[0].xml, got[0].xml
+    run(go())
+    recs = wait_audit(gw, lambda r: r.get("id") in ("out-jmi", "out-mask"), count=2)
+    assert {(r["id"], r["chain"], r["rule"]) for r in recs} == {
+        ("out-jmi", "c2s-out", "strip-call-offers"), ("out-mask", "c2s-out", "mask-swears")}
+
+
 def test_blocked_server_stanzas_never_reach_the_client(gw, prosody_sm, pki):
     """s2s is off in the test Prosody: a message to another domain comes back as an error
     *from that domain* (c2s-out). From spam.example it is dropped; from other.example it
@@ -402,18 +421,30 @@ def test_blocked_server_stanzas_never_reach_the_client(gw, prosody_sm, pki):
 
 
 def test_eleventh_message_of_a_burst_gets_resource_constraint(gw, prosody_sm, pki):
+    """The rule has no chain, so it is evaluated when carol sends (c2s-in, her session) and when
+    dave receives (c2s-out, his session); a message is still one message of carol's burst:
+    the first 10 reach dave, the 11th and 12th are bounced to carol."""
     async def go():
         async with client(gw, prosody_sm, "carol", pki) as carol, client(gw, prosody_sm, "dave", pki) as dave:
             for i in range(12):
                 send(carol, dave.jid, f"burst {i}", f"burst{i}")
-            got = [await next_body(dave) for _ in range(10)]
-            assert [m.body for m in got] == [f"burst {i}" for i in range(10)]
-            errors = [await next_error(carol) for _ in range(2)]
-            assert [e.id for e in errors] == ["burst10", "burst11"]
+            delivered, errors = [], []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and (len(delivered) < 10 or len(errors) < 2):
+                await asyncio.sleep(0.05)
+                while not dave.messages.empty():
+                    delivered.append(dave.messages.get_nowait())
+                while not carol.messages.empty():
+                    errors.append(carol.messages.get_nowait())
+            await asyncio.sleep(0.3)  # nothing more may come
+            delivered += [dave.messages.get_nowait() for _ in range(dave.messages.qsize())]
+            errors += [carol.messages.get_nowait() for _ in range(carol.messages.qsize())]
+            summary = (f"dave got {[m.body for m in delivered]}; carol got errors for"
+                       f" {[(e.id, stanza_error(e.xml)[1]) for e in errors]}")
+            assert [m.body for m in delivered] == [f"burst {i}" for i in range(10)], summary
+            assert [e.id for e in errors] == ["burst10", "burst11"], summary
             for e in errors:
                 assert stanza_error(e.xml)[:2] == ("wait", "resource-constraint"), e.xml
-            await asyncio.sleep(0.3)
-            assert not [x for x in dave.inbound if "burst 10" in x or "burst 11" in x]
     run(go())
     recs = wait_audit(gw, lambda r: r.get("rule") == "flood", count=2)
     assert {r["id"] for r in recs} == {"burst10", "burst11"}
@@ -503,36 +534,50 @@ def test_include_body_puts_bodies_in_the_audit_log(gw, prosody_sm, pki):
 
 # -- hot reload ---------------------------------------------------------------------------------
 
+async def _blocked_within(alice: Client, bob: Client, url: str, tag: str, edit) -> float:
+    """Send ``url`` until it is bounced, after calling ``edit()``; seconds from the edit to the
+    first message that was bounced (sent, not answered)."""
+    send(alice, bob.jid, f"before: {url}", f"{tag}0")
+    assert (await next_body(bob)).body == f"before: {url}"
+    edited = time.monotonic()
+    edit()
+    i = 0
+    while time.monotonic() - edited < 4.0:
+        i += 1
+        sent = time.monotonic()
+        send(alice, bob.jid, f"try {i}: {url}", f"{tag}{i}")
+        done, pending = await asyncio.wait(
+            [asyncio.create_task(next_error(alice, 2)), asyncio.create_task(next_body(bob, 2))],
+            return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        m = done.pop().result()
+        if m.type == "error":
+            assert m.id == f"{tag}{i}"
+            assert stanza_error(m.xml)[1:] == ("policy-violation", "Link blocked by policy")
+            return sent - edited
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the new list entry for {url} never took effect")
+
+
 def test_list_file_edit_blocks_a_new_url_within_two_seconds(gw, prosody_sm, pki):
-    url = "https://fresh-malware.example/dropper.exe"
+    lists = gw.dir / "lists" / "bad-urls.txt"
+
+    def append():
+        with lists.open("a") as f:
+            f.write("fresh-malware.example\n")
+
+    def replace():  # how sed -i, editors and config management write: a new file renamed over
+        tmp = lists.with_suffix(".tmp")
+        tmp.write_text(lists.read_text() + "second-wave.example/x\n")
+        os.replace(tmp, lists)
 
     async def go():
         async with client(gw, prosody_sm, "alice", pki) as alice, client(gw, prosody_sm, "bob", pki) as bob:
-            send(alice, bob.jid, f"before: {url}", "fresh0")
-            assert (await next_body(bob)).body == f"before: {url}"
-            lists = gw.dir / "lists" / "bad-urls.txt"
-            edited = time.monotonic()
-            lists.write_text(BAD_URLS + "fresh-malware.example\n")
-            blocked_at = None
-            i = 0
-            while time.monotonic() - edited < 4.0:
-                i += 1
-                sent = time.monotonic()
-                send(alice, bob.jid, f"try {i}: {url}", f"fresh{i}")
-                done, _ = await asyncio.wait(
-                    [asyncio.create_task(next_error(alice, 2)), asyncio.create_task(next_body(bob, 2))],
-                    return_when=asyncio.FIRST_COMPLETED)
-                for t in _:
-                    t.cancel()
-                m = done.pop().result()
-                if m.type == "error":
-                    assert m.id == f"fresh{i}"
-                    assert stanza_error(m.xml)[1:] == ("policy-violation", "Link blocked by policy")
-                    blocked_at = sent
-                    break
-                await asyncio.sleep(0.1)
-            assert blocked_at is not None, "the new list entry never took effect"
-            assert blocked_at - edited <= 2.0, f"took {blocked_at - edited:.2f}s"
+            took = await _blocked_within(alice, bob, "https://fresh-malware.example/dropper.exe", "fresh", append)
+            assert took <= 2.0, f"appending took {took:.2f}s"
+            took = await _blocked_within(alice, bob, "http://second-wave.example/x/y", "wave", replace)
+            assert took <= 2.0, f"replacing the file took {took:.2f}s"
             # Same sessions, no reconnect.
             assert alice.connected and bob.connected and not alice.stream_errors
     run(go())
@@ -898,3 +943,23 @@ def test_sm_bounce_of_a_server_stanza_keeps_acks_consistent(gw, prosody_sm, pki)
     recs = wait_audit(gw, lambda r: str(r.get("id")).startswith("out-bad"), count=3)
     assert all(r["chain"] == "c2s-out" and r["rule"] == "malicious-links" and r["user"] == "alice@example.test"
                for r in recs), recs
+
+
+def test_sm_resume_is_answered_with_failed(gw, prosody_sm, pki):
+    """Resumption is off through the gateway, so a client's <resume/> (XEP-0198 §5: after
+    authentication, before binding) must get <failed/>, after which the client binds a new
+    session (§5: 'the client can then bind a resource') — not a stream error."""
+    def go():
+        s = RawStream.open(HOST, gw.port("c2s"), ca_file=pki.ca_cert)
+        try:
+            s.auth_plain("alice", prosody_sm.users["alice"])
+            s.start_stream()
+            s.send("<resume xmlns='urn:xmpp:sm:3' previd='stale-from-before-the-gateway' h='3'/>")
+            reply = s.expect(r"<failed\b[^>]*urn:xmpp:sm:3.*?(?:/>|</failed>)|<stream:error>.*?</stream:error>")
+            assert reply.group(0).startswith("<failed"), reply.group(0)
+            assert s.bind().startswith("alice@example.test/")
+            s.send("<enable xmlns='urn:xmpp:sm:3'/>")
+            s.expect(r"<enabled\b")
+        finally:
+            s.close()
+    go()

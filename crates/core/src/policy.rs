@@ -16,6 +16,7 @@
 
 mod cidrset;
 mod compile;
+pub mod fold;
 pub mod jidset;
 pub mod rate;
 mod rewrite;
@@ -49,6 +50,8 @@ pub const NS_OOB_X: &str = "jabber:x:oob";
 pub const NS_OOB_IQ: &str = "jabber:iq:oob";
 /// References (XEP-0372), whose `uri` attribute is a link.
 pub const NS_REFERENCE: &str = "urn:xmpp:reference:0";
+/// XHTML-IM (XEP-0071): formatted bodies many clients show instead of the plain one.
+pub const NS_XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
 
 /// What happens to a stanza.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,10 +234,28 @@ struct Facts<'a> {
     ctx: &'a Context<'a>,
     from: OnceCell<Option<Jid>>,
     to: OnceCell<Option<Jid>>,
-    body: OnceCell<String>,
+    text: OnceCell<String>,
     keyword_hits: OnceCell<Vec<bool>>,
     regex_hits: OnceCell<Vec<bool>>,
     urls: OnceCell<(Vec<NormalizedUrl>, bool)>,
+}
+
+/// The text a recipient sees, where keywords, regexes and links are looked for: `<body/>` and
+/// `<subject/>` (all languages), presence `<status/>`, and the text of an XHTML-IM body —
+/// joined by newlines.
+pub fn visible_text(el: &Element) -> String {
+    let mut out = String::new();
+    for c in el.elements() {
+        let shown = (*c.ns == *NS_CLIENT && matches!(c.name.as_str(), "body" | "subject" | "status"))
+            || c.is(NS_XHTML_IM, "html");
+        if shown {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&c.text());
+        }
+    }
+    out
 }
 
 /// The text of a message's `<body/>` children (all languages), joined by newlines.
@@ -256,7 +277,7 @@ impl<'a> Facts<'a> {
             ctx,
             from: OnceCell::new(),
             to: OnceCell::new(),
-            body: OnceCell::new(),
+            text: OnceCell::new(),
             keyword_hits: OnceCell::new(),
             regex_hits: OnceCell::new(),
             urls: OnceCell::new(),
@@ -291,15 +312,15 @@ impl<'a> Facts<'a> {
             .as_ref()
     }
 
-    fn body(&self) -> &str {
-        self.body.get_or_init(|| body_text(self.el))
+    fn text(&self) -> &str {
+        self.text.get_or_init(|| visible_text(self.el))
     }
 
     fn keyword_hit(&self, policy: &Policy, group: usize) -> bool {
         let hits = self.keyword_hits.get_or_init(|| {
             let mut hits = vec![false; policy.keyword_group_count];
             if let Some(ac) = &policy.keywords {
-                let lower = self.body().to_lowercase();
+                let lower = fold::fold(self.text());
                 for m in ac.find_overlapping_iter(&lower) {
                     for &g in &policy.keyword_groups[m.pattern().as_usize()] {
                         hits[g] = true;
@@ -315,7 +336,7 @@ impl<'a> Facts<'a> {
         let hits = self.regex_hits.get_or_init(|| {
             let mut hits = vec![false; policy.regexes.as_ref().map_or(0, RegexSet::len)];
             if let Some(set) = &policy.regexes {
-                for i in set.matches(self.body()).iter() {
+                for i in set.matches(self.text()).iter() {
                     hits[i] = true;
                 }
             }
@@ -329,7 +350,7 @@ impl<'a> Facts<'a> {
     fn urls(&self) -> &(Vec<NormalizedUrl>, bool) {
         self.urls.get_or_init(|| {
             let mut urls = Vec::new();
-            let mut complete = url::extract_urls_into(self.body(), &mut urls) == url::Scan::Complete;
+            let mut complete = url::extract_urls_into(self.text(), &mut urls) == url::Scan::Complete;
             for c in self.el.elements() {
                 if c.is(NS_OOB_X, "x") || c.is(NS_OOB_IQ, "query") {
                     for u in c.elements().filter(|u| u.name == "url") {
@@ -341,10 +362,30 @@ impl<'a> Facts<'a> {
                         complete &= url::extract_urls_into(uri, &mut urls) == url::Scan::Complete;
                     }
                 }
+                if c.is(NS_XHTML_IM, "html") {
+                    complete &= xhtml_links(c, &mut urls, 0);
+                }
             }
             (urls, complete)
         })
     }
+}
+
+/// Links in XHTML-IM markup (`<a href>`, `<img src>`); false if the extractor's bounds were hit.
+fn xhtml_links(el: &Element, urls: &mut Vec<NormalizedUrl>, depth: usize) -> bool {
+    let mut complete = true;
+    for a in ["href", "src"] {
+        if let Some(v) = el.attr(a) {
+            complete &= url::extract_urls_into(v, urls) == url::Scan::Complete;
+        }
+    }
+    // The parser bounds depth already; the cap keeps this loop's own recursion obvious.
+    if depth < 64 {
+        for c in el.elements() {
+            complete &= xhtml_links(c, urls, depth + 1);
+        }
+    }
+    complete
 }
 
 /// Does some descendant chain below `el` follow `path`?
@@ -457,7 +498,9 @@ impl Policy {
             Cond::Rate(i) => {
                 let l = &self.limiters[*i];
                 match rate_key(l.key, f) {
-                    Some(key) => rates.over_limit(&l.name, &l.rate, key, now),
+                    // Per chain: a message counted when the sender sends it (c2s-in) must not
+                    // be counted again when a local recipient receives it (c2s-out).
+                    Some(key) => rates.over_limit(&l.name, f.ctx.chain, &l.rate, key, now),
                     // Nothing to count by (no sender address): not over any limit.
                     None => false,
                 }

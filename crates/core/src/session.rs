@@ -24,12 +24,12 @@ mod tests;
 use std::collections::VecDeque;
 
 use crate::jid::{self, FullJid};
-use crate::stanza::{self, Kind, StanzaCondition};
+use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::{Condition, Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, XmlError, XmlEvent, XmlLimits, NS_STREAMS};
 
 pub use features::{filter_features, is_channel_binding_mechanism};
-pub use filter::{PolicyBinding, PolicyEvent};
+pub use filter::{PolicyBinding, PolicyEvent, StanzaSummary};
 use sm::{StreamManagement, NS_SM};
 
 /// STARTTLS namespace (RFC 6120 §5).
@@ -102,8 +102,8 @@ pub enum Effect {
     AuthFailed,
     /// A client stanza was refused and answered with a stanza error (nothing forwarded).
     Bounced {
-        /// The stanza kind.
-        kind: Kind,
+        /// The stanza, for the audit log.
+        stanza: StanzaSummary,
         /// The error condition sent back.
         condition: StanzaCondition,
         /// Why, for the audit line.
@@ -114,6 +114,8 @@ pub enum Effect {
     Dropped {
         /// True for a stanza from the backend toward the client.
         from_backend: bool,
+        /// The stanza, for the audit log (`None`: skipped before its root was readable).
+        stanza: Option<StanzaSummary>,
         /// Why, for the audit line.
         reason: &'static str,
     },
@@ -233,6 +235,8 @@ pub struct Session {
     now: Option<std::time::Instant>,
     /// XEP-0198 counters of both directions.
     sm: StreamManagement,
+    /// The client's `<enable/>` was forwarded and not answered yet.
+    sm_enable_pending: bool,
 }
 
 /// Most runs of withheld or injected stanzas kept between two acknowledgements per direction.
@@ -267,6 +271,7 @@ impl Session {
             filter: None,
             now: None,
             sm: StreamManagement::new(SM_MAX_GAPS),
+            sm_enable_pending: false,
         }
     }
 
@@ -538,18 +543,13 @@ impl Session {
             }
             if kind == Kind::Iq && el.child(NS_LEGACY_AUTH, "query").is_some() {
                 // XEP-0078 would authenticate without SASL, past the gateway's view of the session.
-                return self.bounce(
-                    &el,
-                    kind,
-                    StanzaCondition::ServiceUnavailable,
-                    "legacy authentication is disabled",
-                );
+                return self.bounce(&el, StanzaCondition::ServiceUnavailable, "legacy authentication is disabled");
             }
             if kind == Kind::Iq {
                 if let Err((condition, reason)) = check_iq(&el) {
                     return match condition {
                         None => self.client_error(Condition::InvalidXml, reason),
-                        Some(c) => self.bounce(&el, kind, c, reason),
+                        Some(c) => self.bounce(&el, c, reason),
                     };
                 }
             }
@@ -557,11 +557,20 @@ impl Session {
             if let Some(to) = el.attr("to") {
                 match jid::parse(to) {
                     Some(j) => el.set_attr("to", j.to_string()),
-                    None => return self.bounce(&el, kind, StanzaCondition::JidMalformed, "malformed 'to' address"),
+                    None => return self.bounce(&el, StanzaCondition::JidMalformed, "malformed 'to' address"),
                 }
             }
             if !self.authenticated || self.bound.is_none() {
-                self.note_bind_request(&el);
+                let is_bind = el.name == "iq" && el.attr("type") == Some("set") && el.child(NS_BIND, "bind").is_some();
+                // RFC 6120 §7.1: after SASL nothing but one bind request until it is answered. A
+                // second request or a stanza pipelined behind it would be processed by the server
+                // for a JID this gateway has not learnt yet, past policy.
+                if self.authenticated && (!is_bind || self.bind_id.is_some()) {
+                    return self.client_error(Condition::NotAuthorized, "stanza before resource binding completed");
+                }
+                if is_bind {
+                    self.bind_id = el.attr("id").map(str::to_owned);
+                }
             }
         } else if ns == NS_SASL {
             if !matches!(el.name.as_str(), "auth" | "response" | "abort") || self.authenticated {
@@ -584,7 +593,7 @@ impl Session {
                     return;
                 }
             }
-        } else if ns == NS_SM && self.bound.is_some() {
+        } else if ns == NS_SM && self.authenticated {
             return self.on_client_sm(el);
         } else if !(ns == NS_CSI && matches!(el.name.as_str(), "active" | "inactive") && self.bound.is_some()) {
             return self.client_error(Condition::UnsupportedStanzaType, "unsupported top-level element");
@@ -618,26 +627,11 @@ impl Session {
 
     /// Answer a refused client stanza with a stanza error (or drop it where no error may be
     /// sent, RFC 6120 §8.3.1); nothing reaches the backend.
-    fn bounce(&mut self, el: &Element, kind: Kind, condition: StanzaCondition, reason: &'static str) {
-        let domain = self.domain.clone().unwrap_or_default();
-        match stanza::error_reply(el, condition, Some(reason), &domain) {
-            Some(reply) => {
-                reply.write_to(&mut self.to_client, NS_CLIENT);
-                self.effects.push_back(Effect::Bounced { kind, condition, reason });
-                let r = self.sm.client_stanza_bounced();
-                self.sm_result(r);
-            }
-            None => {
-                self.effects.push_back(Effect::Dropped { from_backend: false, reason });
-                let r = self.sm.to_server.withheld();
-                self.sm_result(r);
-            }
-        }
-    }
-
-    fn note_bind_request(&mut self, el: &Element) {
-        if el.name == "iq" && el.attr("type") == Some("set") && el.child(NS_BIND, "bind").is_some() {
-            self.bind_id = el.attr("id").map(str::to_owned);
+    fn bounce(&mut self, el: &Element, condition: StanzaCondition, reason: &'static str) {
+        let stanza = StanzaSummary::of(el);
+        match (self.refuse_client_stanza(el, condition, Some(reason)), stanza) {
+            (true, Some(stanza)) => self.effects.push_back(Effect::Bounced { stanza, condition, reason }),
+            (_, stanza) => self.effects.push_back(Effect::Dropped { from_backend: false, stanza, reason }),
         }
     }
 
@@ -716,22 +710,20 @@ impl Session {
         if el.is(NS_STREAMS, "features") {
             return self.fail_backend("stream features outside stream negotiation".to_owned());
         }
-        if &*el.ns == NS_SM && self.bound.is_some() {
+        if &*el.ns == NS_SM {
             return self.on_backend_sm(el);
         }
         if let Some(reason) = self.forged_for_client(&el) {
             // Answer an iq so its sender is not left waiting; never answer a message or presence
             // from a forger (no error loops, no oracle).
-            let mut r = self.sm.to_client.withheld();
             if el.name == "iq" {
-                let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
-                if let Some(reply) = stanza::error_reply(&el, StanzaCondition::ServiceUnavailable, None, &own) {
-                    reply.write_to(&mut self.to_backend, NS_CLIENT);
-                    r = r.and(self.sm.to_server.injected());
-                }
+                self.refuse_backend_stanza(&el, StanzaCondition::ServiceUnavailable, None);
+            } else {
+                let r = self.sm.to_client.withheld();
+                self.sm_result(r);
             }
-            self.effects.push_back(Effect::Dropped { from_backend: true, reason });
-            return self.sm_result(r);
+            self.effects.push_back(Effect::Dropped { from_backend: true, stanza: StanzaSummary::of(&el), reason });
+            return;
         }
         let is_stanza = Kind::of(&el).is_some();
         let Some(el) = (if is_stanza { self.police(crate::policy::Chain::C2sOut, el) } else { Some(el) }) else {
@@ -768,15 +760,19 @@ impl Session {
     /// lives on (one oversized or too-deep stanza from anyone must not disconnect the
     /// recipient), and a stanza that may be answered gets an error back to its sender.
     fn on_backend_skipped(&mut self, reason: XmlError, root: Option<Element>) {
-        if let Some(root) = root.filter(|r| Kind::of(r).is_some()) {
-            let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
-            let text = "stanza exceeds the recipient gateway's limits";
-            let mut r = self.sm.to_client.withheld();
-            if let Some(reply) = stanza::error_reply(&root, StanzaCondition::PolicyViolation, Some(text), &own) {
-                reply.write_to(&mut self.to_backend, NS_CLIENT);
-                r = r.and(self.sm.to_server.injected());
+        let stanza = root.as_ref().and_then(StanzaSummary::of);
+        match &root {
+            Some(root) if stanza.is_some() => {
+                let text = "stanza exceeds the recipient gateway's limits";
+                self.refuse_backend_stanza(root, StanzaCondition::PolicyViolation, Some(text));
             }
-            self.sm_result(r);
+            Some(_) => {}
+            // Its root was unreadable: after binding, what the server sends at the top level
+            // is stanzas (SM nonzas are tiny), so the SM count treats it as one.
+            None => {
+                let r = self.sm.to_client.withheld();
+                self.sm_result(r);
+            }
         }
         let why = match reason {
             XmlError::TooLarge { .. } => "stanza from backend too large",
@@ -784,7 +780,7 @@ impl Session {
             XmlError::TooManyAttributes { .. } => "stanza from backend with too many attributes",
             _ => "stanza from backend in a reserved namespace",
         };
-        self.effects.push_back(Effect::Dropped { from_backend: true, reason: why });
+        self.effects.push_back(Effect::Dropped { from_backend: true, stanza, reason: why });
     }
 
     /// Stanzas toward the client that only the user's own account may send: carbons

@@ -5,12 +5,13 @@
 //! audited). Without `[audit] path` records go to the daemon's log instead. Message bodies are
 //! written only with `include_body = true`.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use stanzawall_core::session::PolicyEvent;
+use stanzawall_core::policy::Chain;
+use stanzawall_core::session::{PolicyEvent, StanzaSummary};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -33,31 +34,75 @@ pub struct Origin<'a> {
     pub user: Option<&'a str>,
 }
 
+/// One record.
+struct Record<'a> {
+    chain: Chain,
+    stanza: Option<&'a StanzaSummary>,
+    rule: &'a str,
+    action: &'a str,
+    log_only: bool,
+    condition: Option<&'a str>,
+    outcome: &'a str,
+    body: Option<&'a str>,
+}
+
+fn record(r: Record<'_>, origin: Origin<'_>, time: &str) -> Value {
+    let s = r.stanza;
+    let mut v = json!({
+        "time": time,
+        "listener": origin.listener,
+        "chain": r.chain.as_str(),
+        "client.ip": origin.client_ip.to_string(),
+        "user": origin.user,
+        "from": s.and_then(|s| s.from.as_deref()),
+        "to": s.and_then(|s| s.to.as_deref()),
+        "kind": s.map(|s| s.kind.as_str()),
+        "type": s.and_then(|s| s.ty.as_deref()),
+        "id": s.and_then(|s| s.id.as_deref()),
+        "rule": r.rule,
+        "action": r.action,
+        "log_only": r.log_only,
+        "condition": r.condition,
+        "outcome": r.outcome,
+    });
+    if let (Some(body), Some(map)) = (r.body, v.as_object_mut()) {
+        map.insert("body".to_owned(), Value::String(body.to_owned()));
+    }
+    v
+}
+
+/// The record for a stanza the gateway itself refused (no rule: a built-in check such as a
+/// forged carbon or an over-limit stanza); `rule` is `gateway: REASON`.
+pub fn gateway_record(
+    from_backend: bool,
+    stanza: Option<&StanzaSummary>,
+    action: &str,
+    condition: Option<&str>,
+    reason: &str,
+    origin: Origin<'_>,
+) -> Value {
+    let chain = if from_backend { Chain::C2sOut } else { Chain::C2sIn };
+    let rule = format!("gateway: {reason}");
+    let time = humantime_rfc3339(std::time::SystemTime::now());
+    let r = Record { chain, stanza, rule: &rule, action, log_only: false, condition, outcome: action, body: None };
+    record(r, origin, &time)
+}
+
 /// The JSON lines for one decision: one per matched rule, or one for a chain default.
 pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
     let time = humantime_rfc3339(std::time::SystemTime::now());
     let base = |rule: &str, action: &str, log_only: bool, condition: Option<&str>| {
-        let mut v = json!({
-            "time": time,
-            "listener": origin.listener,
-            "chain": event.chain.as_str(),
-            "client.ip": origin.client_ip.to_string(),
-            "user": origin.user,
-            "from": event.from,
-            "to": event.to,
-            "kind": event.kind.as_str(),
-            "type": event.ty,
-            "id": event.id,
-            "rule": rule,
-            "action": action,
-            "log_only": log_only,
-            "condition": condition,
-            "outcome": event.outcome,
-        });
-        if let (Some(body), Some(map)) = (&event.body, v.as_object_mut()) {
-            map.insert("body".to_owned(), Value::String(body.clone()));
-        }
-        v
+        let r = Record {
+            chain: event.chain,
+            stanza: Some(&event.stanza),
+            rule,
+            action,
+            log_only,
+            condition,
+            outcome: event.outcome,
+            body: event.body.as_deref(),
+        };
+        record(r, origin, &time)
     };
     let mut out: Vec<Value> = event
         .hits
@@ -76,30 +121,49 @@ impl Audit {
     pub fn start(metrics: Arc<Metrics>) -> Audit {
         let (tx, mut rx) = mpsc::channel::<(Option<PathBuf>, Vec<Value>)>(QUEUE);
         tokio::spawn(async move {
-            while let Some((path, lines)) = rx.recv().await {
-                let Some(path) = path else {
-                    for l in &lines {
-                        info!(audit = %l, "policy decision");
+            // The open file, kept across batches (reopened when the configured path changes).
+            let mut open: Option<(PathBuf, tokio::io::BufWriter<tokio::fs::File>)> = None;
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 256).await > 0 {
+                for (path, lines) in batch.drain(..) {
+                    let Some(path) = path else {
+                        for l in &lines {
+                            info!(audit = %l, "policy decision");
+                        }
+                        continue;
+                    };
+                    if open.as_ref().is_none_or(|(p, _)| *p != path) {
+                        if let Some((_, mut w)) = open.take() {
+                            let _ = w.flush().await;
+                        }
+                        match tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await {
+                            Ok(f) => open = Some((path.clone(), tokio::io::BufWriter::new(f))),
+                            Err(e) => warn!(audit.path = %path.display(), error = %e, "cannot open the audit log"),
+                        }
                     }
-                    continue;
-                };
-                let mut text = String::new();
-                for l in &lines {
-                    text.push_str(&l.to_string());
-                    text.push('\n');
-                }
-                // Blocking file I/O off the runtime threads; appends are atomic per write for
-                // O_APPEND files of this size on Linux.
-                let p = path.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    std::fs::OpenOptions::new().create(true).append(true).open(&p)?.write_all(text.as_bytes())
-                })
-                .await;
-                if !matches!(written, Ok(Ok(()))) {
-                    metrics.audit_failures.inc_by(lines.len() as u64);
-                    warn!(audit.path = %path.display(), "cannot write audit records");
+                    let mut text = String::new();
                     for l in &lines {
-                        warn!(audit = %l, "policy decision (audit file unavailable)");
+                        text.push_str(&l.to_string());
+                        text.push('\n');
+                    }
+                    let written = match open.as_mut() {
+                        Some((_, w)) => w.write_all(text.as_bytes()).await.is_ok(),
+                        None => false,
+                    };
+                    if !written {
+                        open = None;
+                        metrics.audit_failures.inc_by(lines.len() as u64);
+                        for l in &lines {
+                            warn!(audit = %l, "policy decision (audit file unavailable)");
+                        }
+                    }
+                }
+                // Everything received so far is on disk before the next wait.
+                if let Some((path, w)) = open.as_mut() {
+                    if let Err(e) = w.flush().await {
+                        warn!(audit.path = %path.display(), error = %e, "cannot write the audit log");
+                        metrics.audit_failures.inc();
+                        open = None;
                     }
                 }
             }

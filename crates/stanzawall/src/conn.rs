@@ -98,11 +98,11 @@ pub async fn serve(
         backend_tls: listener.backend.tls,
         stream_id: random_id(),
     });
-    gen_rx.mark_unchanged();
-    let binding =
-        PolicyBinding { policy: generation.policy.clone(), rates: shared.rates.clone(), source_ip: peer.ip() };
+    // The newest policy (a reload may have landed since accept), marked seen.
+    let policy = gen_rx.borrow_and_update().policy.clone();
+    let mut audit_path = policy.audit().path.clone();
+    let binding = PolicyBinding { policy, rates: shared.rates.clone(), source_ip: peer.ip() };
     session.attach_policy(binding, std::time::Instant::now());
-    let mut audit_path = generation.policy.audit().path.clone();
     let mut last_counters = session.counters();
     info!("session opened");
 
@@ -197,11 +197,22 @@ pub async fn serve(
                     shaper = network.bandwidth_per_connection.map(|b| ByteBucket::new(b, std::time::Instant::now()));
                     idle_deadline = Instant::now() + idle_timeout;
                 }
-                Effect::Bounced { kind, condition, reason } => {
-                    info!(stanza.kind = kind.as_str(), error = condition.as_str(), reason, "stanza bounced")
+                Effect::Bounced { stanza, condition, reason } => {
+                    info!(stanza.kind = stanza.kind.as_str(), error = condition.as_str(), reason, "stanza bounced");
+                    let user = session.bound_jid().map(|j| j.to_bare().to_string());
+                    let origin =
+                        audit::Origin { listener: &listener.name, client_ip: peer.ip(), user: user.as_deref() };
+                    let line =
+                        audit::gateway_record(false, Some(&stanza), "bounce", Some(condition.as_str()), reason, origin);
+                    shared.audit.record(audit_path.clone(), vec![line]).await;
                 }
-                Effect::Dropped { from_backend, reason } => {
-                    info!(direction = if from_backend { "to-client" } else { "to-backend" }, reason, "stanza dropped")
+                Effect::Dropped { from_backend, stanza, reason } => {
+                    info!(direction = if from_backend { "to-client" } else { "to-backend" }, reason, "stanza dropped");
+                    let user = session.bound_jid().map(|j| j.to_bare().to_string());
+                    let origin =
+                        audit::Origin { listener: &listener.name, client_ip: peer.ip(), user: user.as_deref() };
+                    let line = audit::gateway_record(from_backend, stanza.as_ref(), "drop", None, reason, origin);
+                    shared.audit.record(audit_path.clone(), vec![line]).await;
                 }
                 Effect::Policy(event) => {
                     for hit in &event.hits {

@@ -206,9 +206,13 @@ async fn reconcile_bans(guard: &SharedGuard, generation: &Generation) {
     let (lifted, added) = {
         let mut g = lock(guard);
         let current = g.bans().entries(now);
-        let lifted: Vec<IpAddr> =
-            current.iter().map(|&(ip, _)| ip).filter(|ip| !wanted.iter().any(|(w, _)| w == ip)).collect();
-        let added: Vec<(IpAddr, SystemTime)> = wanted.iter().copied().filter(|w| !current.contains(w)).collect();
+        // By address: the file keeps whole seconds, the table exact expiries, so comparing
+        // (address, expiry) pairs would re-add every ban on every reload.
+        let current_ips: std::collections::HashSet<IpAddr> = current.iter().map(|&(ip, _)| ip).collect();
+        let wanted_ips: std::collections::HashSet<IpAddr> = wanted.iter().map(|&(ip, _)| ip).collect();
+        let lifted: Vec<IpAddr> = current_ips.difference(&wanted_ips).copied().collect();
+        let added: Vec<(IpAddr, SystemTime)> =
+            wanted.iter().copied().filter(|(ip, _)| !current_ips.contains(ip)).collect();
         for ip in &lifted {
             g.bans().unban(*ip);
         }
@@ -276,9 +280,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         let reload_now = tokio::select! {
             _ = hup.recv() => true,
             _ = poll.tick() => {
-                let now = fingerprint(&watched);
-                let changed = now != seen;
-                seen = now;
+                let changed = fingerprint(&watched) != seen;
                 if changed {
                     info!(files = ?watched, "a list file changed; reloading");
                 }
@@ -288,10 +290,15 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => break,
         };
         if reload_now {
+            // Taken before the files are read: an edit that lands while the reload reads them is
+            // seen at the next tick (a fingerprint taken after could hide it for good).
+            let before = fingerprint(&watched);
             reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
             let current = gen_rx.borrow().clone();
-            watched = current.config.watched_files();
-            seen = fingerprint(&watched);
+            let now_watched = current.config.watched_files();
+            // Files the new config added have no fingerprint yet: the next tick reloads once more.
+            seen = if now_watched == watched { before } else { vec![None; now_watched.len()] };
+            watched = now_watched;
             let bind = current.config.admin.bind;
             if admin.as_ref().map(|(b, _)| *b) != bind {
                 if let Some((_, task)) = admin.take() {

@@ -277,11 +277,17 @@ impl Compiler<'_> {
         for item in items {
             if let Some(name) = item.value.strip_prefix("list:") {
                 let list = self.list(&Located { value: name.to_owned(), origin: item.origin.clone() })?;
-                out.extend(list.entries.iter().map(|e| e.value.to_lowercase()));
-            } else if item.value.is_empty() {
+                for e in &list.entries {
+                    let word = super::fold::fold(&e.value);
+                    if word.is_empty() {
+                        return Err(e.origin.error("an empty keyword matches everything"));
+                    }
+                    out.push(word);
+                }
+            } else if super::fold::fold(&item.value).is_empty() {
                 return Err(item.origin.error("an empty keyword matches everything"));
             } else {
-                out.push(item.value.to_lowercase());
+                out.push(super::fold::fold(&item.value));
             }
         }
         Ok(out)

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::Chain;
 use crate::limit::{Gcra, Rate};
 
 /// Most buckets kept at once.
@@ -18,7 +19,7 @@ pub const MAX_KEYS: usize = 1 << 20;
 /// Shared rate state.
 #[derive(Debug, Default)]
 pub struct RateTable {
-    buckets: Mutex<HashMap<(String, String), Gcra>>,
+    buckets: Mutex<HashMap<(String, Chain, String), Gcra>>,
 }
 
 impl RateTable {
@@ -27,13 +28,13 @@ impl RateTable {
         Self::default()
     }
 
-    /// Charge one event to `key` of `limiter`; true if it is over the limit.
-    pub fn over_limit(&self, limiter: &str, rate: &Rate, key: String, now: Instant) -> bool {
+    /// Charge one event to `key` of `limiter` in `chain`; true if it is over the limit.
+    pub fn over_limit(&self, limiter: &str, chain: Chain, rate: &Rate, key: String, now: Instant) -> bool {
         let mut buckets = match self.buckets.lock() {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let id = (limiter.to_owned(), key);
+        let id = (limiter.to_owned(), chain, key);
         if !buckets.contains_key(&id) && buckets.len() >= MAX_KEYS {
             buckets.retain(|_, g| !g.is_idle(now));
             if buckets.len() >= MAX_KEYS {
@@ -64,11 +65,13 @@ mod tests {
         let t = RateTable::new();
         let rate = Rate::parse("60/minute", 10).unwrap();
         let now = Instant::now();
-        let over: Vec<bool> = (0..11).map(|_| t.over_limit("l", &rate, "alice".into(), now)).collect();
+        let c = Chain::C2sIn;
+        let over: Vec<bool> = (0..11).map(|_| t.over_limit("l", c, &rate, "alice".into(), now)).collect();
         assert_eq!(over.iter().filter(|&&o| !o).count(), 10);
         assert!(over[10]);
-        assert!(!t.over_limit("l", &rate, "bob".into(), now), "another key has its own bucket");
-        assert!(!t.over_limit("other", &rate, "alice".into(), now), "another limiter too");
-        assert!(!t.over_limit("l", &rate, "alice".into(), now + Duration::from_secs(1)), "refilled at the rate");
+        assert!(!t.over_limit("l", c, &rate, "bob".into(), now), "another key has its own bucket");
+        assert!(!t.over_limit("other", c, &rate, "alice".into(), now), "another limiter too");
+        assert!(!t.over_limit("l", Chain::C2sOut, &rate, "alice".into(), now), "and the other chain");
+        assert!(!t.over_limit("l", c, &rate, "alice".into(), now + Duration::from_secs(1)), "refilled at the rate");
     }
 }

@@ -58,12 +58,15 @@ impl Masker {
         Ok(Masker { keywords, regexes, with: with.to_owned() })
     }
 
-    /// A copy of `el` with every match in its bodies replaced, one `with` per character.
+    /// A copy of `el` with every match in its bodies, subjects and status replaced, one `with`
+    /// per character. An XHTML-IM body is removed: its markup cannot be masked reliably, and
+    /// clients fall back to the plain (masked) body.
     pub(super) fn mask(&self, el: &Element) -> Element {
         let mut out = el.clone();
+        out.retain_elements(|c| !c.is(super::NS_XHTML_IM, "html"));
         for child in &mut out.children {
             if let Node::Element(body) = child {
-                if body.is(NS_CLIENT, "body") {
+                if *body.ns == *NS_CLIENT && matches!(body.name.as_str(), "body" | "subject" | "status") {
                     let text = body.text();
                     let masked = self.mask_text(&text);
                     body.children = vec![Node::Text(masked)];
@@ -80,19 +83,13 @@ impl Masker {
         let chars: Vec<char> = text.chars().collect();
         let mut hide = vec![false; chars.len()];
         if let Some(ac) = &self.keywords {
-            // Lowercase char by char, remembering which original character each byte came from.
-            let mut lower = String::with_capacity(text.len());
-            let mut owner = Vec::with_capacity(text.len());
-            for (i, c) in chars.iter().enumerate() {
-                for l in c.to_lowercase() {
-                    let before = lower.len();
-                    lower.push(l);
-                    owner.extend(std::iter::repeat_n(i, lower.len() - before));
-                }
-            }
-            for m in ac.find_iter(&lower) {
-                for &i in &owner[m.start()..m.end()] {
-                    hide[i] = true;
+            // Folded as detection folds, remembering which character each byte came from; the
+            // span between a match's first and last character is hidden (invisible characters
+            // inside it included).
+            let (folded, owner) = super::fold::fold_mapped(text);
+            for m in ac.find_iter(&folded) {
+                if let (Some(&first), Some(&last)) = (owner.get(m.start()), owner.get(m.end().saturating_sub(1))) {
+                    hide[first..=last].iter_mut().for_each(|h| *h = true);
                 }
             }
         }

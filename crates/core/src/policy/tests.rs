@@ -433,3 +433,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn text_outside_the_plain_body_is_seen_too() {
+    let p = policy(
+        r#"
+[list.bad_urls]
+entries = ["evil.example"]
+[[rule]]
+name = "links"
+when = { url_in = "bad_urls" }
+action = "drop"
+[[rule]]
+name = "words"
+when = { body_contains = "viagra" }
+action = "mask"
+"#,
+    );
+    let xhtml = "<message to='b@example.test'><body>click</body><html xmlns='http://jabber.org/protocol/xhtml-im'>\
+        <body xmlns='http://www.w3.org/1999/xhtml'><a href='https://EVIL.example/x'>click</a></body></html></message>";
+    assert_eq!(rule_of(&eval(&p, Chain::C2sIn, xhtml)), Some("links"));
+    assert_eq!(
+        rule_of(&eval(&p, Chain::C2sIn, "<message to='b@example.test'><subject>evil.example/x</subject></message>")),
+        Some("links")
+    );
+    assert_eq!(
+        rule_of(&eval(&p, Chain::C2sOut, "<presence from='s@x.test/r'><status>visit evil.example</status></presence>")),
+        Some("links")
+    );
+    // Invisible characters do not split a keyword, and the mask covers them.
+    let v = eval(&p, Chain::C2sIn, "<message to='b@example.test'><body>cheap Vi\u{200b}AGRA</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>cheap viagra</body></html></message>");
+    let Outcome::Rewrite(el) = &v.outcome else { panic!("{v:?}") };
+    assert_eq!(body_text(el), "cheap *******");
+    assert!(el.child(NS_XHTML_IM, "html").is_none(), "the formatted copy is removed");
+}
+
+#[test]
+fn rate_buckets_are_per_chain() {
+    // The sender's c2s-in and a local recipient's c2s-out see the same message: it must be
+    // counted once in each, not twice in one.
+    let p = policy("[rate.r]\nrate = \"1/minute\"\nburst = 1\n[[rule]]\nname = \"flood\"\nwhen = { rate = \"r\" }\naction = \"drop\"\n");
+    let rates = RateTable::new();
+    let now = Instant::now();
+    assert_eq!(eval_at(&p, Chain::C2sIn, MSG_IN, &rates, now).rule, None);
+    assert_eq!(eval_at(&p, Chain::C2sOut, MSG_IN, &rates, now).rule, None);
+    assert_eq!(eval_at(&p, Chain::C2sIn, MSG_IN, &rates, now).rule.as_deref(), Some("flood"));
+}

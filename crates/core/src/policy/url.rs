@@ -209,21 +209,21 @@ struct Budget {
 }
 
 fn extract_from_token(token: &str, out: &mut Vec<NormalizedUrl>, budget: &mut Budget) -> Result<(), Exhausted> {
-    let mut found_scheme = false;
+    let mut first_scheme: Option<usize> = None;
     for (at, _) in token.match_indices("://") {
         let Some(start) = scheme_start(token, at) else { continue };
-        found_scheme = true;
+        first_scheme = Some(first_scheme.map_or(start, |f| f.min(start)));
         // The candidate runs to the end of the token: a second `://` inside it (an open redirect,
         // `?u=http://evil.example/`) is also tried on its own.
         let candidate = trim_url(prefix_at_char_boundary(&token[start..], MAX_URL_BYTES));
         let Some(rest) = candidate.get(at - start + 3..) else { continue };
         try_candidate(rest, false, out, budget)?;
     }
-    if found_scheme {
-        return Ok(());
-    }
-    // Schemeless: brackets and `word:` prefixes are split off (`[see](evil.example/x)`,
-    // `link:evil.example`), a `:` before digits is kept as a port.
+    // Schemeless, over what comes before the first scheme (a later `://`, as in
+    // `evil.example/x?u=a://b`, must not hide the link in front of it): brackets and `word:`
+    // prefixes are split off (`[see](evil.example/x)`, `link:evil.example`), a `:` before digits
+    // is kept as a port.
+    let token = &token[..first_scheme.unwrap_or(token.len())];
     let mut piece_start = 0;
     let bytes = token.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
@@ -519,6 +519,16 @@ fn longest_path_match<'a>(paths: &'a HashMap<Box<str>, Box<str>>, path: &str, ma
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_later_scheme_does_not_hide_the_link_before_it() {
+        for text in ["evil.example/x?u=a://b", "evil.example/a://", "see evil.example/p?next=https://ok.example/"] {
+            let (urls, _) = extract_urls(text);
+            assert!(urls.iter().any(|u| u.host == "evil.example"), "{text}: {urls:?}");
+        }
+        let (urls, _) = extract_urls("see evil.example/p?next=https://ok.example/");
+        assert!(urls.iter().any(|u| u.host == "ok.example"), "{urls:?}");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

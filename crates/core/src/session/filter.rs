@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::sm::{TooManyUnacked, NS_SM};
 use super::{Effect, Session};
 use crate::policy::{Chain, Context, Hit, Outcome, Policy, RateTable};
-use crate::stanza::{self, Kind, NS_STANZA_ERRORS};
+use crate::stanza::{self, Kind, StanzaCondition, NS_STANZA_ERRORS};
 use crate::stream::{Condition, StreamError, NS_CLIENT};
 use crate::xml::Element;
 
@@ -30,6 +30,35 @@ pub struct PolicyBinding {
     pub source_ip: IpAddr,
 }
 
+/// What the audit log says about a stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StanzaSummary {
+    /// The stanza kind.
+    pub kind: Kind,
+    /// `type`.
+    pub ty: Option<String>,
+    /// `id`.
+    pub id: Option<String>,
+    /// `from` (after stamping).
+    pub from: Option<String>,
+    /// `to`.
+    pub to: Option<String>,
+}
+
+impl StanzaSummary {
+    /// The summary of `el`, if it is a stanza.
+    pub fn of(el: &Element) -> Option<StanzaSummary> {
+        let attr = |n: &str| el.attr(n).map(str::to_owned);
+        Some(StanzaSummary {
+            kind: Kind::of(el)?,
+            ty: attr("type"),
+            id: attr("id"),
+            from: attr("from"),
+            to: attr("to"),
+        })
+    }
+}
+
 /// A policy decision to audit: every rule that matched one stanza.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyEvent {
@@ -40,16 +69,8 @@ pub struct PolicyEvent {
     pub hits: Vec<Hit>,
     /// What was done: `pass`, `drop`, `bounce`, `close`, `rewrite`.
     pub outcome: &'static str,
-    /// The stanza kind.
-    pub kind: Kind,
-    /// Its `type`, `id`, `from`, `to` attributes.
-    pub ty: Option<String>,
-    /// `id`.
-    pub id: Option<String>,
-    /// `from` (after stamping).
-    pub from: Option<String>,
-    /// `to`.
-    pub to: Option<String>,
+    /// The stanza.
+    pub stanza: StanzaSummary,
     /// The message body, when the audit includes bodies.
     pub body: Option<String>,
 }
@@ -76,7 +97,7 @@ impl Session {
     /// Run `el` through chain `chain`. Returns the stanza to forward, or `None` when it was
     /// dropped, bounced or the stream closed (all accounted for here).
     pub(super) fn police(&mut self, chain: Chain, el: Element) -> Option<Element> {
-        let (Some(binding), Some(now), Some(kind)) = (self.filter.as_ref(), self.now, Kind::of(&el)) else {
+        let (Some(binding), Some(now), Some(stanza)) = (self.filter.as_ref(), self.now, StanzaSummary::of(&el)) else {
             return Some(el);
         };
         if binding.policy.is_pass_all(chain) || self.bound.is_none() {
@@ -86,16 +107,13 @@ impl Session {
         let verdict = binding.policy.evaluate(&el, &ctx, &binding.rates, now);
         if !verdict.hits.is_empty() || verdict.outcome != Outcome::Pass {
             let include_body = binding.policy.audit().include_body;
+            let body = (include_body && stanza.kind == Kind::Message).then(|| crate::policy::body_text(&el));
             self.effects.push_back(Effect::Policy(PolicyEvent {
                 chain,
                 hits: verdict.hits,
                 outcome: verdict.outcome.action(),
-                kind,
-                ty: el.attr("type").map(str::to_owned),
-                id: el.attr("id").map(str::to_owned),
-                from: el.attr("from").map(str::to_owned),
-                to: el.attr("to").map(str::to_owned),
-                body: (include_body && kind == Kind::Message).then(|| crate::policy::body_text(&el)),
+                stanza,
+                body,
             }));
         }
         match verdict.outcome {
@@ -111,35 +129,9 @@ impl Session {
             }
             Outcome::Bounce { condition, text } => {
                 match chain {
-                    Chain::C2sIn => {
-                        let domain = self.domain.clone().unwrap_or_default();
-                        match stanza::error_reply(&el, condition, text.as_deref(), &domain) {
-                            Some(reply) => {
-                                reply.write_to(&mut self.to_client, NS_CLIENT);
-                                let r = self.sm.client_stanza_bounced();
-                                self.sm_result(r);
-                            }
-                            None => {
-                                let r = self.sm.to_server.withheld();
-                                self.sm_result(r);
-                            }
-                        }
-                    }
-                    Chain::C2sOut => {
-                        let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
-                        match stanza::error_reply(&el, condition, text.as_deref(), &own) {
-                            Some(reply) => {
-                                reply.write_to(&mut self.to_backend, NS_CLIENT);
-                                let r = self.sm.server_stanza_bounced();
-                                self.sm_result(r);
-                            }
-                            None => {
-                                let r = self.sm.to_client.withheld();
-                                self.sm_result(r);
-                            }
-                        }
-                    }
-                }
+                    Chain::C2sIn => self.refuse_client_stanza(&el, condition, text.as_deref()),
+                    Chain::C2sOut => self.refuse_backend_stanza(&el, condition, text.as_deref()),
+                };
                 None
             }
             Outcome::Close { condition, text } => {
@@ -147,6 +139,47 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// A client stanza the gateway will not forward: answer it toward the client with a stanza
+    /// error, or drop it where none may be sent (RFC 6120 §8.3.1); either way the SM counters
+    /// learn of it. True if an error was sent.
+    pub(super) fn refuse_client_stanza(
+        &mut self,
+        el: &Element,
+        condition: StanzaCondition,
+        text: Option<&str>,
+    ) -> bool {
+        let domain = self.domain.clone().unwrap_or_default();
+        let (sent, r) = match stanza::error_reply(el, condition, text, &domain) {
+            Some(reply) => {
+                reply.write_to(&mut self.to_client, NS_CLIENT);
+                (true, self.sm.client_stanza_bounced())
+            }
+            None => (false, self.sm.to_server.withheld()),
+        };
+        self.sm_result(r);
+        sent
+    }
+
+    /// The same for a stanza from the backend: the error goes back to its sender through the
+    /// backend, on behalf of the user. True if an error was sent.
+    pub(super) fn refuse_backend_stanza(
+        &mut self,
+        el: &Element,
+        condition: StanzaCondition,
+        text: Option<&str>,
+    ) -> bool {
+        let own = self.bound.as_ref().map(|b| b.to_string()).unwrap_or_default();
+        let (sent, r) = match stanza::error_reply(el, condition, text, &own) {
+            Some(reply) => {
+                reply.write_to(&mut self.to_backend, NS_CLIENT);
+                (true, self.sm.server_stanza_bounced())
+            }
+            None => (false, self.sm.to_client.withheld()),
+        };
+        self.sm_result(r);
+        sent
     }
 
     /// Close the session when the SM bookkeeping is full (too much withheld without an ack).
@@ -158,10 +191,21 @@ impl Session {
         }
     }
 
-    /// A top-level element in the SM namespace from the client (only once bound).
+    /// A top-level element in the SM namespace from the client (after SASL success).
     pub(super) fn on_client_sm(&mut self, mut el: Element) {
+        if self.bound.is_none() && el.name != "resume" {
+            return self.client_error(Condition::UnsupportedStanzaType, "stream management before resource binding");
+        }
         match el.name.as_str() {
+            "enable" if self.sm_enable_pending || self.sm.to_server.is_enabled() => {
+                // XEP-0198 §3: enabling twice is an error; answered here so the counters of the
+                // enabled stream are not reset.
+                let failed =
+                    Element::new(NS_SM, "failed").with_child(Element::new(NS_STANZA_ERRORS, "unexpected-request"));
+                failed.write_to(&mut self.to_client, NS_CLIENT);
+            }
             "enable" => {
+                self.sm_enable_pending = true;
                 // No resumption through the gateway (see the module docs).
                 el.remove_attr("resume");
                 el.remove_attr("max");
@@ -197,11 +241,15 @@ impl Session {
                     el.remove_attr(a);
                 }
                 el.write_to(&mut self.to_client, NS_CLIENT);
+                self.sm_enable_pending = false;
                 self.sm.to_client.enable();
             }
             "failed" => {
                 el.write_to(&mut self.to_client, NS_CLIENT);
-                self.sm.to_server.disable();
+                // Only a refusal of the pending <enable/> stops the client → server counting.
+                if std::mem::take(&mut self.sm_enable_pending) {
+                    self.sm.to_server.disable();
+                }
             }
             "r" => el.write_to(&mut self.to_client, NS_CLIENT),
             "a" => {

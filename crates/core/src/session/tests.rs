@@ -565,7 +565,7 @@ fn policy_verdicts_are_carried_out_and_reported() {
     assert_eq!(client_out(&mut s), "");
     let fx = effects(&mut s);
     assert!(
-        matches!(fx.as_slice(), [Effect::Policy(e)] if e.outcome == "drop" && &*e.hits[0].rule == "spam" && e.from.as_deref() == Some("alice@example.test/phone")),
+        matches!(fx.as_slice(), [Effect::Policy(e)] if e.outcome == "drop" && &*e.hits[0].rule == "spam" && e.stanza.from.as_deref() == Some("alice@example.test/phone")),
         "{fx:?}"
     );
     s.client_bytes(msg("bad").as_bytes());
@@ -631,4 +631,64 @@ fn sm_resume_is_refused_by_the_gateway() {
         client_out(&mut s),
         "<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
     );
+}
+
+/// SASL done, stream restarted, features shown: the client may now bind.
+fn authenticated() -> Session {
+    let mut s = at_sasl();
+    client_out(&mut s);
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
+    backend_out(&mut s);
+    s.backend_bytes(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    client_out(&mut s);
+    backend_out(&mut s);
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.backend_bytes(BACKEND_BIND_FEATURES.as_bytes());
+    s.client_bytes(CLIENT_HEADER.as_bytes());
+    client_out(&mut s);
+    effects(&mut s);
+    s
+}
+
+const BIND: &str = "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>";
+
+#[test]
+fn nothing_but_one_bind_request_before_binding_completes() {
+    // A second bind request would leave the gateway without the bound JID (policy off).
+    let mut s = authenticated();
+    s.client_bytes(format!("{BIND}{}", BIND.replace("b1", "b2")).as_bytes());
+    assert_eq!(backend_out(&mut s), format!("{BIND}</stream:stream>"));
+    assert!(client_out(&mut s).contains("<not-authorized"));
+    assert!(s.is_closed());
+    // A stanza pipelined behind the request would be delivered unevaluated.
+    let mut s = authenticated();
+    s.client_bytes(format!("{BIND}<message to='bob@example.test'><body>spam</body></message>").as_bytes());
+    assert!(!backend_out(&mut s).contains("spam"));
+    assert!(client_out(&mut s).contains("<not-authorized"));
+    // Before the request too.
+    let mut s = authenticated();
+    s.client_bytes(b"<presence/>");
+    assert_eq!(backend_out(&mut s), "</stream:stream>");
+    assert!(s.is_closed());
+}
+
+#[test]
+fn resume_before_bind_fails_softly_and_enable_twice_keeps_the_counters() {
+    let mut s = authenticated();
+    s.client_bytes(b"<resume xmlns='urn:xmpp:sm:3' h='3' previd='old'/>");
+    assert!(client_out(&mut s).starts_with("<failed xmlns='urn:xmpp:sm:3'>"));
+    assert!(!s.is_closed(), "the client may bind afresh");
+    let mut s = bound();
+    with_policy(&mut s, DROP_SPAM);
+    s.client_bytes(b"<enable xmlns='urn:xmpp:sm:3'/>");
+    backend_out(&mut s);
+    s.backend_bytes(b"<enabled xmlns='urn:xmpp:sm:3'/>");
+    client_out(&mut s);
+    s.client_bytes(format!("{}{}", msg("one"), msg("spam")).as_bytes());
+    backend_out(&mut s);
+    s.client_bytes(b"<enable xmlns='urn:xmpp:sm:3'/>");
+    assert_eq!(backend_out(&mut s), "", "a second enable is answered by the gateway");
+    assert!(client_out(&mut s).contains("<unexpected-request"));
+    s.backend_bytes(b"<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    assert_eq!(client_out(&mut s), "<a xmlns='urn:xmpp:sm:3' h='2'/>", "counting went on");
 }
