@@ -49,18 +49,20 @@ RAW=$OUT/raw.jsonl
 log() { printf '[%4ds] %s\n' $(( $(date +%s) - T_START )) "$*" >&2; }
 
 # --- tools --------------------------------------------------------------------------------------
-SW=$ROOT/target/release/stanzawall
+SW=${STANZAWALL:-$ROOT/target/release/stanzawall}   # STANZAWALL=path: another build
 LOADGEN=$HERE/target/release/loadgen
 SINK=$HERE/target/release/sink
 XMPP_PROXY=$(command -v xmpp-proxy || echo "$HOME/.cargo/bin/xmpp-proxy")
 HAPROXY=$(command -v haproxy || true)
 log "building bench/ (release)"
 (cd "$HERE" && cargo build --release --quiet)
-[[ -x $SW ]] || { echo "run.sh: $SW missing: run 'cargo build --release' in $ROOT first" >&2; exit 1; }
+[[ -x $SW ]] || { echo "run.sh: $SW missing: run 'cargo build --release' in $ROOT first (or set STANZAWALL)" >&2; exit 1; }
 # A private copy: others may rebuild target/release while this runs.
 cp "$SW" "$WORK/stanzawall"; SW=$WORK/stanzawall
-SW_BUILT=$(date -u -r "$ROOT/target/release/stanzawall" +%Y-%m-%dT%H:%MZ)
+SW_BUILT=$(date -u -r "${STANZAWALL:-$ROOT/target/release/stanzawall}" +%Y-%m-%dT%H:%MZ)
 SW_VERSION=$("$SW" --version 2>/dev/null | head -1)
+# Where that binary came from (STANZAWALL_SRC="git archive 053275e", say); default: this tree.
+SW_SRC=${STANZAWALL_SRC:-"target/release of this working tree"}
 
 # File descriptors: every proxied session holds two; the hard limit is what we can have.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -294,7 +296,14 @@ for row in g e f; do
   fi
   start_bg "sw-policy-$size.log" "$SW" run --config "sw-policy-$size.toml"
   ROW_PORT[$row]=$port ROW_PID[$row]=$STARTED_PID
-  wait_port "$port" 30 || ROW_NA[$row]="n/a: stanzawall with the policy did not start"
+  wait_port "$port" 30 || { ROW_NA[$row]="n/a: stanzawall with the policy did not start"; continue; }
+  # Accepted is not enforced: a message with a listed URL must come back as an error.
+  bad="https://$(head -1 "lists-$size/urls.txt")"
+  verdict=$("$LOADGEN" --target "127.0.0.1:$port" --domain $DOMAIN --probe "see $bad now" 2>>loadgen.err | tail -1)
+  log "row $row: probe with a listed URL → $verdict"
+  if [[ $verdict == ECHO ]]; then
+    POLICY_NA="n/a: policy accepted by check but not enforced by this build"; ROW_NA[$row]=$POLICY_NA
+  fi
 done
 for row in $ROWS; do [[ -n ${ROW_NA[$row]:-} ]] && log "row $row: ${ROW_NA[$row]}"; done
 active_rows() { local r; for r in "$@"; do [[ -z ${ROW_NA[$r]:-} ]] && printf '%s ' "$r"; done; true; }
@@ -366,6 +375,7 @@ rss_point() { # rss_point ROW N
   pid=$STARTED_PID
   wait_port $P_RSS_PROXY 30 || { log "RSS $row: proxy did not start"; stop "$pid"; stop "$spid"; return; }
   sleep 1; base=$(rss_kb "$pid")
+  rm -f rss-loadgen.out   # else the previous point's READY races the new loadgen's truncation
   "$LOADGEN" --target 127.0.0.1:$P_RSS_PROXY --domain $DOMAIN --sources $SOURCES --sessions "$n" \
     --idle 600 --connect-concurrency 128 > rss-loadgen.out 2>>loadgen.err &
   lg=$!; PIDS+=("$lg")
@@ -441,7 +451,7 @@ fi
 
 # --- summary and plot ---------------------------------------------------------------------------------
 {
-  echo "{\"section\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$(date -u +%Y-%m-%dT%H:%MZ)\",\"commit\":\"$(git -C "$ROOT" rev-parse --short HEAD)\",\"dirty\":$( [[ -n $(git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock) ]] && echo true || echo false ),\"cpus\":$(nproc),\"cpu_model\":\"$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)\",\"fd_limit\":$FD_LIMIT,\"stanzawall\":\"$SW_VERSION, built $SW_BUILT\",\"rounds\":$ROUNDS,\"duration\":$DUR,\"sessions\":$SESSIONS,\"window\":$WINDOW,\"elapsed_s\":$(( $(date +%s) - T_START ))}"
+  echo "{\"section\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$(date -u +%Y-%m-%dT%H:%MZ)\",\"commit\":\"$(git -C "$ROOT" rev-parse --short HEAD)\",\"dirty\":$( [[ -n $(git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock) ]] && echo true || echo false ),\"cpus\":$(nproc),\"cpu_model\":\"$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)\",\"fd_limit\":$FD_LIMIT,\"stanzawall\":\"$SW_VERSION from $SW_SRC, built $SW_BUILT\",\"rounds\":$ROUNDS,\"duration\":$DUR,\"sessions\":$SESSIONS,\"window\":$WINDOW,\"elapsed_s\":$(( $(date +%s) - T_START ))}"
   for row in $ROWS s pd pg; do
     printf '{"section":"row","row":"%s","desc":"%s","na":"%s"}\n' "$row" "${ROW_DESC[$row]:-}" "${ROW_NA[$row]:-}"
   done

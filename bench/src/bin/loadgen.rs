@@ -86,6 +86,11 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Log one session in, send one chat message with this body, and print ECHO (it came back),
+    /// ERROR (a stanza error came back) or NONE (nothing within 3 s): checks that a policy is
+    /// really enforced.
+    #[arg(long)]
+    probe: Option<String>,
     /// Free-form label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -182,7 +187,15 @@ fn main() {
     let tls = tokio_rustls::TlsConnector::from(client_tls(true));
     let cfg = Arc::new(Cfg { args, tls, sources, mix, mix_total, filler });
     let code = rt.block_on(async move {
-        if cfg.args.handshakes {
+        if let Some(body) = cfg.args.probe.clone() {
+            match establish(&cfg, 0, Probe(body)).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    println!("FAILED {e}");
+                    1
+                }
+            }
+        } else if cfg.args.handshakes {
             handshakes(cfg).await
         } else {
             sessions(cfg).await
@@ -699,6 +712,35 @@ async fn sessions(cfg: Arc<Cfg>) -> i32 {
         ERRORS.load(Ordering::Relaxed),
     );
     i32::from(ok == 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy probe
+
+struct Probe(String);
+
+impl Work for Probe {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(self, mut conn: Conn<S>, jid: String) -> Result<(), String> {
+        let body = self.0.replace('&', "&amp;").replace('<', "&lt;");
+        conn.send(&format!("<message to='{jid}' type='chat' id='probe1'><body>{body}</body></message>")).await?;
+        let verdict = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match conn.event().await {
+                    Ok(Owned::Element { bytes, .. }) => {
+                        let text = String::from_utf8_lossy(&bytes).into_owned();
+                        if text.contains("probe1") {
+                            return if text.contains("type='error'") || text.contains("type=\"error\"") { "ERROR" } else { "ECHO" };
+                        }
+                    }
+                    _ => return "CLOSED",
+                }
+            }
+        })
+        .await
+        .unwrap_or("NONE");
+        println!("{verdict}");
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
