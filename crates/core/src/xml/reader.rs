@@ -83,6 +83,8 @@ const MAX_XML_DECL: usize = 128;
 /// stanza cap so that `<a/><a/>…` cannot turn a 256 KiB stanza into megabytes of tree.
 const ELEMENT_OVERHEAD: usize = 96;
 const ATTRIBUTE_OVERHEAD: usize = 48;
+/// An empty buffer larger than this is released when the next bytes are few.
+const SHRINK_ABOVE: usize = 4096;
 
 impl StreamReader {
     /// A reader expecting a stream header (optionally preceded by an XML declaration).
@@ -117,6 +119,11 @@ impl StreamReader {
             self.buf.clear();
             self.scan = 0;
             self.pos = 0;
+            // Give back what a large stanza grew once small traffic resumes: idle sessions
+            // should not each keep their largest stanza's worth of buffer (invariant 6).
+            if self.buf.capacity() > SHRINK_ABOVE && data.len() < SHRINK_ABOVE / 4 {
+                self.buf = Vec::new();
+            }
         }
         self.buf.extend_from_slice(data);
     }
