@@ -284,16 +284,15 @@ impl<'a> Facts<'a> {
         }
     }
 
-    /// The sender: the `from` attribute, else (RFC 6120 §8.1.2.1) the user's own account on
-    /// c2s-in (the gateway stamps it anyway) and the user's server on c2s-out.
+    /// The sender. On c2s-in it is the session's bound JID: the session stamps every client
+    /// stanza's `from` with it (RFC 6120 §8.1.2.1) before policy, so no parse is needed. On
+    /// c2s-out it is the `from` attribute, else the user's server.
     fn from(&self) -> Option<&Jid> {
         self.from
-            .get_or_init(|| match self.el.attr("from") {
-                Some(f) => jid::parse(f),
-                None => match self.ctx.chain {
-                    Chain::C2sIn => self.ctx.user.map(|u| Jid::from(u.clone())),
-                    Chain::C2sOut => self.ctx.user.and_then(|u| jid::parse(u.domain().as_str())),
-                },
+            .get_or_init(|| match (self.ctx.chain, self.el.attr("from")) {
+                (Chain::C2sIn, _) => self.ctx.user.map(|u| Jid::from(u.clone())),
+                (Chain::C2sOut, Some(f)) => jid::parse(f),
+                (Chain::C2sOut, None) => self.ctx.user.and_then(|u| jid::parse(u.domain().as_str())),
             })
             .as_ref()
     }

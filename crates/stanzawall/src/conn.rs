@@ -117,7 +117,12 @@ pub async fn serve(
     // From accept to SASL success (slowloris is cut here, with <connection-timeout/> once a
     // stream is open); after that, no traffic either way for idle_timeout ends the session.
     let deadline = Instant::now() + handshake_timeout;
-    let mut idle_deadline = deadline;
+    // Traffic moves `last_activity` only; the one timer is re-armed when it fires early, so a
+    // busy session costs no timer operation per read (tokio's select! would otherwise register
+    // a new one each loop).
+    let mut last_activity = Instant::now();
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     if direct_tls {
         match timeout(handshake_timeout, accept_tls(&mut client, None, true, &generation)).await {
             Ok(Ok(())) => {}
@@ -199,7 +204,8 @@ pub async fn serve(
                 Effect::Authenticated => {
                     authenticated = true;
                     shaper = network.bandwidth_per_connection.map(|b| ByteBucket::new(b, std::time::Instant::now()));
-                    idle_deadline = Instant::now() + idle_timeout;
+                    last_activity = Instant::now();
+                    timer.as_mut().reset(last_activity + idle_timeout);
                 }
                 Effect::Bounced { stanza, condition, reason } => {
                     info!(stanza.kind = stanza.kind.as_str(), error = condition.as_str(), reason, "stanza bounced");
@@ -285,7 +291,7 @@ pub async fn serve(
                         bucket.consume(n);
                     }
                     totals.from_client += n as u64;
-                    idle_deadline = Instant::now() + idle_timeout;
+                    last_activity = Instant::now();
                     #[cfg(feature = "fault-injection")]
                     #[allow(clippy::panic)] // the whole point of this test-only feature
                     if data.windows(FAULT_INJECTION_PANIC.len()).any(|w| w == FAULT_INJECTION_PANIC) {
@@ -301,7 +307,7 @@ pub async fn serve(
                 Err(e) => session.backend_failed(&format!("backend read failed: {e}")),
                 Ok(n) => {
                     totals.from_backend += n as u64;
-                    idle_deadline = Instant::now() + idle_timeout;
+                    last_activity = Instant::now();
                     session.set_now(std::time::Instant::now());
                     session.backend_bytes(bbuf.filled(n));
                     bbuf.adapt(n);
@@ -309,8 +315,16 @@ pub async fn serve(
             },
             _ = tokio::time::sleep(pause), if room == 0 => shaped += pause,
             _ = shutdown.changed() => session.shutdown(),
-            _ = tokio::time::sleep_until(deadline), if !authenticated => session.timed_out(),
-            _ = tokio::time::sleep_until(idle_deadline), if authenticated => session.timed_out(),
+            _ = &mut timer, if !session.is_closing() => {
+                // Before authentication the handshake deadline is fixed; after it, the session
+                // is idle once nothing moved for idle_timeout.
+                let due = if authenticated { last_activity + idle_timeout } else { deadline };
+                if Instant::now() >= due {
+                    session.timed_out();
+                } else {
+                    timer.as_mut().reset(due);
+                }
+            }
             _ = tokio::time::sleep(CLOSE_HANDSHAKE_TIMEOUT), if session.is_closing() => session.timed_out(),
         }
     };

@@ -23,13 +23,7 @@ pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, inpu
     };
     let user = match user {
         None => None,
-        Some(u) => {
-            let j = jid::parse(u).ok_or_else(|| anyhow::anyhow!("--user: '{u}' is not a valid JID"))?;
-            match j.clone().try_into_full() {
-                Ok(full) => Some(full),
-                Err(bare) => jid::parse_full(&format!("{bare}/explain")),
-            }
-        }
+        Some(u) => Some(full_jid(u).ok_or_else(|| anyhow::anyhow!("--user: '{u}' is not a valid JID"))?),
     };
     let stanzas = parse_stanzas(input, config.limits.xml()).map_err(|e| anyhow::anyhow!("stdin: {e}"))?;
     if stanzas.is_empty() {
@@ -49,7 +43,13 @@ pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, inpu
             .map_or(String::new(), |r| format!(" ({}:{})", r.origin.file.display(), r.origin.line))
     };
     for (i, mut el) in stanzas.into_iter().enumerate() {
-        // What the gateway does before policy on c2s-in: the bound JID is the sender.
+        // What the gateway does before policy on c2s-in: the bound JID is the sender. Without
+        // --user, a stanza's own `from` stands for the session's JID.
+        let own_from = match (chain, &user, el.attr("from")) {
+            (Chain::C2sIn, None, Some(f)) => full_jid(f),
+            _ => None,
+        };
+        let user = user.clone().or(own_from);
         if let (Chain::C2sIn, Some(u)) = (chain, &user) {
             el.set_attr("from", u.to_string());
         }
@@ -97,6 +97,14 @@ pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, inpu
         }
     }
     Ok(out)
+}
+
+/// A full JID for `text`; a bare one gets the resource `explain`.
+fn full_jid(text: &str) -> Option<jid::FullJid> {
+    match jid::parse(text)?.try_into_full() {
+        Ok(full) => Some(full),
+        Err(bare) => jid::parse_full(&format!("{bare}/explain")),
+    }
 }
 
 #[cfg(test)]
