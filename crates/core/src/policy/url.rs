@@ -90,13 +90,71 @@ pub fn extract_urls_into(text: &str, out: &mut Vec<NormalizedUrl>) -> Scan {
         (text, Scan::Complete)
     };
     let mut budget = Budget { urls: MAX_URLS, candidates: MAX_CANDIDATES };
-    for token in text.split(is_delimiter).filter(|t| !t.is_empty()) {
-        if extract_from_token(token, out, &mut budget).is_err() {
+    // Only a token holding `://` or a dot (`.` or one the URL standard maps to it) can yield a URL
+    // (see `plausible_raw_host`), so the scan jumps from one such spot to the next and reads only
+    // the token around it: the tokens it skips are exactly those that would yield nothing.
+    let mut triggers = Triggers::new(text.as_bytes());
+    let mut from = 0;
+    while let Some(hit) = triggers.next_from(from) {
+        // `hit` starts a character that is not a delimiter, so its token is not empty.
+        let start = text[from..hit]
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| is_delimiter(c))
+            .map_or(from, |(i, c)| from + i + c.len_utf8());
+        let end = text[hit..].find(is_delimiter).map_or(text.len(), |i| hit + i);
+        if extract_from_token(&text[start..end], out, &mut budget).is_err() {
             scan = Scan::Truncated;
             break;
         }
+        from = end;
     }
     scan
+}
+
+/// The dots a host may be spelled with: `.` and the ideographic, fullwidth and halfwidth ideographic
+/// full stops, which the URL standard maps to it.
+const DOTS: [char; 4] = ['.', '\u{3002}', '\u{ff0e}', '\u{ff61}'];
+
+/// Finds the spots a URL can hang on: `://` and the [`DOTS`]. The non-ASCII dots start with
+/// `0xE3` (U+3002) or `0xEF` (U+FF0E, U+FF61), lead bytes that never occur inside a character.
+struct Triggers<'a> {
+    bytes: &'a [u8],
+    /// The next `0xEF` at or after the last search (`bytes.len()` if none): `memchr3` takes only
+    /// three bytes, so this fourth one is searched for on its own, once per occurrence.
+    next_ef: usize,
+}
+
+impl<'a> Triggers<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Triggers { bytes, next_ef: memchr::memchr(0xEF, bytes).unwrap_or(bytes.len()) }
+    }
+
+    /// The first trigger at or after `from`, which must be a character boundary.
+    fn next_from(&mut self, mut from: usize) -> Option<usize> {
+        let bytes = self.bytes;
+        while from < bytes.len() {
+            if self.next_ef < from {
+                self.next_ef = memchr::memchr(0xEF, &bytes[from..]).map_or(bytes.len(), |i| from + i);
+            }
+            let at = match memchr::memchr3(b'.', b':', 0xE3, &bytes[from..self.next_ef]) {
+                Some(i) => from + i,
+                None if self.next_ef < bytes.len() => self.next_ef,
+                None => return None,
+            };
+            let rest = &bytes[at..];
+            let hit = match rest[0] {
+                b'.' => true,
+                b':' => rest.starts_with(b"://"),
+                _ => DOTS[1..].iter().any(|d| rest.starts_with(d.encode_utf8(&mut [0; 4]).as_bytes())),
+            };
+            if hit {
+                return Some(at);
+            }
+            from = at + 1;
+        }
+        None
+    }
 }
 
 /// A compiled URL list (see the module docs for entry syntax and matching).
@@ -210,7 +268,8 @@ struct Budget {
 
 fn extract_from_token(token: &str, out: &mut Vec<NormalizedUrl>, budget: &mut Budget) -> Result<(), Exhausted> {
     let mut first_scheme: Option<usize> = None;
-    for (at, _) in token.match_indices("://") {
+    let colons = memchr::memchr_iter(b':', token.as_bytes());
+    for at in colons.filter(|&at| token.as_bytes()[at..].starts_with(b"://")) {
         let Some(start) = scheme_start(token, at) else { continue };
         first_scheme = Some(first_scheme.map_or(start, |f| f.min(start)));
         // The candidate runs to the end of the token: a second `://` inside it (an open redirect,
@@ -238,6 +297,10 @@ fn extract_from_token(token: &str, out: &mut Vec<NormalizedUrl>, budget: &mut Bu
 }
 
 fn try_schemeless(piece: &str, out: &mut Vec<NormalizedUrl>, budget: &mut Budget) -> Result<(), Exhausted> {
+    // `plausible_raw_host` wants a dot in the host, a part of the piece: look for one first.
+    if !has_dot(piece) {
+        return Ok(());
+    }
     let piece = piece.trim_start_matches(|c: char| !c.is_alphanumeric());
     let piece = trim_url(prefix_at_char_boundary(piece, MAX_URL_BYTES));
     let host = &piece[..piece.find(['/', '\\', '?', '#']).unwrap_or(piece.len())];
@@ -246,6 +309,12 @@ fn try_schemeless(piece: &str, out: &mut Vec<NormalizedUrl>, budget: &mut Budget
         return Ok(());
     }
     try_candidate(piece, true, out, budget)
+}
+
+/// Whether `s` holds one of the [`DOTS`].
+fn has_dot(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    memchr::memchr(b'.', bytes).is_some() || (memchr::memchr2(0xE3, 0xEF, bytes).is_some() && s.contains(&DOTS[1..]))
 }
 
 /// Before parsing a schemeless token: does it end in a TLD-like label of two or more characters
@@ -314,12 +383,21 @@ fn parse_after_scheme(rest: &str) -> Option<(NormalizedUrl, bool)> {
     let rest = rest.trim_start_matches(['/', '\\']);
     let authority_end = rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
-    let mut raw = String::with_capacity(7 + authority.len() + path_end);
+    let path = &tail[..tail.find(['?', '#']).unwrap_or(tail.len())];
+    match parse_plain(authority, path) {
+        Some(url) => Some((url, false)),
+        None => parse_with_url_crate(authority, path),
+    }
+}
+
+/// [`parse_after_scheme`] of `authority` and `path` (up to any query or fragment) by the URL
+/// parser.
+fn parse_with_url_crate(authority: &str, path: &str) -> Option<(NormalizedUrl, bool)> {
+    let mut raw = String::with_capacity(7 + authority.len() + path.len());
     raw.push_str("http://");
     raw.push_str(authority);
     // Merge slash runs before dot segments are resolved, as servers do: `/a//../b` is `/b`.
-    for c in tail[..path_end].chars() {
+    for c in path.chars() {
         let c = if c == '\\' { '/' } else { c };
         if !(c == '/' && raw.ends_with('/')) {
             raw.push(c);
@@ -336,6 +414,63 @@ fn parse_after_scheme(rest: &str) -> Option<(NormalizedUrl, bool)> {
     }
     let has_userinfo = !url.username().is_empty() || url.password().is_some();
     Some((NormalizedUrl { host, path: normalize_path(url.path()) }, has_userinfo))
+}
+
+/// The common case of [`parse_after_scheme`] without the URL parser: an ASCII host name of
+/// letters, digits, dots and hyphens ending in a label that starts with a letter (so it is no IPv4
+/// address), no IDN (`xn--`) label, no userinfo or port, and a path of plain characters without
+/// escapes or dot segments. The URL standard leaves such a URL as it is but for ASCII case, so
+/// the normal form is the same as the parser's. `None` if the URL is not this simple, to be parsed
+/// properly.
+fn parse_plain(authority: &str, path: &str) -> Option<NormalizedUrl> {
+    if authority.is_empty() || authority.len() > MAX_ENTRY_HOST_BYTES {
+        return None;
+    }
+    let mut last_label = "";
+    for label in authority.split('.') {
+        let b = label.as_bytes();
+        let plain = !b.is_empty()
+            && b.len() <= 63
+            && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
+            && b.first() != Some(&b'-')
+            && b.last() != Some(&b'-')
+            && b.get(2..4) != Some(&b"--"[..]);
+        if !plain {
+            return None;
+        }
+        last_label = label;
+    }
+    if !last_label.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    // RFC 3986 `pchar` and `/` without `%`, `\` read as `/`: nothing the URL standard escapes.
+    let mut normal = String::with_capacity(path.len() + 1);
+    normal.push('/');
+    let mut segment_start = normal.len();
+    for &b in path.as_bytes() {
+        let b = if b == b'\\' { b'/' } else { b };
+        if b == b'/' {
+            if is_dot_segment(&normal[segment_start..]) {
+                return None;
+            }
+            if !normal.ends_with('/') {
+                normal.push('/');
+            }
+            segment_start = normal.len();
+        } else if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+            normal.push(char::from(b.to_ascii_lowercase()));
+        } else {
+            return None;
+        }
+    }
+    if is_dot_segment(&normal[segment_start..]) {
+        return None;
+    }
+    Some(NormalizedUrl { host: authority.to_ascii_lowercase(), path: normal })
+}
+
+fn is_dot_segment(segment: &str) -> bool {
+    matches!(segment, "." | "..")
 }
 
 /// Decode escapes of unreserved characters (RFC 3986 §2.3, §6.2.2.2), fold ASCII case and merge
@@ -391,20 +526,22 @@ fn scheme_start(s: &str, colon: usize) -> Option<usize> {
 
 /// Characters that end a URL in running text: whitespace, controls, and what RFC 3986 Appendix C
 /// suggests as delimiters (`<>"`), plus typographic quotes and brackets.
+#[inline]
 fn is_delimiter(c: char) -> bool {
+    if c.is_ascii() {
+        // ASCII whitespace is among the controls and the space.
+        c <= ' ' || matches!(c, '\x7f' | '<' | '>' | '"' | '`' | '{' | '}' | '|' | '^')
+    } else {
+        is_non_ascii_delimiter(c)
+    }
+}
+
+fn is_non_ascii_delimiter(c: char) -> bool {
     c.is_whitespace()
         || c.is_control()
         || matches!(
             c,
-            '<' | '>'
-                | '"'
-                | '`'
-                | '{'
-                | '}'
-                | '|'
-                | '^'
-                | '«'
-                | '»'
+            '«' | '»'
                 | '‹'
                 | '›'
                 | '“'
@@ -432,18 +569,25 @@ fn is_delimiter(c: char) -> bool {
 /// Drop sentence punctuation after a URL, and closing brackets that do not close one opened
 /// inside it (`(see http://w.example/Foo_(bar))`).
 fn trim_url(mut s: &str) -> &str {
-    let mut open = s.matches(['(', '[']).count();
-    let mut close = s.matches([')', ']']).count();
+    // The opening and closing brackets in `s`, counted when a closing one is first met at the end
+    // (before that, stripping an opening one leaves nothing to update).
+    let mut brackets: Option<(usize, usize)> = None;
     while let Some(c) = s.chars().next_back() {
         let strip = match c {
             '.' | ',' | ';' | ':' | '!' | '?' | '\'' | '*' | '_' | '~' => true,
             '。' | '、' | '，' | '．' | '！' | '？' | '：' | '；' | '…' => true,
-            ')' | ']' if close > open => {
-                close -= 1;
-                true
+            ')' | ']' => {
+                let (open, close) = brackets.get_or_insert_with(|| count_brackets(s));
+                let unmatched = *close > *open;
+                if unmatched {
+                    *close -= 1;
+                }
+                unmatched
             }
             '(' | '[' => {
-                open = open.saturating_sub(1);
+                if let Some((open, _)) = &mut brackets {
+                    *open = open.saturating_sub(1);
+                }
                 true
             }
             _ => false,
@@ -454,6 +598,15 @@ fn trim_url(mut s: &str) -> &str {
         s = &s[..s.len() - c.len_utf8()];
     }
     s
+}
+
+/// The opening (`(`, `[`) and closing (`)`, `]`) brackets in `s`.
+fn count_brackets(s: &str) -> (usize, usize) {
+    s.bytes().fold((0, 0), |(open, close), b| match b {
+        b'(' | b'[' => (open + 1, close),
+        b')' | b']' => (open, close + 1),
+        _ => (open, close),
+    })
 }
 
 fn prefix_at_char_boundary(s: &str, max: usize) -> &str {
@@ -745,7 +898,83 @@ mod tests {
         (prop::sample::select(HOSTS), prop::sample::select(PATHS)).prop_map(|(h, p)| format!("{h}{p}"))
     }
 
+    /// [`extract_urls`] without the jump from trigger to trigger: every token, as the delimiters
+    /// split the text.
+    fn extract_every_token(text: &str) -> (Vec<NormalizedUrl>, Scan) {
+        let mut out = Vec::new();
+        let mut budget = Budget { urls: MAX_URLS, candidates: MAX_CANDIDATES };
+        for token in text.split(is_delimiter).filter(|t| !t.is_empty()) {
+            if extract_from_token(token, &mut out, &mut budget).is_err() {
+                return (out, Scan::Truncated);
+            }
+        }
+        (out, Scan::Complete)
+    }
+
+    #[test]
+    fn ascii_delimiters() {
+        for c in (0..=0x7f).map(char::from) {
+            let delimiter = c.is_whitespace() || c.is_control() || "<>\"`{}|^".contains(c);
+            assert_eq!(is_delimiter(c), delimiter, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn plain_urls_skip_the_parser_with_the_same_result() {
+        for (authority, path) in [
+            ("Evil.Example", "/Payload"),
+            ("report.pdf", ""),
+            ("docs.friends.example", "/share//q3-review.pdf"),
+            ("a-b.c1.example", "\\x\\y/"),
+            ("a.example", "/.../a:b@c;d=e,f!g$h&i'j(k)l*m+n~o_p"),
+        ] {
+            let plain = parse_plain(authority, path);
+            assert!(plain.is_some(), "{authority}{path}");
+            assert_eq!(plain.map(|u| (u, false)), parse_with_url_crate(authority, path), "{authority}{path}");
+        }
+        for (authority, path) in [
+            ("xn--80atc1g.xn--p1ai", ""),
+            ("XN--abc.example", ""),
+            ("ёлка.рф", ""),
+            ("evil.example.", ""),
+            ("a..example", ""),
+            ("evil.example:8080", ""),
+            ("u@evil.example", ""),
+            ("10.0.0.1", ""),
+            ("a.0x7f", ""),
+            ("-a.example", ""),
+            ("evil.example", "/a/../b"),
+            ("evil.example", "/a/."),
+            ("evil.example", "/%70ayload"),
+            ("evil.example", "/ё"),
+        ] {
+            assert_eq!(parse_plain(authority, path), None, "{authority}{path}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn plain_parse_agrees_with_the_url_crate(
+            authority in "((xn--|XN--|[a-zA-Z0-9_-]){0,4}[.]?){0,4}",
+            path in "([/\\\\]([a-zA-Z0-9.%:@!$&'()*+,;=~_-]|[.]{1,2}|/){0,8}){0,4}",
+        ) {
+            if let Some(plain) = parse_plain(&authority, &path) {
+                prop_assert_eq!(Some((plain, false)), parse_with_url_crate(&authority, &path));
+            }
+        }
+
+        #[test]
+        fn skipping_tokens_without_triggers_changes_nothing(
+            text in "([a-zA-Z0-9]{1,6}|[.:/\\\\@()\\[\\]?#%_~'!,;-]|[ \t\n«»「」（）<>\"|]|[。．｡ёй汉\u{ff00}\u{3000}]|[.]?[a-z]{2,4}|https?://|www[.]|:[0-9]{1,5}|[0-9]{1,3}[.][0-9]{1,3}){0,40}",
+        ) {
+            prop_assert_eq!(extract_urls(&text), extract_every_token(&text));
+        }
+
+        #[test]
+        fn skipping_tokens_changes_nothing_in_any_text(text in "\\PC{0,200}") {
+            prop_assert_eq!(extract_urls(&text), extract_every_token(&text));
+        }
+
         #[test]
         fn matching_is_independent_of_entry_order(
             entries in prop::collection::vec(entry(), 0..12).prop_shuffle(),
