@@ -15,6 +15,7 @@ the other tests never run into the limiter); dave receives carol's burst.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -778,6 +779,21 @@ def _prosody_complaints(prosody_sm: ProsodyInstance, mark: int) -> list[str]:
     return [l for l in text.splitlines()
             if re.search(r"\t(warn|error)\t", l) and words.search(l)]
 
+@contextlib.contextmanager
+def sm_quiet(prosody_sm: ProsodyInstance, pmark: int):
+    """Around a stream-management scenario: afterwards neither slixmpp's SM plugin (warnings such
+    as 'h too high' or resends) nor Prosody's log since `pmark` may have complained."""
+    sm_log = _Records()
+    logger = logging.getLogger("slixmpp.plugins.xep_0198.stream_management")
+    logger.addHandler(sm_log)
+    try:
+        yield
+    finally:
+        logger.removeHandler(sm_log)
+    assert not sm_log.records, sm_log.records
+    assert not _prosody_complaints(prosody_sm, pmark)
+
+
 
 async def _settle_acks(*clients: Client, timeout: float = 5.0) -> None:
     """Ask the server for an ack on each client until it has acknowledged everything sent."""
@@ -809,8 +825,6 @@ def _session_queue_state(prosody_sm: ProsodyInstance, mark: int, user: str) -> s
 
 
 def test_sm_five_of_twenty_dropped_acks_stay_consistent(gw, prosody_sm, pki):
-    sm_log = _Records()
-    logging.getLogger("slixmpp.plugins.xep_0198.stream_management").addHandler(sm_log)
     pmark = len(prosody_sm.log_path.read_text(errors="replace"))
     gmark = len(gw.log())
 
@@ -848,12 +862,8 @@ def test_sm_five_of_twenty_dropped_acks_stay_consistent(gw, prosody_sm, pki):
             # Prosody's own view: nothing it sent is left unacknowledged.
             assert _session_queue_state(prosody_sm, pmark, "alice@example.test") == "0"
             assert _session_queue_state(prosody_sm, pmark, "bob@example.test") == "0"
-    try:
+    with sm_quiet(prosody_sm, pmark):
         run(go())
-    finally:
-        logging.getLogger("slixmpp.plugins.xep_0198.stream_management").removeHandler(sm_log)
-    assert not sm_log.records, sm_log.records
-    assert not _prosody_complaints(prosody_sm, pmark)
     bad = [l for l in gw.log()[gmark:].splitlines() if "stream error" in l or "failed" in l]
     assert not bad, bad
     drops = wait_audit(gw, lambda r: r.get("rule") == "drop-spamword" and str(r.get("id")).startswith("sm"),
@@ -865,8 +875,6 @@ def test_sm_bounce_and_server_side_drop_keep_acks_consistent(gw, prosody_sm, pki
     """The gateway injects an error toward alice (bounce) and drops one stanza the server sent
     her (blocked-servers, c2s-out): her <a h='…'/> toward the server and the server's toward
     her must both be rewritten."""
-    sm_log = _Records()
-    logging.getLogger("slixmpp.plugins.xep_0198.stream_management").addHandler(sm_log)
     pmark = len(prosody_sm.log_path.read_text(errors="replace"))
 
     async def go():
@@ -896,20 +904,14 @@ def test_sm_bounce_and_server_side_drop_keep_acks_consistent(gw, prosody_sm, pki
             assert not [x for x in alice.inbound if "spam.example" in x]
             assert _session_queue_state(prosody_sm, pmark, "alice@example.test") == "0", \
                 "the server still waits for acks of stanzas the gateway dropped"
-    try:
+    with sm_quiet(prosody_sm, pmark):
         run(go())
-    finally:
-        logging.getLogger("slixmpp.plugins.xep_0198.stream_management").removeHandler(sm_log)
-    assert not sm_log.records, sm_log.records
-    assert not _prosody_complaints(prosody_sm, pmark)
 
 
 def test_sm_bounce_of_a_server_stanza_keeps_acks_consistent(gw, prosody_sm, pki):
     """c2s-out bounce: a message *to* alice carrying a listed link is answered by the gateway
     with an error toward the server, inside alice's stream. The server counts a stanza alice
     never sent, and alice never sees the one it sent her: both acks must be rewritten."""
-    sm_log = _Records()
-    logging.getLogger("slixmpp.plugins.xep_0198.stream_management").addHandler(sm_log)
     pmark = len(prosody_sm.log_path.read_text(errors="replace"))
 
     async def go():
@@ -934,12 +936,8 @@ def test_sm_bounce_of_a_server_stanza_keeps_acks_consistent(gw, prosody_sm, pki)
             assert not [x for x in alice.inbound if "phish.example" in x]
             assert _session_queue_state(prosody_sm, pmark, "alice@example.test") == "0", \
                 "the server still waits for acks of stanzas the gateway bounced"
-    try:
+    with sm_quiet(prosody_sm, pmark):
         run(go())
-    finally:
-        logging.getLogger("slixmpp.plugins.xep_0198.stream_management").removeHandler(sm_log)
-    assert not sm_log.records, sm_log.records
-    assert not _prosody_complaints(prosody_sm, pmark)
     recs = wait_audit(gw, lambda r: str(r.get("id")).startswith("out-bad"), count=3)
     assert all(r["chain"] == "c2s-out" and r["rule"] == "malicious-links" and r["user"] == "alice@example.test"
                for r in recs), recs
