@@ -428,8 +428,25 @@ impl Session {
         self.finish(CloseReason::ClientError(err));
     }
 
+    /// True while the client's stream is open but the backend's features for it are not out
+    /// yet (after TLS and after SASL success the backend leg is still being opened).
+    fn awaiting_features(&self) -> bool {
+        self.client_phase == ClientPhase::Open
+            && (self.backend_phase != BackendPhase::Open || self.pending_features.is_some())
+    }
+
     fn drain_client(&mut self) {
         while !matches!(self.client_phase, ClientPhase::Closed | ClientPhase::TlsHandshake | ClientPhase::Closing) {
+            if self.awaiting_features() {
+                // Clients pipeline (tsung sends `<auth/>` in the same write as its header) and
+                // the servers accept it: what follows the header waits in the reader, unparsed,
+                // until the features are out (`on_backend_features` resumes). Held within the
+                // pre-authentication stanza cap.
+                if self.client.buffered_len() > self.cfg.preauth_limits.stanza_bytes {
+                    self.client_error(Condition::PolicyViolation, "too much sent before the stream features");
+                }
+                break;
+            }
             match self.client.next_event() {
                 Ok(None) => break,
                 Ok(Some(ev)) => self.on_client_event(ev),
@@ -533,9 +550,6 @@ impl Session {
     }
 
     fn on_client_element(&mut self, mut el: Element) {
-        if self.backend_phase != BackendPhase::Open || self.pending_features.is_some() {
-            return self.client_error(Condition::NotAuthorized, "element sent before stream features");
-        }
         let ns = &*el.ns;
         if let Some(kind) = Kind::of(&el).filter(|_| ns == NS_CLIENT) {
             if let Err(e) = self.check_from(&mut el) {
@@ -701,6 +715,8 @@ impl Session {
         self.backend_phase = BackendPhase::Open;
         if self.client_header_sent && self.client_phase == ClientPhase::Open {
             features.write_to(&mut self.to_client, NS_CLIENT);
+            // What the client pipelined behind its header is read now.
+            self.drain_client();
         } else {
             self.pending_features = Some(features);
         }
@@ -756,15 +772,26 @@ impl Session {
         el.write_to(&mut self.to_client, NS_CLIENT);
     }
 
-    /// A backend stanza over the limits was skipped: the client never sees it, the session
-    /// lives on (one oversized or too-deep stanza from anyone must not disconnect the
-    /// recipient), and a stanza that may be answered gets an error back to its sender.
+    /// A backend stanza the reader could not accept (over the limits, or not
+    /// namespace-well-formed) was skipped: the client never sees it, the session lives on (what
+    /// anyone can make the server emit must not disconnect the recipient — and an archived copy
+    /// would do so again at every sync), and a stanza that may be answered gets an error back to
+    /// its sender, unless that is the user's own account (a MAM result or carbon wrapping it).
     fn on_backend_skipped(&mut self, reason: XmlError, root: Option<Element>) {
         let stanza = root.as_ref().and_then(StanzaSummary::of);
         match &root {
-            Some(root) if stanza.is_some() => {
-                let text = "stanza exceeds the recipient gateway's limits";
+            Some(root) if stanza.is_some() && !self.from_own_account(root) => {
+                let text = match reason {
+                    XmlError::TooLarge { .. } | XmlError::TooDeep { .. } | XmlError::TooManyAttributes { .. } => {
+                        "stanza exceeds the recipient gateway's limits"
+                    }
+                    _ => "stanza is not acceptable XML for the recipient gateway",
+                };
                 self.refuse_backend_stanza(root, StanzaCondition::PolicyViolation, Some(text));
+            }
+            Some(root) if stanza.is_some() => {
+                let r = self.sm.to_client.withheld();
+                self.sm_result(r);
             }
             Some(_) => {}
             // Its root was unreadable: after binding, what the server sends at the top level
@@ -778,9 +805,22 @@ impl Session {
             XmlError::TooLarge { .. } => "stanza from backend too large",
             XmlError::TooDeep { .. } => "stanza from backend nested too deep",
             XmlError::TooManyAttributes { .. } => "stanza from backend with too many attributes",
-            _ => "stanza from backend in a reserved namespace",
+            XmlError::ReservedNamespace | XmlError::NestedStreamElement => {
+                "stanza from backend in a reserved namespace"
+            }
+            _ => "stanza from backend not namespace-well-formed",
         };
         self.effects.push_back(Effect::Dropped { from_backend: true, stanza, reason: why });
+    }
+
+    /// True if `el` comes from the user's own account, any resource (no `from`: the account
+    /// itself, RFC 6120 §8.1.2.1).
+    fn from_own_account(&self, el: &Element) -> bool {
+        match (el.attr("from"), &self.bound) {
+            (None, _) => true,
+            (Some(from), Some(bound)) => jid::parse(from).is_some_and(|j| j.to_bare() == bound.to_bare()),
+            (Some(_), None) => false,
+        }
     }
 
     /// Stanzas toward the client that only the user's own account may send: carbons

@@ -65,7 +65,7 @@ pub enum XmlEvent {
     StreamClose,
     /// Whitespace between stanzas (a keepalive, RFC 6120 §4.6.1); one event per run.
     Whitespace,
-    /// A stanza skipped because it broke a limit (only with
+    /// A stanza skipped because it broke a limit or was not namespace-well-formed (only with
     /// [`StreamReader::skip_over_limits`]); `root` is its top element without children, when the
     /// root's own start tag was acceptable.
     Skipped {
@@ -138,18 +138,6 @@ impl XmlError {
             XmlError::TooLarge { .. } => err.with_app(crate::stream::NS_XMPP_ERRORS, "stanza-too-big"),
             _ => err,
         }
-    }
-
-    /// Errors confined to one stanza, which a reader in skip mode steps over.
-    pub fn is_stanza_local(&self) -> bool {
-        matches!(
-            self,
-            XmlError::TooLarge { .. }
-                | XmlError::TooDeep { .. }
-                | XmlError::TooManyAttributes { .. }
-                | XmlError::ReservedNamespace
-                | XmlError::NestedStreamElement
-        )
     }
 
     /// The stream error condition to close the stream with.

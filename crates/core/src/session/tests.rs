@@ -328,12 +328,43 @@ fn backend_requiring_tls_without_backend_tls_fails_clearly() {
 }
 
 #[test]
-fn stanzas_before_features_are_refused() {
+fn elements_pipelined_before_features_wait_for_them() {
+    // tsung writes its header and `<auth/>` at once; Prosody and ejabberd accept that.
+    let mut s = Session::new(config(true, BackendTls::Off));
+    s.client_bytes(
+        format!("{CLIENT_HEADER}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AA==</auth>")
+            .as_bytes(),
+    );
+    assert!(!s.is_closed());
+    assert!(!client_out(&mut s).contains("features"), "no features before the backend's");
+    assert_eq!(effects(&mut s), vec![Effect::ConnectBackend { domain: "example.test".into() }]);
+    assert_eq!(backend_out(&mut s), "", "nothing is written to a backend never connected");
+    s.backend_connected();
+    backend_out(&mut s);
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    assert_eq!(backend_out(&mut s), "", "still held until the features are out");
+    s.backend_bytes(BACKEND_SASL_FEATURES.as_bytes());
+    assert!(client_out(&mut s).starts_with("<stream:features><mechanisms"));
+    assert_eq!(backend_out(&mut s), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AA==</auth>");
+    // After SASL success the same: the restarted header and the bind request in one write.
+    s.backend_bytes(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    client_out(&mut s);
+    backend_out(&mut s);
+    s.client_bytes(
+        format!("{CLIENT_HEADER}<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+            .as_bytes(),
+    );
+    assert_eq!(backend_out(&mut s), "");
+    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.backend_bytes(BACKEND_BIND_FEATURES.as_bytes());
+    assert!(!s.is_closed());
+    assert_eq!(backend_out(&mut s), "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
     let mut s = Session::new(config(true, BackendTls::Off));
     s.client_bytes(CLIENT_HEADER.as_bytes());
-    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AA==</auth>");
-    assert!(client_out(&mut s).contains("<not-authorized"));
-    assert_eq!(backend_out(&mut s), "", "nothing is written to a backend never connected");
+    // Held bytes are bounded by the pre-authentication stanza cap.
+    s.client_bytes(&[b' '; 5000]);
+    assert!(s.is_closed());
+    assert!(client_out(&mut s).contains("<policy-violation"));
 }
 
 #[test]
@@ -486,6 +517,53 @@ fn an_oversized_backend_stanza_is_skipped_not_fatal() {
 }
 
 #[test]
+fn a_backend_stanza_that_is_not_namespace_well_formed_is_skipped_not_fatal() {
+    // Prosody re-serializes a remote sender's `xml:foo` attribute with a prefix bound to the XML
+    // namespace, which XML Namespaces §3 forbids: that stanza is dropped and bounced, the
+    // recipient's session goes on.
+    let mut s = bound();
+    client_out(&mut s);
+    backend_out(&mut s);
+    s.backend_bytes(
+        b"<message from='mallory@evil.test/x' to='alice@example.test/phone' id='x1'><body>hi</body>\
+        <x xmlns='urn:x:y' xmlns:ns1='http://www.w3.org/XML/1998/namespace' ns1:foo='1'/></message>",
+    );
+    s.backend_bytes(b"<message from='bob@example.test/y'><body>next</body></message>");
+    assert!(!s.is_closed());
+    assert_eq!(client_out(&mut s), "<message from='bob@example.test/y'><body>next</body></message>");
+    let bounce = backend_out(&mut s);
+    assert!(
+        bounce.starts_with("<message type='error' id='x1' from='alice@example.test/phone' to='mallory@evil.test/x'>"),
+        "{bounce}"
+    );
+    assert!(bounce.contains("<policy-violation") && bounce.contains("not acceptable XML"), "{bounce}");
+    assert_eq!(
+        effects(&mut s),
+        vec![Effect::Dropped {
+            from_backend: true,
+            stanza: StanzaSummary::of(
+                &Element::new(NS_CLIENT, "message")
+                    .with_attr("from", "mallory@evil.test/x")
+                    .with_attr("to", "alice@example.test/phone")
+                    .with_attr("id", "x1")
+            ),
+            reason: "stanza from backend not namespace-well-formed",
+        }]
+    );
+    // The same wrapped in an archive result from the user's own account: dropped, no error to
+    // oneself.
+    s.backend_bytes(b"<message to='alice@example.test/phone' from='alice@example.test'><result xmlns='urn:xmpp:mam:2' id='r1'>\
+        <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='mallory@evil.test/x'><body>hi</body>\
+        <x xmlns='urn:x:y' xmlns:ns1='http://www.w3.org/XML/1998/namespace' ns1:foo='1'/></message></forwarded></result></message>");
+    assert!(!s.is_closed());
+    assert_eq!(client_out(&mut s), "");
+    assert_eq!(backend_out(&mut s), "");
+    // Framing corruption from the backend is still fatal.
+    s.backend_bytes(b"<message from='bob@example.test/y'><body>x</message>");
+    assert!(s.is_closed());
+}
+
+#[test]
 fn legacy_auth_is_neither_offered_nor_relayed() {
     let mut s = Session::new(config(true, BackendTls::Off));
     s.client_bytes(CLIENT_HEADER.as_bytes());
@@ -503,9 +581,10 @@ fn legacy_auth_is_neither_offered_nor_relayed() {
 #[test]
 fn milestones_after_close_write_nothing() {
     // Found by the session fuzz target: header + garbage in one read queues ConnectBackend and
-    // then Close; a backend that connects afterwards must get nothing.
+    // then Close; a backend that connects afterwards must get nothing. (What follows the header
+    // now waits for the features, unparsed, up to the pre-authentication cap: past it, the close.)
     let mut s = Session::new(config(true, BackendTls::Off));
-    s.client_bytes(format!("{CLIENT_HEADER}junk").as_bytes());
+    s.client_bytes(format!("{CLIENT_HEADER}{}", "junk".repeat(2000)).as_bytes());
     assert!(s.is_closed());
     client_out(&mut s);
     s.backend_connected();

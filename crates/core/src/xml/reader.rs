@@ -175,7 +175,7 @@ impl StreamReader {
     /// Next event, `Ok(None)` if more bytes are needed.
     pub fn next_event(&mut self) -> Result<Option<XmlEvent>, XmlError> {
         match self.next_inner() {
-            Err(e) if self.skip_over_limits && e.is_stanza_local() && self.state == State::Stream => {
+            Err(e) if self.skip_over_limits && self.can_skip(&e) => {
                 self.start_skip(e);
                 self.next_inner()
             }
@@ -183,12 +183,37 @@ impl StreamReader {
         }
     }
 
-    /// Skip, rather than fail on, a stanza that breaks a size or depth limit or uses a reserved
-    /// namespace: the rest of that stanza is scanned without building a tree and reported as
-    /// [`XmlEvent::Skipped`]. For the backend leg, which relays what anyone sent: one such
-    /// stanza must not end the recipient's session.
+    /// Skip, rather than fail on, a stanza that cannot be accepted — over a size, depth or
+    /// attribute limit, or not namespace-well-formed inside (an illegal declaration, an
+    /// undeclared prefix, a duplicate attribute, an invalid character, a mismatched end tag):
+    /// the rest of that stanza is scanned without building a tree and reported as
+    /// [`XmlEvent::Skipped`]. For the backend leg, which relays what anyone sent: a server
+    /// re-serializes remote input in ways this reader refuses (Prosody writes an unknown `xml:foo`
+    /// attribute as `xmlns:ns1='…/XML/1998/namespace' ns1:foo`, a binding XML Namespaces §3
+    /// forbids), and one such stanza must not end the recipient's session. Only corruption of
+    /// the stream's framing stays fatal (see `can_skip`).
     pub fn skip_over_limits(&mut self, on: bool) {
         self.skip_over_limits = on;
+    }
+
+    /// Can the stanza in which `e` occurred be stepped over? Inside a stanza, or at a stanza's
+    /// own start tag, the byte-level scanner finds the stanza's end whatever was wrong with its
+    /// names, namespaces, characters or size. Not so for restricted markup (comments, PIs and
+    /// DTDs change how the rest is read), for a stream header inside the stream, for an end tag
+    /// that does not match (then nobody knows where the stanza ends), or for anything wrong
+    /// between stanzas (text, a stray end tag): that is the framing of the stream itself.
+    fn can_skip(&self, e: &XmlError) -> bool {
+        if self.state != State::Stream
+            || matches!(e, XmlError::Restricted(_) | XmlError::NestedStreamHeader | XmlError::UnsupportedEncoding)
+        {
+            return false;
+        }
+        let rest = &self.buf[self.pos..];
+        let end_tag = rest.starts_with(b"</");
+        if end_tag && matches!(e, XmlError::NotWellFormed(_) | XmlError::InvalidUtf8) {
+            return false;
+        }
+        !self.stack.is_empty() || (rest.first() == Some(&b'<') && !end_tag && !matches!(rest.get(1), Some(b'!' | b'?')))
     }
 
     fn next_inner(&mut self) -> Result<Option<XmlEvent>, XmlError> {

@@ -430,3 +430,78 @@ fn merged(mut el: Element) -> Element {
     el.children = out;
     el
 }
+
+/// Feed `input` to a backend-leg reader (skip mode) in `chunk`-byte reads; the events as short
+/// strings, and the first error.
+fn skip_mode_events(input: &[u8], chunk: usize) -> (Vec<String>, Option<XmlError>) {
+    let mut r = StreamReader::new(limits());
+    r.skip_over_limits(true);
+    let mut events = Vec::new();
+    for part in input.chunks(chunk) {
+        r.feed(part);
+        loop {
+            match r.next_event() {
+                Ok(None) => break,
+                Ok(Some(XmlEvent::Stanza(el))) => events.push(el.attr("id").unwrap_or(&el.name).to_owned()),
+                Ok(Some(XmlEvent::Skipped { root, .. })) => {
+                    events.push(format!("skipped:{}", root.as_ref().and_then(|r| r.attr("id")).unwrap_or("-")))
+                }
+                Ok(Some(_)) => {}
+                Err(e) => return (events, Some(e)),
+            }
+        }
+    }
+    (events, None)
+}
+
+#[test]
+fn skip_mode_steps_over_stanzas_that_are_not_namespace_well_formed() {
+    // What a server can be made to emit by a remote sender: each one stanza, then the stream
+    // goes on.
+    let bad: &[(&str, &[u8])] = &[
+        ("prosody-xml-attr", b"<message id='a'><x xmlns='urn:x:y' xmlns:ns1='http://www.w3.org/XML/1998/namespace' ns1:foo='1'/></message>"),
+        ("undeclared-prefix", b"<message id='b'><x p:foo='1'/></message>"),
+        ("duplicate-attribute", b"<message id='c'><x a='1' a='2'/></message>"),
+        ("invalid-char-ref", b"<message id='d'><body>&#1;</body></message>"),
+        ("invalid-utf8-text", b"<message id='f'><body>\xff\xfe</body></message>"),
+        ("xml-namespace-element", b"<message id='g'><xml:x/></message>"),
+        ("xmlns-prefix-bound", b"<message id='i'><x xmlns:xmlns='urn:a'/></message>"),
+        ("stream-element-inside", b"<message id='j'><stream:features/></message>"),
+        ("invalid-name", b"<message id='k'><1x/></message>"),
+    ];
+    for (name, stanza) in bad {
+        let mut input = HEADER.as_bytes().to_vec();
+        input.extend_from_slice(stanza);
+        input.extend_from_slice(b"<presence id='after'/>");
+        let id = std::str::from_utf8(&stanza[13..14]).unwrap();
+        for chunk in [1, 3, input.len()] {
+            let (events, err) = skip_mode_events(&input, chunk);
+            assert_eq!(err, None, "{name} (chunk {chunk})");
+            assert_eq!(events, [format!("skipped:{id}"), "after".to_owned()], "{name} (chunk {chunk})");
+        }
+    }
+    // At the root's own start tag the root is not known, the stanza is still stepped over.
+    let input = format!("{HEADER}<message id='e' xmlns:p='urn:a' xmlns:q='urn:a' p:x='1' q:x='2'><body/></message><presence id='after'/>");
+    assert_eq!(skip_mode_events(input.as_bytes(), 1), (vec!["skipped:-".to_owned(), "after".to_owned()], None));
+    // Binding `xml` to its own namespace is legal (XML Namespaces §3) and accepted.
+    let input = format!("{HEADER}<message xmlns:xml='http://www.w3.org/XML/1998/namespace' id='h' xml:foo='1'/>");
+    assert_eq!(skip_mode_events(input.as_bytes(), 1), (vec!["h".to_owned()], None));
+}
+
+#[test]
+fn skip_mode_keeps_framing_errors_fatal() {
+    let framing: &[(&str, &str)] = &[
+        ("mismatched-end-tag", "<message id='a'><body>x</message><presence id='after'/>"),
+        ("text-between-stanzas", "hello<presence id='after'/>"),
+        ("comment", "<message id='a'><!-- c --></message>"),
+        ("pi", "<message id='a'><?pi x?></message>"),
+        ("stray-end-tag", "</message><presence id='after'/>"),
+        ("nested-stream-header", "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>"),
+    ];
+    for (name, rest) in framing {
+        let input = format!("{HEADER}{rest}");
+        let (events, err) = skip_mode_events(input.as_bytes(), 1);
+        assert!(err.is_some(), "{name}: {events:?}");
+        assert!(!events.contains(&"after".to_owned()), "{name}: {events:?}");
+    }
+}
