@@ -24,6 +24,7 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 pub mod url;
+pub mod wrapped;
 
 use std::cell::OnceCell;
 use std::net::IpAddr;
@@ -43,6 +44,7 @@ use jidset::{DomainSet, JidSet};
 pub use rate::RateTable;
 pub use spec::{AuditConfig, Chain, PolicyConfig};
 use url::{NormalizedUrl, UrlSet};
+pub use wrapped::{Evaluation, WrappedVerdict, Wrapper};
 
 /// Out-of-band data (XEP-0066), whose `<url/>` is checked like a link in the body.
 pub const NS_OOB_X: &str = "jabber:x:oob";
@@ -232,6 +234,8 @@ pub struct Policy {
 struct Facts<'a> {
     el: &'a Element,
     ctx: &'a Context<'a>,
+    /// A stanza wrapped in another (`wrapped`): its own `from` names its sender on every chain.
+    wrapped: bool,
     from: OnceCell<Option<Jid>>,
     to: OnceCell<Option<Jid>>,
     text: OnceCell<String>,
@@ -271,10 +275,11 @@ pub fn body_text(el: &Element) -> String {
 }
 
 impl<'a> Facts<'a> {
-    fn new(el: &'a Element, ctx: &'a Context<'a>) -> Self {
+    fn new(el: &'a Element, ctx: &'a Context<'a>, wrapped: bool) -> Self {
         Facts {
             el,
             ctx,
+            wrapped,
             from: OnceCell::new(),
             to: OnceCell::new(),
             text: OnceCell::new(),
@@ -290,6 +295,7 @@ impl<'a> Facts<'a> {
     fn from(&self) -> Option<&Jid> {
         self.from
             .get_or_init(|| match (self.ctx.chain, self.el.attr("from")) {
+                (_, Some(f)) if self.wrapped => jid::parse(f),
                 (Chain::C2sIn, _) => self.ctx.user.map(|u| Jid::from(u.clone())),
                 (Chain::C2sOut, Some(f)) => jid::parse(f),
                 (Chain::C2sOut, None) => self.ctx.user.and_then(|u| jid::parse(u.domain().as_str())),
@@ -431,9 +437,15 @@ impl Policy {
         self.rules.len()
     }
 
-    /// Decide what happens to stanza `el`.
+    /// Decide what happens to stanza `el` on its own (see [`Policy::evaluate_stanza`] for the
+    /// stanzas it wraps).
     pub fn evaluate(&self, el: &Element, ctx: &Context<'_>, rates: &RateTable, now: Instant) -> Verdict {
-        let facts = Facts::new(el, ctx);
+        self.evaluate_as(el, ctx, rates, now, false)
+    }
+
+    /// `evaluate`, for a stanza wrapped in another when `wrapped`.
+    fn evaluate_as(&self, el: &Element, ctx: &Context<'_>, rates: &RateTable, now: Instant, wrapped: bool) -> Verdict {
+        let facts = Facts::new(el, ctx, wrapped);
         let mut hits = Vec::new();
         for &i in &self.chains[ctx.chain.index()] {
             let rule = &self.rules[i];

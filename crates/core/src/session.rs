@@ -40,8 +40,7 @@ pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 /// Client State Indication (XEP-0352).
 pub const NS_CSI: &str = "urn:xmpp:csi:0";
-/// Message Carbons (XEP-0280).
-pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+pub use crate::stanza::NS_CARBONS;
 /// Roster management (RFC 6121 §2).
 pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// Non-SASL authentication (XEP-0078, obsolete).
@@ -140,6 +139,9 @@ pub enum CloseReason {
     BackendFailed(String),
     /// The client's connection failed below XMPP (TLS handshake, I/O).
     ClientFailed(String),
+    /// The client stopped reading: a write to it made no progress for the daemon's write
+    /// timeout (a slow-reader attack, or a client that hung).
+    ClientNotReading,
     /// The gateway is shutting down.
     Shutdown,
 }
@@ -148,11 +150,40 @@ impl CloseReason {
     /// Which side caused the close (`client`, `backend`, `gateway`), for metric labels.
     pub fn side(&self) -> &'static str {
         match self {
-            CloseReason::ClientClosed | CloseReason::ClientError(_) | CloseReason::ClientFailed(_) => "client",
+            CloseReason::ClientClosed
+            | CloseReason::ClientError(_)
+            | CloseReason::ClientFailed(_)
+            | CloseReason::ClientNotReading => "client",
             CloseReason::BackendClosed | CloseReason::BackendError(_) | CloseReason::BackendFailed(_) => "backend",
             CloseReason::Shutdown => "gateway",
         }
     }
+
+    /// A stable name of the kind of close, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client-closed",
+            CloseReason::BackendClosed => "backend-closed",
+            CloseReason::ClientError(_) => "client-stream-error",
+            CloseReason::BackendError(_) => "backend-stream-error",
+            CloseReason::BackendFailed(_) => "backend-failed",
+            CloseReason::ClientFailed(_) => "client-failed",
+            CloseReason::ClientNotReading => "client-not-reading",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Every (side, kind) pair, for metric series that exist from the start.
+    pub const KINDS: [(&'static str, &'static str); 8] = [
+        ("client", "client-closed"),
+        ("backend", "backend-closed"),
+        ("client", "client-stream-error"),
+        ("backend", "backend-stream-error"),
+        ("backend", "backend-failed"),
+        ("client", "client-failed"),
+        ("client", "client-not-reading"),
+        ("gateway", "shutdown"),
+    ];
 }
 
 impl std::fmt::Display for CloseReason {
@@ -164,6 +195,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::BackendError(e) => write!(f, "backend stream error: {e}"),
             CloseReason::BackendFailed(why) => write!(f, "backend failed: {why}"),
             CloseReason::ClientFailed(why) => write!(f, "client failed: {why}"),
+            CloseReason::ClientNotReading => f.write_str("client stopped reading"),
             CloseReason::Shutdown => f.write_str("system shutdown"),
         }
     }
@@ -393,6 +425,17 @@ impl Session {
         }
         self.close_backend_stream();
         self.finish(CloseReason::ClientClosed);
+    }
+
+    /// The client stopped reading (a write to it timed out): close the backend stream; nothing
+    /// more is written to the client, which would not read it.
+    pub fn client_not_reading(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        self.to_client.clear();
+        self.close_backend_stream();
+        self.finish(CloseReason::ClientNotReading);
     }
 
     /// The gateway is shutting down: `<system-shutdown/>` to the client, close the backend.
@@ -780,7 +823,7 @@ impl Session {
     fn on_backend_skipped(&mut self, reason: XmlError, root: Option<Element>) {
         let stanza = root.as_ref().and_then(StanzaSummary::of);
         match &root {
-            Some(root) if stanza.is_some() && !self.from_own_account(root) => {
+            Some(root) if stanza.is_some() && !self.is_from_own_account(root) => {
                 let text = match reason {
                     XmlError::TooLarge { .. } | XmlError::TooDeep { .. } | XmlError::TooManyAttributes { .. } => {
                         "stanza exceeds the recipient gateway's limits"
@@ -815,7 +858,7 @@ impl Session {
 
     /// True if `el` comes from the user's own account, any resource (no `from`: the account
     /// itself, RFC 6120 §8.1.2.1).
-    fn from_own_account(&self, el: &Element) -> bool {
+    pub(super) fn is_from_own_account(&self, el: &Element) -> bool {
         match (el.attr("from"), &self.bound) {
             (None, _) => true,
             (Some(from), Some(bound)) => jid::parse(from).is_some_and(|j| j.to_bare() == bound.to_bare()),
@@ -826,7 +869,7 @@ impl Session {
     /// Stanzas toward the client that only the user's own account may send: carbons
     /// (XEP-0280 §11: a client must check, many did not) and roster pushes (RFC 6121 §2.1.6).
     fn forged_for_client(&self, el: &Element) -> Option<&'static str> {
-        let from_own_account = || match el.attr("from") {
+        let is_from_own_account = || match el.attr("from") {
             None => true,
             Some(from) => match (jid::parse(from), &self.bound) {
                 (Some(j), Some(bound)) => j == bound.to_bare(),
@@ -837,10 +880,10 @@ impl Session {
             Kind::Message
                 if el.elements().any(|c| &*c.ns == NS_CARBONS && matches!(c.name.as_str(), "received" | "sent")) =>
             {
-                (!from_own_account()).then_some("carbon copy from a foreign sender")
+                (!is_from_own_account()).then_some("carbon copy from a foreign sender")
             }
             Kind::Iq if el.attr("type") == Some("set") && el.child(NS_ROSTER, "query").is_some() => {
-                (!from_own_account()).then_some("roster push from a foreign sender")
+                (!is_from_own_account()).then_some("roster push from a foreign sender")
             }
             _ => None,
         }

@@ -8,6 +8,8 @@ use crate::xml::Element;
 
 /// Namespace of stanza error conditions (RFC 6120 §8.3.3).
 pub const NS_STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// Message Carbons (XEP-0280).
+pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 
 /// The three stanza kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -43,6 +43,7 @@ struct Record<'a> {
     log_only: bool,
     condition: Option<&'a str>,
     outcome: &'a str,
+    wrapped: Option<&'a str>,
     body: Option<&'a str>,
 }
 
@@ -65,6 +66,11 @@ fn record(r: Record<'_>, origin: Origin<'_>, time: &str) -> Value {
         "condition": r.condition,
         "outcome": r.outcome,
     });
+    if let (Some(wrapped), Some(map)) = (r.wrapped, v.as_object_mut()) {
+        // The stanza the rule matched arrived inside another (a carbon, an archive result, a
+        // forward); `outcome` is what was done to the whole.
+        map.insert("wrapped".to_owned(), Value::String(wrapped.to_owned()));
+    }
     if let (Some(body), Some(map)) = (r.body, v.as_object_mut()) {
         map.insert("body".to_owned(), Value::String(body.to_owned()));
     }
@@ -84,7 +90,17 @@ pub fn gateway_record(
     let chain = if from_backend { Chain::C2sOut } else { Chain::C2sIn };
     let rule = format!("gateway: {reason}");
     let time = humantime_rfc3339(std::time::SystemTime::now());
-    let r = Record { chain, stanza, rule: &rule, action, log_only: false, condition, outcome: action, body: None };
+    let r = Record {
+        chain,
+        stanza,
+        rule: &rule,
+        action,
+        log_only: false,
+        condition,
+        outcome: action,
+        wrapped: None,
+        body: None,
+    };
     record(r, origin, &time)
 }
 
@@ -100,6 +116,7 @@ pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
             log_only,
             condition,
             outcome: event.outcome,
+            wrapped: event.wrapped.map(|w| w.as_str()),
             body: event.body.as_deref(),
         };
         record(r, origin, &time)

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::audit;
 use crate::io::{Rewind, Stream};
-use crate::metrics::{ChainLabels, DirectionLabels, ErrorLabels, Metrics, VerdictLabels};
+use crate::metrics::{ChainLabels, CloseLabels, DirectionLabels, ErrorLabels, Metrics, VerdictLabels};
 use crate::server::{Generation, Permit, Shared};
 
 /// Time allowed for connecting to a backend.
@@ -345,6 +345,7 @@ pub async fn serve(
     ] {
         metrics.bytes.get_or_create(&DirectionLabels { direction }).inc_by(n);
     }
+    metrics.sessions_closed.get_or_create(&CloseLabels { side: reason.side(), reason: reason.kind() }).inc();
     match &reason {
         CloseReason::ClientError(e) => {
             metrics.stream_errors.get_or_create(&ErrorLabels { side: "client", condition: e.condition.as_str() }).inc();
@@ -447,6 +448,10 @@ async fn write_bounded(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> 
 
 fn on_write_failure(session: &mut Session, failure: WriteFailure) {
     match failure {
+        WriteFailure::Client(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            debug!(error = %e, "write to client timed out");
+            session.client_not_reading();
+        }
         WriteFailure::Client(e) => {
             debug!(error = %e, "write to client failed");
             session.client_disconnected();

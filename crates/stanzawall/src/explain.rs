@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use stanzawall_core::jid;
-use stanzawall_core::policy::{Chain, Context, Outcome, Policy, RateTable};
+use stanzawall_core::policy::{Chain, Context, Outcome, Policy, RateTable, Verdict};
 use stanzawall_core::stream::NS_CLIENT;
 use stanzawall_core::xml::parse_stanzas;
 
@@ -54,25 +54,26 @@ pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, inpu
             el.set_attr("from", u.to_string());
         }
         let ctx = Context { chain, user: user.as_ref(), source_ip };
-        let verdict = policy.evaluate(&el, &ctx, &rates, now);
+        let eval = policy.evaluate_stanza(&el, &ctx, &rates, now);
         let _ = writeln!(out, "stanza {}: {}", i + 1, String::from_utf8_lossy(&el.to_bytes(NS_CLIENT)));
         let _ = writeln!(out, "  chain: {}", chain.as_str());
-        for h in verdict.hits.iter().filter(|h| h.log_only || h.action == "log") {
-            let what = if h.log_only { format!("log_only: would {}", h.action) } else { "log".to_owned() };
-            let _ = writeln!(out, "  matched: {}{} ({what}; evaluation continued)", h.rule, origin(&h.rule));
+        explain_verdict(&mut out, &eval.outer, "  ", &origin);
+        for w in &eval.wrapped {
+            let stanza = String::from_utf8_lossy(&w.stanza.to_bytes(NS_CLIENT)).into_owned();
+            let _ = writeln!(out, "  wrapped ({}): {stanza}", w.wrapper.as_str());
+            explain_verdict(&mut out, &w.verdict, "    ", &origin);
         }
-        match &verdict.rule {
-            Some(r) => {
-                let action = verdict.hits.last().map_or("", |h| h.action);
-                let _ = writeln!(out, "  rule: {r}{}", origin(r));
-                let _ = writeln!(out, "  action: {action}");
-            }
-            None => {
-                let _ = writeln!(out, "  rule: none matched; the chain's default applies");
-                let _ = writeln!(out, "  action: {}", verdict.outcome.action());
-            }
+        if eval.too_many_wrapped {
+            let _ = writeln!(
+                out,
+                "  wraps more than {} stanzas: dropped unread",
+                stanzawall_core::policy::wrapped::MAX_WRAPPED
+            );
         }
-        match &verdict.outcome {
+        if !eval.wrapped.is_empty() || eval.too_many_wrapped {
+            let _ = writeln!(out, "  outcome: {}", eval.outcome.action());
+        }
+        match &eval.outcome {
             Outcome::Bounce { condition, text } => {
                 let _ = writeln!(
                     out,
@@ -97,6 +98,25 @@ pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, inpu
         }
     }
     Ok(out)
+}
+
+/// The rules of one verdict: log and log_only matches, then the deciding rule or the default.
+fn explain_verdict(out: &mut String, verdict: &Verdict, indent: &str, origin: &dyn Fn(&str) -> String) {
+    for h in verdict.hits.iter().filter(|h| h.log_only || h.action == "log") {
+        let what = if h.log_only { format!("log_only: would {}", h.action) } else { "log".to_owned() };
+        let _ = writeln!(out, "{indent}matched: {}{} ({what}; evaluation continued)", h.rule, origin(&h.rule));
+    }
+    match &verdict.rule {
+        Some(r) => {
+            let action = verdict.hits.last().map_or("", |h| h.action);
+            let _ = writeln!(out, "{indent}rule: {r}{}", origin(r));
+            let _ = writeln!(out, "{indent}action: {action}");
+        }
+        None => {
+            let _ = writeln!(out, "{indent}rule: none matched; the chain's default applies");
+            let _ = writeln!(out, "{indent}action: {}", verdict.outcome.action());
+        }
+    }
 }
 
 /// A full JID for `text`; a bare one gets the resource `explain`.

@@ -46,6 +46,12 @@ pub struct ErrorLabels {
     pub condition: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub side: &'static str,
+    pub reason: &'static str,
+}
+
 /// Every metric family of the daemon.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -65,6 +71,8 @@ pub struct Metrics {
     pub refused: Family<ReasonLabels, Counter>,
     /// Stream errors that ended sessions, by side and condition (parse errors included).
     pub stream_errors: Family<ErrorLabels, Counter>,
+    /// Sessions ended, by side and kind of close (`client-not-reading`, `backend-failed`, …).
+    pub sessions_closed: Family<CloseLabels, Counter>,
     /// Audit records that could not be written.
     pub audit_failures: Counter,
 }
@@ -83,6 +91,9 @@ impl Metrics {
         for direction in ["from_client", "to_client", "from_backend", "to_backend"] {
             drop(self.bytes.get_or_create(&DirectionLabels { direction }));
         }
+        for (side, reason) in stanzawall_core::session::CloseReason::KINDS {
+            drop(self.sessions_closed.get_or_create(&CloseLabels { side, reason }));
+        }
         let r = registry.sub_registry_with_prefix("stanzawall");
         r.register("sessions", "Client sessions open now", self.sessions.clone());
         r.register("sessions_accepted", "Client sessions accepted since start", self.sessions_total.clone());
@@ -96,6 +107,7 @@ impl Metrics {
             "Sessions ended by a stream error, per side and condition",
             self.stream_errors.clone(),
         );
+        r.register("sessions_closed", "Sessions ended, per side and kind of close", self.sessions_closed.clone());
         r.register("audit_failures", "Audit records that could not be written", self.audit_failures.clone());
     }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::sm::{TooManyUnacked, NS_SM};
 use super::{Effect, Session};
-use crate::policy::{Chain, Context, Hit, Outcome, Policy, RateTable};
+use crate::policy::{Chain, Context, Hit, Outcome, Policy, RateTable, Wrapper};
 use crate::stanza::{self, Kind, StanzaCondition, NS_STANZA_ERRORS};
 use crate::stream::{Condition, StreamError, NS_CLIENT};
 use crate::xml::Element;
@@ -69,8 +69,11 @@ pub struct PolicyEvent {
     pub hits: Vec<Hit>,
     /// What was done: `pass`, `drop`, `bounce`, `close`, `rewrite`.
     pub outcome: &'static str,
-    /// The stanza.
+    /// The stanza the rules matched: the one received, or one wrapped in it.
     pub stanza: StanzaSummary,
+    /// What carried `stanza` when it was wrapped in the stanza received (a carbon, an archive
+    /// result, a forward).
+    pub wrapped: Option<Wrapper>,
     /// The message body, when the audit includes bodies.
     pub body: Option<String>,
 }
@@ -104,19 +107,32 @@ impl Session {
             return Some(el);
         }
         let ctx = Context { chain, user: self.bound.as_ref(), source_ip: binding.source_ip };
-        let verdict = binding.policy.evaluate(&el, &ctx, &binding.rates, now);
-        if !verdict.hits.is_empty() || verdict.outcome != Outcome::Pass {
-            let include_body = binding.policy.audit().include_body;
-            let body = (include_body && stanza.kind == Kind::Message).then(|| crate::policy::body_text(&el));
-            self.effects.push_back(Effect::Policy(PolicyEvent {
-                chain,
-                hits: verdict.hits,
-                outcome: verdict.outcome.action(),
-                stanza,
-                body,
-            }));
+        let eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
+        let include_body = binding.policy.audit().include_body;
+        let outcome = eval.outcome.action();
+        let body = |e: &Element, s: &StanzaSummary| {
+            (include_body && s.kind == Kind::Message).then(|| crate::policy::body_text(e))
+        };
+        // One audit event for the stanza received (when a rule matched, or a default that is not
+        // pass decided), and one for each wrapped stanza a rule matched; each says what was done
+        // to the whole.
+        if !eval.outer.hits.is_empty() || (eval.wrapped.is_empty() && eval.outcome != Outcome::Pass) {
+            let body = body(&el, &stanza);
+            let hits = eval.outer.hits;
+            self.effects.push_back(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped: None, body }));
         }
-        match verdict.outcome {
+        for w in eval.wrapped {
+            let Some(stanza) = StanzaSummary::of(&w.stanza) else { continue };
+            let body = body(&w.stanza, &stanza);
+            let (hits, wrapped) = (w.verdict.hits, Some(w.wrapper));
+            self.effects.push_back(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped, body }));
+        }
+        if eval.too_many_wrapped {
+            let reason = "stanza wraps too many forwarded stanzas";
+            let (from_backend, stanza) = (chain == Chain::C2sOut, StanzaSummary::of(&el));
+            self.effects.push_back(Effect::Dropped { from_backend, stanza, reason });
+        }
+        match eval.outcome {
             Outcome::Pass => Some(el),
             Outcome::Rewrite(new) => Some(new),
             Outcome::Drop => {
@@ -129,9 +145,19 @@ impl Session {
             }
             Outcome::Bounce { condition, text } => {
                 match chain {
-                    Chain::C2sIn => self.refuse_client_stanza(&el, condition, text.as_deref()),
-                    Chain::C2sOut => self.refuse_backend_stanza(&el, condition, text.as_deref()),
-                };
+                    Chain::C2sIn => {
+                        self.refuse_client_stanza(&el, condition, text.as_deref());
+                    }
+                    // A carbon or archive result comes from the user's own account: an error
+                    // would go back to the user; withhold it instead.
+                    Chain::C2sOut if self.is_from_own_account(&el) => {
+                        let r = self.sm.to_client.withheld();
+                        self.sm_result(r);
+                    }
+                    Chain::C2sOut => {
+                        self.refuse_backend_stanza(&el, condition, text.as_deref());
+                    }
+                }
                 None
             }
             Outcome::Close { condition, text } => {

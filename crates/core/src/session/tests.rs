@@ -771,3 +771,21 @@ fn resume_before_bind_fails_softly_and_enable_twice_keeps_the_counters() {
     s.backend_bytes(b"<a xmlns='urn:xmpp:sm:3' h='1'/>");
     assert_eq!(client_out(&mut s), "<a xmlns='urn:xmpp:sm:3' h='2'/>", "counting went on");
 }
+
+#[test]
+fn a_client_that_stops_reading_is_closed_as_such() {
+    let mut s = bound();
+    client_out(&mut s);
+    backend_out(&mut s);
+    s.backend_bytes(b"<message from='bob@example.test/y'><body>unread</body></message>");
+    s.client_not_reading();
+    assert!(s.is_closed());
+    assert_eq!(client_out(&mut s), "", "nothing more is queued for a client that does not read");
+    assert_eq!(backend_out(&mut s), "</stream:stream>");
+    let closes: Vec<_> = effects(&mut s).into_iter().filter(|e| matches!(e, Effect::Close(_))).collect();
+    assert_eq!(closes, vec![Effect::Close(CloseReason::ClientNotReading)]);
+    assert_eq!(CloseReason::ClientNotReading.to_string(), "client stopped reading");
+    for reason in [CloseReason::ClientNotReading, CloseReason::ClientClosed, CloseReason::Shutdown] {
+        assert!(CloseReason::KINDS.contains(&(reason.side(), reason.kind())), "{reason:?}");
+    }
+}
