@@ -204,6 +204,9 @@ modules:
   mod_disco: {{}}
   mod_ping: {{}}
   mod_offline: {{}}
+  mod_carboncopy: {{}}
+  mod_mam:
+    default: always
 """)
         subprocess.run(["chown", "-R", f"{EJABBERD_USER}:{EJABBERD_USER}", str(self.dir)],
                        check=True, timeout=30)
