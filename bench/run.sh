@@ -359,6 +359,21 @@ done
 ROW_PORT[s]=$P_SW_STARTTLS ROW_PID[s]=${ROW_PID[d]} ROW_DESC[s]="stanzawall, no rules, STARTTLS"
 measure handshakes s 1 ',"tls":"starttls"' --handshakes --mode starttls --sessions $HS_WORKERS --duration $HS_DUR --warmup 1
 
+# --- 3b. first stream header after TLS (issue 18 finding 10) ------------------------------------
+# A client with Nagle's algorithm on writes its header in two writes right after the handshake
+# (tsung); the second waits for the ACK of the first, and a server that delays that ACK costs
+# 40 ms. Time from the client's header to the first bytes of the answer, per row.
+FH_COUNT=$([[ $MODE == quick ]] && echo 100 || echo 400)
+for row in $(active_rows a b c d s); do
+  fh_args=(--port "${ROW_PORT[$row]}" --domain $DOMAIN --count $FH_COUNT --label "first_header/$row")
+  [[ $row == s ]] && fh_args+=(--starttls)
+  if ! out=$($PY "$HERE/first_header.py" "${fh_args[@]}" 2>>loadgen.err | tail -1) || [[ $out != '{'* ]]; then
+    out='{"error":"first_header.py failed (see loadgen.err)"}'
+  fi
+  printf '{"section":"first_header","row":"%s","round":1,"proxy_cores":0,"r":%s}\n' "$row" "$out" >> "$RAW"
+  log "first_header $row: $out"
+done
+
 # --- 4. RSS per idle TLS session: a fresh proxy each time ----------------------------------------
 # Needed: the loadgen holds N sockets, the proxy 2N, the sink N; the proxy is the limit.
 log "RSS per idle session: N in [$RSS_N], open files limit $FD_LIMIT"

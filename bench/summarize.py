@@ -117,6 +117,19 @@ for row in "abcdes":
     w(f"| {row} | {desc.get(row, '')} | {fmt(x['r']['handshakes_per_s'])} | {fmt(x['r']['p50_us'] / 1000, 2)} "
       f"| {fmt(x['r']['p99_us'] / 1000, 2)} | {x['proxy_cores']:.2f} | {x['r']['errors']} |")
 
+w("\n### First stream header after TLS\n")
+w("Client header (written right after the TLS handshake, Nagle on) to the first bytes of the answer; "
+  "bench/first_header.py.\n")
+w("| row | setup | median ms | p90 ms | max ms |")
+w("|---|---|---:|---:|---:|")
+for row in "abcds":
+    for x in by[("first_header", row)]:
+        r = x["r"]
+        if "error" in r:
+            w(f"| {row} | {desc.get(row, '')} | {r['error']} | | |")
+        else:
+            w(f"| {row} | {desc.get(row, '')} | {r['median_ms']} | {r['p90_ms']} | {r['max_ms']} |")
+
 w("\n### RSS per idle TLS session (client and backend legs, fresh proxy process)\n")
 w("| row | setup | sessions | proxy RSS before → after | KiB per session |")
 w("|---|---|---:|---:|---:|")

@@ -483,6 +483,8 @@ async fn accept_tls(
         generation.tls.server_config(name, direct).ok_or_else(|| std::io::Error::other("no certificate configured"))?;
     let tls = start.into_stream(config).await?;
     *client = Stream::Server(Box::new(tls));
+    // The client's first stream header must not wait for a delayed ACK (see `ack_now`).
+    client.ack_now();
     Ok(())
 }
 

@@ -45,6 +45,18 @@ impl Rewind {
     pub fn skip_leading_whitespace(&mut self) {
         self.skip_whitespace = true;
     }
+
+    /// Acknowledge what was received now instead of after the kernel's delayed-ACK timer.
+    ///
+    /// After a TLS 1.3 handshake the server has nothing to send until the client's stream
+    /// header arrives — no session tickets either, when the client did not offer resumption
+    /// (tsung's Erlang client) — while a client with Nagle's algorithm on holds that header
+    /// until its Finished is acknowledged: each side waits for the other for the delayed-ACK
+    /// timeout (40 ms on Linux) before the first stream header. Linux sends a pending ACK at
+    /// once when TCP_QUICKACK is set.
+    pub fn ack_now(&self) {
+        let _ = socket2::SockRef::from(&self.inner).set_tcp_quickack(true);
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -108,6 +120,16 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// See [`Rewind::ack_now`]; for the client leg once its TLS handshake completed.
+    pub fn ack_now(&self) {
+        match self {
+            Stream::Plain(r) => r.ack_now(),
+            Stream::Server(tls) => tls.get_ref().0.ack_now(),
+            Stream::Client(tls) => tls.get_ref().0.ack_now(),
+            Stream::Upgrading => {}
+        }
+    }
+
     /// Take the plaintext socket for a TLS handshake.
     pub fn take_plain(&mut self) -> io::Result<Rewind> {
         match std::mem::replace(self, Stream::Upgrading) {
