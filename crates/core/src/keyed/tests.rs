@@ -232,3 +232,11 @@ proptest! {
         t.check();
     }
 }
+
+#[test]
+fn memory_per_entry_does_not_depend_on_the_key() {
+    // The slot holds two digests, the value and four links, and nothing on the heap: a
+    // 3,000-byte key costs what a 3-byte one does (the maps beside it hold a digest and an
+    // index or list ends). A slot that kept the key (a String: 24 bytes more) fails this.
+    assert!(std::mem::size_of::<Slot<Gcra>>() <= 64, "{}", std::mem::size_of::<Slot<Gcra>>());
+}

@@ -23,8 +23,10 @@ use crate::jid::{BareJid, FullJid};
 use crate::keyed::{KeyedTable, MAX_SHARDS};
 use crate::limit::{Gcra, Rate};
 
-/// Most buckets kept at once (about 150 bytes each at most, all maps included: ~150 MiB when
-/// full, which takes 256 sources at the default quota, each with 4,096 busy buckets).
+/// Most buckets kept at once. A bucket costs a fixed size whatever its key: 64 bytes of slot,
+/// plus its share of the index and source maps, ~115 bytes in all with few sources and at
+/// most ~230 when every bucket has a source of its own (~240 MiB if ever full that way, which
+/// takes a million distinct users with busy buckets; one user holds at most its quota).
 pub const MAX_KEYS: usize = 1 << 20;
 
 /// Buckets one source may create per limiter and chain unless `[rate.NAME]
