@@ -43,6 +43,8 @@ NS_OOB = "jabber:x:oob"
 SPAM_DOMAINS = "# domains whose servers we do not talk to\nspam.example\n"
 BAD_URLS = "# links doing the rounds\nevil.example/payload\nphish.example\n"
 
+FAN_OUT_QUOTA = 20
+
 POLICY = f"""
 [audit]
 path = "audit.jsonl"
@@ -85,6 +87,20 @@ name   = "flood"
 when   = {{ kind = "message", from = "carol@example.test", rate = "per_sender" }}
 action = "bounce"
 error  = "resource-constraint"
+
+# Issue 18, finding 5: one bucket per recipient, at most 20 made by one user; only messages
+# with the marker are counted, so the other tests never meet it.
+[rate.fan_out]
+rate  = "1/minute"
+burst = 1
+key   = "to.bare"
+max_keys_per_source = {FAN_OUT_QUOTA}
+
+[[rule]]
+name   = "fan-out"
+chain  = "c2s-in"
+when   = {{ kind = "message", body_contains = "fan-out-probe", rate = "fan_out" }}
+action = "drop"
 
 [[rule]]
 name     = "watch-keywords"
@@ -450,6 +466,37 @@ def test_eleventh_message_of_a_burst_gets_resource_constraint(gw, prosody_sm, pk
     recs = wait_audit(gw, lambda r: r.get("rule") == "flood", count=2)
     assert {r["id"] for r in recs} == {"burst10", "burst11"}
     assert all(r["condition"] == "resource-constraint" and r["action"] == "bounce" for r in recs)
+
+
+def test_one_users_fan_out_buckets_do_not_crowd_out_another_user(gw, prosody_sm, pki):
+    """Issue 18, finding 5: dave writes to 5,000 distinct (nonexistent) recipients under a
+    `to.bare` limiter; each recipient is a new bucket charged to dave. Past his quota of 20
+    busy buckets his messages to new recipients are over the limit (dropped), and the table
+    holds no more of his; alice's messages to new recipients, after his flood, still pass."""
+    n = 5000
+
+    async def go():
+        async with client(gw, prosody_sm, "dave", pki) as dave, client(gw, prosody_sm, "alice", pki) as alice, \
+                client(gw, prosody_sm, "bob", pki) as bob:
+            for i in range(n):
+                send(dave, f"fan{i}@example.test", "fan-out-probe", f"fan{i}")
+            # Ordered path: once dave's sentinel reaches bob, all his probes were decided.
+            send(dave, bob.jid, "fan-out sentinel dave", "fan-sent-dave")
+            assert (await next_body(bob, timeout=60)).body == "fan-out sentinel dave"
+            for i in range(10):
+                send(alice, f"friend{i}@example.test", "fan-out-probe", f"afan{i}")
+            send(alice, bob.jid, "fan-out sentinel alice", "fan-sent-alice")
+            assert (await next_body(bob)).body == "fan-out sentinel alice"
+            # They reached the server, which answers for accounts it does not have.
+            errors = [await next_error(alice) for _ in range(10)]
+            assert sorted(e.id for e in errors) == sorted(f"afan{i}" for i in range(10))
+            assert {stanza_error(e.xml)[1] for e in errors} == {"service-unavailable"}, errors[0].xml
+    run(go())
+    recs = wait_audit(gw, lambda r: r.get("rule") == "fan-out", count=n - FAN_OUT_QUOTA, timeout=20)
+    dropped = {r["id"] for r in recs}
+    assert all(r["action"] == "drop" and r["user"] == "dave@example.test" for r in recs), recs[:3]
+    # Buckets stay busy for a minute: exactly his first 20 recipients were admitted.
+    assert dropped == {f"fan{i}" for i in range(FAN_OUT_QUOTA, n)}, sorted(dropped - {f"fan{i}" for i in range(n)})[:5]
 
 
 def test_log_only_and_log_rules_pass_traffic_and_write_audit_lines(gw, prosody_sm, pki):

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use stanzawall_core::config::{Config, Files};
 use stanzawall_core::jid::parse_full;
+use stanzawall_core::limit::Rate;
+use stanzawall_core::policy::rate::{Bucket, KeySource, Limit};
 use stanzawall_core::policy::{Chain, Context, Outcome, Policy, PolicyConfig, RateTable};
 use stanzawall_core::xml::{parse_stanzas, Element, XmlLimits};
 
@@ -250,5 +252,55 @@ fn compile(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, evaluate, compile);
+/// The rate table alone: a charge to a bucket that exists, a new bucket (idle ones forgotten as
+/// the clock moves), and a user at its quota making ever new keys (each refused). All three
+/// should stay flat as the table fills: nothing scans it.
+fn rate_table(c: &mut Criterion) {
+    let alice = KeySource::User(parse_full("alice@example.test/phone").expect("bench JID").to_bare());
+    let mallory = KeySource::User(parse_full("mallory@example.test/bot").expect("bench JID").to_bare());
+    let limit = Limit { rate: Rate::parse("30/minute", 10).expect("bench rate"), max_keys_per_source: 4096 };
+    let mut g = c.benchmark_group("rate_table");
+    g.throughput(Throughput::Elements(1));
+    let rates = RateTable::new();
+    let mut t = Instant::now();
+    let keys: Vec<String> = (0..1_000_000).map(|i| format!("r{i}@example.test")).collect();
+    let existing = Bucket { limiter: "per_recipient", chain: Chain::C2sIn, key: "bob@example.test" };
+    g.bench_function("existing_bucket", |b| {
+        b.iter(|| {
+            t += Duration::from_micros(1);
+            rates.over_limit(black_box(existing), &alice, &limit, t)
+        })
+    });
+    let mut i = 0;
+    let wide = Limit { max_keys_per_source: 1 << 20, ..limit };
+    g.bench_function("new_bucket", |b| {
+        b.iter(|| {
+            // 100 µs apart: 2 s (one emission interval) makes 20,000 busy buckets at most.
+            t += Duration::from_micros(100);
+            i = (i + 1) % keys.len();
+            rates.over_limit(Bucket { limiter: "fan_out", chain: Chain::C2sIn, key: &keys[i] }, &alice, &wide, t)
+        })
+    });
+    // Mallory at her quota, her buckets busy for the whole bench (10 events each: 20 s; the
+    // clock stands still from here).
+    for k in keys.iter().take(4096) {
+        for _ in 0..10 {
+            rates.over_limit(Bucket { limiter: "per_recipient", chain: Chain::C2sIn, key: k }, &mallory, &limit, t);
+        }
+    }
+    g.bench_function("source_at_quota", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            rates.over_limit(
+                Bucket { limiter: "per_recipient", chain: Chain::C2sIn, key: &keys[i] },
+                &mallory,
+                &limit,
+                t,
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, evaluate, compile, rate_table);
 criterion_main!(benches);

@@ -20,6 +20,7 @@
 //! - [`stanza`]: stanza kinds and error replies (bounces);
 //! - [`session`]: the c2s state machine;
 //! - [`guard`], [`limit`], [`ban`]: admission at accept (lists, caps, GCRA rates, bans);
+//! - [`keyed`]: bounded, sharded per-key state with a quota per source of keys (rate buckets);
 //! - [`proxy_protocol`]: the PROXY protocol v2 header for backends that accept it;
 //! - [`policy`]: the rule engine (lists, limiters, rules per chain → verdicts);
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
@@ -33,6 +34,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod guard;
 pub mod jid;
+pub mod keyed;
 pub mod limit;
 pub mod policy;
 pub mod proxy_protocol;

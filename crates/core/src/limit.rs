@@ -73,6 +73,14 @@ impl Gcra {
     }
 }
 
+/// A forgotten idle bucket is a full one, which is what a new bucket is: tables of buckets
+/// ([`crate::keyed::KeyedTable`]) may drop idle ones without changing any verdict.
+impl crate::keyed::Forgettable for Gcra {
+    fn is_idle(&self, now: Instant) -> bool {
+        Gcra::is_idle(self, now)
+    }
+}
+
 /// A byte rate with a burst, such as `10KB/s` with `64KB`: read shaping for one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bandwidth {

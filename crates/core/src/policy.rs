@@ -210,7 +210,7 @@ struct Rule {
 #[derive(Debug)]
 struct Limiter {
     name: String,
-    rate: crate::limit::Rate,
+    limit: rate::Limit,
     key: spec::RateKey,
 }
 
@@ -511,7 +511,13 @@ impl Policy {
                 match rate_key(l.key, f) {
                     // Per chain: a message counted when the sender sends it (c2s-in) must not
                     // be counted again when a local recipient receives it (c2s-out).
-                    Some(key) => rates.over_limit(&l.name, f.ctx.chain, &l.rate, key, now),
+                    // The bucket is charged to the session's user (its address without one),
+                    // whose quota of new buckets bounds what one user can make the table hold.
+                    Some(key) => {
+                        let bucket = rate::Bucket { limiter: &l.name, chain: f.ctx.chain, key: &key };
+                        let source = rate::KeySource::of(f.ctx.user, f.ctx.source_ip);
+                        rates.over_limit(bucket, &source, &l.limit, now)
+                    }
                     // Nothing to count by (no sender address): not over any limit.
                     None => false,
                 }

@@ -14,6 +14,7 @@ use toml::Spanned;
 use super::raw::Locator;
 use super::{ConfigError, Files};
 use crate::limit::Rate;
+use crate::policy::rate::{DEFAULT_MAX_KEYS_PER_SOURCE, MAX_KEYS};
 use crate::policy::spec::{
     ActionConfig, AuditConfig, Chain, ConditionConfig, ListConfig, Located, PolicyConfig, RateConfig, RateKey,
     RuleConfig,
@@ -39,6 +40,7 @@ pub(super) struct RawRate {
     rate: Spanned<String>,
     burst: Option<Spanned<i64>>,
     key: Option<Spanned<String>>,
+    max_keys_per_source: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,7 +236,17 @@ fn add_sections(
                 }
             },
         };
-        out.rates.insert(name, RateConfig { rate, key: key_kind, origin });
+        let max_keys_per_source = match &r.max_keys_per_source {
+            None => DEFAULT_MAX_KEYS_PER_SOURCE,
+            Some(m) => match usize::try_from(*m.get_ref()) {
+                Ok(n) if (1..=MAX_KEYS).contains(&n) => n,
+                _ => {
+                    let what = format!("must be an integer from 1 to {MAX_KEYS}");
+                    return loc.err(m.span(), &format!("{key}.max_keys_per_source"), what);
+                }
+            },
+        };
+        out.rates.insert(name, RateConfig { rate, key: key_kind, max_keys_per_source, origin });
     }
     for (name, c) in raw.chain {
         let key = format!("chain.{name}");

@@ -339,7 +339,8 @@ impl Compiler<'_> {
             };
             return Err(name.origin.error(format!("unknown limiter '{}' ({hint})", name.value)));
         };
-        self.limiters.push(Limiter { name: name.value.clone(), rate: r.rate, key: r.key });
+        let limit = super::rate::Limit { rate: r.rate, max_keys_per_source: r.max_keys_per_source };
+        self.limiters.push(Limiter { name: name.value.clone(), limit, key: r.key });
         self.limiter_index.insert(name.value.clone(), self.limiters.len() - 1);
         Ok(self.limiters.len() - 1)
     }

@@ -117,6 +117,9 @@ pub struct RateConfig {
     pub rate: Rate,
     /// What the buckets are keyed by.
     pub key: RateKey,
+    /// Buckets one source of keys (a session's user) may create per chain
+    /// (`max_keys_per_source`, default [`super::rate::DEFAULT_MAX_KEYS_PER_SOURCE`]).
+    pub max_keys_per_source: usize,
     /// Where it was declared.
     pub origin: Origin,
 }

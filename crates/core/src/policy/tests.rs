@@ -479,3 +479,37 @@ fn rate_buckets_are_per_chain() {
     assert_eq!(eval_at(&p, Chain::C2sOut, MSG_IN, &rates, now).rule, None);
     assert_eq!(eval_at(&p, Chain::C2sIn, MSG_IN, &rates, now).rule.as_deref(), Some("flood"));
 }
+
+#[test]
+fn a_users_new_rate_keys_count_against_its_own_quota_only() {
+    // Issue 18, finding 5: one bucket per recipient, and a user who writes to ever new
+    // recipients. Past her quota her messages to new recipients are over the limit; another
+    // user's are not, and neither are hers to recipients she already has a bucket for.
+    let p = policy(
+        "[rate.per_recipient]\nrate = \"30/minute\"\nburst = 10\nkey = \"to.bare\"\nmax_keys_per_source = 3\n\
+         [[rule]]\nname = \"fan-out\"\nwhen = { rate = \"per_recipient\" }\naction = \"drop\"\n",
+    );
+    let rates = RateTable::new();
+    let now = Instant::now();
+    let send = |user: &str, to: &str| {
+        let user = jid::parse_full(user).unwrap();
+        let ctx = Context { chain: Chain::C2sIn, user: Some(&user), source_ip: "192.0.2.10".parse().unwrap() };
+        let v = p.evaluate(&stanza(&format!("<message to='{to}'><body>hi</body></message>")), &ctx, &rates, now);
+        v.rule.map(|r| r.to_string())
+    };
+    let mallory: Vec<_> = (0..50).map(|i| send("mallory@example.test/bot", &format!("r{i}@example.test"))).collect();
+    assert!(mallory[..3].iter().all(Option::is_none), "{mallory:?}");
+    assert!(mallory[3..].iter().all(|r| r.as_deref() == Some("fan-out")), "{mallory:?}");
+    assert_eq!(send("mallory@example.test/other", "r0@example.test"), None, "her existing buckets still count");
+    for i in 0..3 {
+        assert_eq!(send("alice@example.test/phone", &format!("friend{i}@example.test")), None, "alice's message {i}");
+    }
+    // Same address as mallory (one NAT), different user: a different source.
+    assert_eq!(send("bob@example.test/pc", "r40@example.test"), None);
+
+    let e = error("[rate.r]\nrate = \"1/s\"\nmax_keys_per_source = 0\n");
+    assert!(
+        e.contains("stanzawall.toml:") && e.contains("rate.r.max_keys_per_source: must be an integer from 1 to"),
+        "{e}"
+    );
+}
