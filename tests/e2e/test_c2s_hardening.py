@@ -32,10 +32,10 @@ from harness.prosody import ProsodyInstance, start_prosody
 from harness.raw import NS_BIND, NS_SASL, RawStream, stream_header
 
 PROSODY_PORT = 15240
-GW_PROSODY = 25470
-GW_EJABBERD = 25471
-GW_DIRECT = 25472
-GW_ADMIN = 25473
+GW_PROSODY = 25480
+GW_EJABBERD = 25481
+GW_DIRECT = 25482
+GW_ADMIN = 25483
 
 POLICY = f"""
 [[rule]]
