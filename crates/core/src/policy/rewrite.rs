@@ -106,14 +106,6 @@ impl Masker {
         out
     }
 
-    /// Mask one text as if it were a stanza's only text.
-    #[cfg(test)]
-    pub(super) fn mask_text(&self, text: &str) -> String {
-        let el = Element::new(crate::stream::NS_CLIENT, "message")
-            .with_child(Element::new(crate::stream::NS_CLIENT, "body").with_text(text));
-        self.mask(&el).elements().next().map(Element::text).unwrap_or_default()
-    }
-
     /// Which bytes of `text` to hide: per byte, true if a match covers its character. Matches
     /// on the folded text cover the whole original characters they came from (ignorable
     /// characters inside a match included).
