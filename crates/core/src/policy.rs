@@ -3,8 +3,8 @@
 //! [`Policy::compile`] turns a [`PolicyConfig`] into one program: every keyword of every rule in
 //! one Aho-Corasick automaton, every regex in one `RegexSet`, JIDs and domains in hash sets with
 //! suffix lookups, URLs in host/path tables, addresses in per-prefix hash sets. Evaluating a
-//! stanza ([`Policy::evaluate`]) computes each fact once (the body, its keyword and regex hits,
-//! the URLs in it) and walks the chain's rules; first matching terminal rule wins, `log` rules
+//! stanza ([`Policy::evaluate`]) computes each fact once (the text, its folded form, their
+//! keyword and regex hits, the URLs in them) and walks the chain's rules; first matching terminal rule wins, `log` rules
 //! and `log_only` rules are recorded and passed over. No list scan anywhere: lookups in JID,
 //! domain, URL and address lists cost the same at 10 or 100,000 entries; the keyword scan is
 //! linear in the body, with a per-byte constant that grows past 10,000 keywords (DFA below,
