@@ -73,7 +73,7 @@ impl Masker {
     /// cannot be masked reliably, and clients fall back to the plain (masked) body.
     pub(super) fn mask(&self, el: &Element) -> Element {
         let mut out = el.clone();
-        out.retain_elements(|c| !c.is(super::NS_XHTML_IM, "html"));
+        remove_xhtml_im(&mut out);
         let (text, pieces) = text::pieces(&out);
         let hide = self.hidden(&text);
         for piece in pieces {
@@ -138,5 +138,16 @@ impl Masker {
             }
         }
         hide
+    }
+}
+
+/// Remove XHTML-IM copies at any depth (a message forwarded inside a carbon or an archive
+/// result has its own).
+fn remove_xhtml_im(el: &mut Element) {
+    el.retain_elements(|c| !c.is(super::NS_XHTML_IM, "html"));
+    for child in &mut el.children {
+        if let Node::Element(c) = child {
+            remove_xhtml_im(c);
+        }
     }
 }

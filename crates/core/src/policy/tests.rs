@@ -600,6 +600,11 @@ action = "mask"
             "<message to='b@example.test' type='error'><error type='cancel'><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>viagra</text></error></message>",
             "<message to='b@example.test' type='error'><error type='cancel'><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>******</text></error></message>",
         ),
+        // At any depth: a message forwarded in a carbon (XEP-0280) loses its XHTML-IM copy too.
+        (
+            "<message to='b@example.test'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' to='c@example.test'><body>viagra</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>viagra</body></html></message></forwarded></sent></message>",
+            "<message to='b@example.test'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' to='c@example.test'><body>******</body></message></forwarded></sent></message>",
+        ),
         // Mapped back to the original characters: 6 full-width letters, a ligature standing
         // for two, an ignorable inside the match, ß folded to ss.
         (
