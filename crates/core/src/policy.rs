@@ -3,8 +3,8 @@
 //! [`Policy::compile`] turns a [`PolicyConfig`] into one program: every keyword of every rule in
 //! one Aho-Corasick automaton, every regex in one `RegexSet`, JIDs and domains in hash sets with
 //! suffix lookups, URLs in host/path tables, addresses in per-prefix hash sets. Evaluating a
-//! stanza ([`Policy::evaluate`]) computes each fact once (the body, its keyword and regex hits,
-//! the URLs in it) and walks the chain's rules; first matching terminal rule wins, `log` rules
+//! stanza ([`Policy::evaluate`]) computes each fact once (the text, its folded form, their
+//! keyword and regex hits, the URLs in them) and walks the chain's rules; first matching terminal rule wins, `log` rules
 //! and `log_only` rules are recorded and passed over. No list scan anywhere: lookups in JID,
 //! domain, URL and address lists cost the same at 10 or 100,000 entries; the keyword scan is
 //! linear in the body, with a per-byte constant that grows past 10,000 keywords (DFA below,
@@ -23,9 +23,11 @@ mod rewrite;
 pub mod spec;
 #[cfg(test)]
 mod tests;
+pub mod text;
 pub mod url;
 pub mod wrapped;
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,7 +38,7 @@ use regex::RegexSet;
 
 use crate::jid::{self, FullJid, Jid};
 use crate::stanza::{Kind, StanzaCondition};
-use crate::stream::{Condition as StreamCondition, NS_CLIENT};
+use crate::stream::{Condition as StreamCondition, NS_CLIENT, NS_SERVER};
 use crate::xml::Element;
 
 use cidrset::CidrSet;
@@ -46,12 +48,6 @@ pub use spec::{AuditConfig, Chain, PolicyConfig};
 use url::{NormalizedUrl, UrlSet};
 pub use wrapped::{Evaluation, WrappedVerdict, Wrapper};
 
-/// Out-of-band data (XEP-0066), whose `<url/>` is checked like a link in the body.
-pub const NS_OOB_X: &str = "jabber:x:oob";
-/// XEP-0066 iq form.
-pub const NS_OOB_IQ: &str = "jabber:iq:oob";
-/// References (XEP-0372), whose `uri` attribute is a link.
-pub const NS_REFERENCE: &str = "urn:xmpp:reference:0";
 /// XHTML-IM (XEP-0071): formatted bodies many clients show instead of the plain one.
 pub const NS_XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
 
@@ -156,8 +152,11 @@ enum Cond {
     Path(Vec<Vec<Step>>),
     /// A keyword group of the shared automaton.
     Keywords(usize),
-    /// Indices into the shared regex set.
-    Regex(Vec<usize>),
+    /// Indices into the shared regex set over the folded text, or (`raw`) over the text as written.
+    Regex {
+        raw: bool,
+        indices: Vec<usize>,
+    },
     Urls(Arc<UrlSet>),
     Rate(usize),
     Any(Vec<Vec<Cond>>),
@@ -221,11 +220,13 @@ pub struct Policy {
     /// Rule indices per chain, in order.
     chains: [Vec<usize>; 2],
     defaults: [Outcome; 2],
-    /// All keywords, lowercased; pattern index → keyword groups containing it.
+    /// All keywords, folded; pattern index → keyword groups containing it.
     keywords: Option<AhoCorasick>,
     keyword_groups: Vec<Vec<usize>>,
     keyword_group_count: usize,
+    /// Regexes over the folded text, and (`regex_raw` rules) over the text as written.
     regexes: Option<RegexSet>,
+    raw_regexes: Option<RegexSet>,
     limiters: Vec<Limiter>,
     audit: AuditConfig,
 }
@@ -238,40 +239,45 @@ struct Facts<'a> {
     wrapped: bool,
     from: OnceCell<Option<Jid>>,
     to: OnceCell<Option<Jid>>,
-    text: OnceCell<String>,
+    text: OnceCell<Cow<'a, str>>,
+    /// The text folded ([`fold`]); `None` when folding leaves it as it is.
+    folded: OnceCell<Option<String>>,
     keyword_hits: OnceCell<Vec<bool>>,
     regex_hits: OnceCell<Vec<bool>>,
+    raw_regex_hits: OnceCell<Vec<bool>>,
     urls: OnceCell<(Vec<NormalizedUrl>, bool)>,
 }
 
-/// The text a recipient sees, where keywords, regexes and links are looked for: `<body/>` and
-/// `<subject/>` (all languages), presence `<status/>`, and the text of an XHTML-IM body —
-/// joined by newlines.
+/// The text a recipient may be shown, where keywords, regexes and links are looked for: all
+/// character data of the stanza and the attribute values clients show or follow (see
+/// [`text`]).
 pub fn visible_text(el: &Element) -> String {
+    text::stanza_text(el).into_owned()
+}
+
+/// The text of a message's `<body/>` children (all languages, nested text included), joined by
+/// newlines: what `[audit] include_body` records. A body in `jabber:server` (or the stanza's own
+/// namespace) is a body too: servers deliver those (RFC 6120 §4.8.3 leaves the content namespace
+/// of a stanza to its stream).
+pub fn body_text(el: &Element) -> String {
     let mut out = String::new();
-    for c in el.elements() {
-        let shown = (*c.ns == *NS_CLIENT && matches!(c.name.as_str(), "body" | "subject" | "status"))
-            || c.is(NS_XHTML_IM, "html");
-        if shown {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&c.text());
+    let is_body = |c: &Element| c.name == "body" && (*c.ns == *NS_CLIENT || *c.ns == *NS_SERVER || c.ns == el.ns);
+    for b in el.elements().filter(|c| is_body(c)) {
+        if !out.is_empty() {
+            out.push('\n');
         }
+        all_text(b, &mut out);
     }
     out
 }
 
-/// The text of a message's `<body/>` children (all languages), joined by newlines.
-pub fn body_text(el: &Element) -> String {
-    let mut out = String::new();
-    for b in el.elements().filter(|c| c.is(NS_CLIENT, "body")) {
-        if !out.is_empty() {
-            out.push('\n');
+fn all_text(el: &Element, out: &mut String) {
+    for n in &el.children {
+        match n {
+            crate::xml::Node::Text(t) => out.push_str(t),
+            crate::xml::Node::Element(c) => all_text(c, out),
         }
-        out.push_str(&b.text());
     }
-    out
 }
 
 impl<'a> Facts<'a> {
@@ -283,8 +289,10 @@ impl<'a> Facts<'a> {
             from: OnceCell::new(),
             to: OnceCell::new(),
             text: OnceCell::new(),
+            folded: OnceCell::new(),
             keyword_hits: OnceCell::new(),
             regex_hits: OnceCell::new(),
+            raw_regex_hits: OnceCell::new(),
             urls: OnceCell::new(),
         }
     }
@@ -317,16 +325,25 @@ impl<'a> Facts<'a> {
             .as_ref()
     }
 
+    /// The text as written.
     fn text(&self) -> &str {
-        self.text.get_or_init(|| visible_text(self.el))
+        self.text.get_or_init(|| text::stanza_text(self.el))
+    }
+
+    /// The text folded: what keywords and (unless `regex_raw`) regexes are matched against.
+    fn folded(&self) -> &str {
+        let folded = self.folded.get_or_init(|| match fold::fold(self.text()) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(f) => Some(f),
+        });
+        folded.as_deref().unwrap_or_else(|| self.text())
     }
 
     fn keyword_hit(&self, policy: &Policy, group: usize) -> bool {
         let hits = self.keyword_hits.get_or_init(|| {
             let mut hits = vec![false; policy.keyword_group_count];
             if let Some(ac) = &policy.keywords {
-                let lower = fold::fold(self.text());
-                for m in ac.find_overlapping_iter(&lower) {
+                for m in ac.find_overlapping_iter(self.folded()) {
                     for &g in &policy.keyword_groups[m.pattern().as_usize()] {
                         hits[g] = true;
                     }
@@ -337,11 +354,16 @@ impl<'a> Facts<'a> {
         hits.get(group).copied().unwrap_or(false)
     }
 
-    fn regex_hit(&self, policy: &Policy, indices: &[usize]) -> bool {
-        let hits = self.regex_hits.get_or_init(|| {
-            let mut hits = vec![false; policy.regexes.as_ref().map_or(0, RegexSet::len)];
-            if let Some(set) = &policy.regexes {
-                for i in set.matches(self.text()).iter() {
+    fn regex_hit(&self, policy: &Policy, raw: bool, indices: &[usize]) -> bool {
+        let (cell, set, text) = if raw {
+            (&self.raw_regex_hits, &policy.raw_regexes, self.text())
+        } else {
+            (&self.regex_hits, &policy.regexes, self.folded())
+        };
+        let hits = cell.get_or_init(|| {
+            let mut hits = vec![false; set.as_ref().map_or(0, RegexSet::len)];
+            if let Some(set) = set {
+                for i in set.matches(text).iter() {
                     hits[i] = true;
                 }
             }
@@ -350,47 +372,22 @@ impl<'a> Facts<'a> {
         indices.iter().any(|&i| hits.get(i).copied().unwrap_or(false))
     }
 
-    /// Links in the body, in XEP-0066 `<url/>`s and XEP-0372 references, and whether every one
-    /// was seen (a text with more links than the extractor's bounds is not complete).
+    /// Links in the text (its character data and link attributes: XEP-0066 `<url/>`, XEP-0372
+    /// `uri`, XHTML-IM `href`/`src`, XEP-0447 url-data `target`, …), and whether every one was
+    /// seen (a text with more links than the extractor's bounds is not complete). A text that
+    /// folding changes beyond ASCII case is read folded too: a link spelled with full-width
+    /// letters or broken by invisible characters is the link it shows.
     fn urls(&self) -> &(Vec<NormalizedUrl>, bool) {
         self.urls.get_or_init(|| {
             let mut urls = Vec::new();
-            let mut complete = url::extract_urls_into(self.text(), &mut urls) == url::Scan::Complete;
-            for c in self.el.elements() {
-                if c.is(NS_OOB_X, "x") || c.is(NS_OOB_IQ, "query") {
-                    for u in c.elements().filter(|u| u.name == "url") {
-                        complete &= url::extract_urls_into(&u.text(), &mut urls) == url::Scan::Complete;
-                    }
-                }
-                if c.is(NS_REFERENCE, "reference") {
-                    if let Some(uri) = c.attr("uri") {
-                        complete &= url::extract_urls_into(uri, &mut urls) == url::Scan::Complete;
-                    }
-                }
-                if c.is(NS_XHTML_IM, "html") {
-                    complete &= xhtml_links(c, &mut urls, 0);
-                }
+            let text = self.text();
+            let mut complete = url::extract_urls_into(text, &mut urls) == url::Scan::Complete;
+            if !text.is_ascii() && self.folded() != text {
+                complete &= url::extract_urls_into(self.folded(), &mut urls) == url::Scan::Complete;
             }
             (urls, complete)
         })
     }
-}
-
-/// Links in XHTML-IM markup (`<a href>`, `<img src>`); false if the extractor's bounds were hit.
-fn xhtml_links(el: &Element, urls: &mut Vec<NormalizedUrl>, depth: usize) -> bool {
-    let mut complete = true;
-    for a in ["href", "src"] {
-        if let Some(v) = el.attr(a) {
-            complete &= url::extract_urls_into(v, urls) == url::Scan::Complete;
-        }
-    }
-    // The parser bounds depth already; the cap keeps this loop's own recursion obvious.
-    if depth < 64 {
-        for c in el.elements() {
-            complete &= xhtml_links(c, urls, depth + 1);
-        }
-    }
-    complete
 }
 
 /// Does some descendant chain below `el` follow `path`?
@@ -417,6 +414,7 @@ impl Policy {
             keyword_groups: Vec::new(),
             keyword_group_count: 0,
             regexes: None,
+            raw_regexes: None,
             limiters: Vec::new(),
             audit: AuditConfig::default(),
         }
@@ -499,7 +497,7 @@ impl Policy {
             Cond::Payload(nss) => f.el.elements().any(|c| nss.iter().any(|ns| **ns == *c.ns)),
             Cond::Path(paths) => paths.iter().any(|p| has_path(f.el, p)),
             Cond::Keywords(group) => f.keyword_hit(self, *group),
-            Cond::Regex(indices) => f.regex_hit(self, indices),
+            Cond::Regex { raw, indices } => f.regex_hit(self, *raw, indices),
             Cond::Urls(set) => {
                 // Fail closed (invariant 5): links past the extractor's bounds could hide a
                 // listed one behind many harmless ones, so an incomplete scan counts as a match.

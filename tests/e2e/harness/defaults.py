@@ -22,6 +22,8 @@ GATEWAY_EJABBERD_PROXY 25324  stanzawall -> ejabberd (PROXY protocol v2)
 GATEWAY_SCRATCH_PORT   2542x  per-test gateways (reload, shutdown)
 GATEWAY_POLICY_PORT    25460  stanzawall with the policy example (test_policy.py)
 GATEWAY_POLICY_ADMIN   25461  its [admin] endpoint (GET /metrics)
+GATEWAY_TEXT_PORT      25470  stanzawall -> Prosody, text policy (test_policy_text.py)
+GATEWAY_TEXT_EJABBERD  25472  stanzawall -> ejabberd, same policy
 =====================  =====  ==============================================
 """
 
@@ -51,6 +53,8 @@ GATEWAY_EJABBERD_PROXY_PORT = 25324
 GATEWAY_SCRATCH_PORT = 25420
 GATEWAY_POLICY_PORT = 25460
 GATEWAY_POLICY_ADMIN = 25461
+GATEWAY_TEXT_PORT = 25470
+GATEWAY_TEXT_EJABBERD_PORT = 25472
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0

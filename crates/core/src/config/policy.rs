@@ -54,6 +54,7 @@ pub(super) struct RawRule {
     text: Option<Spanned<String>>,
     mask: Option<Spanned<String>>,
     log_only: Option<bool>,
+    regex_raw: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,9 +376,33 @@ fn add_sections(
                 "mask needs a body_contains or body_regex condition (what to mask)",
             );
         }
-        out.rules.push(RuleConfig { name, chains, when, action, log_only: r.log_only.unwrap_or(false), origin });
+        if let Some(raw) = &r.regex_raw {
+            if !when.iter().any(has_regex) {
+                return loc.err(raw.span(), &format!("{key}.regex_raw"), "only meaningful with a body_regex condition");
+            }
+        }
+        let regex_raw = r.regex_raw.as_ref().is_some_and(|r| *r.get_ref());
+        out.rules.push(RuleConfig {
+            name,
+            chains,
+            when,
+            action,
+            log_only: r.log_only.unwrap_or(false),
+            regex_raw,
+            origin,
+        });
     }
     Ok(())
+}
+
+/// Does a `body_regex` condition appear in `c` (inside `any`/`not` too)?
+fn has_regex(c: &ConditionConfig) -> bool {
+    match c {
+        ConditionConfig::BodyRegex(_) => true,
+        ConditionConfig::Any(groups) => groups.iter().flatten().any(has_regex),
+        ConditionConfig::Not(group) => group.iter().any(has_regex),
+        _ => false,
+    }
 }
 
 fn chain_error(name: &str) -> String {

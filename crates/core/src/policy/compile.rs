@@ -33,6 +33,9 @@ struct Compiler<'a> {
     keyword_groups: Vec<Vec<usize>>,
     group_count: usize,
     regexes: Vec<String>,
+    raw_regexes: Vec<String>,
+    /// The rule being compiled has `regex_raw = true`.
+    raw: bool,
     jid_lists: HashMap<String, Arc<JidSet>>,
     domain_lists: HashMap<String, Arc<DomainSet>>,
     url_lists: HashMap<String, Arc<UrlSet>>,
@@ -49,6 +52,8 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         keyword_groups: Vec::new(),
         group_count: 0,
         regexes: Vec::new(),
+        raw_regexes: Vec::new(),
+        raw: false,
         jid_lists: HashMap::new(),
         domain_lists: HashMap::new(),
         url_lists: HashMap::new(),
@@ -59,6 +64,7 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
     let mut rules = Vec::new();
     let mut chains: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
     for (i, r) in config.rules.iter().enumerate() {
+        c.raw = r.regex_raw;
         let when = c.conditions(&r.when)?;
         let action = match &r.action {
             ActionConfig::Pass => Action::Pass,
@@ -93,15 +99,20 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         })?;
         Some(ac)
     };
-    let regexes = if c.regexes.is_empty() {
-        None
-    } else {
-        let set = RegexSetBuilder::new(&c.regexes).size_limit(REGEX_SIZE_LIMIT).build().map_err(|e| {
-            let origin = config.rules.first().map(|r| r.origin.clone()).unwrap_or_else(empty_origin);
-            origin.error(format!("the regexes together are too large: {e}"))
-        })?;
-        Some(set)
+    let regex_set = |patterns: &[String], raw: bool| -> Result<Option<regex::RegexSet>, ConfigError> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let set = RegexSetBuilder::new(patterns).size_limit(REGEX_SIZE_LIMIT).case_insensitive(!raw).build().map_err(
+            |e| {
+                let origin = config.rules.first().map(|r| r.origin.clone()).unwrap_or_else(empty_origin);
+                origin.error(format!("the regexes together are too large: {e}"))
+            },
+        )?;
+        Ok(Some(set))
     };
+    let regexes = regex_set(&c.regexes, false)?;
+    let raw_regexes = regex_set(&c.raw_regexes, true)?;
     let default = |chain: Chain| match config.defaults.get(&chain) {
         None | Some(ActionConfig::Pass) => Outcome::Pass,
         Some(ActionConfig::Bounce { condition, text }) => Outcome::Bounce { condition: *condition, text: text.clone() },
@@ -115,6 +126,7 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         keyword_groups: c.keyword_groups,
         keyword_group_count: c.group_count,
         regexes,
+        raw_regexes,
         limiters: c.limiters,
         audit: config.audit.clone(),
     })
@@ -251,7 +263,7 @@ impl Compiler<'_> {
             .map_err(|(i, why)| entry_error(items, i, &why))
     }
 
-    /// Keywords (inline or `list:NAME`), lowercased, as one group of the shared automaton.
+    /// Keywords (inline or `list:NAME`), folded, as one group of the shared automaton.
     fn keyword_group(&mut self, items: &[Located<String>]) -> Result<usize, ConfigError> {
         let group = self.group_count;
         self.group_count += 1;
@@ -278,16 +290,10 @@ impl Compiler<'_> {
             if let Some(name) = item.value.strip_prefix("list:") {
                 let list = self.list(&Located { value: name.to_owned(), origin: item.origin.clone() })?;
                 for e in &list.entries {
-                    let word = super::fold::fold(&e.value);
-                    if word.is_empty() {
-                        return Err(e.origin.error("an empty keyword matches everything"));
-                    }
-                    out.push(word);
+                    out.push(keyword(e)?);
                 }
-            } else if super::fold::fold(&item.value).is_empty() {
-                return Err(item.origin.error("an empty keyword matches everything"));
             } else {
-                out.push(super::fold::fold(&item.value));
+                out.push(keyword(item)?);
             }
         }
         Ok(out)
@@ -295,10 +301,11 @@ impl Compiler<'_> {
 
     fn regex_indices(&mut self, items: &[Located<String>]) -> Result<Vec<usize>, ConfigError> {
         let mut out = Vec::new();
+        let set = if self.raw { &mut self.raw_regexes } else { &mut self.regexes };
         for item in items {
-            check_regex(item)?;
-            out.push(self.regexes.len());
-            self.regexes.push(item.value.clone());
+            check_regex(item, self.raw)?;
+            out.push(set.len());
+            set.push(item.value.clone());
         }
         Ok(out)
     }
@@ -311,13 +318,13 @@ impl Compiler<'_> {
                 ConditionConfig::BodyContains(items) => words.extend(self.keyword_texts(items)?),
                 ConditionConfig::BodyRegex(items) => {
                     for item in items {
-                        regexes.push(check_regex(item)?);
+                        regexes.push(check_regex(item, self.raw)?);
                     }
                 }
                 _ => {}
             }
         }
-        Masker::new(&words, regexes, with).map_err(|e| {
+        Masker::new(&words, regexes, self.raw, with).map_err(|e| {
             let origin = when.iter().find_map(|c| match c {
                 ConditionConfig::BodyContains(i) | ConditionConfig::BodyRegex(i) => i.first().map(|l| l.origin.clone()),
                 _ => None,
@@ -366,7 +373,7 @@ impl Compiler<'_> {
                 items.iter().map(|p| parse_path(&p.value).map_err(|e| p.origin.error(e))).collect::<Result<_, _>>()?,
             ),
             ConditionConfig::BodyContains(items) => Cond::Keywords(self.keyword_group(items)?),
-            ConditionConfig::BodyRegex(items) => Cond::Regex(self.regex_indices(items)?),
+            ConditionConfig::BodyRegex(items) => Cond::Regex { raw: self.raw, indices: self.regex_indices(items)? },
             ConditionConfig::UrlIn(l) => Cond::Urls(self.url_list(l)?),
             ConditionConfig::Rate(l) => Cond::Rate(self.limiter(l)?),
             ConditionConfig::Any(groups) => {
@@ -377,8 +384,19 @@ impl Compiler<'_> {
     }
 }
 
-fn check_regex(item: &Located<String>) -> Result<Regex, ConfigError> {
-    regex::RegexBuilder::new(&item.value).size_limit(REGEX_SIZE_LIMIT).build().map_err(|e| {
+/// A keyword in the form it is matched in; an empty one is refused.
+fn keyword(item: &Located<String>) -> Result<String, ConfigError> {
+    let word = super::fold::fold(&item.value).into_owned();
+    if word.is_empty() {
+        return Err(item.origin.error("an empty keyword matches everything"));
+    }
+    Ok(word)
+}
+
+/// Compile one regex as it will be matched: over the folded text (lowercase, so compiled
+/// case-insensitive: `Buy NOW` still matches), or over the text as written (`raw`).
+fn check_regex(item: &Located<String>, raw: bool) -> Result<Regex, ConfigError> {
+    regex::RegexBuilder::new(&item.value).size_limit(REGEX_SIZE_LIMIT).case_insensitive(!raw).build().map_err(|e| {
         // The regex crate's message spans lines (pattern, caret, error); keep the error.
         let text = e.to_string();
         let why = text.lines().last().unwrap_or_default().trim_start_matches("error: ").to_owned();

@@ -151,9 +151,9 @@ pub enum ConditionConfig {
     Payload(Vec<String>),
     /// `path`: element paths below the stanza, `{ns}name/{ns}name`.
     Path(Vec<Located<String>>),
-    /// `body_contains`: case-insensitive keywords or `list:NAME`.
+    /// `body_contains`: keywords or `list:NAME`, matched in the folded text.
     BodyContains(Vec<Located<String>>),
-    /// `body_regex`: regular expressions over the body.
+    /// `body_regex`: regular expressions over the folded text (or the raw one, `regex_raw`).
     BodyRegex(Vec<Located<String>>),
     /// `url_in`: a list of URLs and hosts.
     UrlIn(Located<String>),
@@ -188,7 +188,7 @@ pub enum ActionConfig {
     },
     /// Remove the child elements the rule's `payload`/`path` conditions matched; forward the rest.
     Strip,
-    /// Replace the body text the rule's `body_contains`/`body_regex` matched.
+    /// Replace the text the rule's `body_contains`/`body_regex` matched.
     Mask {
         /// Replacement for each matched character (default `*`).
         with: String,
@@ -225,6 +225,9 @@ pub struct RuleConfig {
     pub action: ActionConfig,
     /// Shadow mode: audited as "would …", the stanza goes on to the next rule.
     pub log_only: bool,
+    /// `regex_raw = true`: the rule's `body_regex` reads the text as written (case-sensitive,
+    /// not normalized) instead of its folded form.
+    pub regex_raw: bool,
     /// Where the rule starts.
     pub origin: Origin,
 }

@@ -513,3 +513,209 @@ fn a_users_new_rate_keys_count_against_its_own_quota_only() {
         "{e}"
     );
 }
+
+/// The text classes of issue 18 (finding 2) and the Unicode spellings (finding 4), as
+/// `stanzawall explain` decides them: stanza → rule. Each of these passed unread before.
+#[test]
+fn every_shown_text_is_read() {
+    let p = policy(
+        r#"
+[list.bad_urls]
+entries = ["evil.example"]
+[[rule]]
+name = "links"
+when = { url_in = "bad_urls" }
+action = "drop"
+[[rule]]
+name = "words"
+when = { body_contains = ["viagra", "casino"] }
+action = "drop"
+[[rule]]
+name = "card"
+when = { body_regex = '\b\d{4}-\d{4}-\d{4}-\d{4}\b' }
+action = "drop"
+[[rule]]
+name = "phrase"
+when = { body_regex = 'Buy\s+Now' }
+action = "drop"
+"#,
+    );
+    const XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
+    let table: &[(Chain, &str, Option<&str>)] = &[
+        // Controls.
+        (Chain::C2sIn, "<message to='b@example.test'><body>hello</body></message>", None),
+        (Chain::C2sIn, "<message to='casino@example.test' id='viagra'><body>hi</body></message>", None),
+        // Bodies, subjects and status in any namespace the server treats as the stanza's own.
+        (Chain::C2sIn, "<message to='b@example.test'><body xmlns='jabber:server'>viagra</body></message>", Some("words")),
+        (Chain::C2sOut, "<message from='m@x.test/r'><body xmlns='jabber:server'>CASINO</body></message>", Some("words")),
+        (Chain::C2sOut, "<message from='m@x.test/r'><subject xmlns='jabber:server'>casino</subject></message>", Some("words")),
+        (Chain::C2sOut, "<presence from='m@x.test/r'><status xmlns='jabber:server'>evil.example</status></presence>", Some("links")),
+        (Chain::C2sIn, "<message to='b@example.test'><body xmlns='urn:example:other'>viagra</body></message>", Some("words")),
+        // Text nested in child elements, and split by them.
+        (Chain::C2sIn, "<message to='b@example.test'><body>cheap <x xmlns='urn:x'>vi</x>agra</body></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>cas<x xmlns='urn:x'/>ino</body></message>", Some("words")),
+        // XHTML-IM text, split by inline markup.
+        (Chain::C2sIn, &format!("<message to='b@example.test'><body>hi</body><html xmlns='{XHTML_IM}'><body xmlns='http://www.w3.org/1999/xhtml'><p>vi<b>ag</b><span>ra</span></p></body></html></message>"), Some("words")),
+        (Chain::C2sIn, &format!("<message to='b@example.test'><body>hi</body><html xmlns='{XHTML_IM}'><body xmlns='http://www.w3.org/1999/xhtml'><img src='https://evil.example/i.png' alt='x'/></body></html></message>"), Some("links")),
+        // Stanza error text (RFC 6120 §8.3.2).
+        (Chain::C2sIn, "<message to='b@example.test' type='error'><error type='cancel'><undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>casino</text></error></message>", Some("words")),
+        (Chain::C2sIn, "<iq to='b@example.test/r' type='error' id='e'><error type='cancel'><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>see https://evil.example/</text></error></iq>", Some("links")),
+        // Invitations: MUC mediated (XEP-0045 §7.8.2) and direct (XEP-0249).
+        (Chain::C2sIn, "<message to='room@muc.example.test'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='b@example.test'><reason>casino night</reason></invite></x></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><x xmlns='jabber:x:conference' jid='room@muc.example.test' reason='go to evil.example'/></message>", Some("links")),
+        (Chain::C2sIn, "<message to='b@example.test'><x xmlns='jabber:x:conference' jid='room@muc.example.test' reason='Viagra'/></message>", Some("words")),
+        // File sharing sources (XEP-0447 with XEP-0103 url-data), OOB (XEP-0066), references (XEP-0372).
+        (Chain::C2sIn, "<message to='b@example.test'><file-sharing xmlns='urn:xmpp:sfs:0'><file xmlns='urn:xmpp:file:metadata:0'><name>a.exe</name></file><sources><url-data xmlns='http://jabber.org/protocol/url-data' target='https://evil.example/a.exe'/></sources></file-sharing></message>", Some("links")),
+        (Chain::C2sIn, "<message to='b@example.test'><file-sharing xmlns='urn:xmpp:sfs:0'><file xmlns='urn:xmpp:file:metadata:0'><desc>casino bonus</desc></file></file-sharing></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><x xmlns='jabber:x:oob'><url>http://evil.example/f</url></x></message>", Some("links")),
+        (Chain::C2sIn, "<message to='b@example.test'><reference xmlns='urn:xmpp:reference:0' type='data' uri='https://evil.example/'/></message>", Some("links")),
+        // Any other extension's text: a microblog entry.
+        (Chain::C2sIn, "<iq type='set' id='p'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:microblog:0'><item><entry xmlns='http://www.w3.org/2005/Atom'><title>casino</title></entry></item></publish></pubsub></iq>", Some("words")),
+        // Binary payloads are not text (base64 and ciphertext are never shown as such).
+        (Chain::C2sIn, "<message to='b@example.test'><data xmlns='urn:xmpp:bob' cid='sha1+x@bob.xmpp.org' type='image/png'>casino</data></message>", None),
+        // A regex spanning two shown texts (subject, then body).
+        (Chain::C2sIn, "<message to='b@example.test'><subject>BUY</subject><body>now</body></message>", Some("phrase")),
+        // Unicode spellings (finding 4): NFKC, case folding, default-ignorable code points.
+        (Chain::C2sIn, "<message to='b@example.test'><body>ＶＩＡＧＲＡ</body></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>𝐜𝐚𝐬𝐢𝐧𝐨</body></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>ⓒⓐⓢⓘⓝⓞ</body></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>vi\u{E0020}ag\u{E007F}ra</body></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>v\u{FE0F}i\u{180B}a\u{3164}g\u{115F}r\u{FFA0}a</body></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>ca\u{1D173}si\u{1D17A}no\u{034F}</body></message>", Some("words")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>card １２３４-５６７８-９０１２-３４５６</body></message>", Some("card")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>ＢＵＹ ＮＯＷ</body></message>", Some("phrase")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>see evil\u{200B}.example/x</body></message>", Some("links")),
+        (Chain::C2sIn, "<message to='b@example.test'><body>see ｅｖｉｌ．ｅｘａｍｐｌｅ</body></message>", Some("links")),
+    ];
+    let mut wrong = Vec::new();
+    for (chain, xml, want) in table {
+        let got = eval(&p, *chain, xml);
+        if rule_of(&got) != *want {
+            wrong.push(format!("{xml}\n  want {want:?}, got {:?}", rule_of(&got)));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {}:\n{}", wrong.len(), table.len(), wrong.join("\n"));
+}
+
+/// What `mask` leaves of each text class: every text node and attribute a match touched.
+#[test]
+fn mask_rewrites_every_text_it_matched() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "spanning"
+when = { body_regex = 'cheap\s+pills' }
+action = "mask"
+[[rule]]
+name = "words"
+when = { body_contains = ["viagra", "file", "straße"] }
+action = "mask"
+"#,
+    );
+    let table: &[(&str, &str)] = &[
+        // The issue's case: one match across <subject/> and <body/>.
+        (
+            "<message to='b@example.test'><subject>Cheap</subject><body>pills!</body></message>",
+            "<message to='b@example.test'><subject>*****</subject><body>*****!</body></message>",
+        ),
+        (
+            "<message to='b@example.test'><body xmlns='jabber:server'>buy VIAGRA</body></message>",
+            "<message to='b@example.test'><body xmlns='jabber:server'>buy ******</body></message>",
+        ),
+        (
+            "<message to='b@example.test'><body>vi<x xmlns='urn:x'>ag</x>ra ok</body></message>",
+            "<message to='b@example.test'><body>**<x xmlns='urn:x'>**</x>** ok</body></message>",
+        ),
+        (
+            "<message to='b@example.test'><x xmlns='jabber:x:conference' jid='r@muc.example.test' reason='viagra party'/></message>",
+            "<message to='b@example.test'><x xmlns='jabber:x:conference' jid='r@muc.example.test' reason='****** party'/></message>",
+        ),
+        (
+            "<message to='b@example.test' type='error'><error type='cancel'><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>viagra</text></error></message>",
+            "<message to='b@example.test' type='error'><error type='cancel'><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>******</text></error></message>",
+        ),
+        // At any depth: a message forwarded in a carbon (XEP-0280) loses its XHTML-IM copy too.
+        (
+            "<message to='b@example.test'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' to='c@example.test'><body>viagra</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>viagra</body></html></message></forwarded></sent></message>",
+            "<message to='b@example.test'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' to='c@example.test'><body>******</body></message></forwarded></sent></message>",
+        ),
+        // Mapped back to the original characters: 6 full-width letters, a ligature standing
+        // for two, an ignorable inside the match, ß folded to ss.
+        (
+            "<message to='b@example.test'><body>ＶＩＡＧＲＡ, \u{FB01}le, vi\u{200B}agra, STRASSE, Straße.</body></message>",
+            "<message to='b@example.test'><body>******, ***, *******, *******, ******.</body></message>",
+        ),
+    ];
+    for (xml, want) in table {
+        let v = eval(&p, Chain::C2sIn, xml);
+        let Outcome::Rewrite(el) = &v.outcome else { panic!("{xml}: {v:?}") };
+        assert_eq!(String::from_utf8(el.to_bytes(NS_CLIENT)).unwrap(), *want, "{xml}");
+    }
+}
+
+#[test]
+fn regex_raw_reads_the_text_as_written() {
+    let p = policy(
+        r##"
+[[rule]]
+name = "shouting"
+regex_raw = true
+when = { body_regex = '[A-Z]{6}' }
+action = "mask"
+mask = "#"
+[[rule]]
+name = "folded"
+when = { body_regex = 'secret' }
+action = "drop"
+"##,
+    );
+    let v = eval(&p, Chain::C2sIn, "<message to='b@example.test'><body>hey LISTEN up</body></message>");
+    let Outcome::Rewrite(el) = &v.outcome else { panic!("{v:?}") };
+    assert_eq!(body_text(el), "hey ###### up");
+    // As written: lowercase does not match [A-Z], full-width letters are not A-Z.
+    assert_eq!(rule_of(&eval(&p, Chain::C2sIn, "<message><body>hey listen up</body></message>")), None);
+    assert_eq!(rule_of(&eval(&p, Chain::C2sIn, "<message><body>ＬＩＳＴＥＮ</body></message>")), None);
+    // Folded (the default): case and width do not matter.
+    assert_eq!(rule_of(&eval(&p, Chain::C2sIn, "<message><body>ＳＥＣＲＥＴ</body></message>")), Some("folded"));
+    let e = error("[[rule]]\nname = \"r\"\nregex_raw = true\nwhen = { body_contains = \"x\" }\naction = \"drop\"\n");
+    assert!(e.contains("stanzawall.toml:14: rule[0].regex_raw: only meaningful with a body_regex condition"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\nregex_raw = \"yes\"\nwhen = { body_regex = \"x\" }\naction = \"drop\"\n");
+    assert!(e.contains("stanzawall.toml:14"), "{e}");
+    // Inside any/not is fine.
+    policy(
+        "[[rule]]\nname = \"r\"\nregex_raw = true\nwhen = { not = { body_regex = \"[A-Z]\" } }\naction = \"drop\"\n",
+    );
+}
+
+#[test]
+fn audit_bodies_are_read_in_any_stanza_namespace() {
+    let el = stanza("<message><body>a<b xmlns='urn:x'>b</b></body><body xmlns='jabber:server' xml:lang='de'>c</body><subject>s</subject></message>");
+    assert_eq!(body_text(&el), "ab\nc");
+}
+
+proptest! {
+    /// Detection and masking agree: whenever a keyword rule matches, the masked stanza changes,
+    /// and it no longer matches — every occurrence of every keyword was masked, whatever NFKC,
+    /// case folding and ignorable characters did to the lengths.
+    #[test]
+    fn a_mask_that_matched_masks_all_it_matched(
+        words in proptest::collection::vec("[abcsß]{1,3}", 1..4),
+        text in "([abcsßSABC ]|\u{FB00}|\u{FF41}|\u{FF33}|\u{200B}|\u{E0041}|\u{0301}|\u{1E9E}|\u{1D41A}){0,24}",
+    ) {
+        let quoted: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+        let p = policy(&format!(
+            "[[rule]]\nname = \"m\"\nwhen = {{ body_contains = [{}] }}\naction = \"mask\"\n",
+            quoted.join(", ")
+        ));
+        let xml = format!("<message to='b@example.test'><subject>{text}</subject><body>{text}</body></message>");
+        let v = eval(&p, Chain::C2sIn, &xml);
+        let folded = fold::fold(&text).into_owned();
+        let expected = words.iter().any(|w| folded.contains(&*fold::fold(w)));
+        prop_assert_eq!(rule_of(&v).is_some(), expected, "{:?} in {:?}", words, folded);
+        if let Outcome::Rewrite(el) = &v.outcome {
+            prop_assert_ne!(el, &stanza(&xml));
+            let again = p.evaluate(el, &Context { chain: Chain::C2sIn, user: Some(&alice()), source_ip: "192.0.2.10".parse().unwrap() }, &RateTable::new(), Instant::now());
+            prop_assert_eq!(again.rule, None, "still matches after masking: {:?}", el);
+        }
+    }
+}

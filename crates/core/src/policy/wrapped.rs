@@ -204,6 +204,18 @@ when = { from = "mallory@example.test" }
 action = "drop"
 
 [[rule]]
+name = "bounce-dave"
+chain = "c2s-out"
+when = { from = "dave@example.test" }
+action = "bounce"
+
+[[rule]]
+name = "close-eve"
+chain = "c2s-out"
+when = { from = "eve@example.test" }
+action = "close"
+
+[[rule]]
 name = "bad-word"
 when = { body_contains = "badword" }
 action = "bounce"
@@ -276,14 +288,21 @@ action = "close"
         );
         // Sent by the client: bounced to it, as the message itself would be.
         assert!(matches!(eval(Chain::C2sIn, &forward).outcome, Outcome::Bounce { .. }));
-        // Delivered to the client in a carbon: nobody to bounce to, dropped.
-        assert_eq!(eval(Chain::C2sOut, &carbon(inner)).outcome, Outcome::Drop);
-        // Close outranks the rest.
+        // Delivered to the client in a carbon: nobody to bounce to, dropped. (The outer carbon
+        // reads its wrapped text too, so a content rule decides there already: take a rule on
+        // the wrapped sender.)
+        let from_dave = "<message xmlns='jabber:client' from='dave@example.test/d'><body>hello</body></message>";
+        let e = eval(Chain::C2sOut, &carbon(from_dave));
+        assert_eq!((e.outer.rule, e.outcome), (None, Outcome::Drop));
+        // Close outranks the rest, also when it comes second.
         let two = format!(
-            "<message to='carol@example.test'><forwarded xmlns='urn:xmpp:forward:0'>{inner}</forwarded>\
-             <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'><body>exploit-trigger</body></message></forwarded></message>"
+            "<message from='bob@example.test/b'><forwarded xmlns='urn:xmpp:forward:0'>{from_dave}</forwarded>\
+             <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='eve@example.test/e'>\
+             <body>hi</body></message></forwarded></message>"
         );
-        assert!(matches!(eval(Chain::C2sIn, &two).outcome, Outcome::Close { .. }));
+        let e = eval(Chain::C2sOut, &two);
+        assert!(matches!(e.outcome, Outcome::Close { .. }), "{:?}", e.outcome);
+        assert_eq!(e.wrapped.len(), 2);
     }
 
     #[test]
