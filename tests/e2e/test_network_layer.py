@@ -1,7 +1,9 @@
-"""Network-layer defence (issue 4, part 1): admission at accept, handshake and idle timeouts.
+"""Network-layer defence (issue 4, part 1): admission at accept, handshake and idle timeouts;
+IPv6 sources counted by prefix (issue 18, finding 6).
 
 Real gateway, real Prosody behind it, real sockets on loopback. The flooder uses its own
-loopback address (127.0.0.3) so the legitimate clients on 127.0.0.1 are a different source.
+loopback address (127.0.0.3) so the legitimate clients on 127.0.0.1 are a different source; the
+IPv6 tests add addresses of one /64 to `lo` (and remove them afterwards).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import socket
+import subprocess
 import threading
 import time
 
@@ -17,6 +20,7 @@ import pytest
 from harness.client import Client, run
 from harness.defaults import GATEWAY_SCRATCH_PORT, HOST
 from harness.gateway import Gateway, Listener
+from harness.proc import wait_for_port
 from harness.raw import RawStream, parse_stream_error, stream_header
 
 FLOODER = "127.0.0.3"
@@ -280,3 +284,163 @@ def test_shaping_slows_a_bulk_sender_and_delivers_everything(tmp, pki, prosody):
         print(f"shaping: {count * size} body bytes delivered; gateway paused reading for {paused} ms")
     finally:
         gw.terminate()
+
+
+# --- IPv6 sources are counted by prefix (issue 18, finding 6) ------------------------------------
+#
+# 40 addresses of 2001:db8:5a:7::/64 (plus one of the next /64) are added to `lo` for these tests
+# and removed after them; the gateway gets a second listener on [::1] for them.
+
+V6_NET = "2001:db8:5a:7::"
+V6_OTHER = "2001:db8:5a:8::1"
+V6_ADDRS = [f"{V6_NET}{i:x}" for i in range(1, 41)]
+
+
+@pytest.fixture
+def v6_sources():
+    added = []
+    try:
+        for a in [*V6_ADDRS, V6_OTHER]:
+            r = subprocess.run(["ip", "-6", "addr", "add", f"{a}/128", "dev", "lo", "nodad"],
+                               capture_output=True, text=True, timeout=10)
+            if r.returncode != 0:
+                pytest.skip(f"cannot add IPv6 addresses to lo here: {r.stderr.strip()}")
+            added.append(a)
+        yield V6_ADDRS
+    finally:
+        for a in added:
+            subprocess.run(["ip", "-6", "addr", "del", f"{a}/128", "dev", "lo"], capture_output=True, timeout=10)
+
+
+def v6_gateway(tmp, pki, prosody, name: str, offset: int, network: dict) -> tuple[Gateway, int]:
+    """A gateway with its usual IPv4 listener and a second one on [::1]; returns it started and
+    the IPv6 port."""
+    port6 = GATEWAY_SCRATCH_PORT + offset + 1
+    listener6 = f'[[listener]]\nname = "c2s6"\nkind = "c2s"\nbind = "[::1]:{port6}"\nbackend = "{HOST}:{prosody.port}"\n'
+    gw = Gateway(tmp / name, pki.cert, pki.key, [
+        Listener("c2s", "c2s", GATEWAY_SCRATCH_PORT + offset, prosody.port),
+    ], network=network, extra_toml=listener6).start()
+    wait_for_port("::1", port6, 10, proc=gw.proc, log=gw.log_path, who="stanzawall")
+    return gw, port6
+
+
+def connect6(source: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.settimeout(10)
+    s.connect(("::1", port))
+    return s
+
+
+def closed_by_gateway(s: socket.socket) -> bool:
+    """Closed (refused at accept) rather than open and waiting for our stream header."""
+    s.setblocking(False)  # a socket timeout would make the peek wait for data
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def raw6_from(source: str, port: int, pki) -> RawStream:
+    rs = RawStream(connect6(source, port), ca_file=pki.ca_cert)
+    rs.start_stream()
+    rs.starttls()
+    return rs
+
+
+def refused6(source: str, port: int) -> bool:
+    s = connect6(source, port)
+    try:
+        s.sendall(stream_header())
+        s.settimeout(5)
+        return s.recv(1) == b""
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+def refusal_lines(gw: Gateway, needle: str) -> list[str]:
+    return [l for l in gw.log().splitlines() if "connection refused" in l and needle in l]
+
+
+def test_ipv6_addresses_of_one_prefix_are_one_source_for_cap_and_rate(tmp, pki, prosody, v6_sources):
+    # Per-source cap 20, no rate: one connection from each of 40 addresses of one /64.
+    gw, port6 = v6_gateway(tmp, pki, prosody, "gw-v6-cap", 15, {
+        "max_connections_per_ip": 20, "connection_rate_per_ip": "off"})
+    try:
+        socks = [connect6(a, port6) for a in v6_sources]
+        time.sleep(1.0)  # let the gateway accept (and refuse) them all
+        refused = [closed_by_gateway(s) for s in socks]
+        assert refused.count(False) == 20 and refused.count(True) == 20, refused
+        # Another /64 is another source.
+        other = connect6(V6_OTHER, port6)
+        time.sleep(0.5)
+        assert not closed_by_gateway(other)
+        for s in [*socks, other]:
+            s.close()
+        lines = refusal_lines(gw, V6_NET)
+        # One source, so one audit line: the real address, and the /64 it counts as.
+        assert len(lines) == 1, lines
+        assert "reason=per-ip-cap" in lines[0] and f"client.source={V6_NET}/64" in lines[0], lines[0]
+    finally:
+        assert gw.terminate() == 0
+
+    # Per-source rate 30/minute with a burst of 10: 40 addresses of the /64 get 10 in.
+    gw, port6 = v6_gateway(tmp, pki, prosody, "gw-v6-rate", 17, {
+        "connection_rate_per_ip": "30/minute", "connection_burst_per_ip": 10, "max_connections_per_ip": 1000})
+    try:
+        started = time.monotonic()
+        socks = [connect6(a, port6) for a in v6_sources]
+        time.sleep(1.0)
+        elapsed = time.monotonic() - started
+        admitted = [not closed_by_gateway(s) for s in socks].count(True)
+        # The burst, plus one per 2 s that passed while connecting.
+        assert 10 <= admitted <= 10 + int(elapsed / 2) + 1, (admitted, elapsed)
+        for s in socks:
+            s.close()
+        assert "reason=per-ip-rate" in refusal_lines(gw, V6_NET)[0]
+    finally:
+        assert gw.terminate() == 0
+
+
+def test_ipv6_auth_failures_from_one_prefix_ban_the_whole_prefix(tmp, pki, prosody, v6_sources):
+    network = {"connection_rate_per_ip": "off", "ban": {"auth_failures": 5, "window": "10m", "duration": "1h"}}
+    gw, port6 = v6_gateway(tmp, pki, prosody, "gw-v6-ban", 13, network)
+    try:
+        # One wrong password from each of five addresses of the /64 (Prosody rejects them).
+        for a in v6_sources[:4]:
+            rs = raw6_from(a, port6, pki)
+            with pytest.raises(Exception, match="failure"):
+                rs.auth_plain("alice", f"wrong-from-{a}")
+            rs.close()
+        rs = raw6_from(v6_sources[4], port6, pki)
+        with pytest.raises(Exception):
+            rs.auth_plain("alice", "wrong-5")
+        rs.read_until_closed(5)
+        assert parse_stream_error(rs.received) == "policy-violation", rs.received
+        assert "too many authentication failures" in rs.received
+        rs.close()
+        banned = [l for l in gw.log().splitlines() if "source banned after repeated authentication failures" in l]
+        assert len(banned) == 1 and f"client.ip={v6_sources[4]}" in banned[0], banned
+
+        # Every address of the /64 is refused at accept, audited once; the next /64 is not.
+        assert all(refused6(a, port6) for a in v6_sources)
+        lines = refusal_lines(gw, V6_NET)
+        assert len(lines) == 1 and "reason=banned" in lines[0], lines
+        ok = raw6_from(V6_OTHER, port6, pki)
+        ok.login("alice", prosody.users["alice"])
+        ok.close()
+
+        # The ban file holds the prefix, and a restarted gateway still refuses all of it.
+        bans = (gw.dir / "state" / "bans").read_text()
+        assert bans.startswith(f"{V6_NET}/64 "), bans
+        assert gw.terminate() == 0
+        gw.start()
+        wait_for_port("::1", port6, 10, proc=gw.proc, log=gw.log_path, who="stanzawall")
+        assert "bans loaded" in gw.log()
+        assert refused6(v6_sources[-1], port6)
+    finally:
+        assert gw.terminate() == 0

@@ -6,6 +6,10 @@ both the gateway and Prosody directly; with `stanzawall nft` output loaded, only
 port answers. When the gateway bans the peer after wrong passwords (real Prosody rejects them),
 sync puts the address in the kernel's ban set: the peer's SYNs are dropped before the gateway
 sees them, until the ban's timeout expires in the kernel.
+
+Over IPv6 (issue 18, finding 6) the peer holds several addresses of one /64: the kernel's
+per-source meter counts them as one source, and a ban caused from one address drops the whole
+/64 (an interval element with a timeout in `ban6`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ TAG = os.getpid() % 100_000
 GW_NS, PEER_NS = f"swgw{TAG}", f"swpeer{TAG}"
 VETH_GW, VETH_PEER = f"swv{TAG}g", f"swv{TAG}p"
 GW_IP, PEER_IP = "10.77.0.1", "10.77.0.2"
+GW_IP6, PEER_NET6 = "2001:db8:77::1", "2001:db8:77::"
+PEER_IPS6 = [f"{PEER_NET6}{i:x}" for i in (2, 3, 4, 5, 0x99)]
 GATEWAY_PORT, PROSODY_PORT = 25222, 15222
 PEER_SCRIPT = Path(__file__).resolve().parent / "harness" / "netns_peer.py"
 BAN_SECONDS = 8
@@ -78,6 +84,10 @@ def namespaces():
             in_ns(ns, "ip", "link", "set", "lo", "up")
             in_ns(ns, "ip", "addr", "add", f"{ip}/24", "dev", dev)
             in_ns(ns, "ip", "link", "set", dev, "up")
+        # IPv6: the peer holds several addresses of one /64 (no duplicate address detection, so
+        # they are usable at once).
+        for ns, dev, ip in ((GW_NS, VETH_GW, GW_IP6), *((PEER_NS, VETH_PEER, a) for a in PEER_IPS6)):
+            in_ns(ns, "ip", "-6", "addr", "add", f"{ip}/64", "dev", dev, "nodad")
         yield
     finally:
         # Deleting a namespace destroys its veth end (and with it the pair) and its ruleset.
@@ -198,6 +208,98 @@ sync = true
         assert PEER_IP not in banned_addresses()
         assert peer("login", GW_IP, str(GATEWAY_PORT), "alice", prosody.users["alice"], str(pki.ca_cert)).get("jid", "") \
             .startswith("alice@example.test/")
+    finally:
+        code = gw_proc.stop(15) if gw_proc else 0
+        prosody_proc.stop(15)
+        print(tail(gw.log_path, 30), file=sys.stderr)
+    assert code == 0
+
+
+def banned_prefixes() -> dict[str, int]:
+    s = json.loads(in_ns(GW_NS, "nft", "-j", "list", "set", "inet", "stanzawall", "ban6").stdout)
+    elems = next(i["set"] for i in s["nftables"] if "set" in i).get("elem", [])
+    out = {}
+    for e in elems:
+        if isinstance(e, dict) and isinstance(e["elem"]["val"], dict):
+            p = e["elem"]["val"]["prefix"]
+            out[f"{p['addr']}/{p['len']}"] = e["elem"]["timeout"]
+    return out
+
+
+def test_ipv6_meters_and_bans_count_the_peers_64_as_one_source(tmp, pki, namespaces):
+    base = tmp / f"nft6-{TAG}"
+    prosody = ProsodyInstance(dir=base / "prosody", port=PROSODY_PORT, host="0.0.0.0")
+    prosody.write_config()
+    for user, password in prosody.users.items():
+        prosody.register(user, password)
+    prosody_proc = Spawned(["ip", "netns", "exec", GW_NS, "prosody", "-F", "--config", str(prosody.config_path)],
+                           log=prosody.console_path, who="prosody (netns)", cwd=prosody.dir)
+    gw_proc = None
+    gw = Gateway(base / "gateway", pki.cert, pki.key, [])
+    gw.write_config(f"""\
+[[tls.certificate]]
+domains = ["example.test"]
+cert = "gateway.crt"
+key = "gateway.key"
+
+[[listener]]
+name = "c2s6"
+kind = "c2s"
+bind = "[{GW_IP6}]:{GATEWAY_PORT}"
+backend = "127.0.0.1:{PROSODY_PORT}"
+
+[network]
+max_connections_per_ip = 3
+connection_rate_per_ip = "30/minute"
+connection_burst_per_ip = 20
+
+[network.ban]
+auth_failures = 2
+window = "10m"
+duration = "{BAN_SECONDS}s"
+
+[nftables]
+sync = true
+""")
+    try:
+        wait_listening(GW_NS, "127.0.0.1", PROSODY_PORT, prosody_proc, prosody.console_path)
+        gw_proc = Spawned(["ip", "netns", "exec", GW_NS, str(binary()), "run", "--config", str(gw.config_path)],
+                          log=gw.log_path, who="stanzawall (netns)", env=dict(os.environ, STANZAWALL_LOG="info"))
+        wait_listening(GW_NS, GW_IP6, GATEWAY_PORT, gw_proc, gw.log_path)
+        ruleset = sh(str(binary()), "nft", "--config", str(gw.config_path)).stdout
+        assert "add @conn6 { ip6 saddr and ffff:ffff:ffff:ffff:: ct count over 3 }" in ruleset, ruleset
+        in_ns(GW_NS, "nft", "-c", "-f", "-", input=ruleset)
+        in_ns(GW_NS, "nft", "-f", "-", input=ruleset)
+
+        # Three connections held from three addresses of the peer's /64: a fourth from a fourth
+        # address is dropped by the kernel (a timeout, not a close by the gateway).
+        held = peer("hold", GW_IP6, str(GATEWAY_PORT), "2", ",".join(PEER_IPS6[:3]), PEER_IPS6[3])
+        assert held == {"held": ["open"] * 3, "probe": "timeout"}, held
+        time.sleep(0.5)  # the held connections' conntrack entries close
+        assert peer("probe", GW_IP6, str(GATEWAY_PORT), "2", PEER_IPS6[3])["result"] == "open"
+
+        # Two wrong passwords from ::2 ban the /64; sync puts the prefix in the kernel's ban6.
+        result = peer("badauth", GW_IP6, str(GATEWAY_PORT), "alice", "2", str(pki.ca_cert))
+        assert result == {"failures": 2, "stream_error": "policy-violation", "closed": True}, result
+        deadline = time.monotonic() + 5
+        while f"{PEER_NET6}/64" not in banned_prefixes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert banned_prefixes().get(f"{PEER_NET6}/64") in (BAN_SECONDS, BAN_SECONDS + 1), banned_prefixes()
+        assert f"client.source={PEER_NET6}/64" in gw.log()
+        # Another address of the /64, which never failed anything: dropped by the kernel, unseen
+        # by the gateway.
+        log_before = len(gw.log())
+        assert peer("probe", GW_IP6, str(GATEWAY_PORT), "2", PEER_IPS6[4])["result"] == "timeout"
+        assert PEER_IPS6[4] not in gw.log()[log_before:]
+        assert (gw.config_path.parent / "state" / "bans").read_text().startswith(f"{PEER_NET6}/64 ")
+
+        # Lifted by hand: the line removed from the ban file and SIGHUP remove the prefix element.
+        (gw.config_path.parent / "state" / "bans").write_text("")
+        log_before = len(gw.log())
+        os.kill(gw_proc.pid, signal.SIGHUP)
+        gw.wait_log("ban removed from nftables", after=log_before)
+        assert f"{PEER_NET6}/64" not in banned_prefixes()
+        assert peer("probe", GW_IP6, str(GATEWAY_PORT), "2", PEER_IPS6[4])["result"] == "open"
     finally:
         code = gw_proc.stop(15) if gw_proc else 0
         prosody_proc.stop(15)

@@ -1,30 +1,51 @@
-//! The L3/L4 guard: admit or refuse a connection by its source address, before any byte is read
+//! The L3/L4 guard: admit or refuse a connection by its source, before any byte is read
 //! (DESIGN.md "Accept").
 //!
-//! Owns the allow and deny lists, the global and per-IP concurrent caps and the per-IP
+//! Owns the allow and deny lists, the global and per-source concurrent caps and the per-source
 //! connection rate, plus the bookkeeping that keeps refusal audits to one line per source per
-//! minute. Pure: the caller passes `now`, and tables are bounded (idle per-IP entries are
-//! pruned; at most `MAX_TRACKED` sources are tracked, beyond that new sources are refused
-//! rather than let the table grow).
+//! minute. A *source* is what [`source_key`] makes of an address: an IPv4 address itself, an
+//! IPv6 address's `/ipv6_prefix` (default /64). One IPv6 host or site holds at least a whole /64
+//! and picks new addresses in it at will (RFC 4291 §2.5.4, RFC 6177, RFC 8981 temporary
+//! addresses), so limits counted per address would let it rotate past every one of them.
+//!
+//! Pure: the caller passes `now`. Every table is bounded, with O(1) work per connection: the
+//! per-source connection counts hold only sources with a connection open (at most
+//! `max_connections` of them); rate and audit state lives in two generations of at most
+//! [`MAX_TRACKED`] / 2 sources each, and a generation that is full (or old) is dropped whole
+//! instead of being scanned. A source rotating through more keys than that only makes the
+//! gateway forget old rate state early; it never refuses anyone else.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::ban::{BanConfig, BanList};
 use crate::limit::{Gcra, Rate};
 
-/// Most sources tracked at once (active connections or recent rate state).
+/// Most sources whose rate and audit state is remembered (two generations of half each).
 pub const MAX_TRACKED: usize = 1 << 20;
 /// A source's refusals are audited at most once per this period.
 pub const AUDIT_EVERY: Duration = Duration::from_secs(60);
+/// `[network] ipv6_prefix` when not set: the /64 of an IPv6 LAN (RFC 4291 §2.5.4).
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// An address prefix such as `192.0.2.0/24` or `2001:db8::/32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
+}
+
+/// The mask of an IPv4 prefix length (`0` for /0).
+fn mask4(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0)
+}
+
+/// The mask of an IPv6 prefix length (`0` for /0).
+fn mask6(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0)
 }
 
 impl Cidr {
@@ -37,31 +58,28 @@ impl Cidr {
                 (a, if a.is_ipv4() { 32 } else { 128 })
             }
         };
+        Cidr::new(addr, prefix).map(|_| Cidr { addr, prefix })
+    }
+
+    /// `addr/prefix` with the host bits cleared; `None` if `prefix` is too long for the family.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Cidr { addr, prefix })
+        (prefix <= max).then(|| Cidr { addr, prefix }.network())
     }
 
     /// Does the prefix contain `ip`? IPv4-mapped IPv6 addresses match IPv4 prefixes.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
+        match (self.addr, unmap(ip)) {
             (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(a) & mask
+                u32::from(net) & mask4(self.prefix) == u32::from(a) & mask4(self.prefix)
             }
             (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(a) & mask
+                u128::from(net) & mask6(self.prefix) == u128::from(a) & mask6(self.prefix)
             }
             _ => false,
         }
     }
-}
 
-impl Cidr {
     /// The address as written.
     pub fn addr(&self) -> IpAddr {
         self.addr
@@ -76,14 +94,8 @@ impl Cidr {
     /// wants it.
     pub fn network(&self) -> Cidr {
         let addr = match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask4(self.prefix)).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask6(self.prefix)).into()),
         };
         Cidr { addr, prefix: self.prefix }
     }
@@ -97,11 +109,45 @@ impl Cidr {
     pub fn is_everything(&self) -> bool {
         self.prefix == 0
     }
+
+    /// Is it one address (a /32 or /128)?
+    pub fn is_host(&self) -> bool {
+        self.prefix == if self.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// The address alone for one host, `ADDR/PREFIX` otherwise: how the ban file and nftables
+    /// elements name a source.
+    pub fn compact(&self) -> String {
+        if self.is_host() {
+            self.addr.to_string()
+        } else {
+            self.to_string()
+        }
+    }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.7`, what a dual-stack socket reports for an
+/// IPv4 peer) as the IPv4 address it is; every other address unchanged.
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The source an address counts as, for per-source caps, rates, bans and the nftables meters:
+/// an IPv4 address is its own source (a /32); an IPv6 address counts as its `/ipv6_prefix`
+/// (values above 128 are taken as 128). The one place this is decided.
+pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> Cidr {
+    match unmap(ip) {
+        v4 @ IpAddr::V4(_) => Cidr { addr: v4, prefix: 32 },
+        v6 => Cidr { addr: v6, prefix: ipv6_prefix.min(128) }.network(),
     }
 }
 
@@ -114,22 +160,29 @@ pub struct GuardConfig {
     pub deny: Vec<Cidr>,
     /// Connections open at once, whole gateway.
     pub max_connections: usize,
-    /// Connections open at once from one address.
+    /// Connections open at once from one source (see [`source_key`]).
     pub max_connections_per_ip: usize,
-    /// New connections per address.
+    /// New connections per source.
     pub connection_rate_per_ip: Option<Rate>,
+    /// IPv6 sources are counted by this prefix length (see [`source_key`]).
+    pub ipv6_prefix: u8,
     /// Bans after repeated authentication failures.
     pub ban: BanConfig,
 }
 
 impl Default for GuardConfig {
+    /// Per-source defaults sized for many users behind one NAT address (an office of a few
+    /// hundred people with two or three clients each, all reconnecting after a network blip):
+    /// floods are stopped by the global cap, the handshake timeout, bans and the kernel meters
+    /// (README "Network layer" has the reasoning; the example config shows strict values).
     fn default() -> Self {
         GuardConfig {
             allow: Vec::new(),
             deny: Vec::new(),
             max_connections: 200_000,
-            max_connections_per_ip: 20,
-            connection_rate_per_ip: Rate::parse("30/minute", 10),
+            max_connections_per_ip: 1000,
+            connection_rate_per_ip: Rate::parse("600/minute", 500),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             ban: BanConfig::default(),
         }
     }
@@ -176,11 +229,65 @@ impl Refusal {
     }
 }
 
-#[derive(Debug, Default)]
-struct Source {
-    active: usize,
+/// What is remembered of a source between its connections.
+#[derive(Debug, Clone, Copy, Default)]
+struct Recent {
     rate: Gcra,
     last_audit: Option<Instant>,
+}
+
+/// A map bounded to `2 × half` entries with O(1) eviction: entries live in the current
+/// generation; when it holds `half` entries, or is older than `max_age`, it becomes the previous
+/// one and the old previous generation is dropped whole. Looking an entry up moves it into the
+/// current generation, so an entry survives at least `max_age` after its last use unless more
+/// than `half` other keys arrive in between.
+#[derive(Debug)]
+struct Generations<K, V> {
+    current: HashMap<K, V>,
+    previous: HashMap<K, V>,
+    half: usize,
+    started: Option<Instant>,
+}
+
+impl<K: Hash + Eq + Copy, V: Default> Generations<K, V> {
+    fn new(half: usize) -> Self {
+        Generations { current: HashMap::new(), previous: HashMap::new(), half: half.max(1), started: None }
+    }
+
+    /// Retire generations older than `max_age` at `now`.
+    fn age(&mut self, now: Instant, max_age: Duration) {
+        let started = *self.started.get_or_insert(now);
+        let age = now.saturating_duration_since(started);
+        if age >= max_age.saturating_mul(2) {
+            self.current = HashMap::new();
+            self.previous = HashMap::new();
+            self.started = Some(now);
+        } else if age >= max_age {
+            self.rotate(now);
+        }
+    }
+
+    fn rotate(&mut self, now: Instant) {
+        // Dropping a map of plain-data entries frees one allocation: no per-entry work.
+        self.previous = std::mem::take(&mut self.current);
+        self.started = Some(now);
+    }
+
+    /// The entry for `key`, created (default) if absent.
+    fn entry(&mut self, key: K, now: Instant) -> &mut V {
+        if !self.current.contains_key(&key) {
+            let value = self.previous.remove(&key).unwrap_or_default();
+            if self.current.len() >= self.half {
+                self.rotate(now);
+            }
+            self.current.insert(key, value);
+        }
+        self.current.entry(key).or_default()
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
 }
 
 /// Admission state across all listeners.
@@ -188,16 +295,20 @@ struct Source {
 pub struct ConnectionGuard {
     config: GuardConfig,
     bans: BanList,
-    sources: HashMap<IpAddr, Source>,
+    /// Open connections per source; only sources with at least one.
+    active: HashMap<Cidr, usize>,
+    recent: Generations<Cidr, Recent>,
     total: usize,
-    last_prune: Option<Instant>,
 }
 
 /// What [`ConnectionGuard::admit`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Accepted; call [`ConnectionGuard::release`] when the connection ends.
-    Admitted,
+    /// Accepted; call [`ConnectionGuard::release`] with `source` when the connection ends.
+    Admitted {
+        /// The source the connection counts against.
+        source: Cidr,
+    },
     /// Refused; `audit` is true for the first refusal of this source in [`AUDIT_EVERY`].
     Refused {
         /// Why.
@@ -210,8 +321,13 @@ pub enum Admission {
 impl ConnectionGuard {
     /// A guard with no connections.
     pub fn new(config: GuardConfig) -> Self {
+        Self::with_tracked(config, MAX_TRACKED)
+    }
+
+    /// A guard remembering rate and audit state of at most `max_tracked` sources.
+    fn with_tracked(config: GuardConfig, max_tracked: usize) -> Self {
         let bans = BanList::new(config.ban);
-        ConnectionGuard { config, bans, sources: HashMap::new(), total: 0, last_prune: None }
+        ConnectionGuard { config, bans, active: HashMap::new(), recent: Generations::new(max_tracked / 2), total: 0 }
     }
 
     /// New settings (reload); open connections stay counted, bans keep their expiry.
@@ -220,10 +336,15 @@ impl ConnectionGuard {
         self.config = config;
     }
 
-    /// Count an authentication failure from `ip` at wall-clock `now`; the ban's expiry if it
-    /// caused one.
+    /// The source `ip` counts as under the current settings.
+    pub fn source(&self, ip: IpAddr) -> Cidr {
+        source_key(ip, self.config.ipv6_prefix)
+    }
+
+    /// Count an authentication failure from `ip` (against its source) at wall-clock `now`; the
+    /// ban's expiry if it caused one.
     pub fn record_auth_failure(&mut self, ip: IpAddr, now: SystemTime) -> Option<SystemTime> {
-        self.bans.record_failure(ip, now)
+        self.bans.record_failure(self.source(ip), now)
     }
 
     /// The ban table, for the state directory.
@@ -236,36 +357,47 @@ impl ConnectionGuard {
         self.total
     }
 
+    /// Sources currently remembered (with a connection open, or recent rate or audit state).
+    pub fn tracked(&self) -> usize {
+        self.active.len() + self.recent.len()
+    }
+
+    /// How long a source's rate and audit state must outlive its last connection: until its
+    /// burst is full again, and at least one audit period.
+    fn keep(&self) -> Duration {
+        let refill = self
+            .config
+            .connection_rate_per_ip
+            .map_or(Duration::ZERO, |r| r.emission_interval().saturating_mul(r.burst));
+        refill.max(AUDIT_EVERY)
+    }
+
     /// Decide on a new connection from `ip` at `now` (monotonic, for rates) and `wall`
     /// (wall-clock, for bans, which outlive the process).
     pub fn admit(&mut self, ip: IpAddr, now: Instant, wall: SystemTime) -> Admission {
-        self.maybe_prune(now);
-        let why = if self.bans.is_banned(ip, wall) { Some(Refusal::Banned) } else { self.check(ip, now) };
+        let keep = self.keep();
+        self.recent.age(now, keep);
+        let source = self.source(ip);
+        let why = if self.bans.is_banned(ip, wall) { Some(Refusal::Banned) } else { self.check(ip, source, now) };
         match why {
             None => {
                 self.total += 1;
-                if let Some(s) = self.sources.get_mut(&ip) {
-                    s.active += 1;
-                }
-                Admission::Admitted
+                *self.active.entry(source).or_insert(0) += 1;
+                Admission::Admitted { source }
             }
             Some(why) => {
-                let audit = match self.sources.get_mut(&ip) {
-                    Some(s) => {
-                        let due = s.last_audit.is_none_or(|t| now.saturating_duration_since(t) >= AUDIT_EVERY);
-                        if due {
-                            s.last_audit = Some(now);
-                        }
-                        due
-                    }
-                    None => true,
-                };
+                let recent = self.recent.entry(source, now);
+                let audit = recent.last_audit.is_none_or(|t| now.saturating_duration_since(t) >= AUDIT_EVERY);
+                if audit {
+                    recent.last_audit = Some(now);
+                }
                 Admission::Refused { why, audit }
             }
         }
     }
 
-    fn check(&mut self, ip: IpAddr, now: Instant) -> Option<Refusal> {
+    fn check(&mut self, ip: IpAddr, source: Cidr, now: Instant) -> Option<Refusal> {
+        // Allow and deny lists are about addresses, whatever prefix a source is counted by.
         if self.config.deny.iter().any(|c| c.contains(ip)) {
             return Some(Refusal::Denied);
         }
@@ -275,137 +407,28 @@ impl ConnectionGuard {
         if self.total >= self.config.max_connections {
             return Some(Refusal::GatewayFull);
         }
-        if !self.sources.contains_key(&ip) && self.sources.len() >= MAX_TRACKED {
-            return Some(Refusal::GatewayFull);
-        }
-        let source = self.sources.entry(ip).or_default();
-        if source.active >= self.config.max_connections_per_ip {
+        if self.active.get(&source).copied().unwrap_or(0) >= self.config.max_connections_per_ip {
             return Some(Refusal::TooManyFromSource);
         }
         if let Some(rate) = &self.config.connection_rate_per_ip {
-            if !source.rate.admit(rate, now) {
+            if !self.recent.entry(source, now).rate.admit(rate, now) {
                 return Some(Refusal::RateExceeded);
             }
         }
         None
     }
 
-    /// A connection from `ip` admitted earlier has ended.
-    pub fn release(&mut self, ip: IpAddr) {
+    /// A connection admitted earlier as from `source` has ended.
+    pub fn release(&mut self, source: Cidr) {
         self.total = self.total.saturating_sub(1);
-        if let Some(s) = self.sources.get_mut(&ip) {
-            s.active = s.active.saturating_sub(1);
+        if let Some(n) = self.active.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.active.remove(&source);
+            }
         }
-    }
-
-    /// Forget sources with no connection, a full rate burst and no recent audit.
-    fn maybe_prune(&mut self, now: Instant) {
-        if self.last_prune.is_some_and(|t| now.saturating_duration_since(t) < AUDIT_EVERY) {
-            return;
-        }
-        self.last_prune = Some(now);
-        self.sources.retain(|_, s| {
-            s.active > 0
-                || !s.rate.is_idle(now)
-                || s.last_audit.is_some_and(|t| now.saturating_duration_since(t) < AUDIT_EVERY)
-        });
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn cidrs() {
-        let net = Cidr::parse("192.0.2.0/24").unwrap();
-        assert!(net.contains(ip("192.0.2.77")));
-        assert!(!net.contains(ip("192.0.3.1")));
-        assert!(net.contains(ip("::ffff:192.0.2.1")), "IPv4-mapped");
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("203.0.113.9")));
-        assert!(Cidr::parse("::/0").unwrap().contains(ip("2001:db8::1")));
-        assert!(!Cidr::parse("::/0").unwrap().contains(ip("10.0.0.1")));
-        assert!(Cidr::parse("2001:db8::/32").unwrap().contains(ip("2001:db8:ffff::1")));
-        assert_eq!(Cidr::parse("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
-        assert!(Cidr::parse("10.0.0.0/33").is_none());
-        assert!(Cidr::parse("nonsense").is_none());
-    }
-
-    #[test]
-    fn lists_caps_and_rates() {
-        let t0 = Instant::now();
-        let mut g = ConnectionGuard::new(GuardConfig {
-            allow: vec![Cidr::parse("127.0.0.0/8").unwrap()],
-            deny: vec![Cidr::parse("127.0.0.66").unwrap()],
-            max_connections: 5,
-            max_connections_per_ip: 2,
-            connection_rate_per_ip: Rate::parse("60/minute", 3),
-            ban: BanConfig { auth_failures: 2, ..BanConfig::default() },
-        });
-        assert_eq!(
-            g.admit(ip("127.0.0.66"), t0, SystemTime::UNIX_EPOCH),
-            Admission::Refused { why: Refusal::Denied, audit: true }
-        );
-        assert!(matches!(
-            g.admit(ip("192.0.2.1"), t0, SystemTime::UNIX_EPOCH),
-            Admission::Refused { why: Refusal::NotAllowed, .. }
-        ));
-        let a = ip("127.0.0.2");
-        assert_eq!(g.admit(a, t0, SystemTime::UNIX_EPOCH), Admission::Admitted);
-        assert_eq!(g.admit(a, t0, SystemTime::UNIX_EPOCH), Admission::Admitted);
-        assert_eq!(
-            g.admit(a, t0, SystemTime::UNIX_EPOCH),
-            Admission::Refused { why: Refusal::TooManyFromSource, audit: true }
-        );
-        // The second refusal of the same source within a minute is not audited again.
-        assert_eq!(
-            g.admit(a, t0, SystemTime::UNIX_EPOCH),
-            Admission::Refused { why: Refusal::TooManyFromSource, audit: false }
-        );
-        g.release(a);
-        assert_eq!(g.admit(a, t0, SystemTime::UNIX_EPOCH), Admission::Admitted, "third of the burst of 3");
-        g.release(a);
-        assert_eq!(
-            g.admit(a, t0, SystemTime::UNIX_EPOCH),
-            Admission::Refused { why: Refusal::RateExceeded, audit: false }
-        );
-        assert_eq!(
-            g.admit(a, t0 + Duration::from_secs(1), SystemTime::UNIX_EPOCH),
-            Admission::Admitted,
-            "one a second after the burst"
-        );
-        // Gateway-wide cap.
-        for i in 3..6 {
-            assert_eq!(g.admit(ip(&format!("127.0.0.{i}")), t0, SystemTime::UNIX_EPOCH), Admission::Admitted);
-        }
-        assert!(matches!(
-            g.admit(ip("127.0.0.9"), t0, SystemTime::UNIX_EPOCH),
-            Admission::Refused { why: Refusal::GatewayFull, .. }
-        ));
-        assert_eq!(g.active(), 5);
-        // Two authentication failures ban the source, whatever the other limits say.
-        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let b = ip("127.0.0.3");
-        assert_eq!(g.record_auth_failure(b, wall), None);
-        assert!(g.record_auth_failure(b, wall).is_some());
-        assert!(matches!(g.admit(b, t0, wall), Admission::Refused { why: Refusal::Banned, .. }));
-    }
-
-    #[test]
-    fn idle_sources_are_forgotten() {
-        let t0 = Instant::now();
-        let mut g = ConnectionGuard::new(GuardConfig::default());
-        for i in 0..100u8 {
-            let a = IpAddr::from([10, 0, 0, i]);
-            assert_eq!(g.admit(a, t0, SystemTime::UNIX_EPOCH), Admission::Admitted);
-            g.release(a);
-        }
-        assert_eq!(g.sources.len(), 100);
-        g.admit(ip("10.1.0.1"), t0 + Duration::from_secs(3600), SystemTime::UNIX_EPOCH);
-        assert_eq!(g.sources.len(), 1);
-    }
-}
+mod tests;

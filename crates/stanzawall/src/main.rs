@@ -8,6 +8,7 @@
 mod audit;
 mod conn;
 mod explain;
+mod files;
 mod io;
 mod metrics;
 mod nft;
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match server::Generation::load(&config) {
+        Command::Check { config } => match server::load_with_deadline(&config) {
             Ok(g) => {
                 println!(
                     "{}: ok ({} listeners, {} certificates, {} rules, {} lists)",
@@ -149,10 +150,11 @@ fn main() -> ExitCode {
 
 /// The ruleset for the config at `path`, with the bans its state directory holds now.
 fn nft_ruleset(path: &std::path::Path) -> anyhow::Result<String> {
-    let config = server::load_config(path)?;
+    let config = server::load_config_with_deadline(path)?;
     let now = std::time::SystemTime::now();
-    let bans = match std::fs::read_to_string(config.state_dir.join("bans")) {
-        Ok(t) => stanzawall_core::ban::BanList::parse_text(&t, now).0,
+    let prefix = config.network.guard.ipv6_prefix;
+    let bans = match files::read_to_string(&config.state_dir.join("bans")) {
+        Ok(t) => stanzawall_core::ban::BanList::parse_text(&t, now, prefix).0,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => anyhow::bail!("{}: {e}", config.state_dir.join("bans").display()),
     };

@@ -6,6 +6,10 @@
 //! with the daemon's bans through nftables' JSON interface: `nft -j -f -` with a document built
 //! by serde_json on stdin. Nothing here ever builds a command line out of strings, and no value
 //! from the network reaches nft except as a parsed `IpAddr`.
+//!
+//! Sources are what [`source_key`] says, as at accept: the IPv6 meters are keyed by the source
+//! address masked to `[network] ipv6_prefix` (`ip6 saddr and ffff:ffff:ffff:ffff::`), and the
+//! ban sets are interval sets with timeouts, so a banned /64 is one element.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -14,8 +18,8 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
-use stanzawall_core::config::{Config, NftablesConfig};
-use stanzawall_core::guard::Cidr;
+use stanzawall_core::config::Config;
+use stanzawall_core::guard::{source_key, Cidr};
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
@@ -24,22 +28,52 @@ const METER_SIZE: u32 = 65_535;
 /// How long `nft` may take for one sync request.
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The ban set for an address of this family.
-fn ban_set(ip: IpAddr) -> &'static str {
-    if ip.is_ipv4() {
+/// The ban set for a source of this family.
+fn ban_set(source: Cidr) -> &'static str {
+    if source.is_ipv4() {
         "ban4"
     } else {
         "ban6"
     }
 }
 
-/// IPv4-mapped IPv6 sources (`::ffff:192.0.2.7` on a dual-stack socket) are IPv4 packets in
-/// the kernel.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+/// A source as an element of an interval set in nftables JSON: a bare address for one host,
+/// `{"prefix": {"addr", "len"}}` otherwise.
+fn element(source: Cidr) -> Value {
+    if source.is_host() {
+        json!(source.addr().to_string())
+    } else {
+        json!({ "prefix": { "addr": source.addr().to_string(), "len": source.prefix() } })
     }
+}
+
+/// The key of the IPv6 per-source meters: the source address masked to the configured prefix
+/// (nft accepts `and` and lists it as `&`), as [`source_key`] counts it.
+fn ip6_source(prefix: u8) -> String {
+    if prefix >= 128 {
+        "ip6 saddr".to_owned()
+    } else {
+        let mask = std::net::Ipv6Addr::from(u128::MAX << (128 - u32::from(prefix)));
+        format!("ip6 saddr and {mask}")
+    }
+}
+
+/// Bans that lie inside another ban of the list are left out: nftables refuses overlapping
+/// elements in an interval set.
+fn outermost(bans: &[(Cidr, SystemTime)]) -> Vec<(Cidr, SystemTime)> {
+    let keys: std::collections::HashSet<Cidr> = bans.iter().map(|&(k, _)| k).collect();
+    let mut lengths: Vec<u8> = keys.iter().map(Cidr::prefix).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    bans.iter()
+        .copied()
+        .filter(|(k, _)| {
+            !lengths
+                .iter()
+                .filter(|&&l| l < k.prefix())
+                .any(|&l| Cidr::new(k.addr(), l).is_some_and(|w| keys.contains(&w)))
+        })
+        .collect()
 }
 
 /// Whole seconds left on a ban, at least 1 (nft refuses a zero timeout).
@@ -47,8 +81,8 @@ fn remaining(until: SystemTime, now: SystemTime) -> u64 {
     until.duration_since(now).map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
-/// The `nft -f` script for `config`, with `bans` (address, expiry) already in the ban sets.
-pub fn ruleset(config: &Config, bans: &[(IpAddr, SystemTime)], now: SystemTime) -> String {
+/// The `nft -f` script for `config`, with `bans` (source, expiry) already in the ban sets.
+pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) -> String {
     let nft = &config.nftables;
     let guard = &config.network.guard;
     let table = &nft.table;
@@ -79,15 +113,17 @@ pub fn ruleset(config: &Config, bans: &[(IpAddr, SystemTime)], now: SystemTime) 
     if restrict_v6 {
         interval_set(w, "allow6", "ipv6_addr", "[network] allow", &allow6);
     }
+    let active: Vec<(Cidr, SystemTime)> = bans.iter().copied().filter(|&(_, until)| until > now).collect();
+    let active = outermost(&active);
     for (set, ty, v4) in [("ban4", "ipv4_addr", true), ("ban6", "ipv6_addr", false)] {
-        let elements: Vec<String> = bans
+        let elements: Vec<String> = active
             .iter()
-            .map(|&(ip, until)| (canonical(ip), until))
-            .filter(|(ip, until)| ip.is_ipv4() == v4 && *until > now)
-            .map(|(ip, until)| format!("{ip} timeout {}s", remaining(until, now)))
+            .filter(|(key, _)| key.is_ipv4() == v4)
+            .map(|(key, until)| format!("{} timeout {}s", key.compact(), remaining(*until, now)))
             .collect();
-        let _ = writeln!(w, "\t# [network.ban]: sources the gateway banned; entries expire on their own");
-        let _ = writeln!(w, "\tset {set} {{\n\t\ttype {ty}\n\t\tflags timeout");
+        let what = if v4 { String::new() } else { format!(" (IPv6: by /{}, ipv6_prefix)", guard.ipv6_prefix) };
+        let _ = writeln!(w, "\t# [network.ban]: sources the gateway banned{what}; entries expire on their own");
+        let _ = writeln!(w, "\tset {set} {{\n\t\ttype {ty}\n\t\tflags interval,timeout");
         if !elements.is_empty() {
             let _ = writeln!(w, "\t\telements = {{ {} }}", elements.join(", "));
         }
@@ -105,17 +141,20 @@ pub fn ruleset(config: &Config, bans: &[(IpAddr, SystemTime)], now: SystemTime) 
         };
         (r.count, unit, r.burst, refill)
     });
+    let prefix = guard.ipv6_prefix;
     if let Some((_, _, _, refill)) = rate {
-        for (set, ty) in [("rate4", "ipv4_addr"), ("rate6", "ipv6_addr")] {
-            let _ = writeln!(w, "\t# [network] connection_rate_per_ip, per source");
+        for (set, ty, per) in
+            [("rate4", "ipv4_addr", "address".to_owned()), ("rate6", "ipv6_addr", format!("/{prefix}"))]
+        {
+            let _ = writeln!(w, "\t# [network] connection_rate_per_ip, per source ({per})");
             let _ = writeln!(
                 w,
                 "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SIZE}\n\t\tflags dynamic,timeout\n\t\ttimeout {refill}s\n\t}}\n"
             );
         }
     }
-    for (set, ty) in [("conn4", "ipv4_addr"), ("conn6", "ipv6_addr")] {
-        let _ = writeln!(w, "\t# [network] max_connections_per_ip, per source");
+    for (set, ty, per) in [("conn4", "ipv4_addr", "address".to_owned()), ("conn6", "ipv6_addr", format!("/{prefix}"))] {
+        let _ = writeln!(w, "\t# [network] max_connections_per_ip, per source ({per})");
         let _ = writeln!(w, "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SIZE}\n\t\tflags dynamic\n\t}}\n");
     }
 
@@ -160,19 +199,20 @@ pub fn ruleset(config: &Config, bans: &[(IpAddr, SystemTime)], now: SystemTime) 
         if restrict_v6 {
             let _ = writeln!(w, "\t\tmeta nfproto ipv6 tcp dport {port_set} ip6 saddr != @allow6 counter drop comment \"[network] allow\"");
         }
+        let key6 = ip6_source(prefix);
         if let Some((count, unit, burst, _)) = rate {
-            for (set, family) in [("rate4", "ip"), ("rate6", "ip6")] {
+            for (set, key) in [("rate4", "ip saddr"), ("rate6", key6.as_str())] {
                 let _ = writeln!(
                     w,
-                    "\t\ttcp dport {port_set} ct state new add @{set} {{ {family} saddr limit rate over {count}/{unit} burst {burst} packets }} counter drop comment \"[network] connection_rate_per_ip\""
+                    "\t\ttcp dport {port_set} ct state new add @{set} {{ {key} limit rate over {count}/{unit} burst {burst} packets }} counter drop comment \"[network] connection_rate_per_ip\""
                 );
             }
         }
         let cap = guard.max_connections_per_ip;
-        for (set, family) in [("conn4", "ip"), ("conn6", "ip6")] {
+        for (set, key) in [("conn4", "ip saddr"), ("conn6", key6.as_str())] {
             let _ = writeln!(
                 w,
-                "\t\ttcp dport {port_set} ct state new add @{set} {{ {family} saddr ct count over {cap} }} counter drop comment \"[network] max_connections_per_ip\""
+                "\t\ttcp dport {port_set} ct state new add @{set} {{ {key} ct count over {cap} }} counter drop comment \"[network] max_connections_per_ip\""
             );
         }
     }
@@ -230,20 +270,18 @@ fn interval_set(w: &mut String, name: &str, ty: &str, comment: &str, elements: &
     let _ = writeln!(w, "\t}}\n");
 }
 
-/// The JSON request adding `ip` to its ban set until `until`.
-pub fn ban_request(table: &str, ip: IpAddr, until: SystemTime, now: SystemTime) -> Value {
-    let ip = canonical(ip);
+/// The JSON request adding `source` to its ban set until `until`.
+pub fn ban_request(table: &str, source: Cidr, until: SystemTime, now: SystemTime) -> Value {
     json!({ "nftables": [ { "add": { "element": {
-        "family": "inet", "table": table, "name": ban_set(ip),
-        "elem": [ { "elem": { "val": ip.to_string(), "timeout": remaining(until, now) } } ],
+        "family": "inet", "table": table, "name": ban_set(source),
+        "elem": [ { "elem": { "val": element(source), "timeout": remaining(until, now) } } ],
     } } } ] })
 }
 
-/// The JSON request removing `ip` from its ban set.
-pub fn unban_request(table: &str, ip: IpAddr) -> Value {
-    let ip = canonical(ip);
+/// The JSON request removing `source` from its ban set.
+pub fn unban_request(table: &str, source: Cidr) -> Value {
     json!({ "nftables": [ { "delete": { "element": {
-        "family": "inet", "table": table, "name": ban_set(ip), "elem": [ ip.to_string() ],
+        "family": "inet", "table": table, "name": ban_set(source), "elem": [ element(source) ],
     } } } ] })
 }
 
@@ -252,30 +290,51 @@ pub fn unban_request(table: &str, ip: IpAddr) -> Value {
 pub struct BanSync {
     nft: PathBuf,
     table: String,
+    ipv6_prefix: u8,
 }
 
 impl BanSync {
     /// A syncer for `config`, or `None` when sync is off.
-    pub fn new(config: &NftablesConfig) -> Option<BanSync> {
-        config.sync.then(|| BanSync { nft: config.nft.clone(), table: config.table.clone() })
+    pub fn new(config: &Config) -> Option<BanSync> {
+        let nft = &config.nftables;
+        nft.sync.then(|| BanSync {
+            nft: nft.nft.clone(),
+            table: nft.table.clone(),
+            ipv6_prefix: config.network.guard.ipv6_prefix,
+        })
     }
 
-    /// Add a ban with the same expiry as the gateway's.
+    /// Ban the source of `ip` (its /ipv6_prefix for IPv6) with the same expiry as the gateway's.
     pub async fn ban(&self, ip: IpAddr, until: SystemTime) {
-        let request = ban_request(&self.table, ip, until, SystemTime::now());
+        let source = source_key(ip, self.ipv6_prefix);
+        let request = ban_request(&self.table, source, until, SystemTime::now());
         match self.apply(&request).await {
-            Ok(()) => info!(client.ip = %ip, table = %self.table, "ban added to nftables"),
-            Err(e) => warn!(client.ip = %ip, table = %self.table, error = %e, "cannot add ban to nftables"),
+            Ok(()) => info!(client.ip = %ip, client.source = %source, table = %self.table, "ban added to nftables"),
+            Err(e) => {
+                warn!(client.ip = %ip, client.source = %source, table = %self.table, error = %e, "cannot add ban to nftables")
+            }
+        }
+    }
+
+    /// Ban `source` (a ban read from the state directory).
+    pub async fn ban_source(&self, source: Cidr, until: SystemTime) {
+        let request = ban_request(&self.table, source, until, SystemTime::now());
+        match self.apply(&request).await {
+            Ok(()) => info!(client.source = %source, table = %self.table, "ban added to nftables"),
+            Err(e) => warn!(client.source = %source, table = %self.table, error = %e, "cannot add ban to nftables"),
         }
     }
 
     /// Lift a ban.
-    pub async fn unban(&self, ip: IpAddr) {
-        match self.apply(&unban_request(&self.table, ip)).await {
-            Ok(()) => info!(client.ip = %ip, table = %self.table, "ban removed from nftables"),
-            // Already gone: the kernel's own timeout expired it first.
-            Err(e) if e.contains("No such file or directory") => {}
-            Err(e) => warn!(client.ip = %ip, table = %self.table, error = %e, "cannot remove ban from nftables"),
+    pub async fn unban(&self, source: Cidr) {
+        match self.apply(&unban_request(&self.table, source)).await {
+            Ok(()) => info!(client.source = %source, table = %self.table, "ban removed from nftables"),
+            // Already gone: the kernel's own timeout expired it first (nft says so in one of
+            // two ways, depending on the set type).
+            Err(e) if e.contains("No such file or directory") || e.contains("element does not exist") => {}
+            Err(e) => {
+                warn!(client.source = %source, table = %self.table, error = %e, "cannot remove ban from nftables")
+            }
         }
     }
 

@@ -4,7 +4,9 @@
 //! a `watch` channel; each accepted connection takes the generation current at accept time, so a
 //! reload changes new connections and leaves open sessions untouched. A reload is all or
 //! nothing: parse, validate, load certificates, bind new sockets — any failure keeps the old
-//! generation and logs why. Shutdown stops accepting, asks every session to send
+//! generation and logs why. Every load (the config, its includes and list files, certificates,
+//! the ban file) runs on a thread of its own under a deadline ([`crate::files`]), while this
+//! loop keeps answering SIGTERM/SIGINT. Shutdown stops accepting, asks every session to send
 //! `<system-shutdown/>`, and waits a bounded time for them to finish.
 
 use std::collections::HashMap;
@@ -23,10 +25,11 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
-use stanzawall_core::guard::{Admission, ConnectionGuard};
+use stanzawall_core::guard::{Admission, Cidr, ConnectionGuard};
 
 use crate::audit::Audit;
 use crate::conn;
+use crate::files::{self, OffLoopError, LOAD_DEADLINE};
 use crate::metrics::Metrics;
 use crate::nft::BanSync;
 use crate::tls::TlsStore;
@@ -76,6 +79,14 @@ pub enum LoadError {
     /// A mistake at a line of the config.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The load did not finish (see [`files::off_loop`]).
+    #[error("{path}: loading the configuration {source}")]
+    Unfinished {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: OffLoopError,
+    },
 }
 
 impl Generation {
@@ -84,18 +95,57 @@ impl Generation {
         let config = load_config(path)?;
         let policy = Arc::new(Policy::compile(&config.policy)?);
         let tls = TlsStore::load(&config)?;
-        let ban_sync = BanSync::new(&config.nftables);
+        let ban_sync = BanSync::new(&config);
         Ok(Generation { config, tls, ban_sync, policy })
     }
 }
 
-/// The file system, for the list files and includes a config names.
+/// A generation and the ban file beside it, as read off the control loop.
+#[derive(Debug)]
+struct Loaded {
+    generation: Generation,
+    /// The ban file's text (`None`: it could not be read; logged).
+    bans: Option<String>,
+}
+
+/// Load the generation at `path` and its ban file on a thread of its own, giving up after
+/// [`LOAD_DEADLINE`]; the caller keeps serving (and answering signals) meanwhile.
+async fn load_off_loop(path: &Path) -> Result<Loaded, LoadError> {
+    let owned = path.to_owned();
+    let job = move || -> Result<Loaded, LoadError> {
+        let generation = Generation::load(&owned)?;
+        let bans = read_bans(&generation.config.state_dir);
+        Ok(Loaded { generation, bans })
+    };
+    match files::off_loop(LOAD_DEADLINE, job).await {
+        Ok(loaded) => loaded,
+        Err(source) => Err(LoadError::Unfinished { path: path.to_owned(), source }),
+    }
+}
+
+/// [`Generation::load`] for the one-shot commands (`check`, `nft`, `explain`): under the same
+/// deadline, so they end even if a file hangs.
+pub fn load_with_deadline(path: &Path) -> Result<Generation, LoadError> {
+    let owned = path.to_owned();
+    files::with_deadline(LOAD_DEADLINE, move || Generation::load(&owned))
+        .unwrap_or_else(|source| Err(LoadError::Unfinished { path: path.to_owned(), source }))
+}
+
+/// [`load_config`] under the deadline, for the one-shot commands.
+pub fn load_config_with_deadline(path: &Path) -> Result<Config, LoadError> {
+    let owned = path.to_owned();
+    files::with_deadline(LOAD_DEADLINE, move || load_config(&owned))
+        .unwrap_or_else(|source| Err(LoadError::Unfinished { path: path.to_owned(), source }))
+}
+
+/// The file system, for the list files and includes a config names: regular files of at most
+/// [`files::MAX_FILE_BYTES`] only.
 #[derive(Debug, Clone, Copy)]
 pub struct StdFiles;
 
 impl Files for StdFiles {
     fn read(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        files::read_to_string(path)
     }
 
     fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -105,7 +155,7 @@ impl Files for StdFiles {
 
 /// Read and validate the config at `path` with the files it names.
 pub fn load_config(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    let text = files::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
     Ok(Config::parse_with(&text, path, &StdFiles)?)
 }
 
@@ -128,11 +178,14 @@ fn lock(guard: &SharedGuard) -> MutexGuard<'_, ConnectionGuard> {
 pub struct Permit {
     guard: SharedGuard,
     ip: IpAddr,
+    /// What the guard counted the connection against (released on drop).
+    source: Cidr,
     state_dir: PathBuf,
 }
 
 impl Permit {
-    /// Count a failed authentication from this connection's source. If it bans the source,
+    /// Count a failed authentication from this connection's source (the address's
+    /// [`stanzawall_core::guard::source_key`], so an IPv6 /64 as a whole). If it bans the source,
     /// the ban table is written to the state directory (bans survive a restart) and the ban's
     /// expiry is returned.
     pub async fn auth_failed(&self) -> Option<SystemTime> {
@@ -166,8 +219,8 @@ fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
 }
 
 /// Read the ban file (a missing file is an empty table; `None` if it cannot be read).
-fn read_bans(dir: &Path) -> Option<String> {
-    match std::fs::read_to_string(bans_path(dir)) {
+pub fn read_bans(dir: &Path) -> Option<String> {
+    match files::read_to_string(&bans_path(dir)) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(String::new()),
         Err(e) => {
@@ -177,66 +230,65 @@ fn read_bans(dir: &Path) -> Option<String> {
     }
 }
 
-/// Load the bans a previous run wrote, and hand them to nftables when syncing (the ruleset may
-/// have been loaded before they were made).
-async fn load_bans(guard: &SharedGuard, generation: &Generation) {
+/// Load the bans a previous run wrote (`text`, the ban file), and hand them to nftables when
+/// syncing (the ruleset may have been loaded before they were made).
+async fn load_bans(guard: &SharedGuard, generation: &Generation, text: Option<&str>) {
     let dir = &generation.config.state_dir;
-    let Some(text) = read_bans(dir) else { return };
+    let Some(text) = text else { return };
     let now = SystemTime::now();
     let entries = {
         let mut g = lock(guard);
-        let (loaded, skipped) = g.bans().from_text(&text, now);
+        let (loaded, skipped) = g.bans().from_text(text, now, generation.config.network.guard.ipv6_prefix);
         info!(state_dir = %dir.display(), loaded, expired_or_malformed = skipped, "bans loaded");
         g.bans().entries(now)
     };
     if let Some(sync) = &generation.ban_sync {
-        for (ip, until) in entries {
-            sync.ban(ip, until).await;
+        for (source, until) in entries {
+            sync.ban_source(source, until).await;
         }
     }
 }
 
 /// On reload, the ban file is the operator's word: lines removed from it lift those bans (the
 /// way to unban by hand), lines added are bans; both reach nftables when syncing.
-async fn reconcile_bans(guard: &SharedGuard, generation: &Generation) {
-    let dir = &generation.config.state_dir;
-    let Some(text) = read_bans(dir) else { return };
+async fn reconcile_bans(guard: &SharedGuard, generation: &Generation, text: Option<&str>) {
+    let Some(text) = text else { return };
     let now = SystemTime::now();
-    let (wanted, _) = stanzawall_core::ban::BanList::parse_text(&text, now);
+    let (wanted, _) = stanzawall_core::ban::BanList::parse_text(text, now, generation.config.network.guard.ipv6_prefix);
     let (lifted, added) = {
         let mut g = lock(guard);
         let current = g.bans().entries(now);
-        // By address: the file keeps whole seconds, the table exact expiries, so comparing
-        // (address, expiry) pairs would re-add every ban on every reload.
-        let current_ips: std::collections::HashSet<IpAddr> = current.iter().map(|&(ip, _)| ip).collect();
-        let wanted_ips: std::collections::HashSet<IpAddr> = wanted.iter().map(|&(ip, _)| ip).collect();
-        let lifted: Vec<IpAddr> = current_ips.difference(&wanted_ips).copied().collect();
-        let added: Vec<(IpAddr, SystemTime)> =
-            wanted.iter().copied().filter(|(ip, _)| !current_ips.contains(ip)).collect();
-        for ip in &lifted {
-            g.bans().unban(*ip);
+        // By source: the file keeps whole seconds, the table exact expiries, so comparing
+        // (source, expiry) pairs would re-add every ban on every reload.
+        let current_keys: std::collections::HashSet<Cidr> = current.iter().map(|&(key, _)| key).collect();
+        let wanted_keys: std::collections::HashSet<Cidr> = wanted.iter().map(|&(key, _)| key).collect();
+        let lifted: Vec<Cidr> = current_keys.difference(&wanted_keys).copied().collect();
+        let added: Vec<(Cidr, SystemTime)> =
+            wanted.iter().copied().filter(|(key, _)| !current_keys.contains(key)).collect();
+        for key in &lifted {
+            g.bans().unban(*key);
         }
-        for &(ip, until) in &added {
-            g.bans().ban_until(ip, until);
+        for &(key, until) in &added {
+            g.bans().ban_until(key, until);
         }
         (lifted, added)
     };
-    for ip in &lifted {
-        info!(client.ip = %ip, "ban lifted (removed from the ban file)");
+    for key in &lifted {
+        info!(client.source = %key, "ban lifted (removed from the ban file)");
     }
     if let Some(sync) = &generation.ban_sync {
-        for ip in lifted {
-            sync.unban(ip).await;
+        for key in lifted {
+            sync.unban(key).await;
         }
-        for (ip, until) in added {
-            sync.ban(ip, until).await;
+        for (key, until) in added {
+            sync.ban_source(key, until).await;
         }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        lock(&self.guard).release(self.ip);
+        lock(&self.guard).release(self.source);
     }
 }
 
@@ -247,7 +299,8 @@ struct RunningListener {
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let first = Arc::new(Generation::load(&path)?);
+    let Loaded { generation: first, bans: first_bans } = load_off_loop(&path).await?;
+    let first = Arc::new(first);
     let metrics = Arc::new(Metrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
@@ -265,7 +318,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
-    load_bans(&guard, &first).await;
+    load_bans(&guard, &first, first_bans.as_deref()).await;
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
@@ -293,7 +346,13 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
             // Taken before the files are read: an edit that lands while the reload reads them is
             // seen at the next tick (a fingerprint taken after could hide it for good).
             let before = fingerprint(&watched);
-            reload(&path, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
+            // Read off this loop, which keeps answering SIGTERM/SIGINT meanwhile.
+            let loaded = tokio::select! {
+                loaded = load_off_loop(&path) => loaded,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            };
+            reload(loaded, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
             let current = gen_rx.borrow().clone();
             let now_watched = current.config.watched_files();
             // Files the new config added have no fingerprint yet: the next tick reloads once more.
@@ -427,13 +486,15 @@ async fn accept_loop(
         // The L3/L4 guard decides before a byte is read: a refusal costs this accept only.
         let admission = lock(guard).admit(peer.ip(), std::time::Instant::now(), SystemTime::now());
         let permit = match admission {
-            Admission::Admitted => {
-                Permit { guard: guard.clone(), ip: peer.ip(), state_dir: generation.config.state_dir.clone() }
+            Admission::Admitted { source } => {
+                Permit { guard: guard.clone(), ip: peer.ip(), source, state_dir: generation.config.state_dir.clone() }
             }
             Admission::Refused { why, audit } => {
                 shared.metrics.refused.get_or_create(&crate::metrics::ReasonLabels { reason: why.as_str() }).inc();
                 if audit {
-                    info!(listener = %name, client.ip = %peer.ip(), reason = %why.as_str(), "connection refused (further refusals of this source are not logged for a minute)");
+                    let source =
+                        stanzawall_core::guard::source_key(peer.ip(), generation.config.network.guard.ipv6_prefix);
+                    info!(listener = %name, client.ip = %peer.ip(), client.source = %source, reason = %why.as_str(), "connection refused (further refusals of this source are not logged for a minute)");
                 }
                 drop(stream);
                 continue;
@@ -462,7 +523,7 @@ async fn accept_loop(
 }
 
 async fn reload(
-    path: &Path,
+    loaded: Result<Loaded, LoadError>,
     gen_tx: &watch::Sender<Arc<Generation>>,
     running: &mut HashMap<String, RunningListener>,
     gen_rx: &watch::Receiver<Arc<Generation>>,
@@ -471,8 +532,8 @@ async fn reload(
     shared: &Shared,
 ) {
     let guard = &shared.guard;
-    let next = match Generation::load(path) {
-        Ok(g) => Arc::new(g),
+    let (next, bans) = match loaded {
+        Ok(Loaded { generation, bans }) => (Arc::new(generation), bans),
         Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
     };
     let sockets = match bind_new(&next, running).await {
@@ -487,7 +548,7 @@ async fn reload(
     }
     lock(guard).reconfigure(next.config.network.guard.clone());
     gen_tx.send_replace(next.clone());
-    reconcile_bans(guard, &next).await;
+    reconcile_bans(guard, &next, bans.as_deref()).await;
     start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, shared).await;
     info!(changes = ?changes, "configuration reloaded");
 }

@@ -55,13 +55,20 @@ impl TlsStore {
         let provider = provider();
         let mut entries = Vec::new();
         for c in &config.certificates {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| c.cert_origin.error(format!("cannot read certificate chain {}: {e}", c.cert.display())))?;
+            let read = |path: &std::path::Path, origin: &stanzawall_core::config::Origin, what: &str| {
+                crate::files::read(path)
+                    .map_err(|e| origin.error(format!("cannot read {what} {}: {e}", path.display())))
+            };
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&read(&c.cert, &c.cert_origin, "certificate chain")?)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        c.cert_origin.error(format!("cannot read certificate chain {}: {e}", c.cert.display()))
+                    })?;
             if chain.is_empty() {
                 return Err(c.cert_origin.error(format!("no certificate in {}", c.cert.display())));
             }
-            let key = PrivateKeyDer::from_pem_file(&c.key)
+            let key = PrivateKeyDer::from_pem_slice(&read(&c.key, &c.key_origin, "private key")?)
                 .map_err(|e| c.key_origin.error(format!("cannot read private key {}: {e}", c.key.display())))?;
             let fingerprint = sha256_hex(&chain[0]);
             let certified = CertifiedKey::from_der(chain, key, &provider)
@@ -131,8 +138,10 @@ fn backend_client_config(l: &ListenerConfig, provider: &Arc<CryptoProvider>) -> 
     let mut roots = RootCertStore::empty();
     match &l.backend.ca {
         Some(ca) => {
-            let certs = CertificateDer::pem_file_iter(ca)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            let pem = crate::files::read(ca)
+                .map_err(|e| l.backend.origin.error(format!("cannot read backend_ca {}: {e}", ca.display())))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| l.backend.origin.error(format!("cannot read backend_ca {}: {e}", ca.display())))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {

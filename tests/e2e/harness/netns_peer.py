@@ -3,7 +3,12 @@
 The test process lives in the root namespace; sockets created here belong to the namespace
 this script was started in. Each command prints one JSON line and exits 0.
 
-  probe HOST PORT SECONDS            TCP connect: {"result": "open" | "timeout" | "refused"}
+  probe HOST PORT SECONDS [SOURCE]   TCP connect (from SOURCE if given; IPv4 or IPv6):
+                                     {"result": "open" | "timeout" | "refused"}
+  hold HOST PORT SECONDS SOURCES PROBE_SOURCE
+                                     connect from each comma-separated SOURCE and keep those
+                                     open while probing from PROBE_SOURCE:
+                                     {"held": [result, ...], "probe": result}
   login HOST PORT USER PASSWORD CA   STARTTLS + PLAIN + bind: {"jid": ...} or {"error": ...}
   badauth HOST PORT USER N CA        N wrong passwords on one stream: {"failures": k,
                                      "stream_error": condition or null, "closed": bool}
@@ -21,18 +26,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.raw import RawStream, RawStreamError, parse_stream_error  # noqa: E402
 
 
-def probe(host: str, port: int, seconds: float) -> dict:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def connect(host: str, port: int, seconds: float, source: str | None = None) -> tuple[str, socket.socket]:
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(seconds)
     try:
+        if source:
+            s.bind((source, 0))
         s.connect((host, port))
-        return {"result": "open"}
+        return "open", s
     except (socket.timeout, TimeoutError):
-        return {"result": "timeout"}
+        return "timeout", s
     except ConnectionRefusedError:
-        return {"result": "refused"}
+        return "refused", s
+
+
+def probe(host: str, port: int, seconds: float, source: str | None = None) -> dict:
+    result, s = connect(host, port, seconds, source)
+    s.close()
+    return {"result": result}
+
+
+def hold(host: str, port: int, seconds: float, sources: list[str], probe_source: str) -> dict:
+    held = [connect(host, port, seconds, src) for src in sources]
+    try:
+        return {"held": [r for r, _ in held], "probe": probe(host, port, seconds, probe_source)["result"]}
     finally:
-        s.close()
+        for _, s in held:
+            s.close()
 
 
 def login(host: str, port: int, user: str, password: str, ca: str) -> dict:
@@ -70,7 +90,9 @@ def badauth(host: str, port: int, user: str, n: int, ca: str) -> dict:
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "probe":
-        out = probe(args[0], int(args[1]), float(args[2]))
+        out = probe(args[0], int(args[1]), float(args[2]), args[3] if len(args) > 3 else None)
+    elif cmd == "hold":
+        out = hold(args[0], int(args[1]), float(args[2]), args[3].split(","), args[4])
     elif cmd == "login":
         out = login(args[0], int(args[1]), args[2], args[3], args[4])
     elif cmd == "badauth":

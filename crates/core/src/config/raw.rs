@@ -73,6 +73,7 @@ struct RawNetwork {
     max_connections_per_ip: Option<Spanned<i64>>,
     connection_rate_per_ip: Option<Spanned<String>>,
     connection_burst_per_ip: Option<Spanned<i64>>,
+    ipv6_prefix: Option<Spanned<i64>>,
     handshake_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
     bandwidth_per_connection: Option<Spanned<String>>,
@@ -453,6 +454,15 @@ fn network(r: &RawNetwork, loc: &Locator<'_>) -> Result<NetworkConfig, ConfigErr
                 1..=1_000_000,
             )?,
             connection_rate_per_ip: rate,
+            // Shorter than /32 would lump whole providers together; /128 counts every address.
+            ipv6_prefix: u8::try_from(limit(
+                loc,
+                &r.ipv6_prefix,
+                "network.ipv6_prefix",
+                usize::from(d.guard.ipv6_prefix),
+                32..=128,
+            )?)
+            .unwrap_or(d.guard.ipv6_prefix),
             ban: BanConfig {
                 auth_failures: u32::try_from(limit(
                     loc,

@@ -162,6 +162,36 @@ fn network_section() {
 }
 
 #[test]
+fn ipv6_sources_are_counted_by_prefix() {
+    assert_eq!(parse(GOOD).unwrap().network.guard.ipv6_prefix, 64, "the default is the /64 of a LAN");
+    for p in [32, 48, 56, 128] {
+        let c = parse(&format!("{GOOD}\n[network]\nipv6_prefix = {p}\n")).unwrap();
+        assert_eq!(usize::from(c.network.guard.ipv6_prefix), p);
+    }
+    for bad in ["31", "129", "0", "-64", "\"64\""] {
+        let e = error(&format!("{GOOD}\n[network]\nmax_connections = 10\nipv6_prefix = {bad}\n"));
+        if bad.starts_with('"') {
+            assert!(e.contains(":30: network.ipv6_prefix: invalid type"), "{e}");
+        } else {
+            assert!(e.contains(":30: network.ipv6_prefix: must be an integer from 32 to 128"), "{e}");
+        }
+    }
+}
+
+#[test]
+fn per_source_defaults_let_a_nat_office_in() {
+    // Finding 11: hundreds of users behind one address, all reconnecting after a network blip.
+    let g = parse(GOOD).unwrap().network.guard;
+    assert!(g.max_connections_per_ip >= 1000, "{}", g.max_connections_per_ip);
+    let rate = g.connection_rate_per_ip.unwrap();
+    assert!(rate.burst >= 500 && rate.count >= 600 && rate.per.as_secs() == 60, "{rate:?}");
+    assert!(g.max_connections_per_ip < g.max_connections, "one source cannot fill the gateway");
+    // An explicit burst without a rate keeps the default rate.
+    let c = parse(&format!("{GOOD}\n[network]\nconnection_burst_per_ip = 7\n")).unwrap();
+    assert_eq!(c.network.guard.connection_rate_per_ip.map(|r| (r.count, r.burst)), Some((rate.count, 7)));
+}
+
+#[test]
 fn network_mistakes_name_their_line() {
     let e = error(&format!("{GOOD}\n[network]\ndeny = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/40\",\n]\n"));
     assert!(e.contains(":31: network.deny: '10.0.0.0/40' is not an address or CIDR"), "{e}");

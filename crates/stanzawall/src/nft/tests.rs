@@ -1,6 +1,8 @@
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
+use stanzawall_core::guard::{source_key, Cidr};
+
 use super::*;
 
 fn config(extra: &str) -> Config {
@@ -43,7 +45,7 @@ fn opens_exactly_the_listener_ports_with_rate_and_cap_meters() {
         r.contains("tcp dport { 5222, 5223 } ct state new add @rate4 { ip saddr limit rate over 30/minute burst 10 packets } counter drop"),
         "{r}"
     );
-    assert!(r.contains("add @conn6 { ip6 saddr ct count over 20 } counter drop"), "{r}");
+    assert!(r.contains("add @conn6 { ip6 saddr and ffff:ffff:ffff:ffff:: ct count over 20 } counter drop"), "{r}");
     // 10 × 2 s to refill the burst, but never shorter than the period.
     assert!(r.contains("flags dynamic,timeout\n\t\ttimeout 60s"), "{r}");
     // Every rule of the input chain counts.
@@ -64,18 +66,23 @@ fn lists_bans_and_extra_ports() {
         "[network]\nallow = [\"10.1.2.3/8\", \"192.0.2.0/24\"]\ndeny = [\"10.9.0.0/16\", \"2001:db8:bad::/48\"]\nconnection_rate_per_ip = \"off\"\n[nftables]\ntable = \"edge\"\nextra_tcp_ports = [22]\n",
     );
     let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let src = |s: &str| source_key(s.parse().unwrap(), 64);
     let bans = [
-        ("192.0.2.7".parse().unwrap(), now + Duration::from_millis(3_599_500)),
-        ("::ffff:198.51.100.1".parse().unwrap(), now + Duration::from_secs(60)),
-        ("2001:db8::66".parse().unwrap(), now + Duration::from_secs(10)),
-        ("192.0.2.8".parse().unwrap(), now - Duration::from_secs(1)),
+        (src("192.0.2.7"), now + Duration::from_millis(3_599_500)),
+        (src("::ffff:198.51.100.1"), now + Duration::from_secs(60)),
+        (src("2001:db8::66"), now + Duration::from_secs(10)),
+        (src("192.0.2.8"), now - Duration::from_secs(1)),
+        // Inside 2001:db8::/64 (written by hand): left out, nft refuses overlapping intervals.
+        (Cidr::parse("2001:db8::66").unwrap(), now + Duration::from_secs(10)),
     ];
     let r = ruleset(&c, &bans, now);
     assert!(r.contains("table inet edge {"), "{r}");
     assert!(r.contains("elements = { 10.0.0.0/8, 192.0.2.0/24 }"), "host bits cleared: {r}");
     assert!(r.contains("elements = { 10.9.0.0/16 }") && r.contains("elements = { 2001:db8:bad::/48 }"), "{r}");
     assert!(r.contains("elements = { 192.0.2.7 timeout 3600s, 198.51.100.1 timeout 60s }"), "{r}");
-    assert!(r.contains("elements = { 2001:db8::66 timeout 10s }"), "{r}");
+    // IPv6 bans are the source's /64 (ipv6_prefix), one interval element.
+    assert!(r.contains("elements = { 2001:db8::/64 timeout 10s }"), "{r}");
+    assert!(r.contains("set ban6 {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n"), "{r}");
     assert!(!r.contains("192.0.2.8"), "expired bans are left out: {r}");
     assert!(r.contains("ip saddr != @allow4 counter drop"), "{r}");
     // IPv6 is not in the allow list, so it is refused on the listener ports (as at accept).
@@ -87,14 +94,49 @@ fn lists_bans_and_extra_ports() {
 #[test]
 fn json_requests_carry_parsed_addresses_only() {
     let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let add = ban_request("stanzawall", "::ffff:192.0.2.7".parse().unwrap(), now + Duration::from_secs(3600), now);
+    let add = ban_request(
+        "stanzawall",
+        source_key("::ffff:192.0.2.7".parse().unwrap(), 64),
+        now + Duration::from_secs(3600),
+        now,
+    );
     assert_eq!(
         add.to_string(),
         r#"{"nftables":[{"add":{"element":{"elem":[{"elem":{"timeout":3600,"val":"192.0.2.7"}}],"family":"inet","name":"ban4","table":"stanzawall"}}}]}"#
     );
-    let del = unban_request("stanzawall", "2001:db8::1".parse().unwrap());
+    let del = unban_request("stanzawall", Cidr::parse("2001:db8::1").unwrap());
     assert_eq!(
         del.to_string(),
         r#"{"nftables":[{"delete":{"element":{"elem":["2001:db8::1"],"family":"inet","name":"ban6","table":"stanzawall"}}}]}"#
     );
+    // A /64 source is a prefix element, added and deleted as such.
+    let source = source_key("2001:db8:0:7:1:2:3:4".parse().unwrap(), 64);
+    let add = ban_request("stanzawall", source, now + Duration::from_secs(60), now);
+    assert_eq!(
+        add.to_string(),
+        r#"{"nftables":[{"add":{"element":{"elem":[{"elem":{"timeout":60,"val":{"prefix":{"addr":"2001:db8:0:7::","len":64}}}}],"family":"inet","name":"ban6","table":"stanzawall"}}}]}"#
+    );
+    let del = unban_request("stanzawall", source);
+    assert_eq!(
+        del.to_string(),
+        r#"{"nftables":[{"delete":{"element":{"elem":[{"prefix":{"addr":"2001:db8:0:7::","len":64}}],"family":"inet","name":"ban6","table":"stanzawall"}}}]}"#
+    );
+}
+
+#[test]
+fn ipv6_meters_count_by_prefix() {
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let r =
+        ruleset(&config("[network]\nconnection_rate_per_ip = \"30/minute\"\nmax_connections_per_ip = 20\n"), &[], now);
+    assert!(
+        r.contains("add @rate6 { ip6 saddr and ffff:ffff:ffff:ffff:: limit rate over 30/minute burst"),
+        "the default /64: {r}"
+    );
+    assert!(r.contains("add @conn6 { ip6 saddr and ffff:ffff:ffff:ffff:: ct count over 20 }"), "{r}");
+    assert!(r.contains("add @rate4 { ip saddr limit rate"), "IPv4 by address: {r}");
+    assert!(r.contains("# [network] max_connections_per_ip, per source (/64)"), "{r}");
+    let r = ruleset(&config("[network]\nipv6_prefix = 56\n"), &[], now);
+    assert!(r.contains("add @conn6 { ip6 saddr and ffff:ffff:ffff:ff00:: ct count over"), "{r}");
+    let r = ruleset(&config("[network]\nipv6_prefix = 128\n"), &[], now);
+    assert!(r.contains("add @conn6 { ip6 saddr ct count over"), "{r}");
 }
