@@ -55,7 +55,7 @@ fn compile_with(policy: &str, files: &[(&str, &str)]) -> Result<Policy, String> 
     Policy::compile(&c.policy).map_err(|e| e.to_string())
 }
 
-fn policy(text: &str) -> Policy {
+pub(super) fn policy(text: &str) -> Policy {
     compile_with(text, &[]).unwrap()
 }
 
@@ -66,7 +66,7 @@ fn error(text: &str) -> String {
     }
 }
 
-fn stanza(xml: &str) -> Element {
+pub(super) fn stanza(xml: &str) -> Element {
     parse_stanzas(xml, XmlLimits::default()).unwrap().remove(0)
 }
 

@@ -183,20 +183,8 @@ fn at_path_mut<'a>(el: &'a mut Element, path: &[usize]) -> Option<&'a mut Elemen
 mod tests {
     use super::*;
     use crate::jid;
-    use crate::xml::{parse_stanzas, XmlLimits};
 
     const POLICY: &str = r#"
-[[tls.certificate]]
-domains = ["example.test"]
-cert = "c.crt"
-key = "c.key"
-
-[[listener]]
-name = "c2s"
-kind = "c2s"
-bind = "127.0.0.1:5222"
-backend = "127.0.0.1:15222"
-
 [[rule]]
 name = "blocked-sender"
 chain = "c2s-out"
@@ -232,12 +220,10 @@ action = "close"
 "#;
 
     fn eval(chain: Chain, xml: &str) -> Evaluation {
-        let config = crate::config::Config::parse(POLICY, std::path::Path::new("/etc/sw/p.toml")).unwrap();
-        let policy = Policy::compile(&config.policy).unwrap();
+        let policy = super::super::tests::policy(POLICY);
         let user = jid::parse_full("alice@example.test/phone").unwrap();
         let ctx = Context { chain, user: Some(&user), source_ip: "192.0.2.1".parse().unwrap() };
-        let el = parse_stanzas(xml, XmlLimits::default()).unwrap().remove(0);
-        policy.evaluate_stanza(&el, &ctx, &RateTable::new(), Instant::now())
+        policy.evaluate_stanza(&super::super::tests::stanza(xml), &ctx, &RateTable::new(), Instant::now())
     }
 
     fn carbon(inner: &str) -> String {
