@@ -63,6 +63,28 @@ CATALOGUE_C2S_PORT = 25440
 CATALOGUE_DIRECT_PORT = 25441
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+
+#: The recording gateway's policy, for the "hidden text" entries: a keyword and a link that
+#: no other entry uses, dropped on c2s-in wherever a client would show them.
+FORBIDDEN = "quuxspam"
+FORBIDDEN_HOST = "quux-evil.example"
+CATALOGUE_POLICY = f"""
+[list.catalogue_urls]
+entries = ["{FORBIDDEN_HOST}"]
+
+[[rule]]
+name   = "catalogue-keyword"
+chain  = "c2s-in"
+when   = {{ body_contains = "{FORBIDDEN}" }}
+action = "drop"
+
+[[rule]]
+name   = "catalogue-link"
+chain  = "c2s-in"
+when   = {{ url_in = "catalogue_urls" }}
+action = "drop"
+"""
 STANZA_TOO_BIG = "<stanza-too-big xmlns='urn:xmpp:errors'/>"
 Q = "['\"]"  # either attribute quote
 
@@ -88,7 +110,7 @@ def recording(tmp, pki) -> Recording:
     gw = Gateway(tmp / "gw-catalogue", pki.cert, pki.key, [
         Listener("c2s", "c2s", CATALOGUE_C2S_PORT, backend.port),
         Listener("c2s-direct", "c2s-tls", CATALOGUE_DIRECT_PORT, backend.port),
-    ])
+    ], extra_toml=CATALOGUE_POLICY)
     try:
         gw.start()
         yield Recording(backend, gw)
@@ -537,6 +559,39 @@ def cdata(ctx: Ctx, e: Entry, split: str) -> None:
     rec_serves(ctx)
 
 
+def hidden_text(ctx: Ctx, e: Entry, split: str) -> None:
+    """A stanza whose shown text carries the forbidden keyword or link where a reader of
+    bodies alone would miss it (another namespace, nested, XHTML, an invitation reason, an
+    error text, Unicode spellings, a forwarded message): the policy reads it, so it is
+    dropped and never forwarded; the session goes on (a control message after it arrives)."""
+    m = marker()
+    data, needle = e.build(m)
+    with rec_login(ctx) as rs:
+        write(rs, data, split)
+        ctrl = control(rs)
+        rec_assert_not_forwarded(ctx, needle, ctrl, closed_leg=False)
+        assert parse_stream_error(rs.received) is None, rs.received[-800:]
+    rec_serves(ctx)
+
+
+def pipelined(ctx: Ctx, e: Entry, split: str) -> None:
+    """A client that writes its stream header and the next element in one go (tsung does;
+    Prosody and ejabberd accept it) is served: the element waits for the features."""
+    with RawStream.connect(HOST, ctx.rec.gw.port("c2s-direct"), direct_tls=True, ca_file=ctx.pki.ca_cert,
+                           timeout=WAIT) as rs:
+        blob = b64("\0alice\0any-password")
+        write(rs, stream_header() + f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{blob}</auth>".encode(), split)
+        rs.expect(r"<success\b", WAIT)
+        resource = f"pipe{uuid.uuid4().hex[:6]}"
+        write(rs, stream_header() + f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'><resource>{resource}"
+              f"</resource></bind></iq>".encode(), split)
+        rs.expect(rf"<jid>alice@example.test/{resource}</jid>", WAIT)
+        assert parse_stream_error(rs.received) is None, rs.received[-800:]
+        c = control(rs)
+        assert ctx.rec.backend.wait_for(c, 5), "a message after the pipelined login did not reach the backend"
+    rec_serves(ctx)
+
+
 def to_client(ctx: Ctx, e: Entry, split: str) -> None:
     """carol (a foreign user) sends bob's full JID something only his own server may send;
     the gateway must not hand it to bob's client.  A control message sent after it does
@@ -830,6 +885,51 @@ CATALOGUE: list[Entry] = [
     Entry("iq_two_children", stanza_error,
           "<iq type='get' id='{m}' to='example.test'><query xmlns='jabber:iq:version'/>"
           "<ping xmlns='urn:xmpp:ping'/></iq>", "bad-request", opts={"kind": "iq"}),
+    # -- what the server re-serializes: must not end the recipient's session --------------
+    # Prosody writes an unknown xml:* attribute with a prefix bound to the XML namespace
+    # (illegal, XML Namespaces §3): the gateway drops that stanza for bob, never his session.
+    Entry("to_client_xml_attribute_reserialized", to_client,
+          "<message to='{bob}' id='{m}' type='chat'><body>{m}</body><x xmlns='urn:x:y' xml:foo='1'/></message>"),
+    # -- pipelining -----------------------------------------------------------------------
+    Entry("pipelined_header_and_auth", pipelined),
+    # -- shown text the policy must read (the recording gateway drops FORBIDDEN) ----------
+    Entry("text_jabber_server_body", hidden_text,
+          msg(f"<body xmlns='jabber:server'>{FORBIDDEN} {{m}}</body>")),
+    Entry("text_nested_in_extension", hidden_text,
+          msg(f"<body>{{m}}</body><x xmlns='urn:example:card'><line><em>{FORBIDDEN}</em></line></x>")),
+    Entry("text_xhtml_split_by_markup", hidden_text,
+          msg("<body>{m}</body><html xmlns='http://jabber.org/protocol/xhtml-im'>"
+              "<body xmlns='http://www.w3.org/1999/xhtml'><p>quux<b>spam</b></p></body></html>")),
+    Entry("text_subject", hidden_text, msg(f"<subject>{FORBIDDEN}</subject><body>{{m}}</body>")),
+    Entry("text_error_text", hidden_text,
+          msg(f"<error type='cancel'><undefined-condition xmlns='{NS_STANZAS}'/>"
+              f"<text xmlns='{NS_STANZAS}'>{FORBIDDEN}</text></error>", " type='error' id='{m}'")),
+    Entry("text_muc_invitation_reason", hidden_text,
+          "<message to='room@conference.example.test' id='{m}'><x xmlns='http://jabber.org/protocol/muc#user'>"
+          f"<invite to='{TO}'><reason>{FORBIDDEN}</reason></invite></x></message>"),
+    Entry("text_direct_invitation_reason", hidden_text,
+          msg(f"<x xmlns='jabber:x:conference' jid='room@conference.example.test' reason='{FORBIDDEN}'/>",
+              " id='{m}'")),
+    Entry("text_presence_status", hidden_text, f"<presence id='{{m}}'><status>{FORBIDDEN}</status></presence>"),
+    Entry("text_file_sharing_source", hidden_text,
+          msg("<body>{m}</body><file-sharing xmlns='urn:xmpp:sfs:0'><file xmlns='urn:xmpp:file:metadata:0'>"
+              "<name>a.txt</name></file><sources><url-data xmlns='http://jabber.org/protocol/url-data'"
+              f" target='https://{FORBIDDEN_HOST}/a.txt'/></sources></file-sharing>")),
+    Entry("text_forwarded_message", hidden_text,
+          msg("<body>{m}</body><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'"
+              f" from='carol@example.test/c'><body>{FORBIDDEN}</body></message></forwarded>")),
+    # -- Unicode spellings of the keyword (NFKC, case folding, default-ignorables) ---------
+    Entry("unicode_zero_width_space", hidden_text, msg("<body>quux\u200bspam {m}</body>")),
+    Entry("unicode_soft_hyphen_and_word_joiner", hidden_text, msg("<body>qu\u00adux\u2060spam {m}</body>")),
+    Entry("unicode_tag_characters", hidden_text, msg("<body>quux\U000e0020\U000e0041spam {m}</body>")),
+    Entry("unicode_variation_selector", hidden_text, msg("<body>qu\ufe0fuxspam {m}</body>")),
+    Entry("unicode_hangul_filler", hidden_text, msg("<body>quux\u3164spam {m}</body>")),
+    Entry("unicode_fullwidth", hidden_text, msg("<body>\uff51\uff55\uff55\uff58\uff53\uff50\uff41\uff4d {m}</body>")),
+    Entry("unicode_mathematical_bold", hidden_text,
+          msg("<body>\U0001d42a\U0001d42e\U0001d42e\U0001d431\U0001d42c\U0001d429\U0001d41a\U0001d426 {m}</body>")),
+    Entry("unicode_uppercase", hidden_text, msg("<body>QUUXSPAM {m}</body>")),
+    Entry("unicode_link_with_zero_width", hidden_text,
+          msg("<body>see https://quux-evil\u200b.example/x {m}</body>")),
 ]
 
 
