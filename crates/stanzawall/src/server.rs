@@ -100,27 +100,23 @@ impl Generation {
     }
 }
 
-/// A generation and the ban file beside it, as read off the control loop.
-#[derive(Debug)]
-struct Loaded {
-    generation: Generation,
-    /// The ban file's text (`None`: it could not be read; logged).
-    bans: Option<String>,
-}
-
-/// Load the generation at `path` and its ban file on a thread of its own, giving up after
-/// [`LOAD_DEADLINE`]; the caller keeps serving (and answering signals) meanwhile.
-async fn load_off_loop(path: &Path) -> Result<Loaded, LoadError> {
+/// Load the generation at `path` on a thread of its own, giving up after [`LOAD_DEADLINE`];
+/// the caller keeps serving (and answering signals) meanwhile.
+async fn load_off_loop(path: &Path) -> Result<Generation, LoadError> {
     let owned = path.to_owned();
-    let job = move || -> Result<Loaded, LoadError> {
-        let generation = Generation::load(&owned)?;
-        let bans = read_bans(&generation.config.state_dir);
-        Ok(Loaded { generation, bans })
-    };
-    match files::off_loop(LOAD_DEADLINE, job).await {
+    match files::off_loop(LOAD_DEADLINE, move || Generation::load(&owned)).await {
         Ok(loaded) => loaded,
         Err(source) => Err(LoadError::Unfinished { path: path.to_owned(), source }),
     }
+}
+
+/// Read the ban file off the control loop (`None`: it could not be read; logged).
+async fn read_bans_off_loop(dir: &Path) -> Option<String> {
+    let owned = dir.to_owned();
+    files::off_loop(LOAD_DEADLINE, move || read_bans(&owned)).await.unwrap_or_else(|e| {
+        error!(state_dir = %dir.display(), error = %e, "cannot read bans");
+        None
+    })
 }
 
 /// [`Generation::load`] for the one-shot commands (`check`, `nft`, `explain`): under the same
@@ -219,7 +215,7 @@ fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
 }
 
 /// Read the ban file (a missing file is an empty table; `None` if it cannot be read).
-pub fn read_bans(dir: &Path) -> Option<String> {
+fn read_bans(dir: &Path) -> Option<String> {
     match files::read_to_string(&bans_path(dir)) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(String::new()),
@@ -230,11 +226,12 @@ pub fn read_bans(dir: &Path) -> Option<String> {
     }
 }
 
-/// Load the bans a previous run wrote (`text`, the ban file), and hand them to nftables when
-/// syncing (the ruleset may have been loaded before they were made).
-async fn load_bans(guard: &SharedGuard, generation: &Generation, text: Option<&str>) {
+/// Load the bans a previous run wrote, and hand them to nftables when syncing (the ruleset may
+/// have been loaded before they were made).
+async fn load_bans(guard: &SharedGuard, generation: &Generation) {
     let dir = &generation.config.state_dir;
-    let Some(text) = text else { return };
+    let Some(text) = read_bans_off_loop(dir).await else { return };
+    let text = text.as_str();
     let now = SystemTime::now();
     let entries = {
         let mut g = lock(guard);
@@ -251,8 +248,10 @@ async fn load_bans(guard: &SharedGuard, generation: &Generation, text: Option<&s
 
 /// On reload, the ban file is the operator's word: lines removed from it lift those bans (the
 /// way to unban by hand), lines added are bans; both reach nftables when syncing.
-async fn reconcile_bans(guard: &SharedGuard, generation: &Generation, text: Option<&str>) {
-    let Some(text) = text else { return };
+async fn reconcile_bans(guard: &SharedGuard, generation: &Generation) {
+    // Read now, not with the config: a ban made while the config loaded is in the file by now.
+    let Some(text) = read_bans_off_loop(&generation.config.state_dir).await else { return };
+    let text = text.as_str();
     let now = SystemTime::now();
     let (wanted, _) = stanzawall_core::ban::BanList::parse_text(text, now, generation.config.network.guard.ipv6_prefix);
     let (lifted, added) = {
@@ -299,8 +298,7 @@ struct RunningListener {
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let Loaded { generation: first, bans: first_bans } = load_off_loop(&path).await?;
-    let first = Arc::new(first);
+    let first = Arc::new(load_off_loop(&path).await?);
     let metrics = Arc::new(Metrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
@@ -318,7 +316,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
-    load_bans(&guard, &first, first_bans.as_deref()).await;
+    load_bans(&guard, &first).await;
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
@@ -523,7 +521,7 @@ async fn accept_loop(
 }
 
 async fn reload(
-    loaded: Result<Loaded, LoadError>,
+    loaded: Result<Generation, LoadError>,
     gen_tx: &watch::Sender<Arc<Generation>>,
     running: &mut HashMap<String, RunningListener>,
     gen_rx: &watch::Receiver<Arc<Generation>>,
@@ -532,8 +530,8 @@ async fn reload(
     shared: &Shared,
 ) {
     let guard = &shared.guard;
-    let (next, bans) = match loaded {
-        Ok(Loaded { generation, bans }) => (Arc::new(generation), bans),
+    let next = match loaded {
+        Ok(generation) => Arc::new(generation),
         Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
     };
     let sockets = match bind_new(&next, running).await {
@@ -548,7 +546,7 @@ async fn reload(
     }
     lock(guard).reconfigure(next.config.network.guard.clone());
     gen_tx.send_replace(next.clone());
-    reconcile_bans(guard, &next, bans.as_deref()).await;
+    reconcile_bans(guard, &next).await;
     start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, shared).await;
     info!(changes = ?changes, "configuration reloaded");
 }
