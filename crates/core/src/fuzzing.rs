@@ -103,7 +103,8 @@ pub fn config(data: &[u8]) {
 /// length byte and that many bytes. Invariants: no panic; once closed the session writes
 /// nothing more; the client never sees bytes before the session answered its header.
 pub fn session(data: &[u8]) {
-    let mut s = Session::new(SessionConfig {
+    let start = std::time::Instant::now();
+    let cfg = SessionConfig {
         direct_tls: data.first().is_some_and(|b| b & 1 == 1),
         preauth_limits: limits(),
         limits: limits(),
@@ -114,20 +115,31 @@ pub fn session(data: &[u8]) {
             _ => BackendTls::Off,
         },
         stream_id: "fuzz".to_owned(),
-    });
+        timeouts: crate::session::Timeouts::default(),
+    };
+    let Ok(policy) = crate::policy::Policy::compile(&Default::default()) else { return };
+    let binding = crate::session::PolicyBinding {
+        policy: std::sync::Arc::new(policy),
+        rates: std::sync::Arc::new(crate::policy::RateTable::new()),
+        source_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+    };
+    let mut s = Session::new(cfg, binding, start);
+    // Time moves one second per op: deadlines pass within long inputs.
+    let mut now = start;
     let mut rest = data.get(1..).unwrap_or_default();
     while let Some((&op, tail)) = rest.split_first() {
         rest = tail;
         let was_closed = s.is_closed();
+        now += std::time::Duration::from_secs(1);
         match op % 10 {
             0 | 1 => {
                 let n = rest.first().map_or(0, |&n| usize::from(n)).min(rest.len().saturating_sub(1));
                 let bytes = rest.get(1..1 + n).unwrap_or_default();
                 rest = rest.get(1 + n..).unwrap_or_default();
                 if op % 10 == 0 {
-                    s.client_bytes(bytes)
+                    s.client_bytes(bytes, now)
                 } else {
-                    s.backend_bytes(bytes)
+                    s.backend_bytes(bytes, now)
                 }
             }
             2 => s.client_tls_established(),
@@ -136,7 +148,7 @@ pub fn session(data: &[u8]) {
             5 => s.shutdown(),
             6 => s.backend_failed("fuzz"),
             7 => s.client_disconnected(),
-            8 => s.timed_out(),
+            8 => s.handle_timeout(now + std::time::Duration::from_secs(u64::from(op) * 60)),
             _ => {
                 let _ = s.take_client_buffered();
                 let _ = s.take_backend_buffered();

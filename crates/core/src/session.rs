@@ -22,6 +22,7 @@ pub mod sm;
 mod tests;
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::jid::{self, FullJid};
 use crate::stanza::{Kind, StanzaCondition};
@@ -58,6 +59,31 @@ pub enum BackendTls {
     Direct,
 }
 
+/// The session's protocol timers (the core owns time: the daemon asks [`Session::poll_timeout`]
+/// when to call [`Session::handle_timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From accept to SASL success: TLS, stream open and authentication must be done by then
+    /// (slowloris is cut here: traffic never extends it).
+    pub handshake: Duration,
+    /// After SASL success: no traffic either way for this long ends the session (whitespace
+    /// keepalives count as traffic).
+    pub idle: Duration,
+    /// After the client's `</stream:stream>`: how long the backend has to answer with its own
+    /// while what it still sends is relayed (RFC 6120 §4.4).
+    pub close: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(30),
+            idle: Duration::from_secs(20 * 60),
+            close: Duration::from_secs(3),
+        }
+    }
+}
+
 /// Per-session settings, taken from the listener config.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -73,6 +99,8 @@ pub struct SessionConfig {
     pub backend_tls: BackendTls,
     /// The stream id the gateway announces to the client (random, chosen by the daemon).
     pub stream_id: String,
+    /// Protocol timers.
+    pub timeouts: Timeouts,
 }
 
 /// Something the daemon must do after writing out the pending bytes.
@@ -94,7 +122,7 @@ pub enum Effect {
     StartBackendTls,
     /// The client bound this full JID.
     Bound(FullJid),
-    /// SASL succeeded: the daemon may relax pre-authentication timeouts.
+    /// SASL succeeded: the daemon starts read shaping (`bandwidth_per_connection`) from here.
     Authenticated,
     /// SASL failed (the backend's `<failure/>`, or a foreign authzid refused here): the daemon
     /// counts it toward a ban of the source address.
@@ -261,10 +289,16 @@ pub struct Session {
     to_backend: Vec<u8>,
     effects: VecDeque<Effect>,
     counters: Counters,
-    /// Policy evaluation, once the daemon attaches it.
-    filter: Option<PolicyBinding>,
-    /// The time the daemon said it is (rate limits).
-    now: Option<std::time::Instant>,
+    /// Policy evaluation: every session has one (an empty policy is a policy).
+    filter: PolicyBinding,
+    /// The time of the latest input (rate limits, timers).
+    now: Instant,
+    /// SASL must succeed by then.
+    handshake_deadline: Instant,
+    /// The latest traffic either way.
+    last_activity: Instant,
+    /// The client closed its stream at this time (waiting for the backend's close).
+    closing_since: Option<Instant>,
     /// XEP-0198 counters of both directions.
     sm: StreamManagement,
     /// The client's `<enable/>` was forwarded and not answered yet.
@@ -275,12 +309,13 @@ pub struct Session {
 const SM_MAX_GAPS: usize = 1024;
 
 impl Session {
-    /// A session for a freshly accepted connection.
-    pub fn new(cfg: SessionConfig) -> Self {
+    /// A session for a connection accepted at `now`, evaluating its stanzas against `policy`.
+    pub fn new(cfg: SessionConfig, policy: PolicyBinding, now: Instant) -> Self {
         let client = StreamReader::new(cfg.preauth_limits);
         let mut backend = StreamReader::new(cfg.backend_limits);
         backend.skip_over_limits(true);
         let client_tls = cfg.direct_tls;
+        let handshake_deadline = now + cfg.timeouts.handshake;
         Session {
             cfg,
             client,
@@ -300,8 +335,11 @@ impl Session {
             to_backend: Vec::new(),
             effects: VecDeque::new(),
             counters: Counters::default(),
-            filter: None,
-            now: None,
+            handshake_deadline,
+            filter: policy,
+            now,
+            last_activity: now,
+            closing_since: None,
             sm: StreamManagement::new(SM_MAX_GAPS),
             sm_enable_pending: false,
         }
@@ -347,19 +385,14 @@ impl Session {
         self.counters
     }
 
-    /// True between the client's `</stream:stream>` and the backend's: the daemon bounds this
-    /// wait and then calls [`Session::timed_out`].
-    pub fn is_closing(&self) -> bool {
-        self.client_phase == ClientPhase::Closing
-    }
-
     /// True once the session has closed; the daemon stops reading.
     pub fn is_closed(&self) -> bool {
         self.client_phase == ClientPhase::Closed
     }
 
-    /// Bytes received from the client.
-    pub fn client_bytes(&mut self, data: &[u8]) {
+    /// Bytes received from the client at `now`.
+    pub fn client_bytes(&mut self, data: &[u8], now: Instant) {
+        self.tick(now);
         if self.is_closed() || matches!(self.client_phase, ClientPhase::TlsHandshake | ClientPhase::Closing) {
             // After `<proceed/>` the daemon hands bytes to TLS; nothing reaches the parser.
             // After the client's `</stream:stream>` nothing more may come from it.
@@ -369,8 +402,9 @@ impl Session {
         self.drain_client();
     }
 
-    /// Bytes received from the backend.
-    pub fn backend_bytes(&mut self, data: &[u8]) {
+    /// Bytes received from the backend at `now`.
+    pub fn backend_bytes(&mut self, data: &[u8], now: Instant) {
+        self.tick(now);
         if self.is_closed() || self.backend_phase == BackendPhase::TlsHandshake {
             return;
         }
@@ -456,12 +490,28 @@ impl Session {
         self.client_error(condition, text);
     }
 
-    /// An inactivity or handshake deadline passed.
-    pub fn timed_out(&mut self) {
+    /// When [`Session::handle_timeout`] is next due: the handshake deadline before SASL
+    /// success, the idle deadline after it, the close-handshake deadline once the client closed
+    /// its stream; `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         if self.is_closed() {
+            return None;
+        }
+        Some(match self.closing_since {
+            Some(since) => since + self.cfg.timeouts.close,
+            None if !self.authenticated => self.handshake_deadline,
+            None => self.last_activity + self.cfg.timeouts.idle,
+        })
+    }
+
+    /// The time is `now`: act on a deadline that passed (nothing before it is due).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.poll_timeout().is_none_or(|due| now < due) {
             return;
         }
         if self.client_phase == ClientPhase::Closing {
+            // The backend never answered the client's close: end it from our side.
             self.to_client.extend_from_slice(STREAM_CLOSE);
             return self.finish(CloseReason::ClientClosed);
         }
@@ -469,6 +519,13 @@ impl Session {
         self.client_error_no_finish(err.clone());
         self.close_backend_stream();
         self.finish(CloseReason::ClientError(err));
+    }
+
+    /// Input arrived at `now`: traffic either way keeps an authenticated session alive (the
+    /// handshake deadline never moves).
+    fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.last_activity = self.last_activity.max(now);
     }
 
     /// True while the client's stream is open but the backend's features for it are not out
@@ -516,6 +573,7 @@ impl Session {
             (ClientPhase::Open, XmlEvent::StreamClose) if self.backend_phase == BackendPhase::Open => {
                 self.close_backend_stream();
                 self.client_phase = ClientPhase::Closing;
+                self.closing_since = Some(self.now);
             }
             (_, XmlEvent::StreamClose) => {
                 self.to_client.extend_from_slice(STREAM_CLOSE);

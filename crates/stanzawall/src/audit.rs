@@ -127,7 +127,7 @@ pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
         .filter(|h| h.action != "pass" || h.log_only)
         .map(|h| base(&h.rule, h.action, h.log_only, h.condition))
         .collect();
-    if event.hits.iter().all(|h| h.log_only || h.action == "log") && event.outcome != "pass" {
+    if event.decided_by_default() {
         out.push(base("default", event.outcome, false, None));
     }
     out

@@ -10,7 +10,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::sm::{TooManyUnacked, NS_SM};
 use super::{Effect, Session};
@@ -78,32 +77,27 @@ pub struct PolicyEvent {
     pub body: Option<String>,
 }
 
-impl Session {
-    /// Evaluate this session's stanzas against `binding.policy` from now on.
-    pub fn attach_policy(&mut self, binding: PolicyBinding, now: Instant) {
-        self.filter = Some(binding);
-        self.now = Some(now);
+impl PolicyEvent {
+    /// True when the chain's default decided (no terminal rule matched: only `log` and
+    /// `log_only` rules, if any) and it did something other than pass.
+    pub fn decided_by_default(&self) -> bool {
+        self.hits.iter().all(|h| h.log_only || h.action == "log") && self.outcome != "pass"
     }
+}
 
+impl Session {
     /// A new policy (reload): the next stanza is evaluated against it.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
-        if let Some(b) = self.filter.as_mut() {
-            b.policy = policy;
-        }
-    }
-
-    /// The time the next bytes are processed at (rate limits).
-    pub fn set_now(&mut self, now: Instant) {
-        self.now = Some(now);
+        self.filter.policy = policy;
     }
 
     /// Run `el` through chain `chain`. Returns the stanza to forward, or `None` when it was
     /// dropped, bounced or the stream closed (all accounted for here).
     pub(super) fn police(&mut self, chain: Chain, el: Element) -> Option<Element> {
-        let (Some(binding), Some(now), Some(stanza)) = (self.filter.as_ref(), self.now, StanzaSummary::of(&el)) else {
-            return Some(el);
-        };
-        if binding.policy.is_pass_all(chain) || self.bound.is_none() {
+        // Only stanzas reach here as stanzas (SASL and SM elements are not evaluated).
+        let Some(stanza) = StanzaSummary::of(&el) else { return Some(el) };
+        let (binding, now) = (&self.filter, self.now);
+        if binding.policy.is_pass_all(chain) {
             return Some(el);
         }
         let ctx = Context { chain, user: self.bound.as_ref(), source_ip: binding.source_ip };

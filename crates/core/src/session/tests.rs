@@ -1,3 +1,5 @@
+use std::time::{Duration, Instant};
+
 use super::*;
 use crate::stream::Condition;
 use crate::xml::XmlLimits;
@@ -25,6 +27,41 @@ fn config(direct_tls: bool, backend_tls: BackendTls) -> SessionConfig {
         backend_limits: limits,
         backend_tls,
         stream_id: "gw1".to_owned(),
+        timeouts: Timeouts::default(),
+    }
+}
+
+/// A session accepted at a fixed time, with an empty policy (an empty policy is a policy).
+fn new_session(cfg: SessionConfig) -> Session {
+    let binding = PolicyBinding {
+        policy: std::sync::Arc::new(crate::policy::Policy::compile(&Default::default()).unwrap()),
+        rates: std::sync::Arc::new(crate::policy::RateTable::new()),
+        source_ip: "127.0.0.1".parse().unwrap(),
+    };
+    Session::new(cfg, binding, t0())
+}
+
+/// The accept time of every test session.
+fn t0() -> Instant {
+    thread_local!(static T0: Instant = Instant::now());
+    T0.with(|t| *t)
+}
+
+/// Feeding bytes at the session's current time (tests that are about time pass `now`).
+trait Feed {
+    fn feed_client(&mut self, data: &[u8]);
+    fn feed_backend(&mut self, data: &[u8]);
+}
+
+impl Feed for Session {
+    fn feed_client(&mut self, data: &[u8]) {
+        let now = self.now;
+        self.client_bytes(data, now);
+    }
+
+    fn feed_backend(&mut self, data: &[u8]) {
+        let now = self.now;
+        self.backend_bytes(data, now);
     }
 }
 
@@ -42,25 +79,25 @@ fn effects(s: &mut Session) -> Vec<Effect> {
 
 /// A session through STARTTLS, backend connected, SASL features relayed.
 fn at_sasl() -> Session {
-    let mut s = Session::new(config(false, BackendTls::Off));
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let mut s = new_session(config(false, BackendTls::Off));
+    s.feed_client(CLIENT_HEADER.as_bytes());
     let out = client_out(&mut s);
     assert!(out.contains("<stream:stream from='example.test' id='gw1'"), "{out}");
     assert!(out.ends_with(
         "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
     ));
-    s.client_bytes(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    s.feed_client(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
     assert_eq!(client_out(&mut s), "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
     assert_eq!(effects(&mut s), vec![Effect::StartClientTls { domain: "example.test".into() }]);
     s.client_tls_established();
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    s.feed_client(CLIENT_HEADER.as_bytes());
     assert!(client_out(&mut s).starts_with("<?xml version='1.0'?><stream:stream from='example.test'"));
     assert_eq!(effects(&mut s), vec![Effect::ConnectBackend { domain: "example.test".into() }]);
     s.backend_connected();
     let hdr = backend_out(&mut s);
     assert!(hdr.contains("to='example.test'") && hdr.contains("xml:lang='en'"), "{hdr}");
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
-    s.backend_bytes(BACKEND_SASL_FEATURES.as_bytes());
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(BACKEND_SASL_FEATURES.as_bytes());
     s
 }
 
@@ -68,32 +105,32 @@ fn at_sasl() -> Session {
 fn bound() -> Session {
     let mut s = at_sasl();
     client_out(&mut s);
-    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
+    s.feed_client(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
     assert_eq!(
         backend_out(&mut s),
         "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>"
     );
-    s.backend_bytes(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    s.feed_backend(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
     assert_eq!(client_out(&mut s), "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
     assert_eq!(effects(&mut s), vec![Effect::Authenticated]);
     // The backend stream restarts at once; the client's restart is answered when it comes.
     assert!(backend_out(&mut s).starts_with("<?xml version='1.0'?><stream:stream to='example.test'"));
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
-    s.backend_bytes(BACKEND_BIND_FEATURES.as_bytes());
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(BACKEND_BIND_FEATURES.as_bytes());
     assert_eq!(client_out(&mut s), "", "features wait for the client's new header");
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    s.feed_client(CLIENT_HEADER.as_bytes());
     let out = client_out(&mut s);
     assert!(out.starts_with("<?xml version='1.0'?><stream:stream"));
     assert!(out.ends_with(
         "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><sm xmlns='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>"
     ), "stream management v3 is relayed (its counters are rewritten): {out}");
-    s.client_bytes(b"<iq type='set' id='bind1' from='mallory@evil.test'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
+    s.feed_client(b"<iq type='set' id='bind1' from='mallory@evil.test'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
     assert_eq!(
         backend_out(&mut s),
         "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>",
         "an unbound client's 'from' is removed"
     );
-    s.backend_bytes(b"<iq type='result' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/phone</jid></bind></iq>");
+    s.feed_backend(b"<iq type='result' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/phone</jid></bind></iq>");
     let full = crate::jid::parse_full("alice@example.test/phone").unwrap();
     assert_eq!(effects(&mut s), vec![Effect::Bound(full)]);
     assert!(client_out(&mut s).contains("<jid>alice@example.test/phone</jid>"));
@@ -114,26 +151,26 @@ fn features_lose_what_cannot_cross_the_gateway() {
 
 #[test]
 fn bytes_after_starttls_never_reach_the_parser() {
-    let mut s = Session::new(config(false, BackendTls::Off));
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let mut s = new_session(config(false, BackendTls::Off));
+    s.feed_client(CLIENT_HEADER.as_bytes());
     // STARTTLS command injection: plaintext smuggled behind <starttls/> must not be parsed.
-    s.client_bytes(
+    s.feed_client(
         b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><message to='x@y'><body>smuggled</body></message>",
     );
     client_out(&mut s);
     assert_eq!(effects(&mut s).len(), 1);
     assert_eq!(s.take_client_buffered(), b"<message to='x@y'><body>smuggled</body></message>");
-    s.client_bytes(b"<presence/>");
+    s.feed_client(b"<presence/>");
     assert_eq!(backend_out(&mut s), "");
     assert_eq!(client_out(&mut s), "");
 }
 
 #[test]
 fn anything_but_starttls_before_tls_is_refused() {
-    let mut s = Session::new(config(false, BackendTls::Off));
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let mut s = new_session(config(false, BackendTls::Off));
+    s.feed_client(CLIENT_HEADER.as_bytes());
     client_out(&mut s);
-    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
+    s.feed_client(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
     let out = client_out(&mut s);
     assert!(out.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{out}");
     assert!(out.ends_with("</stream:stream>"));
@@ -153,8 +190,8 @@ fn bad_stream_headers_get_their_stream_errors() {
         ("<stream:stream version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", Condition::HostUnknown),
         ("<stream:stream to='a@b' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", Condition::HostUnknown),
     ] {
-        let mut s = Session::new(config(false, BackendTls::Off));
-        s.client_bytes(header.as_bytes());
+        let mut s = new_session(config(false, BackendTls::Off));
+        s.feed_client(header.as_bytes());
         let out = client_out(&mut s);
         // Our header first, then the error (RFC 6120 §4.9.1.2).
         assert!(out.starts_with("<?xml version='1.0'?><stream:stream"), "{out}");
@@ -167,7 +204,7 @@ fn bad_stream_headers_get_their_stream_errors() {
 fn channel_binding_auth_is_refused_locally() {
     let mut s = at_sasl();
     client_out(&mut s);
-    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1-PLUS'>cD10bHMtdW5pcXVlLCxuPWEscj1i</auth>");
+    s.feed_client(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1-PLUS'>cD10bHMtdW5pcXVlLCxuPWEscj1i</auth>");
     assert_eq!(client_out(&mut s), "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>");
     assert_eq!(backend_out(&mut s), "");
     assert!(!s.is_closed());
@@ -176,14 +213,14 @@ fn channel_binding_auth_is_refused_locally() {
 #[test]
 fn from_is_stamped_and_enforced() {
     let mut s = bound();
-    s.client_bytes(b"<message to='bob@example.test' type='chat'><body>hi</body></message>");
+    s.feed_client(b"<message to='bob@example.test' type='chat'><body>hi</body></message>");
     assert_eq!(
         backend_out(&mut s),
         "<message to='bob@example.test' type='chat' from='alice@example.test/phone'><body>hi</body></message>"
     );
-    s.client_bytes(b"<presence from='Alice@Example.Test'/>");
+    s.feed_client(b"<presence from='Alice@Example.Test'/>");
     assert_eq!(backend_out(&mut s), "<presence from='alice@example.test/phone'/>");
-    s.client_bytes(b"<message from='bob@example.test/x' to='carol@example.test'><body>spoof</body></message>");
+    s.feed_client(b"<message from='bob@example.test/x' to='carol@example.test'><body>spoof</body></message>");
     assert_eq!(backend_out(&mut s), "</stream:stream>", "the spoofed stanza is not forwarded");
     let out = client_out(&mut s);
     assert!(out.contains("<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{out}");
@@ -201,7 +238,7 @@ fn malformed_stanza_never_reaches_the_backend() {
     ] {
         let mut s = bound();
         backend_out(&mut s);
-        s.client_bytes(payload.as_bytes());
+        s.feed_client(payload.as_bytes());
         assert_eq!(backend_out(&mut s), "</stream:stream>", "{payload}");
         let out = client_out(&mut s);
         assert!(
@@ -217,7 +254,7 @@ fn oversized_preauth_stanza_is_refused() {
     let mut s = at_sasl();
     client_out(&mut s);
     let big = format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}", "A".repeat(5000));
-    s.client_bytes(big.as_bytes());
+    s.feed_client(big.as_bytes());
     let out = client_out(&mut s);
     assert!(out.contains("<policy-violation"), "{out}");
     assert!(out.contains("<stanza-too-big xmlns='urn:xmpp:errors'/>"), "{out}");
@@ -228,7 +265,7 @@ fn oversized_preauth_stanza_is_refused() {
 fn backend_errors_and_closes_reach_the_client() {
     let mut s = bound();
     client_out(&mut s);
-    s.backend_bytes(b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>");
+    s.feed_backend(b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>");
     assert_eq!(
         client_out(&mut s),
         "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
@@ -239,7 +276,7 @@ fn backend_errors_and_closes_reach_the_client() {
 
     let mut s = bound();
     client_out(&mut s);
-    s.backend_bytes(b"</stream:stream>");
+    s.feed_backend(b"</stream:stream>");
     assert_eq!(client_out(&mut s), "</stream:stream>");
     assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::BackendClosed)]);
 
@@ -254,11 +291,11 @@ fn client_close_and_shutdown_close_both_legs() {
     let mut s = bound();
     backend_out(&mut s);
     client_out(&mut s);
-    s.client_bytes(b"</stream:stream><message to='x@example.test'/>");
+    s.feed_client(b"</stream:stream><message to='x@example.test'/>");
     assert_eq!(backend_out(&mut s), "</stream:stream>", "nothing after the client's close is read");
-    assert!(s.is_closing() && !s.is_closed());
+    assert!((s.client_phase == ClientPhase::Closing) && !s.is_closed());
     // RFC 6120 §4.4: what the backend sent before it saw the close still reaches the client.
-    s.backend_bytes(b"<message from='bob@example.test/x'><body>in flight</body></message></stream:stream>");
+    s.feed_backend(b"<message from='bob@example.test/x'><body>in flight</body></message></stream:stream>");
     assert_eq!(
         client_out(&mut s),
         "<message from='bob@example.test/x'><body>in flight</body></message></stream:stream>"
@@ -270,8 +307,8 @@ fn client_close_and_shutdown_close_both_legs() {
     let mut s = bound();
     backend_out(&mut s);
     client_out(&mut s);
-    s.client_bytes(b"</stream:stream>");
-    s.timed_out();
+    s.feed_client(b"</stream:stream>");
+    s.handle_timeout(s.poll_timeout().unwrap());
     assert_eq!(client_out(&mut s), "</stream:stream>");
     assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::ClientClosed)]);
 
@@ -289,22 +326,22 @@ fn client_close_and_shutdown_close_both_legs() {
 
 #[test]
 fn backend_starttls_is_negotiated_before_features_are_relayed() {
-    let mut s = Session::new(config(true, BackendTls::StartTls));
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let mut s = new_session(config(true, BackendTls::StartTls));
+    s.feed_client(CLIENT_HEADER.as_bytes());
     client_out(&mut s);
     assert_eq!(effects(&mut s).len(), 1);
     s.backend_connected();
     backend_out(&mut s);
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
-    s.backend_bytes(BACKEND_SASL_FEATURES.as_bytes());
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(BACKEND_SASL_FEATURES.as_bytes());
     assert_eq!(backend_out(&mut s), "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
     assert_eq!(client_out(&mut s), "");
-    s.backend_bytes(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    s.feed_backend(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
     assert_eq!(effects(&mut s), vec![Effect::StartBackendTls]);
     s.backend_tls_established();
     assert!(backend_out(&mut s).contains("to='example.test'"));
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
-    s.backend_bytes(BACKEND_SASL_FEATURES.as_bytes());
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(BACKEND_SASL_FEATURES.as_bytes());
     let out = client_out(&mut s);
     assert!(
         out.contains("<mechanism>SCRAM-SHA-1</mechanism>") && !out.contains("PLUS") && !out.contains("starttls"),
@@ -314,11 +351,11 @@ fn backend_starttls_is_negotiated_before_features_are_relayed() {
 
 #[test]
 fn backend_requiring_tls_without_backend_tls_fails_clearly() {
-    let mut s = Session::new(config(true, BackendTls::Off));
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let mut s = new_session(config(true, BackendTls::Off));
+    s.feed_client(CLIENT_HEADER.as_bytes());
     s.backend_connected();
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
-    s.backend_bytes(
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(
         b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
     );
     assert!(client_out(&mut s).contains("<internal-server-error"));
@@ -330,8 +367,8 @@ fn backend_requiring_tls_without_backend_tls_fails_clearly() {
 #[test]
 fn elements_pipelined_before_features_wait_for_them() {
     // tsung writes its header and `<auth/>` at once; Prosody and ejabberd accept that.
-    let mut s = Session::new(config(true, BackendTls::Off));
-    s.client_bytes(
+    let mut s = new_session(config(true, BackendTls::Off));
+    s.feed_client(
         format!("{CLIENT_HEADER}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AA==</auth>")
             .as_bytes(),
     );
@@ -341,28 +378,28 @@ fn elements_pipelined_before_features_wait_for_them() {
     assert_eq!(backend_out(&mut s), "", "nothing is written to a backend never connected");
     s.backend_connected();
     backend_out(&mut s);
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
+    s.feed_backend(BACKEND_HEADER.as_bytes());
     assert_eq!(backend_out(&mut s), "", "still held until the features are out");
-    s.backend_bytes(BACKEND_SASL_FEATURES.as_bytes());
+    s.feed_backend(BACKEND_SASL_FEATURES.as_bytes());
     assert!(client_out(&mut s).starts_with("<stream:features><mechanisms"));
     assert_eq!(backend_out(&mut s), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AA==</auth>");
     // After SASL success the same: the restarted header and the bind request in one write.
-    s.backend_bytes(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    s.feed_backend(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
     client_out(&mut s);
     backend_out(&mut s);
-    s.client_bytes(
+    s.feed_client(
         format!("{CLIENT_HEADER}<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
             .as_bytes(),
     );
     assert_eq!(backend_out(&mut s), "");
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
-    s.backend_bytes(BACKEND_BIND_FEATURES.as_bytes());
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(BACKEND_BIND_FEATURES.as_bytes());
     assert!(!s.is_closed());
     assert_eq!(backend_out(&mut s), "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
-    let mut s = Session::new(config(true, BackendTls::Off));
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let mut s = new_session(config(true, BackendTls::Off));
+    s.feed_client(CLIENT_HEADER.as_bytes());
     // Held bytes are bounded by the pre-authentication stanza cap.
-    s.client_bytes(&[b' '; 5000]);
+    s.feed_client(&[b' '; 5000]);
     assert!(s.is_closed());
     assert!(client_out(&mut s).contains("<policy-violation"));
 }
@@ -374,12 +411,12 @@ fn every_split_of_a_session_gives_the_same_output() {
                   <iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq><presence/>";
     let mut whole = bound();
     backend_out(&mut whole);
-    whole.client_bytes(script.as_bytes());
+    whole.feed_client(script.as_bytes());
     let expected = backend_out(&mut whole);
     let mut trickle = bound();
     backend_out(&mut trickle);
     for b in script.as_bytes() {
-        trickle.client_bytes(std::slice::from_ref(b));
+        trickle.feed_client(std::slice::from_ref(b));
     }
     assert_eq!(backend_out(&mut trickle), expected);
     assert_eq!(trickle.counters().stanzas_from_client, whole.counters().stanzas_from_client);
@@ -389,7 +426,7 @@ fn every_split_of_a_session_gives_the_same_output() {
 fn to_is_prepared_or_bounced_as_jid_malformed() {
     let mut s = bound();
     backend_out(&mut s);
-    s.client_bytes("<message to='\u{ff42}ob@EXAMPLE.test' id='m1'><body>x</body></message>".as_bytes());
+    s.feed_client("<message to='\u{ff42}ob@EXAMPLE.test' id='m1'><body>x</body></message>".as_bytes());
     assert_eq!(
         backend_out(&mut s),
         "<message to='bob@example.test' id='m1' from='alice@example.test/phone'><body>x</body></message>"
@@ -401,7 +438,7 @@ fn to_is_prepared_or_bounced_as_jid_malformed() {
         "bo\"b@example.test".into(),
         "bob@exa mple.test".into(),
     ] {
-        s.client_bytes(format!("<message to='{bad}' id='m2'><body>x</body></message>").as_bytes());
+        s.feed_client(format!("<message to='{bad}' id='m2'><body>x</body></message>").as_bytes());
         assert_eq!(backend_out(&mut s), "", "{bad} forwarded");
         let out = client_out(&mut s);
         assert!(out.starts_with("<message type='error' id='m2'"), "{out}");
@@ -413,7 +450,7 @@ fn to_is_prepared_or_bounced_as_jid_malformed() {
         ));
     }
     // An error stanza is never answered with an error: dropped instead.
-    s.client_bytes(b"<message to='@bad' type='error' id='e1'/>");
+    s.feed_client(b"<message to='@bad' type='error' id='e1'/>");
     assert_eq!(client_out(&mut s), "");
     assert_eq!(backend_out(&mut s), "");
     assert!(matches!(effects(&mut s).as_slice(), [Effect::Dropped { from_backend: false, .. }]));
@@ -423,14 +460,14 @@ fn to_is_prepared_or_bounced_as_jid_malformed() {
 fn iq_structure_is_enforced() {
     let mut s = bound();
     backend_out(&mut s);
-    s.client_bytes(b"<iq type='get' id='q1'><query xmlns='jabber:iq:roster'/><query xmlns='jabber:iq:version'/></iq>");
+    s.feed_client(b"<iq type='get' id='q1'><query xmlns='jabber:iq:roster'/><query xmlns='jabber:iq:version'/></iq>");
     assert_eq!(backend_out(&mut s), "");
     let out = client_out(&mut s);
     assert!(out.starts_with("<iq type='error' id='q1'") && out.contains("<bad-request"), "{out}");
     assert!(!s.is_closed());
-    s.client_bytes(b"<iq type='result' id='r1'/>");
+    s.feed_client(b"<iq type='result' id='r1'/>");
     assert_eq!(backend_out(&mut s), "<iq type='result' id='r1' from='alice@example.test/phone'/>");
-    s.client_bytes(b"<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>");
+    s.feed_client(b"<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert!(client_out(&mut s).contains("<invalid-xml"));
     assert!(s.is_closed());
 }
@@ -443,21 +480,21 @@ fn forged_carbons_and_roster_pushes_never_reach_the_client() {
         <received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
         <message from='bob@example.test/y' to='alice@example.test'><body>forged</body></message>\
         </forwarded></received></message>";
-    s.backend_bytes(forged.as_bytes());
+    s.feed_backend(forged.as_bytes());
     assert_eq!(client_out(&mut s), "");
     assert!(matches!(effects(&mut s).as_slice(), [Effect::Dropped { from_backend: true, .. }]));
     let genuine = forged.replace("from='carol@example.test/x'", "from='alice@example.test'");
-    s.backend_bytes(genuine.as_bytes());
+    s.feed_backend(genuine.as_bytes());
     assert!(client_out(&mut s).contains("forged"), "a carbon from the own account is delivered");
 
-    s.backend_bytes(b"<iq type='set' id='p1' from='carol@example.test/x' to='alice@example.test/phone'><query xmlns='jabber:iq:roster'><item jid='evil@example.test'/></query></iq>");
+    s.feed_backend(b"<iq type='set' id='p1' from='carol@example.test/x' to='alice@example.test/phone'><query xmlns='jabber:iq:roster'><item jid='evil@example.test'/></query></iq>");
     assert_eq!(client_out(&mut s), "");
     let answer = backend_out(&mut s);
     assert!(
         answer.starts_with("<iq type='error' id='p1' from='alice@example.test/phone' to='carol@example.test/x'>"),
         "{answer}"
     );
-    s.backend_bytes(
+    s.feed_backend(
         b"<iq type='set' id='p2'><query xmlns='jabber:iq:roster'><item jid='bob@example.test'/></query></iq>",
     );
     assert!(client_out(&mut s).contains("id='p2'"), "a roster push from the server is delivered");
@@ -465,8 +502,8 @@ fn forged_carbons_and_roster_pushes_never_reach_the_client() {
 
 #[test]
 fn xml_1_1_is_refused() {
-    let mut s = Session::new(config(false, BackendTls::Off));
-    s.client_bytes(b"<?xml version='1.1'?><stream:stream to='example.test' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
+    let mut s = new_session(config(false, BackendTls::Off));
+    s.feed_client(b"<?xml version='1.1'?><stream:stream to='example.test' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
     assert!(client_out(&mut s).contains("<not-well-formed"));
 }
 
@@ -475,9 +512,9 @@ fn whitespace_keepalives_cross_in_both_directions() {
     let mut s = bound();
     backend_out(&mut s);
     client_out(&mut s);
-    s.client_bytes(b" \n\t ");
+    s.feed_client(b" \n\t ");
     assert_eq!(backend_out(&mut s), " ", "one space per run");
-    s.backend_bytes(b"  ");
+    s.feed_backend(b"  ");
     assert_eq!(client_out(&mut s), " ");
 }
 
@@ -492,8 +529,8 @@ fn an_oversized_backend_stanza_is_skipped_not_fatal() {
         "<x>".repeat(40),
         "</x>".repeat(40)
     );
-    s.backend_bytes(deep.as_bytes());
-    s.backend_bytes(b"<message from='bob@example.test/y'><body>next</body></message>");
+    s.feed_backend(deep.as_bytes());
+    s.feed_backend(b"<message from='bob@example.test/y'><body>next</body></message>");
     assert!(!s.is_closed());
     assert_eq!(client_out(&mut s), "<message from='bob@example.test/y'><body>next</body></message>");
     let bounce = backend_out(&mut s);
@@ -506,11 +543,11 @@ fn an_oversized_backend_stanza_is_skipped_not_fatal() {
     // A body bigger than the backend cap, trickled: skipped too, nothing buffered for it.
     let mut s = bound();
     client_out(&mut s);
-    s.backend_bytes(b"<message from='bob@example.test/y' type='error'><body>");
+    s.feed_backend(b"<message from='bob@example.test/y' type='error'><body>");
     for _ in 0..100 {
-        s.backend_bytes(&[b'A'; 1000]);
+        s.feed_backend(&[b'A'; 1000]);
     }
-    s.backend_bytes(b"</body></message><presence from='bob@example.test/y'/>");
+    s.feed_backend(b"</body></message><presence from='bob@example.test/y'/>");
     assert!(!s.is_closed());
     assert_eq!(client_out(&mut s), "<presence from='bob@example.test/y'/>");
     assert_eq!(backend_out(&mut s), "", "an error stanza is never answered");
@@ -524,11 +561,11 @@ fn a_backend_stanza_that_is_not_namespace_well_formed_is_skipped_not_fatal() {
     let mut s = bound();
     client_out(&mut s);
     backend_out(&mut s);
-    s.backend_bytes(
+    s.feed_backend(
         b"<message from='mallory@evil.test/x' to='alice@example.test/phone' id='x1'><body>hi</body>\
         <x xmlns='urn:x:y' xmlns:ns1='http://www.w3.org/XML/1998/namespace' ns1:foo='1'/></message>",
     );
-    s.backend_bytes(b"<message from='bob@example.test/y'><body>next</body></message>");
+    s.feed_backend(b"<message from='bob@example.test/y'><body>next</body></message>");
     assert!(!s.is_closed());
     assert_eq!(client_out(&mut s), "<message from='bob@example.test/y'><body>next</body></message>");
     let bounce = backend_out(&mut s);
@@ -552,28 +589,28 @@ fn a_backend_stanza_that_is_not_namespace_well_formed_is_skipped_not_fatal() {
     );
     // The same wrapped in an archive result from the user's own account: dropped, no error to
     // oneself.
-    s.backend_bytes(b"<message to='alice@example.test/phone' from='alice@example.test'><result xmlns='urn:xmpp:mam:2' id='r1'>\
+    s.feed_backend(b"<message to='alice@example.test/phone' from='alice@example.test'><result xmlns='urn:xmpp:mam:2' id='r1'>\
         <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='mallory@evil.test/x'><body>hi</body>\
         <x xmlns='urn:x:y' xmlns:ns1='http://www.w3.org/XML/1998/namespace' ns1:foo='1'/></message></forwarded></result></message>");
     assert!(!s.is_closed());
     assert_eq!(client_out(&mut s), "");
     assert_eq!(backend_out(&mut s), "");
     // Framing corruption from the backend is still fatal.
-    s.backend_bytes(b"<message from='bob@example.test/y'><body>x</message>");
+    s.feed_backend(b"<message from='bob@example.test/y'><body>x</message>");
     assert!(s.is_closed());
 }
 
 #[test]
 fn legacy_auth_is_neither_offered_nor_relayed() {
-    let mut s = Session::new(config(true, BackendTls::Off));
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    let mut s = new_session(config(true, BackendTls::Off));
+    s.feed_client(CLIENT_HEADER.as_bytes());
     s.backend_connected();
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
-    s.backend_bytes(b"<stream:features><auth xmlns='http://jabber.org/features/iq-auth'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>");
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(b"<stream:features><auth xmlns='http://jabber.org/features/iq-auth'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>");
     let out = client_out(&mut s);
     assert!(!out.contains("iq-auth") && out.contains("PLAIN"), "{out}");
     backend_out(&mut s);
-    s.client_bytes(b"<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice</username><password>pw</password><resource>r</resource></query></iq>");
+    s.feed_client(b"<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice</username><password>pw</password><resource>r</resource></query></iq>");
     assert_eq!(backend_out(&mut s), "");
     assert!(client_out(&mut s).contains("<service-unavailable"));
 }
@@ -583,8 +620,8 @@ fn milestones_after_close_write_nothing() {
     // Found by the session fuzz target: header + garbage in one read queues ConnectBackend and
     // then Close; a backend that connects afterwards must get nothing. (What follows the header
     // now waits for the features, unparsed, up to the pre-authentication cap: past it, the close.)
-    let mut s = Session::new(config(true, BackendTls::Off));
-    s.client_bytes(format!("{CLIENT_HEADER}{}", "junk".repeat(2000)).as_bytes());
+    let mut s = new_session(config(true, BackendTls::Off));
+    s.feed_client(format!("{CLIENT_HEADER}{}", "junk".repeat(2000)).as_bytes());
     assert!(s.is_closed());
     client_out(&mut s);
     s.backend_connected();
@@ -598,8 +635,8 @@ fn milestones_after_close_write_nothing() {
 fn sasl_failures_are_reported_for_bans() {
     let mut s = at_sasl();
     client_out(&mut s);
-    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHdyb25n</auth>");
-    s.backend_bytes(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>");
+    s.feed_client(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHdyb25n</auth>");
+    s.feed_backend(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>");
     assert!(client_out(&mut s).contains("<not-authorized/>"));
     assert_eq!(effects(&mut s), vec![Effect::AuthFailed]);
     s.refuse(Condition::PolicyViolation, "too many authentication failures");
@@ -607,7 +644,7 @@ fn sasl_failures_are_reported_for_bans() {
     assert!(s.is_closed());
 }
 
-fn with_policy(s: &mut Session, rules: &str) -> std::time::Instant {
+fn with_policy(s: &mut Session, rules: &str) -> Instant {
     use std::sync::Arc;
     let text = format!(
         "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
@@ -615,14 +652,12 @@ fn with_policy(s: &mut Session, rules: &str) -> std::time::Instant {
     );
     let c = crate::config::Config::parse(&text, std::path::Path::new("/x.toml")).unwrap();
     let policy = crate::policy::Policy::compile(&c.policy).unwrap();
-    let now = std::time::Instant::now();
-    let binding = PolicyBinding {
+    s.filter = PolicyBinding {
         policy: Arc::new(policy),
         rates: Arc::new(crate::policy::RateTable::new()),
         source_ip: "127.0.0.1".parse().unwrap(),
     };
-    s.attach_policy(binding, now);
-    now
+    s.now
 }
 
 const DROP_SPAM: &str = "[[rule]]\nname = \"spam\"\nwhen = { body_contains = \"spam\" }\naction = \"drop\"\n\
@@ -636,10 +671,10 @@ fn msg(body: &str) -> String {
 fn policy_verdicts_are_carried_out_and_reported() {
     let mut s = bound();
     with_policy(&mut s, DROP_SPAM);
-    s.client_bytes(msg("hello").as_bytes());
+    s.feed_client(msg("hello").as_bytes());
     assert!(backend_out(&mut s).contains("<body>hello</body>"));
     assert_eq!(effects(&mut s), vec![]);
-    s.client_bytes(msg("buy spam").as_bytes());
+    s.feed_client(msg("buy spam").as_bytes());
     assert_eq!(backend_out(&mut s), "");
     assert_eq!(client_out(&mut s), "");
     let fx = effects(&mut s);
@@ -647,7 +682,7 @@ fn policy_verdicts_are_carried_out_and_reported() {
         matches!(fx.as_slice(), [Effect::Policy(e)] if e.outcome == "drop" && &*e.hits[0].rule == "spam" && e.stanza.from.as_deref() == Some("alice@example.test/phone")),
         "{fx:?}"
     );
-    s.client_bytes(msg("bad").as_bytes());
+    s.feed_client(msg("bad").as_bytes());
     assert_eq!(backend_out(&mut s), "");
     let reply = client_out(&mut s);
     assert!(
@@ -657,7 +692,7 @@ fn policy_verdicts_are_carried_out_and_reported() {
     assert!(reply.contains("<policy-violation") && reply.contains(">no</text>"), "{reply}");
     // Server → client: a bounce goes back to the remote sender through the backend.
     effects(&mut s);
-    s.backend_bytes(
+    s.feed_backend(
         b"<message from='mallory@evil.test/x' to='alice@example.test/phone' id='m9'><body>bad</body></message>",
     );
     assert_eq!(client_out(&mut s), "");
@@ -672,31 +707,31 @@ fn policy_verdicts_are_carried_out_and_reported() {
 fn stream_management_counters_hide_what_the_gateway_withheld_and_injected() {
     let mut s = bound();
     with_policy(&mut s, DROP_SPAM);
-    s.client_bytes(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    s.feed_client(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
     assert_eq!(backend_out(&mut s), "<enable xmlns='urn:xmpp:sm:3'/>", "no resumption through the gateway");
-    s.backend_bytes(b"<enabled xmlns='urn:xmpp:sm:3' id='x' resume='true' location='10.0.0.5:5222'/>");
+    s.feed_backend(b"<enabled xmlns='urn:xmpp:sm:3' id='x' resume='true' location='10.0.0.5:5222'/>");
     assert_eq!(client_out(&mut s), "<enabled xmlns='urn:xmpp:sm:3'/>");
     // Client sends 4 stanzas: 2 forwarded, 1 dropped, 1 bounced (the bounce is injected toward
     // the client).
     for b in ["one", "spam", "two", "bad"] {
-        s.client_bytes(msg(b).as_bytes());
+        s.feed_client(msg(b).as_bytes());
     }
     backend_out(&mut s);
     client_out(&mut s);
-    s.client_bytes(b"<r xmlns='urn:xmpp:sm:3'/>");
+    s.feed_client(b"<r xmlns='urn:xmpp:sm:3'/>");
     assert_eq!(backend_out(&mut s), "<r xmlns='urn:xmpp:sm:3'/>");
     // The server handled the 2 it received; the client sent 4, all handled.
-    s.backend_bytes(b"<a xmlns='urn:xmpp:sm:3' h='2'/>");
+    s.feed_backend(b"<a xmlns='urn:xmpp:sm:3' h='2'/>");
     assert_eq!(client_out(&mut s), "<a xmlns='urn:xmpp:sm:3' h='4'/>");
     // The server sent 3 stanzas, one dropped by policy; the client received 2 plus the bounce.
-    s.backend_bytes(msg("three").as_bytes());
-    s.backend_bytes(msg("spam").as_bytes());
-    s.backend_bytes(msg("four").as_bytes());
+    s.feed_backend(msg("three").as_bytes());
+    s.feed_backend(msg("spam").as_bytes());
+    s.feed_backend(msg("four").as_bytes());
     client_out(&mut s);
-    s.client_bytes(b"<a xmlns='urn:xmpp:sm:3' h='3'/>");
+    s.feed_client(b"<a xmlns='urn:xmpp:sm:3' h='3'/>");
     assert_eq!(backend_out(&mut s), "<a xmlns='urn:xmpp:sm:3' h='3'/>", "bounce + 2 received = the server's 3");
     // An ack for more than the client was sent is a stream error, not a silent pass.
-    s.client_bytes(b"<a xmlns='urn:xmpp:sm:3' h='9'/>");
+    s.feed_client(b"<a xmlns='urn:xmpp:sm:3' h='9'/>");
     assert!(client_out(&mut s).contains("undefined-condition"));
     assert!(s.is_closed());
 }
@@ -704,7 +739,7 @@ fn stream_management_counters_hide_what_the_gateway_withheld_and_injected() {
 #[test]
 fn sm_resume_is_refused_by_the_gateway() {
     let mut s = bound();
-    s.client_bytes(b"<resume xmlns='urn:xmpp:sm:3' h='3' previd='abc'/>");
+    s.feed_client(b"<resume xmlns='urn:xmpp:sm:3' h='3' previd='abc'/>");
     assert_eq!(backend_out(&mut s), "");
     assert_eq!(
         client_out(&mut s),
@@ -716,14 +751,14 @@ fn sm_resume_is_refused_by_the_gateway() {
 fn authenticated() -> Session {
     let mut s = at_sasl();
     client_out(&mut s);
-    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
+    s.feed_client(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
     backend_out(&mut s);
-    s.backend_bytes(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    s.feed_backend(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
     client_out(&mut s);
     backend_out(&mut s);
-    s.backend_bytes(BACKEND_HEADER.as_bytes());
-    s.backend_bytes(BACKEND_BIND_FEATURES.as_bytes());
-    s.client_bytes(CLIENT_HEADER.as_bytes());
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(BACKEND_BIND_FEATURES.as_bytes());
+    s.feed_client(CLIENT_HEADER.as_bytes());
     client_out(&mut s);
     effects(&mut s);
     s
@@ -735,18 +770,18 @@ const BIND: &str = "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:x
 fn nothing_but_one_bind_request_before_binding_completes() {
     // A second bind request would leave the gateway without the bound JID (policy off).
     let mut s = authenticated();
-    s.client_bytes(format!("{BIND}{}", BIND.replace("b1", "b2")).as_bytes());
+    s.feed_client(format!("{BIND}{}", BIND.replace("b1", "b2")).as_bytes());
     assert_eq!(backend_out(&mut s), format!("{BIND}</stream:stream>"));
     assert!(client_out(&mut s).contains("<not-authorized"));
     assert!(s.is_closed());
     // A stanza pipelined behind the request would be delivered unevaluated.
     let mut s = authenticated();
-    s.client_bytes(format!("{BIND}<message to='bob@example.test'><body>spam</body></message>").as_bytes());
+    s.feed_client(format!("{BIND}<message to='bob@example.test'><body>spam</body></message>").as_bytes());
     assert!(!backend_out(&mut s).contains("spam"));
     assert!(client_out(&mut s).contains("<not-authorized"));
     // Before the request too.
     let mut s = authenticated();
-    s.client_bytes(b"<presence/>");
+    s.feed_client(b"<presence/>");
     assert_eq!(backend_out(&mut s), "</stream:stream>");
     assert!(s.is_closed());
 }
@@ -754,21 +789,21 @@ fn nothing_but_one_bind_request_before_binding_completes() {
 #[test]
 fn resume_before_bind_fails_softly_and_enable_twice_keeps_the_counters() {
     let mut s = authenticated();
-    s.client_bytes(b"<resume xmlns='urn:xmpp:sm:3' h='3' previd='old'/>");
+    s.feed_client(b"<resume xmlns='urn:xmpp:sm:3' h='3' previd='old'/>");
     assert!(client_out(&mut s).starts_with("<failed xmlns='urn:xmpp:sm:3'>"));
     assert!(!s.is_closed(), "the client may bind afresh");
     let mut s = bound();
     with_policy(&mut s, DROP_SPAM);
-    s.client_bytes(b"<enable xmlns='urn:xmpp:sm:3'/>");
+    s.feed_client(b"<enable xmlns='urn:xmpp:sm:3'/>");
     backend_out(&mut s);
-    s.backend_bytes(b"<enabled xmlns='urn:xmpp:sm:3'/>");
+    s.feed_backend(b"<enabled xmlns='urn:xmpp:sm:3'/>");
     client_out(&mut s);
-    s.client_bytes(format!("{}{}", msg("one"), msg("spam")).as_bytes());
+    s.feed_client(format!("{}{}", msg("one"), msg("spam")).as_bytes());
     backend_out(&mut s);
-    s.client_bytes(b"<enable xmlns='urn:xmpp:sm:3'/>");
+    s.feed_client(b"<enable xmlns='urn:xmpp:sm:3'/>");
     assert_eq!(backend_out(&mut s), "", "a second enable is answered by the gateway");
     assert!(client_out(&mut s).contains("<unexpected-request"));
-    s.backend_bytes(b"<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    s.feed_backend(b"<a xmlns='urn:xmpp:sm:3' h='1'/>");
     assert_eq!(client_out(&mut s), "<a xmlns='urn:xmpp:sm:3' h='2'/>", "counting went on");
 }
 
@@ -777,7 +812,7 @@ fn a_client_that_stops_reading_is_closed_as_such() {
     let mut s = bound();
     client_out(&mut s);
     backend_out(&mut s);
-    s.backend_bytes(b"<message from='bob@example.test/y'><body>unread</body></message>");
+    s.feed_backend(b"<message from='bob@example.test/y'><body>unread</body></message>");
     s.client_not_reading();
     assert!(s.is_closed());
     assert_eq!(client_out(&mut s), "", "nothing more is queued for a client that does not read");
@@ -788,4 +823,106 @@ fn a_client_that_stops_reading_is_closed_as_such() {
     for reason in [CloseReason::ClientNotReading, CloseReason::ClientClosed, CloseReason::Shutdown] {
         assert!(CloseReason::KINDS.contains(&(reason.side(), reason.kind())), "{reason:?}");
     }
+}
+
+// -- timers: the core owns time (a fake clock, no sleeps) ------------------------------------
+
+fn timeouts() -> Timeouts {
+    Timeouts::default()
+}
+
+#[test]
+fn slowloris_never_extends_the_handshake_deadline() {
+    let mut s = new_session(config(true, BackendTls::Off));
+    let deadline = t0() + timeouts().handshake;
+    assert_eq!(s.poll_timeout(), Some(deadline));
+    // A byte every 5 s: the header trickles in, the deadline does not move.
+    for (i, b) in CLIENT_HEADER.bytes().take(5).enumerate() {
+        let now = t0() + Duration::from_secs(5 * i as u64 + 1);
+        s.client_bytes(&[b], now);
+        s.handle_timeout(now);
+        assert_eq!(s.poll_timeout(), Some(deadline), "byte {i}");
+    }
+    assert!(!s.is_closed());
+    s.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(!s.is_closed(), "nothing is due before the deadline");
+    s.handle_timeout(deadline);
+    assert!(s.is_closed());
+    let out = client_out(&mut s);
+    assert!(out.contains("<connection-timeout"), "{out}");
+    assert!(effects(&mut s)
+        .contains(&Effect::Close(CloseReason::ClientError(StreamError::new(Condition::ConnectionTimeout, None)))));
+    assert_eq!(s.poll_timeout(), None, "a closed session has no timer");
+}
+
+#[test]
+fn idle_expiry_with_and_without_keepalives() {
+    let idle = timeouts().idle;
+    // Authenticated at t0: the idle deadline replaces the handshake deadline.
+    let mut quiet = bound();
+    assert_eq!(quiet.poll_timeout(), Some(t0() + idle));
+    quiet.handle_timeout(t0() + idle - Duration::from_secs(1));
+    assert!(!quiet.is_closed());
+    quiet.handle_timeout(t0() + idle);
+    assert!(quiet.is_closed());
+    assert!(client_out(&mut quiet).contains("<connection-timeout"));
+
+    // Whitespace keepalives from the client, then from the server, keep it alive.
+    let mut alive = bound();
+    client_out(&mut alive);
+    let mut now = t0();
+    for i in 0..6 {
+        now += idle - Duration::from_secs(60);
+        if i % 2 == 0 {
+            alive.client_bytes(b" ", now);
+        } else {
+            alive.backend_bytes(b" ", now);
+        }
+        alive.handle_timeout(now);
+        assert!(!alive.is_closed(), "keepalive {i}");
+        assert_eq!(alive.poll_timeout(), Some(now + idle));
+    }
+    alive.handle_timeout(now + idle);
+    assert!(alive.is_closed());
+}
+
+#[test]
+fn the_close_handshake_waits_for_the_backend_then_ends() {
+    let mut s = bound();
+    client_out(&mut s);
+    backend_out(&mut s);
+    let closed_at = t0() + Duration::from_secs(7);
+    s.client_bytes(b"</stream:stream>", closed_at);
+    assert_eq!(backend_out(&mut s), "</stream:stream>");
+    assert_eq!(s.poll_timeout(), Some(closed_at + timeouts().close));
+    // What the backend still sends is relayed meanwhile.
+    s.backend_bytes(b"<message from='bob@example.test/y'><body>late</body></message>", closed_at);
+    assert!(client_out(&mut s).contains("late"));
+    s.handle_timeout(closed_at + timeouts().close);
+    assert!(s.is_closed());
+    assert_eq!(client_out(&mut s), "</stream:stream>");
+    assert!(effects(&mut s).contains(&Effect::Close(CloseReason::ClientClosed)));
+}
+
+#[test]
+fn every_stanza_is_evaluated_even_before_binding() {
+    // Fail closed (invariant 5): no stanza is forwarded unevaluated — the bind request
+    // included, which has no bound JID yet.
+    let mut s = at_sasl();
+    with_policy(
+        &mut s,
+        "[[rule]]\nname = \"no-iq\"\nchain = \"c2s-in\"\nwhen = { kind = \"iq\" }\naction = \"close\"\n",
+    );
+    client_out(&mut s);
+    s.feed_client(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
+    assert!(backend_out(&mut s).starts_with("<auth"), "SASL is not a stanza: relayed");
+    s.feed_backend(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    backend_out(&mut s);
+    s.feed_backend(BACKEND_HEADER.as_bytes());
+    s.feed_backend(BACKEND_BIND_FEATURES.as_bytes());
+    s.feed_client(CLIENT_HEADER.as_bytes());
+    client_out(&mut s);
+    s.feed_client(b"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+    assert_eq!(backend_out(&mut s), "</stream:stream>", "the bind request was evaluated and refused");
+    assert!(client_out(&mut s).contains("<policy-violation"));
 }
