@@ -14,6 +14,7 @@
 //! - everything written is re-serialized from the parsed tree (invariant 1);
 //! - any error closes both legs with the right stream error (invariant 5).
 
+mod checks;
 mod features;
 mod filter;
 mod sasl;
@@ -29,6 +30,7 @@ use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::{Condition, Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, XmlError, XmlEvent, XmlLimits, NS_STREAMS};
 
+pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decision};
 pub use features::{filter_features, is_channel_binding_mechanism};
 pub use filter::{PolicyBinding, PolicyEvent, StanzaSummary};
 use sm::{StreamManagement, NS_SM};
@@ -652,27 +654,16 @@ impl Session {
 
     fn on_client_element(&mut self, mut el: Element) {
         let ns = &*el.ns;
-        if let Some(kind) = Kind::of(&el).filter(|_| ns == NS_CLIENT) {
-            if let Err(e) = self.check_from(&mut el) {
-                return self.client_error(e, "'from' does not match the authenticated address");
-            }
-            if kind == Kind::Iq && el.child(NS_LEGACY_AUTH, "query").is_some() {
-                // XEP-0078 would authenticate without SASL, past the gateway's view of the session.
-                return self.bounce(&el, StanzaCondition::ServiceUnavailable, "legacy authentication is disabled");
-            }
-            if kind == Kind::Iq {
-                if let Err((condition, reason)) = check_iq(&el) {
-                    return match condition {
-                        None => self.client_error(Condition::InvalidXml, reason),
-                        Some(c) => self.bounce(&el, c, reason),
-                    };
-                }
-            }
-            // RFC 7622: addresses are forwarded, and compared, only in prepared form.
-            if let Some(to) = el.attr("to") {
-                match jid::parse(to) {
-                    Some(j) => el.set_attr("to", j.to_string()),
-                    None => return self.bounce(&el, StanzaCondition::JidMalformed, "malformed 'to' address"),
+        if Kind::of(&el).is_some() && ns == NS_CLIENT {
+            match check_client_stanza(&mut el, self.bound.as_ref()) {
+                Check::Pass => {}
+                Check::Close(condition, why) => return self.client_error(condition, why),
+                Check::Bounce(condition, why) => return self.bounce(&el, condition, why),
+                Check::Drop(why) => {
+                    let r = self.sm.to_server.withheld();
+                    self.sm_result(r);
+                    let stanza = StanzaSummary::of(&el);
+                    return self.effects.push_back(Effect::Dropped { from_backend: false, stanza, reason: why });
                 }
             }
             if !self.authenticated || self.bound.is_none() {
@@ -720,24 +711,6 @@ impl Session {
             self.sm.to_server.forwarded();
         }
         el.write_to(&mut self.to_backend, NS_CLIENT);
-    }
-
-    /// RFC 6120 §8.1.2.1: stamp the bound JID; a different `from` is `<invalid-from/>`. Before
-    /// binding nothing is authorized, so a `from` is removed.
-    fn check_from(&self, el: &mut Element) -> Result<(), Condition> {
-        match &self.bound {
-            None => {
-                el.remove_attr("from");
-                Ok(())
-            }
-            Some(bound) => match el.attr("from") {
-                Some(from) if !jid::is_own_address(from, bound) => Err(Condition::InvalidFrom),
-                _ => {
-                    el.set_attr("from", bound.to_string());
-                    Ok(())
-                }
-            },
-        }
     }
 
     /// Answer a refused client stanza with a stanza error (or drop it where no error may be
@@ -830,17 +803,20 @@ impl Session {
         if &*el.ns == NS_SM {
             return self.on_backend_sm(el);
         }
-        if let Some(reason) = self.forged_for_client(&el) {
-            // Answer an iq so its sender is not left waiting; never answer a message or presence
-            // from a forger (no error loops, no oracle).
-            if el.name == "iq" {
-                self.refuse_backend_stanza(&el, StanzaCondition::ServiceUnavailable, None);
-            } else {
+        match check_backend_stanza(&el, self.bound.as_ref()) {
+            Check::Pass => {}
+            Check::Bounce(condition, reason) => {
+                self.refuse_backend_stanza(&el, condition, None);
+                let stanza = StanzaSummary::of(&el);
+                return self.effects.push_back(Effect::Dropped { from_backend: true, stanza, reason });
+            }
+            Check::Drop(reason) => {
                 let r = self.sm.to_client.withheld();
                 self.sm_result(r);
+                let stanza = StanzaSummary::of(&el);
+                return self.effects.push_back(Effect::Dropped { from_backend: true, stanza, reason });
             }
-            self.effects.push_back(Effect::Dropped { from_backend: true, stanza: StanzaSummary::of(&el), reason });
-            return;
+            Check::Close(_, reason) => return self.fail_backend(reason.to_owned()),
         }
         let is_stanza = Kind::of(&el).is_some();
         let Some(el) = (if is_stanza { self.police(crate::policy::Chain::C2sOut, el) } else { Some(el) }) else {
@@ -924,29 +900,6 @@ impl Session {
         }
     }
 
-    /// Stanzas toward the client that only the user's own account may send: carbons
-    /// (XEP-0280 §11: a client must check, many did not) and roster pushes (RFC 6121 §2.1.6).
-    fn forged_for_client(&self, el: &Element) -> Option<&'static str> {
-        let is_from_own_account = || match el.attr("from") {
-            None => true,
-            Some(from) => match (jid::parse(from), &self.bound) {
-                (Some(j), Some(bound)) => j == bound.to_bare(),
-                _ => false,
-            },
-        };
-        match Kind::of(el)? {
-            Kind::Message
-                if el.elements().any(|c| &*c.ns == NS_CARBONS && matches!(c.name.as_str(), "received" | "sent")) =>
-            {
-                (!is_from_own_account()).then_some("carbon copy from a foreign sender")
-            }
-            Kind::Iq if el.attr("type") == Some("set") && el.child(NS_ROSTER, "query").is_some() => {
-                (!is_from_own_account()).then_some("roster push from a foreign sender")
-            }
-            _ => None,
-        }
-    }
-
     /// RFC 6120 §6.4.6: after `<success/>` both streams restart. We restart the backend leg
     /// ourselves, and answer the client's new header when it comes.
     fn restart_after_sasl(&mut self) {
@@ -1018,20 +971,5 @@ impl Session {
     fn finish(&mut self, reason: CloseReason) {
         self.client_phase = ClientPhase::Closed;
         self.effects.push_back(Effect::Close(reason));
-    }
-}
-
-/// RFC 6120 §8.2.3: an iq has an id and a type; a get or set has exactly one child.
-/// `Err((None, why))` is a stream error (there is no id to answer), `Err((Some(c), why))` a bounce.
-fn check_iq(el: &Element) -> Result<(), (Option<StanzaCondition>, &'static str)> {
-    if el.attr("id").is_none() {
-        return Err((None, "iq without id"));
-    }
-    match el.attr("type") {
-        Some("get" | "set") if el.elements().count() != 1 => {
-            Err((Some(StanzaCondition::BadRequest), "iq get/set must have exactly one child"))
-        }
-        Some("get" | "set" | "result" | "error") => Ok(()),
-        _ => Err((None, "iq without a valid type")),
     }
 }

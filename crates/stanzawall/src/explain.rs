@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use stanzawall_core::jid;
-use stanzawall_core::policy::{Chain, Context, Outcome, Policy, RateTable, Verdict};
+use stanzawall_core::policy::{Chain, Context, Evaluation, Outcome, Policy, RateTable, Verdict};
+use stanzawall_core::session::{decide, Check, Decision};
 use stanzawall_core::stream::NS_CLIENT;
 use stanzawall_core::xml::parse_stanzas;
 
@@ -43,61 +44,82 @@ pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, inpu
             .map_or(String::new(), |r| format!(" ({}:{})", r.origin.file.display(), r.origin.line))
     };
     for (i, mut el) in stanzas.into_iter().enumerate() {
-        // What the gateway does before policy on c2s-in: the bound JID is the sender. Without
-        // --user, a stanza's own `from` stands for the session's JID.
+        // The session's JID is --user; without it, a stanza's own `from` stands for it on
+        // c2s-in (the session stamps the bound JID, and refuses any other).
         let own_from = match (chain, &user, el.attr("from")) {
             (Chain::C2sIn, None, Some(f)) => full_jid(f),
             _ => None,
         };
         let user = user.clone().or(own_from);
-        if let (Chain::C2sIn, Some(u)) = (chain, &user) {
-            el.set_attr("from", u.to_string());
-        }
         let ctx = Context { chain, user: user.as_ref(), source_ip };
-        let eval = policy.evaluate_stanza(&el, &ctx, &rates, now);
+        // The session's own pipeline: the gateway's checks (stamping, `to` preparation, iq
+        // structure, forged carbons and roster pushes), then the policy.
+        let decision = decide(&mut el, &ctx, &policy, &rates, now);
         let _ = writeln!(out, "stanza {}: {}", i + 1, String::from_utf8_lossy(&el.to_bytes(NS_CLIENT)));
         let _ = writeln!(out, "  chain: {}", chain.as_str());
-        explain_verdict(&mut out, &eval.outer, "  ", &origin);
-        for w in &eval.wrapped {
-            let stanza = String::from_utf8_lossy(&w.stanza.to_bytes(NS_CLIENT)).into_owned();
-            let _ = writeln!(out, "  wrapped ({}): {stanza}", w.wrapper.as_str());
-            explain_verdict(&mut out, &w.verdict, "    ", &origin);
-        }
-        if eval.too_many_wrapped {
-            let _ = writeln!(
-                out,
-                "  wraps more than {} stanzas: dropped unread",
-                stanzawall_core::policy::wrapped::MAX_WRAPPED
-            );
-        }
-        if !eval.wrapped.is_empty() || eval.too_many_wrapped {
-            let _ = writeln!(out, "  outcome: {}", eval.outcome.action());
-        }
-        match &eval.outcome {
-            Outcome::Bounce { condition, text } => {
-                let _ = writeln!(
-                    out,
-                    "  error: {} ({}){}",
-                    condition.as_str(),
-                    condition.error_type(),
-                    text.as_ref().map_or(String::new(), |t| format!(": {t}"))
-                );
-            }
-            Outcome::Close { condition, text } => {
-                let _ = writeln!(
-                    out,
-                    "  stream error: {}{}",
-                    condition.as_str(),
-                    text.as_ref().map_or(String::new(), |t| format!(": {t}"))
-                );
-            }
-            Outcome::Rewrite(new) => {
-                let _ = writeln!(out, "  rewritten: {}", String::from_utf8_lossy(&new.to_bytes(NS_CLIENT)));
-            }
-            Outcome::Pass | Outcome::Drop => {}
+        match decision {
+            Decision::Gateway(check) => explain_check(&mut out, check),
+            Decision::Policy(eval) => explain_evaluation(&mut out, &eval, &origin),
         }
     }
     Ok(out)
+}
+
+/// What the gateway refused on its own, before policy.
+fn explain_check(out: &mut String, check: Check) {
+    let _ = match check {
+        Check::Pass => writeln!(out, "  gateway: pass"),
+        Check::Close(condition, why) => {
+            writeln!(out, "  gateway: close\n  stream error: {}: {why}", condition.as_str())
+        }
+        Check::Bounce(condition, why) => {
+            writeln!(out, "  gateway: bounce\n  error: {} ({}): {why}", condition.as_str(), condition.error_type())
+        }
+        Check::Drop(why) => writeln!(out, "  gateway: drop: {why}"),
+    };
+}
+
+/// The policy's decision: the stanza's verdict, those of the stanzas it wraps, the outcome.
+fn explain_evaluation(out: &mut String, eval: &Evaluation, origin: &dyn Fn(&str) -> String) {
+    explain_verdict(out, &eval.outer, "  ", origin);
+    for w in &eval.wrapped {
+        let stanza = String::from_utf8_lossy(&w.stanza.to_bytes(NS_CLIENT)).into_owned();
+        let _ = writeln!(out, "  wrapped ({}): {stanza}", w.wrapper.as_str());
+        explain_verdict(out, &w.verdict, "    ", origin);
+    }
+    if eval.too_many_wrapped {
+        let _ = writeln!(
+            out,
+            "  wraps more than {} stanzas: dropped unread",
+            stanzawall_core::policy::wrapped::MAX_WRAPPED
+        );
+    }
+    if !eval.wrapped.is_empty() || eval.too_many_wrapped {
+        let _ = writeln!(out, "  outcome: {}", eval.outcome.action());
+    }
+    match &eval.outcome {
+        Outcome::Bounce { condition, text } => {
+            let _ = writeln!(
+                out,
+                "  error: {} ({}){}",
+                condition.as_str(),
+                condition.error_type(),
+                text.as_ref().map_or(String::new(), |t| format!(": {t}"))
+            );
+        }
+        Outcome::Close { condition, text } => {
+            let _ = writeln!(
+                out,
+                "  stream error: {}{}",
+                condition.as_str(),
+                text.as_ref().map_or(String::new(), |t| format!(": {t}"))
+            );
+        }
+        Outcome::Rewrite(new) => {
+            let _ = writeln!(out, "  rewritten: {}", String::from_utf8_lossy(&new.to_bytes(NS_CLIENT)));
+        }
+        Outcome::Pass | Outcome::Drop => {}
+    }
 }
 
 /// The rules of one verdict: log and log_only matches, then the deciding rule or the default.

@@ -926,3 +926,141 @@ fn every_stanza_is_evaluated_even_before_binding() {
     assert_eq!(backend_out(&mut s), "</stream:stream>", "the bind request was evaluated and refused");
     assert!(client_out(&mut s).contains("<policy-violation"));
 }
+
+/// What happened to one stanza, as the session did it or as `decide` (explain) says it.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    Forwarded,
+    Bounced(String),
+    Closed(String),
+    Dropped,
+}
+
+fn session_fate(xml: &str, chain: crate::policy::Chain, rules: &str) -> Fate {
+    let mut s = bound();
+    with_policy(&mut s, rules);
+    client_out(&mut s);
+    backend_out(&mut s);
+    effects(&mut s);
+    match chain {
+        crate::policy::Chain::C2sIn => s.feed_client(xml.as_bytes()),
+        crate::policy::Chain::C2sOut => s.feed_backend(xml.as_bytes()),
+    }
+    let (to_client, to_backend) = (client_out(&mut s), backend_out(&mut s));
+    let (toward, back) = match chain {
+        crate::policy::Chain::C2sIn => (&to_backend, &to_client),
+        crate::policy::Chain::C2sOut => (&to_client, &to_backend),
+    };
+    let condition = |text: &str| {
+        let el = crate::xml::parse_stanzas(text.trim_end_matches("</stream:stream>"), XmlLimits::default())
+            .ok()
+            .and_then(|mut v| v.pop());
+        el.and_then(|e| {
+            e.elements()
+                .find(|c| c.name == "error")
+                .and_then(|err| err.elements().next().map(|c| c.name.clone()))
+                .or_else(|| e.elements().next().map(|c| c.name.clone()))
+        })
+        .unwrap_or_default()
+    };
+    if s.is_closed() {
+        Fate::Closed(condition(&to_client))
+    } else if back.contains("type='error'") {
+        Fate::Bounced(condition(back))
+    } else if !toward.is_empty() {
+        Fate::Forwarded
+    } else {
+        Fate::Dropped
+    }
+}
+
+fn decided_fate(xml: &str, chain: crate::policy::Chain, rules: &str) -> Fate {
+    let mut s = new_session(config(false, BackendTls::Off));
+    with_policy(&mut s, rules);
+    let user = crate::jid::parse_full("alice@example.test/phone").unwrap();
+    let ctx = crate::policy::Context { chain, user: Some(&user), source_ip: "127.0.0.1".parse().unwrap() };
+    let mut el = crate::xml::parse_stanzas(xml, XmlLimits::default()).unwrap().remove(0);
+    match decide(&mut el, &ctx, &s.filter.policy, &s.filter.rates, t0()) {
+        Decision::Gateway(Check::Pass) => Fate::Forwarded,
+        Decision::Gateway(Check::Close(c, _)) => Fate::Closed(c.as_str().to_owned()),
+        Decision::Gateway(Check::Bounce(c, _)) if crate::stanza::may_bounce(&el) => {
+            Fate::Bounced(c.as_str().to_owned())
+        }
+        Decision::Gateway(Check::Bounce(..) | Check::Drop(_)) => Fate::Dropped,
+        Decision::Policy(eval) => match eval.outcome {
+            crate::policy::Outcome::Pass | crate::policy::Outcome::Rewrite(_) => Fate::Forwarded,
+            crate::policy::Outcome::Drop => Fate::Dropped,
+            crate::policy::Outcome::Bounce { condition, .. } if crate::stanza::may_bounce(&el) => {
+                Fate::Bounced(condition.as_str().to_owned())
+            }
+            crate::policy::Outcome::Bounce { .. } => Fate::Dropped,
+            crate::policy::Outcome::Close { condition, .. } => Fate::Closed(condition.as_str().to_owned()),
+        },
+    }
+}
+
+#[test]
+fn explain_and_the_session_decide_alike() {
+    use crate::policy::Chain::{C2sIn, C2sOut};
+    let rules = "[[rule]]\nname = \"spam\"\nwhen = { body_contains = \"spam\" }\naction = \"drop\"\n\
+        [[rule]]\nname = \"bad\"\nwhen = { body_contains = \"bad\" }\naction = \"bounce\"\n\
+        [[rule]]\nname = \"boom\"\nwhen = { body_contains = \"boom\" }\naction = \"close\"\n\
+        [[rule]]\nname = \"mallory\"\nchain = \"c2s-out\"\nwhen = { from = \"mallory@evil.test\" }\naction = \"drop\"\n";
+    // The attack catalogue's stanza-level entries and the policy's outcomes, both directions.
+    let table: &[(&str, crate::policy::Chain)] = &[
+        ("<message to='bob@example.test' id='1'><body>hello</body></message>", C2sIn),
+        ("<message to='bob@example.test' from='bob@example.test/x' id='2'><body>x</body></message>", C2sIn),
+        ("<message to='bob@example.test' from='example.test' id='3'><body>x</body></message>", C2sIn),
+        ("<message to='bob@example.test' from='alice@example.test' id='4'><body>x</body></message>", C2sIn),
+        ("<message to='b@d@example.test' id='5'><body>x</body></message>", C2sIn),
+        ("<iq type='get' to='example.test'><ping xmlns='urn:xmpp:ping'/></iq>", C2sIn),
+        ("<iq type='get' id='6' to='example.test'><a xmlns='urn:a'/><b xmlns='urn:b'/></iq>", C2sIn),
+        ("<iq type='set' id='7'><query xmlns='jabber:iq:auth'><username>a</username></query></iq>", C2sIn),
+        ("<iq type='bogus' id='8'/>", C2sIn),
+        ("<message to='bob@example.test' id='9'><body>spam</body></message>", C2sIn),
+        ("<message to='bob@example.test' id='10'><body>bad</body></message>", C2sIn),
+        ("<message to='bob@example.test' id='11' type='error'><body>bad</body></message>", C2sIn),
+        ("<message to='bob@example.test' id='12'><body>boom</body></message>", C2sIn),
+        (
+            "<message to='bob@example.test' id='13'><forwarded xmlns='urn:xmpp:forward:0'>\
+          <message xmlns='jabber:client'><body>bad</body></message></forwarded></message>",
+            C2sIn,
+        ),
+        ("<message from='bob@example.test/y' id='20'><body>hello</body></message>", C2sOut),
+        ("<message from='mallory@evil.test/x' id='21'><body>hello</body></message>", C2sOut),
+        (
+            "<message from='mallory@evil.test/x' id='22'><received xmlns='urn:xmpp:carbons:2'>\
+          <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='bob@example.test/y'>\
+          <body>x</body></message></forwarded></received></message>",
+            C2sOut,
+        ),
+        ("<iq type='set' id='23' from='mallory@evil.test'><query xmlns='jabber:iq:roster'/></iq>", C2sOut),
+        (
+            "<message from='alice@example.test' id='24'><received xmlns='urn:xmpp:carbons:2'>\
+          <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='mallory@evil.test/x'>\
+          <body>x</body></message></forwarded></received></message>",
+            C2sOut,
+        ),
+        ("<message from='bob@example.test/y' id='25'><body>bad</body></message>", C2sOut),
+    ];
+    let mut seen = Vec::new();
+    for (xml, chain) in table {
+        let (session, explain) = (session_fate(xml, *chain, rules), decided_fate(xml, *chain, rules));
+        assert_eq!(session, explain, "{xml} ({chain:?})");
+        seen.push(session);
+    }
+    // The table exercises every fate, with the conditions the catalogue expects.
+    for fate in [
+        Fate::Forwarded,
+        Fate::Dropped,
+        Fate::Closed("invalid-from".into()),
+        Fate::Closed("invalid-xml".into()),
+        Fate::Closed("policy-violation".into()),
+        Fate::Bounced("jid-malformed".into()),
+        Fate::Bounced("bad-request".into()),
+        Fate::Bounced("service-unavailable".into()),
+        Fate::Bounced("policy-violation".into()),
+    ] {
+        assert!(seen.contains(&fate), "{fate:?} not in {seen:?}");
+    }
+}
