@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::stanza::StanzaCondition;
 use crate::stream::Condition;
 use crate::xml::XmlLimits;
 
