@@ -400,7 +400,7 @@ fn has_path(el: &Element, path: &[Step]) -> bool {
 
 impl Policy {
     /// Compile `config`; errors name the file and line of the offending value.
-    pub fn compile(config: &PolicyConfig) -> Result<Policy, crate::config::ConfigError> {
+    pub fn compile(config: &PolicyConfig) -> Result<Policy, crate::origin::ConfigError> {
         compile::compile(config)
     }
 

@@ -46,17 +46,7 @@ pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// Non-SASL authentication (XEP-0078, obsolete).
 pub const NS_LEGACY_AUTH: &str = "jabber:iq:auth";
 
-/// How the backend leg is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendTls {
-    /// Plaintext (loopback or a trusted network).
-    #[default]
-    Off,
-    /// Plaintext connect, then STARTTLS negotiated by the session.
-    StartTls,
-    /// TLS from the first byte (the daemon wraps the socket before any stream byte).
-    Direct,
-}
+pub use crate::config::BackendTls;
 
 /// Per-session settings, taken from the listener config.
 #[derive(Debug, Clone)]
@@ -915,7 +905,7 @@ impl Session {
     }
 
     fn client_xml_error(&mut self, e: XmlError) {
-        self.close_with(e.to_stream_error());
+        self.close_with(StreamError::from(&e));
     }
 
     fn client_error(&mut self, condition: Condition, text: &str) {

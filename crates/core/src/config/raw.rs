@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{BackendConfig, CertificateConfig, Config, ConfigError, Limits, ListenerConfig, ListenerKind, Origin};
+use super::{
+    BackendConfig, BackendTls, CertificateConfig, Config, ConfigError, Limits, ListenerConfig, ListenerKind, Origin,
+};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -16,9 +18,9 @@ use std::collections::BTreeMap;
 use super::policy::{RawAudit, RawChain, RawList, RawPolicy, RawRate, RawRule};
 use super::{AdminConfig, Files, NetworkConfig, NftablesConfig};
 use crate::ban::BanConfig;
-use crate::guard::{Cidr, GuardConfig};
+use crate::guard::GuardConfig;
 use crate::limit::{parse_bytes, parse_duration, Bandwidth, Rate};
-use crate::session::BackendTls;
+use crate::net::Cidr;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
