@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::audit;
 use crate::io::{Rewind, Stream};
 use crate::metrics::{ChainLabels, CloseLabels, DirectionLabels, ErrorLabels, Metrics, VerdictLabels};
-use crate::server::{Generation, Permit, Shared};
+use crate::state::{Generation, Permit, Shared};
 
 /// Time allowed for connecting to a backend.
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
