@@ -262,7 +262,7 @@ pub struct Session {
 }
 
 /// Most runs of withheld or injected stanzas kept between two acknowledgements per direction.
-const SM_MAX_GAPS: usize = 1024;
+const SM_MAX_GAPS: usize = sm::DEFAULT_MAX_GAPS;
 
 impl Session {
     /// A session for a freshly accepted connection.
