@@ -157,19 +157,9 @@ impl StreamReader {
         self.buf.len() - self.pos
     }
 
-    /// True if bytes are buffered that have not been parsed into an event yet.
-    pub fn has_buffered(&self) -> bool {
-        self.pos < self.buf.len()
-    }
-
     /// True when every byte fed has been turned into events: nothing buffered, no stanza open.
     pub fn is_idle(&self) -> bool {
         self.pos == self.buf.len() && self.stack.is_empty()
-    }
-
-    /// True between a complete stream header and the stream's end tag.
-    pub fn in_stream(&self) -> bool {
-        self.state == State::Stream
     }
 
     /// Next event, `Ok(None)` if more bytes are needed.
