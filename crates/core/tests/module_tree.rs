@@ -10,6 +10,8 @@
 //! root, and the same inside macro invocations (`format!("{}", crate::x::Y)`). It fails
 //! listing each loop and the files whose imports close it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
