@@ -6,6 +6,7 @@
 //! certificate files is the daemon's job; it reports problems with the [`Origin`] kept here, so
 //! they too point at the line that named the file.
 
+mod locate;
 mod policy;
 mod raw;
 #[cfg(test)]
