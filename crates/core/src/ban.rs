@@ -1,6 +1,6 @@
 //! Bans: sources that failed authentication too often within a window are refused for a while.
 //!
-//! Owns the failure counting and the ban table, keyed by source ([`crate::guard::source_key`]:
+//! Owns the failure counting and the ban table, keyed by source ([`crate::net::source_key`]:
 //! an IPv4 address, an IPv6 address's `/ipv6_prefix`), with wall-clock times passed in by the
 //! caller (bans must survive a restart, so they are kept as `SystemTime`, not `Instant`). It
 //! reads no clock and does no I/O; [`BanList::to_text`] and [`BanList::parse_text`] are the
@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::guard::{source_key, unmap, Cidr};
+use crate::net::{source_key, unmap, Cidr};
 
 /// `[network.ban]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +121,7 @@ impl BanList {
         true
     }
 
-    /// Count an authentication failure of `source` (a [`crate::guard::source_key`]); returns
+    /// Count an authentication failure of `source` (a [`crate::net::source_key`]); returns
     /// the ban's expiry if this one caused a ban.
     pub fn record_failure(&mut self, source: Cidr, now: SystemTime) -> Option<SystemTime> {
         if self.is_banned_within(source.addr(), source.prefix(), now) {

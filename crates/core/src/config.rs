@@ -6,56 +6,18 @@
 //! certificate files is the daemon's job; it reports problems with the [`Origin`] kept here, so
 //! they too point at the line that named the file.
 
+mod locate;
 mod policy;
 mod raw;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use crate::origin::{ConfigError, Origin};
 use crate::policy::spec::PolicyConfig;
-use crate::session::BackendTls;
 use crate::xml::XmlLimits;
-
-/// Where a value came from, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// The config file.
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// Dotted key path, e.g. `tls.certificate[0].cert`.
-    pub key: String,
-}
-
-impl Origin {
-    /// An error at this place.
-    pub fn error(&self, message: impl Into<String>) -> ConfigError {
-        ConfigError { origin: self.clone(), message: message.into() }
-    }
-}
-
-/// A configuration mistake, printed as `FILE:LINE: key: message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    /// Where.
-    pub origin: Origin,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = &self.origin;
-        if o.key.is_empty() {
-            write!(f, "{}:{}: {}", o.file.display(), o.line, self.message)
-        } else {
-            write!(f, "{}:{}: {}: {}", o.file.display(), o.line, o.key, self.message)
-        }
-    }
-}
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +51,18 @@ pub struct CertificateConfig {
     pub key: PathBuf,
     /// Where `key` was configured.
     pub key_origin: Origin,
+}
+
+/// How the backend leg is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendTls {
+    /// Plaintext (loopback or a trusted network).
+    #[default]
+    Off,
+    /// Plaintext connect, then STARTTLS negotiated by the session.
+    StartTls,
+    /// TLS from the first byte (the daemon wraps the socket before any stream byte).
+    Direct,
 }
 
 /// How the gateway connects to a backend.

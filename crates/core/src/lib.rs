@@ -20,10 +20,12 @@
 //! - [`stanza`]: stanza kinds and error replies (bounces);
 //! - [`session`]: the c2s state machine;
 //! - [`guard`], [`limit`], [`ban`]: admission at accept (lists, caps, GCRA rates, bans);
+//! - [`net`]: IP prefixes and the one definition of a connection's *source*;
 //! - [`keyed`]: bounded, sharded per-key state with a quota per source of keys (rate buckets);
 //! - [`proxy_protocol`]: the PROXY protocol v2 header for backends that accept it;
 //! - [`policy`]: the rule engine (lists, limiters, rules per chain → verdicts);
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
+//! - [`origin`]: where a configured value came from, and the error that points there;
 //! - [`fuzzing`]: the fuzz targets' entry points, also replayed as tests.
 
 #![forbid(unsafe_code)]
@@ -36,6 +38,8 @@ pub mod guard;
 pub mod jid;
 pub mod keyed;
 pub mod limit;
+pub mod net;
+pub mod origin;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod session;

@@ -248,13 +248,6 @@ struct Facts<'a> {
     urls: OnceCell<(Vec<NormalizedUrl>, bool)>,
 }
 
-/// The text a recipient may be shown, where keywords, regexes and links are looked for: all
-/// character data of the stanza and the attribute values clients show or follow (see
-/// [`text`]).
-pub fn visible_text(el: &Element) -> String {
-    text::stanza_text(el).into_owned()
-}
-
 /// The text of a message's `<body/>` children (all languages, nested text included), joined by
 /// newlines: what `[audit] include_body` records. A body in `jabber:server` (or the stanza's own
 /// namespace) is a body too: servers deliver those (RFC 6120 §4.8.3 leaves the content namespace
@@ -400,24 +393,8 @@ fn has_path(el: &Element, path: &[Step]) -> bool {
 
 impl Policy {
     /// Compile `config`; errors name the file and line of the offending value.
-    pub fn compile(config: &PolicyConfig) -> Result<Policy, crate::config::ConfigError> {
+    pub fn compile(config: &PolicyConfig) -> Result<Policy, crate::origin::ConfigError> {
         compile::compile(config)
-    }
-
-    /// An empty policy: every chain passes everything.
-    pub fn pass_all() -> Policy {
-        Policy {
-            rules: Vec::new(),
-            chains: [Vec::new(), Vec::new()],
-            defaults: [Outcome::Pass, Outcome::Pass],
-            keywords: None,
-            keyword_groups: Vec::new(),
-            keyword_group_count: 0,
-            regexes: None,
-            raw_regexes: None,
-            limiters: Vec::new(),
-            audit: AuditConfig::default(),
-        }
     }
 
     /// True if no rule applies to `chain` and its default is pass: evaluation can be skipped.

@@ -53,17 +53,7 @@ pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// Non-SASL authentication (XEP-0078, obsolete).
 pub const NS_LEGACY_AUTH: &str = "jabber:iq:auth";
 
-/// How the backend leg is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendTls {
-    /// Plaintext (loopback or a trusted network).
-    #[default]
-    Off,
-    /// Plaintext connect, then STARTTLS negotiated by the session.
-    StartTls,
-    /// TLS from the first byte (the daemon wraps the socket before any stream byte).
-    Direct,
-}
+pub use crate::config::BackendTls;
 
 /// The session's protocol timers (the core owns time: the daemon asks [`Session::poll_timeout`]
 /// when to call [`Session::handle_timeout`]).
@@ -186,7 +176,7 @@ pub struct Session {
 }
 
 /// Most runs of withheld or injected stanzas kept between two acknowledgements per direction.
-const SM_MAX_GAPS: usize = 1024;
+const SM_MAX_GAPS: usize = sm::DEFAULT_MAX_GAPS;
 
 impl Session {
     /// A session for a connection accepted at `now`, evaluating its stanzas against `policy`.

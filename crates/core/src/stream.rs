@@ -6,12 +6,8 @@
 
 use std::fmt;
 
-use crate::xml::{escape_attr_str, Element, NS_STREAMS};
-
-/// Client-to-server content namespace.
-pub const NS_CLIENT: &str = "jabber:client";
-/// Server-to-server content namespace.
-pub const NS_SERVER: &str = "jabber:server";
+use crate::xml::{escape_attr_str, Element, XmlError, NS_STREAMS};
+pub use crate::xml::{NS_CLIENT, NS_SERVER};
 /// Namespace of stream error conditions (RFC 6120 §4.9.3).
 pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 
@@ -204,6 +200,35 @@ impl fmt::Display for StreamError {
         match &self.text {
             Some(t) => write!(f, "{} ({t})", self.condition),
             None => write!(f, "{}", self.condition),
+        }
+    }
+}
+
+impl From<&XmlError> for Condition {
+    /// The stream error condition RFC 6120 §4.9.3 prescribes for input the parser refused.
+    fn from(e: &XmlError) -> Condition {
+        match e {
+            XmlError::NotWellFormed(_) | XmlError::InvalidChar | XmlError::UndeclaredPrefix => Condition::NotWellFormed,
+            XmlError::Restricted(_) => Condition::RestrictedXml,
+            XmlError::InvalidUtf8 | XmlError::UnsupportedEncoding => Condition::UnsupportedEncoding,
+            XmlError::BadFormat(_) => Condition::BadFormat,
+            XmlError::NestedStreamHeader | XmlError::NestedStreamElement => Condition::InvalidXml,
+            XmlError::ReservedNamespace => Condition::BadFormat,
+            XmlError::TooLarge { .. } | XmlError::TooDeep { .. } | XmlError::TooManyAttributes { .. } => {
+                Condition::PolicyViolation
+            }
+        }
+    }
+}
+
+impl From<&XmlError> for StreamError {
+    /// The stream error to close the stream with when the parser refused input: its condition,
+    /// the parser's reason as text, and `stanza-too-big` for an oversized stanza.
+    fn from(e: &XmlError) -> StreamError {
+        let err = StreamError::new(Condition::from(e), Some(e.to_string()));
+        match e {
+            XmlError::TooLarge { .. } => err.with_app(NS_XMPP_ERRORS, "stanza-too-big"),
+            _ => err,
         }
     }
 }

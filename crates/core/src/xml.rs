@@ -23,10 +23,12 @@ pub(crate) use chars::escape_attr as escape_attr_str;
 pub use element::{Attr, Element, Node, Ns};
 pub use reader::StreamReader;
 
-use crate::stream::Condition;
-
 /// The stream namespace (RFC 6120 §4.8.1).
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+/// Client-to-server content namespace (RFC 6120 §4.8.2); also [`crate::stream::NS_CLIENT`].
+pub const NS_CLIENT: &str = "jabber:client";
+/// Server-to-server content namespace (RFC 6120 §4.8.2); also [`crate::stream::NS_SERVER`].
+pub const NS_SERVER: &str = "jabber:server";
 /// The namespace bound to the `xml` prefix.
 pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// The namespace bound to the `xmlns` prefix; may never be declared.
@@ -76,7 +78,8 @@ pub enum XmlEvent {
     },
 }
 
-/// Why input was refused. Each maps to the stream error RFC 6120 §4.9.3 requires.
+/// Why input was refused. Each maps to the stream error RFC 6120 §4.9.3 requires (the mapping is
+/// `StreamError::from(&XmlError)` in [`crate::stream`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum XmlError {
     /// Not well-formed XML 1.0 or XML Namespaces.
@@ -130,32 +133,6 @@ pub enum XmlError {
     },
 }
 
-impl XmlError {
-    /// The stream error to close the stream with.
-    pub fn to_stream_error(&self) -> crate::stream::StreamError {
-        let err = crate::stream::StreamError::new(self.condition(), Some(self.to_string()));
-        match self {
-            XmlError::TooLarge { .. } => err.with_app(crate::stream::NS_XMPP_ERRORS, "stanza-too-big"),
-            _ => err,
-        }
-    }
-
-    /// The stream error condition to close the stream with.
-    pub fn condition(&self) -> Condition {
-        match self {
-            XmlError::NotWellFormed(_) | XmlError::InvalidChar | XmlError::UndeclaredPrefix => Condition::NotWellFormed,
-            XmlError::Restricted(_) => Condition::RestrictedXml,
-            XmlError::InvalidUtf8 | XmlError::UnsupportedEncoding => Condition::UnsupportedEncoding,
-            XmlError::BadFormat(_) => Condition::BadFormat,
-            XmlError::NestedStreamHeader | XmlError::NestedStreamElement => Condition::InvalidXml,
-            XmlError::ReservedNamespace => Condition::BadFormat,
-            XmlError::TooLarge { .. } | XmlError::TooDeep { .. } | XmlError::TooManyAttributes { .. } => {
-                Condition::PolicyViolation
-            }
-        }
-    }
-}
-
 /// Why [`parse_stanzas`] failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StanzaTextError {
@@ -171,7 +148,7 @@ pub enum StanzaTextError {
 /// `stanzawall explain`, tests and benchmarks), with the same restricted parser and `limits`.
 pub fn parse_stanzas(text: &str, limits: XmlLimits) -> Result<Vec<Element>, StanzaTextError> {
     let mut reader = StreamReader::new(XmlLimits { stanza_bytes: limits.stanza_bytes.max(1024), ..limits });
-    reader.feed(format!("<stream:stream xmlns='{}' xmlns:stream='{NS_STREAMS}'>", crate::stream::NS_CLIENT).as_bytes());
+    reader.feed(format!("<stream:stream xmlns='{}' xmlns:stream='{NS_STREAMS}'>", NS_CLIENT).as_bytes());
     reader.feed(text.as_bytes());
     let mut out = Vec::new();
     loop {

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::audit;
 use crate::io::{Rewind, Stream};
 use crate::metrics::{ChainLabels, CloseLabels, DirectionLabels, ErrorLabels, Metrics};
-use crate::server::{Generation, Permit, Shared};
+use crate::state::{Generation, Permit, Shared};
 use legs::ReadBuf;
 
 /// Time allowed for flushing final bytes when closing.

@@ -13,7 +13,7 @@ use stanzawall_core::session::{decide, Check, Decision};
 use stanzawall_core::stream::NS_CLIENT;
 use stanzawall_core::xml::parse_stanzas;
 
-use crate::server::load_config;
+use crate::state::load_config;
 
 /// The report for every stanza in `input`.
 pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, input: &str) -> anyhow::Result<String> {

@@ -13,6 +13,7 @@ mod io;
 mod metrics;
 mod nft;
 mod server;
+mod state;
 mod tls;
 
 use std::path::PathBuf;
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match server::load_with_deadline(&config) {
+        Command::Check { config } => match state::load_with_deadline(&config) {
             Ok(g) => {
                 println!(
                     "{}: ok ({} listeners, {} certificates, {} rules, {} lists)",
@@ -150,7 +151,7 @@ fn main() -> ExitCode {
 
 /// The ruleset for the config at `path`, with the bans its state directory holds now.
 fn nft_ruleset(path: &std::path::Path) -> anyhow::Result<String> {
-    let config = server::load_config_with_deadline(path)?;
+    let config = state::load_config_with_deadline(path)?;
     let now = std::time::SystemTime::now();
     let prefix = config.network.guard.ipv6_prefix;
     let bans = match files::read_to_string(&config.state_dir.join("bans")) {

@@ -10,14 +10,13 @@
 //! `<system-shutdown/>`, and waits a bounded time for them to finish.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use stanzawall_core::config::{Config, ConfigError, Files};
-use stanzawall_core::policy::{Policy, RateTable};
+use stanzawall_core::config::ConfigError;
+use stanzawall_core::policy::RateTable;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -25,270 +24,23 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
-use stanzawall_core::guard::{Admission, Cidr, ConnectionGuard};
+use stanzawall_core::guard::{Admission, ConnectionGuard};
 
 use crate::audit::Audit;
 use crate::conn;
-use crate::files::{self, OffLoopError, LOAD_DEADLINE};
 use crate::metrics::Metrics;
-use crate::nft::BanSync;
-use crate::tls::TlsStore;
+use crate::state::{
+    load_bans, load_off_loop, lock, reconcile_bans, Generation, LoadError, Permit, Shared, SharedGuard,
+};
 
 /// How often list files are checked for changes.
 const LIST_POLL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for sessions to deliver `<system-shutdown/>` and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// One config generation: the validated config and everything loaded from files it names.
-#[derive(Debug)]
-pub struct Generation {
-    /// The configuration.
-    pub config: Config,
-    /// Certificates and backend TLS settings.
-    pub tls: TlsStore,
-    /// Live ban sync to nftables (`[nftables] sync = true`).
-    pub ban_sync: Option<BanSync>,
-    /// The compiled policy.
-    pub policy: Arc<Policy>,
-}
-
-/// Daemon-wide state that outlives generations.
-#[derive(Debug, Clone)]
-pub struct Shared {
-    /// Admission at accept (lists, caps, rates, bans).
-    pub guard: SharedGuard,
-    /// Rate-limit buckets of `rate` conditions (kept across reloads).
-    pub rates: Arc<RateTable>,
-    /// Prometheus families.
-    pub metrics: Arc<Metrics>,
-    /// The audit log writer.
-    pub audit: Audit,
-}
-
-/// Errors loading a generation: either a config mistake or an unreadable file.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The config file cannot be read at all.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A mistake at a line of the config.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The load did not finish (see [`files::off_loop`]).
-    #[error("{path}: loading the configuration {source}")]
-    Unfinished {
-        /// The config file.
-        path: PathBuf,
-        /// Why.
-        source: OffLoopError,
-    },
-}
-
-impl Generation {
-    /// Read, validate and load everything the config file names.
-    pub fn load(path: &Path) -> Result<Generation, LoadError> {
-        let config = load_config(path)?;
-        let policy = Arc::new(Policy::compile(&config.policy)?);
-        let tls = TlsStore::load(&config)?;
-        let ban_sync = BanSync::new(&config);
-        Ok(Generation { config, tls, ban_sync, policy })
-    }
-}
-
-/// Load the generation at `path` on a thread of its own, giving up after [`LOAD_DEADLINE`];
-/// the caller keeps serving (and answering signals) meanwhile.
-async fn load_off_loop(path: &Path) -> Result<Generation, LoadError> {
-    let owned = path.to_owned();
-    match files::off_loop(LOAD_DEADLINE, move || Generation::load(&owned)).await {
-        Ok(loaded) => loaded,
-        Err(source) => Err(LoadError::Unfinished { path: path.to_owned(), source }),
-    }
-}
-
-/// Read the ban file off the control loop (`None`: it could not be read; logged).
-async fn read_bans_off_loop(dir: &Path) -> Option<String> {
-    let owned = dir.to_owned();
-    files::off_loop(LOAD_DEADLINE, move || read_bans(&owned)).await.unwrap_or_else(|e| {
-        error!(state_dir = %dir.display(), error = %e, "cannot read bans");
-        None
-    })
-}
-
-/// [`Generation::load`] for the one-shot commands (`check`, `nft`, `explain`): under the same
-/// deadline, so they end even if a file hangs.
-pub fn load_with_deadline(path: &Path) -> Result<Generation, LoadError> {
-    let owned = path.to_owned();
-    files::with_deadline(LOAD_DEADLINE, move || Generation::load(&owned))
-        .unwrap_or_else(|source| Err(LoadError::Unfinished { path: path.to_owned(), source }))
-}
-
-/// [`load_config`] under the deadline, for the one-shot commands.
-pub fn load_config_with_deadline(path: &Path) -> Result<Config, LoadError> {
-    let owned = path.to_owned();
-    files::with_deadline(LOAD_DEADLINE, move || load_config(&owned))
-        .unwrap_or_else(|source| Err(LoadError::Unfinished { path: path.to_owned(), source }))
-}
-
-/// The file system, for the list files and includes a config names: regular files of at most
-/// [`files::MAX_FILE_BYTES`] only.
-#[derive(Debug, Clone, Copy)]
-pub struct StdFiles;
-
-impl Files for StdFiles {
-    fn read(&self, path: &Path) -> std::io::Result<String> {
-        files::read_to_string(path)
-    }
-
-    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-        std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect()
-    }
-}
-
-/// Read and validate the config at `path` with the files it names.
-pub fn load_config(path: &Path) -> Result<Config, LoadError> {
-    let text = files::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
-    Ok(Config::parse_with(&text, path, &StdFiles)?)
-}
-
 /// Size and modification time of each watched file (list files), to notice edits.
 fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
     files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
-}
-
-/// The admission state shared by all listeners (short critical sections, no await inside).
-pub type SharedGuard = Arc<Mutex<ConnectionGuard>>;
-
-fn lock(guard: &SharedGuard) -> MutexGuard<'_, ConnectionGuard> {
-    // A panic while holding the lock cannot leave the counters half-updated in a way that
-    // matters more than refusing service; keep going with the data as it is.
-    guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// An admitted connection's slot in the guard, given back on drop (also on unwinding).
-#[derive(Debug)]
-pub struct Permit {
-    guard: SharedGuard,
-    ip: IpAddr,
-    /// What the guard counted the connection against (released on drop).
-    source: Cidr,
-    state_dir: PathBuf,
-}
-
-impl Permit {
-    /// Count a failed authentication from this connection's source (the address's
-    /// [`stanzawall_core::guard::source_key`], so an IPv6 /64 as a whole). If it bans the source,
-    /// the ban table is written to the state directory (bans survive a restart) and the ban's
-    /// expiry is returned.
-    pub async fn auth_failed(&self) -> Option<SystemTime> {
-        let (until, table) = {
-            let mut g = lock(&self.guard);
-            let now = SystemTime::now();
-            let until = g.record_auth_failure(self.ip, now)?;
-            (until, g.bans().to_text(now))
-        };
-        let dir = self.state_dir.clone();
-        match tokio::task::spawn_blocking(move || write_bans(&dir, &table)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(state_dir = %self.state_dir.display(), error = %e, "cannot persist bans"),
-            Err(e) => error!(error = %e, "ban writer failed"),
-        }
-        Some(until)
-    }
-}
-
-/// The ban table's file in the state directory.
-fn bans_path(dir: &Path) -> PathBuf {
-    dir.join("bans")
-}
-
-/// Replace the ban file atomically (write a temporary file, then rename over the old one).
-fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join("bans.tmp");
-    std::fs::write(&tmp, table)?;
-    std::fs::rename(tmp, bans_path(dir))
-}
-
-/// Read the ban file (a missing file is an empty table; `None` if it cannot be read).
-fn read_bans(dir: &Path) -> Option<String> {
-    match files::read_to_string(&bans_path(dir)) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(String::new()),
-        Err(e) => {
-            error!(state_dir = %dir.display(), error = %e, "cannot read bans");
-            None
-        }
-    }
-}
-
-/// Load the bans a previous run wrote, and hand them to nftables when syncing (the ruleset may
-/// have been loaded before they were made).
-async fn load_bans(guard: &SharedGuard, generation: &Generation) {
-    let dir = &generation.config.state_dir;
-    let Some(text) = read_bans_off_loop(dir).await else { return };
-    let text = text.as_str();
-    let now = SystemTime::now();
-    let entries = {
-        let mut g = lock(guard);
-        let (loaded, skipped) = g.bans().from_text(text, now, generation.config.network.guard.ipv6_prefix);
-        info!(state_dir = %dir.display(), loaded, expired_or_malformed = skipped, "bans loaded");
-        g.bans().entries(now)
-    };
-    if let Some(sync) = &generation.ban_sync {
-        for (source, until) in entries {
-            sync.ban_source(source, until).await;
-        }
-    }
-}
-
-/// On reload, the ban file is the operator's word: lines removed from it lift those bans (the
-/// way to unban by hand), lines added are bans; both reach nftables when syncing.
-async fn reconcile_bans(guard: &SharedGuard, generation: &Generation) {
-    // Read now, not with the config: a ban made while the config loaded is in the file by now.
-    let Some(text) = read_bans_off_loop(&generation.config.state_dir).await else { return };
-    let text = text.as_str();
-    let now = SystemTime::now();
-    let (wanted, _) = stanzawall_core::ban::BanList::parse_text(text, now, generation.config.network.guard.ipv6_prefix);
-    let (lifted, added) = {
-        let mut g = lock(guard);
-        let current = g.bans().entries(now);
-        // By source: the file keeps whole seconds, the table exact expiries, so comparing
-        // (source, expiry) pairs would re-add every ban on every reload.
-        let current_keys: std::collections::HashSet<Cidr> = current.iter().map(|&(key, _)| key).collect();
-        let wanted_keys: std::collections::HashSet<Cidr> = wanted.iter().map(|&(key, _)| key).collect();
-        let lifted: Vec<Cidr> = current_keys.difference(&wanted_keys).copied().collect();
-        let added: Vec<(Cidr, SystemTime)> =
-            wanted.iter().copied().filter(|(key, _)| !current_keys.contains(key)).collect();
-        for key in &lifted {
-            g.bans().unban(*key);
-        }
-        for &(key, until) in &added {
-            g.bans().ban_until(key, until);
-        }
-        (lifted, added)
-    };
-    for key in &lifted {
-        info!(client.source = %key, "ban lifted (removed from the ban file)");
-    }
-    if let Some(sync) = &generation.ban_sync {
-        for key in lifted {
-            sync.unban(key).await;
-        }
-        for (key, until) in added {
-            sync.ban_source(key, until).await;
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        lock(&self.guard).release(self.source);
-    }
 }
 
 struct RunningListener {
@@ -485,7 +237,7 @@ async fn accept_loop(
         let admission = lock(guard).admit(peer.ip(), std::time::Instant::now(), SystemTime::now());
         let permit = match admission {
             Admission::Admitted { source } => {
-                Permit { guard: guard.clone(), ip: peer.ip(), source, state_dir: generation.config.state_dir.clone() }
+                Permit::new(guard.clone(), peer.ip(), source, generation.config.state_dir.clone())
             }
             Admission::Refused { why, audit } => {
                 shared.metrics.refused.get_or_create(&crate::metrics::ReasonLabels { reason: why.as_str() }).inc();

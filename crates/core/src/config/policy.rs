@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::raw::Locator;
+use super::locate::Locator;
 use super::{ConfigError, Files};
 use crate::limit::Rate;
 use crate::policy::rate::{DEFAULT_MAX_KEYS_PER_SOURCE, MAX_KEYS};

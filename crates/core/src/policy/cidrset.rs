@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use crate::guard::Cidr;
+use crate::net::Cidr;
 
 /// A set of prefixes.
 #[derive(Debug, Clone, Default)]

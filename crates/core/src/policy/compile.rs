@@ -15,8 +15,8 @@ use super::rewrite::Masker;
 use super::spec::{ActionConfig, Chain, ConditionConfig, Located, PolicyConfig};
 use super::url::UrlSet;
 use super::{Action, Cond, Limiter, Outcome, Policy, Rule, Step};
-use crate::config::ConfigError;
-use crate::guard::Cidr;
+use crate::net::Cidr;
+use crate::origin::{ConfigError, Origin};
 use crate::stream::NS_CLIENT;
 
 /// Compiled size limit of one regex and of the shared set (the regex crate's own guard against
@@ -132,8 +132,8 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
     })
 }
 
-fn empty_origin() -> crate::config::Origin {
-    crate::config::Origin { file: Default::default(), line: 0, key: String::new() }
+fn empty_origin() -> Origin {
+    Origin { file: Default::default(), line: 0, key: String::new() }
 }
 
 /// What a strip rule removes: the namespaces and paths its conditions name (outside `not`).

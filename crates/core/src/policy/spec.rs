@@ -8,19 +8,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::config::Origin;
 use crate::limit::Rate;
+pub use crate::origin::Located;
+use crate::origin::Origin;
 use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::Condition;
-
-/// A value and where it was written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located<T> {
-    /// The value.
-    pub value: T,
-    /// Where.
-    pub origin: Origin,
-}
 
 /// The chains a rule can sit in (DESIGN.md "Policy model").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

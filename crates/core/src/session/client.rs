@@ -11,7 +11,7 @@ use super::{
 };
 use crate::jid;
 use crate::stanza::{Kind, StanzaCondition};
-use crate::stream::{Condition, Header, NS_CLIENT, STREAM_CLOSE};
+use crate::stream::{Condition, Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, XmlError, XmlEvent, NS_STREAMS};
 
 impl Session {
@@ -205,6 +205,6 @@ impl Session {
     }
 
     pub(super) fn client_xml_error(&mut self, e: XmlError) {
-        self.close_with(e.to_stream_error());
+        self.close_with(StreamError::from(&e));
     }
 }

@@ -28,10 +28,13 @@ use crate::stream::{Condition, StreamError};
 /// Stream Management namespace (XEP-0198 §3, version 3).
 pub const NS_SM: &str = "urn:xmpp:sm:3";
 
-/// Default cap on the unacknowledged points where a [`Direction`]'s counts diverge. A point is
-/// one run of withheld and injected stanzas between two forwarded ones, so a burst of drops
-/// costs one point; 4096 points are about 100 KiB per direction.
-pub const DEFAULT_MAX_GAPS: usize = 4096;
+/// Default cap on the unacknowledged points where a [`Direction`]'s counts diverge, and the cap
+/// every session uses. A point is one run of withheld and injected stanzas between two forwarded
+/// ones, so a burst of drops costs one point; a point is 24 bytes, so 1024 points are 24 KiB per
+/// direction (invariant 6, bounded memory per connection, docs/DESIGN.md). 1024 is the value
+/// sessions have always run with; the 4096 this once said was never in force. A peer reaches it
+/// only by leaving more than 1024 separate drops or injections unacknowledged.
+pub const DEFAULT_MAX_GAPS: usize = 1024;
 
 /// An `h` from the receiver that no correct peer sends; the caller closes the receiver's stream
 /// with [`AckError::stream_error`].

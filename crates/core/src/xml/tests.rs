@@ -114,7 +114,7 @@ fn restricted_xml_is_refused() {
         ("<?xml version='1.0'?>", Condition::RestrictedXml),
         ("<message to='&xxe;'/>", Condition::RestrictedXml),
     ] {
-        assert_eq!(error_of(body).condition(), cond, "{body}");
+        assert_eq!(Condition::from(&error_of(body)), cond, "{body}");
     }
 }
 
@@ -143,7 +143,7 @@ fn malformed_xml_is_refused() {
         ("<xml:a/>", Condition::BadFormat),
         ("<a xmlns='http://www.w3.org/XML/1998/namespace'/>", Condition::BadFormat),
     ] {
-        assert_eq!(error_of(body).condition(), cond, "{body}");
+        assert_eq!(Condition::from(&error_of(body)), cond, "{body}");
     }
 }
 
@@ -152,9 +152,9 @@ fn non_utf8_is_unsupported_encoding() {
     let mut input = HEADER.as_bytes().to_vec();
     input.extend_from_slice(b"<message><body>\xff\xfe</body></message>");
     let (_, err) = parse_chunked(&input, input.len(), limits());
-    assert_eq!(err.map(|e| e.condition()), Some(Condition::UnsupportedEncoding));
+    assert_eq!(err.map(|e| Condition::from(&e)), Some(Condition::UnsupportedEncoding));
     let (_, err) = parse("<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>");
-    assert_eq!(err.map(|e| e.condition()), Some(Condition::UnsupportedEncoding));
+    assert_eq!(err.map(|e| Condition::from(&e)), Some(Condition::UnsupportedEncoding));
 }
 
 #[test]
@@ -196,16 +196,16 @@ fn limits_are_enforced_at_the_cap() {
 #[test]
 fn header_checks() {
     let (_, err) = parse("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>");
-    assert_eq!(err.map(|e| e.condition()), Some(Condition::BadFormat));
+    assert_eq!(err.map(|e| Condition::from(&e)), Some(Condition::BadFormat));
     let (_, err) = parse("GET / HTTP/1.1\r\n");
-    assert_eq!(err.map(|e| e.condition()), Some(Condition::NotWellFormed));
+    assert_eq!(err.map(|e| Condition::from(&e)), Some(Condition::NotWellFormed));
     // A BOM and leading whitespace are fine; an XML declaration after whitespace is not.
     let (events, err) =
         parse("\u{feff}<?xml version='1.0'?>\n<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
     assert_eq!(err, None);
     assert_eq!(events.len(), 1);
     let (_, err) = parse(" <?xml version='1.0'?><stream:stream>");
-    assert_eq!(err.map(|e| e.condition()), Some(Condition::RestrictedXml));
+    assert_eq!(err.map(|e| Condition::from(&e)), Some(Condition::RestrictedXml));
 }
 
 #[test]
@@ -261,7 +261,11 @@ fn skip_mode_steps_over_a_stanza_over_the_limits() {
             XmlEvent::StreamOpen { .. } => "open".into(),
             XmlEvent::Stanza(el) => el.attr("id").unwrap_or(&el.name).to_owned(),
             XmlEvent::Skipped { reason, root } => {
-                format!("skipped:{}:{}", root.as_ref().and_then(|r| r.attr("id")).unwrap_or("-"), reason.condition())
+                format!(
+                    "skipped:{}:{}",
+                    root.as_ref().and_then(|r| r.attr("id")).unwrap_or("-"),
+                    Condition::from(reason)
+                )
             }
             other => format!("{other:?}"),
         })

@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::Totals;
 use crate::io::{Rewind, Stream};
-use crate::server::Generation;
+use crate::state::Generation;
 
 /// Time allowed for connecting to a backend.
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
