@@ -5,7 +5,7 @@
 //! replay test (`tests/fuzz_corpus.rs`) runs exactly the same code on every `cargo test`.
 
 use crate::config::Config;
-use crate::session::{BackendTls, Session, SessionConfig};
+use crate::session::{BackendTls, Session, SessionConfig, StreamMachine};
 use crate::stream::NS_CLIENT;
 use crate::xml::{Element, StreamReader, XmlEvent, XmlLimits};
 

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use stanzawall_core::config::{ListenerConfig, ListenerKind};
 use stanzawall_core::limit::ByteBucket;
-use stanzawall_core::session::{CloseReason, Counters, Effect, PolicyBinding, Session, SessionConfig, Timeouts};
+use stanzawall_core::session::{
+    CloseReason, Counters, Effect, PolicyBinding, Session, SessionConfig, StreamMachine, Timeouts,
+};
 use stanzawall_core::stream::Condition;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -73,9 +75,10 @@ impl Drop for Open {
     }
 }
 
-/// One accepted client connection and its backend leg.
-struct Connection<'a> {
-    session: Session,
+/// One accepted client connection and its backend leg, driving a stream machine of any kind
+/// (today c2s; s2s and the SOCKS5 relay are next).
+struct Connection<'a, S: StreamMachine> {
+    session: S,
     client: Stream,
     backend: Option<Stream>,
     listener: Arc<ListenerConfig>,
@@ -125,7 +128,8 @@ pub async fn serve(
     conn.close(reason).await;
 }
 
-impl<'a> Connection<'a> {
+impl<'a> Connection<'a, Session> {
+    /// A c2s connection: the session for `listener`, with the newest policy.
     fn new(
         socket: TcpStream,
         peer: SocketAddr,
@@ -178,7 +182,9 @@ impl<'a> Connection<'a> {
             armed,
         }
     }
+}
 
+impl<S: StreamMachine> Connection<'_, S> {
     /// The session's deadline as the runtime's instant (none: far away).
     fn deadline(&self) -> Instant {
         match self.session.poll_timeout() {

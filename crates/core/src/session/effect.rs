@@ -1,17 +1,21 @@
-//! What a session tells the daemon: [`Effect`]s to carry out and report, and why it ended
-//! ([`CloseReason`], with the side that caused it for logs and metric labels).
+//! What a session tells the daemon: [`Effect`]s to carry out and report, the policy decisions
+//! it audits ([`PolicyEvent`]), and why it ended ([`CloseReason`], with the side that caused it
+//! for logs and metric labels). Shared by every stream kind.
 
-use super::PolicyEvent;
-use super::StanzaSummary;
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use crate::jid::FullJid;
-use crate::stanza::StanzaCondition;
+use crate::policy::{Chain, Hit, Policy, RateTable, Wrapper};
+use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::StreamError;
+use crate::xml::Element;
 
 /// Something the daemon must do after writing out the pending bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// `<proceed/>` was queued: flush it, then run the TLS server handshake on the client socket,
-    /// starting with [`Session::take_client_buffered`].
+    /// starting with [`super::StreamMachine::take_client_buffered`].
     StartClientTls {
         /// The `to` of the client's stream header, for certificate choice when there is no SNI.
         domain: String,
@@ -130,5 +134,72 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ClientNotReading => f.write_str("client stopped reading"),
             CloseReason::Shutdown => f.write_str("system shutdown"),
         }
+    }
+}
+
+/// What the session needs to evaluate policy.
+#[derive(Debug, Clone)]
+pub struct PolicyBinding {
+    /// The current policy (replaced on reload with [`Session::set_policy`]).
+    pub policy: Arc<Policy>,
+    /// Rate state shared by all sessions.
+    pub rates: Arc<RateTable>,
+    /// The client connection's source address.
+    pub source_ip: IpAddr,
+}
+
+/// What the audit log says about a stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StanzaSummary {
+    /// The stanza kind.
+    pub kind: Kind,
+    /// `type`.
+    pub ty: Option<String>,
+    /// `id`.
+    pub id: Option<String>,
+    /// `from` (after stamping).
+    pub from: Option<String>,
+    /// `to`.
+    pub to: Option<String>,
+}
+
+impl StanzaSummary {
+    /// The summary of `el`, if it is a stanza.
+    pub fn of(el: &Element) -> Option<StanzaSummary> {
+        let attr = |n: &str| el.attr(n).map(str::to_owned);
+        Some(StanzaSummary {
+            kind: Kind::of(el)?,
+            ty: attr("type"),
+            id: attr("id"),
+            from: attr("from"),
+            to: attr("to"),
+        })
+    }
+}
+
+/// A policy decision to audit: every rule that matched one stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEvent {
+    /// Which chain.
+    pub chain: Chain,
+    /// The matched rules (log and log_only first, then the terminal one); empty when the
+    /// chain's default (not pass) decided.
+    pub hits: Vec<Hit>,
+    /// What was done: `pass`, `drop`, `bounce`, `close`, `rewrite`.
+    pub outcome: &'static str,
+    /// The stanza the rules matched: the one received, or one wrapped in it.
+    pub stanza: StanzaSummary,
+    /// What carried `stanza` when it was wrapped in the stanza received (a carbon, an archive
+    /// result, a forward).
+    pub wrapped: Option<Wrapper>,
+    /// The message body, when the audit includes bodies.
+    pub body: Option<String>,
+}
+
+impl PolicyEvent {
+    /// True when the chain's default decided (no terminal rule matched: only `log` and
+    /// `log_only` rules, if any) and it did something other than pass.
+    pub fn decided_by_default(&self) -> bool {
+        self.hits.iter().all(|h| h.log_only || h.action == "log") && self.outcome != "pass"
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use stanzawall_core::config::ListenerConfig;
-use stanzawall_core::session::{BackendTls, Session};
+use stanzawall_core::session::{BackendTls, StreamMachine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -72,7 +72,7 @@ pub(super) enum WriteFailure {
 /// `WRITE_TIMEOUT`: a peer that stops reading gets backpressure, then a close — never an
 /// unbounded queue and never a session stuck forever.
 pub(super) async fn flush(
-    session: &mut Session,
+    session: &mut impl StreamMachine,
     client: &mut Stream,
     backend: &mut Option<Stream>,
     totals: &mut Totals,
@@ -109,7 +109,7 @@ async fn write_bounded(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> 
     }
 }
 
-pub(super) fn on_write_failure(session: &mut Session, failure: WriteFailure) {
+pub(super) fn on_write_failure(session: &mut impl StreamMachine, failure: WriteFailure) {
     match failure {
         WriteFailure::Client(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             debug!(error = %e, "write to client timed out");

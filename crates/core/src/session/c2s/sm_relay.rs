@@ -7,12 +7,13 @@
 //! session only.
 
 use super::sm::{TooManyUnacked, NS_SM};
-use super::Session;
+use super::C2sSession;
+use crate::session::StreamMachine;
 use crate::stanza::NS_STANZA_ERRORS;
 use crate::stream::{Condition, NS_CLIENT};
 use crate::xml::Element;
 
-impl Session {
+impl C2sSession {
     /// Close the session when the SM bookkeeping is full (too much withheld without an ack).
     pub(super) fn sm_result(&mut self, r: Result<(), TooManyUnacked>) {
         if let Err(e) = r {

@@ -5,15 +5,16 @@
 use super::checks::{check_backend_stanza, Check};
 use super::sm::NS_SM;
 use super::{
-    filter_features, BackendPhase, BackendTls, ClientPhase, CloseReason, Effect, Session, StanzaSummary, NS_BIND,
+    filter_features, BackendPhase, BackendTls, C2sSession, ClientPhase, CloseReason, Effect, StanzaSummary, NS_BIND,
     NS_SASL, NS_TLS,
 };
 use crate::jid;
+use crate::session::StreamMachine;
 use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::{Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, XmlError, XmlEvent, NS_STREAMS};
 
-impl Session {
+impl C2sSession {
     pub(super) fn drain_backend(&mut self) {
         while !self.is_closed() && self.backend_phase != BackendPhase::TlsHandshake {
             match self.backend.next_event() {

@@ -6,88 +6,14 @@
 //! [`Effect::Policy`] for the audit log; what is withheld or injected is told to the XEP-0198
 //! accounting ([`super::sm_relay`]).
 
-use std::net::IpAddr;
-use std::sync::Arc;
-
-use super::{Effect, Session};
-use crate::policy::{Chain, Context, Hit, Outcome, Policy, RateTable, Wrapper};
+use super::C2sSession;
+use crate::policy::{Chain, Context, Outcome};
+use crate::session::{Effect, PolicyEvent, StanzaSummary};
 use crate::stanza::{self, Kind, StanzaCondition};
 use crate::stream::{StreamError, NS_CLIENT};
 use crate::xml::Element;
 
-/// What the session needs to evaluate policy.
-#[derive(Debug, Clone)]
-pub struct PolicyBinding {
-    /// The current policy (replaced on reload with [`Session::set_policy`]).
-    pub policy: Arc<Policy>,
-    /// Rate state shared by all sessions.
-    pub rates: Arc<RateTable>,
-    /// The client connection's source address.
-    pub source_ip: IpAddr,
-}
-
-/// What the audit log says about a stanza.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StanzaSummary {
-    /// The stanza kind.
-    pub kind: Kind,
-    /// `type`.
-    pub ty: Option<String>,
-    /// `id`.
-    pub id: Option<String>,
-    /// `from` (after stamping).
-    pub from: Option<String>,
-    /// `to`.
-    pub to: Option<String>,
-}
-
-impl StanzaSummary {
-    /// The summary of `el`, if it is a stanza.
-    pub fn of(el: &Element) -> Option<StanzaSummary> {
-        let attr = |n: &str| el.attr(n).map(str::to_owned);
-        Some(StanzaSummary {
-            kind: Kind::of(el)?,
-            ty: attr("type"),
-            id: attr("id"),
-            from: attr("from"),
-            to: attr("to"),
-        })
-    }
-}
-
-/// A policy decision to audit: every rule that matched one stanza.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyEvent {
-    /// Which chain.
-    pub chain: Chain,
-    /// The matched rules (log and log_only first, then the terminal one); empty when the
-    /// chain's default (not pass) decided.
-    pub hits: Vec<Hit>,
-    /// What was done: `pass`, `drop`, `bounce`, `close`, `rewrite`.
-    pub outcome: &'static str,
-    /// The stanza the rules matched: the one received, or one wrapped in it.
-    pub stanza: StanzaSummary,
-    /// What carried `stanza` when it was wrapped in the stanza received (a carbon, an archive
-    /// result, a forward).
-    pub wrapped: Option<Wrapper>,
-    /// The message body, when the audit includes bodies.
-    pub body: Option<String>,
-}
-
-impl PolicyEvent {
-    /// True when the chain's default decided (no terminal rule matched: only `log` and
-    /// `log_only` rules, if any) and it did something other than pass.
-    pub fn decided_by_default(&self) -> bool {
-        self.hits.iter().all(|h| h.log_only || h.action == "log") && self.outcome != "pass"
-    }
-}
-
-impl Session {
-    /// A new policy (reload): the next stanza is evaluated against it.
-    pub fn set_policy(&mut self, policy: Arc<Policy>) {
-        self.filter.policy = policy;
-    }
-
+impl C2sSession {
     /// Run `el` through chain `chain`. Returns the stanza to forward, or `None` when it was
     /// dropped, bounced or the stream closed (all accounted for here).
     pub(super) fn police(&mut self, chain: Chain, el: Element) -> Option<Element> {

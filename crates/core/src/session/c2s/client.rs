@@ -6,7 +6,7 @@ use super::checks::{check_client_stanza, Check};
 use super::sasl;
 use super::sm::NS_SM;
 use super::{
-    is_channel_binding_mechanism, BackendPhase, ClientPhase, CloseReason, Effect, Session, StanzaSummary, NS_BIND,
+    is_channel_binding_mechanism, BackendPhase, C2sSession, ClientPhase, CloseReason, Effect, StanzaSummary, NS_BIND,
     NS_CSI, NS_SASL, NS_TLS,
 };
 use crate::jid;
@@ -14,7 +14,7 @@ use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::{Condition, Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, XmlError, XmlEvent, NS_STREAMS};
 
-impl Session {
+impl C2sSession {
     /// True while the client's stream is open but the backend's features for it are not out
     /// yet (after TLS and after SASL success the backend leg is still being opened).
     pub(super) fn awaiting_features(&self) -> bool {

@@ -33,13 +33,13 @@ fn config(direct_tls: bool, backend_tls: BackendTls) -> SessionConfig {
 }
 
 /// A session accepted at a fixed time, with an empty policy (an empty policy is a policy).
-fn new_session(cfg: SessionConfig) -> Session {
+fn new_session(cfg: SessionConfig) -> C2sSession {
     let binding = PolicyBinding {
         policy: std::sync::Arc::new(crate::policy::Policy::compile(&Default::default()).unwrap()),
         rates: std::sync::Arc::new(crate::policy::RateTable::new()),
         source_ip: "127.0.0.1".parse().unwrap(),
     };
-    Session::new(cfg, binding, t0())
+    C2sSession::new(cfg, binding, t0())
 }
 
 /// The accept time of every test session.
@@ -54,7 +54,7 @@ trait Feed {
     fn feed_backend(&mut self, data: &[u8]);
 }
 
-impl Feed for Session {
+impl Feed for C2sSession {
     fn feed_client(&mut self, data: &[u8]) {
         let now = self.now;
         self.client_bytes(data, now);
@@ -66,20 +66,20 @@ impl Feed for Session {
     }
 }
 
-fn client_out(s: &mut Session) -> String {
+fn client_out(s: &mut C2sSession) -> String {
     String::from_utf8(s.take_to_client()).unwrap()
 }
 
-fn backend_out(s: &mut Session) -> String {
+fn backend_out(s: &mut C2sSession) -> String {
     String::from_utf8(s.take_to_backend()).unwrap()
 }
 
-fn effects(s: &mut Session) -> Vec<Effect> {
+fn effects(s: &mut C2sSession) -> Vec<Effect> {
     std::iter::from_fn(|| s.poll_effect()).collect()
 }
 
 /// A session through STARTTLS, backend connected, SASL features relayed.
-fn at_sasl() -> Session {
+fn at_sasl() -> C2sSession {
     let mut s = new_session(config(false, BackendTls::Off));
     s.feed_client(CLIENT_HEADER.as_bytes());
     let out = client_out(&mut s);
@@ -103,7 +103,7 @@ fn at_sasl() -> Session {
 }
 
 /// Continue to a bound session as alice@example.test/phone.
-fn bound() -> Session {
+fn bound() -> C2sSession {
     let mut s = at_sasl();
     client_out(&mut s);
     s.feed_client(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
@@ -645,7 +645,7 @@ fn sasl_failures_are_reported_for_bans() {
     assert!(s.is_closed());
 }
 
-fn with_policy(s: &mut Session, rules: &str) -> Instant {
+fn with_policy(s: &mut C2sSession, rules: &str) -> Instant {
     use std::sync::Arc;
     let text = format!(
         "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
@@ -749,7 +749,7 @@ fn sm_resume_is_refused_by_the_gateway() {
 }
 
 /// SASL done, stream restarted, features shown: the client may now bind.
-fn authenticated() -> Session {
+fn authenticated() -> C2sSession {
     let mut s = at_sasl();
     client_out(&mut s);
     s.feed_client(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
