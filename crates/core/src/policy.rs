@@ -77,15 +77,83 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The action's name for logs and metrics.
-    pub fn action(&self) -> &'static str {
+    /// What kind of outcome this is, for the audit log and metric labels.
+    pub fn disposition(&self) -> Disposition {
         match self {
-            Outcome::Pass => "pass",
-            Outcome::Drop => "drop",
-            Outcome::Bounce { .. } => "bounce",
-            Outcome::Close { .. } => "close",
-            Outcome::Rewrite(_) => "rewrite",
+            Outcome::Pass => Disposition::Pass,
+            Outcome::Drop => Disposition::Drop,
+            Outcome::Bounce { .. } => Disposition::Bounce,
+            Outcome::Close { .. } => Disposition::Close,
+            Outcome::Rewrite(_) => Disposition::Rewrite,
         }
+    }
+}
+
+/// What was done to a stanza: an [`Outcome`] without its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    /// Forwarded as it was.
+    Pass,
+    /// Discarded.
+    Drop,
+    /// Answered with a stanza error.
+    Bounce,
+    /// The stream was closed.
+    Close,
+    /// Forwarded rewritten.
+    Rewrite,
+}
+
+impl Disposition {
+    /// The name in audit records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Pass => "pass",
+            Disposition::Drop => "drop",
+            Disposition::Bounce => "bounce",
+            Disposition::Close => "close",
+            Disposition::Rewrite => "rewrite",
+        }
+    }
+}
+
+/// A rule's action as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleAction {
+    /// `pass`
+    Pass,
+    /// `drop`
+    Drop,
+    /// `bounce`
+    Bounce,
+    /// `close`
+    Close,
+    /// `strip`
+    Strip,
+    /// `mask`
+    Mask,
+    /// `log`: audited, evaluation continues.
+    Log,
+}
+
+impl RuleAction {
+    /// The name in the configuration, audit records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Pass => "pass",
+            RuleAction::Drop => "drop",
+            RuleAction::Bounce => "bounce",
+            RuleAction::Close => "close",
+            RuleAction::Strip => "strip",
+            RuleAction::Mask => "mask",
+            RuleAction::Log => "log",
+        }
+    }
+}
+
+impl std::fmt::Display for RuleAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -94,8 +162,8 @@ impl Outcome {
 pub struct Hit {
     /// The rule's name.
     pub rule: Arc<str>,
-    /// Its action as configured (`drop`, `bounce`, `strip`, `log`, …).
-    pub action: &'static str,
+    /// Its action as configured.
+    pub action: RuleAction,
     /// Shadow mode: recorded, not enforced.
     pub log_only: bool,
     /// The error condition of a bounce or close.
@@ -176,15 +244,15 @@ enum Action {
 }
 
 impl Action {
-    fn name(&self) -> &'static str {
+    fn kind(&self) -> RuleAction {
         match self {
-            Action::Pass => "pass",
-            Action::Drop => "drop",
-            Action::Bounce { .. } => "bounce",
-            Action::Close { .. } => "close",
-            Action::Strip { .. } => "strip",
-            Action::Mask(_) => "mask",
-            Action::Log => "log",
+            Action::Pass => RuleAction::Pass,
+            Action::Drop => RuleAction::Drop,
+            Action::Bounce { .. } => RuleAction::Bounce,
+            Action::Close { .. } => RuleAction::Close,
+            Action::Strip { .. } => RuleAction::Strip,
+            Action::Mask(_) => RuleAction::Mask,
+            Action::Log => RuleAction::Log,
         }
     }
 
@@ -429,7 +497,7 @@ impl Policy {
             }
             hits.push(Hit {
                 rule: rule.name.clone(),
-                action: rule.action.name(),
+                action: rule.action.kind(),
                 log_only: rule.log_only,
                 condition: rule.action.condition(),
             });

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use stanzawall_core::policy::Chain;
+use stanzawall_core::policy::{Chain, RuleAction};
 use stanzawall_core::session::{PolicyEvent, StanzaSummary};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -115,7 +115,7 @@ pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
             action,
             log_only,
             condition,
-            outcome: event.outcome,
+            outcome: event.outcome.as_str(),
             wrapped: event.wrapped.map(|w| w.as_str()),
             body: event.body.as_deref(),
         };
@@ -124,11 +124,11 @@ pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
     let mut out: Vec<Value> = event
         .hits
         .iter()
-        .filter(|h| h.action != "pass" || h.log_only)
-        .map(|h| base(&h.rule, h.action, h.log_only, h.condition))
+        .filter(|h| h.action != RuleAction::Pass || h.log_only)
+        .map(|h| base(&h.rule, h.action.as_str(), h.log_only, h.condition))
         .collect();
     if event.decided_by_default() {
-        out.push(base("default", event.outcome, false, None));
+        out.push(base("default", event.outcome.as_str(), false, None));
     }
     out
 }

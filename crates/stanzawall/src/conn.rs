@@ -268,7 +268,7 @@ impl<S: StreamMachine> Connection<'_, S> {
                     }
                     Err(e) => {
                         warn!(backend = %self.listener.backend.address, error = %e, "backend unavailable");
-                        self.session.backend_failed(&e);
+                        self.session.backend_failed(&e.to_string());
                     }
                 }
             }
@@ -279,7 +279,7 @@ impl<S: StreamMachine> Connection<'_, S> {
                     legs::upgrade_backend(&mut self.backend, leftover, &self.listener, &self.generation, &domain);
                 match Box::pin(upgrade).await {
                     Ok(()) => self.session.backend_tls_established(),
-                    Err(e) => self.session.backend_failed(&e),
+                    Err(e) => self.session.backend_failed(&e.to_string()),
                 }
             }
             Effect::Bound(jid) => {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use stanzawall_core::jid;
-use stanzawall_core::policy::{Chain, Context, Evaluation, Outcome, Policy, RateTable, Verdict};
+use stanzawall_core::policy::{Chain, Context, Evaluation, Outcome, Policy, RateTable, RuleAction, Verdict};
 use stanzawall_core::session::{decide, Check, Decision};
 use stanzawall_core::stream::NS_CLIENT;
 use stanzawall_core::xml::parse_stanzas;
@@ -95,7 +95,7 @@ fn explain_evaluation(out: &mut String, eval: &Evaluation, origin: &dyn Fn(&str)
         );
     }
     if !eval.wrapped.is_empty() || eval.too_many_wrapped {
-        let _ = writeln!(out, "  outcome: {}", eval.outcome.action());
+        let _ = writeln!(out, "  outcome: {}", eval.outcome.disposition().as_str());
     }
     match &eval.outcome {
         Outcome::Bounce { condition, text } => {
@@ -124,19 +124,19 @@ fn explain_evaluation(out: &mut String, eval: &Evaluation, origin: &dyn Fn(&str)
 
 /// The rules of one verdict: log and log_only matches, then the deciding rule or the default.
 fn explain_verdict(out: &mut String, verdict: &Verdict, indent: &str, origin: &dyn Fn(&str) -> String) {
-    for h in verdict.hits.iter().filter(|h| h.log_only || h.action == "log") {
+    for h in verdict.hits.iter().filter(|h| h.log_only || h.action == RuleAction::Log) {
         let what = if h.log_only { format!("log_only: would {}", h.action) } else { "log".to_owned() };
         let _ = writeln!(out, "{indent}matched: {}{} ({what}; evaluation continued)", h.rule, origin(&h.rule));
     }
     match &verdict.rule {
         Some(r) => {
-            let action = verdict.hits.last().map_or("", |h| h.action);
+            let action = verdict.hits.last().map_or("", |h| h.action.as_str());
             let _ = writeln!(out, "{indent}rule: {r}{}", origin(r));
             let _ = writeln!(out, "{indent}action: {action}");
         }
         None => {
             let _ = writeln!(out, "{indent}rule: none matched; the chain's default applies");
-            let _ = writeln!(out, "{indent}action: {}", verdict.outcome.action());
+            let _ = writeln!(out, "{indent}action: {}", verdict.outcome.disposition().as_str());
         }
     }
 }

@@ -172,7 +172,7 @@ log_only = true
     let v = eval(&p, Chain::C2sIn, "<message to='bob@example.test'><body>my Password: hunter2</body></message>");
     assert_eq!((rule_of(&v), &v.outcome), (None, &Outcome::Pass), "log_only passes");
     assert_eq!(v.hits.len(), 1);
-    assert_eq!((&*v.hits[0].rule, v.hits[0].action, v.hits[0].log_only), ("watch-keywords", "drop", true));
+    assert_eq!((&*v.hits[0].rule, v.hits[0].action, v.hits[0].log_only), ("watch-keywords", RuleAction::Drop, true));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::jid::FullJid;
-use crate::policy::{Chain, Hit, Policy, RateTable, Wrapper};
+use crate::policy::{Chain, Disposition, Hit, Policy, RateTable, RuleAction, Wrapper};
 use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::StreamError;
 use crate::xml::Element;
@@ -186,7 +186,7 @@ pub struct PolicyEvent {
     /// chain's default (not pass) decided.
     pub hits: Vec<Hit>,
     /// What was done: `pass`, `drop`, `bounce`, `close`, `rewrite`.
-    pub outcome: &'static str,
+    pub outcome: Disposition,
     /// The stanza the rules matched: the one received, or one wrapped in it.
     pub stanza: StanzaSummary,
     /// What carried `stanza` when it was wrapped in the stanza received (a carbon, an archive
@@ -200,6 +200,6 @@ impl PolicyEvent {
     /// True when the chain's default decided (no terminal rule matched: only `log` and
     /// `log_only` rules, if any) and it did something other than pass.
     pub fn decided_by_default(&self) -> bool {
-        self.hits.iter().all(|h| h.log_only || h.action == "log") && self.outcome != "pass"
+        self.hits.iter().all(|h| h.log_only || h.action == RuleAction::Log) && self.outcome != Disposition::Pass
     }
 }

@@ -151,24 +151,79 @@ pub(super) async fn accept_tls(
     Ok(())
 }
 
+/// Why the backend leg could not be opened or secured.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BackendError {
+    /// The TCP connect failed.
+    #[error("connect to {address} failed: {source}")]
+    Connect {
+        /// The backend's address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TCP connect did not complete in time.
+    #[error("connect to {address} timed out")]
+    ConnectTimeout {
+        /// The backend's address.
+        address: String,
+    },
+    /// Writing the PROXY protocol header failed.
+    #[error("PROXY header to {address}: {source}")]
+    ProxyHeader {
+        /// The backend's address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `backend_tls` is set but no client configuration was built for this listener.
+    #[error("no TLS client configuration for backend")]
+    NoTlsConfig,
+    /// The name to verify the backend's certificate against is not a valid server name.
+    #[error("backend name {name}: {reason}")]
+    ServerName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS handshake did not complete in time.
+    #[error("backend TLS handshake timed out")]
+    TlsTimeout,
+    /// The TLS handshake failed.
+    #[error("backend TLS handshake with {name} failed: {source}")]
+    Tls {
+        /// The name verified.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Bytes arrived after `<proceed/>`, before the TLS handshake (injection or a broken server).
+    #[error("backend sent data after <proceed/>")]
+    DataAfterProceed,
+    /// A TLS upgrade of a leg that is not there or not plaintext.
+    #[error("no plaintext backend connection to upgrade: {0}")]
+    NotUpgradable(String),
+}
+
 pub(super) async fn connect_backend(
     listener: &ListenerConfig,
     generation: &Generation,
     domain: &str,
     peer: SocketAddr,
     local: SocketAddr,
-) -> Result<Stream, String> {
-    let address = &listener.backend.address;
+) -> Result<Stream, BackendError> {
+    let address = listener.backend.address.clone();
     let socket = match timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(address.as_str())).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect to {address} failed: {e}")),
-        Err(_) => return Err(format!("connect to {address} timed out")),
+        Ok(Err(source)) => return Err(BackendError::Connect { address, source }),
+        Err(_) => return Err(BackendError::ConnectTimeout { address }),
     };
     tune(&socket);
     let mut stream = Stream::Plain(Rewind::new(socket));
     if listener.backend.proxy_protocol {
         let header = stanzawall_core::proxy_protocol::v2_header(peer, local);
-        stream.write_all(&header).await.map_err(|e| format!("PROXY header to {address}: {e}"))?;
+        stream.write_all(&header).await.map_err(|source| BackendError::ProxyHeader { address, source })?;
     }
     if listener.backend.tls == BackendTls::Direct {
         upgrade_backend_stream(&mut stream, listener, generation, domain).await?;
@@ -182,13 +237,13 @@ pub(super) async fn upgrade_backend(
     listener: &ListenerConfig,
     generation: &Generation,
     domain: &str,
-) -> Result<(), String> {
+) -> Result<(), BackendError> {
     if !leftover.is_empty() {
-        return Err("backend sent data after <proceed/>".into());
+        return Err(BackendError::DataAfterProceed);
     }
     match backend.as_mut() {
         Some(stream) => upgrade_backend_stream(stream, listener, generation, domain).await,
-        None => Err("no backend connection".into()),
+        None => Err(BackendError::NotUpgradable("not connected".into())),
     }
 }
 
@@ -197,16 +252,17 @@ async fn upgrade_backend_stream(
     listener: &ListenerConfig,
     generation: &Generation,
     domain: &str,
-) -> Result<(), String> {
-    let config = generation.tls.backend_config(&listener.name).ok_or("no TLS client configuration for backend")?;
+) -> Result<(), BackendError> {
+    let config = generation.tls.backend_config(&listener.name).ok_or(BackendError::NoTlsConfig)?;
     let name = listener.backend.server_name.as_deref().unwrap_or(domain).to_owned();
-    let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("backend name {name}: {e}"))?;
-    let plain = stream.take_plain().map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|e| BackendError::ServerName { name: name.clone(), reason: e.to_string() })?;
+    let plain = stream.take_plain().map_err(|e| BackendError::NotUpgradable(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let tls = timeout(BACKEND_CONNECT_TIMEOUT, connector.connect(server_name, plain))
         .await
-        .map_err(|_| "backend TLS handshake timed out".to_owned())?
-        .map_err(|e| format!("backend TLS handshake with {name} failed: {e}"))?;
+        .map_err(|_| BackendError::TlsTimeout)?
+        .map_err(|source| BackendError::Tls { name, source })?;
     *stream = Stream::Client(Box::new(tls));
     Ok(())
 }

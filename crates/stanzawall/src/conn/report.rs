@@ -36,7 +36,7 @@ pub(super) fn report(effect: &Effect, origin: audit::Origin<'_>) -> Report {
                 .iter()
                 .map(|hit| VerdictLabels {
                     rule: hit.rule.to_string(),
-                    action: hit.action,
+                    action: hit.action.as_str(),
                     log_only: if hit.log_only { "true" } else { "false" },
                 })
                 .collect();
@@ -44,7 +44,7 @@ pub(super) fn report(effect: &Effect, origin: audit::Origin<'_>) -> Report {
                 .decided_by_default()
                 .then(|| VerdictLabels {
                     rule: format!("default:{}", event.chain.as_str()),
-                    action: event.outcome,
+                    action: event.outcome.as_str(),
                     log_only: "false",
                 })
                 .into_iter()
@@ -59,7 +59,7 @@ pub(super) fn report(effect: &Effect, origin: audit::Origin<'_>) -> Report {
 mod tests {
     use std::sync::Arc;
 
-    use stanzawall_core::policy::{Chain, Hit};
+    use stanzawall_core::policy::{Chain, Disposition, Hit, RuleAction};
     use stanzawall_core::session::{PolicyEvent, StanzaSummary};
     use stanzawall_core::stanza::{Kind, StanzaCondition};
 
@@ -73,17 +73,20 @@ mod tests {
         StanzaSummary { kind: Kind::Message, ty: None, id: Some("m1".into()), from: None, to: Some("b@x".into()) }
     }
 
-    fn hit(rule: &str, action: &'static str, log_only: bool) -> Hit {
+    fn hit(rule: &str, action: RuleAction, log_only: bool) -> Hit {
         Hit { rule: Arc::from(rule), action, log_only, condition: None }
     }
 
-    fn event(hits: Vec<Hit>, outcome: &'static str) -> Effect {
+    fn event(hits: Vec<Hit>, outcome: Disposition) -> Effect {
         Effect::Policy(PolicyEvent { chain: Chain::C2sIn, hits, outcome, stanza: stanza(), wrapped: None, body: None })
     }
 
     #[test]
     fn rules_count_once_each_and_a_default_only_when_no_rule_decided() {
-        let r = report(&event(vec![hit("watch", "drop", true), hit("spam", "drop", false)], "drop"), origin());
+        let r = report(
+            &event(vec![hit("watch", RuleAction::Drop, true), hit("spam", RuleAction::Drop, false)], Disposition::Drop),
+            origin(),
+        );
         assert_eq!(
             r.verdicts.iter().map(|v| (v.rule.as_str(), v.log_only)).collect::<Vec<_>>(),
             [("watch", "true"), ("spam", "false")]
@@ -91,12 +94,12 @@ mod tests {
         assert!(r.defaults.is_empty());
         assert_eq!(r.audit.len(), 2);
         // Only log rules matched and the chain default dropped: one default increment and line.
-        let r = report(&event(vec![hit("note", "log", false)], "drop"), origin());
+        let r = report(&event(vec![hit("note", RuleAction::Log, false)], Disposition::Drop), origin());
         assert_eq!(r.defaults.len(), 1);
         assert_eq!(r.defaults[0].rule, "default:c2s-in");
         assert_eq!(r.audit.iter().filter(|l| l["rule"] == "default").count(), 1);
         // A default of pass is not reported.
-        let r = report(&event(vec![hit("note", "log", false)], "pass"), origin());
+        let r = report(&event(vec![hit("note", RuleAction::Log, false)], Disposition::Pass), origin());
         assert!(r.defaults.is_empty());
         assert_eq!(r.audit.len(), 1);
     }

@@ -26,7 +26,7 @@ impl C2sSession {
         let ctx = Context { chain, user: self.bound.as_ref(), source_ip: binding.source_ip };
         let eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
         let include_body = binding.policy.audit().include_body;
-        let outcome = eval.outcome.action();
+        let outcome = eval.outcome.disposition();
         let body = |e: &Element, s: &StanzaSummary| {
             (include_body && s.kind == Kind::Message).then(|| crate::policy::body_text(e))
         };

@@ -680,7 +680,7 @@ fn policy_verdicts_are_carried_out_and_reported() {
     assert_eq!(client_out(&mut s), "");
     let fx = effects(&mut s);
     assert!(
-        matches!(fx.as_slice(), [Effect::Policy(e)] if e.outcome == "drop" && &*e.hits[0].rule == "spam" && e.stanza.from.as_deref() == Some("alice@example.test/phone")),
+        matches!(fx.as_slice(), [Effect::Policy(e)] if e.outcome == crate::policy::Disposition::Drop && &*e.hits[0].rule == "spam" && e.stanza.from.as_deref() == Some("alice@example.test/phone")),
         "{fx:?}"
     );
     s.feed_client(msg("bad").as_bytes());
