@@ -5,12 +5,12 @@
 //! verdicts and bytes to write. No tokio, no sockets, no clock reads — which is what makes every
 //! part unit-testable without sleeps and fuzzable in one line.
 //!
-//! Data flow of one client connection (see `shared/DESIGN.md`):
+//! Data flow of one client connection (docs/DESIGN.md, "How a stanza travels"):
 //!
 //! ```text
-//! bytes ─► xml::StreamReader ─► XmlEvent ─► session::Session ─► canonical bytes ─► other leg
-//!            (restricted XML,                 (STARTTLS, SASL relay,
-//!             limits at the cap)               bind, from-stamping)
+//! bytes ─► xml::StreamReader ─► XmlEvent ─► session::c2s ─► checks ─► policy ─► canonical bytes ─► other leg
+//!            (restricted XML,                (STARTTLS, SASL relay,
+//!             limits at the cap)              bind, from-stamping)
 //! ```
 //!
 //! - [`xml`]: restricted streaming XML (RFC 6120 §11) into a bounded tree, and the one canonical
@@ -18,7 +18,8 @@
 //! - [`stream`]: stream headers and stream errors (RFC 6120 §4);
 //! - [`jid`]: prepared JIDs, compared only in canonical form;
 //! - [`stanza`]: stanza kinds and error replies (bounces);
-//! - [`session`]: the c2s state machine;
+//! - [`session`]: the stream engine (`StreamMachine`: bytes and time in, bytes and effects out)
+//!   and its kinds, today [`session::c2s`];
 //! - [`guard`], [`limit`], [`ban`]: admission at accept (lists, caps, GCRA rates, bans);
 //! - [`net`]: IP prefixes and the one definition of a connection's *source*;
 //! - [`keyed`]: bounded, sharded per-key state with a quota per source of keys (rate buckets);
