@@ -32,8 +32,8 @@ pub use effect::{CloseReason, Effect, PolicyBinding, PolicyEvent, StanzaSummary}
 /// The c2s state machine under its historical name.
 pub type Session = C2sSession;
 
-/// The session's protocol timers (the core owns time: the daemon asks [`Session::poll_timeout`]
-/// when to call [`Session::handle_timeout`]).
+/// The session's protocol timers (the core owns time: the daemon asks [`crate::session::StreamMachine::poll_timeout`]
+/// when to call [`crate::session::StreamMachine::handle_timeout`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// From accept to SASL success: TLS, stream open and authentication must be done by then

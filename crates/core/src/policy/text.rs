@@ -22,7 +22,7 @@
 //! elements (`vi<b>agra</b>`, `<span>vi</span><span>agra</span>`). Attribute values come after
 //! all character data, each apart, so that an `<a href/>` does not split the text it wraps.
 //!
-//! Every piece keeps its place in the tree, so [`super::rewrite::Masker`] can rewrite exactly
+//! Every piece keeps its place in the tree, so the masker (`policy::rewrite`) can rewrite exactly
 //! the text nodes and attributes a match touched, parts of one match in two nodes included.
 
 use std::borrow::Cow;

@@ -269,7 +269,7 @@ impl StreamMachine for C2sSession {
         self.effects.pop_front()
     }
 
-    /// When [`Session::handle_timeout`] is next due: the handshake deadline before SASL
+    /// When [`crate::session::StreamMachine::handle_timeout`] is next due: the handshake deadline before SASL
     /// success, the idle deadline after it, the close-handshake deadline once the client closed
     /// its stream; `None` once closed.
     fn poll_timeout(&self) -> Option<Instant> {

@@ -20,13 +20,13 @@ pub enum Effect {
         /// The `to` of the client's stream header, for certificate choice when there is no SNI.
         domain: String,
     },
-    /// Connect to the backend; call [`Session::backend_connected`] when the socket is ready.
+    /// Connect to the backend; call [`crate::session::StreamMachine::backend_connected`] when the socket is ready.
     ConnectBackend {
         /// The domain the client asked for.
         domain: String,
     },
     /// Flush, then run a TLS client handshake on the backend socket; then
-    /// [`Session::backend_tls_established`].
+    /// [`crate::session::StreamMachine::backend_tls_established`].
     StartBackendTls,
     /// The client bound this full JID.
     Bound(FullJid),
@@ -140,7 +140,7 @@ impl std::fmt::Display for CloseReason {
 /// What the session needs to evaluate policy.
 #[derive(Debug, Clone)]
 pub struct PolicyBinding {
-    /// The current policy (replaced on reload with [`Session::set_policy`]).
+    /// The current policy (replaced on reload with [`crate::session::StreamMachine::set_policy`]).
     pub policy: Arc<Policy>,
     /// Rate state shared by all sessions.
     pub rates: Arc<RateTable>,
