@@ -83,9 +83,7 @@ fn remaining(until: SystemTime, now: SystemTime) -> u64 {
 
 /// The `nft -f` script for `config`, with `bans` (source, expiry) already in the ban sets.
 pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) -> String {
-    let nft = &config.nftables;
-    let guard = &config.network.guard;
-    let table = &nft.table;
+    let table = &config.nftables.table;
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w, "#!/usr/sbin/nft -f");
@@ -96,7 +94,26 @@ pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) ->
     let _ = writeln!(w, "delete table inet {table}");
     let _ = writeln!(w);
     let _ = writeln!(w, "table inet {table} {{");
+    let sets = write_sets(w, config, bans, now);
+    write_prerouting(w);
+    write_input(w, config, &sets);
+    let _ = writeln!(w, "}}");
+    out
+}
 
+/// What the input chain needs to know about the sets written.
+struct Sets {
+    deny4: bool,
+    deny6: bool,
+    restrict_v4: bool,
+    restrict_v6: bool,
+    /// `connection_rate_per_ip`: count, unit, burst, meter timeout in seconds.
+    rate: Option<(u32, &'static str, u32, u64)>,
+}
+
+/// The deny/allow interval sets, the ban sets with the active bans, and the meters.
+fn write_sets(w: &mut String, config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) -> Sets {
+    let guard = &config.network.guard;
     let (deny4, deny6) = split(&guard.deny);
     // An empty allow list admits everyone; otherwise a family without `0.0.0.0/0` or `::/0`
     // is restricted to the listed prefixes (none listed: that family is refused), as at accept.
@@ -113,22 +130,7 @@ pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) ->
     if restrict_v6 {
         interval_set(w, "allow6", "ipv6_addr", "[network] allow", &allow6);
     }
-    let active: Vec<(Cidr, SystemTime)> = bans.iter().copied().filter(|&(_, until)| until > now).collect();
-    let active = outermost(&active);
-    for (set, ty, v4) in [("ban4", "ipv4_addr", true), ("ban6", "ipv6_addr", false)] {
-        let elements: Vec<String> = active
-            .iter()
-            .filter(|(key, _)| key.is_ipv4() == v4)
-            .map(|(key, until)| format!("{} timeout {}s", key.compact(), remaining(*until, now)))
-            .collect();
-        let what = if v4 { String::new() } else { format!(" (IPv6: by /{}, ipv6_prefix)", guard.ipv6_prefix) };
-        let _ = writeln!(w, "\t# [network.ban]: sources the gateway banned{what}; entries expire on their own");
-        let _ = writeln!(w, "\tset {set} {{\n\t\ttype {ty}\n\t\tflags interval,timeout");
-        if !elements.is_empty() {
-            let _ = writeln!(w, "\t\telements = {{ {} }}", elements.join(", "));
-        }
-        let _ = writeln!(w, "\t}}\n");
-    }
+    write_ban_sets(w, config, bans, now);
     let rate = guard.connection_rate_per_ip.map(|r| {
         let interval = r.emission_interval();
         // A meter entry may be forgotten once its bucket is full again.
@@ -157,13 +159,41 @@ pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) ->
         let _ = writeln!(w, "\t# [network] max_connections_per_ip, per source ({per})");
         let _ = writeln!(w, "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SIZE}\n\t\tflags dynamic\n\t}}\n");
     }
+    Sets { deny4: !deny4.is_empty(), deny6: !deny6.is_empty(), restrict_v4, restrict_v6, rate }
+}
 
+/// `ban4`/`ban6` with the bans active at `now` (outermost prefixes only: nft refuses overlaps).
+fn write_ban_sets(w: &mut String, config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) {
+    let active: Vec<(Cidr, SystemTime)> = bans.iter().copied().filter(|&(_, until)| until > now).collect();
+    let active = outermost(&active);
+    for (set, ty, v4) in [("ban4", "ipv4_addr", true), ("ban6", "ipv6_addr", false)] {
+        let elements: Vec<String> = active
+            .iter()
+            .filter(|(key, _)| key.is_ipv4() == v4)
+            .map(|(key, until)| format!("{} timeout {}s", key.compact(), remaining(*until, now)))
+            .collect();
+        let what =
+            if v4 { String::new() } else { format!(" (IPv6: by /{}, ipv6_prefix)", config.network.guard.ipv6_prefix) };
+        let _ = writeln!(w, "\t# [network.ban]: sources the gateway banned{what}; entries expire on their own");
+        let _ = writeln!(w, "\tset {set} {{\n\t\ttype {ty}\n\t\tflags interval,timeout");
+        if !elements.is_empty() {
+            let _ = writeln!(w, "\t\telements = {{ {} }}", elements.join(", "));
+        }
+        let _ = writeln!(w, "\t}}\n");
+    }
+}
+
+fn write_prerouting(w: &mut String) {
     let _ = writeln!(w, "\tchain prerouting {{");
     let _ = writeln!(w, "\t\ttype filter hook prerouting priority raw; policy accept;");
     let _ = writeln!(w, "\t\t# Anti-spoofing: a source not routed back out of the interface it came in on.");
     let _ = writeln!(w, "\t\tfib saddr . iif oif missing counter drop comment \"spoofed source\"");
     let _ = writeln!(w, "\t}}\n");
+}
 
+/// The input chain: established, deny, bans, ICMP, allow, meters, then the listeners' ports.
+fn write_input(w: &mut String, config: &Config, sets: &Sets) {
+    let guard = &config.network.guard;
     let ports = listener_ports(config);
     let port_set = if ports.len() == 1 {
         ports[0].to_string()
@@ -175,10 +205,10 @@ pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) ->
     let _ = writeln!(w, "\t\tiif \"lo\" counter accept");
     let _ = writeln!(w, "\t\tct state established,related counter accept");
     let _ = writeln!(w, "\t\tct state invalid counter drop");
-    if !deny4.is_empty() {
+    if sets.deny4 {
         let _ = writeln!(w, "\t\tip saddr @deny4 counter drop comment \"[network] deny\"");
     }
-    if !deny6.is_empty() {
+    if sets.deny6 {
         let _ = writeln!(w, "\t\tip6 saddr @deny6 counter drop comment \"[network] deny\"");
     }
     let _ = writeln!(w, "\t\tip saddr @ban4 counter drop comment \"banned by stanzawall\"");
@@ -193,14 +223,14 @@ pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) ->
         "\t\tip6 nexthdr icmpv6 icmpv6 type {{ echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} counter accept"
     );
     if !ports.is_empty() {
-        if restrict_v4 {
+        if sets.restrict_v4 {
             let _ = writeln!(w, "\t\tmeta nfproto ipv4 tcp dport {port_set} ip saddr != @allow4 counter drop comment \"[network] allow\"");
         }
-        if restrict_v6 {
+        if sets.restrict_v6 {
             let _ = writeln!(w, "\t\tmeta nfproto ipv6 tcp dport {port_set} ip6 saddr != @allow6 counter drop comment \"[network] allow\"");
         }
-        let key6 = ip6_source(prefix);
-        if let Some((count, unit, burst, _)) = rate {
+        let key6 = ip6_source(guard.ipv6_prefix);
+        if let Some((count, unit, burst, _)) = sets.rate {
             for (set, key) in [("rate4", "ip saddr"), ("rate6", key6.as_str())] {
                 let _ = writeln!(
                     w,
@@ -225,13 +255,11 @@ pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) ->
             l.name
         );
     }
-    for port in &nft.extra_tcp_ports {
+    for port in &config.nftables.extra_tcp_ports {
         let _ = writeln!(w, "\t\ttcp dport {port} counter accept comment \"[nftables] extra_tcp_ports\"");
     }
     let _ = writeln!(w, "\t\tcounter comment \"dropped: not a stanzawall port\"");
     let _ = writeln!(w, "\t}}");
-    let _ = writeln!(w, "}}");
-    out
 }
 
 /// Listener ports, sorted and without duplicates.
