@@ -2,8 +2,8 @@
 //! `jid` crate).
 //!
 //! The gateway compares addresses only after preparation, so `Alice@Example.TEST/phone` and
-//! `alice@example.test/phone` are the same sender (DESIGN.md invariant 3). This module never
-//! allocates on comparison of two already-parsed JIDs.
+//! `alice@example.test/phone` are the same sender (invariant 3, addresses are enforced,
+//! docs/DESIGN.md). This module never allocates on comparison of two already-parsed JIDs.
 
 pub use jid::{BareJid, FullJid, Jid};
 

@@ -2,8 +2,9 @@
 //! later per-key counter), shared by every session of the gateway.
 //!
 //! The keys of such a table are made by whoever sends: a user who messages a million distinct
-//! recipients makes a million `to.bare` buckets. So the table bounds, and charges to the one
-//! who made them, everything an attacker can make it hold (invariant 6):
+//! recipients makes a million `to.bare` buckets. So the table bounds, and charges to the one who
+//! made them, everything an attacker can make it hold (invariant 6, bounded memory per connection,
+//! docs/DESIGN.md):
 //!
 //! - **Memory per entry is constant**: keys and their *sources* (who created the key: a user, an
 //!   address, later a remote domain) are kept as 128-bit keyed digests, never as the strings

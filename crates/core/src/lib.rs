@@ -14,7 +14,7 @@
 //! ```
 //!
 //! - [`xml`]: restricted streaming XML (RFC 6120 §11) into a bounded tree, and the one canonical
-//!   serialization (invariant 1: never forward bytes the parser did not accept);
+//!   serialization (invariant 1, never forward bytes the parser did not accept, docs/DESIGN.md);
 //! - [`stream`]: stream headers and stream errors (RFC 6120 §4);
 //! - [`jid`]: prepared JIDs, compared only in canonical form;
 //! - [`stanza`]: stanza kinds and error replies (bounces);

@@ -544,8 +544,9 @@ impl Policy {
             Cond::Keywords(group) => f.keyword_hit(self, *group),
             Cond::Regex { raw, indices } => f.regex_hit(self, *raw, indices),
             Cond::Urls(set) => {
-                // Fail closed (invariant 5): links past the extractor's bounds could hide a
-                // listed one behind many harmless ones, so an incomplete scan counts as a match.
+                // Invariant 5 (fail closed, docs/DESIGN.md): links past the
+                // extractor's bounds could hide a listed one behind many harmless ones, so an
+                // incomplete scan counts as a match.
                 let (urls, complete) = f.urls();
                 !complete || urls.iter().any(|u| set.matches(u).is_some())
             }

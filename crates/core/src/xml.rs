@@ -5,7 +5,8 @@
 //! entity references other than the five predefined ones) and everything that is not
 //! well-formed XML 1.0 + Namespaces (non-UTF-8, invalid characters, undeclared prefixes,
 //! duplicate attributes, mismatched tags). It never forwards input bytes: callers re-serialize
-//! the tree (DESIGN.md invariant 1). It never reads a clock or does I/O.
+//! the tree (invariant 1, never forward bytes the parser did not accept, docs/DESIGN.md). It
+//! never reads a clock or does I/O.
 //!
 //! Parser choice: a purpose-built tokenizer rather than quick-xml (fast but lenient: it accepts
 //! DTDs, comments, undeclared prefixes and duplicate attributes, and is not incremental over a
@@ -34,7 +35,8 @@ pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// The namespace bound to the `xmlns` prefix; may never be declared.
 pub const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 
-/// Caps enforced while parsing (DESIGN.md invariant 2).
+/// Caps enforced while parsing (invariant 2, restricted XML and bounded everything,
+/// docs/DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct XmlLimits {
     /// Largest stanza (top-level element), and largest stream header, in bytes.

@@ -4,10 +4,11 @@
 //! This module owns the pattern syntax ([`JidPattern`]) and two compiled lists, [`JidSet`] and
 //! [`DomainSet`], whose lookup is a fixed handful of hash lookups plus one per parent label of the
 //! domain (bounded by the longest listed parent), never a scan over entries. Patterns and inputs
-//! are compared only in canonical form (DESIGN.md invariant 3): patterns are prepared with
-//! [`crate::jid::parse`], so `Evil.Example` and `evil.example` are one entry, and domains are
-//! further keyed in IDNA A-label form, so `ёлка.рф` and `xn--80atc1g.xn--p1ai` are one domain
-//! (RFC 7622 §3.2.2). It never reads clocks, files or the network.
+//! are compared only in canonical form (invariant 3, addresses are enforced, docs/DESIGN.md):
+//! patterns are prepared with [`crate::jid::parse`], so `Evil.Example` and `evil.example` are one
+//! entry, and domains are further keyed in IDNA A-label form, so `ёлка.рф` and
+//! `xn--80atc1g.xn--p1ai` are one domain (RFC 7622 §3.2.2). It never reads clocks, files or the
+//! network.
 //!
 //! | pattern          | matches                                                              |
 //! |------------------|----------------------------------------------------------------------|

@@ -2,16 +2,17 @@
 //! shared by every session of the gateway and kept across policy reloads (a reload must not
 //! hand a flooder a fresh burst).
 //!
-//! The key values are chosen by the traffic (one `to.bare` bucket per recipient a user writes
-//! to), so the buckets live in a [`KeyedTable`] (invariant 6): constant memory per bucket, at
-//! most [`MAX_KEYS`] in all, and at most the limiter's `max_keys_per_source` created by one
-//! [`KeySource`] (the session's user). A source at its quota whose buckets are all busy gets
-//! its *new* keys counted as over the limit (fail closed, invariant 5), rather than forgetting
-//! one of its busy buckets: forgetting one would hand it a fresh burst on that key, which a
-//! flooder could then use at will by cycling keys. Its idle buckets are forgotten instead
-//! (an idle bucket is a full one, so nothing changes). Nobody else's bucket is touched, so
-//! one user's keys never change another user's verdicts; only a table full of sources that
-//! are all busy takes room back, from the largest of them (see [`crate::keyed`]).
+//! The key values are chosen by the traffic (one `to.bare` bucket per recipient a user writes to),
+//! so the buckets live in a [`KeyedTable`] (invariant 6, bounded memory per connection,
+//! docs/DESIGN.md): constant memory per bucket, at most [`MAX_KEYS`] in all, and at most the
+//! limiter's `max_keys_per_source` created by one [`KeySource`] (the session's user). A source at
+//! its quota whose buckets are all busy gets its *new* keys counted as over the limit (invariant 5,
+//! fail closed, docs/DESIGN.md), rather than forgetting one of its busy buckets: forgetting one
+//! would hand it a fresh burst on that key, which a flooder could then use at will by cycling keys.
+//! Its idle buckets are forgotten instead (an idle bucket is a full one, so nothing changes).
+//! Nobody else's bucket is touched, so one user's keys never change another user's verdicts; only a
+//! table full of sources that are all busy takes room back, from the largest of them (see
+//! [`crate::keyed`]).
 //!
 //! Pure: the caller passes `now`.
 

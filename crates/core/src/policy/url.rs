@@ -9,11 +9,12 @@
 //! `normalize` (the normal form, below both others) and `set` (the list).
 //!
 //! Extraction is deliberately liberal — `report.pdf` comes out as the host `report.pdf` — because
-//! an extracted URL is only ever compared with listed entries: a false candidate costs one
-//! lookup, a missed one lets a listed link through. The work is bounded: at most
-//! [`MAX_SCAN_BYTES`] of text, [`MAX_URL_BYTES`] per URL, [`MAX_CANDIDATES`] parse attempts and
-//! [`MAX_URLS`] results per text. Hitting a bound is reported as [`Scan::Truncated`] so the policy
-//! can fail closed (DESIGN.md invariant 5) instead of letting a listed URL hide behind 64 decoys.
+//! an extracted URL is only ever compared with listed entries: a false candidate costs one lookup,
+//! a missed one lets a listed link through. The work is bounded: at most [`MAX_SCAN_BYTES`] of
+//! text, [`MAX_URL_BYTES`] per URL, [`MAX_CANDIDATES`] parse attempts and [`MAX_URLS`] results per
+//! text. Hitting a bound is reported as [`Scan::Truncated`] so the policy can fail closed
+//! (invariant 5, fail closed, docs/DESIGN.md) instead of letting a listed URL hide behind 64
+//! decoys.
 //!
 //! Normal form, shared by extracted URLs and list entries so both sides agree:
 //! - the host is parsed as the WHATWG URL standard does for `http` (the `url` crate): IDN labels to

@@ -1,10 +1,11 @@
 //! The bounded element tree a stanza is parsed into, and its one canonical serialization.
 //!
-//! Canonical form (DESIGN.md invariant 1): UTF-8, no XML declaration, no comments, PIs or CDATA,
-//! text escaped (`&lt; &gt; &amp;`), attributes single-quoted and escaped, namespaces written only
-//! as default-namespace declarations — except the stream namespace, which keeps the `stream:`
-//! prefix that the gateway itself binds in every stream header it writes. Attributes in a
-//! namespace other than `xml:` get a prefix declared on the element that uses it.
+//! Canonical form (invariant 1, never forward bytes the parser did not accept, docs/DESIGN.md):
+//! UTF-8, no XML declaration, no comments, PIs or CDATA, text escaped (`&lt; &gt; &amp;`),
+//! attributes single-quoted and escaped, namespaces written only as default-namespace declarations
+//! — except the stream namespace, which keeps the `stream:` prefix that the gateway itself binds in
+//! every stream header it writes. Attributes in a namespace other than `xml:` get a prefix declared
+//! on the element that uses it.
 
 use std::fmt;
 use std::sync::Arc;

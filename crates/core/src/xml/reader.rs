@@ -119,7 +119,8 @@ impl StreamReader {
             self.scan = 0;
             self.pos = 0;
             // Give back what a large stanza grew once small traffic resumes: idle sessions
-            // should not each keep their largest stanza's worth of buffer (invariant 6).
+            // should not each keep their largest stanza's worth of buffer (invariant 6, bounded
+            // memory per connection, docs/DESIGN.md).
             if self.buf.capacity() > SHRINK_ABOVE && data.len() < SHRINK_ABOVE / 4 {
                 self.buf = Vec::new();
             }
