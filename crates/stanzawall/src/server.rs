@@ -1,8 +1,9 @@
 //! The daemon's supervisor: listeners, config generations, reload and shutdown.
 //!
 //! A [`Generation`] is one validated config with its certificates loaded. It is published through
-//! a `watch` channel; each accepted connection takes the generation current at accept time, so a
-//! reload changes new connections and leaves open sessions untouched. A reload is all or
+//! a `watch` channel; each accepted connection keeps the listener, limits and certificates of the
+//! generation current at accept time, while its policy follows reloads: an open session evaluates
+//! its next stanza against the newest policy (`StreamMachine::set_policy`). A reload is all or
 //! nothing: parse, validate, load certificates, bind new sockets — any failure keeps the old
 //! generation and logs why. Every load (the config, its includes and list files, certificates,
 //! the ban file) runs on a thread of its own under a deadline ([`crate::files`]), while this
