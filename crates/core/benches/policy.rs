@@ -1,6 +1,6 @@
 //! Policy evaluation per stanza and policy compile time, at 10 and at 100,000 entries in each
 //! list (domains, JIDs, URLs, keywords), beside 100 regex rules and a per-sender rate. The design
-//! goal is that evaluation cost does not grow with list size (DESIGN.md, performance budget): the
+//! goal is that evaluation cost does not grow with list size (docs/DESIGN.md "Policy, state, performance"): the
 //! `evaluate_lists_10` and `evaluate_lists_100000` groups should report about the same times.
 //!
 //! `cargo bench -p stanzawall-core --bench policy -- --warm-up-time 1 --measurement-time 3`

@@ -1,5 +1,5 @@
 //! The L3/L4 guard: admit or refuse a connection by its source, before any byte is read
-//! (DESIGN.md "Accept").
+//! (docs/DESIGN.md, the guard at accept).
 //!
 //! Owns the allow and deny lists, the global and per-source concurrent caps and the per-source
 //! connection rate, plus the bookkeeping that keeps refusal audits to one line per source per

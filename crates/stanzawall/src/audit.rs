@@ -1,8 +1,8 @@
 //! The audit log: one JSON object per line for every policy decision worth recording.
 //!
 //! Sessions hand records to one writer task through a bounded channel; a full channel makes the
-//! session wait (backpressure) rather than lose a record (DESIGN.md invariant 4: drops are always
-//! audited). Without `[audit] path` records go to the daemon's log instead. Message bodies are
+//! session wait (backpressure) rather than lose a record (invariant 4, lose nothing silently,
+//! docs/DESIGN.md: drops are always audited). Without `[audit] path` records go to the daemon's log instead. Message bodies are
 //! written only with `include_body = true`.
 
 use std::path::PathBuf;

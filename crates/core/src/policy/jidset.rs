@@ -1,5 +1,5 @@
-//! JID patterns and JID/domain lists for policy conditions (`from`/`to` matching, DESIGN.md
-//! policy model: exact, bare, domain, wildcard, list).
+//! JID patterns and JID/domain lists for policy conditions (`from`/`to` matching, README
+//! "Policy": exact, bare, domain, wildcard, list).
 //!
 //! This module owns the pattern syntax ([`JidPattern`]) and two compiled lists, [`JidSet`] and
 //! [`DomainSet`], whose lookup is a fixed handful of hash lookups plus one per parent label of the

@@ -14,7 +14,7 @@ use crate::origin::Origin;
 use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::Condition;
 
-/// The chains a rule can sit in (DESIGN.md "Policy model").
+/// The chains a rule can sit in (README "Policy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Chain {
     /// Client → server: what a local user sends.

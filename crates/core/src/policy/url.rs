@@ -4,7 +4,7 @@
 //! This module owns three things: finding URL-like tokens in free text ([`extract_urls`]),
 //! normalizing a URL to the one form lists are compared in ([`NormalizedUrl`]), and [`UrlSet`], a
 //! compiled URL list whose lookup cost is bounded by the labels of the host and the segments of
-//! the path, never by the number of entries (DESIGN.md, performance budget). It never fetches,
+//! the path, never by the number of entries (README "Cost"). It never fetches,
 //! resolves or follows anything: it only reads text. One submodule each: `extract` (the scan),
 //! `normalize` (the normal form, below both others) and `set` (the list).
 //!

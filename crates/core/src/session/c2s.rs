@@ -4,15 +4,16 @@
 //! I/O milestones (TLS done, backend connected); the session answers with bytes to write on each
 //! leg and [`Effect`]s for the daemon to carry out. It never touches sockets or clocks.
 //!
-//! What it enforces (DESIGN.md "Data flow of one c2s connection"):
+//! What it enforces (docs/DESIGN.md "How a stanza travels"):
 //! - the gateway answers the client's header itself and offers only `<starttls><required/>`;
 //!   after `<starttls/>` no byte reaches the XML parser until TLS is up;
 //! - SASL is relayed, never performed; mechanisms that cannot cross a TLS-terminating hop
-//!   (`-PLUS`, channel-binding advertisements), compression, STARTTLS and Stream Management are
-//!   removed from the backend's features;
+//!   (`-PLUS`, channel-binding advertisements), compression and STARTTLS are removed from the
+//!   backend's features; Stream Management is relayed with its counters rewritten;
 //! - every stanza from the client carries its bound JID as `from` (RFC 6120 §8.1.2.1);
-//! - everything written is re-serialized from the parsed tree (invariant 1);
-//! - any error closes both legs with the right stream error (invariant 5).
+//! - everything written is re-serialized from the parsed tree (invariant 1, never forward bytes
+//!   the parser did not accept);
+//! - any error closes both legs with the right stream error (invariant 5, fail closed).
 
 mod backend;
 mod checks;

@@ -3,7 +3,7 @@
 //! Owns the entry syntax and the lookup: a host entry matches the host and its subdomains, a
 //! host+path entry also needs the path to start with the entry's at a segment boundary. Lookup
 //! tries at most the listed number of host labels and path segments, so its cost never grows
-//! with the number of entries (DESIGN.md, performance budget).
+//! with the number of entries (README "Cost").
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
