@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| stanzawall_core::fuzzing::session(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| stanzawall_core::fuzzing::session(data, std::time::Instant::now()));

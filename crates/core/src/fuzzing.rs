@@ -102,8 +102,10 @@ pub fn config(data: &[u8]) {
 /// The session fed an arbitrary sequence of I/O events. Each op is one byte; byte ops take a
 /// length byte and that many bytes. Invariants: no panic; once closed the session writes
 /// nothing more; the client never sees bytes before the session answered its header.
-pub fn session(data: &[u8]) {
-    let start = std::time::Instant::now();
+///
+/// `start` is the accept time (the caller reads the clock: the core never does); the session's
+/// clock then moves one second per op.
+pub fn session(data: &[u8], start: std::time::Instant) {
     let cfg = SessionConfig {
         direct_tls: data.first().is_some_and(|b| b & 1 == 1),
         preauth_limits: limits(),

@@ -32,7 +32,7 @@ fn xml_stream_corpus() {
 
 #[test]
 fn session_corpus() {
-    replay("session", fuzzing::session);
+    replay("session", |data| fuzzing::session(data, std::time::Instant::now()));
 }
 
 #[test]
