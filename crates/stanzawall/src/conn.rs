@@ -29,7 +29,6 @@ use tokio::sync::watch;
 use tokio::time::{timeout, Instant, Sleep};
 use tracing::{info, warn};
 
-use crate::audit;
 use crate::io::{Rewind, Stream};
 use crate::metrics::{ChainLabels, CloseLabels, DirectionLabels, ErrorLabels, Metrics};
 use crate::state::{Generation, Permit, Shared};
@@ -311,9 +310,7 @@ impl<S: StreamMachine> Connection<'_, S> {
 
     /// Audit lines and metric increments for `effect` ([`report::report`]).
     async fn report(&mut self, effect: &Effect) {
-        let user = self.session.bound_jid().map(|j| j.to_bare().to_string());
-        let origin = audit::Origin { listener: &self.listener.name, client_ip: self.peer.ip(), user: user.as_deref() };
-        let r = report::report(effect, origin);
+        let r = report::report(effect, &self.listener.name, self.peer.ip());
         let metrics = &self.shared.metrics;
         for labels in &r.verdicts {
             metrics.verdicts.get_or_create(labels).inc();

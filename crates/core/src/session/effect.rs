@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::jid::FullJid;
+use crate::jid::{BareJid, FullJid};
 use crate::policy::{Chain, Disposition, Hit, Policy, RateTable, RuleAction, Wrapper};
 use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::StreamError;
@@ -161,11 +161,14 @@ pub struct StanzaSummary {
     pub from: Option<String>,
     /// `to`.
     pub to: Option<String>,
+    /// The session's authenticated account when the stanza was seen (the audit's `user`), so
+    /// that the record does not depend on asking the session later.
+    pub user: Option<BareJid>,
 }
 
 impl StanzaSummary {
-    /// The summary of `el`, if it is a stanza.
-    pub fn of(el: &Element) -> Option<StanzaSummary> {
+    /// The summary of `el`, if it is a stanza, seen in a session of `user`.
+    pub fn of(el: &Element, user: Option<&FullJid>) -> Option<StanzaSummary> {
         let attr = |n: &str| el.attr(n).map(str::to_owned);
         Some(StanzaSummary {
             kind: Kind::of(el)?,
@@ -173,6 +176,7 @@ impl StanzaSummary {
             id: attr("id"),
             from: attr("from"),
             to: attr("to"),
+            user: user.map(|u| u.to_bare()),
         })
     }
 }

@@ -2,7 +2,9 @@
 //! that every stream kind reports the same way and the mapping is unit-tested without sockets.
 
 use serde_json::Value;
-use stanzawall_core::session::Effect;
+use std::net::IpAddr;
+
+use stanzawall_core::session::{Effect, StanzaSummary};
 
 use crate::audit;
 use crate::metrics::VerdictLabels;
@@ -18,18 +20,24 @@ pub(super) struct Report {
     pub defaults: Vec<VerdictLabels>,
 }
 
-/// The report for `effect` of a session at `origin`; effects that are not decisions about
-/// stanzas report nothing.
-pub(super) fn report(effect: &Effect, origin: audit::Origin<'_>) -> Report {
+/// The report for `effect` of a session on `listener` from `client_ip`; the session's user
+/// comes with the effect (`StanzaSummary::user`). Effects that are not decisions about stanzas
+/// report nothing.
+pub(super) fn report(effect: &Effect, listener: &str, client_ip: IpAddr) -> Report {
+    let user = |s: Option<&StanzaSummary>| s.and_then(|s| s.user.as_ref()).map(ToString::to_string);
     match effect {
-        Effect::Bounced { stanza, condition, reason } => Report {
-            audit: vec![audit::gateway_record(false, Some(stanza), "bounce", Some(condition.as_str()), reason, origin)],
-            ..Report::default()
-        },
-        Effect::Dropped { from_backend, stanza, reason } => Report {
-            audit: vec![audit::gateway_record(*from_backend, stanza.as_ref(), "drop", None, reason, origin)],
-            ..Report::default()
-        },
+        Effect::Bounced { stanza, condition, reason } => {
+            let user = user(Some(stanza));
+            let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
+            let line = audit::gateway_record(false, Some(stanza), "bounce", Some(condition.as_str()), reason, origin);
+            Report { audit: vec![line], ..Report::default() }
+        }
+        Effect::Dropped { from_backend, stanza, reason } => {
+            let user = user(stanza.as_ref());
+            let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
+            let line = audit::gateway_record(*from_backend, stanza.as_ref(), "drop", None, reason, origin);
+            Report { audit: vec![line], ..Report::default() }
+        }
         Effect::Policy(event) => {
             let verdicts = event
                 .hits
@@ -49,6 +57,8 @@ pub(super) fn report(effect: &Effect, origin: audit::Origin<'_>) -> Report {
                 })
                 .into_iter()
                 .collect();
+            let user = user(Some(&event.stanza));
+            let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
             Report { audit: audit::records(event, origin), verdicts, defaults }
         }
         _ => Report::default(),
@@ -60,17 +70,21 @@ mod tests {
     use std::sync::Arc;
 
     use stanzawall_core::policy::{Chain, Disposition, Hit, RuleAction};
-    use stanzawall_core::session::{PolicyEvent, StanzaSummary};
-    use stanzawall_core::stanza::{Kind, StanzaCondition};
+    use stanzawall_core::session::PolicyEvent;
+    use stanzawall_core::stanza::StanzaCondition;
 
     use super::*;
 
-    fn origin() -> audit::Origin<'static> {
-        audit::Origin { listener: "c2s", client_ip: [192, 0, 2, 1].into(), user: Some("alice@example.test") }
+    fn report(effect: &Effect) -> Report {
+        super::report(effect, "c2s", [192, 0, 2, 1].into())
     }
 
     fn stanza() -> StanzaSummary {
-        StanzaSummary { kind: Kind::Message, ty: None, id: Some("m1".into()), from: None, to: Some("b@x".into()) }
+        let user = stanzawall_core::jid::parse_full("alice@example.test/phone");
+        let el = stanzawall_core::xml::Element::new(stanzawall_core::stream::NS_CLIENT, "message")
+            .with_attr("id", "m1")
+            .with_attr("to", "b@x");
+        StanzaSummary::of(&el, user.as_ref()).unwrap()
     }
 
     fn hit(rule: &str, action: RuleAction, log_only: bool) -> Hit {
@@ -83,10 +97,10 @@ mod tests {
 
     #[test]
     fn rules_count_once_each_and_a_default_only_when_no_rule_decided() {
-        let r = report(
-            &event(vec![hit("watch", RuleAction::Drop, true), hit("spam", RuleAction::Drop, false)], Disposition::Drop),
-            origin(),
-        );
+        let r = report(&event(
+            vec![hit("watch", RuleAction::Drop, true), hit("spam", RuleAction::Drop, false)],
+            Disposition::Drop,
+        ));
         assert_eq!(
             r.verdicts.iter().map(|v| (v.rule.as_str(), v.log_only)).collect::<Vec<_>>(),
             [("watch", "true"), ("spam", "false")]
@@ -94,12 +108,12 @@ mod tests {
         assert!(r.defaults.is_empty());
         assert_eq!(r.audit.len(), 2);
         // Only log rules matched and the chain default dropped: one default increment and line.
-        let r = report(&event(vec![hit("note", RuleAction::Log, false)], Disposition::Drop), origin());
+        let r = report(&event(vec![hit("note", RuleAction::Log, false)], Disposition::Drop));
         assert_eq!(r.defaults.len(), 1);
         assert_eq!(r.defaults[0].rule, "default:c2s-in");
         assert_eq!(r.audit.iter().filter(|l| l["rule"] == "default").count(), 1);
         // A default of pass is not reported.
-        let r = report(&event(vec![hit("note", RuleAction::Log, false)], Disposition::Pass), origin());
+        let r = report(&event(vec![hit("note", RuleAction::Log, false)], Disposition::Pass));
         assert!(r.defaults.is_empty());
         assert_eq!(r.audit.len(), 1);
     }
@@ -107,12 +121,13 @@ mod tests {
     #[test]
     fn gateway_decisions_are_audited_and_other_effects_report_nothing() {
         let bounced = Effect::Bounced { stanza: stanza(), condition: StanzaCondition::JidMalformed, reason: "bad to" };
-        let r = report(&bounced, origin());
+        let r = report(&bounced);
         assert_eq!(r.audit.len(), 1);
         assert_eq!(r.audit[0]["rule"], "gateway: bad to");
         assert_eq!(r.audit[0]["condition"], "jid-malformed");
+        assert_eq!(r.audit[0]["user"], "alice@example.test", "the user travels with the effect");
         let dropped = Effect::Dropped { from_backend: true, stanza: None, reason: "too large" };
-        assert_eq!(report(&dropped, origin()).audit[0]["chain"], "c2s-out");
-        assert_eq!(report(&Effect::Authenticated, origin()), Report::default());
+        assert_eq!(report(&dropped).audit[0]["chain"], "c2s-out");
+        assert_eq!(report(&Effect::Authenticated), Report::default());
     }
 }

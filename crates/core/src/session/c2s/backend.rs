@@ -109,13 +109,13 @@ impl C2sSession {
             Check::Pass => {}
             Check::Bounce(condition, reason) => {
                 self.refuse_backend_stanza(&el, condition, None);
-                let stanza = StanzaSummary::of(&el);
+                let stanza = StanzaSummary::of(&el, self.bound.as_ref());
                 return self.effects.push_back(Effect::Dropped { from_backend: true, stanza, reason });
             }
             Check::Drop(reason) => {
                 let r = self.sm.to_client.withheld();
                 self.sm_result(r);
-                let stanza = StanzaSummary::of(&el);
+                let stanza = StanzaSummary::of(&el, self.bound.as_ref());
                 return self.effects.push_back(Effect::Dropped { from_backend: true, stanza, reason });
             }
             Check::Close(_, reason) => return self.fail_backend(reason.to_owned()),
@@ -157,7 +157,7 @@ impl C2sSession {
     /// would do so again at every sync), and a stanza that may be answered gets an error back to
     /// its sender, unless that is the user's own account (a MAM result or carbon wrapping it).
     pub(super) fn on_backend_skipped(&mut self, reason: XmlError, root: Option<Element>) {
-        let stanza = root.as_ref().and_then(StanzaSummary::of);
+        let stanza = root.as_ref().and_then(|r| StanzaSummary::of(r, self.bound.as_ref()));
         match &root {
             Some(root) if stanza.is_some() && !self.is_from_own_account(root) => {
                 let text = match reason {

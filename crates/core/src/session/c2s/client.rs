@@ -137,7 +137,7 @@ impl C2sSession {
                 Check::Drop(why) => {
                     let r = self.sm.to_server.withheld();
                     self.sm_result(r);
-                    let stanza = StanzaSummary::of(&el);
+                    let stanza = StanzaSummary::of(&el, self.bound.as_ref());
                     return self.effects.push_back(Effect::Dropped { from_backend: false, stanza, reason: why });
                 }
             }
@@ -191,7 +191,7 @@ impl C2sSession {
     /// Answer a refused client stanza with a stanza error (or drop it where no error may be
     /// sent, RFC 6120 §8.3.1); nothing reaches the backend.
     pub(super) fn bounce(&mut self, el: &Element, condition: StanzaCondition, reason: &'static str) {
-        let stanza = StanzaSummary::of(el);
+        let stanza = StanzaSummary::of(el, self.bound.as_ref());
         match (self.refuse_client_stanza(el, condition, Some(reason)), stanza) {
             (true, Some(stanza)) => self.effects.push_back(Effect::Bounced { stanza, condition, reason }),
             (_, stanza) => self.effects.push_back(Effect::Dropped { from_backend: false, stanza, reason }),

@@ -18,7 +18,7 @@ impl C2sSession {
     /// dropped, bounced or the stream closed (all accounted for here).
     pub(super) fn police(&mut self, chain: Chain, el: Element) -> Option<Element> {
         // Only stanzas reach here as stanzas (SASL and SM elements are not evaluated).
-        let Some(stanza) = StanzaSummary::of(&el) else { return Some(el) };
+        let Some(stanza) = StanzaSummary::of(&el, self.bound.as_ref()) else { return Some(el) };
         let (binding, now) = (&self.filter, self.now);
         if binding.policy.is_pass_all(chain) {
             return Some(el);
@@ -39,14 +39,14 @@ impl C2sSession {
             self.effects.push_back(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped: None, body }));
         }
         for w in eval.wrapped {
-            let Some(stanza) = StanzaSummary::of(&w.stanza) else { continue };
+            let Some(stanza) = StanzaSummary::of(&w.stanza, self.bound.as_ref()) else { continue };
             let body = body(&w.stanza, &stanza);
             let (hits, wrapped) = (w.verdict.hits, Some(w.wrapper));
             self.effects.push_back(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped, body }));
         }
         if eval.too_many_wrapped {
             let reason = "stanza wraps too many forwarded stanzas";
-            let (from_backend, stanza) = (chain == Chain::C2sOut, StanzaSummary::of(&el));
+            let (from_backend, stanza) = (chain == Chain::C2sOut, StanzaSummary::of(&el, self.bound.as_ref()));
             self.effects.push_back(Effect::Dropped { from_backend, stanza, reason });
         }
         match eval.outcome {

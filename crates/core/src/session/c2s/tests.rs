@@ -583,7 +583,8 @@ fn a_backend_stanza_that_is_not_namespace_well_formed_is_skipped_not_fatal() {
                 &Element::new(NS_CLIENT, "message")
                     .with_attr("from", "mallory@evil.test/x")
                     .with_attr("to", "alice@example.test/phone")
-                    .with_attr("id", "x1")
+                    .with_attr("id", "x1"),
+                s.bound.as_ref()
             ),
             reason: "stanza from backend not namespace-well-formed",
         }]
