@@ -27,7 +27,7 @@ pub use c2s::{
     C2sSession, Check, Decision, SessionConfig, NS_BIND, NS_CARBONS, NS_CSI, NS_LEGACY_AUTH, NS_ROSTER, NS_SASL,
     NS_TLS,
 };
-pub use effect::{CloseReason, Effect, PolicyBinding, PolicyEvent, StanzaSummary};
+pub use effect::{BackendFailure, CloseReason, Effect, PolicyBinding, PolicyEvent, StanzaSummary};
 
 /// The c2s state machine under its historical name.
 pub type Session = C2sSession;

@@ -71,7 +71,7 @@ pub struct Metrics {
     pub refused: Family<ReasonLabels, Counter>,
     /// Stream errors that ended sessions, by side and condition (parse errors included).
     pub stream_errors: Family<ErrorLabels, Counter>,
-    /// Sessions ended, by side and kind of close (`client-not-reading`, `backend-failed`, …).
+    /// Sessions ended, by side and kind of close (`client-not-reading`, `backend-io`, `backend-protocol`, …).
     pub sessions_closed: Family<CloseLabels, Counter>,
     /// Audit records that could not be written.
     pub audit_failures: Counter,

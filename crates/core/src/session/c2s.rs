@@ -36,7 +36,7 @@ pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decis
 pub use features::{filter_features, is_channel_binding_mechanism};
 
 use super::sm::{self, StreamManagement};
-use super::{CloseReason, Counters, Effect, PolicyBinding, StanzaSummary, StreamMachine, Timeouts};
+use super::{BackendFailure, CloseReason, Counters, Effect, PolicyBinding, StanzaSummary, StreamMachine, Timeouts};
 
 /// STARTTLS namespace (RFC 6120 §5).
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
@@ -210,10 +210,15 @@ impl C2sSession {
         self.to_client.extend_from_slice(STREAM_CLOSE);
     }
 
+    /// The backend broke the protocol: `<internal-server-error/>` to the client, close both.
     fn fail_backend(&mut self, why: String) {
+        self.backend_failure(BackendFailure::Protocol(why));
+    }
+
+    pub(super) fn backend_failure(&mut self, failure: BackendFailure) {
         self.client_error_no_finish(StreamError::new(Condition::InternalServerError, None));
         self.close_backend_stream();
-        self.finish(CloseReason::BackendFailed(why));
+        self.finish(CloseReason::BackendFailed(failure));
     }
 
     fn close_backend_stream(&mut self) {
@@ -348,7 +353,7 @@ impl StreamMachine for C2sSession {
         if self.is_closed() {
             return;
         }
-        self.fail_backend(why.to_owned());
+        self.backend_failure(BackendFailure::Io(why.to_owned()));
     }
 
     /// The client's connection broke (no stream close): close the backend stream.

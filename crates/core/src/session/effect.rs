@@ -72,7 +72,7 @@ pub enum CloseReason {
     /// The backend sent this stream error (relayed to the client).
     BackendError(StreamError),
     /// The backend misbehaved or failed; the client got internal-server-error.
-    BackendFailed(String),
+    BackendFailed(BackendFailure),
     /// The client's connection failed below XMPP (TLS handshake, I/O).
     ClientFailed(String),
     /// The client stopped reading: a write to it made no progress for the daemon's write
@@ -102,7 +102,7 @@ impl CloseReason {
             CloseReason::BackendClosed => "backend-closed",
             CloseReason::ClientError(_) => "client-stream-error",
             CloseReason::BackendError(_) => "backend-stream-error",
-            CloseReason::BackendFailed(_) => "backend-failed",
+            CloseReason::BackendFailed(f) => f.kind(),
             CloseReason::ClientFailed(_) => "client-failed",
             CloseReason::ClientNotReading => "client-not-reading",
             CloseReason::Shutdown => "shutdown",
@@ -110,16 +110,43 @@ impl CloseReason {
     }
 
     /// Every (side, kind) pair, for metric series that exist from the start.
-    pub const KINDS: [(&'static str, &'static str); 8] = [
+    pub const KINDS: [(&'static str, &'static str); 10] = [
         ("client", "client-closed"),
         ("backend", "backend-closed"),
         ("client", "client-stream-error"),
         ("backend", "backend-stream-error"),
-        ("backend", "backend-failed"),
+        ("backend", "backend-io"),
+        ("backend", "backend-protocol"),
+        ("backend", "backend-config"),
         ("client", "client-failed"),
         ("client", "client-not-reading"),
         ("gateway", "shutdown"),
     ];
+}
+
+/// How the backend leg failed (the client got `<internal-server-error/>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendFailure {
+    /// The connection could not be made, or broke below XMPP (I/O, TLS), as the daemon reported.
+    #[error("{0}")]
+    Io(String),
+    /// The backend broke the XMPP protocol (framing, unexpected elements, impossible acks).
+    #[error("{0}")]
+    Protocol(String),
+    /// The backend and the listener's `backend_tls` setting disagree.
+    #[error("{0}")]
+    Config(&'static str),
+}
+
+impl BackendFailure {
+    /// The `reason` label of `stanzawall_sessions_closed_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendFailure::Io(_) => "backend-io",
+            BackendFailure::Protocol(_) => "backend-protocol",
+            BackendFailure::Config(_) => "backend-config",
+        }
+    }
 }
 
 impl std::fmt::Display for CloseReason {

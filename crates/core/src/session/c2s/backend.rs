@@ -9,7 +9,7 @@ use super::{
     NS_SASL, NS_TLS,
 };
 use crate::jid;
-use crate::session::StreamMachine;
+use crate::session::{BackendFailure, StreamMachine};
 use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::{Header, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, XmlError, XmlEvent, NS_STREAMS};
@@ -78,14 +78,17 @@ impl C2sSession {
         let offers_tls = features.child(NS_TLS, "starttls");
         if self.cfg.backend_tls == BackendTls::StartTls && !self.backend_tls_done {
             if offers_tls.is_none() {
-                return self.fail_backend("backend does not offer STARTTLS (backend_tls = \"starttls\")".to_owned());
+                return self.backend_failure(BackendFailure::Config(
+                    "backend does not offer STARTTLS (backend_tls = \"starttls\")",
+                ));
             }
             Element::new(NS_TLS, "starttls").write_to(&mut self.to_backend, NS_CLIENT);
             self.backend_phase = BackendPhase::AwaitProceed;
             return;
         }
         if offers_tls.is_some_and(|s| s.child(NS_TLS, "required").is_some()) && !self.backend_tls_done {
-            return self.fail_backend("backend requires STARTTLS; set backend_tls = \"starttls\"".to_owned());
+            return self
+                .backend_failure(BackendFailure::Config("backend requires STARTTLS; set backend_tls = \"starttls\""));
         }
         filter_features(&mut features);
         self.backend_phase = BackendPhase::Open;

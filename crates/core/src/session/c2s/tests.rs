@@ -361,7 +361,7 @@ fn backend_requiring_tls_without_backend_tls_fails_clearly() {
     );
     assert!(client_out(&mut s).contains("<internal-server-error"));
     assert!(
-        matches!(effects(&mut s).last(), Some(Effect::Close(CloseReason::BackendFailed(why))) if why.contains("backend_tls"))
+        matches!(effects(&mut s).last(), Some(Effect::Close(CloseReason::BackendFailed(BackendFailure::Config(why)))) if why.contains("backend_tls"))
     );
 }
 
