@@ -63,6 +63,25 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // Serialization alone, of the trees parsed once (the escaping and the copy of runs).
+    let trees: Vec<_> = {
+        let mut r = StreamReader::new(XmlLimits::default());
+        r.feed(&input);
+        std::iter::from_fn(|| r.next_event().ok().flatten())
+            .filter_map(|ev| if let XmlEvent::Stanza(el) = ev { Some(el) } else { None })
+            .collect()
+    };
+    g.bench_function("stanzawall_serialize", |b| {
+        let mut out = Vec::with_capacity(input.len());
+        b.iter(|| {
+            out.clear();
+            for el in black_box(&trees) {
+                el.write_to(&mut out, NS_CLIENT);
+            }
+            out.len()
+        })
+    });
+
     g.bench_function("stanzawall_parse_and_serialize", |b| {
         let mut out = Vec::with_capacity(input.len());
         b.iter(|| {
