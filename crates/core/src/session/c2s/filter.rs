@@ -17,12 +17,13 @@ impl C2sSession {
     /// Run `el` through chain `chain`. Returns the stanza to forward, or `None` when it was
     /// dropped, bounced or the stream closed (all accounted for here).
     pub(super) fn police(&mut self, chain: Chain, el: Element) -> Option<Element> {
-        // Only stanzas reach here as stanzas (SASL and SM elements are not evaluated).
-        let Some(stanza) = StanzaSummary::of(&el, self.bound.as_ref()) else { return Some(el) };
+        // SASL and SM elements are not stanzas and not evaluated; with no rule and a pass default
+        // nothing is computed (the audit summary allocates).
         let (binding, now) = (&self.filter, self.now);
-        if binding.policy.is_pass_all(chain) {
+        if Kind::of(&el).is_none() || binding.policy.is_pass_all(chain) {
             return Some(el);
         }
+        let Some(stanza) = StanzaSummary::of(&el, self.bound.as_ref()) else { return Some(el) };
         let ctx = Context { chain, user: self.bound.as_ref(), source_ip: binding.source_ip };
         let eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
         let include_body = binding.policy.audit().include_body;
