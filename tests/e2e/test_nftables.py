@@ -111,14 +111,21 @@ def banned_addresses() -> dict[str, int]:
     return {e["elem"]["val"]: e["elem"]["timeout"] for e in elems if isinstance(e, dict)}
 
 
-def test_ruleset_opens_only_gateway_ports_and_sync_bans_in_the_kernel(tmp, pki, namespaces):
-    base = tmp / f"nft-{TAG}"
+def prosody_in_gateway_ns(base: Path) -> tuple[ProsodyInstance, Spawned]:
+    """A private Prosody listening on all addresses inside the gateway's namespace, accounts
+    registered; the caller stops the returned process."""
     prosody = ProsodyInstance(dir=base / "prosody", port=PROSODY_PORT, host="0.0.0.0")
     prosody.write_config()
     for user, password in prosody.users.items():
         prosody.register(user, password)
-    prosody_proc = Spawned(["ip", "netns", "exec", GW_NS, "prosody", "-F", "--config", str(prosody.config_path)],
-                           log=prosody.console_path, who="prosody (netns)", cwd=prosody.dir)
+    proc = Spawned(["ip", "netns", "exec", GW_NS, "prosody", "-F", "--config", str(prosody.config_path)],
+                   log=prosody.console_path, who="prosody (netns)", cwd=prosody.dir)
+    return prosody, proc
+
+
+def test_ruleset_opens_only_gateway_ports_and_sync_bans_in_the_kernel(tmp, pki, namespaces):
+    base = tmp / f"nft-{TAG}"
+    prosody, prosody_proc = prosody_in_gateway_ns(base)
     gw_proc = None
     gw = Gateway(base / "gateway", pki.cert, pki.key, [])
     gw.write_config(f"""\
@@ -228,12 +235,7 @@ def banned_prefixes() -> dict[str, int]:
 
 def test_ipv6_meters_and_bans_count_the_peers_64_as_one_source(tmp, pki, namespaces):
     base = tmp / f"nft6-{TAG}"
-    prosody = ProsodyInstance(dir=base / "prosody", port=PROSODY_PORT, host="0.0.0.0")
-    prosody.write_config()
-    for user, password in prosody.users.items():
-        prosody.register(user, password)
-    prosody_proc = Spawned(["ip", "netns", "exec", GW_NS, "prosody", "-F", "--config", str(prosody.config_path)],
-                           log=prosody.console_path, who="prosody (netns)", cwd=prosody.dir)
+    prosody, prosody_proc = prosody_in_gateway_ns(base)
     gw_proc = None
     gw = Gateway(base / "gateway", pki.cert, pki.key, [])
     gw.write_config(f"""\
