@@ -9,6 +9,7 @@
 mod locate;
 mod policy;
 mod raw;
+mod s2s;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 pub use crate::origin::{ConfigError, Origin};
 use crate::policy::spec::PolicyConfig;
 use crate::xml::XmlLimits;
+pub use s2s::{AuthLevel, S2sConfig, S2sDomainsConfig, S2sRoute};
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +28,12 @@ pub enum ListenerKind {
     C2s,
     /// Client-to-server with direct TLS (XEP-0368), ALPN `xmpp-client`.
     C2sTls,
+    /// Server-to-server inbound with STARTTLS (RFC 6120 §5), relayed to our server's s2s port.
+    S2s,
+    /// Server-to-server inbound with direct TLS (XEP-0368), ALPN `xmpp-server`.
+    S2sTls,
+    /// Our server's outbound s2s, relayed to the remote domain the stream header names.
+    S2sOut,
 }
 
 impl ListenerKind {
@@ -34,7 +42,15 @@ impl ListenerKind {
         match self {
             ListenerKind::C2s => "c2s",
             ListenerKind::C2sTls => "c2s-tls",
+            ListenerKind::S2s => "s2s",
+            ListenerKind::S2sTls => "s2s-tls",
+            ListenerKind::S2sOut => "s2s-out",
         }
+    }
+
+    /// A federation listener.
+    pub fn is_s2s(self) -> bool {
+        matches!(self, ListenerKind::S2s | ListenerKind::S2sTls | ListenerKind::S2sOut)
     }
 }
 
@@ -167,6 +183,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[admin]`: the HTTP endpoint for metrics.
     pub admin: AdminConfig,
+    /// `[s2s]`: federation (present with s2s listeners).
+    pub s2s: Option<S2sConfig>,
 }
 
 /// `[admin]`.

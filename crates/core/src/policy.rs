@@ -20,6 +20,7 @@ pub mod fold;
 pub mod jidset;
 pub mod rate;
 mod rewrite;
+pub mod s2s;
 pub mod spec;
 #[cfg(test)]
 mod tests;
@@ -158,8 +159,8 @@ struct Limiter {
 pub struct Policy {
     rules: Vec<Rule>,
     /// Rule indices per chain, in order.
-    chains: [Vec<usize>; 2],
-    defaults: [Outcome; 2],
+    chains: [Vec<usize>; 4],
+    defaults: [Outcome; 4],
     /// All keywords, folded; pattern index → keyword groups containing it.
     keywords: Option<AhoCorasick>,
     keyword_groups: Vec<Vec<usize>>,
@@ -169,6 +170,8 @@ pub struct Policy {
     raw_regexes: Option<RegexSet>,
     limiters: Vec<Limiter>,
     audit: AuditConfig,
+    /// `[s2s]` domain policy.
+    s2s: s2s::S2sRules,
 }
 
 /// Facts about one stanza, each computed at most once per evaluation.
@@ -240,6 +243,8 @@ impl<'a> Facts<'a> {
                 (Chain::C2sIn, _) => self.ctx.user.map(|u| Jid::from(u.clone())),
                 (Chain::C2sOut, Some(f)) => jid::parse(f),
                 (Chain::C2sOut, None) => self.ctx.user.and_then(|u| jid::parse(u.domain().as_str())),
+                // s2s stanzas carry both addresses (checked before policy, RFC 6120 §8.1.2.2).
+                (Chain::S2sIn | Chain::S2sOut, f) => f.and_then(jid::parse),
             })
             .as_ref()
     }
@@ -253,6 +258,7 @@ impl<'a> Facts<'a> {
                 None => match self.ctx.chain {
                     Chain::C2sIn => self.ctx.user.map(|u| Jid::from(u.to_bare())),
                     Chain::C2sOut => self.ctx.user.map(|u| Jid::from(u.clone())),
+                    Chain::S2sIn | Chain::S2sOut => None,
                 },
             })
             .as_ref()
@@ -340,6 +346,11 @@ impl Policy {
     /// True if no rule applies to `chain` and its default is pass: evaluation can be skipped.
     pub fn is_pass_all(&self, chain: Chain) -> bool {
         self.chains[chain.index()].is_empty() && self.defaults[chain.index()] == Outcome::Pass
+    }
+
+    /// The federation domain policy (`[s2s]`).
+    pub fn s2s(&self) -> &s2s::S2sRules {
+        &self.s2s
     }
 
     /// The audit settings.

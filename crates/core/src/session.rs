@@ -8,18 +8,20 @@
 //! owns every protocol timer and decision; it never touches sockets or clocks. Effects are
 //! reported the same way for every kind (`PolicyEvent`, `CloseReason` with its side).
 //!
-//! Kinds: [`c2s`] (client-to-server, STARTTLS or direct TLS). A new kind (s2s, the SOCKS5
-//! relay) is a module beside it implementing [`StreamMachine`].
+//! Kinds: [`c2s`] (client-to-server, STARTTLS or direct TLS) and [`s2s`] (federation: inbound,
+//! outbound, and the dialback verify stream). A new kind (the SOCKS5 relay) is a module beside
+//! them implementing [`StreamMachine`].
 
 pub mod c2s;
 mod effect;
+pub mod s2s;
 pub mod sm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::jid::FullJid;
-use crate::policy::Policy;
+use crate::policy::{Chain, Policy};
 use crate::stream::Condition;
 
 pub use c2s::{
@@ -27,7 +29,7 @@ pub use c2s::{
     C2sSession, Check, Decision, SessionConfig, NS_BIND, NS_CARBONS, NS_CSI, NS_LEGACY_AUTH, NS_ROSTER, NS_SASL,
     NS_TLS,
 };
-pub use effect::{BackendFailure, CloseReason, Effect, PolicyBinding, PolicyEvent, StanzaSummary};
+pub use effect::{BackendFailure, CloseReason, Effect, PolicyBinding, PolicyEvent, S2sAuth, StanzaSummary};
 
 /// The c2s state machine under its historical name.
 pub type Session = C2sSession;
@@ -112,4 +114,17 @@ pub trait StreamMachine {
     fn bound_jid(&self) -> Option<&FullJid>;
     /// The domain the peer addressed.
     fn domain(&self) -> Option<&str>;
+    /// The chains this kind's two directions are counted in (client leg → backend first).
+    fn chains(&self) -> (Chain, Chain) {
+        (Chain::C2sIn, Chain::C2sOut)
+    }
+    /// s2s: the answer to [`Effect::CheckPeerCertificate`].
+    fn peer_certificate(&mut self, _domain: &str, _cert: s2s::PeerCert) {}
+    /// s2s: the answer to [`Effect::VerifyDialback`]: valid, invalid, or why it could not be
+    /// asked (which counts as invalid).
+    fn dialback_result(&mut self, _remote: &str, _local: &str, _result: Result<bool, String>) {}
+    /// s2s outbound: what the remote's certificate proved and how DNS led to it; called
+    /// before [`StreamMachine::backend_tls_established`] (or before `backend_connected` for
+    /// direct TLS).
+    fn remote_certificate(&mut self, _cert: s2s::PeerCert, _dnssec: s2s::Dnssec) {}
 }

@@ -263,6 +263,15 @@ impl Header {
         escape_attr_str(content_ns, out);
         out.extend_from_slice(b"' xmlns:stream='http://etherx.jabber.org/streams'>");
     }
+
+    /// Write a server-to-server header (`jabber:server`) that also declares the dialback
+    /// namespace, which peers take as the sign that dialback is supported (XEP-0220 §2.1).
+    pub fn write_s2s(&self, out: &mut Vec<u8>) {
+        self.write(crate::xml::NS_SERVER, out);
+        // Insert the declaration before the closing '>' of the start tag just written.
+        out.pop();
+        out.extend_from_slice(b" xmlns:db='jabber:server:dialback'>");
+    }
 }
 
 /// The closing tag of a stream.

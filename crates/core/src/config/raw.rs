@@ -45,6 +45,7 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     admin: RawAdmin,
+    s2s: Option<super::s2s::RawS2s>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,7 +75,7 @@ struct RawListener {
     name: Spanned<String>,
     kind: Spanned<String>,
     bind: Spanned<String>,
-    backend: Spanned<String>,
+    backend: Option<Spanned<String>>,
     backend_tls: Option<Spanned<String>>,
     backend_ca: Option<Spanned<String>>,
     backend_server_name: Option<Spanned<String>>,
@@ -136,11 +137,16 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
         let kind = match l.kind.get_ref().as_str() {
             "c2s" => ListenerKind::C2s,
             "c2s-tls" => ListenerKind::C2sTls,
+            "s2s" => ListenerKind::S2s,
+            "s2s-tls" => ListenerKind::S2sTls,
+            "s2s-out" => ListenerKind::S2sOut,
             other => {
                 return loc.err(
                     l.kind.span(),
                     &key("kind"),
-                    format!("unknown kind '{other}' (expected \"c2s\" or \"c2s-tls\")"),
+                    format!(
+                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\" or \"s2s-out\")"
+                    ),
                 )
             }
         };
@@ -157,9 +163,22 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
                 format!("{bind} is already used by listener '{}'", other.name),
             );
         }
-        let address = l.backend.get_ref().clone();
-        if !valid_host_port(&address) {
-            return loc.err(l.backend.span(), &key("backend"), "expected HOST:PORT, e.g. \"127.0.0.1:15222\"");
+        // An s2s-out listener has no fixed backend: each stream goes to the remote domain its
+        // header names, resolved by the gateway.
+        let (address, backend_span) = match (&l.backend, kind) {
+            (Some(b), ListenerKind::S2sOut) => {
+                return loc.err(
+                    b.span(),
+                    &key("backend"),
+                    "an s2s-out listener resolves each remote domain; remove `backend`",
+                )
+            }
+            (None, ListenerKind::S2sOut) => (String::new(), l.kind.span()),
+            (None, _) => return loc.err(l.name.span(), &key("backend"), "`backend = \"HOST:PORT\"` is required"),
+            (Some(b), _) => (b.get_ref().clone(), b.span()),
+        };
+        if kind != ListenerKind::S2sOut && !valid_host_port(&address) {
+            return loc.err(backend_span.clone(), &key("backend"), "expected HOST:PORT, e.g. \"127.0.0.1:15222\"");
         }
         let tls = match l.backend_tls.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
             None | Some(("off", _)) => BackendTls::Off,
@@ -184,6 +203,18 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
                 )
             }
         };
+        if kind.is_s2s() && tls != BackendTls::Off {
+            let span = l.backend_tls.as_ref().map_or(0..0, |s| s.span());
+            return loc.err(
+                span,
+                &key("backend_tls"),
+                "s2s listeners reach the backend in plaintext on loopback (dialback); use \"off\"",
+            );
+        }
+        if kind.is_s2s() && proxy_protocol {
+            let span = l.proxy_protocol.as_ref().map_or(0..0, |s| s.span());
+            return loc.err(span, &key("proxy_protocol"), "not supported on s2s listeners");
+        }
         for (opt, k) in [(&l.backend_ca, "backend_ca"), (&l.backend_server_name, "backend_server_name")] {
             if let (Some(v), BackendTls::Off) = (opt, tls) {
                 return loc.err(v.span(), &key(k), "only meaningful with backend_tls = \"starttls\" or \"tls\"");
@@ -206,7 +237,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
                 ca: l.backend_ca.as_ref().map(|p| loc.path(p.get_ref())),
                 server_name,
                 proxy_protocol,
-                origin: loc.origin(l.backend.span(), &key("backend")),
+                origin: loc.origin(backend_span, &key("backend")),
             },
         });
     }
@@ -251,7 +282,8 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
     }
     let mut network = network(&raw.network, loc)?;
     let sections = RawPolicy { list: raw.list, rate: raw.rate, rule: raw.rule, chain: raw.chain };
-    let policy = super::policy::policy(sections, &raw.include, &raw.audit, loc, files)?;
+    let mut policy = super::policy::policy(sections, &raw.include, &raw.audit, loc, files)?;
+    super::s2s::s2s_domains(raw.s2s.as_ref(), &mut policy, loc)?;
     resolve_network_lists(&mut network, &raw.network, &policy, loc)?;
     let admin = match &raw.admin.bind {
         None => AdminConfig { bind: None },
@@ -263,7 +295,10 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
     let nftables = nftables(&raw.nftables, &listeners, loc)?;
     // Bans (and later other state) outlive the process here; relative to the config file.
     let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
+    let needs_s2s = listeners.iter().any(|l| l.kind.is_s2s());
+    let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, &state_dir, loc)?;
     Ok(Config {
+        s2s,
         path: loc.file.to_path_buf(),
         state_dir,
         certificates,
@@ -293,7 +328,7 @@ pub(super) fn limit(
     }
 }
 
-fn valid_host_port(s: &str) -> bool {
+pub(super) fn valid_host_port(s: &str) -> bool {
     if s.parse::<SocketAddr>().is_ok() {
         return true;
     }

@@ -62,7 +62,7 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         limiter_index: HashMap::new(),
     };
     let mut rules = Vec::new();
-    let mut chains: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+    let mut chains: [Vec<usize>; 4] = Default::default();
     for (i, r) in config.rules.iter().enumerate() {
         c.raw = r.regex_raw;
         let when = c.conditions(&r.when)?;
@@ -121,7 +121,7 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
     Ok(Policy {
         rules,
         chains,
-        defaults: [default(Chain::C2sIn), default(Chain::C2sOut)],
+        defaults: Chain::ALL.map(default),
         keywords,
         keyword_groups: c.keyword_groups,
         keyword_group_count: c.group_count,
@@ -129,6 +129,7 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         raw_regexes,
         limiters: c.limiters,
         audit: config.audit.clone(),
+        s2s: super::s2s::S2sRules::compile(&config.s2s)?,
     })
 }
 

@@ -21,17 +21,23 @@ pub enum Chain {
     C2sIn,
     /// Server → client: what a local user receives.
     C2sOut,
+    /// Remote server → our server: what federation delivers (inbound s2s).
+    S2sIn,
+    /// Our server → remote server: what federation carries out (outbound s2s).
+    S2sOut,
 }
 
 impl Chain {
-    /// Both chains, in index order.
-    pub const ALL: [Chain; 2] = [Chain::C2sIn, Chain::C2sOut];
+    /// Every chain, in index order.
+    pub const ALL: [Chain; 4] = [Chain::C2sIn, Chain::C2sOut, Chain::S2sIn, Chain::S2sOut];
 
     /// The config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Chain::C2sIn => "c2s-in",
             Chain::C2sOut => "c2s-out",
+            Chain::S2sIn => "s2s-in",
+            Chain::S2sOut => "s2s-out",
         }
     }
 
@@ -246,4 +252,6 @@ pub struct PolicyConfig {
     pub defaults: BTreeMap<Chain, ActionConfig>,
     /// Audit log.
     pub audit: AuditConfig,
+    /// `[s2s]` domain policy.
+    pub s2s: crate::config::S2sDomainsConfig,
 }

@@ -105,7 +105,8 @@ impl Policy {
             let verdict = self.evaluate_as(inner, ctx, rates, now, true);
             let this = match (&verdict.outcome, ctx.chain) {
                 (Outcome::Pass, _) => None,
-                (Outcome::Close { .. } | Outcome::Drop, _) | (Outcome::Bounce { .. }, Chain::C2sIn) => {
+                (Outcome::Close { .. } | Outcome::Drop, _)
+                | (Outcome::Bounce { .. }, Chain::C2sIn | Chain::S2sIn | Chain::S2sOut) => {
                     Some(verdict.outcome.clone())
                 }
                 // The wrapper comes from the user's own account or archive: nobody to bounce to.

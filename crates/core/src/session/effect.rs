@@ -56,8 +56,56 @@ pub enum Effect {
     },
     /// A policy decision to audit (rules matched, or a chain default that is not pass).
     Policy(PolicyEvent),
+    /// s2s: check the certificate the peer presented against `domain` (PKIX with the
+    /// configured roots, DANE when published and secure); answer with
+    /// [`crate::session::StreamMachine::peer_certificate`].
+    CheckPeerCertificate {
+        /// The domain the peer claims.
+        domain: String,
+    },
+    /// s2s: ask `remote`'s authoritative server whether `key` is valid for the stream `id`
+    /// from `remote` to `local` (XEP-0220 `db:verify`); answer with
+    /// [`crate::session::StreamMachine::dialback_result`].
+    VerifyDialback {
+        /// The domain to verify.
+        remote: String,
+        /// Our domain it addressed.
+        local: String,
+        /// Our stream id.
+        id: String,
+        /// The key it sent.
+        key: String,
+    },
+    /// s2s: a domain pair was authenticated (audit, metrics).
+    S2sAuthenticated(S2sAuth),
+    /// s2s: a remote domain was refused: policy, authentication or TLS (audit, metrics).
+    S2sRefused {
+        /// `in` (a remote server came to us) or `out` (our server went to it).
+        direction: &'static str,
+        /// The remote domain.
+        remote: String,
+        /// Why, for the audit line.
+        reason: String,
+    },
     /// Flush what is queued and close both legs.
     Close(CloseReason),
+}
+
+/// An authenticated s2s domain pair, as the audit log and metrics report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S2sAuth {
+    /// `in` (remote → our server) or `out` (our server → remote).
+    pub direction: &'static str,
+    /// The remote domain.
+    pub remote: String,
+    /// Our domain.
+    pub local: String,
+    /// How the pair was authenticated.
+    pub method: crate::session::s2s::AuthMethod,
+    /// What the peer's certificate proved.
+    pub cert: crate::session::s2s::PeerCert,
+    /// DNSSEC status of the resolution (outbound).
+    pub dnssec: crate::session::s2s::Dnssec,
 }
 
 /// Why a session ended, for logs and metrics.

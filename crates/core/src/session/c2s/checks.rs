@@ -118,6 +118,7 @@ pub fn decide(
     let check = match ctx.chain {
         crate::policy::Chain::C2sIn => check_client_stanza(el, ctx.user),
         crate::policy::Chain::C2sOut => check_backend_stanza(el, ctx.user),
+        crate::policy::Chain::S2sIn | crate::policy::Chain::S2sOut => crate::session::s2s::check_s2s_stanza(el),
     };
     match check {
         Check::Pass => Decision::Policy(Box::new(policy.evaluate_stanza(el, ctx, rates, now))),

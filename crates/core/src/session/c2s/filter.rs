@@ -55,15 +55,15 @@ impl C2sSession {
             Outcome::Rewrite(new) => Some(new),
             Outcome::Drop => {
                 let r = match chain {
-                    Chain::C2sIn => self.sm.to_server.withheld(),
                     Chain::C2sOut => self.sm.to_client.withheld(),
+                    Chain::C2sIn | Chain::S2sIn | Chain::S2sOut => self.sm.to_server.withheld(),
                 };
                 self.sm_result(r);
                 None
             }
             Outcome::Bounce { condition, text } => {
                 match chain {
-                    Chain::C2sIn => {
+                    Chain::C2sIn | Chain::S2sIn | Chain::S2sOut => {
                         self.refuse_client_stanza(&el, condition, text.as_deref());
                     }
                     // A carbon or archive result comes from the user's own account: an error

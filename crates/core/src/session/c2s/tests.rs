@@ -945,13 +945,13 @@ fn session_fate(xml: &str, chain: crate::policy::Chain, rules: &str) -> Fate {
     backend_out(&mut s);
     effects(&mut s);
     match chain {
-        crate::policy::Chain::C2sIn => s.feed_client(xml.as_bytes()),
         crate::policy::Chain::C2sOut => s.feed_backend(xml.as_bytes()),
+        _ => s.feed_client(xml.as_bytes()),
     }
     let (to_client, to_backend) = (client_out(&mut s), backend_out(&mut s));
     let (toward, back) = match chain {
-        crate::policy::Chain::C2sIn => (&to_backend, &to_client),
         crate::policy::Chain::C2sOut => (&to_client, &to_backend),
+        _ => (&to_backend, &to_client),
     };
     let condition = |text: &str| {
         let el = crate::xml::parse_stanzas(text.trim_end_matches("</stream:stream>"), XmlLimits::default())
