@@ -61,9 +61,9 @@ fn errors_name_file_line_and_key() {
         error(&bad),
         "/etc/stanzawall/gw.toml:16: listener[1].bind: expected IP:PORT, e.g. \"0.0.0.0:5222\" or \"[::]:5222\""
     );
-    let bad = GOOD.replace("kind    = \"c2s-tls\"", "kind    = \"s2s\"");
+    let bad = GOOD.replace("kind    = \"c2s-tls\"", "kind    = \"xmpp\"");
     assert!(
-        error(&bad).starts_with("/etc/stanzawall/gw.toml:15: listener[1].kind: unknown kind 's2s'"),
+        error(&bad).starts_with("/etc/stanzawall/gw.toml:15: listener[1].kind: unknown kind 'xmpp'"),
         "{}",
         error(&bad)
     );
@@ -117,7 +117,7 @@ fn missing_parts_are_errors() {
     let no_certs = GOOD.split("[[listener]]").skip(1).map(|l| format!("[[listener]]{l}")).collect::<String>();
     assert!(error(&no_certs).contains("tls.certificate: at least one"));
     let e = error("[[tls.certificate]]\ndomains=[\"a.test\"]\ncert=\"c\"\nkey=\"k\"\n[[listener]]\nname=\"x\"\nkind=\"c2s\"\nbind=\"127.0.0.1:1\"\n");
-    assert!(e.contains("missing field `backend`"), "{e}");
+    assert!(e.contains(":6: listener[0].backend: `backend = \"HOST:PORT\"` is required"), "{e}");
     let e = error(&GOOD.replace("backend_tls = \"starttls\"\n", ""));
     assert!(e.contains("listener[1].backend_ca: only meaningful with backend_tls"), "{e}");
 }
@@ -249,4 +249,34 @@ fn bandwidth_shaping() {
     let c = parse(&format!("{GOOD}\n[network]\nbandwidth_per_connection = \"off\"\n")).unwrap();
     assert!(c.network.bandwidth_per_connection.is_none());
     assert!(parse(GOOD).unwrap().network.bandwidth_per_connection.is_none());
+}
+
+#[test]
+fn s2s_section_errors_name_file_line_and_key() {
+    let s2s_listener =
+        "[[listener]]\nname = \"s2s\"\nkind = \"s2s\"\nbind = \"127.0.0.1:5269\"\nbackend = \"127.0.0.1:15269\"\n";
+    let with = |extra: &str| format!("{GOOD}\n{s2s_listener}{extra}");
+    assert!(error(&with("")).contains("s2s listeners need an [s2s] section"), "{}", error(&with("")));
+    let e = error(&with("[s2s]\ndomains = [\"a.test\"]\ndeny = [\"bad@x\"]\n"));
+    assert!(e.contains("s2s.deny") && e.contains("domain"), "{e}");
+    let e = error(&with("[s2s]\ndomains = [\"a.test\"]\nrequire_authenticated = \"strong\"\n"));
+    assert!(e.contains("s2s.require_authenticated: unknown value 'strong'"), "{e}");
+    let e = error(&with("[s2s]\ndomains = [\"a.test\"]\ndnssec = \"maybe\"\n"));
+    assert!(e.contains("s2s.dnssec: unknown value 'maybe'"), "{e}");
+    let e = error(&with("[s2s]\ndomains = [\"a.test\"]\ndeny = [\"list:nope\"]\n"));
+    assert!(e.contains("s2s.deny: no [list.nope]"), "{e}");
+    let e = error(&with("[s2s]\ndomains = [\"a.test\"]\n[[s2s.route]]\ndomain = \"b.test\"\nconnect = \"nowhere\"\n"));
+    assert!(e.contains("s2s.route[0].connect: expected HOST:PORT"), "{e}");
+    let out =
+        "[[listener]]\nname = \"out\"\nkind = \"s2s-out\"\nbind = \"127.0.0.1:15270\"\nbackend = \"127.0.0.1:1\"\n";
+    let e = error(&format!("{GOOD}\n{out}[s2s]\ndomains = [\"a.test\"]\n"));
+    assert!(e.contains("backend: an s2s-out listener resolves each remote domain"), "{e}");
+    let ok = with("[list.partners]\nentries = [\"b.test\", \"*.c.test\"]\n[s2s]\ndomains = [\"A.test\"]\nallow = [\"list:partners\"]\nrequire_authenticated = { \"*.c.test\" = \"dane\", \"*\" = \"pkix\" }\n");
+    let c = Config::parse(&ok, std::path::Path::new("/etc/stanzawall/gw.toml")).expect("valid");
+    let s2s = c.s2s.expect("s2s");
+    assert_eq!(s2s.local_domains, vec!["a.test".to_owned()]);
+    assert!(s2s.dnssec && s2s.require_tls);
+    assert_eq!(s2s.dialback_secret_file, std::path::PathBuf::from("/etc/stanzawall/state/dialback.key"));
+    assert_eq!(c.policy.s2s.allow.len(), 2);
+    assert_eq!(c.policy.s2s.default_require, Some(crate::config::AuthLevel::Pkix));
 }

@@ -352,8 +352,8 @@ fn mistakes_name_file_line_and_key() {
     assert!(e.contains(":15: rule[0].error: 'teapot' is not a stanza error condition"), "{e}");
     let e = error("[[rule]]\nname = \"r\"\naction = \"strip\"\n");
     assert!(e.contains("strip needs a payload or path condition"), "{e}");
-    let e = error("[[rule]]\nname = \"r\"\nchain = \"s2s-in\"\naction = \"drop\"\n");
-    assert!(e.contains(":14: rule[0].chain: unknown chain 's2s-in'"), "{e}");
+    let e = error("[[rule]]\nname = \"r\"\nchain = \"s2s-sideways\"\naction = \"drop\"\n");
+    assert!(e.contains(":14: rule[0].chain: unknown chain 's2s-sideways'"), "{e}");
     let e = error("[[rule]]\nname = \"r\"\naction = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"pass\"\n");
     assert!(e.contains("rule[1].name: rule 'r' already exists (/etc/sw/stanzawall.toml:12)"), "{e}");
     let e = compile_with(
