@@ -12,6 +12,7 @@
 //! checks against what it returns live in [`dane`]; connecting to targets in [`connect`].
 
 pub mod anchor;
+pub mod cli;
 pub mod connect;
 pub mod dane;
 pub mod srv;
@@ -31,7 +32,9 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use serde::Serialize;
 
+#[allow(unused_imports)] // the s2s-out wiring (issue 11) uses these
 pub use connect::{connect, tls_connect, ConnectedTarget};
+#[allow(unused_imports)]
 pub use dane::{verify_peer, DaneUsage, PeerCert};
 
 /// Port of the fallback when a domain publishes no SRV records (RFC 6120 §3.2.2).
