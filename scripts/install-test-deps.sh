@@ -22,6 +22,9 @@ PACKAGES=(
   ca-certificates
   nftables
   iproute2
+  knot
+  knot-dnsutils
+  ldnsutils
 )
 POLICY=/usr/sbin/policy-rc.d
 

@@ -6,6 +6,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod audit;
+// The outbound s2s path (issue 11) is wired by the lead; until then only `resolve` uses it.
+#[allow(dead_code)]
+mod dns;
 mod conn;
 mod explain;
 mod files;
@@ -67,11 +70,41 @@ enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Resolve a remote XMPP domain as outbound s2s would (static route, SRV, A/AAAA, DNSSEC,
+    /// TLSA) and print the targets as JSON; exit 1 on a bogus answer or a failed lookup.
+    Resolve {
+        /// The remote XMPP domain.
+        domain: String,
+        /// DNS server to ask (IP:PORT); default: the system's.
+        #[arg(long)]
+        resolver: Option<std::net::SocketAddr>,
+        /// DNSKEY records to trust (default: the IANA root keys).
+        #[arg(long)]
+        trust_anchor: Option<PathBuf>,
+        /// DNSSEC validation.
+        #[arg(long, default_value = "validate", value_parser = ["validate", "off"])]
+        dnssec: String,
+        /// Static route DOMAIN=HOST:PORT[,direct] (repeatable).
+        #[arg(long = "route")]
+        routes: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Resolve { domain, resolver, trust_anchor, dnssec, routes } => {
+            match dns::cli::run(&domain, resolver, trust_anchor, dnssec == "validate", &routes) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("stanzawall resolve {domain}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Explain { config, chain, source_ip, user } => {
             let mut stdin = String::new();
             if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin) {
