@@ -118,6 +118,10 @@ pub trait StreamMachine {
     fn chains(&self) -> (Chain, Chain) {
         (Chain::C2sIn, Chain::C2sOut)
     }
+    /// s2s outbound: our domain the stream authenticates (its certificate is presented).
+    fn local_domain(&self) -> Option<&str> {
+        None
+    }
     /// s2s: the answer to [`Effect::CheckPeerCertificate`].
     fn peer_certificate(&mut self, _domain: &str, _cert: s2s::PeerCert) {}
     /// s2s: the answer to [`Effect::VerifyDialback`]: valid, invalid, or why it could not be

@@ -80,14 +80,13 @@ fn record(r: Record<'_>, origin: Origin<'_>, time: &str) -> Value {
 /// The record for a stanza the gateway itself refused (no rule: a built-in check such as a
 /// forged carbon or an over-limit stanza); `rule` is `gateway: REASON`.
 pub fn gateway_record(
-    from_backend: bool,
+    chain: Chain,
     stanza: Option<&StanzaSummary>,
     action: &str,
     condition: Option<&str>,
     reason: &str,
     origin: Origin<'_>,
 ) -> Value {
-    let chain = if from_backend { Chain::C2sOut } else { Chain::C2sIn };
     let rule = format!("gateway: {reason}");
     let time = humantime_rfc3339(std::time::SystemTime::now());
     let r = Record {
@@ -102,6 +101,25 @@ pub fn gateway_record(
         body: None,
     };
     record(r, origin, &time)
+}
+
+/// The record of a federation event: a domain pair authenticated (`event` = `s2s-authenticated`,
+/// with `method`, `certificate` and `dnssec`) or a remote domain refused (`s2s-refused`, with
+/// `reason`).
+pub fn s2s_record(event: &str, direction: &str, remote: &str, fields: Value, origin: Origin<'_>) -> Value {
+    let time = humantime_rfc3339(std::time::SystemTime::now());
+    let mut v = json!({
+        "time": time,
+        "listener": origin.listener,
+        "event": event,
+        "client.ip": origin.client_ip.to_string(),
+        "direction": direction,
+        "remote": remote,
+    });
+    if let (Some(map), Value::Object(extra)) = (v.as_object_mut(), fields) {
+        map.extend(extra);
+    }
+    v
 }
 
 /// The JSON lines for one decision: one per matched rule, or one for a chain default.

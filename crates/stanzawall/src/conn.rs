@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use stanzawall_core::config::{ListenerConfig, ListenerKind};
 use stanzawall_core::limit::ByteBucket;
+use stanzawall_core::session::s2s::{PeerCert, S2sInbound, S2sOutbound};
 use stanzawall_core::session::{
     CloseReason, Counters, Effect, PolicyBinding, Session, SessionConfig, StreamMachine, Timeouts,
 };
@@ -101,6 +102,8 @@ struct Connection<'a, S: StreamMachine> {
     /// earlier: a busy session costs no timer operation per read.
     timer: Pin<Box<Sleep>>,
     armed: Instant,
+    /// Outbound s2s: the remote target connected to (for its TLS upgrade).
+    remote: Option<Box<crate::dns::ConnectedTarget>>,
 }
 
 /// Serve one accepted connection to completion.
@@ -121,14 +124,58 @@ pub async fn serve(
     metrics.sessions_total.inc();
     let _open = Open(metrics);
     legs::tune(&socket);
-    let mut conn = Connection::new(socket, peer, local, listener, ctx, permit);
     info!("session opened");
-    let reason = conn.run().await;
-    Box::pin(conn.close(reason)).await;
+    match listener.kind {
+        ListenerKind::C2s | ListenerKind::C2sTls => {
+            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, c2s_session) else { return };
+            conn.serve().await
+        }
+        ListenerKind::S2s | ListenerKind::S2sTls => {
+            let make: MakeSession<S2sInbound> = |l, g, b, t, id| {
+                let rt = g.s2s.as_ref()?;
+                Some(S2sInbound::new(rt.settings(l, &g.config, id, t), b, std::time::Instant::now()))
+            };
+            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, make) else { return };
+            conn.serve().await
+        }
+        ListenerKind::S2sOut => {
+            let make: MakeSession<S2sOutbound> = |l, g, b, t, id| {
+                let rt = g.s2s.as_ref()?;
+                Some(S2sOutbound::new(rt.settings(l, &g.config, id, t), b, std::time::Instant::now()))
+            };
+            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, make) else { return };
+            conn.serve().await
+        }
+    }
 }
 
-impl<'a> Connection<'a, Session> {
-    /// A c2s connection: the session for `listener`, with the newest policy.
+/// The c2s session for `listener`.
+fn c2s_session(
+    listener: &ListenerConfig,
+    generation: &Generation,
+    binding: PolicyBinding,
+    timeouts: Timeouts,
+    stream_id: String,
+) -> Option<Session> {
+    let limits = generation.config.limits;
+    let cfg = SessionConfig {
+        direct_tls: listener.kind == ListenerKind::C2sTls,
+        preauth_limits: limits.xml_preauth(),
+        limits: limits.xml(),
+        backend_limits: limits.xml_backend(),
+        backend_tls: listener.backend.tls,
+        stream_id,
+        timeouts,
+    };
+    Some(Session::new(cfg, binding, std::time::Instant::now()))
+}
+
+/// Builds a listener's stream machine; `None` when the generation cannot serve the kind
+/// (an s2s listener without `[s2s]`, which config validation prevents).
+type MakeSession<S> = fn(&ListenerConfig, &Generation, PolicyBinding, Timeouts, String) -> Option<S>;
+
+impl<'a, S: StreamMachine> Connection<'a, S> {
+    /// A connection on `listener` running the machine `make` builds, with the newest policy.
     fn new(
         socket: TcpStream,
         peer: SocketAddr,
@@ -136,29 +183,22 @@ impl<'a> Connection<'a, Session> {
         listener: Arc<ListenerConfig>,
         ctx: SessionContext,
         permit: &'a Permit,
-    ) -> Self {
+        make: MakeSession<S>,
+    ) -> Option<Self> {
         let SessionContext { generation, mut gen_rx, shutdown, shared } = ctx;
-        let (limits, network) = (generation.config.limits, &generation.config.network);
-        let cfg = SessionConfig {
-            direct_tls: listener.kind == ListenerKind::C2sTls,
-            preauth_limits: limits.xml_preauth(),
-            limits: limits.xml(),
-            backend_limits: limits.xml_backend(),
-            backend_tls: listener.backend.tls,
-            stream_id: legs::random_id(),
-            timeouts: Timeouts {
-                handshake: network.handshake_timeout,
-                idle: network.idle_timeout,
-                close: CLOSE_HANDSHAKE_TIMEOUT,
-            },
+        let network = &generation.config.network;
+        let timeouts = Timeouts {
+            handshake: network.handshake_timeout,
+            idle: network.idle_timeout,
+            close: CLOSE_HANDSHAKE_TIMEOUT,
         };
         // The newest policy (a reload may have landed since accept), marked seen.
         let policy = gen_rx.borrow_and_update().policy.clone();
         let audit_path = policy.audit().path.clone();
         let binding = PolicyBinding { policy, rates: shared.rates.clone(), source_ip: peer.ip() };
-        let session = Session::new(cfg, binding, std::time::Instant::now());
+        let session = make(&listener, &generation, binding, timeouts, legs::random_id())?;
         let armed = Instant::now() + network.handshake_timeout;
-        Connection {
+        Some(Connection {
             reported: session.counters(),
             session,
             client: Stream::Plain(Rewind::new(socket)),
@@ -179,7 +219,14 @@ impl<'a> Connection<'a, Session> {
             bbuf: ReadBuf::new(),
             timer: Box::pin(tokio::time::sleep_until(armed)),
             armed,
-        }
+            remote: None,
+        })
+    }
+
+    /// Run to completion and close.
+    async fn serve(mut self) {
+        let reason = self.run().await;
+        Box::pin(self.close(reason)).await;
     }
 }
 
@@ -211,10 +258,11 @@ impl<S: StreamMachine> Connection<'_, S> {
 
     /// Until the session closes: flush, effects, then wait for the next input.
     async fn run(&mut self) -> CloseReason {
-        if self.listener.kind == ListenerKind::C2sTls {
+        if matches!(self.listener.kind, ListenerKind::C2sTls | ListenerKind::S2sTls) {
+            let s2s = self.listener.kind.is_s2s();
             let handshake = timeout(
                 self.deadline().saturating_duration_since(Instant::now()),
-                Box::pin(legs::accept_tls(&mut self.client, None, true, &self.generation)),
+                Box::pin(legs::accept_tls(&mut self.client, None, true, &self.generation, s2s)),
             );
             match handshake.await {
                 Ok(Ok(())) => {}
@@ -251,7 +299,13 @@ impl<S: StreamMachine> Connection<'_, S> {
                 }
                 let handshake = timeout(
                     self.deadline().saturating_duration_since(Instant::now()),
-                    Box::pin(legs::accept_tls(&mut self.client, Some(&domain), false, &self.generation)),
+                    Box::pin(legs::accept_tls(
+                        &mut self.client,
+                        Some(&domain),
+                        false,
+                        &self.generation,
+                        self.listener.kind.is_s2s(),
+                    )),
                 );
                 match handshake.await {
                     Ok(Ok(())) => self.session.client_tls_established(),
@@ -261,6 +315,12 @@ impl<S: StreamMachine> Connection<'_, S> {
             }
             // A session that closed in the same read (header + garbage) needs no backend.
             Effect::ConnectBackend { .. } if self.session.is_closed() => {}
+            Effect::ConnectBackend { domain } if self.listener.kind == ListenerKind::S2sOut => {
+                Box::pin(self.connect_remote(&domain)).await
+            }
+            Effect::StartBackendTls if self.listener.kind == ListenerKind::S2sOut => {
+                Box::pin(self.upgrade_remote()).await
+            }
             Effect::ConnectBackend { domain } => {
                 let connect = legs::connect_backend(&self.listener, &self.generation, &domain, self.peer, self.local);
                 match Box::pin(connect).await {
@@ -300,6 +360,36 @@ impl<S: StreamMachine> Connection<'_, S> {
                 info!(direction = if from_backend { "to-client" } else { "to-backend" }, reason, "stanza dropped");
             }
             Effect::Policy(_) => {}
+            Effect::CheckPeerCertificate { domain } => {
+                let cert = match &self.generation.s2s {
+                    Some(rt) => rt.check_peer(&self.client, &domain),
+                    None => PeerCert::None,
+                };
+                info!(remote = %domain, certificate = cert.as_str(), "remote certificate checked");
+                self.session.peer_certificate(&domain, cert);
+            }
+            Effect::VerifyDialback { remote, local, id, key } => {
+                let result = match self.generation.s2s.clone() {
+                    Some(rt) => Box::pin(rt.verify_dialback(&remote, &local, &id, &key)).await,
+                    None => Err("no [s2s] section".to_owned()),
+                };
+                info!(remote = %remote, local = %local, result = ?result, "dialback verified with the authoritative server");
+                self.session.dialback_result(&remote, &local, result);
+            }
+            Effect::S2sAuthenticated(a) => {
+                info!(
+                    direction = a.direction,
+                    remote = %a.remote,
+                    local = %a.local,
+                    method = a.method.as_str(),
+                    certificate = a.cert.as_str(),
+                    dnssec = a.dnssec.as_str(),
+                    "s2s domain pair authenticated"
+                );
+            }
+            Effect::S2sRefused { direction, remote, reason } => {
+                warn!(direction, remote = %remote, reason = %reason, "s2s remote refused");
+            }
             Effect::Close(reason) => {
                 let _ = timeout(CLOSE_FLUSH_TIMEOUT, self.flush()).await;
                 return Some(reason);
@@ -310,8 +400,14 @@ impl<S: StreamMachine> Connection<'_, S> {
 
     /// Audit lines and metric increments for `effect` ([`report::report`]).
     async fn report(&mut self, effect: &Effect) {
-        let r = report::report(effect, &self.listener.name, self.peer.ip());
+        let r = report::report(effect, &self.listener.name, self.peer.ip(), self.session.chains());
         let metrics = &self.shared.metrics;
+        if let Some(labels) = &r.s2s_auth {
+            metrics.s2s_authenticated.get_or_create(labels).inc();
+        }
+        if let Some(direction) = r.s2s_refused {
+            metrics.s2s_refused.get_or_create(&DirectionLabels { direction }).inc();
+        }
         for labels in &r.verdicts {
             metrics.verdicts.get_or_create(labels).inc();
         }
@@ -339,10 +435,11 @@ impl<S: StreamMachine> Connection<'_, S> {
         let counters = self.session.counters();
         if counters != self.reported {
             let stanzas = &self.shared.metrics.stanzas;
-            let c2s_in = counters.stanzas_from_client - self.reported.stanzas_from_client;
-            let c2s_out = counters.stanzas_from_backend - self.reported.stanzas_from_backend;
-            stanzas.get_or_create(&ChainLabels { chain: "c2s-in" }).inc_by(c2s_in);
-            stanzas.get_or_create(&ChainLabels { chain: "c2s-out" }).inc_by(c2s_out);
+            let (front, back) = self.session.chains();
+            let from_client = counters.stanzas_from_client - self.reported.stanzas_from_client;
+            let from_backend = counters.stanzas_from_backend - self.reported.stanzas_from_backend;
+            stanzas.get_or_create(&ChainLabels { chain: front.as_str() }).inc_by(from_client);
+            stanzas.get_or_create(&ChainLabels { chain: back.as_str() }).inc_by(from_backend);
             self.reported = counters;
         }
     }
@@ -405,6 +502,63 @@ impl<S: StreamMachine> Connection<'_, S> {
         }
         self.session.client_bytes(data, std::time::Instant::now());
         self.cbuf.adapt(n);
+    }
+
+    /// Outbound s2s: resolve and connect to the remote domain (direct TLS at once when its
+    /// SRV says so) and tell the session what the certificate and DNS proved.
+    async fn connect_remote(&mut self, domain: &str) {
+        let Some(rt) = self.generation.s2s.clone() else {
+            return self.session.backend_failed("no [s2s] section");
+        };
+        let (mut stream, target) = match rt.connect(domain).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(remote = %domain, error = %e, "remote server unreachable");
+                return self.session.backend_failed(&e);
+            }
+        };
+        let dnssec = crate::s2s::dnssec_of(&target);
+        info!(remote = %domain, target = %target.host, addr = %target.addr, dnssec = dnssec.as_str(), "remote server connected");
+        if target.direct_tls {
+            let cert = self.session.local_domain().and_then(|l| self.generation.tls.client_cert(l));
+            match rt.upgrade(&mut stream, domain, &target, cert).await {
+                Ok(peer) => self.session.remote_certificate(peer, dnssec),
+                Err(e) => return self.session.backend_failed(&e),
+            }
+            self.backend = Some(stream);
+            self.session.backend_connected();
+        } else {
+            self.backend = Some(stream);
+            self.session.backend_connected();
+            self.session.remote_certificate(PeerCert::None, dnssec);
+        }
+        self.remote = Some(Box::new(target));
+    }
+
+    /// Outbound s2s: STARTTLS with the remote (DANE or PKIX, our certificate for SASL EXTERNAL).
+    async fn upgrade_remote(&mut self) {
+        let (Some(rt), Some(target)) = (self.generation.s2s.clone(), self.remote.clone()) else {
+            return self.session.backend_failed("no remote connection to secure");
+        };
+        if !self.session.take_backend_buffered().is_empty() {
+            return self.session.backend_failed("the remote sent data after <proceed/>");
+        }
+        let domain = self.session.domain().unwrap_or_default().to_owned();
+        let cert = self.session.local_domain().and_then(|l| self.generation.tls.client_cert(l));
+        let Some(stream) = self.backend.as_mut() else {
+            return self.session.backend_failed("no remote connection to secure");
+        };
+        match rt.upgrade(stream, &domain, &target, cert).await {
+            Ok(peer) => {
+                info!(remote = %domain, certificate = peer.as_str(), "remote TLS established");
+                self.session.remote_certificate(peer, crate::s2s::dnssec_of(&target));
+                self.session.backend_tls_established();
+            }
+            Err(e) => {
+                warn!(remote = %domain, error = %e, "remote TLS failed");
+                self.session.backend_failed(&e);
+            }
+        }
     }
 
     /// Shut both legs down and log and count how the session ended.

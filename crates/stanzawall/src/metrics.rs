@@ -52,6 +52,14 @@ pub struct CloseLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct S2sAuthLabels {
+    pub direction: &'static str,
+    pub method: &'static str,
+    pub certificate: &'static str,
+    pub dnssec: &'static str,
+}
+
 /// Every metric family of the daemon.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -75,6 +83,10 @@ pub struct Metrics {
     pub sessions_closed: Family<CloseLabels, Counter>,
     /// Audit records that could not be written.
     pub audit_failures: Counter,
+    /// s2s domain pairs authenticated, by direction, method, certificate and DNSSEC status.
+    pub s2s_authenticated: Family<S2sAuthLabels, Counter>,
+    /// Remote domains refused (policy, authentication, TLS), by direction.
+    pub s2s_refused: Family<DirectionLabels, Counter>,
 }
 
 impl Metrics {
@@ -109,6 +121,19 @@ impl Metrics {
         );
         r.register("sessions_closed", "Sessions ended, per side and kind of close", self.sessions_closed.clone());
         r.register("audit_failures", "Audit records that could not be written", self.audit_failures.clone());
+        for direction in ["in", "out"] {
+            drop(self.s2s_refused.get_or_create(&DirectionLabels { direction }));
+        }
+        r.register(
+            "s2s_authenticated",
+            "Federation domain pairs authenticated, per direction, method, certificate and DNSSEC status",
+            self.s2s_authenticated.clone(),
+        );
+        r.register(
+            "s2s_refused",
+            "Remote domains refused (policy, authentication, TLS), per direction",
+            self.s2s_refused.clone(),
+        );
     }
 }
 

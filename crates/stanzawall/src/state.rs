@@ -37,6 +37,8 @@ pub struct Generation {
     pub ban_sync: Option<BanSync>,
     /// The compiled policy.
     pub policy: Arc<Policy>,
+    /// Federation: dialback secret, resolver, trust roots (with `[s2s]`).
+    pub s2s: Option<Arc<crate::s2s::S2sRuntime>>,
 }
 
 /// Daemon-wide state that outlives generations.
@@ -83,7 +85,8 @@ impl Generation {
         let policy = Arc::new(Policy::compile(&config.policy)?);
         let tls = TlsStore::load(&config)?;
         let ban_sync = BanSync::new(&config);
-        Ok(Generation { config, tls, ban_sync, policy })
+        let s2s = crate::s2s::S2sRuntime::load(&config, &tls)?.map(Arc::new);
+        Ok(Generation { config, tls, ban_sync, policy, s2s })
     }
 }
 

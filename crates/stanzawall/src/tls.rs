@@ -20,6 +20,8 @@ use stanzawall_core::session::BackendTls;
 
 /// ALPN protocol of direct-TLS client connections (XEP-0368).
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
+/// ALPN protocol of direct-TLS server-to-server connections (XEP-0368).
+pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
 
 #[derive(Debug)]
 struct FixedCert(Arc<CertifiedKey>);
@@ -35,6 +37,11 @@ struct Entry {
     domains: Vec<String>,
     starttls: Arc<ServerConfig>,
     direct: Arc<ServerConfig>,
+    /// s2s: the same certificate, asking remote servers for theirs (XEP-0178).
+    s2s_starttls: Arc<ServerConfig>,
+    s2s_direct: Arc<ServerConfig>,
+    /// The certificate as a client certificate (outbound s2s, SASL EXTERNAL).
+    certified: Arc<CertifiedKey>,
     fingerprint: String,
 }
 
@@ -74,21 +81,32 @@ impl TlsStore {
             let certified = CertifiedKey::from_der(chain, key, &provider)
                 .map_err(|e| c.key_origin.error(format!("key does not fit certificate {}: {e}", c.cert.display())))?;
             let certified = Arc::new(certified);
-            let build = |alpn: Option<&[u8]>| -> Result<Arc<ServerConfig>, ConfigError> {
-                let mut cfg = ServerConfig::builder_with_provider(provider.clone())
+            let build_with = |alpn: Option<&[u8]>, s2s: bool| -> Result<Arc<ServerConfig>, ConfigError> {
+                let builder = ServerConfig::builder_with_provider(provider.clone())
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| c.cert_origin.error(e.to_string()))?
-                    .with_no_client_auth()
-                    .with_cert_resolver(Arc::new(FixedCert(certified.clone())));
+                    .map_err(|e| c.cert_origin.error(e.to_string()))?;
+                let builder = match s2s {
+                    // Remote servers may prove their domain with a certificate; it is judged
+                    // once the stream header names the domain (crate::s2s).
+                    true => builder.with_client_cert_verifier(Arc::new(crate::dns::dane::S2sClientCertVerifier::new(
+                        provider.clone(),
+                    ))),
+                    false => builder.with_no_client_auth(),
+                };
+                let mut cfg = builder.with_cert_resolver(Arc::new(FixedCert(certified.clone())));
                 if let Some(p) = alpn {
                     cfg.alpn_protocols = vec![p.to_vec()];
                 }
                 Ok(Arc::new(cfg))
             };
+            let build = |alpn: Option<&[u8]>| build_with(alpn, false);
             entries.push(Entry {
                 domains: c.domains.clone(),
                 starttls: build(None)?,
                 direct: build(Some(ALPN_XMPP_CLIENT))?,
+                s2s_starttls: build_with(None, true)?,
+                s2s_direct: build_with(Some(ALPN_XMPP_SERVER), true)?,
+                certified: certified.clone(),
                 fingerprint,
             });
         }
@@ -105,6 +123,22 @@ impl TlsStore {
     pub fn server_config(&self, name: Option<&str>, direct_tls: bool) -> Option<Arc<ServerConfig>> {
         let e = self.select(name)?;
         Some(if direct_tls { e.direct.clone() } else { e.starttls.clone() })
+    }
+
+    /// Server config for an s2s connection (asks for the remote's certificate).
+    pub fn s2s_server_config(&self, name: Option<&str>, direct_tls: bool) -> Option<Arc<ServerConfig>> {
+        let e = self.select(name)?;
+        Some(if direct_tls { e.s2s_direct.clone() } else { e.s2s_starttls.clone() })
+    }
+
+    /// The certificate configured for exactly `domain` (or a `*.` wildcard over it), as a client
+    /// certificate; `None` when only the default certificate would match.
+    pub fn client_cert(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        let e = self.select(Some(domain))?;
+        let name = domain.to_ascii_lowercase();
+        let wildcard = name.split_once('.').map(|(_, p)| format!("*.{p}"));
+        let covers = e.domains.contains(&name) || wildcard.is_some_and(|w| e.domains.contains(&w));
+        covers.then(|| e.certified.clone())
     }
 
     /// SHA-256 of the leaf certificate served for `name`, hex (for the reload log).

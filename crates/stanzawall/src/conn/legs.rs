@@ -136,14 +136,18 @@ pub(super) async fn accept_tls(
     domain: Option<&str>,
     direct: bool,
     generation: &Generation,
+    s2s: bool,
 ) -> std::io::Result<()> {
     let plain = client.take_plain()?;
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), plain);
     let start = acceptor.await?;
     let sni = start.client_hello().server_name().map(str::to_owned);
     let name = sni.as_deref().or(domain);
-    let config =
-        generation.tls.server_config(name, direct).ok_or_else(|| std::io::Error::other("no certificate configured"))?;
+    let config = match s2s {
+        true => generation.tls.s2s_server_config(name, direct),
+        false => generation.tls.server_config(name, direct),
+    };
+    let config = config.ok_or_else(|| std::io::Error::other("no certificate configured"))?;
     let tls = start.into_stream(config).await?;
     *client = Stream::Server(Box::new(tls));
     // The client's first stream header must not wait for a delayed ACK (see `ack_now`).

@@ -4,10 +4,11 @@
 use serde_json::Value;
 use std::net::IpAddr;
 
+use stanzawall_core::policy::Chain;
 use stanzawall_core::session::{Effect, StanzaSummary};
 
 use crate::audit;
-use crate::metrics::VerdictLabels;
+use crate::metrics::{S2sAuthLabels, VerdictLabels};
 
 /// The audit records and metric increments for one effect.
 #[derive(Debug, Default, PartialEq)]
@@ -18,24 +19,30 @@ pub(super) struct Report {
     pub verdicts: Vec<VerdictLabels>,
     /// `stanzawall_policy_defaults_total` increments (a chain default other than pass decided).
     pub defaults: Vec<VerdictLabels>,
+    /// `stanzawall_s2s_authenticated_total` increment.
+    pub s2s_auth: Option<S2sAuthLabels>,
+    /// `stanzawall_s2s_refused_total` increment (the direction).
+    pub s2s_refused: Option<&'static str>,
 }
 
 /// The report for `effect` of a session on `listener` from `client_ip`; the session's user
 /// comes with the effect (`StanzaSummary::user`). Effects that are not decisions about stanzas
 /// report nothing.
-pub(super) fn report(effect: &Effect, listener: &str, client_ip: IpAddr) -> Report {
+pub(super) fn report(effect: &Effect, listener: &str, client_ip: IpAddr, chains: (Chain, Chain)) -> Report {
+    let chain = |from_backend: bool| if from_backend { chains.1 } else { chains.0 };
     let user = |s: Option<&StanzaSummary>| s.and_then(|s| s.user.as_ref()).map(ToString::to_string);
     match effect {
         Effect::Bounced { stanza, condition, reason } => {
             let user = user(Some(stanza));
             let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
-            let line = audit::gateway_record(false, Some(stanza), "bounce", Some(condition.as_str()), reason, origin);
+            let line =
+                audit::gateway_record(chain(false), Some(stanza), "bounce", Some(condition.as_str()), reason, origin);
             Report { audit: vec![line], ..Report::default() }
         }
         Effect::Dropped { from_backend, stanza, reason } => {
             let user = user(stanza.as_ref());
             let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
-            let line = audit::gateway_record(*from_backend, stanza.as_ref(), "drop", None, reason, origin);
+            let line = audit::gateway_record(chain(*from_backend), stanza.as_ref(), "drop", None, reason, origin);
             Report { audit: vec![line], ..Report::default() }
         }
         Effect::Policy(event) => {
@@ -59,7 +66,31 @@ pub(super) fn report(effect: &Effect, listener: &str, client_ip: IpAddr) -> Repo
                 .collect();
             let user = user(Some(&event.stanza));
             let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
-            Report { audit: audit::records(event, origin), verdicts, defaults }
+            Report { audit: audit::records(event, origin), verdicts, defaults, ..Report::default() }
+        }
+        Effect::S2sAuthenticated(a) => {
+            let origin = audit::Origin { listener, client_ip, user: None };
+            let fields = serde_json::json!({
+                "local": a.local,
+                "method": a.method.as_str(),
+                "certificate": a.cert.as_str(),
+                "certificate_error": match &a.cert { stanzawall_core::session::s2s::PeerCert::Invalid(w) => Some(w.as_str()), _ => None },
+                "dnssec": a.dnssec.as_str(),
+            });
+            let line = audit::s2s_record("s2s-authenticated", a.direction, &a.remote, fields, origin);
+            let labels = S2sAuthLabels {
+                direction: a.direction,
+                method: a.method.as_str(),
+                certificate: a.cert.as_str(),
+                dnssec: a.dnssec.as_str(),
+            };
+            Report { audit: vec![line], s2s_auth: Some(labels), ..Report::default() }
+        }
+        Effect::S2sRefused { direction, remote, reason } => {
+            let origin = audit::Origin { listener, client_ip, user: None };
+            let line =
+                audit::s2s_record("s2s-refused", direction, remote, serde_json::json!({ "reason": reason }), origin);
+            Report { audit: vec![line], s2s_refused: Some(direction), ..Report::default() }
         }
         _ => Report::default(),
     }
@@ -76,7 +107,7 @@ mod tests {
     use super::*;
 
     fn report(effect: &Effect) -> Report {
-        super::report(effect, "c2s", [192, 0, 2, 1].into())
+        super::report(effect, "c2s", [192, 0, 2, 1].into(), (Chain::C2sIn, Chain::C2sOut))
     }
 
     fn stanza() -> StanzaSummary {

@@ -107,13 +107,13 @@ impl ResolvesClientCert for FixedClientCert {
 /// hosting several domains pick the certificate for this one. The handshake fails only on a
 /// DANE mismatch; any other certificate problem comes back as [`PeerCert::Invalid`] for the
 /// session to decide (dialback fallback or refusal per policy).
-pub async fn tls_connect(
-    stream: TcpStream,
+pub async fn tls_connect<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
     domain: &str,
     target: &ConnectedTarget,
     roots: Arc<RootCertStore>,
     client_cert: Option<Arc<CertifiedKey>>,
-) -> Result<(TlsStream<TcpStream>, PeerCert), DnsError> {
+) -> Result<(TlsStream<S>, PeerCert), DnsError> {
     let tls_err = |reason: String| DnsError::Tls { domain: domain.to_owned(), reason };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // The SRV target is an acceptable name only when the SRV answer was secure (RFC 7673 §4.1);

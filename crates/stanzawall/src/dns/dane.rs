@@ -227,7 +227,12 @@ pub struct S2sServerVerifier {
 
 impl S2sServerVerifier {
     /// A verifier for reference identifiers `names` (the XMPP domain first) and `tlsa`.
-    pub fn new(names: Vec<String>, tlsa: Option<Vec<Tlsa>>, roots: Arc<RootCertStore>, provider: Arc<CryptoProvider>) -> Self {
+    pub fn new(
+        names: Vec<String>,
+        tlsa: Option<Vec<Tlsa>>,
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
         S2sServerVerifier { names, tlsa, roots, provider, outcome: Arc::new(Mutex::new(None)) }
     }
 

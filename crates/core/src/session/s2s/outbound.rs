@@ -581,6 +581,10 @@ impl StreamMachine for S2sOutbound {
         (Chain::S2sOut, Chain::S2sIn)
     }
 
+    fn local_domain(&self) -> Option<&str> {
+        self.pairs.first().map(|p| p.local.as_str()).or(self.local.as_deref())
+    }
+
     fn remote_certificate(&mut self, cert: PeerCert, dnssec: Dnssec) {
         self.remote_cert = cert;
         self.dnssec = dnssec;
