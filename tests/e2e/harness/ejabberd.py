@@ -77,6 +77,12 @@ class EjabberdInstance(ServerInstance):
     plain_port: int = EJABBERD_PLAIN_PORT
     proxy_port: int = EJABBERD_PROXY_PORT
     dist_port: int = EJABBERD_DIST_PORT
+    #: Federation (sites.py): an ``ejabberd_s2s_in`` listener on ``host:s2s_port``
+    #: (plaintext, ``s2s_use_starttls: false``, mod_s2s_dialback) and ``dns`` (ip, port) as
+    #: the node's only DNS server (inetrc ``nameserver``) for outbound SRV lookups.
+    #: None (default): no s2s at all.  A port set to None has no listener.
+    s2s_port: int | None = None
+    dns: tuple[str, int] | None = None
     users: dict[str, str] = field(default_factory=lambda: dict(USERS))
     host: str = HOST
     domain: str = DOMAIN
@@ -106,7 +112,8 @@ class EjabberdInstance(ServerInstance):
 
     @property
     def ports(self) -> list[int]:
-        return [self.tls_port, self.plain_port, self.proxy_port]
+        return [p for p in (self.tls_port, self.plain_port, self.proxy_port, self.s2s_port)
+                if p is not None]
 
     # -- setup ----------------------------------------------------------------
     def write_config(self) -> None:
@@ -125,8 +132,12 @@ class EjabberdInstance(ServerInstance):
         for src, name in ((self.cert, "server.crt"), (self.key, "server.key"),
                           (self.ca_cert, "ca.crt")):
             shutil.copyfile(src, self.conf_dir / name)
-        (self.conf_dir / "inetrc").write_text(
-            '{lookup,["file"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n')
+        inetrc = '{lookup,["file"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n'
+        if self.dns is not None:
+            # inet_res (ejabberd's SRV lookups) asks only this server: resolv.conf is not read.
+            ip = "{" + self.dns[0].replace(".", ",") + "}"
+            inetrc += f'{{resolv_conf, ""}}.\n{{nameserver, {ip}, {self.dns[1]}}}.\n'
+        (self.conf_dir / "inetrc").write_text(inetrc)
         q = shlex.quote
         ctl = {
             "ERLANG_NODE": self.node,
@@ -161,28 +172,13 @@ ca_file: "{c / 'ca.crt'}"
 acme:
   auto: false
 listen:
-  -
-    port: {self.tls_port}
-    ip: "{self.host}"
-    module: ejabberd_c2s
-    starttls: true
-  -
-    port: {self.plain_port}
-    ip: "{self.host}"
-    module: ejabberd_c2s
-    starttls: false
-  -
-    port: {self.proxy_port}
-    ip: "{self.host}"
-    module: ejabberd_c2s
-    starttls: false
-    use_proxy_protocol: true
+{self._listen_yaml()}
 auth_method: internal
 auth_password_format: scram
 disable_sasl_mechanisms:
   - "X-OAUTH2"
   - "DIGEST-MD5"
-s2s_access: nobody
+{self._s2s_yaml()}
 acl:
   local:
     user_regexp: ""
@@ -207,10 +203,32 @@ modules:
   mod_carboncopy: {{}}
   mod_mam:
     default: always
+{"  mod_s2s_dialback: {}" if self.s2s_port else ""}
 """)
         subprocess.run(["chown", "-R", f"{EJABBERD_USER}:{EJABBERD_USER}", str(self.dir)],
                        check=True, timeout=30)
         self.dir.chmod(0o755)
+
+    def _listen_yaml(self) -> str:
+        out = []
+        for port, opts in ((self.tls_port, ["module: ejabberd_c2s", "starttls: true"]),
+                           (self.plain_port, ["module: ejabberd_c2s", "starttls: false"]),
+                           (self.proxy_port, ["module: ejabberd_c2s", "starttls: false",
+                                              "use_proxy_protocol: true"]),
+                           (self.s2s_port, ["module: ejabberd_s2s_in"])):
+            if port is not None:
+                out.append(f"  -\n    port: {port}\n    ip: \"{self.host}\"\n"
+                           + "".join(f"    {o}\n" for o in opts))
+        return "".join(out).rstrip("\n")
+
+    def _s2s_yaml(self) -> str:
+        if self.s2s_port is None:
+            return "s2s_access: nobody"
+        # Plaintext dialback on the loopback leg (contrib/ejabberd/s2s-behind-stanzawall.yml);
+        # short DNS waits: the only DNS server is local.
+        return ("s2s_access: all\ns2s_use_starttls: false\n"
+                "s2s_dns_timeout: 3\ns2s_dns_retries: 1\n"
+                "outgoing_s2s_families:\n  - ipv4")
 
     def ctl(self, *args: str, timeout: float = CTL_TIMEOUT,
             check: bool = True) -> subprocess.CompletedProcess:
