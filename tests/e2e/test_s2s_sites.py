@@ -42,8 +42,11 @@ class Pair:
         return log_tails(self.a, self.b)
 
     def save_transcripts(self) -> None:
-        (self.dir / "relay-a-to-b.txt").write_text(self.relay_a.transcript())
-        (self.dir / "relay-b-to-a.txt").write_text(self.relay_b.transcript())
+        """Both relays' recordings, on one clock, into the module's tmp dir."""
+        t0 = min((c.chunks[0][1] for r in (self.relay_a, self.relay_b)
+                  for c in r.connections() if c.chunks), default=None)
+        (self.dir / "relay-a-to-b.txt").write_text(self.relay_a.transcript(t0))
+        (self.dir / "relay-b-to-a.txt").write_text(self.relay_b.transcript(t0))
 
 
 @pytest.fixture(scope="module", params=["prosody", "ejabberd"])
@@ -137,29 +140,97 @@ def test_iq_disco_info_to_remote_server_both_ways(pair):
         raise AssertionError(f"{e!r}\n{pair.logs()}") from e
 
 
+def _exchange(pair: Pair, text: str) -> None:
+    """alice@A -> bob@B and back, each delivered (so both s2s directions exist)."""
+    a, b = pair.a, pair.b
+
+    async def scenario():
+        async with a.client("alice") as alice, b.client("bob") as bob:
+            alice.send_message(b.jid("bob"), f"{text} a->b")
+            assert (await bob.next_message(20)).body == f"{text} a->b"
+            bob.send_message(a.jid("alice"), f"{text} b->a")
+            assert (await alice.next_message(20)).body == f"{text} b->a"
+
+    try:
+        run(scenario(), 60)
+    except BaseException as e:
+        raise AssertionError(f"{e!r}\n{pair.logs()}") from e
+
+
+def _all(relay: RecordingRelay) -> tuple[bytes, bytes]:
+    conns = relay.connections()
+    return b"".join(c.sent() for c in conns), b"".join(c.received() for c in conns)
+
+
 def test_dialback_in_plaintext_on_the_wire(pair):
-    """Each direction authenticated with dialback, no TLS: the originating server sent
-    ``db:result`` on its outbound stream, the receiving server checked it with ``db:verify``
-    on a connection of its own (which also went through its DNS route), got ``valid``."""
-    for relay, origin, receiver in ((pair.relay_a, pair.a, pair.b),
-                                    (pair.relay_b, pair.b, pair.a)):
-        conns = relay.connections()
-        sent = b"".join(c.sent() for c in conns)
-        received = b"".join(c.received() for c in conns)
-        both = sent + received
-        assert b"starttls" not in both.lower().replace(b"xmpp-tls'", b"") or \
-            b"<proceed" not in both, relay.transcript()
-        # db:result from origin to receiver (on origin's outbound, i.e. through this relay)
-        assert re.search(rb"<db:result[^>]*from=['\"]" + origin.domain.encode() +
-                         rb"['\"]", sent) or \
-            re.search(rb"<db:result[^>]*to=['\"]" + receiver.domain.encode(), sent), \
+    """Each direction authenticated with dialback (XEP-0220), no TLS: the originating server
+    sent ``db:result`` with key K on its outbound stream (through its relay) and got
+    ``valid``; the receiving server checked K with ``db:verify`` on a connection of its own,
+    which went out through ITS DNS route (the other relay) and was answered ``valid``."""
+    _exchange(pair, "dialback")
+    for relay, other, origin, receiver in ((pair.relay_a, pair.relay_b, pair.a, pair.b),
+                                           (pair.relay_b, pair.relay_a, pair.b, pair.a)):
+        sent, received = _all(relay)
+        other_sent, other_received = _all(other)
+        for data in (sent, received, other_sent, other_received):
+            assert b"<starttls" not in data and b"<proceed" not in data, relay.transcript()
+        results = re.findall(rb"<db:result (?=[^>]*from=['\"]" + re.escape(origin.domain.encode())
+                             + rb"['\"])(?=[^>]*to=['\"]" + re.escape(receiver.domain.encode())
+                             + rb"['\"])[^>]*>([0-9a-f]+)</db:result>", sent)
+        assert results, relay.transcript()
+        assert re.search(rb"<db:result [^>]*type=['\"]valid['\"]", received), \
             relay.transcript()
-        assert re.search(rb"<db:result[^>]*type=['\"]valid['\"]", received), relay.transcript()
-        # The receiver's verification connection to the origin went out through ITS route,
-        # i.e. through the other relay: a db:verify answered valid there.
-        other = pair.relay_b if relay is pair.relay_a else pair.relay_a
-        other_sent = b"".join(c.sent() for c in other.connections())
-        other_recv = b"".join(c.received() for c in other.connections())
-        assert b"<db:verify" in other_sent, other.transcript()
-        assert re.search(rb"<db:verify[^>]*type=['\"]valid['\"]", other_recv), \
+        for key in results:
+            assert re.search(rb"<db:verify [^>]*>" + key + rb"</db:verify>", other_sent), \
+                other.transcript()
+        assert re.search(rb"<db:verify [^>]*type=['\"]valid['\"]", other_received), \
             other.transcript()
+
+
+def test_any_remote_domain_is_routed_to_the_chosen_address(pair):
+    """The wildcard SRV sends EVERY remote domain to the route (what a gateway's s2s-out
+    needs: it learns the target from the stream header's ``to``).  The peer behind the relay
+    does not serve ``elsewhere.example`` and says so; alice gets an error back."""
+    a = pair.a
+
+    async def scenario():
+        async with a.client("alice") as alice:
+            alice.send_message("nobody@elsewhere.example", "to nowhere")
+            m = await alice.next_message(20, with_body=False)
+            assert m.type == "error" and m.from_ == "nobody@elsewhere.example", m.xml
+
+    run(scenario(), 60)
+    assert pair.relay_a.wait_for(b"to='elsewhere.example'", 5) or \
+        pair.relay_a.wait_for(b'to="elsewhere.example"', 1), pair.relay_a.transcript()
+
+
+def test_route_outbound_moves_new_connections(pair):
+    """``Site.route_outbound`` re-points the site's DNS: a new remote domain now goes to a
+    closed port (alice gets an error, the relay sees no connection for it); once routed back,
+    the next new domain reaches the relay again."""
+    a = pair.a
+    dead = (SITE_A.outbound_host, SITE_A.outbound_port + 1)
+    before = len(pair.relay_a.connections())
+
+    async def scenario():
+        async with a.client("alice") as alice:
+            alice.send_message("nobody@moved.example", "to a closed port")
+            m = await alice.next_message(20, with_body=False)
+            assert m.type == "error" and "remote-server-not-found" in m.xml, m.xml
+
+    a.route_outbound(*dead)
+    try:
+        run(scenario(), 60)
+    finally:
+        a.route_outbound(*SITE_A.outbound)
+    assert len(pair.relay_a.connections()) == before, pair.relay_a.transcript()
+    assert not pair.relay_a.wait_for(b"moved.example", 0.5)
+
+    async def back():
+        async with a.client("alice") as alice:
+            alice.send_message("nobody@back.example", "routed again")
+            m = await alice.next_message(20, with_body=False)
+            assert m.type == "error", m.xml
+
+    run(back(), 60)
+    assert pair.relay_a.wait_for(b"back.example", 5), pair.relay_a.transcript()

@@ -57,6 +57,20 @@ __all__ = ["EjabberdInstance", "start_ejabberd"]
 EJABBERD_USER = "ejabberd"
 NODE = "ejabberd-test@localhost"
 CTL_TIMEOUT = 30.0
+_CONTRIB = Path(__file__).resolve().parents[3] / "contrib" / "ejabberd"
+#: The operator's files for s2s behind the gateway, used when s2s_port is set.
+CONTRIB_S2S = _CONTRIB / "s2s-behind-stanzawall.yml"
+CONTRIB_INETRC = _CONTRIB / "inetrc-s2s-behind-stanzawall"
+
+
+def _contrib(path: Path, *subst: tuple[str, str]) -> str:
+    """``path``'s text with each (old, new) replaced; old must occur."""
+    text = path.read_text()
+    for old, new in subst:
+        if old not in text:
+            raise ValueError(f"{path} no longer contains {old!r}")
+        text = text.replace(old, new)
+    return text
 
 
 @dataclass
@@ -77,10 +91,11 @@ class EjabberdInstance(ServerInstance):
     plain_port: int = EJABBERD_PLAIN_PORT
     proxy_port: int = EJABBERD_PROXY_PORT
     dist_port: int = EJABBERD_DIST_PORT
-    #: Federation (sites.py): an ``ejabberd_s2s_in`` listener on ``host:s2s_port``
-    #: (plaintext, ``s2s_use_starttls: false``, mod_s2s_dialback) and ``dns`` (ip, port) as
-    #: the node's only DNS server (inetrc ``nameserver``) for outbound SRV lookups.
-    #: None (default): no s2s at all.  A port set to None has no listener.
+    #: Federation (sites.py): the operator's files contrib/ejabberd/s2s-behind-stanzawall.yml
+    #: (``include_config_file``: ``ejabberd_s2s_in`` on ``host:s2s_port``, plaintext,
+    #: mod_s2s_dialback) and inetrc-s2s-behind-stanzawall (``dns`` (ip, port) as the node's
+    #: only DNS server), with these addresses.  None (default): no s2s at all.  A port set to
+    #: None has no listener.
     s2s_port: int | None = None
     dns: tuple[str, int] | None = None
     users: dict[str, str] = field(default_factory=lambda: dict(USERS))
@@ -133,10 +148,13 @@ class EjabberdInstance(ServerInstance):
                           (self.ca_cert, "ca.crt")):
             shutil.copyfile(src, self.conf_dir / name)
         inetrc = '{lookup,["file"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n'
-        if self.dns is not None:
-            # inet_res (ejabberd's SRV lookups) asks only this server: resolv.conf is not read.
+        if self.s2s_port is not None:
+            if self.dns is None:
+                raise ValueError("s2s_port needs dns")
             ip = "{" + self.dns[0].replace(".", ",") + "}"
-            inetrc += f'{{resolv_conf, ""}}.\n{{nameserver, {ip}, {self.dns[1]}}}.\n'
+            inetrc += _contrib(CONTRIB_INETRC, ("{127,0,0,1}, 5300", f"{ip}, {self.dns[1]}"))
+            (self.conf_dir / "s2s.yml").write_text(_contrib(
+                CONTRIB_S2S, ('"127.0.0.1"', f'"{self.host}"'), ("15269", str(self.s2s_port))))
         (self.conf_dir / "inetrc").write_text(inetrc)
         q = shlex.quote
         ctl = {
@@ -203,7 +221,6 @@ modules:
   mod_carboncopy: {{}}
   mod_mam:
     default: always
-{"  mod_s2s_dialback: {}" if self.s2s_port else ""}
 """)
         subprocess.run(["chown", "-R", f"{EJABBERD_USER}:{EJABBERD_USER}", str(self.dir)],
                        check=True, timeout=30)
@@ -214,8 +231,7 @@ modules:
         for port, opts in ((self.tls_port, ["module: ejabberd_c2s", "starttls: true"]),
                            (self.plain_port, ["module: ejabberd_c2s", "starttls: false"]),
                            (self.proxy_port, ["module: ejabberd_c2s", "starttls: false",
-                                              "use_proxy_protocol: true"]),
-                           (self.s2s_port, ["module: ejabberd_s2s_in"])):
+                                              "use_proxy_protocol: true"])):
             if port is not None:
                 out.append(f"  -\n    port: {port}\n    ip: \"{self.host}\"\n"
                            + "".join(f"    {o}\n" for o in opts))
@@ -224,11 +240,8 @@ modules:
     def _s2s_yaml(self) -> str:
         if self.s2s_port is None:
             return "s2s_access: nobody"
-        # Plaintext dialback on the loopback leg (contrib/ejabberd/s2s-behind-stanzawall.yml);
-        # short DNS waits: the only DNS server is local.
-        return ("s2s_access: all\ns2s_use_starttls: false\n"
-                "s2s_dns_timeout: 3\ns2s_dns_retries: 1\n"
-                "outgoing_s2s_families:\n  - ipv4")
+        # ejabberd appends the included file's listen and modules entries to these.
+        return f'include_config_file: "{self.conf_dir / "s2s.yml"}"'
 
     def ctl(self, *args: str, timeout: float = CTL_TIMEOUT,
             check: bool = True) -> subprocess.CompletedProcess:

@@ -50,7 +50,6 @@ Use (module scope keeps the servers for all tests of a module)::
 
 from __future__ import annotations
 
-import os
 import select
 import shutil
 import signal
@@ -230,9 +229,14 @@ class RelayConnection:
         """Everything the upstream side sent back."""
         return b"".join(d for k, _, d in self.chunks if k == "<")
 
-    def transcript(self) -> str:
-        """Human-readable: one line per chunk, ``> `` or ``< `` then the bytes as text."""
-        return "\n".join(f"{k} {d.decode('utf-8', 'replace')}" for k, _, d in self.chunks)
+    def transcript(self, t0: float | None = None) -> str:
+        """Human-readable: one line per chunk: milliseconds since ``t0`` (default: this
+        connection's first chunk), ``>`` or ``<``, the bytes as text."""
+        chunks = self.chunks
+        if t0 is None:
+            t0 = chunks[0][1] if chunks else 0.0
+        return "\n".join(f"{(t - t0) * 1000:8.1f} {k} {d.decode('utf-8', 'replace')}"
+                         for k, t, d in chunks)
 
 
 class RecordingRelay:
@@ -334,9 +338,14 @@ class RecordingRelay:
                 return None
             time.sleep(0.02)
 
-    def transcript(self) -> str:
-        return "\n".join(f"=== connection {c.index} from {c.peer}\n{c.transcript()}"
-                         for c in self.connections())
+    def transcript(self, t0: float | None = None) -> str:
+        """All connections' transcripts; times relative to ``t0`` (a ``time.monotonic()``
+        value; default: the first chunk seen by this relay)."""
+        conns = self.connections()
+        if t0 is None:
+            t0 = min((c.chunks[0][1] for c in conns if c.chunks), default=0.0)
+        return "\n".join(f"=== connection {c.index} from {c.peer}\n{c.transcript(t0)}"
+                          for c in conns)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -458,6 +467,3 @@ def log_tails(*sites: Site, lines: int = 30) -> str:
         out.append(f"--- knotd {s.domain}:\n{tail(s.dns.log_path, 5)}")
     return "\n".join(out)
 
-
-def keep_dirs() -> bool:
-    return os.environ.get("STANZAWALL_E2E_KEEP") == "1"
