@@ -46,6 +46,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .contrib import contrib_text
 from .defaults import (DOMAIN, EJABBERD_DIST_PORT, EJABBERD_PLAIN_PORT,
                        EJABBERD_PROXY_PORT, EJABBERD_TLS_PORT, HOST,
                        START_TIMEOUT, STOP_TIMEOUT, USERS)
@@ -57,21 +58,6 @@ __all__ = ["EjabberdInstance", "start_ejabberd"]
 EJABBERD_USER = "ejabberd"
 NODE = "ejabberd-test@localhost"
 CTL_TIMEOUT = 30.0
-_CONTRIB = Path(__file__).resolve().parents[3] / "contrib" / "ejabberd"
-#: The operator's files for s2s behind the gateway, used when s2s_port is set.
-CONTRIB_S2S = _CONTRIB / "s2s-behind-stanzawall.yml"
-CONTRIB_INETRC = _CONTRIB / "inetrc-s2s-behind-stanzawall"
-
-
-def _contrib(path: Path, *subst: tuple[str, str]) -> str:
-    """``path``'s text with each (old, new) replaced; old must occur."""
-    text = path.read_text()
-    for old, new in subst:
-        if old not in text:
-            raise ValueError(f"{path} no longer contains {old!r}")
-        text = text.replace(old, new)
-    return text
-
 
 @dataclass
 class EjabberdInstance(ServerInstance):
@@ -152,9 +138,10 @@ class EjabberdInstance(ServerInstance):
             if self.dns is None:
                 raise ValueError("s2s_port needs dns")
             ip = "{" + self.dns[0].replace(".", ",") + "}"
-            inetrc += _contrib(CONTRIB_INETRC, ("{127,0,0,1}, 5300", f"{ip}, {self.dns[1]}"))
-            (self.conf_dir / "s2s.yml").write_text(_contrib(
-                CONTRIB_S2S, ('"127.0.0.1"', f'"{self.host}"'), ("15269", str(self.s2s_port))))
+            inetrc += contrib_text("ejabberd/inetrc-s2s-behind-stanzawall",
+                                   ("{127,0,0,1}, 5300", f"{ip}, {self.dns[1]}"))
+            (self.conf_dir / "s2s.yml").write_text(contrib_text(
+                "ejabberd/s2s-behind-stanzawall.yml", ('"127.0.0.1"', f'"{self.host}"'), ("15269", str(self.s2s_port))))
         (self.conf_dir / "inetrc").write_text(inetrc)
         q = shlex.quote
         ctl = {

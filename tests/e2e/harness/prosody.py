@@ -35,6 +35,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .contrib import contrib_text
 from .defaults import (DOMAIN, HOST, PROSODY_DIRECT_TLS, PROSODY_PORT,
                        PROSODY_TLS_PORT, START_TIMEOUT, STOP_TIMEOUT, USERS)
 from .proc import (ServerInstance, ServerStartError, Spawned, require_free_ports, run_checked, tail,
@@ -43,10 +44,6 @@ from .proc import (ServerInstance, ServerStartError, Spawned, require_free_ports
 __all__ = ["ProsodyInstance", "start_prosody"]
 
 MODULES = ["roster", "saslauth", "disco", "ping"]
-#: Backend settings for s2s behind the gateway (the operator's snippet), used when s2s_port.
-CONTRIB_S2S = (Path(__file__).resolve().parents[3] / "contrib" / "prosody"
-               / "s2s-behind-stanzawall.cfg.lua")
-
 
 def _lua_str(s: str | Path) -> str:
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -119,13 +116,10 @@ class ProsodyInstance(ServerInstance):
             if not self.dns_forward:
                 raise ValueError("s2s_port needs dns_forward")
             # The operator's snippet itself, with this instance's addresses.
-            text = CONTRIB_S2S.read_text()
-            for old, new in (("127.0.0.1@5300", self.dns_forward),
-                             ('"127.0.0.1"', _lua_str(self.host)),
-                             ("15269", str(self.s2s_port))):
-                if old not in text:
-                    raise ValueError(f"{CONTRIB_S2S} no longer contains {old!r}")
-                text = text.replace(old, new)
+            text = contrib_text("prosody/s2s-behind-stanzawall.cfg.lua",
+                                ("127.0.0.1@5300", self.dns_forward),
+                                ('"127.0.0.1"', _lua_str(self.host)),
+                                ("15269", str(self.s2s_port)))
             snippet = self.dir / "s2s-behind-stanzawall.cfg.lua"
             snippet.write_text(text)
             s2s_settings = f"Include {_lua_str(snippet)}\n"
