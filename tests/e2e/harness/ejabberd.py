@@ -141,7 +141,8 @@ class EjabberdInstance(ServerInstance):
             inetrc += contrib_text("ejabberd/inetrc-s2s-behind-stanzawall",
                                    ("{127,0,0,1}, 5300", f"{ip}, {self.dns[1]}"))
             (self.conf_dir / "s2s.yml").write_text(contrib_text(
-                "ejabberd/s2s-behind-stanzawall.yml", ('"127.0.0.1"', f'"{self.host}"'), ("15269", str(self.s2s_port))))
+                "ejabberd/s2s-behind-stanzawall.yml", ('"127.0.0.1"', f'"{self.host}"'),
+                ("15269", str(self.s2s_port))))
         (self.conf_dir / "inetrc").write_text(inetrc)
         q = shlex.quote
         ctl = {
