@@ -46,6 +46,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .contrib import contrib_text
 from .defaults import (DOMAIN, EJABBERD_DIST_PORT, EJABBERD_PLAIN_PORT,
                        EJABBERD_PROXY_PORT, EJABBERD_TLS_PORT, HOST,
                        START_TIMEOUT, STOP_TIMEOUT, USERS)
@@ -57,7 +58,6 @@ __all__ = ["EjabberdInstance", "start_ejabberd"]
 EJABBERD_USER = "ejabberd"
 NODE = "ejabberd-test@localhost"
 CTL_TIMEOUT = 30.0
-
 
 @dataclass
 class EjabberdInstance(ServerInstance):
@@ -77,6 +77,13 @@ class EjabberdInstance(ServerInstance):
     plain_port: int = EJABBERD_PLAIN_PORT
     proxy_port: int = EJABBERD_PROXY_PORT
     dist_port: int = EJABBERD_DIST_PORT
+    #: Federation (sites.py): the operator's files contrib/ejabberd/s2s-behind-stanzawall.yml
+    #: (``include_config_file``: ``ejabberd_s2s_in`` on ``host:s2s_port``, plaintext,
+    #: mod_s2s_dialback) and inetrc-s2s-behind-stanzawall (``dns`` (ip, port) as the node's
+    #: only DNS server), with these addresses.  None (default): no s2s at all.  A port set to
+    #: None has no listener.
+    s2s_port: int | None = None
+    dns: tuple[str, int] | None = None
     users: dict[str, str] = field(default_factory=lambda: dict(USERS))
     host: str = HOST
     domain: str = DOMAIN
@@ -106,7 +113,8 @@ class EjabberdInstance(ServerInstance):
 
     @property
     def ports(self) -> list[int]:
-        return [self.tls_port, self.plain_port, self.proxy_port]
+        return [p for p in (self.tls_port, self.plain_port, self.proxy_port, self.s2s_port)
+                if p is not None]
 
     # -- setup ----------------------------------------------------------------
     def write_config(self) -> None:
@@ -125,8 +133,17 @@ class EjabberdInstance(ServerInstance):
         for src, name in ((self.cert, "server.crt"), (self.key, "server.key"),
                           (self.ca_cert, "ca.crt")):
             shutil.copyfile(src, self.conf_dir / name)
-        (self.conf_dir / "inetrc").write_text(
-            '{lookup,["file"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n')
+        inetrc = '{lookup,["file"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n'
+        if self.s2s_port is not None:
+            if self.dns is None:
+                raise ValueError("s2s_port needs dns")
+            ip = "{" + self.dns[0].replace(".", ",") + "}"
+            inetrc += contrib_text("ejabberd/inetrc-s2s-behind-stanzawall",
+                                   ("{127,0,0,1}, 5300", f"{ip}, {self.dns[1]}"))
+            (self.conf_dir / "s2s.yml").write_text(contrib_text(
+                "ejabberd/s2s-behind-stanzawall.yml", ('"127.0.0.1"', f'"{self.host}"'),
+                ("15269", str(self.s2s_port))))
+        (self.conf_dir / "inetrc").write_text(inetrc)
         q = shlex.quote
         ctl = {
             "ERLANG_NODE": self.node,
@@ -161,28 +178,13 @@ ca_file: "{c / 'ca.crt'}"
 acme:
   auto: false
 listen:
-  -
-    port: {self.tls_port}
-    ip: "{self.host}"
-    module: ejabberd_c2s
-    starttls: true
-  -
-    port: {self.plain_port}
-    ip: "{self.host}"
-    module: ejabberd_c2s
-    starttls: false
-  -
-    port: {self.proxy_port}
-    ip: "{self.host}"
-    module: ejabberd_c2s
-    starttls: false
-    use_proxy_protocol: true
+{self._listen_yaml()}
 auth_method: internal
 auth_password_format: scram
 disable_sasl_mechanisms:
   - "X-OAUTH2"
   - "DIGEST-MD5"
-s2s_access: nobody
+{self._s2s_yaml()}
 acl:
   local:
     user_regexp: ""
@@ -211,6 +213,23 @@ modules:
         subprocess.run(["chown", "-R", f"{EJABBERD_USER}:{EJABBERD_USER}", str(self.dir)],
                        check=True, timeout=30)
         self.dir.chmod(0o755)
+
+    def _listen_yaml(self) -> str:
+        out = []
+        for port, opts in ((self.tls_port, ["module: ejabberd_c2s", "starttls: true"]),
+                           (self.plain_port, ["module: ejabberd_c2s", "starttls: false"]),
+                           (self.proxy_port, ["module: ejabberd_c2s", "starttls: false",
+                                              "use_proxy_protocol: true"])):
+            if port is not None:
+                out.append(f"  -\n    port: {port}\n    ip: \"{self.host}\"\n"
+                           + "".join(f"    {o}\n" for o in opts))
+        return "".join(out).rstrip("\n")
+
+    def _s2s_yaml(self) -> str:
+        if self.s2s_port is None:
+            return "s2s_access: nobody"
+        # ejabberd appends the included file's listen and modules entries to these.
+        return f'include_config_file: "{self.conf_dir / "s2s.yml"}"'
 
     def ctl(self, *args: str, timeout: float = CTL_TIMEOUT,
             check: bool = True) -> subprocess.CompletedProcess:
