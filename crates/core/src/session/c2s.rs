@@ -34,6 +34,8 @@ use crate::xml::{Element, StreamReader, XmlLimits};
 
 pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decision};
 pub use features::{filter_features, is_channel_binding_mechanism};
+pub use backend::skipped_reason;
+pub use filter::policy_effects;
 
 use super::sm::{self, StreamManagement};
 use super::{BackendFailure, CloseReason, Counters, Effect, PolicyBinding, StanzaSummary, StreamMachine, Timeouts};
