@@ -161,7 +161,10 @@ class Tcpdump:
         self.path, self.bpf = path, bpf
 
     def __enter__(self) -> "Tcpdump":
-        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-n", "-w", str(self.path), self.bpf],
+        # --immediate-mode: without it, on some kernels (this CI's among them) TPACKET_V3 blocks
+        # are never handed over and the file stays empty.
+        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-w",
+                                      str(self.path), self.bpf],
                                      stderr=subprocess.PIPE, text=True)
         # It prints "listening on lo" once the capture runs.
         line = self.proc.stderr.readline()

@@ -91,7 +91,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     };
     let mut complete = true;
     if let Some(iface) = &opts.interface {
-        let mut child = tcpdump(&["-i", iface, "-U"], opts.bpf.as_deref())?;
+        let mut child = tcpdump(&["-i", iface, "-U", "--immediate-mode"], opts.bpf.as_deref())?;
         let result = match child.stdout.take() {
             Some(out) => sink.read_capture(&format!("interface {iface}"), out),
             None => Err(anyhow::anyhow!("tcpdump: no output")),
