@@ -105,9 +105,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     for path in &opts.pcaps {
         let name = path.display().to_string();
         let result = match &opts.bpf {
-            None => std::fs::File::open(path)
-                .with_context(|| name.clone())
-                .and_then(|f| sink.read_capture(&name, f)),
+            None => std::fs::File::open(path).with_context(|| name.clone()).and_then(|f| sink.read_capture(&name, f)),
             Some(_) => {
                 let mut child = tcpdump(&["-r", &name], opts.bpf.as_deref())?;
                 let r = match child.stdout.take() {
@@ -223,7 +221,8 @@ impl Sink {
                             };
                             let units = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
                             let secs = (units / iface.resolution).saturating_add_signed(iface.offset);
-                            let nanos = u128::from(units % iface.resolution) * 1_000_000_000 / u128::from(iface.resolution);
+                            let nanos =
+                                u128::from(units % iface.resolution) * 1_000_000_000 / u128::from(iface.resolution);
                             let ts = Duration::new(secs, nanos as u32);
                             let len = (epb.caplen as usize).min(epb.data.len());
                             self.packet(iface.linktype, &epb.data[..len], ts)?;
@@ -285,7 +284,14 @@ impl Sink {
             Observed::Decision(effect) => {
                 let r = report::report(effect, "inspect", ev.flow.client.ip());
                 for l in r.verdicts.iter().chain(&r.defaults) {
-                    *s.rules.entry(format!("{} ({}{})", l.rule, l.action, if l.log_only == "true" { ", log_only" } else { "" })).or_default() += 1;
+                    *s.rules
+                        .entry(format!(
+                            "{} ({}{})",
+                            l.rule,
+                            l.action,
+                            if l.log_only == "true" { ", log_only" } else { "" }
+                        ))
+                        .or_default() += 1;
                 }
                 if let Effect::Bounced { reason, .. } | Effect::Dropped { reason, .. } = effect {
                     *s.rules.entry(format!("gateway: {reason}")).or_default() += 1;
@@ -303,7 +309,8 @@ impl Sink {
             }
             Observed::WouldClose { chain, condition, reason } => {
                 *s.rules.entry(format!("close: {}", condition.as_str())).or_default() += 1;
-                let signature = format!("stanzawall would close the stream ({}, {}): {reason}", chain.as_str(), condition.as_str());
+                let signature =
+                    format!("stanzawall would close the stream ({}, {}): {reason}", chain.as_str(), condition.as_str());
                 self.alert(&ev, SID_CLOSE, &signature, 2, None)?;
             }
             Observed::ParseError { from_client, error } => {
@@ -315,7 +322,9 @@ impl Sink {
             }
             Observed::Conflict { from_client, offset } => {
                 let side = if *from_client { "client" } else { "server" };
-                let signature = format!("stanzawall TCP retransmission with different data from the {side} at offset {offset} (evasion)");
+                let signature = format!(
+                    "stanzawall TCP retransmission with different data from the {side} at offset {offset} (evasion)"
+                );
                 self.alert(&ev, SID_CONFLICT, &signature, 1, None)?;
             }
             Observed::Stream { kind, .. } => match kind {
@@ -349,7 +358,14 @@ impl Sink {
         Ok(())
     }
 
-    fn alert(&mut self, ev: &CaptureEvent, sid: u32, signature: &str, severity: u8, xmpp: Option<Value>) -> anyhow::Result<()> {
+    fn alert(
+        &mut self,
+        ev: &CaptureEvent,
+        sid: u32,
+        signature: &str,
+        severity: u8,
+        xmpp: Option<Value>,
+    ) -> anyhow::Result<()> {
         let Some(eve) = &mut self.eve else { return Ok(()) };
         let to_server = xmpp.as_ref().is_none_or(|l| l["chain"] != "c2s-out");
         let mut v = eve_base(ev, "alert", to_server);

@@ -247,7 +247,8 @@ impl HalfStream {
         let first = self.pending.range(..start).next_back().map(|(&k, _)| k).unwrap_or(start);
         self.pending.range(first..end).any(|(&at, piece)| {
             let (lo, hi) = (at.max(start), (at + piece.len() as u64).min(end));
-            lo < hi && piece[(lo - at) as usize..(hi - at) as usize] != bytes[(lo - start) as usize..(hi - start) as usize]
+            lo < hi
+                && piece[(lo - at) as usize..(hi - at) as usize] != bytes[(lo - start) as usize..(hi - start) as usize]
         })
     }
 

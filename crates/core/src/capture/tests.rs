@@ -127,7 +127,8 @@ const FEATURES: &[u8] = b"<stream:features><mechanisms xmlns='urn:ietf:params:xm
 /// `\0alice\0hunter2`
 const AUTH: &[u8] = b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAGh1bnRlcjI=</auth>";
 const SUCCESS: &[u8] = b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>";
-const BIND: &[u8] = b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>";
+const BIND: &[u8] =
+    b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>";
 const BOUND: &[u8] = b"<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
     <jid>alice@example.test/r</jid></bind></iq>";
 const SECRET: &[u8] = b"<message to='bob@example.test' id='m1'><body>a secret</body></message>";
@@ -228,7 +229,8 @@ fn a_conflicting_overlap_is_flagged_and_the_first_copy_wins() {
     conn.send_at(&mut insp, 0, s2, &d2[..5]);
     conn.close(&mut insp, false);
     let evs = events(&mut insp);
-    let conflicts: Vec<_> = evs.iter().filter(|e| matches!(e.what, Observed::Conflict { from_client: true, .. })).collect();
+    let conflicts: Vec<_> =
+        evs.iter().filter(|e| matches!(e.what, Observed::Conflict { from_client: true, .. })).collect();
     assert_eq!(conflicts.len(), 2, "{evs:?}");
     // First copies won: HELLO passes, SECRET is dropped.
     assert_eq!(decisions(&evs), [("c2s-in".into(), "no-secrets".into(), Some("alice@example.test/r".into()))]);
@@ -276,7 +278,10 @@ fn a_flow_picked_up_mid_stream_is_recognised_at_the_next_stanza() {
     assert!(evs.iter().all(|e| e.flow.server == server()));
     assert_eq!(
         decisions(&evs),
-        [("c2s-in".into(), "no-secrets".into(), None), ("c2s-out".into(), "no-spam-in".into(), Some("eve@evil.test/x".into()))]
+        [
+            ("c2s-in".into(), "no-secrets".into(), None),
+            ("c2s-out".into(), "no-spam-in".into(), Some("eve@evil.test/x".into()))
+        ]
     );
     assert!(matches!(evs.last().unwrap().what, Observed::Ended { how: FlowEnd::Rst, xmpp: true, .. }));
 }
@@ -324,14 +329,16 @@ fn flows_beyond_the_cap_evict_the_least_recently_seen() {
     let limits = CaptureLimits { max_flows: 100, ..CaptureLimits::default() };
     let mut insp = inspector(limits);
     for i in 0..10_000u32 {
-        let src: SocketAddr = format!("10.{}.{}.{}:{}", i >> 16, (i >> 8) & 255, i & 255, 1024 + (i % 60_000)).parse().unwrap();
+        let src: SocketAddr =
+            format!("10.{}.{}.{}:{}", i >> 16, (i >> 8) & 255, i & 255, 1024 + (i % 60_000)).parse().unwrap();
         let flags = TcpFlags { syn: true, ..TcpFlags::default() };
         insp.segment(&Segment { src, dst: server(), seq: i, ack: 0, flags, payload: b"" }, Duration::from_secs(1));
         assert!(insp.flow_count() <= 100);
     }
     let s = insp.stats();
     assert_eq!((s.flows, s.flows_evicted, s.flows_high_water), (10_000, 9_900, 100));
-    let evicted = events(&mut insp).iter().filter(|e| matches!(e.what, Observed::Ended { how: FlowEnd::Evicted, .. })).count();
+    let evicted =
+        events(&mut insp).iter().filter(|e| matches!(e.what, Observed::Ended { how: FlowEnd::Evicted, .. })).count();
     assert_eq!(evicted, 9_900);
 }
 
@@ -340,9 +347,15 @@ fn idle_flows_expire_in_capture_time() {
     let limits = CaptureLimits { idle_timeout: Duration::from_secs(10), ..CaptureLimits::default() };
     let mut insp = inspector(limits);
     let syn = TcpFlags { syn: true, ..TcpFlags::default() };
-    insp.segment(&Segment { src: client(), dst: server(), seq: 1, ack: 0, flags: syn, payload: b"" }, Duration::from_secs(1));
+    insp.segment(
+        &Segment { src: client(), dst: server(), seq: 1, ack: 0, flags: syn, payload: b"" },
+        Duration::from_secs(1),
+    );
     let other: SocketAddr = "192.0.2.99:1234".parse().unwrap();
-    insp.segment(&Segment { src: other, dst: server(), seq: 1, ack: 0, flags: syn, payload: b"" }, Duration::from_secs(30));
+    insp.segment(
+        &Segment { src: other, dst: server(), seq: 1, ack: 0, flags: syn, payload: b"" },
+        Duration::from_secs(30),
+    );
     assert_eq!(insp.flow_count(), 1);
     assert_eq!(insp.stats().flows_idle, 1);
 }
@@ -369,7 +382,10 @@ fn out_of_order_bytes_are_capped_per_flow_and_in_total() {
         insp.segment(&Segment { src, dst: server(), seq: 0, ack: 0, flags, payload: b"<" }, Duration::from_secs(2));
         for i in 0..9u32 {
             let seq = 2 + i * 100;
-            insp.segment(&Segment { src, dst: server(), seq, ack: 0, flags, payload: &[b'b'; 100] }, Duration::from_secs(2));
+            insp.segment(
+                &Segment { src, dst: server(), seq, ack: 0, flags, payload: &[b'b'; 100] },
+                Duration::from_secs(2),
+            );
             assert!(insp.pending_bytes() <= 1500, "{}", insp.pending_bytes());
         }
     }

@@ -25,8 +25,7 @@ use crate::config::Limits;
 use crate::jid::{self, FullJid};
 use crate::policy::{Chain, Context, Policy, RateTable};
 use crate::session::{
-    decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND,
-    NS_SASL, NS_TLS,
+    decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND, NS_SASL, NS_TLS,
 };
 use crate::stanza::{self, Kind};
 use crate::stream::{Condition, NS_CLIENT, NS_SERVER};
@@ -294,8 +293,7 @@ impl Tracker {
         } else {
             None
         };
-        let by_port =
-            DIRECT_TLS_PORTS.iter().find(|(p, _)| self.ends.iter().any(|e| e.port() == *p)).map(|(_, k)| *k);
+        let by_port = DIRECT_TLS_PORTS.iter().find(|(p, _)| self.ends.iter().any(|e| e.port() == *p)).map(|(_, k)| *k);
         let Some(kind) = alpn.or(by_port) else {
             self.state = State::Other;
             return;
@@ -556,7 +554,8 @@ impl Tracker {
 /// `<stream:stream`, `<stream `, or `<PREFIX:stream` at the start.
 fn looks_like_stream_tag(head: &[u8]) -> bool {
     let Some(rest) = head.strip_prefix(b"<") else { return false };
-    let name_end = rest.iter().position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/')).unwrap_or(rest.len());
+    let name_end =
+        rest.iter().position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/')).unwrap_or(rest.len());
     let name = &rest[..name_end];
     name == b"stream" || name.ends_with(b":stream") || (name_end == rest.len() && b"stream:stream".starts_with(rest))
 }
