@@ -378,7 +378,7 @@ impl Inspector {
         if !self.flows.contains_key(&key) {
             // A flow starts with a SYN or with data; a stray ACK or RST of an unknown flow
             // carries nothing to inspect.
-            if !(seg.flags.syn || !seg.payload.is_empty()) || seg.flags.rst {
+            if seg.flags.rst || (!seg.flags.syn && seg.payload.is_empty()) {
                 return;
             }
             while self.flows.len() >= self.limits.max_flows.max(1) {

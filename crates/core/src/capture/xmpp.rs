@@ -149,7 +149,7 @@ impl Tracker {
         ctx.events.push_back(CaptureEvent { flow, ts: ctx.ts, what });
     }
 
-    fn from_client(&mut self, dir: usize) -> bool {
+    fn is_client_dir(&mut self, dir: usize) -> bool {
         self.client_dir() == dir
     }
 
@@ -164,7 +164,7 @@ impl Tracker {
     /// A retransmission of `dir` disagreed with the first copy.
     pub(super) fn conflict(&mut self, dir: usize, offset: u64, ctx: &mut Ctx<'_>) {
         if self.state != State::Other {
-            let from_client = self.from_client(dir);
+            let from_client = self.is_client_dir(dir);
             self.emit(ctx, Observed::Conflict { from_client, offset });
         }
     }
@@ -175,14 +175,14 @@ impl Tracker {
         match self.state {
             State::Other | State::Encrypted => {}
             State::Probing => {
-                let from_client = self.from_client(dir);
+                let from_client = self.is_client_dir(dir);
                 self.emit(ctx, Observed::Gap { from_client, bytes: n });
                 let d = &mut self.dirs[dir];
                 d.probe.clear();
                 d.lost_start = true;
             }
             State::Xmpp => {
-                let from_client = self.from_client(dir);
+                let from_client = self.is_client_dir(dir);
                 self.emit(ctx, Observed::Gap { from_client, bytes: n });
                 // The stanza in progress is lost: start over at the next stanza boundary.
                 let d = &mut self.dirs[dir];
@@ -193,7 +193,7 @@ impl Tracker {
     }
 
     fn client_dir_index(&mut self, dir: usize) -> usize {
-        usize::from(!self.from_client(dir))
+        usize::from(!self.is_client_dir(dir))
     }
 
     /// Reassembled bytes of `dir`.
@@ -238,7 +238,7 @@ impl Tracker {
                     self.state = State::Xmpp;
                     self.dirs[dir].reader = Some(reader);
                     self.on_open(dir, &header, default_ns.as_deref(), ctx);
-                    if !self.from_client(dir) {
+                    if !self.is_client_dir(dir) {
                         let limits = self.limits(false, ctx);
                         if let Some(r) = &mut self.dirs[dir].reader {
                             r.set_limits(limits);
@@ -332,7 +332,7 @@ impl Tracker {
         if self.kind.is_none() || self.midstream {
             self.kind = Some(kind);
         }
-        let from_client = self.from_client(dir);
+        let from_client = self.is_client_dir(dir);
         let (to, from) = if from_client {
             (header.attr("to").map(str::to_owned), header.attr("from").map(str::to_owned))
         } else {
@@ -359,7 +359,7 @@ impl Tracker {
                     self.dirs[dir].resync = Some(bytes.to_vec());
                     return self.resync(dir, ctx);
                 }
-                let from_client = self.from_client(dir);
+                let from_client = self.is_client_dir(dir);
                 let mut r = StreamReader::new(self.limits(from_client, ctx));
                 r.skip_over_limits(!from_client);
                 r.feed(bytes);
@@ -383,7 +383,7 @@ impl Tracker {
             self.dirs[dir].resync = Some(buf);
             return;
         };
-        let from_client = self.from_client(dir);
+        let from_client = self.is_client_dir(dir);
         let mut r = StreamReader::new(self.limits(from_client, ctx));
         r.skip_over_limits(!from_client);
         let ns = if self.kind == Some(StreamKind::S2s) { NS_SERVER } else { NS_CLIENT };
@@ -423,7 +423,7 @@ impl Tracker {
                     if fresh {
                         ctx.stats.resync_failures += 1;
                     } else {
-                        let from_client = self.from_client(dir);
+                        let from_client = self.is_client_dir(dir);
                         self.emit(ctx, Observed::ParseError { from_client, error });
                     }
                     let d = &mut self.dirs[dir];
@@ -437,7 +437,7 @@ impl Tracker {
     }
 
     fn on_skipped(&mut self, dir: usize, reason: XmlError, root: Option<Element>, ctx: &mut Ctx<'_>) {
-        if self.from_client(dir) || self.kind != Some(StreamKind::C2s) {
+        if self.is_client_dir(dir) || self.kind != Some(StreamKind::C2s) {
             return;
         }
         let i = self.client_dir_index(dir);
@@ -448,7 +448,7 @@ impl Tracker {
     }
 
     fn on_element(&mut self, dir: usize, mut el: Element, ctx: &mut Ctx<'_>) {
-        let from_client = self.from_client(dir);
+        let from_client = self.is_client_dir(dir);
         if Kind::of(&el).is_some() {
             self.totals.stanzas[usize::from(!from_client)] += 1;
         }
