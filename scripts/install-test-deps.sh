@@ -22,6 +22,8 @@ PACKAGES=(
   ca-certificates
   nftables
   iproute2
+  tcpdump
+  python3-scapy
 )
 POLICY=/usr/sbin/policy-rc.d
 
