@@ -25,6 +25,8 @@ PACKAGES=(
   knot
   knot-dnsutils
   ldnsutils
+  tcpdump
+  python3-scapy
 )
 POLICY=/usr/sbin/policy-rc.d
 

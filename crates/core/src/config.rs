@@ -280,6 +280,12 @@ impl Config {
         raw::parse(text, path, files)
     }
 
+    /// Parse and validate a config for passive inspection (`stanzawall inspect`): listeners
+    /// and certificates may be absent, everything present is validated as for a gateway.
+    pub fn parse_for_inspection(text: &str, path: &Path, files: &dyn Files) -> Result<Config, ConfigError> {
+        raw::parse_for(text, path, files, false)
+    }
+
     /// Every file besides the main one that this config was built from (list files), for
     /// change detection.
     pub fn watched_files(&self) -> Vec<PathBuf> {

@@ -27,12 +27,15 @@
 //! - [`policy`]: the rule engine (lists, limiters, rules per chain → verdicts);
 //! - [`config`]: the TOML configuration, validated with file/line/key errors;
 //! - [`origin`]: where a configured value came from, and the error that points there;
+//! - [`capture`]: passive inspection (TCP reassembly, XMPP detection, the same checks and
+//!   policy over captured traffic);
 //! - [`fuzzing`]: the fuzz targets' entry points, also replayed as tests.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod ban;
+pub mod capture;
 pub mod config;
 pub mod fuzzing;
 pub mod guard;

@@ -25,9 +25,9 @@ use crate::policy::{Chain, Policy};
 use crate::stream::Condition;
 
 pub use c2s::{
-    check_backend_stanza, check_client_stanza, decide, filter_features, is_channel_binding_mechanism, BackendTls,
-    C2sSession, Check, Decision, SessionConfig, NS_BIND, NS_CARBONS, NS_CSI, NS_LEGACY_AUTH, NS_ROSTER, NS_SASL,
-    NS_TLS,
+    check_backend_stanza, check_client_stanza, decide, filter_features, is_channel_binding_mechanism, policy_effects,
+    skipped_reason, BackendTls, C2sSession, Check, Decision, SessionConfig, NS_BIND, NS_CARBONS, NS_CSI,
+    NS_LEGACY_AUTH, NS_ROSTER, NS_SASL, NS_TLS,
 };
 pub use effect::{BackendFailure, CloseReason, Effect, PolicyBinding, PolicyEvent, S2sAuth, StanzaSummary};
 

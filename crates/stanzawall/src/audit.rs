@@ -215,7 +215,7 @@ impl Audit {
 }
 
 /// RFC 3339 UTC with milliseconds, without a date-time dependency.
-fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+pub(crate) fn humantime_rfc3339(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

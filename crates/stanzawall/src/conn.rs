@@ -9,7 +9,7 @@
 //! to the session (`poll_timeout` / `handle_timeout`), and so does every decision.
 
 mod legs;
-mod report;
+pub(crate) mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

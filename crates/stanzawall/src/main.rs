@@ -1,7 +1,8 @@
 //! `stanzawall`: the daemon and its command line.
 //!
-//! `run` serves until SIGTERM/SIGINT and reloads on SIGHUP; `check` validates a config (and the
-//! files it names) and prints `FILE:LINE: key: what is wrong`. Only this file uses `anyhow`.
+//! `run` serves until SIGTERM/SIGINT and reloads on SIGHUP; `inspect` reads captures passively;
+//! `check` validates a config (and the files it names) and prints `FILE:LINE: key: what is
+//! wrong`. Only this file uses `anyhow`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -12,6 +13,7 @@ mod conn;
 mod dns;
 mod explain;
 mod files;
+mod inspect;
 mod io;
 mod metrics;
 mod nft;
@@ -54,6 +56,32 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Inspect captured or live XMPP traffic passively with the same parser and policy: audit
+    /// JSON lines (stdout or --audit), Suricata-style EVE alerts (--eve), a summary on stderr.
+    /// Exit 1 when a capture could not be read to its end (what was read is still reported).
+    Inspect {
+        /// Configuration file (TOML): the policy and limits; listeners and certificates optional.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// pcap or pcapng files, read in order as one capture.
+        #[arg(long = "pcap", num_args = 1.., required_unless_present = "interface", conflicts_with = "interface")]
+        pcap: Vec<PathBuf>,
+        /// Capture live on this interface (through tcpdump/libpcap; needs the privilege to capture).
+        #[arg(long)]
+        interface: Option<String>,
+        /// BPF filter expression (compiled by libpcap through tcpdump).
+        #[arg(long)]
+        bpf: Option<String>,
+        /// Write audit JSON lines here instead of stdout.
+        #[arg(long)]
+        audit: Option<PathBuf>,
+        /// Write EVE JSON alerts here.
+        #[arg(long)]
+        eve: Option<PathBuf>,
+        /// Flows tracked at once (least recently seen evicted beyond).
+        #[arg(long)]
+        max_flows: Option<usize>,
     },
     /// Show which rule decides each stanza read from stdin (as a client would send it, or as
     /// the server would deliver it), the action, and the rewritten stanza for strip and mask.
@@ -119,6 +147,17 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Inspect { config, pcap, interface, bpf, audit, eve, max_flows } => {
+            let opts = inspect::Options { config, pcaps: pcap, interface, bpf, audit, eve, max_flows };
+            match inspect::run(&opts) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("{e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -93,12 +93,18 @@ struct RawLimits {
 }
 
 pub(super) fn parse(text: &str, file: &Path, files: &dyn Files) -> Result<Config, ConfigError> {
-    let loc = Locator { text, file };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| loc.toml_error(&e))?;
-    validate(raw, &loc, files)
+    parse_for(text, file, files, true)
 }
 
-fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Config, ConfigError> {
+/// `serving`: the config runs a gateway (listeners and certificates required); passive
+/// inspection needs only the policy and limits.
+pub(super) fn parse_for(text: &str, file: &Path, files: &dyn Files, serving: bool) -> Result<Config, ConfigError> {
+    let loc = Locator { text, file };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| loc.toml_error(&e))?;
+    validate(raw, &loc, files, serving)
+}
+
+fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool) -> Result<Config, ConfigError> {
     let mut certificates = Vec::new();
     for (i, c) in raw.tls.certificate.into_iter().enumerate() {
         let key = |k: &str| format!("tls.certificate[{i}].{k}");
@@ -241,10 +247,10 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
             },
         });
     }
-    if listeners.is_empty() {
+    if listeners.is_empty() && serving {
         return loc.err(0..0, "listener", "at least one [[listener]] is required");
     }
-    if certificates.is_empty() {
+    if certificates.is_empty() && serving {
         return loc.err(
             0..0,
             "tls.certificate",

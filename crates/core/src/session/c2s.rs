@@ -32,8 +32,10 @@ use crate::jid::FullJid;
 use crate::stream::{Condition, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, XmlLimits};
 
+pub use backend::skipped_reason;
 pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decision};
 pub use features::{filter_features, is_channel_binding_mechanism};
+pub use filter::policy_effects;
 
 use super::sm::{self, StreamManagement};
 use super::{BackendFailure, CloseReason, Counters, Effect, PolicyBinding, StanzaSummary, StreamMachine, Timeouts};

@@ -12,7 +12,7 @@ use crate::metrics::{S2sAuthLabels, VerdictLabels};
 
 /// The audit records and metric increments for one effect.
 #[derive(Debug, Default, PartialEq)]
-pub(super) struct Report {
+pub(crate) struct Report {
     /// Audit lines, in order.
     pub audit: Vec<Value>,
     /// `stanzawall_policy_verdicts_total` increments, one per matched rule.
@@ -28,7 +28,7 @@ pub(super) struct Report {
 /// The report for `effect` of a session on `listener` from `client_ip`; the session's user
 /// comes with the effect (`StanzaSummary::user`). Effects that are not decisions about stanzas
 /// report nothing.
-pub(super) fn report(effect: &Effect, listener: &str, client_ip: IpAddr, chains: (Chain, Chain)) -> Report {
+pub(crate) fn report(effect: &Effect, listener: &str, client_ip: IpAddr, chains: (Chain, Chain)) -> Report {
     let chain = |from_backend: bool| if from_backend { chains.1 } else { chains.0 };
     let user = |s: Option<&StanzaSummary>| s.and_then(|s| s.user.as_ref()).map(ToString::to_string);
     match effect {

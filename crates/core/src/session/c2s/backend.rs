@@ -183,15 +183,7 @@ impl C2sSession {
                 self.sm_result(r);
             }
         }
-        let why = match reason {
-            XmlError::TooLarge { .. } => "stanza from backend too large",
-            XmlError::TooDeep { .. } => "stanza from backend nested too deep",
-            XmlError::TooManyAttributes { .. } => "stanza from backend with too many attributes",
-            XmlError::ReservedNamespace | XmlError::NestedStreamElement => {
-                "stanza from backend in a reserved namespace"
-            }
-            _ => "stanza from backend not namespace-well-formed",
-        };
+        let why = skipped_reason(&reason);
         self.effects.push_back(Effect::Dropped { from_backend: true, stanza, reason: why });
     }
 
@@ -222,5 +214,16 @@ impl C2sSession {
         let header = Header { to: self.domain.clone(), lang: self.lang.clone(), ..Header::default() };
         header.write(NS_CLIENT, &mut self.to_backend);
         self.backend_phase = BackendPhase::AwaitHeader;
+    }
+}
+
+/// The audit reason for a backend stanza the reader skipped (shared with passive inspection).
+pub fn skipped_reason(reason: &XmlError) -> &'static str {
+    match reason {
+        XmlError::TooLarge { .. } => "stanza from backend too large",
+        XmlError::TooDeep { .. } => "stanza from backend nested too deep",
+        XmlError::TooManyAttributes { .. } => "stanza from backend with too many attributes",
+        XmlError::ReservedNamespace | XmlError::NestedStreamElement => "stanza from backend in a reserved namespace",
+        _ => "stanza from backend not namespace-well-formed",
     }
 }

@@ -7,7 +7,8 @@
 //! accounting ([`super::sm_relay`]).
 
 use super::C2sSession;
-use crate::policy::{Chain, Context, Outcome};
+use crate::jid::FullJid;
+use crate::policy::{Chain, Context, Evaluation, Outcome};
 use crate::session::{Effect, PolicyEvent, StanzaSummary};
 use crate::stanza::{self, Kind, StanzaCondition};
 use crate::stream::{StreamError, NS_CLIENT};
@@ -23,33 +24,11 @@ impl C2sSession {
         if Kind::of(&el).is_none() || binding.policy.is_pass_all(chain) {
             return Some(el);
         }
-        let Some(stanza) = StanzaSummary::of(&el, self.bound.as_ref()) else { return Some(el) };
         let ctx = Context { chain, user: self.bound.as_ref(), source_ip: binding.source_ip };
-        let eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
+        let mut eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
         let include_body = binding.policy.audit().include_body;
-        let outcome = eval.outcome.disposition();
-        let body = |e: &Element, s: &StanzaSummary| {
-            (include_body && s.kind == Kind::Message).then(|| crate::policy::body_text(e))
-        };
-        // One audit event for the stanza received (when a rule matched, or a default that is not
-        // pass decided), and one for each wrapped stanza a rule matched; each says what was done
-        // to the whole.
-        if !eval.outer.hits.is_empty() || (eval.wrapped.is_empty() && eval.outcome != Outcome::Pass) {
-            let body = body(&el, &stanza);
-            let hits = eval.outer.hits;
-            self.effects.push_back(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped: None, body }));
-        }
-        for w in eval.wrapped {
-            let Some(stanza) = StanzaSummary::of(&w.stanza, self.bound.as_ref()) else { continue };
-            let body = body(&w.stanza, &stanza);
-            let (hits, wrapped) = (w.verdict.hits, Some(w.wrapper));
-            self.effects.push_back(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped, body }));
-        }
-        if eval.too_many_wrapped {
-            let reason = "stanza wraps too many forwarded stanzas";
-            let (from_backend, stanza) = (chain == Chain::C2sOut, StanzaSummary::of(&el, self.bound.as_ref()));
-            self.effects.push_back(Effect::Dropped { from_backend, stanza, reason });
-        }
+        let effects = policy_effects(chain, &el, &mut eval, self.bound.as_ref(), include_body);
+        self.effects.extend(effects);
         match eval.outcome {
             Outcome::Pass => Some(el),
             Outcome::Rewrite(new) => Some(new),
@@ -125,4 +104,41 @@ impl C2sSession {
         self.sm_result(r);
         sent
     }
+}
+
+/// The effects the session reports for one evaluated stanza `el` of a session bound to `user`:
+/// one [`Effect::Policy`] for the stanza received (when a rule matched, or a default that is
+/// not pass decided), one for each wrapped stanza a rule matched (each says what was done to
+/// the whole), and an [`Effect::Dropped`] when it wraps too many stanzas. The hits are moved
+/// out of `eval`; its outcome stays for the caller to carry out. Passive inspection
+/// (`crate::capture`) reports through this same function, so both modes audit alike.
+pub fn policy_effects(
+    chain: Chain,
+    el: &Element,
+    eval: &mut Evaluation,
+    user: Option<&FullJid>,
+    include_body: bool,
+) -> Vec<Effect> {
+    let mut out = Vec::new();
+    let Some(stanza) = StanzaSummary::of(el, user) else { return out };
+    let outcome = eval.outcome.disposition();
+    let body =
+        |e: &Element, s: &StanzaSummary| (include_body && s.kind == Kind::Message).then(|| crate::policy::body_text(e));
+    if !eval.outer.hits.is_empty() || (eval.wrapped.is_empty() && eval.outcome != Outcome::Pass) {
+        let body = body(el, &stanza);
+        let hits = std::mem::take(&mut eval.outer.hits);
+        out.push(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped: None, body }));
+    }
+    for w in &mut eval.wrapped {
+        let Some(stanza) = StanzaSummary::of(&w.stanza, user) else { continue };
+        let body = body(&w.stanza, &stanza);
+        let (hits, wrapped) = (std::mem::take(&mut w.verdict.hits), Some(w.wrapper));
+        out.push(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped, body }));
+    }
+    if eval.too_many_wrapped {
+        let reason = "stanza wraps too many forwarded stanzas";
+        let (from_backend, stanza) = (chain == Chain::C2sOut, StanzaSummary::of(el, user));
+        out.push(Effect::Dropped { from_backend, stanza, reason });
+    }
+    out
 }

@@ -1,0 +1,422 @@
+//! Reassembly and XMPP tracking over hand-built segments: order, duplicates, conflicts, gaps,
+//! mid-stream pickup, FIN/RST, the memory caps, and the session's decisions on stanzas.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::reassembly::{HalfStream, Piece};
+use super::*;
+use crate::config::Config;
+use crate::session::Effect;
+
+const BASE: &str = "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
+    [[listener]]\nname = \"c2s\"\nkind = \"c2s\"\nbind = \"127.0.0.1:5222\"\nbackend = \"127.0.0.1:1\"\n";
+
+const RULES: &str = "[[rule]]\nname = \"no-secrets\"\nwhen = { body_contains = \"secret\" }\naction = \"drop\"\n\
+    [[rule]]\nname = \"no-spam-in\"\nchain = \"c2s-out\"\nwhen = { body_contains = \"spam\" }\naction = \"drop\"\n";
+
+fn inspector(limits: CaptureLimits) -> Inspector {
+    let config = Config::parse(&format!("{BASE}{RULES}"), std::path::Path::new("/x.toml")).unwrap();
+    let policy = Arc::new(Policy::compile(&config.policy).unwrap());
+    Inspector::new(policy, config.limits, limits, Instant::now())
+}
+
+fn client() -> SocketAddr {
+    "192.0.2.10:40000".parse().unwrap()
+}
+fn server() -> SocketAddr {
+    "192.0.2.1:5222".parse().unwrap()
+}
+
+/// Builds the segments of one TCP connection with correct sequence numbers.
+struct Conn {
+    seq: [u32; 2],
+    ts: u64,
+}
+
+impl Conn {
+    fn new() -> Self {
+        Conn { seq: [1000, u32::MAX - 20], ts: 1_700_000_000_000 }
+    }
+
+    fn ends(dir: usize) -> (SocketAddr, SocketAddr) {
+        if dir == 0 {
+            (client(), server())
+        } else {
+            (server(), client())
+        }
+    }
+
+    fn ts(&mut self) -> Duration {
+        self.ts += 1;
+        Duration::from_millis(self.ts)
+    }
+
+    fn handshake(&mut self, insp: &mut Inspector) {
+        let (c, s) = (client(), server());
+        let syn = TcpFlags { syn: true, ..TcpFlags::default() };
+        let ts = self.ts();
+        insp.segment(&Segment { src: c, dst: s, seq: self.seq[0], ack: 0, flags: syn, payload: b"" }, ts);
+        let synack = TcpFlags { syn: true, ack: true, ..TcpFlags::default() };
+        let ts = self.ts();
+        let ack = self.seq[0].wrapping_add(1);
+        insp.segment(&Segment { src: s, dst: c, seq: self.seq[1], ack, flags: synack, payload: b"" }, ts);
+        self.seq = [self.seq[0].wrapping_add(1), self.seq[1].wrapping_add(1)];
+    }
+
+    /// The segment carrying `data` from `dir`, advancing the sequence number.
+    fn seg(&mut self, dir: usize, data: &[u8]) -> (u32, Vec<u8>) {
+        let seq = self.seq[dir];
+        self.seq[dir] = seq.wrapping_add(data.len() as u32);
+        (seq, data.to_vec())
+    }
+
+    fn send_at(&mut self, insp: &mut Inspector, dir: usize, seq: u32, data: &[u8]) {
+        let (src, dst) = Self::ends(dir);
+        let ts = self.ts();
+        let flags = TcpFlags { ack: true, ..TcpFlags::default() };
+        // Acknowledge only what the other side has sent in order so far (no hole is implied).
+        let ack = self.seq[1 - dir];
+        insp.segment(&Segment { src, dst, seq, ack, flags, payload: data }, ts);
+    }
+
+    fn send(&mut self, insp: &mut Inspector, dir: usize, data: &[u8]) {
+        let (seq, d) = self.seg(dir, data);
+        self.send_at(insp, dir, seq, &d);
+    }
+
+    fn close(&mut self, insp: &mut Inspector, rst: bool) {
+        for dir in 0..2 {
+            let (src, dst) = Self::ends(dir);
+            let flags = TcpFlags { ack: true, fin: !rst, rst, ..TcpFlags::default() };
+            let ts = self.ts();
+            insp.segment(&Segment { src, dst, seq: self.seq[dir], ack: self.seq[1 - dir], flags, payload: b"" }, ts);
+            if rst {
+                break;
+            }
+        }
+    }
+}
+
+fn events(insp: &mut Inspector) -> Vec<CaptureEvent> {
+    std::iter::from_fn(|| insp.poll_event()).collect()
+}
+
+/// Rules that decided, per chain, in order.
+fn decisions(evs: &[CaptureEvent]) -> Vec<(String, String, Option<String>)> {
+    evs.iter()
+        .filter_map(|e| match &e.what {
+            Observed::Decision(Effect::Policy(p)) => Some((
+                p.chain.as_str().to_owned(),
+                p.hits.last().map(|h| h.rule.to_string()).unwrap_or_else(|| "default".into()),
+                p.stanza.from.clone(),
+            )),
+            Observed::Decision(Effect::Dropped { reason, .. }) => Some(("gateway".into(), reason.to_string(), None)),
+            _ => None,
+        })
+        .collect()
+}
+
+const CLIENT_OPEN: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>";
+const SERVER_OPEN: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>";
+const FEATURES: &[u8] = b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+    <mechanism>PLAIN</mechanism></mechanisms></stream:features>";
+/// `\0alice\0hunter2`
+const AUTH: &[u8] = b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAGh1bnRlcjI=</auth>";
+const SUCCESS: &[u8] = b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>";
+const BIND: &[u8] =
+    b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>";
+const BOUND: &[u8] = b"<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+    <jid>alice@example.test/r</jid></bind></iq>";
+const SECRET: &[u8] = b"<message to='bob@example.test' id='m1'><body>a secret</body></message>";
+const HELLO: &[u8] = b"<message to='bob@example.test' id='m2'><body>hello</body></message>";
+const SPAM: &[u8] = b"<message from='eve@evil.test/x' to='alice@example.test/r' id='m3'><body>spam!</body></message>";
+
+/// A whole authenticated session up to (not including) the stanzas.
+fn login(insp: &mut Inspector, conn: &mut Conn) {
+    conn.handshake(insp);
+    conn.send(insp, 0, CLIENT_OPEN);
+    conn.send(insp, 1, SERVER_OPEN);
+    conn.send(insp, 1, FEATURES);
+    conn.send(insp, 0, AUTH);
+    conn.send(insp, 1, SUCCESS);
+    conn.send(insp, 0, CLIENT_OPEN);
+    conn.send(insp, 1, SERVER_OPEN);
+    conn.send(insp, 1, b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>");
+    conn.send(insp, 0, BIND);
+    conn.send(insp, 1, BOUND);
+}
+
+#[test]
+fn a_plaintext_session_is_tracked_and_decided_like_inline() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    login(&mut insp, &mut conn);
+    conn.send(&mut insp, 0, SECRET);
+    conn.send(&mut insp, 0, HELLO);
+    conn.send(&mut insp, 1, SPAM);
+    conn.close(&mut insp, false);
+    let evs = events(&mut insp);
+    assert!(evs.iter().all(|e| e.flow == FlowAddrs { client: client(), server: server() }));
+    let stream = evs.iter().find_map(|e| match &e.what {
+        Observed::Stream { kind, to, midstream, .. } => Some((*kind, to.clone(), *midstream)),
+        _ => None,
+    });
+    assert_eq!(stream, Some((StreamKind::C2s, Some("example.test".to_owned()), false)));
+    assert!(evs.iter().any(|e| e.what == Observed::Authenticated { mechanism: Some("PLAIN".to_owned()) }));
+    assert!(evs.iter().any(|e| matches!(&e.what, Observed::Bound(j) if j.to_string() == "alice@example.test/r")));
+    assert_eq!(
+        decisions(&evs),
+        [
+            ("c2s-in".into(), "no-secrets".into(), Some("alice@example.test/r".into())),
+            ("c2s-out".into(), "no-spam-in".into(), Some("eve@evil.test/x".into()))
+        ]
+    );
+    // PLAIN credentials appear nowhere in what is reported.
+    let all = format!("{evs:?}");
+    assert!(!all.contains("AGFsaWNl") && !all.contains("hunter2"), "{all}");
+    let ended = evs.last().unwrap();
+    match &ended.what {
+        Observed::Ended { how, xmpp, totals } => {
+            assert_eq!((*how, *xmpp), (FlowEnd::Fin, true));
+            // bind, secret, hello from the client; bind result and spam from the server.
+            assert_eq!(totals.stanzas, [3, 2]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(insp.flow_count(), 0);
+}
+
+#[test]
+fn out_of_order_and_duplicated_segments_reassemble_to_the_same_decisions() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    login(&mut insp, &mut conn);
+    let (a, da) = conn.seg(0, &SECRET[..20]);
+    let (b, db) = conn.seg(0, &SECRET[20..]);
+    let (c, dc) = conn.seg(0, HELLO);
+    // c, b, a, then every one again.
+    for (seq, d) in [(c, &dc), (b, &db), (a, &da), (a, &da), (b, &db), (c, &dc)] {
+        conn.send_at(&mut insp, 0, seq, d);
+    }
+    conn.close(&mut insp, false);
+    let evs = events(&mut insp);
+    assert_eq!(decisions(&evs), [("c2s-in".into(), "no-secrets".into(), Some("alice@example.test/r".into()))]);
+    assert!(!evs.iter().any(|e| matches!(e.what, Observed::Conflict { .. } | Observed::Gap { .. })));
+    assert!(insp.stats().duplicates >= 3, "{:?}", insp.stats());
+}
+
+#[test]
+fn a_conflicting_overlap_is_flagged_and_the_first_copy_wins() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    login(&mut insp, &mut conn);
+    let (seq, data) = conn.seg(0, HELLO);
+    conn.send_at(&mut insp, 0, seq, &data);
+    // The same bytes again, but the body says "secret": the receiver may have kept either.
+    let forged = b"<message to='bob@example.test' id='m2'><body>secre</body></message>";
+    assert_eq!(forged.len(), HELLO.len());
+    conn.send_at(&mut insp, 0, seq, forged);
+    // And an out-of-order pair that disagrees with itself.
+    let (s2, d2) = conn.seg(0, SECRET);
+    conn.send_at(&mut insp, 0, s2.wrapping_add(5), &d2[5..]);
+    let forged2 = b"<message to='bob@example.test' id='m1'><body>a sacret</body></message>";
+    assert_eq!(forged2.len(), SECRET.len());
+    conn.send_at(&mut insp, 0, s2.wrapping_add(5), &forged2[5..]);
+    conn.send_at(&mut insp, 0, s2, &d2[..5]);
+    conn.close(&mut insp, false);
+    let evs = events(&mut insp);
+    let conflicts: Vec<_> =
+        evs.iter().filter(|e| matches!(e.what, Observed::Conflict { from_client: true, .. })).collect();
+    assert_eq!(conflicts.len(), 2, "{evs:?}");
+    // First copies won: HELLO passes, SECRET is dropped.
+    assert_eq!(decisions(&evs), [("c2s-in".into(), "no-secrets".into(), Some("alice@example.test/r".into()))]);
+    assert_eq!(insp.stats().conflicts, 2);
+}
+
+#[test]
+fn a_lost_segment_is_a_gap_and_the_reader_resyncs_at_the_next_stanza() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    login(&mut insp, &mut conn);
+    let (_, _lost) = conn.seg(0, &HELLO[..30]);
+    conn.send(&mut insp, 0, &HELLO[30..]);
+    conn.send(&mut insp, 0, SECRET);
+    // The server acknowledges everything: the hole is capture loss.
+    let (src, dst) = Conn::ends(1);
+    let ts = conn.ts();
+    let flags = TcpFlags { ack: true, ..TcpFlags::default() };
+    insp.segment(&Segment { src, dst, seq: conn.seq[1], ack: conn.seq[0], flags, payload: b"" }, ts);
+    let evs = events(&mut insp);
+    assert!(evs.iter().any(|e| e.what == Observed::Gap { from_client: true, bytes: 30 }), "{evs:?}");
+    assert!(!evs.iter().any(|e| matches!(e.what, Observed::ParseError { .. })), "{evs:?}");
+    assert_eq!(decisions(&evs), [("c2s-in".into(), "no-secrets".into(), Some("alice@example.test/r".into()))]);
+    // Later stanzas still parse.
+    conn.send(&mut insp, 0, SECRET);
+    assert_eq!(decisions(&events(&mut insp)).len(), 1);
+    assert_eq!(insp.stats().gap_bytes, 30);
+}
+
+#[test]
+fn a_flow_picked_up_mid_stream_is_recognised_at_the_next_stanza() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    // No SYN, no header: the capture starts inside a stanza.
+    conn.send(&mut insp, 0, b"dy>tail of something</body></message>");
+    conn.send(&mut insp, 0, SECRET);
+    conn.send(&mut insp, 1, SPAM);
+    conn.close(&mut insp, true);
+    let evs = events(&mut insp);
+    assert!(
+        evs.iter().any(|e| matches!(e.what, Observed::Stream { kind: StreamKind::C2s, midstream: true, .. })),
+        "{evs:?}"
+    );
+    // The client side is the one away from port 5222; nobody is bound, so nothing is stamped.
+    assert!(evs.iter().all(|e| e.flow.server == server()));
+    assert_eq!(
+        decisions(&evs),
+        [
+            ("c2s-in".into(), "no-secrets".into(), None),
+            ("c2s-out".into(), "no-spam-in".into(), Some("eve@evil.test/x".into()))
+        ]
+    );
+    assert!(matches!(evs.last().unwrap().what, Observed::Ended { how: FlowEnd::Rst, xmpp: true, .. }));
+}
+
+#[test]
+fn starttls_proceed_makes_the_flow_encrypted_and_nothing_after_it_is_parsed() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    conn.handshake(&mut insp);
+    conn.send(&mut insp, 0, CLIENT_OPEN);
+    conn.send(&mut insp, 1, SERVER_OPEN);
+    conn.send(&mut insp, 0, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    conn.send(&mut insp, 1, b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    conn.send(&mut insp, 0, b"\x16\x03\x01\x00\x05hello");
+    // Even plaintext-looking bytes after <proceed/> are TLS as far as anyone knows.
+    conn.send(&mut insp, 0, SECRET);
+    conn.close(&mut insp, false);
+    let evs = events(&mut insp);
+    assert!(evs.iter().any(|e| e.what == Observed::Encrypted(Encryption::StartTls)));
+    assert!(decisions(&evs).is_empty());
+    assert!(matches!(evs.last().unwrap().what, Observed::Ended { xmpp: true, .. }));
+}
+
+#[test]
+fn direct_tls_with_xmpp_alpn_is_reported_encrypted_and_other_tls_is_not_xmpp() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    conn.handshake(&mut insp);
+    conn.send(&mut insp, 0, b"\x16\x03\x01\x00\x40\x01\x00\x00\x3c....\x00\x10\x00\x0e\x00\x0cxmpp-client");
+    conn.close(&mut insp, false);
+    let evs = events(&mut insp);
+    assert!(evs.iter().any(|e| e.what == Observed::Encrypted(Encryption::DirectTls)), "{evs:?}");
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    conn.handshake(&mut insp);
+    conn.send(&mut insp, 0, b"GET / HTTP/1.1\r\n\r\n");
+    conn.close(&mut insp, false);
+    let evs = events(&mut insp);
+    assert_eq!(evs.len(), 1);
+    assert!(matches!(evs[0].what, Observed::Ended { xmpp: false, .. }));
+}
+
+#[test]
+fn flows_beyond_the_cap_evict_the_least_recently_seen() {
+    let limits = CaptureLimits { max_flows: 100, ..CaptureLimits::default() };
+    let mut insp = inspector(limits);
+    for i in 0..10_000u32 {
+        let src: SocketAddr =
+            format!("10.{}.{}.{}:{}", i >> 16, (i >> 8) & 255, i & 255, 1024 + (i % 60_000)).parse().unwrap();
+        let flags = TcpFlags { syn: true, ..TcpFlags::default() };
+        insp.segment(&Segment { src, dst: server(), seq: i, ack: 0, flags, payload: b"" }, Duration::from_secs(1));
+        assert!(insp.flow_count() <= 100);
+    }
+    let s = insp.stats();
+    assert_eq!((s.flows, s.flows_evicted, s.flows_high_water), (10_000, 9_900, 100));
+    let evicted =
+        events(&mut insp).iter().filter(|e| matches!(e.what, Observed::Ended { how: FlowEnd::Evicted, .. })).count();
+    assert_eq!(evicted, 9_900);
+}
+
+#[test]
+fn idle_flows_expire_in_capture_time() {
+    let limits = CaptureLimits { idle_timeout: Duration::from_secs(10), ..CaptureLimits::default() };
+    let mut insp = inspector(limits);
+    let syn = TcpFlags { syn: true, ..TcpFlags::default() };
+    insp.segment(
+        &Segment { src: client(), dst: server(), seq: 1, ack: 0, flags: syn, payload: b"" },
+        Duration::from_secs(1),
+    );
+    let other: SocketAddr = "192.0.2.99:1234".parse().unwrap();
+    insp.segment(
+        &Segment { src: other, dst: server(), seq: 1, ack: 0, flags: syn, payload: b"" },
+        Duration::from_secs(30),
+    );
+    assert_eq!(insp.flow_count(), 1);
+    assert_eq!(insp.stats().flows_idle, 1);
+}
+
+#[test]
+fn out_of_order_bytes_are_capped_per_flow_and_in_total() {
+    let limits = CaptureLimits { max_pending_per_flow: 1000, max_pending_total: 1500, ..CaptureLimits::default() };
+    let mut insp = inspector(limits);
+    let mut conn = Conn::new();
+    login(&mut insp, &mut conn);
+    let _hole = conn.seg(0, b"x");
+    for _ in 0..20 {
+        let (seq, d) = conn.seg(0, &[b'a'; 100]);
+        conn.send_at(&mut insp, 0, seq, &d);
+        assert!(insp.pending_bytes() <= 1000, "{}", insp.pending_bytes());
+    }
+    let evs = events(&mut insp);
+    assert!(evs.iter().any(|e| matches!(e.what, Observed::Gap { from_client: true, bytes: 1 })), "{evs:?}");
+    // Two SYN-less flows, each with 900 bytes behind a hole: together past the total cap, the
+    // one growing loses its waiting bytes.
+    let flags = TcpFlags { ack: true, ..TcpFlags::default() };
+    for port in [40001u16, 40002] {
+        let src: SocketAddr = format!("192.0.2.11:{port}").parse().unwrap();
+        insp.segment(&Segment { src, dst: server(), seq: 0, ack: 0, flags, payload: b"<" }, Duration::from_secs(2));
+        for i in 0..9u32 {
+            let seq = 2 + i * 100;
+            insp.segment(
+                &Segment { src, dst: server(), seq, ack: 0, flags, payload: &[b'b'; 100] },
+                Duration::from_secs(2),
+            );
+            assert!(insp.pending_bytes() <= 1500, "{}", insp.pending_bytes());
+        }
+    }
+    // The second flow's 7th segment took the total to 1600: its 700 waiting bytes went.
+    assert_eq!(insp.stats().pending_dropped, 700);
+    assert_eq!(insp.pending_bytes(), 900 + 200);
+}
+
+#[test]
+fn half_stream_handles_wraparound_flush_and_ack_gaps() {
+    let mut h = HalfStream::default();
+    let mut out = Vec::new();
+    h.syn(u32::MAX - 2);
+    // Data starts at u32::MAX - 1 and wraps.
+    let a = h.accept(u32::MAX - 1, b"abcd");
+    assert!(a.in_order && a.skip == 0);
+    h.delivered(b"abcd", 64);
+    // A retransmission of "cd" (after the wrap) agrees.
+    let r = h.accept(0, b"cd");
+    assert!(r.duplicate && !r.conflict);
+    let r = h.accept(0, b"xd");
+    assert!(r.conflict);
+    // Out of order beyond a hole of 3 bytes, then the flow ends.
+    assert!(!h.accept(5, b"zz").in_order);
+    h.flush(&mut out, 64);
+    assert_eq!(out, [Piece::Gap(3), Piece::Data(b"zz".to_vec())]);
+    assert_eq!(h.offset(), 9);
+    // An ack past a hole with data beyond it declares the gap.
+    out.clear();
+    // Offset 9 is sequence number 7 (the stream wrapped at offset 2).
+    assert!(!h.accept(7 + 2, b"qq").in_order);
+    h.acknowledged(7 + 4, &mut out, 64);
+    assert_eq!(out, [Piece::Gap(2), Piece::Data(b"qq".to_vec())]);
+}
