@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::S2sSettings;
 use crate::policy::rate::{Bucket, KeySource};
 use crate::policy::{Chain, Context, Outcome};
-use crate::session::{CloseReason, Counters, Effect, PolicyBinding, PolicyEvent, StanzaSummary};
+use crate::session::{CloseReason, Counters, Effect, PolicyBinding, StanzaSummary};
 use crate::stanza::{self, Kind, StanzaCondition};
 use crate::stream::{Condition, Header, StreamError, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, NS_SERVER};
@@ -155,33 +155,12 @@ impl S2sCore {
         if Kind::of(&el).is_none() || binding.policy.is_pass_all(chain) {
             return Some(el);
         }
-        let Some(stanza) = StanzaSummary::of(&el, None) else { return Some(el) };
         let ctx = Context { chain, user: None, source_ip: binding.source_ip };
-        let eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
+        let mut eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
+        // The same audit mapping as c2s and passive inspection.
         let include_body = binding.policy.audit().include_body;
-        let outcome = eval.outcome.disposition();
-        let body = |e: &Element, s: &StanzaSummary| {
-            (include_body && s.kind == Kind::Message).then(|| crate::policy::body_text(e))
-        };
-        if !eval.outer.hits.is_empty() || (eval.wrapped.is_empty() && eval.outcome != Outcome::Pass) {
-            let body = body(&el, &stanza);
-            let hits = eval.outer.hits;
-            self.effects.push_back(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped: None, body }));
-        }
-        for w in eval.wrapped {
-            let Some(stanza) = StanzaSummary::of(&w.stanza, None) else { continue };
-            let body = body(&w.stanza, &stanza);
-            let (hits, wrapped) = (w.verdict.hits, Some(w.wrapper));
-            self.effects.push_back(Effect::Policy(PolicyEvent { chain, hits, outcome, stanza, wrapped, body }));
-        }
-        if eval.too_many_wrapped {
-            let reason = "stanza wraps too many forwarded stanzas";
-            self.effects.push_back(Effect::Dropped {
-                from_backend: false,
-                stanza: StanzaSummary::of(&el, None),
-                reason,
-            });
-        }
+        let effects = crate::session::c2s::policy_effects(chain, &el, &mut eval, None, include_body);
+        self.effects.extend(effects);
         match eval.outcome {
             Outcome::Pass => Some(el),
             Outcome::Rewrite(new) => Some(new),
