@@ -395,7 +395,11 @@ impl S2sResolver {
         let answer = tokio::time::timeout(self.timeout, self.resolver.lookup(name, rtype)).await;
         let lookup = match answer {
             Err(_) => {
-                return Err(DnsError::Timeout { name: name.to_owned(), rtype: rtype.to_string(), secs: self.timeout.as_secs() })
+                return Err(DnsError::Timeout {
+                    name: name.to_owned(),
+                    rtype: rtype.to_string(),
+                    secs: self.timeout.as_secs(),
+                })
             }
             Ok(Ok(l)) => l,
             Ok(Err(e)) => return classify_error(name, rtype, e).map(|(v, s)| (v, off(s))),

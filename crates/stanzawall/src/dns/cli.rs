@@ -10,7 +10,8 @@ use super::{DnsSettings, S2sResolver, StaticRoute};
 
 /// Parses `DOMAIN=HOST:PORT[,direct]` (`,starttls` is accepted and is the default).
 pub fn parse_route(s: &str) -> Result<StaticRoute, String> {
-    let (domain, rest) = s.split_once('=').ok_or_else(|| format!("--route {s:?}: expected DOMAIN=HOST:PORT[,direct]"))?;
+    let (domain, rest) =
+        s.split_once('=').ok_or_else(|| format!("--route {s:?}: expected DOMAIN=HOST:PORT[,direct]"))?;
     let (connect, flag) = match rest.split_once(',') {
         Some((c, f)) => (c, Some(f)),
         None => (rest, None),

@@ -162,9 +162,12 @@ pub fn tlsa_matches(t: &Tlsa, cert: &CertificateDer<'_>) -> bool {
     }
 }
 
+/// (tag, contents, whole element, rest).
+type DerElement<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
 /// One DER element: (tag, contents, the whole element, what follows). Definite lengths only,
 /// low tag numbers only (all X.509 needs up to the SPKI); `None` on anything malformed.
-fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+fn der_next(input: &[u8]) -> Option<DerElement<'_>> {
     let tag = *input.first()?;
     if tag & 0x1f == 0x1f {
         return None;
@@ -227,7 +230,12 @@ pub struct S2sServerVerifier {
 
 impl S2sServerVerifier {
     /// A verifier for reference identifiers `names` (the XMPP domain first) and `tlsa`.
-    pub fn new(names: Vec<String>, tlsa: Option<Vec<Tlsa>>, roots: Arc<RootCertStore>, provider: Arc<CryptoProvider>) -> Self {
+    pub fn new(
+        names: Vec<String>,
+        tlsa: Option<Vec<Tlsa>>,
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
         S2sServerVerifier { names, tlsa, roots, provider, outcome: Arc::new(Mutex::new(None)) }
     }
 

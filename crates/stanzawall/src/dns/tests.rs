@@ -115,7 +115,10 @@ fn dane_ee_ignores_expiry() {
         p.not_after = rcgen::date_time_ymd(2001, 1, 1);
     });
     let t = [tlsa(3, 1, 1, &spki)];
-    assert_eq!(verify_peer(&[cert], "a.example", Some(&t), &RootCertStore::empty(), now()), PeerCert::Dane(DaneUsage::Ee));
+    assert_eq!(
+        verify_peer(&[cert], "a.example", Some(&t), &RootCertStore::empty(), now()),
+        PeerCert::Dane(DaneUsage::Ee)
+    );
 }
 
 #[test]
@@ -128,7 +131,10 @@ fn dane_mismatch_when_no_record_matches_even_if_pkix_would_pass() {
     assert_eq!(verify_peer(std::slice::from_ref(&cert), "a.example", None, &r, now()), PeerCert::Pkix);
     // … but secure TLSA records that name another key forbid it (RFC 7671 §5).
     for t in [tlsa(3, 1, 1, &other_spki), tlsa(3, 1, 2, &other_spki), tlsa(2, 1, 1, &other_spki)] {
-        assert_eq!(verify_peer(std::slice::from_ref(&cert), "a.example", Some(&[t]), &r, now()), PeerCert::DaneMismatch);
+        assert_eq!(
+            verify_peer(std::slice::from_ref(&cert), "a.example", Some(&[t]), &r, now()),
+            PeerCert::DaneMismatch
+        );
     }
     // One wrong byte in the right digest is a mismatch too.
     let (_, spki) = (cert.clone(), subject_public_key_info(cert.as_ref()).unwrap().to_vec());
@@ -143,7 +149,8 @@ fn unusable_tlsa_records_mean_pkix() {
     let (cert, spki) = leaf(&ca, &["a.example"]);
     let r = roots(&[&ca]);
     // PKIX-TA/PKIX-EE usages, unknown selector / matching: not usable, so PKIX decides.
-    let records = [tlsa(1, 1, 1, &spki), tlsa(0, 1, 1, &spki), Tlsa { usage: 3, selector: 7, matching: 1, data: vec![1] }];
+    let records =
+        [tlsa(1, 1, 1, &spki), tlsa(0, 1, 1, &spki), Tlsa { usage: 3, selector: 7, matching: 1, data: vec![1] }];
     assert_eq!(verify_peer(std::slice::from_ref(&cert), "a.example", Some(&records), &r, now()), PeerCert::Pkix);
     assert!(matches!(verify_peer(&[cert], "b.example", Some(&records), &r, now()), PeerCert::Invalid(_)));
 }
@@ -174,11 +181,17 @@ fn dane_ta_anchors_the_chain_and_checks_the_name() {
             PeerCert::Dane(DaneUsage::Ta)
         );
         // Without the TA in the chain there is nothing to anchor at.
-        assert_eq!(verify_peer(std::slice::from_ref(&cert), "a.example", Some(&ts), &empty, now()), PeerCert::DaneMismatch);
+        assert_eq!(
+            verify_peer(std::slice::from_ref(&cert), "a.example", Some(&ts), &empty, now()),
+            PeerCert::DaneMismatch
+        );
     }
     // A DANE-TA record naming the end entity itself is no anchor.
     let ee_spki = subject_public_key_info(cert.as_ref()).unwrap().to_vec();
-    assert_eq!(verify_peer(&chain, "a.example", Some(&[tlsa(2, 1, 1, &ee_spki)]), &empty, now()), PeerCert::DaneMismatch);
+    assert_eq!(
+        verify_peer(&chain, "a.example", Some(&[tlsa(2, 1, 1, &ee_spki)]), &empty, now()),
+        PeerCert::DaneMismatch
+    );
 }
 
 // --- PKIX (RFC 9525 DNS-ID) -------------------------------------------------
@@ -199,8 +212,13 @@ fn pkix_rejects_wrong_name_unknown_root_expired_and_empty_chain() {
     let stranger = ca_named("Other");
     let (cert, _) = leaf(&ca, &["a.example"]);
     let r = roots(&[&ca]);
-    assert!(matches!(verify_peer(std::slice::from_ref(&cert), "b.example", None, &r, now()), PeerCert::Invalid(m) if m.contains("not valid for b.example")));
-    assert!(matches!(verify_peer(std::slice::from_ref(&cert), "a.example", None, &roots(&[&stranger]), now()), PeerCert::Invalid(_)));
+    assert!(
+        matches!(verify_peer(std::slice::from_ref(&cert), "b.example", None, &r, now()), PeerCert::Invalid(m) if m.contains("not valid for b.example"))
+    );
+    assert!(matches!(
+        verify_peer(std::slice::from_ref(&cert), "a.example", None, &roots(&[&stranger]), now()),
+        PeerCert::Invalid(_)
+    ));
     let (old, _) = leaf_with(&ca, &["a.example"], |p| {
         p.not_before = rcgen::date_time_ymd(2000, 1, 1);
         p.not_after = rcgen::date_time_ymd(2001, 1, 1);
@@ -250,7 +268,12 @@ fn server_verifier_fails_only_on_dane_mismatch_and_records_the_verdict() {
     assert!(v.verify_server_cert(&cert, &[], &name, &[], now()).is_ok());
     assert!(matches!(super::dane::read_outcome(&v.outcome()), Some(PeerCert::Invalid(_))));
     // DANE-EE match.
-    let v = super::dane::S2sServerVerifier::new(vec!["a.example".into()], Some(vec![tlsa(3, 1, 1, &spki)]), r.clone(), provider.clone());
+    let v = super::dane::S2sServerVerifier::new(
+        vec!["a.example".into()],
+        Some(vec![tlsa(3, 1, 1, &spki)]),
+        r.clone(),
+        provider.clone(),
+    );
     assert!(v.verify_server_cert(&cert, &[], &name, &[], now()).is_ok());
     assert_eq!(super::dane::read_outcome(&v.outcome()), Some(PeerCert::Dane(DaneUsage::Ee)));
     // Mismatch: handshake refused.
@@ -325,7 +348,10 @@ fn srv_weights_pick_by_running_sum() {
 fn srv_dot_target_and_empty() {
     let mut rng = |_| 0;
     assert!(merge("d", vec![], vec![], &mut rng).unwrap().is_none(), "no SRV: fallback");
-    assert!(matches!(merge("d", vec![rec(0, 0, 0, "")], vec![rec(0, 0, 0, "")], &mut rng), Err(DnsError::NoService { .. })));
+    assert!(matches!(
+        merge("d", vec![rec(0, 0, 0, "")], vec![rec(0, 0, 0, "")], &mut rng),
+        Err(DnsError::NoService { .. })
+    ));
     assert!(matches!(merge("d", vec![], vec![rec(0, 0, 0, "")], &mut rng), Err(DnsError::NoService { .. })));
     // "." for direct TLS only: STARTTLS targets are still used.
     let out = merge("d", vec![rec(0, 0, 0, "")], vec![rec(1, 0, 5269, "x")], &mut rng).unwrap().unwrap();
@@ -338,7 +364,8 @@ fn srv_dot_target_and_empty() {
 fn anchor_accepts_dnskey_lines_and_refuses_ds() {
     let key = ". IN DNSKEY 257 3 13 PV/zXwOd3M4/KteZyIVaS22Qdg9+NGko4phBc/nSQS/C4Lmx/mibBcjjYNxPQGu6IEFTVzqf3rDWVqUNE2AARQ== ;{id = 36743 (ksk), size = 256b}\n";
     assert!(anchor::parse(key).is_ok());
-    let unbound = format!("; autotrust trust anchor file\n;;id: . 1\n{} ;;state=2 [  VALID  ] ;;count=0\n", key.trim_end());
+    let unbound =
+        format!("; autotrust trust anchor file\n;;id: . 1\n{} ;;state=2 [  VALID  ] ;;count=0\n", key.trim_end());
     assert!(anchor::parse(&unbound).is_ok());
     let tld = "test. 3600 IN DNSKEY 257 3 13 PV/zXwOd3M4/KteZyIVaS22Qdg9+NGko4phBc/nSQS/C4Lmx/mibBcjjYNxPQGu6IEFTVzqf3rDWVqUNE2AARQ==\n";
     assert!(anchor::parse(tld).is_ok());
