@@ -9,7 +9,6 @@
 mod audit;
 // The outbound s2s path (issue 11) is wired by the lead; until then only `resolve` uses it.
 mod conn;
-#[allow(dead_code)]
 mod dns;
 mod explain;
 mod files;

@@ -46,13 +46,6 @@ pub enum PeerCert {
     Invalid(String),
 }
 
-impl PeerCert {
-    /// The certificate authenticates the peer (SASL EXTERNAL may be offered / used).
-    pub fn is_authenticated(&self) -> bool {
-        matches!(self, PeerCert::Dane(_) | PeerCert::Pkix)
-    }
-}
-
 /// Where a verifier leaves its verdict for the caller to read after the handshake.
 pub type PeerCertCell = Arc<Mutex<Option<PeerCert>>>;
 
@@ -162,9 +155,12 @@ pub fn tlsa_matches(t: &Tlsa, cert: &CertificateDer<'_>) -> bool {
     }
 }
 
+/// (tag, contents, whole element, rest).
+type DerElement<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
 /// One DER element: (tag, contents, the whole element, what follows). Definite lengths only,
 /// low tag numbers only (all X.509 needs up to the SPKI); `None` on anything malformed.
-fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+fn der_next(input: &[u8]) -> Option<DerElement<'_>> {
     let tag = *input.first()?;
     if tag & 0x1f == 0x1f {
         return None;
