@@ -202,6 +202,11 @@ def test_any_remote_domain_is_routed_to_the_chosen_address(pair):
     run(scenario(), 60)
     assert pair.relay_a.wait_for(b"to='elsewhere.example'", 5) or \
         pair.relay_a.wait_for(b'to="elsewhere.example"', 1), pair.relay_a.transcript()
+    # Prosody (no s2s certificate) asked for the SRV record, never for XEP-0368's
+    # _xmpps-server, which the wildcard would also send to the route.
+    log = a.log_path.read_text(errors="replace")
+    assert "Resolve _xmpp-server._tcp.elsewhere.example IN SRV" in log
+    assert "_xmpps-server" not in log
 
 
 def test_route_outbound_moves_new_connections(pair):

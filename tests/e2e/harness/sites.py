@@ -7,7 +7,9 @@ the address we choose.  That is how a site's outbound s2s is routed -- to the pe
 (testbed checks), to a :class:`RecordingRelay`, or to a gateway's ``s2s-out`` listener -- without
 touching the servers' code and without /etc/hosts or any other machine-wide setting.
 
-Routing mechanism (verified in test_s2s_sites.py; the same lines are in contrib/):
+Routing mechanism (verified in test_s2s_sites.py; the files are contrib/dns/*,
+contrib/prosody/*, contrib/ejabberd/*, read with harness/contrib.py and given each site's
+addresses, see contrib/README-s2s.md):
 
 * knotd serves a root zone with wildcards, so every name answers::
 
@@ -62,7 +64,8 @@ from typing import Literal
 
 from .client import Client
 from .contrib import contrib_text
-from .defaults import START_TIMEOUT, STOP_TIMEOUT, USERS
+from .defaults import (SITE_C2S_PORT, SITE_DNS_PORT, SITE_EJABBERD_DIST_PORT, SITE_OUTBOUND_PORT,
+                       SITE_S2S_PORT, START_TIMEOUT, STOP_TIMEOUT, USERS)
 from .ejabberd import EjabberdInstance
 from .proc import ServerStartError, Spawned, require_free_ports, run_checked, tail, wait_for_port
 from .prosody import ProsodyInstance
@@ -72,11 +75,6 @@ __all__ = [
     "RelayConnection",
 ]
 
-SITE_C2S_PORT = 25500
-SITE_S2S_PORT = 25501
-SITE_DNS_PORT = 25502
-SITE_EJABBERD_DIST_PORT = 25503
-SITE_OUTBOUND_PORT = 25510
 
 
 @dataclass(frozen=True)
