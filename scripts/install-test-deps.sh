@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages the end-to-end tests (tests/e2e) need, on
 # Debian bookworm: Prosody, ejabberd, go-sendxmpp, slixmpp and pytest for
-# Debian's /usr/bin/python3, lua-unbound, openssl, ca-certificates.
+# Debian's /usr/bin/python3, lua-unbound, knot (the s2s test sites' private
+# DNS), openssl, ca-certificates.
 #
 # Idempotent: if every package is already installed, apt is not touched.
 # The packages' services are NOT started: while apt runs, a temporary
@@ -18,6 +19,7 @@ PACKAGES=(
   python3-slixmpp
   python3-pytest
   lua-unbound
+  knot
   openssl
   ca-certificates
   nftables
