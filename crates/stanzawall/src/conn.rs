@@ -361,8 +361,8 @@ impl<S: StreamMachine> Connection<'_, S> {
             }
             Effect::Policy(_) => {}
             Effect::CheckPeerCertificate { domain } => {
-                let cert = match &self.generation.s2s {
-                    Some(rt) => rt.check_peer(&self.client, &domain),
+                let cert = match self.generation.s2s.clone() {
+                    Some(rt) => Box::pin(rt.check_peer(&self.client, &domain)).await,
                     None => PeerCert::None,
                 };
                 info!(remote = %domain, certificate = cert.as_str(), "remote certificate checked");

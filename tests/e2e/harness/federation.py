@@ -47,7 +47,9 @@ class S2sGateway:
     def __init__(self, dir: Path, *, domain: str, host: str, cert: Path, key: Path, ca_cert: Path,
                  backend: tuple[str, int], routes: dict[str, tuple[str, int]] | None = None,
                  in_port: int = S2S_IN_PORT, out_port: int = S2S_OUT_PORT, s2s_extra: str = "",
-                 extra_toml: str = "", direct_tls_port: int | None = None):
+                 extra_toml: str = "", direct_tls_port: int | None = None,
+                 extra_certs: list[tuple[list[str], Path, Path]] | None = None,
+                 extra_domains: list[str] | None = None, extra_listeners: str = ""):
         self.dir = Path(dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.domain, self.host = domain, host
@@ -57,6 +59,10 @@ class S2sGateway:
         self.routes = dict(routes or {})
         self.s2s_extra = s2s_extra
         self.extra_toml = extra_toml
+        self.extra_certs = list(extra_certs or [])
+        self.extra_domains = list(extra_domains or [])
+        #: ``[[listener]]`` tables added verbatim (their ports are not waited for).
+        self.extra_listeners = extra_listeners
         self.config_path = self.dir / "stanzawall.toml"
         self.log_path = self.dir / "stanzawall.log"
         self.audit_path = self.dir / "audit.jsonl"
@@ -67,6 +73,11 @@ class S2sGateway:
         lines = [
             "[[tls.certificate]]", f"domains = [{toml_value(self.domain)}]",
             f"cert = {toml_value(str(self.cert))}", f"key = {toml_value(str(self.key))}", "",
+        ]
+        for domains, cert, key in self.extra_certs:
+            lines += ["[[tls.certificate]]", f"domains = {toml_value(domains)}",
+                      f"cert = {toml_value(str(cert))}", f"key = {toml_value(str(key))}", ""]
+        lines += [
             "[[listener]]", 'name = "s2s-in"', 'kind = "s2s"', f'bind = "{self.host}:{self.in_port}"',
             f'backend = "{self.backend[0]}:{self.backend[1]}"', "",
             "[[listener]]", 'name = "s2s-out"', 'kind = "s2s-out"', f'bind = "{self.host}:{self.out_port}"', "",
@@ -75,6 +86,8 @@ class S2sGateway:
             lines += ["[[listener]]", 'name = "s2s-tls"', 'kind = "s2s-tls"',
                       f'bind = "{self.host}:{self.direct_tls_port}"',
                       f'backend = "{self.backend[0]}:{self.backend[1]}"', ""]
+        if self.extra_listeners:
+            lines += [self.extra_listeners, ""]
         lines.append("[network]")
         lines += [f"{k} = {toml_value(v)}" for k, v in PERMISSIVE_NETWORK.items() if not isinstance(v, dict)]
         for name, table in PERMISSIVE_NETWORK.items():
@@ -82,7 +95,7 @@ class S2sGateway:
                 lines.append(f"[network.{name}]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         lines += ["", "[audit]", f"path = {toml_value(str(self.audit_path))}", "",
-                  "[s2s]", f"domains = [{toml_value(self.domain)}]",
+                  "[s2s]", f"domains = {toml_value([self.domain] + self.extra_domains)}",
                   f"trust_roots = {toml_value(str(self.ca_cert))}",
                   f"dialback_secret_file = {toml_value(str(self.dir / 'dialback.key'))}"]
         if self.s2s_extra:

@@ -289,6 +289,10 @@ impl S2sOutbound {
     }
 
     fn back_failure(&mut self, failure: BackendFailure) {
+        // DNS (bogus, no service), TLS (DANE mismatch) and connect failures are refusals of the
+        // remote too: audited like the policy's.
+        let remote = self.remote.clone().unwrap_or_default();
+        self.core.effects.push_back(Effect::S2sRefused { direction: "out", remote, reason: failure.to_string() });
         self.answer_pending("remote-connection-failed");
         let err = StreamError::new(Condition::RemoteConnectionFailed, Some(failure.to_string()));
         let from = self.remote.clone();
