@@ -8,12 +8,14 @@
 //! owns every protocol timer and decision; it never touches sockets or clocks. Effects are
 //! reported the same way for every kind (`PolicyEvent`, `CloseReason` with its side).
 //!
-//! Kinds: [`c2s`] (client-to-server, STARTTLS or direct TLS). A new kind (s2s, the SOCKS5
-//! relay) is a module beside it implementing [`StreamMachine`].
+//! Kinds: [`c2s`] (client-to-server, STARTTLS or direct TLS) and [`web`] (XMPP over WebSocket,
+//! a c2s machine behind RFC 7395 framing). A new kind (s2s, the SOCKS5 relay) is a module beside
+//! them implementing [`StreamMachine`].
 
 pub mod c2s;
 mod effect;
 pub mod sm;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
