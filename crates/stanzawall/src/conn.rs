@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use stanzawall_core::config::{ListenerConfig, ListenerKind};
 use stanzawall_core::limit::ByteBucket;
+use stanzawall_core::session::web::{WebConfig, WebSocketSession};
 use stanzawall_core::session::{
     CloseReason, Counters, Effect, PolicyBinding, Session, SessionConfig, StreamMachine, Timeouts,
 };
@@ -121,14 +122,38 @@ pub async fn serve(
     metrics.sessions_total.inc();
     let _open = Open(metrics);
     legs::tune(&socket);
-    let mut conn = Connection::new(socket, peer, local, listener, ctx, permit);
     info!("session opened");
+    if listener.kind == ListenerKind::WebSocket {
+        // The web door: the same c2s machine behind RFC 7395 framing (core `session::web`).
+        let web = Arc::new(web_config(&listener, &ctx.generation));
+        let limits = ctx.generation.config.limits.xml();
+        let make = move |cfg, binding, now| WebSocketSession::new(web, Session::new(cfg, binding, now), limits);
+        let mut conn = Connection::new(socket, peer, local, listener, ctx, permit, make);
+        let reason = conn.run().await;
+        return Box::pin(conn.close(reason)).await;
+    }
+    let mut conn = Connection::new(socket, peer, local, listener, ctx, permit, Session::new);
     let reason = conn.run().await;
     Box::pin(conn.close(reason)).await;
 }
 
-impl<'a> Connection<'a, Session> {
-    /// A c2s connection: the session for `listener`, with the newest policy.
+/// The settings of a WebSocket listener's sessions: its options, caps defaulting to the
+/// stanza cap, and the certificates' domains for host-meta.
+fn web_config(listener: &ListenerConfig, generation: &Generation) -> WebConfig {
+    let web = &listener.web;
+    let stanza = generation.config.limits.stanza_bytes;
+    WebConfig {
+        path: web.path.clone(),
+        origins: web.allowed_origins.clone(),
+        max_frame_bytes: web.max_frame_bytes.unwrap_or(stanza),
+        max_message_bytes: web.max_message_bytes.unwrap_or(stanza),
+        public_url: web.public_url.clone(),
+        domains: generation.config.certificates.iter().flat_map(|c| c.domains.iter().cloned()).collect(),
+    }
+}
+
+impl<'a, S: StreamMachine> Connection<'a, S> {
+    /// A connection: the session `make` builds for `listener`, with the newest policy.
     fn new(
         socket: TcpStream,
         peer: SocketAddr,
@@ -136,11 +161,13 @@ impl<'a> Connection<'a, Session> {
         listener: Arc<ListenerConfig>,
         ctx: SessionContext,
         permit: &'a Permit,
+        make: impl FnOnce(SessionConfig, PolicyBinding, std::time::Instant) -> S,
     ) -> Self {
         let SessionContext { generation, mut gen_rx, shutdown, shared } = ctx;
         let (limits, network) = (generation.config.limits, &generation.config.network);
         let cfg = SessionConfig {
-            direct_tls: listener.kind == ListenerKind::C2sTls,
+            // A WebSocket's client leg is TLS below HTTP: no STARTTLS inside the stream.
+            direct_tls: matches!(listener.kind, ListenerKind::C2sTls | ListenerKind::WebSocket),
             preauth_limits: limits.xml_preauth(),
             limits: limits.xml(),
             backend_limits: limits.xml_backend(),
@@ -156,7 +183,7 @@ impl<'a> Connection<'a, Session> {
         let policy = gen_rx.borrow_and_update().policy.clone();
         let audit_path = policy.audit().path.clone();
         let binding = PolicyBinding { policy, rates: shared.rates.clone(), source_ip: peer.ip() };
-        let session = Session::new(cfg, binding, std::time::Instant::now());
+        let session = make(cfg, binding, std::time::Instant::now());
         let armed = Instant::now() + network.handshake_timeout;
         Connection {
             reported: session.counters(),
@@ -211,10 +238,13 @@ impl<S: StreamMachine> Connection<'_, S> {
 
     /// Until the session closes: flush, effects, then wait for the next input.
     async fn run(&mut self) -> CloseReason {
-        if self.listener.kind == ListenerKind::C2sTls {
+        if matches!(self.listener.kind, ListenerKind::C2sTls | ListenerKind::WebSocket) {
+            // Browsers offer ALPN h2 and http/1.1: a WebSocket listener takes the certificate
+            // without the `xmpp-client` ALPN (the STARTTLS configuration) and speaks HTTP/1.1.
+            let direct = self.listener.kind == ListenerKind::C2sTls;
             let handshake = timeout(
                 self.deadline().saturating_duration_since(Instant::now()),
-                Box::pin(legs::accept_tls(&mut self.client, None, true, &self.generation)),
+                Box::pin(legs::accept_tls(&mut self.client, None, direct, &self.generation)),
             );
             match handshake.await {
                 Ok(Ok(())) => {}

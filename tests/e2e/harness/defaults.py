@@ -24,6 +24,9 @@ GATEWAY_POLICY_PORT    25460  stanzawall with the policy example (test_policy.py
 GATEWAY_POLICY_ADMIN   25461  its [admin] endpoint (GET /metrics)
 GATEWAY_TEXT_PORT      25470  stanzawall -> Prosody, text policy (test_policy_text.py)
 GATEWAY_TEXT_EJABBERD  25472  stanzawall -> ejabberd, same policy
+GATEWAY_WEB_PORT       25500  stanzawall WebSocket listener -> Prosody (test_web.py)
+GATEWAY_WEB_PAGE_PORT  25501  the test page's HTTP server (its Origin)
+GATEWAY_WEB_C2S_PORT   25502  the same gateway's STARTTLS listener (the slixmpp peer)
 =====================  =====  ==============================================
 """
 
@@ -55,6 +58,9 @@ GATEWAY_POLICY_PORT = 25460
 GATEWAY_POLICY_ADMIN = 25461
 GATEWAY_TEXT_PORT = 25470
 GATEWAY_TEXT_EJABBERD_PORT = 25472
+GATEWAY_WEB_PORT = 25500
+GATEWAY_WEB_PAGE_PORT = 25501
+GATEWAY_WEB_C2S_PORT = 25502
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0

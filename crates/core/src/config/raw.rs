@@ -1,6 +1,7 @@
 //! The file as written: serde structs with spans, and their validation into [`Config`].
 
 mod network;
+mod web;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -79,6 +80,12 @@ struct RawListener {
     backend_ca: Option<Spanned<String>>,
     backend_server_name: Option<Spanned<String>>,
     proxy_protocol: Option<Spanned<String>>,
+    // `kind = "websocket"` only (see `web`).
+    path: Option<Spanned<String>>,
+    allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    max_frame_bytes: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
+    public_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,14 +143,16 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
         let kind = match l.kind.get_ref().as_str() {
             "c2s" => ListenerKind::C2s,
             "c2s-tls" => ListenerKind::C2sTls,
+            "websocket" => ListenerKind::WebSocket,
             other => {
                 return loc.err(
                     l.kind.span(),
                     &key("kind"),
-                    format!("unknown kind '{other}' (expected \"c2s\" or \"c2s-tls\")"),
+                    format!("unknown kind '{other}' (expected \"c2s\", \"c2s-tls\" or \"websocket\")"),
                 )
             }
         };
+        let web = web::options(&l, kind, loc, &key)?;
         let bind: SocketAddr = match l.bind.get_ref().parse() {
             Ok(a) => a,
             Err(_) => {
@@ -200,6 +209,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files) -> Result<Conf
             kind,
             bind,
             bind_origin: loc.origin(l.bind.span(), &key("bind")),
+            web,
             backend: BackendConfig {
                 address,
                 tls,

@@ -18,20 +18,8 @@ pub mod http;
 mod tests;
 mod websocket;
 
+pub use crate::config::Origins;
 pub use websocket::WebSocketSession;
-
-/// Which browser origins may open sessions (the `Origin` header of the handshake; requests
-/// without one come from non-browser clients, which cross-site hijacking cannot use).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Origins {
-    /// Pages served over https from the host name the client connected to (any port).
-    #[default]
-    SameHost,
-    /// Any origin (`allowed_origins = ["*"]`).
-    Any,
-    /// Exactly these origins (`scheme://host[:port]`, compared case-insensitively).
-    List(Vec<String>),
-}
 
 /// One WebSocket listener's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
