@@ -343,3 +343,46 @@ def test_host_meta_points_at_the_websocket(gw):
     js = get("/.well-known/host-meta.json", DOMAIN)
     assert '"href":"wss://example.test/xmpp-websocket"' in js, js
     assert get("/.well-known/host-meta", "evil.example").startswith("HTTP/1.1 404 ")
+
+
+def test_failed_logins_over_websocket_ban_the_source_as_over_tcp(tmp: Path, pki, prosody):
+    """The guard at accept and the ban after authentication failures are the c2s ones."""
+    port = GATEWAY_WEB_PORT + 3
+    g = Gateway(tmp / "gw-web-ban", pki.cert, pki.key, [
+        Listener("web-ban", "websocket", port, prosody.port, {"allowed_origins": ["*"]}),
+    ], network={"connection_rate_per_ip": "off", "max_connections_per_ip": 100,
+                "ban": {"auth_failures": 2, "window": "10m", "duration": "10m"}})
+    g.start()
+    url = f"wss://{HOST}:{port}/xmpp-websocket"
+    wrong = base64.b64encode(b"\0alice\0not-the-password").decode()
+
+    async def attempt() -> list[str]:
+        async with websockets.connect(url, ssl=_ctx(), server_hostname=DOMAIN, subprotocols=["xmpp"],
+                                      open_timeout=10, close_timeout=5) as ws:
+            await ws.send(OPEN)
+            await recv(ws)
+            await recv(ws)
+            await ws.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{wrong}</auth>")
+            return [await recv(ws)]
+
+    async def go():
+        assert "<not-authorized" in (await attempt())[0]
+        # The second failure bans 127.0.0.1: the session is closed with a stream error ...
+        async with websockets.connect(url, ssl=_ctx(), server_hostname=DOMAIN, subprotocols=["xmpp"],
+                                      open_timeout=10, close_timeout=5) as ws:
+            await ws.send(OPEN)
+            await recv(ws)
+            await recv(ws)
+            await ws.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{wrong}</auth>")
+            got, _ = await closed_with(ws)
+        assert any("too many authentication failures" in m for m in got), got
+        # ... and the next connection is refused at accept, before TLS.
+        with pytest.raises((OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException)):
+            async with websockets.connect(url, ssl=_ctx(), server_hostname=DOMAIN, subprotocols=["xmpp"],
+                                          open_timeout=5, close_timeout=2):
+                pass
+    try:
+        run(go())
+        g.wait_log("connection refused")
+    finally:
+        assert g.terminate() == 0, f"stanzawall did not exit cleanly; log {g.log_path}"

@@ -105,3 +105,71 @@ pub(super) fn options(
     }
     Ok(web)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ListenerKind, Origins};
+
+    fn parse(listener: &str) -> Result<Config, String> {
+        let text = format!(
+            "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
+             [[listener]]\nname = \"l\"\nbind = \"127.0.0.1:5443\"\nbackend = \"127.0.0.1:5222\"\n{listener}"
+        );
+        Config::parse(&text, std::path::Path::new("/x.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn websocket_listeners_take_their_options_and_others_refuse_them() {
+        let c = parse("kind = \"websocket\"\n").unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.kind, ListenerKind::WebSocket);
+        assert_eq!((l.web.path.as_str(), &l.web.allowed_origins), ("/xmpp-websocket", &Origins::SameHost));
+        let c = parse(
+            "kind = \"websocket\"\npath = \"/ws\"\nallowed_origins = [\"https://Chat.Example.test\", \"http://127.0.0.1:8080\"]\n\
+             max_frame_bytes = 4096\nmax_message_bytes = 65536\npublic_url = \"wss://xmpp.example.test/ws\"\n",
+        )
+        .unwrap();
+        let w = &c.listeners[0].web;
+        assert_eq!(w.path, "/ws");
+        assert_eq!(
+            w.allowed_origins,
+            Origins::List(vec!["https://chat.example.test".into(), "http://127.0.0.1:8080".into()])
+        );
+        assert_eq!((w.max_frame_bytes, w.max_message_bytes), (Some(4096), Some(65536)));
+        assert_eq!(w.public_url.as_deref(), Some("wss://xmpp.example.test/ws"));
+        assert_eq!(
+            parse("kind = \"websocket\"\nallowed_origins = [\"*\"]\n").unwrap().listeners[0].web.allowed_origins,
+            Origins::Any
+        );
+        for (listener, key, what) in [
+            ("kind = \"c2s\"\npath = \"/ws\"\n", "listener[0].path", "only meaningful with kind = \"websocket\""),
+            ("kind = \"c2s-tls\"\nallowed_origins = [\"*\"]\n", "listener[0].allowed_origins", "only meaningful"),
+            ("kind = \"websocket\"\npath = \"ws\"\n", "listener[0].path", "absolute path"),
+            ("kind = \"websocket\"\npath = \"/.well-known/host-meta\"\n", "listener[0].path", "absolute path"),
+            ("kind = \"websocket\"\npath = \"/a'b\"\n", "listener[0].path", "absolute path"),
+            (
+                "kind = \"websocket\"\nallowed_origins = [\"*\", \"https://a.example\"]\n",
+                "listener[0].allowed_origins",
+                "stands alone",
+            ),
+            (
+                "kind = \"websocket\"\nallowed_origins = [\"a.example\"]\n",
+                "listener[0].allowed_origins",
+                "is not an origin",
+            ),
+            (
+                "kind = \"websocket\"\nallowed_origins = [\"https://a.example/path\"]\n",
+                "listener[0].allowed_origins",
+                "is not an origin",
+            ),
+            ("kind = \"websocket\"\nallowed_origins = []\n", "listener[0].allowed_origins", "at least one"),
+            ("kind = \"websocket\"\nmax_frame_bytes = 10\n", "listener[0].max_frame_bytes", "from 125 to"),
+            ("kind = \"websocket\"\npublic_url = \"https://a.example/ws\"\n", "listener[0].public_url", "wss://"),
+            ("kind = \"websocket\"\npublic_url = \"wss://a.example/'><x\"\n", "listener[0].public_url", "wss://"),
+            ("kind = \"http\"\n", "listener[0].kind", "\"websocket\""),
+        ] {
+            let e = parse(listener).unwrap_err();
+            assert!(e.contains(key) && e.contains(what), "{listener}: {e}");
+        }
+    }
+}

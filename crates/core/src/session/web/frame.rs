@@ -114,7 +114,7 @@ impl FrameDecoder {
     }
 
     /// The next complete message or control frame; `Ok(None)` when more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<Incoming>, FrameError> {
+    pub fn next_incoming(&mut self) -> Result<Option<Incoming>, FrameError> {
         loop {
             let Some(head) = self.head()? else { return Ok(None) };
             let end = head.header_len + head.len;

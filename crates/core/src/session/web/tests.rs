@@ -61,7 +61,7 @@ fn server_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
 fn decode_all(d: &mut FrameDecoder) -> Vec<Result<Incoming, FrameError>> {
     let mut out = Vec::new();
     for _ in 0..1000 {
-        match d.next() {
+        match d.next_incoming() {
             Ok(None) => break,
             Ok(Some(i)) => out.push(Ok(i)),
             Err(e) => {

@@ -120,7 +120,7 @@ impl WebSocketSession {
     fn on_frame_bytes(&mut self, data: &[u8], now: Instant) {
         self.frames.feed(data);
         while !self.close_sent && !self.inner.is_closed() {
-            match self.frames.next() {
+            match self.frames.next_incoming() {
                 Ok(None) => break,
                 Ok(Some(Incoming::Text(text))) => self.on_message(&text, now),
                 Ok(Some(Incoming::Ping(payload))) => {
