@@ -581,3 +581,19 @@ fn before_the_upgrade_nothing_reaches_the_c2s_machine() {
     assert!(m[0].starts_with("<open "), "the error comes after a header (RFC 6120 §4.9.1.2): {m:?}");
     assert!(m[1].contains("<stream:error"), "{m:?}");
 }
+
+#[test]
+fn pings_keep_a_session_alive_and_shutdown_says_going_away() {
+    let mut s = bound_with("");
+    let idle = Timeouts::default().idle;
+    let later = t0() + idle - Duration::from_secs(1);
+    s.client_bytes(&client_frame(9, true, b"k"), later);
+    assert_eq!(server_frames(&s.take_to_client()), vec![(0xA, b"k".to_vec())]);
+    assert_eq!(s.poll_timeout(), Some(later + idle), "the ping counted as traffic");
+    s.shutdown();
+    let m = messages(&mut s);
+    assert!(m[0].contains("<system-shutdown"), "{m:?}");
+    assert_eq!(m[1..], ["<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>".to_owned(), "CLOSE 1001".to_owned()]);
+    assert_eq!(backend(&mut s), "</stream:stream>");
+    assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::Shutdown)]);
+}

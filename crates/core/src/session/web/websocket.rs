@@ -124,6 +124,9 @@ impl WebSocketSession {
                 Ok(None) => break,
                 Ok(Some(Incoming::Text(text))) => self.on_message(&text, now),
                 Ok(Some(Incoming::Ping(payload))) => {
+                    // A ping is traffic, like a whitespace keepalive on TCP: it keeps an
+                    // authenticated session from the idle timeout.
+                    self.inner.client_bytes(&[], now);
                     self.pump();
                     if !self.close_sent {
                         frame::write_pong(&payload, &mut self.to_client);
