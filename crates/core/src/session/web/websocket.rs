@@ -74,6 +74,9 @@ impl WebSocketSession {
 
     /// End a connection that never upgraded.
     fn end(&mut self, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
         self.phase = Phase::Done;
         self.effects.push_back(Effect::Close(reason));
     }
@@ -224,6 +227,11 @@ impl WebSocketSession {
 
 impl StreamMachine for WebSocketSession {
     fn client_bytes(&mut self, data: &[u8], now: Instant) {
+        if self.is_closed() {
+            // Closed from either layer (the c2s machine may close before the upgrade, e.g. on
+            // a backend failure): nothing more is read or answered.
+            return;
+        }
         match self.phase {
             Phase::Http => self.on_head_bytes(data, now),
             Phase::Open => self.on_frame_bytes(data, now),
