@@ -303,6 +303,7 @@ fn each_message_is_exactly_one_element_parsed_strictly() {
     let errors: Vec<(&str, Condition)> = vec![
         ("<message xmlns='jabber:client'/><message xmlns='jabber:client'/>", Condition::NotWellFormed),
         ("<presence xmlns='jabber:client'/>trailing", Condition::BadFormat),
+        ("leading<presence xmlns='jabber:client'/>", Condition::BadFormat),
         ("<message xmlns='jabber:client'><body>", Condition::NotWellFormed),
         ("<message xmlns='jabber:client'></presence>", Condition::NotWellFormed),
         ("<!-- c --><message xmlns='jabber:client'/>", Condition::RestrictedXml),
