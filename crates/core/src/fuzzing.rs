@@ -198,7 +198,8 @@ pub fn websocket(data: &[u8], start: std::time::Instant) {
         domains: vec!["example.test".to_owned()],
         ..WebConfig::default()
     };
-    let mut s = WebSocketSession::new(std::sync::Arc::new(web), Session::new(cfg, binding, start), limits());
+    let preauth = XmlLimits { stanza_bytes: 2048, ..limits() };
+    let mut s = WebSocketSession::new(std::sync::Arc::new(web), Session::new(cfg, binding, start), preauth, limits());
     let mut upgraded = false;
     if data.first().is_some_and(|b| b & 1 == 1) {
         s.client_bytes(WS_UPGRADE, start);

@@ -126,8 +126,9 @@ pub async fn serve(
     if listener.kind == ListenerKind::WebSocket {
         // The web door: the same c2s machine behind RFC 7395 framing (core `session::web`).
         let web = Arc::new(web_config(&listener, &ctx.generation));
-        let limits = ctx.generation.config.limits.xml();
-        let make = move |cfg, binding, now| WebSocketSession::new(web, Session::new(cfg, binding, now), limits);
+        let (preauth, limits) = (ctx.generation.config.limits.xml_preauth(), ctx.generation.config.limits.xml());
+        let make =
+            move |cfg, binding, now| WebSocketSession::new(web, Session::new(cfg, binding, now), preauth, limits);
         let mut conn = Connection::new(socket, peer, local, listener, ctx, permit, make);
         let reason = conn.run().await;
         return Box::pin(conn.close(reason)).await;

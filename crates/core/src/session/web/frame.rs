@@ -103,6 +103,12 @@ impl FrameDecoder {
         FrameDecoder { buf: Vec::new(), message: None, max_frame, max_message }
     }
 
+    /// Change the caps (after authentication); they apply from the next frame header.
+    pub fn set_caps(&mut self, max_frame: usize, max_message: usize) {
+        self.max_frame = max_frame;
+        self.max_message = max_message;
+    }
+
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);

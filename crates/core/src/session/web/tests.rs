@@ -408,7 +408,12 @@ fn session_with(rules: &str) -> WebSocketSession {
         timeouts: Timeouts::default(),
     };
     let web = WebConfig { max_frame_bytes: 8192, max_message_bytes: 16384, ..web_config() };
-    WebSocketSession::new(Arc::new(web), C2sSession::new(cfg, binding, t0()), limits())
+    WebSocketSession::new(
+        Arc::new(web),
+        C2sSession::new(cfg, binding, t0()),
+        XmlLimits { stanza_bytes: 4096, ..limits() },
+        limits(),
+    )
 }
 
 fn messages(s: &mut WebSocketSession) -> Vec<String> {
@@ -597,4 +602,27 @@ fn pings_keep_a_session_alive_and_shutdown_says_going_away() {
     assert_eq!(m[1..], ["<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>".to_owned(), "CLOSE 1001".to_owned()]);
     assert_eq!(backend(&mut s), "</stream:stream>");
     assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::Shutdown)]);
+}
+
+#[test]
+fn before_authentication_messages_are_capped_like_a_tcp_stanza() {
+    // The pre-authentication cap (4096 here) applies to frames before SASL success ...
+    let mut s = session_with("");
+    s.client_bytes(&upgrade_request(&["Sec-WebSocket-Protocol: xmpp"]), t0());
+    s.take_to_client();
+    s.client_bytes(&text(OPEN), t0());
+    let big = format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>", "A".repeat(5000));
+    s.client_bytes(&text(&big), t0());
+    let m = messages(&mut s);
+    assert!(m.iter().any(|x| x.contains("<policy-violation")), "{m:?}");
+    assert_eq!(m.last().map(String::as_str), Some("CLOSE 1009"));
+    // ... and the listener's caps (8192 per frame) after it.
+    let mut s = bound_with("");
+    let body = "x".repeat(6000);
+    s.client_bytes(
+        &text(&format!("<message xmlns='jabber:client' to='bob@example.test'><body>{body}</body></message>")),
+        t0(),
+    );
+    assert!(backend(&mut s).contains(&body));
+    assert!(!s.is_closed());
 }

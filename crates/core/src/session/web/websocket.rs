@@ -40,8 +40,11 @@ pub struct WebSocketSession {
     head: Vec<u8>,
     frames: FrameDecoder,
     reframer: Reframer,
-    /// Limits for parsing one client message (the c2s machine applies its own again).
+    /// Limits for parsing one client message (the c2s machine applies its own again): the
+    /// pre-authentication ones until SASL succeeds, then `limits`.
     message_limits: XmlLimits,
+    /// The limits after authentication.
+    limits: XmlLimits,
     to_client: Vec<u8>,
     /// Effects of this layer (the end of a connection answered over HTTP), before the inner's.
     effects: VecDeque<Effect>,
@@ -53,10 +56,13 @@ pub struct WebSocketSession {
 
 impl WebSocketSession {
     /// Wrap `inner` (a c2s session configured for a client leg that is already secure) for a
-    /// connection accepted on a WebSocket listener; `message_limits` bound the parse of one
-    /// client message.
-    pub fn new(cfg: Arc<WebConfig>, inner: C2sSession, message_limits: XmlLimits) -> Self {
-        let frames = FrameDecoder::new(cfg.max_frame_bytes, cfg.max_message_bytes);
+    /// connection accepted on a WebSocket listener. `preauth` and `limits` bound the parse of
+    /// one client message before and after SASL success; before it, frames and messages are
+    /// also capped at `preauth.stanza_bytes`, so an unauthenticated connection holds no more
+    /// than a TCP one would (invariant 6).
+    pub fn new(cfg: Arc<WebConfig>, inner: C2sSession, preauth: XmlLimits, limits: XmlLimits) -> Self {
+        let cap = preauth.stanza_bytes;
+        let frames = FrameDecoder::new(cfg.max_frame_bytes.min(cap), cfg.max_message_bytes.min(cap));
         WebSocketSession {
             cfg,
             inner,
@@ -64,7 +70,8 @@ impl WebSocketSession {
             head: Vec::new(),
             frames,
             reframer: Reframer::new(),
-            message_limits,
+            message_limits: preauth,
+            limits,
             to_client: Vec::new(),
             effects: VecDeque::new(),
             close_code: CLOSE_NORMAL,
@@ -253,7 +260,13 @@ impl StreamMachine for WebSocketSession {
     }
 
     fn poll_effect(&mut self) -> Option<Effect> {
-        self.effects.pop_front().or_else(|| self.inner.poll_effect())
+        let effect = self.effects.pop_front().or_else(|| self.inner.poll_effect());
+        if effect == Some(Effect::Authenticated) {
+            // The c2s machine switched to its post-authentication limits; so do the caps here.
+            self.message_limits = self.limits;
+            self.frames.set_caps(self.cfg.max_frame_bytes, self.cfg.max_message_bytes);
+        }
+        effect
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
