@@ -34,6 +34,8 @@ pub enum ListenerKind {
     S2sTls,
     /// Our server's outbound s2s, relayed to the remote domain the stream header names.
     S2sOut,
+    /// XMPP over WebSocket (RFC 7395) over TLS, in front of the server's c2s port.
+    WebSocket,
 }
 
 impl ListenerKind {
@@ -45,6 +47,7 @@ impl ListenerKind {
             ListenerKind::S2s => "s2s",
             ListenerKind::S2sTls => "s2s-tls",
             ListenerKind::S2sOut => "s2s-out",
+            ListenerKind::WebSocket => "websocket",
         }
     }
 
@@ -111,6 +114,49 @@ pub struct ListenerConfig {
     pub bind_origin: Origin,
     /// The XMPP server behind this listener.
     pub backend: BackendConfig,
+    /// `kind = "websocket"`: path, origins, caps (defaults elsewhere).
+    pub web: WebOptions,
+}
+
+/// Which browser origins may open WebSocket sessions (`allowed_origins`). A handshake without
+/// an `Origin` header comes from a non-browser client, which cross-site WebSocket hijacking
+/// (RFC 6455 §10.2) cannot use, and is not checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Origins {
+    /// Unset: pages served over https from the host name the client connected to (any port).
+    #[default]
+    SameHost,
+    /// `["*"]`: any origin.
+    Any,
+    /// Exactly these origins (`scheme://host[:port]`, compared case-insensitively).
+    List(Vec<String>),
+}
+
+/// The options of a `websocket` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebOptions {
+    /// The request path of the WebSocket endpoint.
+    pub path: String,
+    /// Browser origins allowed.
+    pub allowed_origins: Origins,
+    /// Largest frame payload from a client; `None`: `limits.stanza_bytes`.
+    pub max_frame_bytes: Option<usize>,
+    /// Largest message (all its fragments) from a client; `None`: `limits.stanza_bytes`.
+    pub max_message_bytes: Option<usize>,
+    /// The URL XEP-0156 host-meta advertises; `None`: `wss://` + the request's Host + path.
+    pub public_url: Option<String>,
+}
+
+impl Default for WebOptions {
+    fn default() -> Self {
+        WebOptions {
+            path: "/xmpp-websocket".to_owned(),
+            allowed_origins: Origins::SameHost,
+            max_frame_bytes: None,
+            max_message_bytes: None,
+            public_url: None,
+        }
+    }
 }
 
 /// `[limits]`.

@@ -44,3 +44,8 @@ fn jid_corpus() {
 fn config_corpus() {
     replay("config", fuzzing::config);
 }
+
+#[test]
+fn websocket_corpus() {
+    replay("websocket", |data| fuzzing::websocket(data, std::time::Instant::now()));
+}

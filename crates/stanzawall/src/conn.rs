@@ -20,6 +20,7 @@ use std::time::Duration;
 use stanzawall_core::config::{ListenerConfig, ListenerKind};
 use stanzawall_core::limit::ByteBucket;
 use stanzawall_core::session::s2s::{PeerCert, S2sInbound, S2sOutbound};
+use stanzawall_core::session::web::{WebConfig, WebSocketSession};
 use stanzawall_core::session::{
     CloseReason, Counters, Effect, PolicyBinding, Session, SessionConfig, StreamMachine, Timeouts,
 };
@@ -126,6 +127,17 @@ pub async fn serve(
     legs::tune(&socket);
     info!("session opened");
     match listener.kind {
+        ListenerKind::WebSocket => {
+            // The web door: the same c2s machine behind RFC 7395 framing (core `session::web`).
+            let web = Arc::new(web_config(&listener, &ctx.generation));
+            let make = move |l: &ListenerConfig, g: &Generation, b: PolicyBinding, t: Timeouts, id: String| {
+                let (preauth, limits) = (g.config.limits.xml_preauth(), g.config.limits.xml());
+                let session = c2s_session(l, g, b, t, id)?;
+                Some(WebSocketSession::new(web, session, preauth, limits))
+            };
+            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, make) else { return };
+            conn.serve().await
+        }
         ListenerKind::C2s | ListenerKind::C2sTls => {
             let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, c2s_session) else { return };
             conn.serve().await
@@ -159,7 +171,8 @@ fn c2s_session(
 ) -> Option<Session> {
     let limits = generation.config.limits;
     let cfg = SessionConfig {
-        direct_tls: listener.kind == ListenerKind::C2sTls,
+        // A WebSocket's client leg is TLS below HTTP: no STARTTLS inside the stream.
+        direct_tls: matches!(listener.kind, ListenerKind::C2sTls | ListenerKind::WebSocket),
         preauth_limits: limits.xml_preauth(),
         limits: limits.xml(),
         backend_limits: limits.xml_backend(),
@@ -174,6 +187,22 @@ fn c2s_session(
 /// (an s2s listener without `[s2s]`, which config validation prevents).
 type MakeSession<S> = fn(&ListenerConfig, &Generation, PolicyBinding, Timeouts, String) -> Option<S>;
 
+/// The settings of a WebSocket listener's sessions: its options, caps defaulting to the
+/// stanza cap, and the certificates' domains for host-meta.
+fn web_config(listener: &ListenerConfig, generation: &Generation) -> WebConfig {
+    let web = &listener.web;
+    let stanza = generation.config.limits.stanza_bytes;
+    WebConfig {
+        path: web.path.clone(),
+        origins: web.allowed_origins.clone(),
+        max_frame_bytes: web.max_frame_bytes.unwrap_or(stanza),
+        max_message_bytes: web.max_message_bytes.unwrap_or(stanza),
+        public_url: web.public_url.clone(),
+        domains: generation.config.certificates.iter().flat_map(|c| c.domains.iter().cloned()).collect(),
+    }
+}
+
+
 impl<'a, S: StreamMachine> Connection<'a, S> {
     /// A connection on `listener` running the machine `make` builds, with the newest policy.
     fn new(
@@ -183,7 +212,7 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
         listener: Arc<ListenerConfig>,
         ctx: SessionContext,
         permit: &'a Permit,
-        make: MakeSession<S>,
+        make: impl FnOnce(&ListenerConfig, &Generation, PolicyBinding, Timeouts, String) -> Option<S>,
     ) -> Option<Self> {
         let SessionContext { generation, mut gen_rx, shutdown, shared } = ctx;
         let network = &generation.config.network;
@@ -258,11 +287,14 @@ impl<S: StreamMachine> Connection<'_, S> {
 
     /// Until the session closes: flush, effects, then wait for the next input.
     async fn run(&mut self) -> CloseReason {
-        if matches!(self.listener.kind, ListenerKind::C2sTls | ListenerKind::S2sTls) {
+        if matches!(self.listener.kind, ListenerKind::C2sTls | ListenerKind::S2sTls | ListenerKind::WebSocket) {
             let s2s = self.listener.kind.is_s2s();
+            // Browsers offer ALPN h2 and http/1.1: a WebSocket listener takes the certificate
+            // without the `xmpp-client` ALPN (the STARTTLS configuration) and speaks HTTP/1.1.
+            let direct = self.listener.kind != ListenerKind::WebSocket;
             let handshake = timeout(
                 self.deadline().saturating_duration_since(Instant::now()),
-                Box::pin(legs::accept_tls(&mut self.client, None, true, &self.generation, s2s)),
+                Box::pin(legs::accept_tls(&mut self.client, None, direct, &self.generation, s2s)),
             );
             match handshake.await {
                 Ok(Ok(())) => {}

@@ -29,6 +29,9 @@ SITE_S2S_PORT          25501  same hosts: the sites' plaintext s2s
 SITE_DNS_PORT          25502  same hosts: each site's private knotd (UDP+TCP)
 SITE_EJABBERD_DIST     25503  127.0.0.1: Erlang distribution of an ejabberd site
 SITE_OUTBOUND_PORT     25510  127.0.1.2 / 127.0.2.2: where a site's outbound s2s goes
+GATEWAY_WEB_PORT       25500  stanzawall WebSocket listener -> Prosody (test_web.py)
+GATEWAY_WEB_PAGE_PORT  25501  the test page's HTTP server (its Origin)
+GATEWAY_WEB_C2S_PORT   25502  the same gateway's STARTTLS listener (the slixmpp peer)
 =====================  =====  ==============================================
 
 The s2s sites are the one exception to "all on 127.0.0.1": each site has its own loopback
@@ -68,6 +71,9 @@ SITE_S2S_PORT = 25501
 SITE_DNS_PORT = 25502
 SITE_EJABBERD_DIST_PORT = 25503
 SITE_OUTBOUND_PORT = 25510
+GATEWAY_WEB_PORT = 25500
+GATEWAY_WEB_PAGE_PORT = 25501
+GATEWAY_WEB_C2S_PORT = 25502
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0

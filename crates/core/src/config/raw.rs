@@ -1,6 +1,7 @@
 //! The file as written: serde structs with spans, and their validation into [`Config`].
 
 mod network;
+mod web;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -80,6 +81,12 @@ struct RawListener {
     backend_ca: Option<Spanned<String>>,
     backend_server_name: Option<Spanned<String>>,
     proxy_protocol: Option<Spanned<String>>,
+    // `kind = "websocket"` only (see `web`).
+    path: Option<Spanned<String>>,
+    allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    max_frame_bytes: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
+    public_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,16 +153,18 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             "s2s" => ListenerKind::S2s,
             "s2s-tls" => ListenerKind::S2sTls,
             "s2s-out" => ListenerKind::S2sOut,
+            "websocket" => ListenerKind::WebSocket,
             other => {
                 return loc.err(
                     l.kind.span(),
                     &key("kind"),
                     format!(
-                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\" or \"s2s-out\")"
+                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\" or \"websocket\")"
                     ),
                 )
             }
         };
+        let web = web::options(&l, kind, loc, &key)?;
         let bind: SocketAddr = match l.bind.get_ref().parse() {
             Ok(a) => a,
             Err(_) => {
@@ -237,6 +246,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             kind,
             bind,
             bind_origin: loc.origin(l.bind.span(), &key("bind")),
+            web,
             backend: BackendConfig {
                 address,
                 tls,
