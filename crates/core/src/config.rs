@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 pub use crate::origin::{ConfigError, Origin};
 use crate::policy::spec::PolicyConfig;
+pub use crate::policy::spec::{AuthLevel, S2sDomainsConfig};
 use crate::xml::XmlLimits;
-pub use s2s::{AuthLevel, S2sConfig, S2sDomainsConfig, S2sRoute};
+pub use s2s::{S2sConfig, S2sRoute};
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

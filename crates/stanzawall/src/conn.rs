@@ -202,7 +202,6 @@ fn web_config(listener: &ListenerConfig, generation: &Generation) -> WebConfig {
     }
 }
 
-
 impl<'a, S: StreamMachine> Connection<'a, S> {
     /// A connection on `listener` running the machine `make` builds, with the newest policy.
     fn new(

@@ -179,8 +179,20 @@ mod tests {
         assert!(out.contains("rule: mask (") && out.contains("c.toml:15)"), "{out}");
         assert!(out.contains("rewritten: <message to='b@example.test' from='alice@example.test/explain'><body>a ******</body></message>"), "{out}");
         assert!(out.contains("stanza 2: <presence") && out.contains("rule: none matched"), "{out}");
-        let e = run(&path, "s2s-in", "127.0.0.1".parse().unwrap(), None, "<presence/>").unwrap_err();
+        let e = run(&path, "s2s-sideways", "127.0.0.1".parse().unwrap(), None, "<presence/>").unwrap_err();
         assert!(e.to_string().contains("unknown chain"), "{e}");
+        // s2s chains: the gateway's own check (both addresses, RFC 6120 §8.1.2.2), then the rules.
+        let out = run(&path, "s2s-in", "127.0.0.1".parse().unwrap(), None, "<presence/>").unwrap();
+        assert!(out.contains("chain: s2s-in") && out.contains("improper-addressing"), "{out}");
+        let out = run(
+            &path,
+            "s2s-in",
+            "127.0.0.1".parse().unwrap(),
+            None,
+            "<message from='eve@remote.example/x' to='b@example.test'><body>a secret</body></message>",
+        )
+        .unwrap();
+        assert!(out.contains("chain: s2s-in") && !out.contains("gateway: close"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

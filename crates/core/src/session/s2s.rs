@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use ring::hmac;
 
-pub use crate::config::AuthLevel;
 use crate::jid;
+pub use crate::policy::spec::AuthLevel;
 use crate::stanza::Kind;
 use crate::stream::Condition;
 use crate::xml::{Element, XmlLimits, NS_SERVER, NS_STREAMS};
