@@ -24,6 +24,8 @@ GATEWAY_POLICY_PORT    25460  stanzawall with the policy example (test_policy.py
 GATEWAY_POLICY_ADMIN   25461  its [admin] endpoint (GET /metrics)
 GATEWAY_TEXT_PORT      25470  stanzawall -> Prosody, text policy (test_policy_text.py)
 GATEWAY_TEXT_EJABBERD  25472  stanzawall -> ejabberd, same policy
+GATEWAY_ADMIN_PORT     25550  stanzawall -> Prosody with the admin API (test_admin.py)
+GATEWAY_ADMIN_API_PORT 25551  its [admin] listener (API, dashboard, /metrics)
 =====================  =====  ==============================================
 """
 
@@ -55,6 +57,8 @@ GATEWAY_POLICY_PORT = 25460
 GATEWAY_POLICY_ADMIN = 25461
 GATEWAY_TEXT_PORT = 25470
 GATEWAY_TEXT_EJABBERD_PORT = 25472
+GATEWAY_ADMIN_PORT = 25550
+GATEWAY_ADMIN_API_PORT = 25551
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0
