@@ -1,7 +1,7 @@
 //! The admin listener (`[admin] bind`): the JSON API under `/api/v1`, the dashboard at `/`,
 //! `GET /metrics`, `GET /healthz` and `GET /readyz`.
 //!
-//! Every API endpoint needs a bearer token ([`auth`], [`tokens`]); `read` tokens see, `admin`
+//! Every API endpoint needs a bearer token ([`auth`], [`crate::tokens`]); `read` tokens see, `admin`
 //! tokens also act. Public without a token: the dashboard's static files (they hold no data;
 //! the page asks for a token and calls the API with it), `/healthz`, `/readyz`, and `/metrics`
 //! unless `[admin] metrics_public = false`. Every action (kick, ban, unban, list edit, reload)
@@ -18,7 +18,6 @@ mod api;
 pub mod auth;
 mod dashboard;
 pub mod lists;
-pub mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +35,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::state::{Generation, Shared};
+use crate::tokens::Role;
 use auth::FailureLimiter;
-use tokens::Role;
 
 /// A reload asked for through the API: the supervisor answers with the changes or the error.
 pub type ReloadRequest = oneshot::Sender<Result<Vec<String>, String>>;

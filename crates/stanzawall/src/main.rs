@@ -22,6 +22,7 @@ mod server;
 mod sessions;
 mod state;
 mod tls;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -138,8 +139,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::AdminToken { tokens, role, name } => {
-            let role = admin::tokens::Role::parse(&role).unwrap_or(admin::tokens::Role::Read);
-            match admin::tokens::add_to_file(&tokens, name.as_deref(), role) {
+            let role = tokens::Role::parse(&role).unwrap_or(tokens::Role::Read);
+            match tokens::add_to_file(&tokens, name.as_deref(), role) {
                 Ok(token) => {
                     println!("{token}");
                     eprintln!(

@@ -40,7 +40,7 @@ pub struct Generation {
     /// Federation: dialback secret, resolver, trust roots (with `[s2s]`).
     pub s2s: Option<Arc<crate::s2s::S2sRuntime>>,
     /// The admin API's tokens (`[admin] tokens`); empty without the file.
-    pub admin_tokens: Arc<crate::admin::tokens::TokenSet>,
+    pub admin_tokens: Arc<crate::tokens::TokenSet>,
 }
 
 /// Daemon-wide state that outlives generations.
@@ -96,12 +96,12 @@ impl Generation {
 }
 
 /// The token file `[admin] tokens` names; errors point at that line of the config.
-fn load_admin_tokens(config: &Config) -> Result<crate::admin::tokens::TokenSet, ConfigError> {
+fn load_admin_tokens(config: &Config) -> Result<crate::tokens::TokenSet, ConfigError> {
     let (Some(path), Some(origin)) = (&config.admin.tokens, &config.admin.tokens_origin) else {
         return Ok(Default::default());
     };
     let text = files::read_to_string(path).map_err(|e| origin.error(format!("{}: {e}", path.display())))?;
-    crate::admin::tokens::TokenSet::parse(&text).map_err(|e| origin.error(format!("{}:{e}", path.display())))
+    crate::tokens::TokenSet::parse(&text).map_err(|e| origin.error(format!("{}:{e}", path.display())))
 }
 
 /// Load the generation at `path` on a thread of its own, giving up after [`LOAD_DEADLINE`];

@@ -1,4 +1,4 @@
-//! Who may call the admin API: bearer tokens ([`super::tokens`]) and the limit on failed
+//! Who may call the admin API: bearer tokens ([`crate::tokens`]) and the limit on failed
 //! attempts.
 //!
 //! A request without a valid `Authorization: Bearer TOKEN` gets 401; a `read` token on an
