@@ -235,10 +235,24 @@ pub struct Config {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
-    /// Where `GET /metrics` is served; `None`: no admin endpoint.
+    /// Where the admin listener (API, dashboard, `GET /metrics`) is served; `None`: none.
     pub bind: Option<SocketAddr>,
+    /// The file of hashed API tokens (`stanzawall admin-token` writes it); `None`: the API
+    /// answers 401 to everything (only the public endpoints work).
+    pub tokens: Option<PathBuf>,
+    /// Where `tokens` was configured (errors reading the file point here).
+    pub tokens_origin: Option<Origin>,
+    /// `GET /metrics` answers without a token (`metrics_public`, default true: Prometheus
+    /// scrapers usually carry no credentials).
+    pub metrics_public: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { bind: None, tokens: None, tokens_origin: None, metrics_public: true }
+    }
 }
 
 /// How the config reads the other files it names (includes and list files). The core does no
@@ -336,7 +350,9 @@ impl Config {
     /// Every file besides the main one that this config was built from (list files), for
     /// change detection.
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        self.policy.lists.values().filter_map(|l| l.file.clone()).collect()
+        let lists = self.policy.lists.values().filter_map(|l| l.file.clone());
+        // A token added with `stanzawall admin-token` works without a signal.
+        lists.chain(self.admin.tokens.clone()).collect()
     }
 
     /// Human-readable differences from `old`, for the reload log.

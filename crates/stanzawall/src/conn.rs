@@ -105,6 +105,9 @@ struct Connection<'a, S: StreamMachine> {
     armed: Instant,
     /// Outbound s2s: the remote target connected to (for its TLS upgrade).
     remote: Option<Box<crate::dns::ConnectedTarget>>,
+    /// The session's row in the live table (admin API) and its kicks.
+    registration: crate::sessions::Registration,
+    kicks: tokio::sync::mpsc::Receiver<crate::sessions::Kick>,
 }
 
 /// Serve one accepted connection to completion.
@@ -226,6 +229,7 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
         let binding = PolicyBinding { policy, rates: shared.rates.clone(), source_ip: peer.ip() };
         let session = make(&listener, &generation, binding, timeouts, legs::random_id())?;
         let armed = Instant::now() + network.handshake_timeout;
+        let (registration, kicks) = shared.sessions.register(&listener.name, listener.kind.as_str(), peer);
         Some(Connection {
             reported: session.counters(),
             session,
@@ -248,6 +252,8 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
             timer: Box::pin(tokio::time::sleep_until(armed)),
             armed,
             remote: None,
+            registration,
+            kicks,
         })
     }
 
@@ -377,6 +383,7 @@ impl<S: StreamMachine> Connection<'_, S> {
             }
             Effect::Bound(jid) => {
                 tracing::Span::current().record("client.jid", tracing::field::display(&jid));
+                self.registration.set_jid(&jid.to_string());
                 info!("session bound");
             }
             Effect::AuthFailed => self.on_auth_failed().await,
@@ -408,6 +415,7 @@ impl<S: StreamMachine> Connection<'_, S> {
                 self.session.dialback_result(&remote, &local, result);
             }
             Effect::S2sAuthenticated(a) => {
+                self.registration.set_jid(&a.remote.to_string());
                 info!(
                     direction = a.direction,
                     remote = %a.remote,
@@ -464,6 +472,13 @@ impl<S: StreamMachine> Connection<'_, S> {
 
     fn count_stanzas(&mut self) {
         let counters = self.session.counters();
+        let t = &self.totals;
+        self.registration.update(
+            t.from_client,
+            t.to_client,
+            counters.stanzas_from_client,
+            counters.stanzas_from_backend,
+        );
         if counters != self.reported {
             let stanzas = &self.shared.metrics.stanzas;
             let (front, back) = self.session.chains();
@@ -512,6 +527,11 @@ impl<S: StreamMachine> Connection<'_, S> {
             },
             _ = tokio::time::sleep(pause), if room == 0 => self.shaped += pause,
             _ = self.shutdown.changed() => self.session.shutdown(),
+            // An operator's kick (admin API): the engine sends the stream error and closes.
+            Some(kick) = self.kicks.recv() => {
+                info!(session.id = self.registration.id(), condition = kick.condition.as_str(), "session kicked by an operator");
+                self.session.refuse(kick.condition, &kick.text);
+            }
             _ = &mut self.timer => {
                 self.session.handle_timeout(std::time::Instant::now());
                 self.armed = self.deadline();

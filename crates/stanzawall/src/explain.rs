@@ -19,6 +19,19 @@ use crate::state::load_config;
 pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, input: &str) -> anyhow::Result<String> {
     let config = load_config(path)?;
     let policy = Policy::compile(&config.policy)?;
+    explain_with(&config, &policy, chain, source_ip, user, input)
+}
+
+/// The report for every stanza in `input` under a loaded config and its compiled policy (the
+/// admin API's `POST /api/v1/explain` uses the running generation's).
+pub fn explain_with(
+    config: &stanzawall_core::config::Config,
+    policy: &Policy,
+    chain: &str,
+    source_ip: IpAddr,
+    user: Option<&str>,
+    input: &str,
+) -> anyhow::Result<String> {
     let Some(chain) = Chain::from_name(chain) else {
         anyhow::bail!("--chain: unknown chain '{chain}' (expected c2s-in or c2s-out)");
     };
@@ -54,7 +67,7 @@ pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, inpu
         let ctx = Context { chain, user: user.as_ref(), source_ip };
         // The session's own pipeline: the gateway's checks (stamping, `to` preparation, iq
         // structure, forged carbons and roster pushes), then the policy.
-        let decision = decide(&mut el, &ctx, &policy, &rates, now);
+        let decision = decide(&mut el, &ctx, policy, &rates, now);
         let _ = writeln!(out, "stanza {}: {}", i + 1, String::from_utf8_lossy(&el.to_bytes(NS_CLIENT)));
         let _ = writeln!(out, "  chain: {}", chain.as_str());
         match decision {

@@ -62,15 +62,20 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         rates: Arc::new(RateTable::new()),
         metrics: metrics.clone(),
         audit: Audit::start(metrics),
+        sessions: Arc::new(crate::sessions::Sessions::default()),
     };
-    let mut admin = first.config.admin.bind.map(|b| (b, tokio::spawn(crate::metrics::serve(b, registry.clone()))));
     let (gen_tx, gen_rx) = watch::channel(first.clone());
+    // The admin API's reloads come through here and are answered with their outcome.
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<crate::admin::ReloadRequest>(8);
+    let admin_state = Arc::new(crate::admin::Admin::new(gen_rx.clone(), shared.clone(), registry.clone(), reload_tx));
+    let mut admin = first.config.admin.bind.map(|b| (b, tokio::spawn(crate::admin::serve(b, admin_state.clone()))));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
     load_bans(&guard, &first).await;
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
+    admin_state.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -81,8 +86,13 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut watched = first.config.watched_files();
     let mut seen = fingerprint(&watched);
     loop {
+        let mut api_reply = None;
         let reload_now = tokio::select! {
             _ = hup.recv() => true,
+            Some(reply) = reload_rx.recv() => {
+                api_reply = Some(reply);
+                true
+            }
             _ = poll.tick() => {
                 let changed = fingerprint(&watched) != seen;
                 if changed {
@@ -103,7 +113,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             };
-            reload(loaded, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
+            let outcome = reload(loaded, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
+            if let Some(reply) = api_reply {
+                let _ = reply.send(outcome);
+            }
             let current = gen_rx.borrow().clone();
             let now_watched = current.config.watched_files();
             // Files the new config added have no fingerprint yet: the next tick reloads once more.
@@ -114,7 +127,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
                 if let Some((_, task)) = admin.take() {
                     task.abort();
                 }
-                admin = bind.map(|b| (b, tokio::spawn(crate::metrics::serve(b, registry.clone()))));
+                admin = bind.map(|b| (b, tokio::spawn(crate::admin::serve(b, admin_state.clone()))));
             }
         }
     }
@@ -281,15 +294,21 @@ async fn reload(
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
     shared: &Shared,
-) {
+) -> Result<Vec<String>, String> {
     let guard = &shared.guard;
     let next = match loaded {
         Ok(generation) => Arc::new(generation),
-        Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
+        Err(e) => {
+            error!(error = %e, "reload failed; keeping the running configuration");
+            return Err(e.to_string());
+        }
     };
     let sockets = match bind_new(&next, running).await {
         Ok(s) => s,
-        Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
+        Err(e) => {
+            error!(error = %e, "reload failed; keeping the running configuration");
+            return Err(e.to_string());
+        }
     };
     let old = gen_tx.borrow().clone();
     let changes = next.config.diff(&old.config);
@@ -302,4 +321,5 @@ async fn reload(
     reconcile_bans(guard, &next).await;
     start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, shared).await;
     info!(changes = ?changes, "configuration reloaded");
+    Ok(changes)
 }

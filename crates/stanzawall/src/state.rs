@@ -39,6 +39,8 @@ pub struct Generation {
     pub policy: Arc<Policy>,
     /// Federation: dialback secret, resolver, trust roots (with `[s2s]`).
     pub s2s: Option<Arc<crate::s2s::S2sRuntime>>,
+    /// The admin API's tokens (`[admin] tokens`); empty without the file.
+    pub admin_tokens: Arc<crate::tokens::TokenSet>,
 }
 
 /// Daemon-wide state that outlives generations.
@@ -52,6 +54,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The audit log writer.
     pub audit: Audit,
+    /// Open sessions (admin API: list, kick).
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 /// Errors loading a generation: either a config mistake or an unreadable file.
@@ -86,8 +90,18 @@ impl Generation {
         let tls = TlsStore::load(&config)?;
         let ban_sync = BanSync::new(&config);
         let s2s = crate::s2s::S2sRuntime::load(&config, &tls)?.map(Arc::new);
-        Ok(Generation { config, tls, ban_sync, policy, s2s })
+        let admin_tokens = Arc::new(load_admin_tokens(&config)?);
+        Ok(Generation { config, tls, ban_sync, policy, s2s, admin_tokens })
     }
+}
+
+/// The token file `[admin] tokens` names; errors point at that line of the config.
+fn load_admin_tokens(config: &Config) -> Result<crate::tokens::TokenSet, ConfigError> {
+    let (Some(path), Some(origin)) = (&config.admin.tokens, &config.admin.tokens_origin) else {
+        return Ok(Default::default());
+    };
+    let text = files::read_to_string(path).map_err(|e| origin.error(format!("{}: {e}", path.display())))?;
+    crate::tokens::TokenSet::parse(&text).map_err(|e| origin.error(format!("{}:{e}", path.display())))
 }
 
 /// Load the generation at `path` on a thread of its own, giving up after [`LOAD_DEADLINE`];
@@ -198,7 +212,7 @@ fn bans_path(dir: &Path) -> PathBuf {
 }
 
 /// Replace the ban file atomically (write a temporary file, then rename over the old one).
-fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
+pub(crate) fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join("bans.tmp");
     std::fs::write(&tmp, table)?;

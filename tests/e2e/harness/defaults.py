@@ -32,6 +32,8 @@ SITE_OUTBOUND_PORT     25510  127.0.1.2 / 127.0.2.2: where a site's outbound s2s
 GATEWAY_WEB_PORT       25500  stanzawall WebSocket listener -> Prosody (test_web.py)
 GATEWAY_WEB_PAGE_PORT  25501  the test page's HTTP server (its Origin)
 GATEWAY_WEB_C2S_PORT   25502  the same gateway's STARTTLS listener (the slixmpp peer)
+GATEWAY_ADMIN_PORT     25550  stanzawall -> Prosody with the admin API (test_admin.py)
+GATEWAY_ADMIN_API_PORT 25551  its [admin] listener (API, dashboard, /metrics)
 =====================  =====  ==============================================
 
 The s2s sites are the one exception to "all on 127.0.0.1": each site has its own loopback
@@ -74,6 +76,8 @@ SITE_OUTBOUND_PORT = 25510
 GATEWAY_WEB_PORT = 25500
 GATEWAY_WEB_PAGE_PORT = 25501
 GATEWAY_WEB_C2S_PORT = 25502
+GATEWAY_ADMIN_PORT = 25550
+GATEWAY_ADMIN_API_PORT = 25551
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0

@@ -53,6 +53,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: Option<Spanned<String>>,
+    tokens: Option<Spanned<String>>,
+    metrics_public: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -301,12 +303,18 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     let mut policy = super::policy::policy(sections, &raw.include, &raw.audit, loc, files)?;
     super::s2s::s2s_domains(raw.s2s.as_ref(), &mut policy, loc)?;
     resolve_network_lists(&mut network, &raw.network, &policy, loc)?;
-    let admin = match &raw.admin.bind {
-        None => AdminConfig { bind: None },
+    let bind = match &raw.admin.bind {
+        None => None,
         Some(b) => match b.get_ref().parse::<SocketAddr>() {
-            Ok(a) => AdminConfig { bind: Some(a) },
+            Ok(a) => Some(a),
             Err(_) => return loc.err(b.span(), "admin.bind", "expected IP:PORT, e.g. \"127.0.0.1:5380\""),
         },
+    };
+    let admin = AdminConfig {
+        bind,
+        tokens: raw.admin.tokens.as_ref().map(|t| loc.path(t.get_ref())),
+        tokens_origin: raw.admin.tokens.as_ref().map(|t| loc.origin(t.span(), "admin.tokens")),
+        metrics_public: raw.admin.metrics_public.unwrap_or(true),
     };
     let nftables = nftables(&raw.nftables, &listeners, loc)?;
     // Bans (and later other state) outlive the process here; relative to the config file.
