@@ -10,6 +10,7 @@ mod locate;
 mod policy;
 mod raw;
 mod s2s;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ pub use crate::origin::{ConfigError, Origin};
 use crate::policy::spec::PolicyConfig;
 use crate::xml::XmlLimits;
 pub use s2s::{AuthLevel, S2sConfig, S2sDomainsConfig, S2sRoute};
+pub use store::{OnError, StoreBackend, StoreConfig};
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +113,10 @@ pub struct ListenerConfig {
     pub bind_origin: Origin,
     /// The XMPP server behind this listener.
     pub backend: BackendConfig,
+    /// `accept_proxy = "v2"`: every connection starts with a PROXY v2 header from one of these
+    /// load balancers, and the client address in it is the connection's source; `None`: no
+    /// header is read.
+    pub trusted_proxies: Option<Vec<crate::net::Cidr>>,
 }
 
 /// `[limits]`.
@@ -185,6 +191,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[s2s]`: federation (present with s2s listeners).
     pub s2s: Option<S2sConfig>,
+    /// `[store]`: where shared state (rate buckets, bans) is kept.
+    pub store: StoreConfig,
 }
 
 /// `[admin]`.

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use stanzawall_core::config::{Config, ConfigError, Files};
 use stanzawall_core::guard::{Cidr, ConnectionGuard};
-use stanzawall_core::policy::{Policy, RateTable};
+use stanzawall_core::policy::{Policy, RateStore};
 use tracing::{error, info};
 
 use crate::audit::Audit;
@@ -47,7 +47,7 @@ pub struct Shared {
     /// Admission at accept (lists, caps, rates, bans).
     pub guard: SharedGuard,
     /// Rate-limit buckets of `rate` conditions (kept across reloads).
-    pub rates: Arc<RateTable>,
+    pub rates: Arc<dyn RateStore>,
     /// Prometheus families.
     pub metrics: Arc<Metrics>,
     /// The audit log writer.
