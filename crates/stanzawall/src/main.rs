@@ -19,6 +19,7 @@ mod nft;
 mod s2s;
 mod server;
 mod state;
+mod store;
 mod tls;
 
 use std::path::PathBuf;

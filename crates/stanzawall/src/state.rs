@@ -52,6 +52,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The audit log writer.
     pub audit: Audit,
+    /// The shared store (`[store] backend = "redis"`): also `rates`; bans are counted there.
+    pub store: Option<Arc<crate::store::RedisStore>>,
 }
 
 /// Errors loading a generation: either a config mistake or an unreadable file.
@@ -162,13 +164,20 @@ pub struct Permit {
     /// What the guard counted the connection against (released on drop).
     source: Cidr,
     state_dir: PathBuf,
+    store: Option<Arc<crate::store::RedisStore>>,
 }
 
 impl Permit {
     /// The slot of a connection from `ip` that the guard admitted as `source`; failed
     /// authentications are persisted to the ban file in `state_dir`.
     pub fn new(guard: SharedGuard, ip: IpAddr, source: Cidr, state_dir: PathBuf) -> Permit {
-        Permit { guard, ip, source, state_dir }
+        Permit { guard, ip, source, state_dir, store: None }
+    }
+
+    /// Count this connection's failed authentications in the shared store too.
+    pub fn with_store(mut self, store: Option<Arc<crate::store::RedisStore>>) -> Permit {
+        self.store = store;
+        self
     }
 
     /// Count a failed authentication from this connection's source (the address's
@@ -176,19 +185,46 @@ impl Permit {
     /// the ban table is written to the state directory (bans survive a restart) and the ban's
     /// expiry is returned.
     pub async fn auth_failed(&self) -> Option<SystemTime> {
-        let (until, table) = {
-            let mut g = lock(&self.guard);
-            let now = SystemTime::now();
-            let until = g.record_auth_failure(self.ip, now)?;
-            (until, g.bans().to_text(now))
+        let until = match &self.store {
+            None => lock(&self.guard).record_auth_failure(self.ip, SystemTime::now())?,
+            Some(store) => {
+                // Counted in the store, so failures spread over several gateways add up; the
+                // ban reaches the others through the store's channel. Without the store (down,
+                // or no answer in time) this gateway counts alone.
+                let (store, guard, ip) = (store.clone(), self.guard.clone(), self.ip);
+                let shared = tokio::task::spawn_blocking(move || {
+                    let (source, ban) = {
+                        let g = lock(&guard);
+                        (g.source(ip), g.ban_config())
+                    };
+                    let now = SystemTime::now();
+                    let until = store.auth_failed(source, now, &ban, || lock(&guard).record_auth_failure(ip, now))?;
+                    lock(&guard).bans().ban_until(source, until);
+                    Some(until)
+                })
+                .await;
+                match shared {
+                    Ok(until) => until?,
+                    Err(e) => {
+                        error!(error = %e, "ban counter failed");
+                        return None;
+                    }
+                }
+            }
         };
-        let dir = self.state_dir.clone();
-        match tokio::task::spawn_blocking(move || write_bans(&dir, &table)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(state_dir = %self.state_dir.display(), error = %e, "cannot persist bans"),
-            Err(e) => error!(error = %e, "ban writer failed"),
-        }
+        persist_bans(&self.guard, &self.state_dir).await;
         Some(until)
+    }
+}
+
+/// Write the ban table to the state directory (bans survive a restart).
+pub async fn persist_bans(guard: &SharedGuard, state_dir: &Path) {
+    let table = lock(guard).bans().to_text(SystemTime::now());
+    let dir = state_dir.to_owned();
+    match tokio::task::spawn_blocking(move || write_bans(&dir, &table)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(state_dir = %state_dir.display(), error = %e, "cannot persist bans"),
+        Err(e) => error!(error = %e, "ban writer failed"),
     }
 }
 
