@@ -44,7 +44,7 @@ class Listener:
     def toml(self) -> str:
         lines = ["[[listener]]", f'name = "{self.name}"', f'kind = "{self.kind}"',
                  f'bind = "{HOST}:{self.port}"', f'backend = "{HOST}:{self.backend_port}"']
-        lines += [f'{k} = "{v}"' for k, v in self.extra.items()]
+        lines += [f'{k} = {toml_value(v)}' for k, v in self.extra.items()]
         return "\n".join(lines) + "\n"
 
 
