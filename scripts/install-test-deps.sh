@@ -27,6 +27,8 @@ PACKAGES=(
   ldnsutils
   tcpdump
   python3-scapy
+  redis-server
+  haproxy
 )
 POLICY=/usr/sbin/policy-rc.d
 

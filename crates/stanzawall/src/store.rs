@@ -284,18 +284,29 @@ impl RedisStore {
         if self.up.swap(false, Ordering::AcqRel) {
             self.metrics.up.set(0);
             self.pool.lock().clear();
+            warn!(store.kind = label, error = %e, "shared store call failed; down until it answers again");
         }
+    }
+
+    /// A decision taken without the store: counted, and logged once a minute per kind.
+    fn fell_back(&self, kind: usize) {
+        let label = ["rates", "bans"][kind];
+        self.metrics.fallbacks.get_or_create(&KindLabels { kind: label }).inc();
         let now = Instant::now();
         let mut last = self.last_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if last[kind].is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
             last[kind] = Some(now);
             let on_error = [self.config.rates_on_error, self.config.bans_on_error][kind];
-            warn!(store.kind = label, error = %e, on_error = on_error.as_str(), "shared store unavailable; deciding without it (logged once a minute)");
+            warn!(
+                store.kind = label,
+                on_error = on_error.as_str(),
+                "shared store unavailable; deciding without it (logged once a minute)"
+            );
         }
     }
 
     fn fallback_rate(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool {
-        self.metrics.fallbacks.get_or_create(&KindLabels { kind: "rates" }).inc();
+        self.fell_back(0);
         match self.config.rates_on_error {
             OnError::Local => self.local.over_limit(bucket, source, limit, now),
             OnError::Closed => true,
@@ -390,7 +401,7 @@ impl RedisStore {
                 Err(e) => self.failed(1, &e),
             }
         }
-        self.metrics.fallbacks.get_or_create(&KindLabels { kind: "bans" }).inc();
+        self.fell_back(1);
         local()
     }
 
@@ -398,7 +409,7 @@ impl RedisStore {
     pub fn refuse_admission(&self) -> bool {
         let refuse = self.config.bans_on_error == OnError::Closed && !self.is_up();
         if refuse {
-            self.metrics.fallbacks.get_or_create(&KindLabels { kind: "bans" }).inc();
+            self.fell_back(1);
         }
         refuse
     }
