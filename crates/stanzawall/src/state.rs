@@ -24,6 +24,7 @@ use crate::audit::Audit;
 use crate::files::{self, OffLoopError, LOAD_DEADLINE};
 use crate::metrics::Metrics;
 use crate::nft::BanSync;
+use crate::store::{BanEvent, RedisStore};
 use crate::tls::TlsStore;
 
 /// One config generation: the validated config and everything loaded from files it names.
@@ -53,7 +54,7 @@ pub struct Shared {
     /// The audit log writer.
     pub audit: Audit,
     /// The shared store (`[store] backend = "redis"`): also `rates`; bans are counted there.
-    pub store: Option<Arc<crate::store::RedisStore>>,
+    pub store: Option<Arc<RedisStore>>,
 }
 
 /// Errors loading a generation: either a config mistake or an unreadable file.
@@ -164,7 +165,7 @@ pub struct Permit {
     /// What the guard counted the connection against (released on drop).
     source: Cidr,
     state_dir: PathBuf,
-    store: Option<Arc<crate::store::RedisStore>>,
+    store: Option<Arc<RedisStore>>,
 }
 
 impl Permit {
@@ -175,7 +176,7 @@ impl Permit {
     }
 
     /// Count this connection's failed authentications in the shared store too.
-    pub fn with_store(mut self, store: Option<Arc<crate::store::RedisStore>>) -> Permit {
+    pub fn with_store(mut self, store: Option<Arc<RedisStore>>) -> Permit {
         self.store = store;
         self
     }
@@ -308,6 +309,63 @@ pub async fn reconcile_bans(guard: &SharedGuard, generation: &Generation) {
         }
         for (key, until) in added {
             sync.ban_source(key, until).await;
+        }
+    }
+}
+
+/// Apply bans from the shared store (`crate::store`) to this gateway: its guard, its ban file, its nftables set.
+/// Bans this gateway already holds (its own, echoed by the channel) are skipped.
+pub async fn apply_bans(
+    store: Arc<RedisStore>,
+    mut events: tokio::sync::mpsc::Receiver<BanEvent>,
+    guard: SharedGuard,
+    gen_rx: tokio::sync::watch::Receiver<Arc<Generation>>,
+) {
+    while let Some(event) = events.recv().await {
+        let now = SystemTime::now();
+        let (added, local_only) = {
+            let mut g = lock(&guard);
+            let held = g.bans().entries(now);
+            let (incoming, snapshot) = match event {
+                BanEvent::Ban(source, until) => (vec![(source, until)], false),
+                BanEvent::Snapshot(all) => (all, true),
+            };
+            let mut added = Vec::new();
+            for (source, until) in &incoming {
+                if until <= &now || held.iter().any(|(s, u)| s == source && u >= until) {
+                    continue;
+                }
+                g.bans().ban_until(*source, *until);
+                added.push((*source, *until));
+            }
+            // On a snapshot: bans made here while the store was down go to the others now.
+            let local_only: Vec<(Cidr, SystemTime)> = match snapshot {
+                true => held.into_iter().filter(|(s, _)| !incoming.iter().any(|(i, _)| i == s)).collect(),
+                false => Vec::new(),
+            };
+            (added, local_only)
+        };
+        if !local_only.is_empty() {
+            let store = store.clone();
+            let count = local_only.len();
+            match tokio::task::spawn_blocking(move || store.push_bans(&local_only)).await {
+                Ok(Ok(())) => info!(bans = count, "bans made while the shared store was down pushed to it"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot push local bans to the shared store"),
+                Err(e) => tracing::warn!(error = %e, "ban pusher failed"),
+            }
+        }
+        if added.is_empty() {
+            continue;
+        }
+        let generation = gen_rx.borrow().clone();
+        for (source, until) in &added {
+            info!(client.source = %source, banned_until_unix = crate::store::unix_secs(*until), "ban received from the shared store");
+        }
+        persist_bans(&guard, &generation.config.state_dir).await;
+        if let Some(sync) = &generation.ban_sync {
+            for (source, until) in added {
+                sync.ban_source(source, until).await;
+            }
         }
     }
 }

@@ -143,7 +143,7 @@ pub fn parse_ban_message(text: &str) -> Option<(Cidr, SystemTime)> {
     parts.next().is_none().then_some((source, until))
 }
 
-fn unix_secs(t: SystemTime) -> u64 {
+pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -371,7 +371,7 @@ impl RedisStore {
     }
 
     /// Put bans made here while the store was down into it (blocking).
-    fn push_bans(&self, bans: &[(Cidr, SystemTime)]) -> redis::RedisResult<()> {
+    pub fn push_bans(&self, bans: &[(Cidr, SystemTime)]) -> redis::RedisResult<()> {
         self.with_connection(|con| {
             for (source, until) in bans {
                 let _: i64 = self
@@ -523,63 +523,6 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
-    }
-}
-
-/// Apply bans from the store to this gateway: its guard, its ban file, its nftables set.
-/// Bans this gateway already holds (its own, echoed by the channel) are skipped.
-pub async fn apply_bans(
-    store: Arc<RedisStore>,
-    mut events: mpsc::Receiver<BanEvent>,
-    guard: crate::state::SharedGuard,
-    gen_rx: tokio::sync::watch::Receiver<Arc<crate::state::Generation>>,
-) {
-    while let Some(event) = events.recv().await {
-        let now = SystemTime::now();
-        let (added, local_only) = {
-            let mut g = crate::state::lock(&guard);
-            let held = g.bans().entries(now);
-            let (incoming, snapshot) = match event {
-                BanEvent::Ban(source, until) => (vec![(source, until)], false),
-                BanEvent::Snapshot(all) => (all, true),
-            };
-            let mut added = Vec::new();
-            for (source, until) in &incoming {
-                if until <= &now || held.iter().any(|(s, u)| s == source && u >= until) {
-                    continue;
-                }
-                g.bans().ban_until(*source, *until);
-                added.push((*source, *until));
-            }
-            // On a snapshot: bans made here while the store was down go to the others now.
-            let local_only: Vec<(Cidr, SystemTime)> = match snapshot {
-                true => held.into_iter().filter(|(s, _)| !incoming.iter().any(|(i, _)| i == s)).collect(),
-                false => Vec::new(),
-            };
-            (added, local_only)
-        };
-        if !local_only.is_empty() {
-            let store = store.clone();
-            let count = local_only.len();
-            match tokio::task::spawn_blocking(move || store.push_bans(&local_only)).await {
-                Ok(Ok(())) => info!(bans = count, "bans made while the shared store was down pushed to it"),
-                Ok(Err(e)) => warn!(error = %e, "cannot push local bans to the shared store"),
-                Err(e) => warn!(error = %e, "ban pusher failed"),
-            }
-        }
-        if added.is_empty() {
-            continue;
-        }
-        let generation = gen_rx.borrow().clone();
-        for (source, until) in &added {
-            info!(client.source = %source, banned_until_unix = unix_secs(*until), "ban received from the shared store");
-        }
-        crate::state::persist_bans(&guard, &generation.config.state_dir).await;
-        if let Some(sync) = &generation.ban_sync {
-            for (source, until) in added {
-                sync.ban_source(source, until).await;
-            }
-        }
     }
 }
 
