@@ -37,6 +37,8 @@ PACKAGES=(
   python3-selenium
   libjs-strophe
   python3-websockets
+  redis-server
+  haproxy
 )
 POLICY=/usr/sbin/policy-rc.d
 

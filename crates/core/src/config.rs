@@ -10,6 +10,7 @@ mod locate;
 mod policy;
 mod raw;
 mod s2s;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +22,7 @@ use crate::policy::spec::PolicyConfig;
 pub use crate::policy::spec::{AuthLevel, S2sDomainsConfig};
 use crate::xml::XmlLimits;
 pub use s2s::{S2sConfig, S2sRoute};
+pub use store::{OnError, StoreBackend, StoreConfig};
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,10 @@ pub struct ListenerConfig {
     pub backend: BackendConfig,
     /// `kind = "websocket"`: path, origins, caps (defaults elsewhere).
     pub web: WebOptions,
+    /// `accept_proxy = "v2"`: every connection starts with a PROXY v2 header from one of these
+    /// load balancers, and the client address in it is the connection's source; `None`: no
+    /// header is read.
+    pub trusted_proxies: Option<Vec<crate::net::Cidr>>,
 }
 
 /// Which browser origins may open WebSocket sessions (`allowed_origins`). A handshake without
@@ -232,6 +238,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[s2s]`: federation (present with s2s listeners).
     pub s2s: Option<S2sConfig>,
+    /// `[store]`: where shared state (rate buckets, bans) is kept.
+    pub store: StoreConfig,
 }
 
 /// `[admin]`.

@@ -45,7 +45,7 @@ use crate::xml::Element;
 
 use cidrset::CidrSet;
 use jidset::{DomainSet, JidSet};
-pub use rate::RateTable;
+pub use rate::{RateStore, RateTable};
 pub use spec::{AuditConfig, Chain, PolicyConfig};
 use url::{NormalizedUrl, UrlSet};
 pub use verdict::{Disposition, Hit, Outcome, RuleAction, Verdict};
@@ -365,12 +365,19 @@ impl Policy {
 
     /// Decide what happens to stanza `el` on its own (see [`Policy::evaluate_stanza`] for the
     /// stanzas it wraps).
-    pub fn evaluate(&self, el: &Element, ctx: &Context<'_>, rates: &RateTable, now: Instant) -> Verdict {
+    pub fn evaluate(&self, el: &Element, ctx: &Context<'_>, rates: &dyn RateStore, now: Instant) -> Verdict {
         self.evaluate_as(el, ctx, rates, now, false)
     }
 
     /// `evaluate`, for a stanza wrapped in another when `wrapped`.
-    fn evaluate_as(&self, el: &Element, ctx: &Context<'_>, rates: &RateTable, now: Instant, wrapped: bool) -> Verdict {
+    fn evaluate_as(
+        &self,
+        el: &Element,
+        ctx: &Context<'_>,
+        rates: &dyn RateStore,
+        now: Instant,
+        wrapped: bool,
+    ) -> Verdict {
         let facts = Facts::new(el, ctx, wrapped);
         let mut hits = Vec::new();
         for &i in &self.chains[ctx.chain.index()] {
@@ -401,11 +408,11 @@ impl Policy {
         Verdict { outcome: self.defaults[ctx.chain.index()].clone(), rule: None, hits }
     }
 
-    fn all(&self, conds: &[Cond], f: &Facts<'_>, rates: &RateTable, now: Instant) -> bool {
+    fn all(&self, conds: &[Cond], f: &Facts<'_>, rates: &dyn RateStore, now: Instant) -> bool {
         conds.iter().all(|c| self.holds(c, f, rates, now))
     }
 
-    fn holds(&self, c: &Cond, f: &Facts<'_>, rates: &RateTable, now: Instant) -> bool {
+    fn holds(&self, c: &Cond, f: &Facts<'_>, rates: &dyn RateStore, now: Instant) -> bool {
         match c {
             Cond::Kind(kinds) => Kind::of(f.el).is_some_and(|k| kinds.contains(&k)),
             Cond::Type(types) => {

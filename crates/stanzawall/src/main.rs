@@ -21,6 +21,7 @@ mod s2s;
 mod server;
 mod sessions;
 mod state;
+mod store;
 mod tls;
 mod tokens;
 

@@ -47,6 +47,7 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     s2s: Option<super::s2s::RawS2s>,
+    store: Option<super::store::RawStore>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +90,8 @@ struct RawListener {
     max_frame_bytes: Option<Spanned<i64>>,
     max_message_bytes: Option<Spanned<i64>>,
     public_url: Option<Spanned<String>>,
+    accept_proxy: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,7 +246,9 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             }
             other => other.as_ref().map(|s| s.get_ref().clone()),
         };
+        let trusted_proxies = super::store::accept_proxy(&l.accept_proxy, &l.trusted_proxies, kind, &key, loc)?;
         listeners.push(ListenerConfig {
+            trusted_proxies,
             name,
             kind,
             bind,
@@ -321,8 +326,10 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
     let needs_s2s = listeners.iter().any(|l| l.kind.is_s2s());
     let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, &state_dir, loc)?;
+    let store = super::store::store(raw.store.as_ref(), loc)?;
     Ok(Config {
         s2s,
+        store,
         path: loc.file.to_path_buf(),
         state_dir,
         certificates,

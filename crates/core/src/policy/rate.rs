@@ -74,7 +74,29 @@ pub struct Limit {
     pub max_keys_per_source: usize,
 }
 
-/// Shared rate state.
+/// Where rate buckets are kept: the one interface the policy evaluator charges events through
+/// (the rate part of the `Store` of DESIGN.md "State"). The evaluator decides *which* bucket and
+/// limit a stanza is charged to; the store only keeps the counters.
+///
+/// [`RateTable`] is the in-process store (one gateway). The daemon's Redis store keeps the same
+/// GCRA arithmetic in one atomic script, so several gateways behind a load balancer share one
+/// bucket per key; it answers within its time budget or falls back as configured. Calls are
+/// synchronous and made only when a `rate` condition is evaluated: a stanza that meets no rate
+/// condition costs the store nothing.
+pub trait RateStore: Send + Sync + std::fmt::Debug {
+    /// Charge one event to `bucket`, made by `source`; true if it is over the limit. A store
+    /// that cannot tell (a bucket it may not create, a backend it cannot reach) answers as
+    /// documented for it, never by panicking.
+    fn over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool;
+}
+
+impl RateStore for RateTable {
+    fn over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool {
+        RateTable::over_limit(self, bucket, source, limit, now)
+    }
+}
+
+/// Shared rate state, in process.
 #[derive(Debug)]
 pub struct RateTable {
     buckets: KeyedTable<Gcra>,
