@@ -154,6 +154,18 @@ pub async fn serve(
             conn.serve().await
         }
         ListenerKind::S2sOut => {
+            // Transparent interception (`[s2s] intercept`, nftables redirect): where our server
+            // meant to go. The remote domain still comes from the stream header and is
+            // resolved by the gateway itself; the address is for the log.
+            let original = socket2::SockRef::from(&socket)
+                .original_dst_v4()
+                .or_else(|_| socket2::SockRef::from(&socket).original_dst_v6())
+                .ok()
+                .and_then(|a| a.as_socket())
+                .filter(|a| *a != local);
+            if let Some(dst) = original {
+                info!(original_dst = %dst, "outbound s2s intercepted");
+            }
             let make: MakeSession<S2sOutbound> = |l, g, b, t, id| {
                 let rt = g.s2s.as_ref()?;
                 Some(S2sOutbound::new(rt.settings(l, &g.config, id, t), b, std::time::Instant::now()))

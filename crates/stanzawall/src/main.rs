@@ -207,6 +207,24 @@ fn main() -> ExitCode {
                     g.config.policy.rules.len(),
                     g.config.policy.lists.len()
                 );
+                if let Some(s2s) = &g.config.s2s {
+                    let p = &g.config.policy.s2s;
+                    println!(
+                        "federation: domains {:?}; allow {} (empty: everyone), deny {}; require_tls {}; \
+                         require_authenticated {} (+{} per-domain); dnssec {}; resolver {}; {} static routes; \
+                         dialback secret {}",
+                        s2s.local_domains,
+                        p.allow.len(),
+                        p.deny.len(),
+                        s2s.require_tls,
+                        p.default_require.unwrap_or(stanzawall_core::config::AuthLevel::Dialback).as_str(),
+                        p.require.len(),
+                        if s2s.dnssec { "validate" } else { "off" },
+                        s2s.resolver.map_or_else(|| "system".to_owned(), |r| r.to_string()),
+                        s2s.routes.len(),
+                        s2s.dialback_secret_file.display(),
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -325,7 +325,8 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     // Bans (and later other state) outlive the process here; relative to the config file.
     let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
     let needs_s2s = listeners.iter().any(|l| l.kind.is_s2s());
-    let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, &state_dir, loc)?;
+    let has_out = listeners.iter().any(|l| l.kind == ListenerKind::S2sOut);
+    let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, has_out, &state_dir, loc)?;
     let store = super::store::store(raw.store.as_ref(), loc)?;
     Ok(Config {
         s2s,

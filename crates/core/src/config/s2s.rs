@@ -47,6 +47,10 @@ pub struct S2sConfig {
     pub dialback_secret_file: PathBuf,
     /// Static routes.
     pub routes: Vec<S2sRoute>,
+    /// `intercept`: our servers' addresses whose outbound s2s (TCP 5269, any destination) the
+    /// generated nftables ruleset redirects to the `s2s-out` listener (transparent interception;
+    /// the gateway is their router).
+    pub intercept: Vec<crate::net::Cidr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +77,7 @@ pub(super) struct RawS2s {
     connection_rate_per_domain: Option<Spanned<String>>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    intercept: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +92,7 @@ struct RawRoute {
 pub(super) fn s2s(
     raw: Option<&RawS2s>,
     needed: bool,
+    has_out_listener: bool,
     state_dir: &std::path::Path,
     loc: &Locator<'_>,
 ) -> Result<Option<S2sConfig>, ConfigError> {
@@ -152,6 +158,16 @@ pub(super) fn s2s(
         };
         routes.push(S2sRoute { domain, connect: route.connect.get_ref().clone(), direct_tls });
     }
+    let mut intercept = Vec::new();
+    for e in r.intercept.iter().flatten() {
+        let Some(cidr) = crate::net::Cidr::parse(e.get_ref()) else {
+            return loc.err(e.span(), "s2s.intercept", format!("'{}' is not an address or CIDR", e.get_ref()));
+        };
+        if !has_out_listener {
+            return loc.err(e.span(), "s2s.intercept", "needs an s2s-out listener to redirect to");
+        }
+        intercept.push(cidr);
+    }
     let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| loc.path(p.get_ref()));
     Ok(Some(S2sConfig {
         local_domains,
@@ -162,6 +178,7 @@ pub(super) fn s2s(
         resolver,
         dialback_secret_file: path(&r.dialback_secret_file).unwrap_or_else(|| state_dir.join("dialback.key")),
         routes,
+        intercept,
     }))
 }
 
