@@ -422,3 +422,43 @@ fn dialback_elements_keep_their_prefix_and_parse_back() {
     let Ok(Some(crate::xml::XmlEvent::Stanza(second))) = r.next_event() else { panic!("no element") };
     assert!(second.child(crate::xml::NS_SERVER, "error").is_some());
 }
+
+#[test]
+fn per_domain_stanza_rate_bounces_the_excess() {
+    // "1/minute" with a burst of 10: the eleventh stanza of b.example in the minute is bounced
+    // back to its sender on the same stream; the stream stays up.
+    let mut s = inbound_open(PeerCert::Pkix, "stanza_rate_per_domain = \"1/minute\"");
+    front(&mut s);
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>", now());
+    effects(&mut s);
+    backend_accepts(&mut s);
+    s.client_bytes(header(REMOTE, LOCAL, None).as_bytes(), now());
+    front(&mut s);
+    back(&mut s);
+    for i in 0..11 {
+        s.client_bytes(format!("<message id='m{i}' from='eve@b.example' to='bob@a.example'><body>{i}</body></message>").as_bytes(), now());
+    }
+    let relayed = back(&mut s);
+    assert_eq!(relayed.matches("<message").count(), 10, "{relayed}");
+    let out = front(&mut s);
+    assert!(out.contains("id='m10'") && out.contains("type='error'") && out.contains("policy-violation"), "{out}");
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn per_domain_connection_rate_refuses_new_streams() {
+    let p = policy("connection_rate_per_domain = \"1/hour\"");
+    let rates = Arc::new(RateTable::new());
+    let mut refused = 0;
+    for _ in 0..12 {
+        let b = PolicyBinding { policy: p.clone(), rates: rates.clone(), source_ip: "192.0.2.7".parse().unwrap() };
+        let mut s = S2sInbound::new(settings(true), b, now());
+        s.client_bytes(header(REMOTE, LOCAL, None).as_bytes(), now());
+        s.peer_certificate(REMOTE, PeerCert::None);
+        s.client_bytes(b"<db:result from='b.example' to='a.example'>k</db:result>", now());
+        if front(&mut s).contains("too many streams") {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2, "a burst of 10, then refused");
+}
