@@ -52,8 +52,8 @@ def gateway_for(d, pki, site_spec, other_spec, **kw) -> S2sGateway:
 def fed(request, tmp, pki):
     kind_b = request.param
     d = tmp / f"federation-{kind_b}"
-    gw_a = gateway_for(d, pki, SITE_A, SITE_B)
-    gw_b = gateway_for(d, pki, SITE_B, SITE_A)
+    gw_a = gateway_for(d, pki, SITE_A, SITE_B, admin_port=25505)
+    gw_b = gateway_for(d, pki, SITE_B, SITE_A, admin_port=25505)
     with running_sites(d, (SITE_A, {}), (SITE_B, {"kind": kind_b, "pki": pki})) as (a, b):
         gw_a.start()
         try:
@@ -90,6 +90,10 @@ def test_messages_cross_both_gateways(fed):
     assert (in_b["method"], in_b["certificate"]) == ("sasl-external", "pkix"), in_b
     _authenticated(fed.gw_b, "out", "a.example")
     _authenticated(fed.gw_a, "in", "b.example")
+    # Metrics: the pairs and the stanzas per chain.
+    m = fed.gw_a.metrics()
+    assert 'stanzawall_s2s_authenticated_total{direction="out",method="sasl-external",certificate="pkix",dnssec="static-route"} ' in m, m
+    assert 'stanzawall_stanzas_total{chain="s2s-out"} 0' not in m and 'stanzawall_stanzas_total{chain="s2s-out"}' in m
     # The servers only ever talked to their own gateway: their logs name no other peer.
     assert "127.0.2.1" not in a.server.log_path.read_text(errors="replace")
 

@@ -22,6 +22,7 @@ from harness.sites import SITE_A, SITE_B, RecordingRelay, Site, log_tails, runni
 
 RELAY = ("127.0.1.3", 25501)
 GW_A = (SITE_A.outbound_host, S2S_IN_PORT)
+DIRECT_TLS_PORT = 25506
 
 
 @dataclass
@@ -56,7 +57,7 @@ def world(tmp, pki):
     cert_b, key_b = pki.issue("gw-refusals-b", ["b.example"])
     gw_a = S2sGateway(
         d / "gw-a", domain="a.example", host=SITE_A.outbound_host, cert=cert_a, key=key_a, ca_cert=pki.ca_cert,
-        backend=RELAY, routes={"b.example": (SITE_B.outbound_host, S2S_IN_PORT)},
+        backend=RELAY, routes={"b.example": (SITE_B.outbound_host, S2S_IN_PORT)}, direct_tls_port=DIRECT_TLS_PORT,
         s2s_extra='deny = ["list:blocked"]\nrequire_authenticated = { "strict.example" = "pkix" }',
         extra_toml=f'[list.blocked]\nfile = "{blocked}"\n')
     gw_b = S2sGateway(
@@ -200,6 +201,31 @@ def test_require_pkix_refuses_a_bad_certificate(world, case):
     assert world.backend_bytes()[len(before):] == b""
 
 
+def test_direct_tls_inbound_with_sasl_external(world):
+    """XEP-0368: TLS (ALPN xmpp-server) before the stream; the certificate proves b.example, SASL
+    EXTERNAL succeeds, and a stanza is delivered; a forged one on the same stream is not."""
+    a = world.a
+    cert = world.pki.issue("peer-b-direct", ["b.example"])
+
+    async def scenario():
+        async with a.client("alice") as alice:
+            with RawS2s.dial_direct_tls(SITE_A.outbound_host, DIRECT_TLS_PORT, frm="b.example", to="a.example",
+                                        ca_file=world.pki.ca_cert, client_cert=cert) as s:
+                assert s.sock.selected_alpn_protocol() == "xmpp-server"
+                features = s.start_stream()
+                assert "EXTERNAL" in features and "starttls" not in features, features
+                assert "<success" in s.sasl_external()
+                s.start_stream()
+                s.send("<message from='eve@b.example/x' to='alice@a.example' type='chat'><body>direct</body></message>")
+                m = await alice.next_message(30)
+                assert m.body == "direct", m.xml
+
+    try:
+        run(scenario(), 90)
+    except BaseException as e:
+        raise AssertionError(f"{e!r}\n{world.logs()}") from e
+
+
 def test_deny_on_reload_cuts_live_sessions(world):
     a, b = world.a, world.b
 
@@ -233,3 +259,4 @@ def test_deny_on_reload_cuts_live_sessions(world):
     recs = [r for r in world.gw_a.audit() if r.get("event") == "s2s-refused" and r.get("remote") == "b.example"
             and "deny" in r.get("reason", "")]
     assert recs, world.gw_a.audit()[-10:]
+

@@ -49,7 +49,8 @@ class S2sGateway:
                  in_port: int = S2S_IN_PORT, out_port: int = S2S_OUT_PORT, s2s_extra: str = "",
                  extra_toml: str = "", direct_tls_port: int | None = None,
                  extra_certs: list[tuple[list[str], Path, Path]] | None = None,
-                 extra_domains: list[str] | None = None, extra_listeners: str = ""):
+                 extra_domains: list[str] | None = None, extra_listeners: str = "",
+                 admin_port: int | None = None):
         self.dir = Path(dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.domain, self.host = domain, host
@@ -63,6 +64,8 @@ class S2sGateway:
         self.extra_domains = list(extra_domains or [])
         #: ``[[listener]]`` tables added verbatim (their ports are not waited for).
         self.extra_listeners = extra_listeners
+        #: ``[admin] bind`` on ``host`` (GET /metrics is public by default).
+        self.admin_port = admin_port
         self.config_path = self.dir / "stanzawall.toml"
         self.log_path = self.dir / "stanzawall.log"
         self.audit_path = self.dir / "audit.jsonl"
@@ -102,6 +105,8 @@ class S2sGateway:
             lines.append(self.s2s_extra)
         for domain, (h, p) in self.routes.items():
             lines += ["[[s2s.route]]", f"domain = {toml_value(domain)}", f'connect = "{h}:{p}"']
+        if self.admin_port:
+            lines += ["", "[admin]", f'bind = "{self.host}:{self.admin_port}"']
         if self.extra_toml:
             lines += ["", self.extra_toml]
         return "\n".join(lines) + "\n"
@@ -145,6 +150,11 @@ class S2sGateway:
         raise AssertionError(f"{needle!r} not in the log of gateway {self.domain} within {timeout}s:\n"
                              f"{self.log_tail()}")
 
+    def metrics(self) -> str:
+        import urllib.request
+        with urllib.request.urlopen(f"http://{self.host}:{self.admin_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
     def audit(self) -> list[dict]:
         if not self.audit_path.exists():
             return []
@@ -182,6 +192,13 @@ class RawS2s(RawStream):
         sock = socket.create_connection((host, port), timeout=timeout)
         return cls(sock, frm=frm, to=to, ca_file=ca_file, client_cert=client_cert, timeout=timeout)
 
+    @classmethod
+    def dial_direct_tls(cls, host: str, port: int, **kw) -> "RawS2s":
+        """Direct TLS (XEP-0368): the handshake first, then the stream."""
+        s = cls.dial(host, port, **kw)
+        s._wrap_tls()
+        return s
+
     def start_stream(self, to: str | None = None) -> str:
         self.send(s2s_header(self.frm, to or self.to))
         self.expect(r"<stream:stream\b[^>]*>")
@@ -190,6 +207,7 @@ class RawS2s(RawStream):
 
     def _wrap_tls(self) -> None:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.set_alpn_protocols(["xmpp-server"])   # XEP-0368 (ignored on STARTTLS)
         if self.client_cert:
             ctx.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
         self.sock = ctx.wrap_socket(self.sock, server_hostname=self.server_name)
