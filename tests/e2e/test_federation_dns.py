@@ -27,6 +27,8 @@ from harness.dnszone import DnsZone
 from harness.federation import S2S_IN_PORT, RawS2s, S2sGateway
 from harness.sites import SITE_A, SITE_B, Site, log_tails, running_sites
 
+DIRECT_TLS_PORT = 25506
+
 
 @dataclass
 class World:
@@ -50,15 +52,20 @@ def world(tmp, pki):
     cert_u, key_u = pki.issue("gw-dns-unsigned", ["unsigned.test"])
     # c.example's certificate is valid by PKIX (trusted CA): only the TLSA mismatch refuses it.
     cert_c, key_c = pki.issue("gw-dns-c", ["c.example"])
+    # tls.example: only _xmpps-server (direct TLS, XEP-0368) to gateway B's s2s-tls listener,
+    # an untrusted certificate matched by TLSA.
+    cert_t, key_t = other.issue("gw-dns-tls", ["tls.example"])
     zone = DnsZone(d / "zone")
     gw_b_host = SITE_B.outbound_host
     for line in (f"_xmpp-server._tcp.b.example. 300 IN SRV 0 0 {S2S_IN_PORT} gw.b.example.",
                  f"gw.b.example. 300 IN A {gw_b_host}",
                  f"_xmpp-server._tcp.c.example. 300 IN SRV 0 0 {S2S_IN_PORT} gw.c.example.",
                  f"gw.c.example. 300 IN A {gw_b_host}",
-                 f"_{S2S_IN_PORT}._tcp.gw.c.example. 300 IN TLSA 3 1 1 {'5a' * 32}"):
+                 f"_{S2S_IN_PORT}._tcp.gw.c.example. 300 IN TLSA 3 1 1 {'5a' * 32}",
+                 f"_xmpps-server._tcp.tls.example. 300 IN SRV 0 0 {DIRECT_TLS_PORT} gw.b.example."):
         zone.add_record(line)
     zone.add_tlsa(f"_{S2S_IN_PORT}._tcp.gw.b.example", cert_b.read_text())
+    zone.add_tlsa(f"_{DIRECT_TLS_PORT}._tcp.gw.b.example", cert_t.read_text())
     gw_a = S2sGateway(
         d / "gw-a", domain="a.example", host=SITE_A.outbound_host, cert=cert_a, key=key_a, ca_cert=pki.ca_cert,
         backend=SITE_A.s2s,
@@ -67,8 +74,9 @@ def world(tmp, pki):
     gw_b = S2sGateway(
         d / "gw-b", domain="b.example", host=gw_b_host, cert=cert_b, key=key_b, ca_cert=pki.ca_cert,
         backend=SITE_B.s2s, routes={"a.example": (SITE_A.outbound_host, S2S_IN_PORT)},
-        extra_certs=[(["unsigned.test"], cert_u, key_u), (["c.example"], cert_c, key_c)],
-        extra_domains=["unsigned.test", "c.example"],
+        extra_certs=[(["unsigned.test"], cert_u, key_u), (["c.example"], cert_c, key_c),
+                     (["tls.example"], cert_t, key_t)],
+        extra_domains=["unsigned.test", "c.example", "tls.example"], direct_tls_port=DIRECT_TLS_PORT,
         extra_listeners=('[[listener]]\nname = "s2s-unsigned"\nkind = "s2s"\nbind = "127.0.0.1:5269"\n'
                          f'backend = "{SITE_B.s2s[0]}:{SITE_B.s2s[1]}"'))
     zone.start()
@@ -163,3 +171,15 @@ def test_unsigned_zone_falls_back_to_pkix(world):
         s.expect(r"<db:result [^>]*type='valid'", timeout=30)
     rec = out_auth(world, "unsigned.test")
     assert (rec["certificate"], rec["dnssec"], rec["method"]) == ("pkix", "insecure", "sasl-external"), rec
+
+
+def test_xmpps_server_srv_goes_direct_tls(world):
+    """tls.example publishes only ``_xmpps-server._tcp`` (XEP-0368): gateway A connects with
+    TLS first (ALPN xmpp-server, SNI tls.example) to gateway B's s2s-tls listener; the
+    certificate is authenticated by DANE on that port's TLSA."""
+    with our_server(world, "tls.example") as s:
+        s.db_result("02" * 32)
+        s.expect(r"<db:result [^>]*type='valid'", timeout=30)
+    rec = out_auth(world, "tls.example")
+    assert (rec["certificate"], rec["dnssec"], rec["method"]) == ("dane", "secure", "sasl-external"), rec
+    assert f"addr={world.gw_b.host}:{DIRECT_TLS_PORT}" in world.gw_a.log()
