@@ -267,3 +267,101 @@ fn check_server_frames(mut b: &[u8]) {
         b = &b[at + len..];
     }
 }
+
+/// An s2s session (federation) fed arbitrary I/O events and daemon answers. The first byte
+/// picks the kind (inbound, inbound over direct TLS, outbound) and the deny list; then ops as
+/// in [`session`], plus the daemon's answers to the s2s effects (certificate verdicts,
+/// dialback results, the remote's certificate). Invariants: no panic; nothing is written after
+/// the close; no stanza reaches the back leg of an inbound session before some pair was
+/// authenticated (an authentication effect precedes it).
+pub fn s2s(data: &[u8], start: std::time::Instant) {
+    use crate::session::s2s::{DialbackSecret, Dnssec, PeerCert, S2sInbound, S2sOutbound, S2sSettings};
+    let first = data.first().copied().unwrap_or(0);
+    let settings = S2sSettings {
+        local_domains: vec!["a.example".to_owned()].into(),
+        cert_domains: vec!["a.example".to_owned()].into(),
+        require_tls: first & 8 == 0,
+        direct_tls: first & 1 == 1,
+        limits: limits(),
+        backend_limits: limits(),
+        stream_id: "fuzz".to_owned(),
+        timeouts: crate::session::Timeouts::default(),
+        dialback: std::sync::Arc::new(DialbackSecret::new(b"fuzz")),
+    };
+    let mut spec = crate::policy::PolicyConfig::default();
+    if first & 16 != 0 {
+        let origin = crate::origin::Origin { file: "fuzz".into(), line: 1, key: "s2s.deny".into() };
+        spec.s2s.deny.push(crate::origin::Located { value: "b.example".to_owned(), origin });
+    }
+    let Ok(policy) = crate::policy::Policy::compile(&spec) else { return };
+    let binding = crate::session::PolicyBinding {
+        policy: std::sync::Arc::new(policy),
+        rates: std::sync::Arc::new(crate::policy::RateTable::new()),
+        source_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+    };
+    let mut s: Box<dyn StreamMachine> = if first & 2 != 0 {
+        Box::new(S2sOutbound::new(settings, binding, start))
+    } else {
+        Box::new(S2sInbound::new(settings, binding, start))
+    };
+    let inbound = first & 2 == 0;
+    let mut authenticated = false;
+    let mut now = start;
+    let mut rest = data.get(1..).unwrap_or_default();
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        let was_closed = s.is_closed();
+        now += std::time::Duration::from_secs(1);
+        let cert = || match op / 16 % 4 {
+            0 => PeerCert::None,
+            1 => PeerCert::Invalid("fuzz".into()),
+            2 => PeerCert::Pkix,
+            _ => PeerCert::Dane,
+        };
+        match op % 16 {
+            0 | 1 => {
+                let n = rest.first().map_or(0, |&n| usize::from(n)).min(rest.len().saturating_sub(1));
+                let bytes = rest.get(1..1 + n).unwrap_or_default();
+                rest = rest.get(1 + n..).unwrap_or_default();
+                if op % 16 == 0 {
+                    s.client_bytes(bytes, now)
+                } else {
+                    s.backend_bytes(bytes, now)
+                }
+            }
+            2 => s.client_tls_established(),
+            3 => s.backend_connected(),
+            4 => s.backend_tls_established(),
+            5 => s.shutdown(),
+            6 => s.backend_failed("fuzz"),
+            7 => s.client_disconnected(),
+            8 => s.handle_timeout(now + std::time::Duration::from_secs(u64::from(op) * 60)),
+            9 => s.peer_certificate("b.example", cert()),
+            10 => s.dialback_result("b.example", "a.example", Ok(op & 32 != 0)),
+            11 => s.dialback_result("b.example", "a.example", Err("fuzz".into())),
+            12 => s.remote_certificate(cert(), Dnssec::Secure),
+            13 => s.refuse(crate::stream::Condition::PolicyViolation, "fuzz"),
+            _ => {
+                let _ = s.take_client_buffered();
+                let _ = s.take_backend_buffered();
+            }
+        }
+        let to_client = s.take_to_client();
+        let to_backend = s.take_to_backend();
+        while let Some(effect) = s.poll_effect() {
+            if matches!(effect, crate::session::Effect::S2sAuthenticated(_)) {
+                authenticated = true;
+            }
+        }
+        if was_closed {
+            assert!(to_client.is_empty() && to_backend.is_empty(), "wrote after close");
+        }
+        if inbound && !authenticated {
+            let text = String::from_utf8_lossy(&to_backend);
+            assert!(
+                !text.contains("<message") && !text.contains("<iq") && !text.contains("<presence"),
+                "stanza before authentication"
+            );
+        }
+    }
+}

@@ -31,6 +31,11 @@ fn xml_stream_corpus() {
 }
 
 #[test]
+fn s2s_corpus() {
+    replay("s2s", |data| fuzzing::s2s(data, std::time::Instant::now()));
+}
+
+#[test]
 fn session_corpus() {
     replay("session", |data| fuzzing::session(data, std::time::Instant::now()));
 }
