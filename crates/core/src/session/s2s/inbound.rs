@@ -582,7 +582,7 @@ impl StreamMachine for S2sInbound {
     }
 
     fn client_tls_established(&mut self) {
-        if self.phase != Phase::TlsHandshake {
+        if self.core.closed || self.phase != Phase::TlsHandshake {
             return;
         }
         self.tls = true;
@@ -642,6 +642,9 @@ impl StreamMachine for S2sInbound {
 
     fn set_policy(&mut self, policy: std::sync::Arc<Policy>) {
         self.core.filter.policy = policy;
+        if self.core.closed {
+            return;
+        }
         // A reload that denies a domain ends its live streams (README "Federation").
         let refused = self
             .pairs
@@ -675,7 +678,7 @@ impl StreamMachine for S2sInbound {
     }
 
     fn peer_certificate(&mut self, domain: &str, cert: PeerCert) {
-        if self.cert_pending.as_deref() != Some(domain) {
+        if self.core.closed || self.cert_pending.as_deref() != Some(domain) {
             return;
         }
         self.cert_pending = None;
@@ -688,6 +691,10 @@ impl StreamMachine for S2sInbound {
     }
 
     fn dialback_result(&mut self, remote: &str, local: &str, result: Result<bool, String>) {
+        // A closed session writes nothing more (the answer may come after a backend failure).
+        if self.core.closed {
+            return;
+        }
         let Some(i) =
             self.pairs.iter().position(|p| p.remote == remote && p.local == local && p.state == PairState::Verifying)
         else {

@@ -554,6 +554,9 @@ impl StreamMachine for S2sOutbound {
 
     fn set_policy(&mut self, policy: std::sync::Arc<Policy>) {
         self.core.filter.policy = policy;
+        if self.core.closed {
+            return;
+        }
         let refusal = self.remote.as_deref().and_then(|r| self.core.filter.policy.s2s().refusal(r));
         if let Some(why) = refusal {
             if self.core.back_open {
