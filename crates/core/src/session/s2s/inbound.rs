@@ -279,6 +279,9 @@ impl S2sInbound {
             failure("not-authorized").write_s2s(&mut self.core.to_front);
             return;
         }
+        if self.core.over_domain_rate(&remote, Chain::S2sIn, true) {
+            return self.refuse(remote, Condition::PolicyViolation, "too many streams from this domain");
+        }
         Element::new(NS_SASL, "success").write_s2s(&mut self.core.to_front);
         self.sasl_done = true;
         // RFC 6120 §6.4.6: the stream restarts after success.
