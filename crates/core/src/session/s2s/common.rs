@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::S2sSettings;
+use super::{S2sSettings, S2sWrite};
 use crate::policy::rate::{Bucket, KeySource};
 use crate::policy::{Chain, Context, Outcome};
 use crate::session::{CloseReason, Counters, Effect, PolicyBinding, StanzaSummary};
@@ -112,6 +112,38 @@ impl S2sCore {
         self.front_error_no_finish(&err, header_from);
         self.close_back_stream();
         self.finish(CloseReason::ClientError(err));
+    }
+
+    /// The front leg's connection broke below the stream.
+    pub(crate) fn front_disconnected(&mut self) {
+        if !self.closed {
+            self.close_back_stream();
+            self.finish(CloseReason::ClientClosed);
+        }
+    }
+
+    /// The front leg stopped reading: nothing more is written to it.
+    pub(crate) fn front_not_reading(&mut self) {
+        if !self.closed {
+            self.to_front.clear();
+            self.close_back_stream();
+            self.finish(CloseReason::ClientNotReading);
+        }
+    }
+
+    /// The gateway shuts down: `<system-shutdown/>` to the front leg (and to the back leg when
+    /// `tell_back`: a remote server deserves the reason too), both closed.
+    pub(crate) fn shutdown(&mut self, header_from: Option<String>, tell_back: bool) {
+        if self.closed {
+            return;
+        }
+        let err = StreamError::new(Condition::SystemShutdown, None);
+        self.front_error_no_finish(&err, header_from);
+        if tell_back && self.back_open {
+            err.to_element().write_s2s(&mut self.to_back);
+        }
+        self.close_back_stream();
+        self.finish(CloseReason::Shutdown);
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {

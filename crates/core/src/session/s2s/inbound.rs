@@ -615,28 +615,16 @@ impl StreamMachine for S2sInbound {
     }
 
     fn client_disconnected(&mut self) {
-        if !self.core.closed {
-            self.core.close_back_stream();
-            self.core.finish(CloseReason::ClientClosed);
-        }
+        self.core.front_disconnected();
     }
 
     fn client_not_reading(&mut self) {
-        if !self.core.closed {
-            self.core.to_front.clear();
-            self.core.close_back_stream();
-            self.core.finish(CloseReason::ClientNotReading);
-        }
+        self.core.front_not_reading();
     }
 
     fn shutdown(&mut self) {
-        if !self.core.closed {
-            let err = StreamError::new(Condition::SystemShutdown, None);
-            let from = self.to.clone();
-            self.core.front_error_no_finish(&err, from);
-            self.core.close_back_stream();
-            self.core.finish(CloseReason::Shutdown);
-        }
+        let from = self.to.clone();
+        self.core.shutdown(from, false);
     }
 
     fn refuse(&mut self, condition: Condition, text: &str) {

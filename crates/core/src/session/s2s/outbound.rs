@@ -521,31 +521,16 @@ impl StreamMachine for S2sOutbound {
     }
 
     fn client_disconnected(&mut self) {
-        if !self.core.closed {
-            self.core.close_back_stream();
-            self.core.finish(CloseReason::ClientClosed);
-        }
+        self.core.front_disconnected();
     }
 
     fn client_not_reading(&mut self) {
-        if !self.core.closed {
-            self.core.to_front.clear();
-            self.core.close_back_stream();
-            self.core.finish(CloseReason::ClientNotReading);
-        }
+        self.core.front_not_reading();
     }
 
     fn shutdown(&mut self) {
-        if !self.core.closed {
-            let err = StreamError::new(Condition::SystemShutdown, None);
-            let from = self.remote.clone();
-            self.core.front_error_no_finish(&err, from);
-            if self.core.back_open {
-                err.to_element().write_s2s(&mut self.core.to_back);
-            }
-            self.core.close_back_stream();
-            self.core.finish(CloseReason::Shutdown);
-        }
+        let from = self.remote.clone();
+        self.core.shutdown(from, true);
     }
 
     fn refuse(&mut self, condition: Condition, text: &str) {
