@@ -74,10 +74,12 @@ pub struct Limit {
     pub max_keys_per_source: usize,
 }
 
-/// Shared rate state.
+/// Shared rate state, and the anti-spam state beside it ([`crate::antispam`]): what the
+/// counting conditions of every session share, kept across policy reloads.
 #[derive(Debug)]
 pub struct RateTable {
     buckets: KeyedTable<Gcra>,
+    antispam: crate::antispam::AntiSpam,
 }
 
 impl Default for RateTable {
@@ -95,7 +97,15 @@ impl RateTable {
     /// An empty table of at most `capacity` buckets (rounded down to a multiple of the shard
     /// count when that is not below it).
     pub fn with_capacity(capacity: usize) -> Self {
-        RateTable { buckets: KeyedTable::new(capacity, MAX_SHARDS.min(capacity).max(1)) }
+        RateTable {
+            buckets: KeyedTable::new(capacity, MAX_SHARDS.min(capacity).max(1)),
+            antispam: crate::antispam::AntiSpam::new(),
+        }
+    }
+
+    /// The anti-spam state (contacts, fan-out, waves, reports).
+    pub fn antispam(&self) -> &crate::antispam::AntiSpam {
+        &self.antispam
     }
 
     /// Charge one event to `bucket`, made by `source`; true if it is over the limit (also when
