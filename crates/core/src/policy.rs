@@ -229,7 +229,7 @@ struct Facts<'a> {
     /// addressed by full JID).
     relation: OnceCell<Option<crate::antispam::Relation>>,
     /// The text's normal form and fingerprint ([`crate::antispam::wave`]).
-    fingerprint: OnceCell<(String, u64)>,
+    fingerprint: OnceCell<(String, Box<crate::antispam::wave::Signature>)>,
     /// What an anti-spam condition of the rule being evaluated found.
     note: std::cell::RefCell<Option<String>>,
 }
@@ -293,10 +293,10 @@ impl<'a> Facts<'a> {
         })
     }
 
-    fn fingerprint(&self) -> &(String, u64) {
+    fn fingerprint(&self) -> &(String, Box<crate::antispam::wave::Signature>) {
         self.fingerprint.get_or_init(|| {
-            let normal = crate::antispam::wave::normalize(self.folded());
-            let fp = crate::antispam::wave::simhash(&normal);
+            let normal = crate::antispam::wave::normalize(self.text(), fold::fold);
+            let fp = Box::new(crate::antispam::wave::minhash(&normal));
             (normal, fp)
         })
     }
@@ -567,7 +567,7 @@ impl Policy {
         let (Some(from), Some(to)) = (f.from(), f.to()) else { return false };
         let a = rates.antispam();
         let copy = crate::antispam::wave::Copy {
-            fingerprint: *fingerprint,
+            fingerprint,
             normal,
             sender: a.item_digest(from.to_bare().as_str()),
             recipient: a.item_digest(to.to_bare().as_str()),

@@ -1,31 +1,33 @@
 //! Spam waves: near-identical texts from many senders (or to many recipients) within a window.
 //!
-//! A wave's copies differ on purpose — a name, a tracking number, a URL path, spacing, a
+//! A wave's copies differ on purpose — a name, a tracking number, a URL path, spacing, case, a
 //! look-alike letter — so copies are compared by a *fingerprint* of a normal form, not by their
 //! bytes (Tigase's `MessageFilterSameLongBody` hashes bodies exactly and misses all of these):
 //!
-//! 1. the text as folded by the policy (NFKC, case folding, invisible characters removed);
-//! 2. each link reduced to its host (`https://spam.example/t/8812?u=bob` → `spam.example`);
-//! 3. common Cyrillic and Greek look-alikes mapped to the Latin letters they imitate
-//!    (Unicode's confusables for the letters spam actually uses; NFKC does not map them);
-//! 4. digits removed, every run of other non-letters made one space.
+//! 1. names dropped: a capitalized word (`Anna`, `Dmitri`) that does not start a sentence;
+//! 2. the text folded as the policy folds it (NFKC, case folding, invisible characters removed);
+//! 3. each link reduced to its host (`https://spam.example/t/8812?u=bob` → `spam.example`);
+//! 4. common Cyrillic and Greek look-alikes mapped to the Latin letters they imitate
+//!    (Unicode's confusables for the letters spam uses; NFKC does not map them);
+//! 5. digits removed, every run of other non-letters made one space.
 //!
-//! The fingerprint is a 64-bit SimHash over character 4-grams of that normal form: texts that
-//! share most 4-grams get fingerprints a few bits apart, so `similarity` is `1 − d/64` for a
-//! Hamming distance `d`. SimHash is chosen over TLSH because chat spam is short (TLSH needs ~50
-//! bytes of input at least) and over MinHash because one 64-bit word per text keeps the table
-//! small; candidates are found by banding (eight 8-bit bands: two fingerprints within distance
-//! 7 share at least one band exactly), so a lookup costs a few hash probes, not a scan.
-//! Measured in the tests (`antispam::tests`): variants of one text and a corpus of ordinary
-//! messages, with the rates printed.
+//! The fingerprint is a MinHash signature of [`SIGNATURE`] values over the character 4-grams of
+//! that normal form; `similarity` is the fraction of equal values, an estimate of the Jaccard
+//! similarity of the two texts' 4-gram sets. Chosen by measurement (`antispam::tests`): a 64-bit
+//! SimHash put only about a third of the variants of a spam text within similarity 0.9 of each
+//! other (one changed name moves too many bits); TLSH needs ~50 bytes of input at least, and
+//! chat spam is shorter. Candidates are found by banding the signature (16 bands of 4 values:
+//! texts at similarity 0.8 share a band with probability > 0.999, unrelated ones rarely), so a
+//! lookup costs 16 hash probes, not a scan.
 //!
 //! Texts whose normal form is shorter than the condition's `min_length` are not fingerprinted
 //! ("ok", "hi" are not a wave). Once detected, a wave is flagged for every further copy until
 //! it has been quiet for its window.
 //!
-//! Bounded: at most [`MAX_CLUSTERS`] texts tracked (the oldest forgotten first), each with at
-//! most its condition's thresholds of sender and recipient digests and a sample of
-//! [`SAMPLE_CHARS`] characters of its normal form. One lock; the work under it is a few probes.
+//! Bounded: at most [`MAX_CLUSTERS`] texts tracked (the oldest forgotten first), each with its
+//! signature, at most its condition's thresholds of sender and recipient digests and a sample
+//! of [`SAMPLE_CHARS`] characters of its normal form. One lock; the work under it is a few
+//! probes.
 //!
 //! Pure: the caller passes `now`.
 
@@ -33,17 +35,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// `wave.similarity` unless set: every variant in the tests' measurement, no ordinary pair.
+pub const DEFAULT_SIMILARITY: f64 = 0.85;
 /// Most texts tracked at once.
 pub const MAX_CLUSTERS: usize = 1 << 16;
 /// Characters of the normal form kept as a wave's sample (audit log, `explain`).
 pub const SAMPLE_CHARS: usize = 120;
 /// Candidates kept per band value (the newest).
 const BAND_BUCKET: usize = 16;
-const BANDS: u32 = 8;
 
-/// A text's normal form (see the module docs), from its folded form.
-pub fn normalize(folded: &str) -> String {
-    let mut out = String::with_capacity(folded.len());
+/// A text's normal form (see the module docs); `fold` is the policy's folding.
+pub fn normalize(text: &str, fold: impl Fn(&str) -> std::borrow::Cow<'_, str>) -> String {
+    let mut out = String::with_capacity(text.len());
     let mut space = true;
     let mut push = |c: char, out: &mut String| {
         if c.is_numeric() {
@@ -56,16 +59,33 @@ pub fn normalize(folded: &str) -> String {
             space = true;
         }
     };
-    for token in folded.split_whitespace() {
-        match link_host(token) {
-            Some(host) => host.chars().for_each(|c| push(c, &mut out)),
-            None => token.chars().map(unconfuse).for_each(|c| push(c, &mut out)),
+    let mut sentence_start = true;
+    for token in text.split_whitespace() {
+        let name = !sentence_start && is_name(token);
+        sentence_start = token.ends_with(['.', '!', '?', ':', ';']);
+        if name {
+            continue;
+        }
+        let folded = fold(token);
+        match link_host(&folded) {
+            Some(host) => host.chars().map(unconfuse).for_each(|c| push(c, &mut out)),
+            None => folded.chars().map(unconfuse).for_each(|c| push(c, &mut out)),
         }
         push(' ', &mut out);
     }
     let trimmed = out.trim_end().len();
     out.truncate(trimmed);
     out
+}
+
+/// A capitalized word (`Anna`, `Dmitri,`): an uppercase letter, then only lowercase letters;
+/// not `I` or its contractions.
+fn is_name(token: &str) -> bool {
+    let word = token.trim_matches(|c: char| !c.is_alphabetic());
+    let mut chars = word.chars();
+    let Some(first) = chars.next() else { return false };
+    let rest = chars.as_str();
+    first.is_uppercase() && rest.chars().count() >= 2 && rest.chars().all(char::is_lowercase)
 }
 
 /// The host of a token that is a link (`scheme://host/…`, or `host.tld/path`), `www.` removed.
@@ -118,14 +138,25 @@ fn unconfuse(c: char) -> char {
     }
 }
 
-/// The 64-bit SimHash of `normal` over character 4-grams (a shorter text is one gram).
-pub fn simhash(normal: &str) -> u64 {
+/// Values in a signature.
+pub const SIGNATURE: usize = 64;
+const ROWS: usize = 4;
+const BANDS: usize = SIGNATURE / ROWS;
+
+/// A MinHash signature.
+pub type Signature = [u32; SIGNATURE];
+
+/// The MinHash signature of `normal` over its character 4-grams (a shorter text is one gram).
+/// Each of the [`SIGNATURE`] hash functions is `h·a + b` (odd `a`) over one well-mixed 64-bit
+/// hash of the gram, keeping the high 32 bits: fixed, so `explain` and the daemon agree.
+pub fn minhash(normal: &str) -> Signature {
     let chars: Vec<char> = normal.chars().collect();
-    let mut weights = [0i32; 64];
+    let mut sig = [u32::MAX; SIGNATURE];
     let mut add = |gram: &[char]| {
         let h = gram_hash(gram);
-        for (bit, w) in weights.iter_mut().enumerate() {
-            *w += if h >> bit & 1 == 1 { 1 } else { -1 };
+        for (i, v) in sig.iter_mut().enumerate() {
+            let (a, b) = coefficients(i);
+            *v = (*v).min((h.wrapping_mul(a).wrapping_add(b) >> 32) as u32);
         }
     };
     if chars.len() < 4 {
@@ -133,11 +164,23 @@ pub fn simhash(normal: &str) -> u64 {
     } else {
         chars.windows(4).for_each(&mut add);
     }
-    weights.iter().enumerate().fold(0u64, |acc, (bit, &w)| if w > 0 { acc | 1 << bit } else { acc })
+    sig
 }
 
-/// A fixed, well-mixed hash of a gram (FNV-1a, then the SplitMix64 finalizer): fingerprints
-/// must be the same in every process so that `explain` and the daemon agree.
+fn coefficients(i: usize) -> (u64, u64) {
+    let a = splitmix(0x5157_4157_0000_0000 ^ i as u64) | 1;
+    let b = splitmix(0xa11c_e5ba_5e00_0000 ^ i as u64);
+    (a, b)
+}
+
+fn splitmix(mut h: u64) -> u64 {
+    h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// FNV-1a over the gram, then the SplitMix64 finalizer.
 fn gram_hash(gram: &[char]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &c in gram {
@@ -146,16 +189,20 @@ fn gram_hash(gram: &[char]) -> u64 {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    splitmix(h)
 }
 
-/// Similarity of two fingerprints: 1 − Hamming distance / 64.
-pub fn similarity(a: u64, b: u64) -> f64 {
-    1.0 - f64::from((a ^ b).count_ones()) / 64.0
+/// Similarity of two signatures: the fraction of equal values (estimated Jaccard similarity).
+pub fn similarity(a: &Signature, b: &Signature) -> f64 {
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / SIGNATURE as f64
+}
+
+fn band(sig: &Signature, i: usize) -> u64 {
+    let mut h: u64 = i as u64;
+    for &v in &sig[i * ROWS..(i + 1) * ROWS] {
+        h = splitmix(h ^ u64::from(v));
+    }
+    h
 }
 
 /// What a `wave` condition asks (validated by the config).
@@ -175,24 +222,11 @@ pub struct WaveSpec {
     pub min_length: usize,
 }
 
-impl WaveSpec {
-    /// Most differing fingerprint bits of a copy: `similarity = 1 − d/64`; banding finds every
-    /// distance up to 7.
-    pub fn max_distance(&self) -> u32 {
-        let d = (64.0 * (1.0 - self.similarity) + 1e-9).floor();
-        if d <= 0.0 {
-            0
-        } else {
-            (d as u32).min(BANDS - 1)
-        }
-    }
-}
-
 /// One copy of a text, as the condition sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Copy<'a> {
     /// The fingerprint.
-    pub fingerprint: u64,
+    pub fingerprint: &'a Signature,
     /// The normal form (for the sample).
     pub normal: &'a str,
     /// Digest of the sender.
@@ -204,7 +238,7 @@ pub struct Copy<'a> {
 /// A wave, as reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wave {
-    /// Its identifier: the first copy's fingerprint, in hex.
+    /// Its identifier: a hash of the first copy's fingerprint, in hex.
     pub id: String,
     /// Distinct senders counted (up to the threshold).
     pub senders: usize,
@@ -226,7 +260,7 @@ pub struct WaveMatch {
 #[derive(Debug)]
 struct Cluster {
     ns: u64,
-    fingerprint: u64,
+    fingerprint: Box<Signature>,
     senders: Vec<u64>,
     recipients: Vec<u64>,
     last: Instant,
@@ -238,7 +272,7 @@ struct Cluster {
 struct State {
     clusters: HashMap<u64, Cluster>,
     order: VecDeque<u64>,
-    bands: HashMap<(u64, u32, u8), VecDeque<u64>>,
+    bands: HashMap<(u64, u64), VecDeque<u64>>,
     next: u64,
 }
 
@@ -253,10 +287,6 @@ impl Default for Waves {
     fn default() -> Self {
         Self::with_capacity(MAX_CLUSTERS)
     }
-}
-
-fn band(fp: u64, i: u32) -> u8 {
-    (fp >> (i * 8)) as u8
 }
 
 impl Waves {
@@ -278,16 +308,16 @@ impl Waves {
     /// Count `copy` under `spec` at `now`: `Some` when it belongs to a detected wave.
     pub fn observe(&self, spec: &WaveSpec, copy: Copy<'_>, now: Instant) -> Option<WaveMatch> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let max = spec.max_distance();
-        let mut best: Option<(u32, u64)> = None;
+        let mut best: Option<(usize, u64)> = None;
+        let need = (spec.similarity * SIGNATURE as f64 - 1e-9).ceil() as usize;
         for i in 0..BANDS {
-            let Some(ids) = st.bands.get(&(spec.ns, i, band(copy.fingerprint, i))) else { continue };
+            let Some(ids) = st.bands.get(&(spec.ns, band(copy.fingerprint, i))) else { continue };
             for id in ids {
                 let Some(c) = st.clusters.get(id) else { continue };
-                let d = (c.fingerprint ^ copy.fingerprint).count_ones();
+                let same = c.fingerprint.iter().zip(copy.fingerprint).filter(|(x, y)| x == y).count();
                 let live = now.saturating_duration_since(c.last) < spec.window;
-                if c.ns == spec.ns && live && d <= max && best.is_none_or(|(bd, _)| d < bd) {
-                    best = Some((d, *id));
+                if c.ns == spec.ns && live && same >= need && best.is_none_or(|(b, _)| same > b) {
+                    best = Some((same, *id));
                 }
             }
         }
@@ -308,7 +338,7 @@ impl Waves {
         c.detected |= reached;
         c.detected.then(|| WaveMatch {
             wave: Wave {
-                id: format!("{:016x}", c.fingerprint),
+                id: format!("{:016x}", band(&c.fingerprint, 0) ^ band(&c.fingerprint, 1).rotate_left(32)),
                 senders: c.senders.len(),
                 recipients: c.recipients.len(),
                 sample: c.sample.clone(),
@@ -322,7 +352,7 @@ impl Waves {
             let Some(old) = st.order.pop_front() else { break };
             if let Some(c) = st.clusters.remove(&old) {
                 for i in 0..BANDS {
-                    let key = (c.ns, i, band(c.fingerprint, i));
+                    let key = (c.ns, band(&c.fingerprint, i));
                     if let Some(b) = st.bands.get_mut(&key) {
                         b.retain(|&x| x != old);
                         if b.is_empty() {
@@ -337,7 +367,7 @@ impl Waves {
         let sample: String = copy.normal.chars().take(SAMPLE_CHARS).collect();
         let c = Cluster {
             ns,
-            fingerprint: copy.fingerprint,
+            fingerprint: Box::new(*copy.fingerprint),
             senders: Vec::new(),
             recipients: Vec::new(),
             last: now,
@@ -345,7 +375,7 @@ impl Waves {
             sample,
         };
         for i in 0..BANDS {
-            let b = st.bands.entry((ns, i, band(copy.fingerprint, i))).or_default();
+            let b = st.bands.entry((ns, band(copy.fingerprint, i))).or_default();
             if b.len() >= BAND_BUCKET {
                 b.pop_front();
             }

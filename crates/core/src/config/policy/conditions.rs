@@ -154,7 +154,7 @@ pub(super) fn conditions(
                     "wave" => {
                         t.only(&["senders", "recipients", "window", "similarity", "min_length"])?;
                         let similarity = match t.get("similarity") {
-                            None => 0.9,
+                            None => crate::antispam::wave::DEFAULT_SIMILARITY,
                             Some(toml::Value::Float(f)) if (0.5..=1.0).contains(f) => *f,
                             Some(_) => return t.err("similarity", "expected a number from 0.5 to 1.0"),
                         };
