@@ -23,6 +23,8 @@ mod rewrite;
 pub mod s2s;
 pub mod spec;
 #[cfg(test)]
+mod antispam_tests;
+#[cfg(test)]
 mod tests;
 pub mod text;
 pub mod url;

@@ -59,7 +59,7 @@ pub(super) fn policy(text: &str) -> Policy {
     compile_with(text, &[]).unwrap()
 }
 
-fn error(text: &str) -> String {
+pub(super) fn error(text: &str) -> String {
     match compile_with(text, &[]) {
         Ok(_) => panic!("accepted: {text}"),
         Err(e) => e,
