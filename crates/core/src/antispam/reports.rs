@@ -8,7 +8,8 @@
 //!       <text>Buy cheap …</text></report></item></block></iq>
 //! ```
 //!
-//! The older `urn:xmpp:reporting:0` form (`<report><spam/></report>`) is read too. The block
+//! The older `urn:xmpp:reporting:0` form (`<report><spam/></report>`) is read too, and a
+//! `<report/>` beside the items instead of inside one (slixmpp's plugin sends that). The block
 //! itself goes on to the server unchanged (the server blocks; the gateway counts).
 
 use crate::jid::BareJid;
@@ -45,13 +46,13 @@ pub fn reports_in(el: &Element) -> Vec<Report> {
     let Some(block) = el.elements().find(|c| c.name == "block" && &*c.ns == NS_BLOCKING) else {
         return Vec::new();
     };
+    let is_report = |c: &&Element| c.name == "report" && (&*c.ns == NS_REPORTING_1 || &*c.ns == NS_REPORTING_0);
+    // A report beside the items (as slixmpp's XEP-0377 plugin sends it) covers them all.
+    let shared = block.elements().find(is_report);
     let mut out = Vec::new();
     for item in block.elements().filter(|c| c.name == "item" && &*c.ns == NS_BLOCKING) {
         let Some(jid) = item.attr("jid").and_then(crate::jid::parse) else { continue };
-        let report = item
-            .elements()
-            .find(|c| c.name == "report" && (&*c.ns == NS_REPORTING_1 || &*c.ns == NS_REPORTING_0));
-        let Some(report) = report else { continue };
+        let Some(report) = item.elements().find(is_report).or(shared) else { continue };
         let reason = match report.attr("reason") {
             Some("urn:xmpp:reporting:spam") => "spam",
             Some("urn:xmpp:reporting:abuse") => "abuse",

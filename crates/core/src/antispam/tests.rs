@@ -358,6 +358,12 @@ fn spam_reports_are_read_counted_and_expire() {
     let v0 = el("<iq type='set' id='b3'><block xmlns='urn:xmpp:blocking'><item jid='x@y.test'>\
                  <report xmlns='urn:xmpp:reporting:0'><spam/></report></item></block></iq>");
     assert!(matches!(&a.learn_from_user(&v0, Some(&alice), t0)[..], [Event::Report { reason: "spam", text: None, .. }]));
+    let beside = el("<iq type='set' id='b4'><block xmlns='urn:xmpp:blocking'>\
+                     <report xmlns='urn:xmpp:reporting:0'><text>flood</text><spam/></report>\
+                     <item jid='p@y.test'/><item jid='q@y.test'/></block></iq>");
+    let ev = a.learn_from_user(&beside, Some(&alice), t0);
+    assert_eq!(ev.len(), 2);
+    assert!(matches!(&ev[1], Event::Report { reported, reason: "spam", text: Some(t), .. } if reported.as_str() == "q@y.test" && t == "flood"));
 }
 
 #[test]
