@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::jid::{BareJid, FullJid, Jid};
+use crate::jid::{BareJid, FullJid};
 use crate::keyed::{KeyedTable, MAX_SHARDS};
 use crate::stanza::Kind;
 use crate::xml::Element;
@@ -151,7 +151,7 @@ impl AntiSpam {
         }
         let own = match el.attr("from") {
             None => true,
-            Some(f) => crate::jid::parse(f).is_some_and(|j| j == Jid::from(user.to_bare())),
+            Some(f) => crate::jid::parse(f).is_some_and(|j| j == user.to_bare()),
         };
         let Some(query) = el.elements().find(|c| c.name == "query" && &*c.ns == contacts::NS_ROSTER) else { return };
         if !own {

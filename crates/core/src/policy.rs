@@ -14,6 +14,8 @@
 //! here reads a clock or a file. It never fails at evaluation time: everything that can be
 //! wrong is refused by `compile`, with the file and line it came from.
 
+#[cfg(test)]
+mod antispam_tests;
 mod cidrset;
 mod compile;
 pub mod fold;
@@ -22,8 +24,6 @@ pub mod rate;
 mod rewrite;
 pub mod s2s;
 pub mod spec;
-#[cfg(test)]
-mod antispam_tests;
 #[cfg(test)]
 mod tests;
 pub mod text;

@@ -179,7 +179,9 @@ impl Contacts {
     }
 
     fn reserve(&self, n: usize) -> bool {
-        self.total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t + n <= self.capacity).then_some(t + n)).is_ok()
+        self.total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t + n <= self.capacity).then_some(t + n))
+            .is_ok()
     }
 
     /// Changes to `owner`'s roster (a roster push, or what the user's own subscription
@@ -234,9 +236,7 @@ impl Contacts {
         // The user's own server and its services (a domain-only sender at or below the user's
         // domain): server announcements, MUC and pubsub services the operator runs.
         let (sd, rd) = (sender.domain().as_str(), recipient.domain().as_str());
-        if sender.node().is_none()
-            && (sd == rd || sd.strip_suffix(rd).is_some_and(|p| p.ends_with('.')))
-        {
+        if sender.node().is_none() && (sd == rd || sd.strip_suffix(rd).is_some_and(|p| p.ends_with('.'))) {
             return Relation::Contact;
         }
         let o = self.d(recipient.as_str());

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::wave::{minhash, DEFAULT_SIMILARITY, normalize, similarity, Copy, Signature, WaveSpec};
+use super::wave::{minhash, normalize, similarity, Copy, Signature, WaveSpec, DEFAULT_SIMILARITY};
 use super::*;
 use crate::policy::fold::fold;
 use crate::xml::{parse_stanzas, XmlLimits};
@@ -134,14 +134,22 @@ fn a_wave_is_detected_at_the_threshold_and_flagged_until_quiet() {
     for (i, v) in variants.iter().take(8).enumerate() {
         let (normal, fp) = fingerprint(v);
         let now = t0 + Duration::from_secs(60 * i as u64);
-        let m = a.waves.observe(&spec, copy(&a, &normal, &fp, &format!("spammer{i}@spam.test"), "victim@example.test"), now);
+        let m = a.waves.observe(
+            &spec,
+            copy(&a, &normal, &fp, &format!("spammer{i}@spam.test"), "victim@example.test"),
+            now,
+        );
         found.push(m.map(|m| m.new));
     }
     assert_eq!(found, [None, None, None, None, Some(true), Some(false), Some(false), Some(false)]);
     // Ordinary messages from the same senders meanwhile are not part of it.
     for (i, t) in corpus().iter().enumerate().take(50) {
         let (normal, fp) = fingerprint(t);
-        let m = a.waves.observe(&spec, copy(&a, &normal, &fp, &format!("spammer{}@spam.test", i % 8), "x@example.test"), t0);
+        let m = a.waves.observe(
+            &spec,
+            copy(&a, &normal, &fp, &format!("spammer{}@spam.test", i % 8), "x@example.test"),
+            t0,
+        );
         assert!(m.is_none(), "{t}");
     }
     // After a quiet window the wave is over; a copy starts counting again.
@@ -168,7 +176,9 @@ fn a_wave_to_many_recipients_from_one_sender() {
         .enumerate()
         .map(|(i, v)| {
             let (normal, fp) = fingerprint(v);
-            a.waves.observe(&spec, copy(&a, &normal, &fp, "one@spam.test", &format!("u{i}@example.test")), now).is_some()
+            a.waves
+                .observe(&spec, copy(&a, &normal, &fp, "one@spam.test", &format!("u{i}@example.test")), now)
+                .is_some()
         })
         .collect();
     assert_eq!(hits.iter().position(|&h| h), Some(9), "the tenth recipient makes the wave: {hits:?}");
@@ -202,8 +212,14 @@ fn the_corpus_makes_no_wave_from_two_hundred_senders() {
 #[test]
 fn the_wave_table_stays_bounded() {
     let w = Waves::with_capacity(64);
-    let spec =
-        WaveSpec { ns: 1, senders: 2, recipients: None, window: Duration::from_secs(60), similarity: 0.9, min_length: 1 };
+    let spec = WaveSpec {
+        ns: 1,
+        senders: 2,
+        recipients: None,
+        window: Duration::from_secs(60),
+        similarity: 0.9,
+        min_length: 1,
+    };
     let now = Instant::now();
     for i in 0..1000u64 {
         let fp = minhash(&format!("text number {}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
@@ -236,7 +252,7 @@ fn bare(s: &str) -> BareJid {
     crate::jid::parse(s).unwrap().to_bare()
 }
 
-fn jid(s: &str) -> Jid {
+fn jid(s: &str) -> crate::jid::Jid {
     crate::jid::parse(s).unwrap()
 }
 
@@ -293,10 +309,7 @@ fn contacts_learned_from_roster_results_and_pushes() {
     a.learn_from_user(&el("<presence type='subscribe' to='zoe@new.test'/>"), Some(&bob), now);
     assert_eq!(c.relation(&b, &jid("zoe@new.test")), Relation::Contact);
     // A new roster result replaces the old one.
-    a.learn_from_server(
-        &el("<iq type='result' id='r2'><query xmlns='jabber:iq:roster'/></iq>"),
-        Some(&bob),
-    );
+    a.learn_from_server(&el("<iq type='result' id='r2'><query xmlns='jabber:iq:roster'/></iq>"), Some(&bob));
     assert_eq!(c.relation(&b, &jid("mallory@spam.test")), Relation::Stranger);
     assert_eq!(c.len(), 0);
     assert_eq!(c.rosters(), 1);
@@ -310,7 +323,7 @@ fn a_roster_that_does_not_fit_is_forgotten_not_kept_in_part() {
         .map(|j| contacts::RosterItem { jid: jid(j), present: true, contact: true })
         .collect();
     assert!(c.replace(&bare("u@example.test"), &items));
-    assert!(!c.replace(&bare("v@example.test"), &[items.clone(), items.clone()].concat()[..3].to_vec()));
+    assert!(!c.replace(&bare("v@example.test"), &[items.clone(), items.clone()].concat()[..3]));
     assert!(!c.is_known(&bare("v@example.test")));
     let more = contacts::RosterItem { jid: jid("c@x.test"), present: true, contact: true };
     c.update(&bare("u@example.test"), std::slice::from_ref(&more));
@@ -357,24 +370,25 @@ fn spam_reports_are_read_counted_and_expire() {
     assert!(a.learn_from_user(&plain, Some(&alice), t0).is_empty());
     let v0 = el("<iq type='set' id='b3'><block xmlns='urn:xmpp:blocking'><item jid='x@y.test'>\
                  <report xmlns='urn:xmpp:reporting:0'><spam/></report></item></block></iq>");
-    assert!(matches!(&a.learn_from_user(&v0, Some(&alice), t0)[..], [Event::Report { reason: "spam", text: None, .. }]));
+    assert!(matches!(
+        &a.learn_from_user(&v0, Some(&alice), t0)[..],
+        [Event::Report { reason: "spam", text: None, .. }]
+    ));
     let beside = el("<iq type='set' id='b4'><block xmlns='urn:xmpp:blocking'>\
                      <report xmlns='urn:xmpp:reporting:0'><text>flood</text><spam/></report>\
                      <item jid='p@y.test'/><item jid='q@y.test'/></block></iq>");
     let ev = a.learn_from_user(&beside, Some(&alice), t0);
     assert_eq!(ev.len(), 2);
-    assert!(matches!(&ev[1], Event::Report { reported, reason: "spam", text: Some(t), .. } if reported.as_str() == "q@y.test" && t == "flood"));
+    assert!(
+        matches!(&ev[1], Event::Report { reported, reason: "spam", text: Some(t), .. } if reported.as_str() == "q@y.test" && t == "flood")
+    );
 }
 
 #[test]
 fn detection_and_false_positives_by_threshold() {
     let variants = spam_variants();
-    let prints: Vec<Signature> = corpus()
-        .iter()
-        .map(|t| fingerprint(t))
-        .filter(|(n, _)| n.chars().count() >= 24)
-        .map(|(_, s)| s)
-        .collect();
+    let prints: Vec<Signature> =
+        corpus().iter().map(|t| fingerprint(t)).filter(|(n, _)| n.chars().count() >= 24).map(|(_, s)| s).collect();
     for threshold in [0.7, 0.75, 0.8, 0.85, 0.9, 0.95] {
         let (mut near, mut total) = (0, 0);
         for v in &variants {
@@ -401,4 +415,3 @@ fn detection_and_false_positives_by_threshold() {
         }
     }
 }
-

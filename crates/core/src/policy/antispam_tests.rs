@@ -233,10 +233,7 @@ chain = "s2s-in"
 when = { from_sha256_in = "rtbl_jids" }
 action = "bounce"
 "#
-        .replace(
-            "{SPAMMER}",
-            &hex(ring::digest::digest(&ring::digest::SHA256, b"listed@spam.test").as_ref()),
-        )
+        .replace("{SPAMMER}", &hex(ring::digest::digest(&ring::digest::SHA256, b"listed@spam.test").as_ref()))
         .as_str(),
     );
     let rates = RateTable::new();
@@ -264,20 +261,34 @@ fn anti_spam_conditions_are_checked_with_file_line_and_key() {
     let cases = [
         ("stranger = \"yes\"", "rule[0].when.stranger: expected true or false"),
         ("fanout = { recipients = 20 }", "rule[0].when.fanout.window: missing"),
-        ("fanout = { recipients = 0, window = \"1m\" }", "rule[0].when.fanout.recipients: expected an integer from 1 to 10000"),
+        (
+            "fanout = { recipients = 0, window = \"1m\" }",
+            "rule[0].when.fanout.recipients: expected an integer from 1 to 10000",
+        ),
         ("fanout = { recipients = 5, window = \"2d\" }", "rule[0].when.fanout.window: expected a duration"),
-        ("fanout = { recipients = 5, window = \"1m\", key = \"to.nothing\" }", "rule[0].when.fanout.key: expected one of"),
+        (
+            "fanout = { recipients = 5, window = \"1m\", key = \"to.nothing\" }",
+            "rule[0].when.fanout.key: expected one of",
+        ),
         ("fanout = { recipients = 5, window = \"1m\", bogus = 1 }", "rule[0].when.fanout.bogus: unknown key"),
-        ("wave = { senders = 5, window = \"30m\", similarity = 2.0 }", "rule[0].when.wave.similarity: expected a number from 0.5 to 1.0"),
+        (
+            "wave = { senders = 5, window = \"30m\", similarity = 2.0 }",
+            "rule[0].when.wave.similarity: expected a number from 0.5 to 1.0",
+        ),
         ("wave = { window = \"30m\" }", "rule[0].when.wave.senders: missing"),
         ("wave = 3", "rule[0].when.wave: expected a table"),
-        ("reported = { reporters = 500, window = \"1h\" }", "rule[0].when.reported.reporters: expected an integer from 1 to 64"),
+        (
+            "reported = { reporters = 500, window = \"1h\" }",
+            "rule[0].when.reported.reporters: expected an integer from 1 to 64",
+        ),
         ("from_sha256_in = \"nope\"", "unknown list 'nope'"),
     ];
     for (when, want) in cases {
         let e = error(&rule(when));
         assert!(e.contains("stanzawall.toml:") && e.contains(want), "{when}: {e}");
     }
-    let e = error("[list.l]\nentries = [\"abc\"]\n[[rule]]\nname = \"r\"\nwhen = { from_sha256_in = \"l\" }\naction = \"drop\"\n");
+    let e = error(
+        "[list.l]\nentries = [\"abc\"]\n[[rule]]\nname = \"r\"\nwhen = { from_sha256_in = \"l\" }\naction = \"drop\"\n",
+    );
     assert!(e.contains("'abc' is not a SHA-256 digest"), "{e}");
 }

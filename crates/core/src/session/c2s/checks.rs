@@ -125,7 +125,9 @@ pub fn decide(
         crate::policy::Chain::C2sOut if check == Check::Pass && policy.uses_contacts() => {
             rates.antispam().learn_from_server(el, ctx.user)
         }
-        crate::policy::Chain::C2sIn if check == Check::Pass => drop(rates.antispam().learn_from_user(el, ctx.user, now)),
+        crate::policy::Chain::C2sIn if check == Check::Pass => {
+            drop(rates.antispam().learn_from_user(el, ctx.user, now))
+        }
         _ => {}
     }
     match check {
