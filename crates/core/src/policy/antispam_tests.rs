@@ -292,3 +292,55 @@ fn anti_spam_conditions_are_checked_with_file_line_and_key() {
     );
     assert!(e.contains("'abc' is not a SHA-256 digest"), "{e}");
 }
+
+/// The README's recommended configuration ("Anti-spam"), exactly as written there.
+fn readme_policy() -> Policy {
+    let readme = include_str!("../../../../README.md");
+    let section = &readme[readme.find("## Anti-spam").expect("README has an Anti-spam section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").expect("closed")];
+    let listed = hex(ring::digest::digest(&ring::digest::SHA256, b"listed@spam.test").as_ref());
+    let files = [
+        ("/etc/sw/lists/spam_source_jids_sha256.txt", listed.as_str()),
+        ("/etc/sw/lists/spam_source_domains.txt", "# xmppbl.org format: one domain a line\nspam-domain.test\n"),
+    ];
+    super::tests::compile_with(block, &files).unwrap_or_else(|e| panic!("README policy: {e}"))
+}
+
+#[test]
+fn the_readme_recommended_configuration_does_what_it_says() {
+    let p = readme_policy();
+    let rates = RateTable::new();
+    let now = Instant::now();
+    to_bob(
+        &p,
+        "<iq type='result' id='r'><query xmlns='jabber:iq:roster'><item jid='carol@remote.test' subscription='both'/></query></iq>",
+        &rates,
+        now,
+    );
+    let msg = |from: &str, body: &str| {
+        format!("<message from='{from}' to='bob@example.test' type='chat'><body>{body}</body></message>")
+    };
+    let bounced = |v: &Verdict| matches!(v.outcome, Outcome::Bounce { .. });
+    // Strangers may write, but not links; contacts may send links.
+    assert_eq!(s2s_in(&p, &msg("eve@new.test/x", "hello there"), &rates, now).outcome, Outcome::Pass);
+    let v = s2s_in(&p, &msg("eve@new.test/x", "see https://x.test/a"), &rates, now);
+    assert!(bounced(&v) && v.rule.as_deref() == Some("stranger-links"), "{v:?}");
+    assert_eq!(s2s_in(&p, &msg("carol@remote.test/x", "see https://x.test/a"), &rates, now).outcome, Outcome::Pass);
+    // RTBL-listed JIDs and domains.
+    assert!(bounced(&s2s_in(&p, &msg("listed@spam.test/x", "hi"), &rates, now)));
+    assert!(bounced(&s2s_in(&p, &msg("anyone@spam-domain.test/x", "hi"), &rates, now)));
+    // A stranger's subscription requests: five an hour.
+    let sub = "<presence from='flood@new.test' to='bob@example.test' type='subscribe'/>";
+    let dropped = (0..8).filter(|_| s2s_in(&p, sub, &rates, now).outcome == Outcome::Drop).count();
+    assert_eq!(dropped, 3);
+    // A wave from five senders is dropped from the fifth copy on.
+    let outcomes: Vec<Outcome> = (0..6)
+        .map(|i| {
+            let body = format!("Congratulations, you were selected for a free cruise! Reply with code {i}{i}{i} to claim");
+            s2s_in(&p, &msg(&format!("bot{i}@bots{i}.test/x"), &body), &rates, now).outcome
+        })
+        .collect();
+    assert_eq!(outcomes[..4], [Outcome::Pass, Outcome::Pass, Outcome::Pass, Outcome::Pass]);
+    assert_eq!(outcomes[4..], [Outcome::Drop, Outcome::Drop]);
+}
