@@ -3,7 +3,8 @@ slixmpp clients, one stanzawall with anti-spam rules, its audit log and /metrics
 
 What is shown, each through the gateway's normal stanza path:
 
-* strangers: bob's roster is learned from the roster result and pushes his session relays; a
+* strangers: bob's roster is learned from the roster result and pushes his session relays (a
+  client's versioned roster request is answered in full while the gateway lacks the roster); a
   stranger's message to bob is bounced while a contact's arrives, also while bob is offline,
   and a roster change (bob subscribes to carol) takes effect at once;
 * fan-out: a sender writing to 25 distinct recipients is cut at the 21st;
@@ -207,6 +208,34 @@ def test_a_strangers_message_is_bounced_and_a_contacts_arrives(gw, prosody_as, p
     assert recs[0]["action"] == "bounce" and recs[0]["from"].startswith("carol@example.test")
     assert not [r for r in audit_records(gw) if r.get("id") in {"c1", "s3"}]
     assert metric("stanzawall_policy_verdicts_total", rule="strangers", action="bounce") == 2
+
+
+def test_a_versioned_roster_request_is_answered_with_the_whole_roster(gw, prosody_as, pki):
+    """A client with a cached roster (XEP-0237) would get an empty "unchanged" result the gateway
+    learns nothing from: while it does not know the roster, the gateway asks for all of it."""
+    async def roster_get(c: Client, ver: str):
+        iq = c.xmpp.Iq()
+        iq["type"] = "get"
+        iq.enable("roster")
+        iq["roster"]["ver"] = ver
+        resp = await iq.send(timeout=5)
+        return resp.xml.find("{jabber:iq:roster}query")
+
+    async def go():
+        # Straight to the server (no gateway): dave's current roster version, and the proof
+        # that the server answers "unchanged" to it.
+        direct = Client(prosody_as.jid("dave"), prosody_as.users["dave"], HOST, prosody_as.port,
+                        starttls=False)
+        async with direct:
+            ver = (await roster_get(direct, "")).get("ver")
+            assert ver is not None
+            assert await roster_get(direct, ver) is None, "the server answers unchanged"
+        async with client(gw, prosody_as, "dave", pki) as dave:
+            full = await roster_get(dave, ver)
+            assert full is not None, "through the gateway the whole roster comes back"
+            # Now the gateway knows it: the client's versioning works as it asked.
+            assert await roster_get(dave, ver) is None
+    run(go())
 
 
 def test_fanout_cuts_the_twenty_first_recipient(gw, prosody_as, pki):

@@ -167,6 +167,31 @@ impl AntiSpam {
         }
     }
 
+    /// Before a session's roster request goes to the server (chain `c2s-in`): while the
+    /// gateway does not know the user's roster, remove the request's roster version (RFC 6121
+    /// §2.6, XEP-0237), so that the server answers with the whole roster instead of an empty
+    /// "unchanged" result the gateway could learn nothing from. A client must accept a complete
+    /// roster whatever version it sent (RFC 6121 §2.6.3), so this costs it one full roster.
+    /// True if the request was changed.
+    pub fn request_full_roster(&self, el: &mut Element, user: Option<&FullJid>) -> bool {
+        let Some(user) = user else { return false };
+        if el.name != "iq" || el.attr("type") != Some("get") {
+            return false;
+        }
+        let own = el.attr("to").is_none_or(|t| crate::jid::parse(t).is_some_and(|j| j == user.to_bare()));
+        if !own || self.contacts.is_known(&user.to_bare()) {
+            return false;
+        }
+        for n in &mut el.children {
+            if let crate::xml::Node::Element(q) = n {
+                if q.is(contacts::NS_ROSTER, "query") && q.remove_attr("ver").is_some() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Learn from a stanza a session of `user` sends (chain `c2s-in`): a `subscribe` makes the
     /// addressee pending-out, a `subscribed` approves or pre-approves it (RFC 6121 §3.1.2,
     /// §3.4), both contacts from now on, ahead of the server's roster push; XEP-0377 reports

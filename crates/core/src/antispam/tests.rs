@@ -423,3 +423,23 @@ fn detection_and_false_positives_by_threshold() {
         }
     }
 }
+
+#[test]
+fn a_versioned_roster_request_asks_for_the_whole_roster_while_the_roster_is_unknown() {
+    let a = AntiSpam::new();
+    let bob = crate::jid::parse_full("bob@example.test/laptop").unwrap();
+    let mut get = el("<iq type='get' id='r1'><query xmlns='jabber:iq:roster' ver='v42'/></iq>");
+    assert!(a.request_full_roster(&mut get, Some(&bob)));
+    assert_eq!(get.elements().next().unwrap().attr("ver"), None);
+    // Someone else's roster, or a request that is not a get, is left alone.
+    let mut other =
+        el("<iq type='get' id='r2' to='alice@example.test'><query xmlns='jabber:iq:roster' ver='v1'/></iq>");
+    assert!(!a.request_full_roster(&mut other, Some(&bob)));
+    let mut set = el("<iq type='set' id='r3'><query xmlns='jabber:iq:roster' ver='v1'/></iq>");
+    assert!(!a.request_full_roster(&mut set, Some(&bob)));
+    // Once the roster is known, versioning works as the client asked.
+    a.learn_from_server(&el("<iq type='result' id='r1'><query xmlns='jabber:iq:roster'/></iq>"), Some(&bob));
+    let mut again = el("<iq type='get' id='r4'><query xmlns='jabber:iq:roster' ver='v43'/></iq>");
+    assert!(!a.request_full_roster(&mut again, Some(&bob)));
+    assert_eq!(again.elements().next().unwrap().attr("ver"), Some("v43"));
+}

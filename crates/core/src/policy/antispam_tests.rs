@@ -337,7 +337,8 @@ fn the_readme_recommended_configuration_does_what_it_says() {
     // A wave from five senders is dropped from the fifth copy on.
     let outcomes: Vec<Outcome> = (0..6)
         .map(|i| {
-            let body = format!("Congratulations, you were selected for a free cruise! Reply with code {i}{i}{i} to claim");
+            let body =
+                format!("Congratulations, you were selected for a free cruise! Reply with code {i}{i}{i} to claim");
             s2s_in(&p, &msg(&format!("bot{i}@bots{i}.test/x"), &body), &rates, now).outcome
         })
         .collect();

@@ -126,6 +126,9 @@ pub fn decide(
             rates.antispam().learn_from_server(el, ctx.user)
         }
         crate::policy::Chain::C2sIn if check == Check::Pass => {
+            if policy.uses_contacts() {
+                rates.antispam().request_full_roster(el, ctx.user);
+            }
             drop(rates.antispam().learn_from_user(el, ctx.user, now))
         }
         _ => {}

@@ -17,7 +17,7 @@ use crate::xml::Element;
 impl C2sSession {
     /// Run `el` through chain `chain`. Returns the stanza to forward, or `None` when it was
     /// dropped, bounced or the stream closed (all accounted for here).
-    pub(super) fn police(&mut self, chain: Chain, el: Element) -> Option<Element> {
+    pub(super) fn police(&mut self, chain: Chain, mut el: Element) -> Option<Element> {
         // SASL and SM elements are not stanzas and not evaluated; with no rule and a pass default
         // nothing is computed (the audit summary allocates).
         let (binding, now) = (&self.filter, self.now);
@@ -30,6 +30,9 @@ impl C2sSession {
         match chain {
             Chain::C2sOut if binding.policy.uses_contacts() => antispam.learn_from_server(&el, self.bound.as_ref()),
             Chain::C2sIn => {
+                if binding.policy.uses_contacts() {
+                    antispam.request_full_roster(&mut el, self.bound.as_ref());
+                }
                 let learned = antispam.learn_from_user(&el, self.bound.as_ref(), now);
                 self.effects.extend(learned.into_iter().map(Effect::AntiSpam));
             }
