@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-30}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(xml_stanzas xml_stream session jid config)
+[[ ${#targets[@]} -gt 0 ]] || targets=(xml_stanzas xml_stream session s2s jid config websocket)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the system packages the end-to-end tests (tests/e2e) need, on
 # Debian bookworm: Prosody, ejabberd, go-sendxmpp, slixmpp and pytest for
-# Debian's /usr/bin/python3, lua-unbound, openssl, ca-certificates.
+# Debian's /usr/bin/python3, lua-unbound, knot (the s2s test sites' private
+# DNS), openssl, ca-certificates; Chromium, chromedriver, selenium, Strophe.js
+# and python3-websockets for the web door.
 #
 # Idempotent: if every package is already installed, apt is not touched.
 # The packages' services are NOT started: while apt runs, a temporary
@@ -18,6 +20,7 @@ PACKAGES=(
   python3-slixmpp
   python3-pytest
   lua-unbound
+  knot
   openssl
   ca-certificates
   nftables
@@ -27,6 +30,15 @@ PACKAGES=(
   ldnsutils
   tcpdump
   python3-scapy
+  # The web door's e2e tests (tests/e2e/test_web.py): a real browser running Strophe.js, and a
+  # raw WebSocket client for the framing errors.
+  chromium
+  chromium-driver
+  python3-selenium
+  libjs-strophe
+  python3-websockets
+  redis-server
+  haproxy
 )
 POLICY=/usr/sbin/policy-rc.d
 

@@ -17,6 +17,7 @@ it) and each gateway's routes at the other gateway's inbound listener.
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from harness.client import run
-from harness.sites import SITE_A, SITE_B, RecordingRelay, Site, log_tails, start_site
+from harness.sites import SITE_A, SITE_B, RecordingRelay, Site, log_tails, running_sites
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DB = "jabber:server:dialback"
@@ -51,22 +52,19 @@ class Pair:
 
 @pytest.fixture(scope="module", params=["prosody", "ejabberd"])
 def pair(request, tmp, pki) -> Pair:
-    kind_b = request.param
-    d = tmp / f"sites-{kind_b}"
-    relay_a = RecordingRelay(*SITE_A.outbound, upstream=SITE_B.s2s)
-    relay_b = RecordingRelay(*SITE_B.outbound, upstream=SITE_A.s2s)
-    started: list[Site] = []
-    try:
-        started.append(start_site(d / "a", SITE_A))
-        started.append(start_site(d / "b", SITE_B, kind=kind_b, pki=pki))
-        p = Pair(started[0], started[1], relay_a, relay_b, d)
+    """Prosody a.example and a ``request.param`` b.example; each site's outbound s2s goes to
+    a relay in front of the other site's s2s port."""
+    d = tmp / f"sites-{request.param}"
+    with ExitStack() as stack:
+        relay_a = RecordingRelay(*SITE_A.outbound, upstream=SITE_B.s2s)
+        stack.callback(relay_a.stop)
+        relay_b = RecordingRelay(*SITE_B.outbound, upstream=SITE_A.s2s)
+        stack.callback(relay_b.stop)
+        a, b = stack.enter_context(running_sites(
+            d, (SITE_A, {}), (SITE_B, {"kind": request.param, "pki": pki})))
+        p = Pair(a, b, relay_a, relay_b, d)
         yield p
         p.save_transcripts()
-    finally:
-        for s in reversed(started):
-            s.stop()
-        relay_a.stop()
-        relay_b.stop()
 
 
 def _disco_info(client, to: str, timeout: float = 15.0):
@@ -202,6 +200,11 @@ def test_any_remote_domain_is_routed_to_the_chosen_address(pair):
     run(scenario(), 60)
     assert pair.relay_a.wait_for(b"to='elsewhere.example'", 5) or \
         pair.relay_a.wait_for(b'to="elsewhere.example"', 1), pair.relay_a.transcript()
+    # Prosody (no s2s certificate) asked for the SRV record, never for XEP-0368's
+    # _xmpps-server, which the wildcard would also send to the route.
+    log = a.log_path.read_text(errors="replace")
+    assert "Resolve _xmpp-server._tcp.elsewhere.example IN SRV" in log
+    assert "_xmpps-server" not in log
 
 
 def test_route_outbound_moves_new_connections(pair):

@@ -10,6 +10,7 @@ mod locate;
 mod policy;
 mod raw;
 mod s2s;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -18,8 +19,10 @@ use std::path::{Path, PathBuf};
 
 pub use crate::origin::{ConfigError, Origin};
 use crate::policy::spec::PolicyConfig;
+pub use crate::policy::spec::{AuthLevel, S2sDomainsConfig};
 use crate::xml::XmlLimits;
-pub use s2s::{AuthLevel, S2sConfig, S2sDomainsConfig, S2sRoute};
+pub use s2s::{S2sConfig, S2sRoute};
+pub use store::{OnError, StoreBackend, StoreConfig};
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,8 @@ pub enum ListenerKind {
     S2sTls,
     /// Our server's outbound s2s, relayed to the remote domain the stream header names.
     S2sOut,
+    /// XMPP over WebSocket (RFC 7395) over TLS, in front of the server's c2s port.
+    WebSocket,
 }
 
 impl ListenerKind {
@@ -45,6 +50,7 @@ impl ListenerKind {
             ListenerKind::S2s => "s2s",
             ListenerKind::S2sTls => "s2s-tls",
             ListenerKind::S2sOut => "s2s-out",
+            ListenerKind::WebSocket => "websocket",
         }
     }
 
@@ -111,6 +117,53 @@ pub struct ListenerConfig {
     pub bind_origin: Origin,
     /// The XMPP server behind this listener.
     pub backend: BackendConfig,
+    /// `kind = "websocket"`: path, origins, caps (defaults elsewhere).
+    pub web: WebOptions,
+    /// `accept_proxy = "v2"`: every connection starts with a PROXY v2 header from one of these
+    /// load balancers, and the client address in it is the connection's source; `None`: no
+    /// header is read.
+    pub trusted_proxies: Option<Vec<crate::net::Cidr>>,
+}
+
+/// Which browser origins may open WebSocket sessions (`allowed_origins`). A handshake without
+/// an `Origin` header comes from a non-browser client, which cross-site WebSocket hijacking
+/// (RFC 6455 §10.2) cannot use, and is not checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Origins {
+    /// Unset: pages served over https from the host name the client connected to (any port).
+    #[default]
+    SameHost,
+    /// `["*"]`: any origin.
+    Any,
+    /// Exactly these origins (`scheme://host[:port]`, compared case-insensitively).
+    List(Vec<String>),
+}
+
+/// The options of a `websocket` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebOptions {
+    /// The request path of the WebSocket endpoint.
+    pub path: String,
+    /// Browser origins allowed.
+    pub allowed_origins: Origins,
+    /// Largest frame payload from a client; `None`: `limits.stanza_bytes`.
+    pub max_frame_bytes: Option<usize>,
+    /// Largest message (all its fragments) from a client; `None`: `limits.stanza_bytes`.
+    pub max_message_bytes: Option<usize>,
+    /// The URL XEP-0156 host-meta advertises; `None`: `wss://` + the request's Host + path.
+    pub public_url: Option<String>,
+}
+
+impl Default for WebOptions {
+    fn default() -> Self {
+        WebOptions {
+            path: "/xmpp-websocket".to_owned(),
+            allowed_origins: Origins::SameHost,
+            max_frame_bytes: None,
+            max_message_bytes: None,
+            public_url: None,
+        }
+    }
 }
 
 /// `[limits]`.
@@ -185,13 +238,29 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[s2s]`: federation (present with s2s listeners).
     pub s2s: Option<S2sConfig>,
+    /// `[store]`: where shared state (rate buckets, bans) is kept.
+    pub store: StoreConfig,
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
-    /// Where `GET /metrics` is served; `None`: no admin endpoint.
+    /// Where the admin listener (API, dashboard, `GET /metrics`) is served; `None`: none.
     pub bind: Option<SocketAddr>,
+    /// The file of hashed API tokens (`stanzawall admin-token` writes it); `None`: the API
+    /// answers 401 to everything (only the public endpoints work).
+    pub tokens: Option<PathBuf>,
+    /// Where `tokens` was configured (errors reading the file point here).
+    pub tokens_origin: Option<Origin>,
+    /// `GET /metrics` answers without a token (`metrics_public`, default true: Prometheus
+    /// scrapers usually carry no credentials).
+    pub metrics_public: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { bind: None, tokens: None, tokens_origin: None, metrics_public: true }
+    }
 }
 
 /// How the config reads the other files it names (includes and list files). The core does no
@@ -289,7 +358,9 @@ impl Config {
     /// Every file besides the main one that this config was built from (list files), for
     /// change detection.
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        self.policy.lists.values().filter_map(|l| l.file.clone()).collect()
+        let lists = self.policy.lists.values().filter_map(|l| l.file.clone());
+        // A token added with `stanzawall admin-token` works without a signal.
+        lists.chain(self.admin.tokens.clone()).collect()
     }
 
     /// Human-readable differences from `old`, for the reload log.

@@ -164,3 +164,204 @@ pub fn session(data: &[u8], start: std::time::Instant) {
         }
     }
 }
+
+/// The upgrade request [`websocket`] sends first.
+pub const WS_UPGRADE: &[u8] = b"GET /xmpp-websocket HTTP/1.1\r\nHost: example.test\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+    Sec-WebSocket-Protocol: xmpp\r\n\r\n";
+
+/// A WebSocket connection (the web door around a c2s session): the first byte says whether
+/// [`WS_UPGRADE`] is sent first; then ops as in [`session`], where op 0 sends raw client bytes
+/// (frames or HTTP) and op 9 sends its bytes as one masked text frame (a message the framing
+/// layer parses). Invariants: nothing is written after the close; once upgraded, everything
+/// written to the client is whole server frames (unmasked, FIN set), text frames are UTF-8.
+pub fn websocket(data: &[u8], start: std::time::Instant) {
+    use crate::session::web::{WebConfig, WebSocketSession};
+    let cfg = SessionConfig {
+        direct_tls: true,
+        preauth_limits: limits(),
+        limits: limits(),
+        backend_limits: limits(),
+        backend_tls: BackendTls::Off,
+        stream_id: "fuzz".to_owned(),
+        timeouts: crate::session::Timeouts::default(),
+    };
+    let Ok(policy) = crate::policy::Policy::compile(&Default::default()) else { return };
+    let binding = crate::session::PolicyBinding {
+        policy: std::sync::Arc::new(policy),
+        rates: std::sync::Arc::new(crate::policy::RateTable::new()),
+        source_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+    };
+    let web = WebConfig {
+        max_frame_bytes: 4096,
+        max_message_bytes: 8192,
+        domains: vec!["example.test".to_owned()],
+        ..WebConfig::default()
+    };
+    let preauth = XmlLimits { stanza_bytes: 2048, ..limits() };
+    let mut s = WebSocketSession::new(std::sync::Arc::new(web), Session::new(cfg, binding, start), preauth, limits());
+    let mut upgraded = false;
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        s.client_bytes(WS_UPGRADE, start);
+        upgraded = s.take_to_client().starts_with(b"HTTP/1.1 101 ");
+        assert!(upgraded, "the fixed upgrade request is accepted");
+    }
+    let mut now = start;
+    let mut rest = data.get(1..).unwrap_or_default();
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        let was_closed = s.is_closed();
+        now += std::time::Duration::from_secs(1);
+        match op % 10 {
+            0 | 1 | 9 => {
+                let n = rest.first().map_or(0, |&n| usize::from(n)).min(rest.len().saturating_sub(1));
+                let bytes = rest.get(1..1 + n).unwrap_or_default();
+                rest = rest.get(1 + n..).unwrap_or_default();
+                match op % 10 {
+                    0 => s.client_bytes(bytes, now),
+                    1 => s.backend_bytes(bytes, now),
+                    _ => {
+                        let mut frame = vec![0x81, 0x80 | bytes.len().min(125) as u8, 1, 2, 3, 4];
+                        let payload = &bytes[..bytes.len().min(125)];
+                        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+                        s.client_bytes(&frame, now);
+                    }
+                }
+            }
+            2 => s.client_tls_established(),
+            3 => s.backend_connected(),
+            4 => s.backend_tls_established(),
+            5 => s.shutdown(),
+            6 => s.backend_failed("fuzz"),
+            7 => s.client_disconnected(),
+            _ => s.handle_timeout(now + std::time::Duration::from_secs(u64::from(op) * 60)),
+        }
+        let to_client = s.take_to_client();
+        let _ = s.take_to_backend();
+        while s.poll_effect().is_some() {}
+        if was_closed {
+            assert!(to_client.is_empty(), "wrote after close");
+        }
+        if upgraded {
+            check_server_frames(&to_client);
+        }
+    }
+}
+
+/// Whole, unmasked, final server frames; text frames in UTF-8.
+fn check_server_frames(mut b: &[u8]) {
+    while !b.is_empty() {
+        assert!(b.len() >= 2 && b[0] & 0x80 != 0 && b[1] & 0x80 == 0, "a whole unmasked final frame");
+        let (len, at) = match b[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 => {
+                (usize::try_from(u64::from_be_bytes(b[2..10].try_into().unwrap_or_default())).unwrap_or(usize::MAX), 10)
+            }
+            n => (usize::from(n), 2),
+        };
+        let at: usize = at;
+        assert!(b.len() >= at.saturating_add(len), "a frame cut short");
+        if b[0] & 0x0f == 1 {
+            assert!(std::str::from_utf8(&b[at..at + len]).is_ok(), "text frames are UTF-8");
+        }
+        b = &b[at + len..];
+    }
+}
+
+/// An s2s session (federation) fed arbitrary I/O events and daemon answers. The first byte
+/// picks the kind (inbound, inbound over direct TLS, outbound) and the deny list; then ops as
+/// in [`session`], plus the daemon's answers to the s2s effects (certificate verdicts,
+/// dialback results, the remote's certificate). Invariants: no panic; nothing is written after
+/// the close; no stanza reaches the back leg of an inbound session before some pair was
+/// authenticated (an authentication effect precedes it).
+pub fn s2s(data: &[u8], start: std::time::Instant) {
+    use crate::session::s2s::{DialbackSecret, Dnssec, PeerCert, S2sInbound, S2sOutbound, S2sSettings};
+    let first = data.first().copied().unwrap_or(0);
+    let settings = S2sSettings {
+        local_domains: vec!["a.example".to_owned()].into(),
+        cert_domains: vec!["a.example".to_owned()].into(),
+        require_tls: first & 8 == 0,
+        direct_tls: first & 1 == 1,
+        limits: limits(),
+        backend_limits: limits(),
+        stream_id: "fuzz".to_owned(),
+        timeouts: crate::session::Timeouts::default(),
+        dialback: std::sync::Arc::new(DialbackSecret::new(b"fuzz")),
+    };
+    let mut spec = crate::policy::PolicyConfig::default();
+    if first & 16 != 0 {
+        let origin = crate::origin::Origin { file: "fuzz".into(), line: 1, key: "s2s.deny".into() };
+        spec.s2s.deny.push(crate::origin::Located { value: "b.example".to_owned(), origin });
+    }
+    let Ok(policy) = crate::policy::Policy::compile(&spec) else { return };
+    let binding = crate::session::PolicyBinding {
+        policy: std::sync::Arc::new(policy),
+        rates: std::sync::Arc::new(crate::policy::RateTable::new()),
+        source_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+    };
+    let mut s: Box<dyn StreamMachine> = if first & 2 != 0 {
+        Box::new(S2sOutbound::new(settings, binding, start))
+    } else {
+        Box::new(S2sInbound::new(settings, binding, start))
+    };
+    let inbound = first & 2 == 0;
+    let mut authenticated = false;
+    let mut now = start;
+    let mut rest = data.get(1..).unwrap_or_default();
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        let was_closed = s.is_closed();
+        now += std::time::Duration::from_secs(1);
+        let cert = || match op / 16 % 4 {
+            0 => PeerCert::None,
+            1 => PeerCert::Invalid("fuzz".into()),
+            2 => PeerCert::Pkix,
+            _ => PeerCert::Dane,
+        };
+        match op % 16 {
+            0 | 1 => {
+                let n = rest.first().map_or(0, |&n| usize::from(n)).min(rest.len().saturating_sub(1));
+                let bytes = rest.get(1..1 + n).unwrap_or_default();
+                rest = rest.get(1 + n..).unwrap_or_default();
+                if op % 16 == 0 {
+                    s.client_bytes(bytes, now)
+                } else {
+                    s.backend_bytes(bytes, now)
+                }
+            }
+            2 => s.client_tls_established(),
+            3 => s.backend_connected(),
+            4 => s.backend_tls_established(),
+            5 => s.shutdown(),
+            6 => s.backend_failed("fuzz"),
+            7 => s.client_disconnected(),
+            8 => s.handle_timeout(now + std::time::Duration::from_secs(u64::from(op) * 60)),
+            9 => s.peer_certificate("b.example", cert()),
+            10 => s.dialback_result("b.example", "a.example", Ok(op & 32 != 0)),
+            11 => s.dialback_result("b.example", "a.example", Err("fuzz".into())),
+            12 => s.remote_certificate(cert(), Dnssec::Secure),
+            13 => s.refuse(crate::stream::Condition::PolicyViolation, "fuzz"),
+            _ => {
+                let _ = s.take_client_buffered();
+                let _ = s.take_backend_buffered();
+            }
+        }
+        let to_client = s.take_to_client();
+        let to_backend = s.take_to_backend();
+        while let Some(effect) = s.poll_effect() {
+            if matches!(effect, crate::session::Effect::S2sAuthenticated(_)) {
+                authenticated = true;
+            }
+        }
+        if was_closed {
+            assert!(to_client.is_empty() && to_backend.is_empty(), "wrote after close");
+        }
+        if inbound && !authenticated {
+            let text = String::from_utf8_lossy(&to_backend);
+            assert!(
+                !text.contains("<message") && !text.contains("<iq") && !text.contains("<presence"),
+                "stanza before authentication"
+            );
+        }
+    }
+}

@@ -227,6 +227,11 @@ impl ConnectionGuard {
         self.bans.record_failure(self.source(ip), now)
     }
 
+    /// The ban settings (`[network.ban]`), for a store that counts failures elsewhere.
+    pub fn ban_config(&self) -> BanConfig {
+        self.config.ban
+    }
+
     /// The ban table, for the state directory.
     pub fn bans(&mut self) -> &mut BanList {
         &mut self.bans

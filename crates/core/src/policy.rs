@@ -47,7 +47,7 @@ use crate::xml::Element;
 
 use cidrset::CidrSet;
 use jidset::{DomainSet, JidSet};
-pub use rate::RateTable;
+pub use rate::{RateStore, RateTable};
 pub use spec::{AuditConfig, Chain, PolicyConfig};
 use url::{NormalizedUrl, UrlSet};
 pub use verdict::{Disposition, Hit, Outcome, RuleAction, Verdict};
@@ -285,7 +285,7 @@ impl<'a> Facts<'a> {
     /// Prosody's `mod_anti_spam`, only stanzas addressed to a bare JID are judged: one
     /// addressed to a full JID comes from someone the user gave it to (a contact with
     /// presence, a room it joined).
-    fn relation(&self, rates: &RateTable) -> Option<crate::antispam::Relation> {
+    fn relation(&self, rates: &dyn RateStore) -> Option<crate::antispam::Relation> {
         *self.relation.get_or_init(|| {
             let to = self.to()?;
             if !to.is_bare() {
@@ -441,12 +441,19 @@ impl Policy {
 
     /// Decide what happens to stanza `el` on its own (see [`Policy::evaluate_stanza`] for the
     /// stanzas it wraps).
-    pub fn evaluate(&self, el: &Element, ctx: &Context<'_>, rates: &RateTable, now: Instant) -> Verdict {
+    pub fn evaluate(&self, el: &Element, ctx: &Context<'_>, rates: &dyn RateStore, now: Instant) -> Verdict {
         self.evaluate_as(el, ctx, rates, now, false)
     }
 
     /// `evaluate`, for a stanza wrapped in another when `wrapped`.
-    fn evaluate_as(&self, el: &Element, ctx: &Context<'_>, rates: &RateTable, now: Instant, wrapped: bool) -> Verdict {
+    fn evaluate_as(
+        &self,
+        el: &Element,
+        ctx: &Context<'_>,
+        rates: &dyn RateStore,
+        now: Instant,
+        wrapped: bool,
+    ) -> Verdict {
         let facts = Facts::new(el, ctx, wrapped);
         let mut hits = Vec::new();
         for &i in &self.chains[ctx.chain.index()] {
@@ -479,11 +486,11 @@ impl Policy {
         Verdict { outcome: self.defaults[ctx.chain.index()].clone(), rule: None, hits }
     }
 
-    fn all(&self, conds: &[Cond], f: &Facts<'_>, rates: &RateTable, now: Instant) -> bool {
+    fn all(&self, conds: &[Cond], f: &Facts<'_>, rates: &dyn RateStore, now: Instant) -> bool {
         conds.iter().all(|c| self.holds(c, f, rates, now))
     }
 
-    fn holds(&self, c: &Cond, f: &Facts<'_>, rates: &RateTable, now: Instant) -> bool {
+    fn holds(&self, c: &Cond, f: &Facts<'_>, rates: &dyn RateStore, now: Instant) -> bool {
         match c {
             Cond::Kind(kinds) => Kind::of(f.el).is_some_and(|k| kinds.contains(&k)),
             Cond::Type(types) => {
@@ -561,7 +568,7 @@ impl Policy {
 impl Policy {
     /// Count this copy of the text toward a wave; true when it belongs to a detected one (its
     /// id and sample go into the rule's hit; a wave just detected is queued for the audit).
-    fn wave(&self, c: &WaveCond, f: &Facts<'_>, rates: &RateTable, now: Instant) -> bool {
+    fn wave(&self, c: &WaveCond, f: &Facts<'_>, rates: &dyn RateStore, now: Instant) -> bool {
         let (normal, fingerprint) = f.fingerprint();
         if normal.chars().count() < c.spec.min_length {
             return false;

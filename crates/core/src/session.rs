@@ -8,14 +8,16 @@
 //! owns every protocol timer and decision; it never touches sockets or clocks. Effects are
 //! reported the same way for every kind (`PolicyEvent`, `CloseReason` with its side).
 //!
-//! Kinds: [`c2s`] (client-to-server, STARTTLS or direct TLS) and [`s2s`] (federation: inbound,
-//! outbound, and the dialback verify stream). A new kind (the SOCKS5 relay) is a module beside
+//! Kinds: [`c2s`] (client-to-server, STARTTLS or direct TLS), [`web`] (XMPP over WebSocket,
+//! a c2s machine behind RFC 7395 framing) and [`s2s`] (federation: inbound, outbound, and the
+//! dialback verify stream). A new kind (the SOCKS5 relay) is a module beside
 //! them implementing [`StreamMachine`].
 
 pub mod c2s;
 mod effect;
 pub mod s2s;
 pub mod sm;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -31,6 +31,11 @@ fn xml_stream_corpus() {
 }
 
 #[test]
+fn s2s_corpus() {
+    replay("s2s", |data| fuzzing::s2s(data, std::time::Instant::now()));
+}
+
+#[test]
 fn session_corpus() {
     replay("session", |data| fuzzing::session(data, std::time::Instant::now()));
 }
@@ -43,4 +48,9 @@ fn jid_corpus() {
 #[test]
 fn config_corpus() {
     replay("config", fuzzing::config);
+}
+
+#[test]
+fn websocket_corpus() {
+    replay("websocket", |data| fuzzing::websocket(data, std::time::Instant::now()));
 }

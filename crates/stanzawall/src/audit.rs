@@ -4,6 +4,10 @@
 //! session wait (backpressure) rather than lose a record (invariant 4, lose nothing silently,
 //! docs/DESIGN.md: drops are always audited). Without `[audit] path` records go to the daemon's log instead. Message bodies are
 //! written only with `include_body = true`.
+//!
+//! The writer also keeps the most recent records in memory ([`Feed`]) for the admin API's
+//! `GET /api/v1/audit` and hands each one to live subscribers (`/api/v1/audit/stream`); a slow
+//! subscriber misses records (it is told how many), never slows the writer.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,11 +23,54 @@ use crate::metrics::Metrics;
 
 /// Records waiting for the writer.
 const QUEUE: usize = 16_384;
+/// Records kept in memory for the admin API.
+const RECENT: usize = 2_000;
+/// Records a live subscriber may lag behind before it misses some.
+const LIVE_BACKLOG: usize = 1_024;
 
 /// Where sessions send records.
 #[derive(Debug, Clone)]
 pub struct Audit {
     tx: mpsc::Sender<(Option<PathBuf>, Vec<Value>)>,
+    /// The recent records and live subscribers.
+    pub feed: Arc<Feed>,
+}
+
+/// The recent records (numbered from 1 in the order written) and the live channel.
+#[derive(Debug)]
+pub struct Feed {
+    recent: std::sync::Mutex<(u64, std::collections::VecDeque<(u64, Value)>)>,
+    live: tokio::sync::broadcast::Sender<(u64, Value)>,
+}
+
+impl Feed {
+    fn new() -> Feed {
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BACKLOG);
+        Feed { recent: std::sync::Mutex::new((0, std::collections::VecDeque::new())), live }
+    }
+
+    fn push(&self, record: &Value) {
+        let mut guard = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (seq, ring) = &mut *guard;
+        *seq += 1;
+        if ring.len() == RECENT {
+            ring.pop_front();
+        }
+        ring.push_back((*seq, record.clone()));
+        // No subscriber is not an error.
+        let _ = self.live.send((*seq, record.clone()));
+    }
+
+    /// The recent records, oldest first, with their sequence numbers.
+    pub fn recent(&self) -> Vec<(u64, Value)> {
+        let guard = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.1.iter().cloned().collect()
+    }
+
+    /// Records written from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(u64, Value)> {
+        self.live.subscribe()
+    }
 }
 
 /// Who the record is about, besides the stanza.
@@ -164,6 +211,24 @@ pub fn s2s_record(event: &str, direction: &str, remote: &str, fields: Value, ori
     v
 }
 
+/// The record of an operator's action through the admin API (who, what, when, result), or of
+/// a refused API request (`action` = `auth`).
+pub fn admin_record(who: &str, role: &str, client_ip: std::net::IpAddr, action: &str, detail: Value) -> Value {
+    let time = humantime_rfc3339(std::time::SystemTime::now());
+    let mut v = json!({
+        "time": time,
+        "event": "admin",
+        "admin.token": who,
+        "admin.role": role,
+        "client.ip": client_ip.to_string(),
+        "action": action,
+    });
+    if let (Some(map), Value::Object(extra)) = (v.as_object_mut(), detail) {
+        map.extend(extra);
+    }
+    v
+}
+
 /// The JSON lines for one decision: one per matched rule, or one for a chain default.
 pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
     let time = humantime_rfc3339(std::time::SystemTime::now());
@@ -198,12 +263,17 @@ impl Audit {
     /// Start the writer task.
     pub fn start(metrics: Arc<Metrics>) -> Audit {
         let (tx, mut rx) = mpsc::channel::<(Option<PathBuf>, Vec<Value>)>(QUEUE);
+        let feed = Arc::new(Feed::new());
+        let fed = feed.clone();
         tokio::spawn(async move {
             // The open file, kept across batches (reopened when the configured path changes).
             let mut open: Option<(PathBuf, tokio::io::BufWriter<tokio::fs::File>)> = None;
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, 256).await > 0 {
                 for (path, lines) in batch.drain(..) {
+                    for l in &lines {
+                        fed.push(l);
+                    }
                     let Some(path) = path else {
                         for l in &lines {
                             info!(audit = %l, "policy decision");
@@ -246,7 +316,7 @@ impl Audit {
                 }
             }
         });
-        Audit { tx }
+        Audit { tx, feed }
     }
 
     /// Queue records (waits while the writer is behind).

@@ -20,6 +20,7 @@ use std::time::Duration;
 use stanzawall_core::config::{ListenerConfig, ListenerKind};
 use stanzawall_core::limit::ByteBucket;
 use stanzawall_core::session::s2s::{PeerCert, S2sInbound, S2sOutbound};
+use stanzawall_core::session::web::{WebConfig, WebSocketSession};
 use stanzawall_core::session::{
     CloseReason, Counters, Effect, PolicyBinding, Session, SessionConfig, StreamMachine, Timeouts,
 };
@@ -104,6 +105,9 @@ struct Connection<'a, S: StreamMachine> {
     armed: Instant,
     /// Outbound s2s: the remote target connected to (for its TLS upgrade).
     remote: Option<Box<crate::dns::ConnectedTarget>>,
+    /// The session's row in the live table (admin API) and its kicks.
+    registration: crate::sessions::Registration,
+    kicks: tokio::sync::mpsc::Receiver<crate::sessions::Kick>,
 }
 
 /// Serve one accepted connection to completion.
@@ -126,6 +130,17 @@ pub async fn serve(
     legs::tune(&socket);
     info!("session opened");
     match listener.kind {
+        ListenerKind::WebSocket => {
+            // The web door: the same c2s machine behind RFC 7395 framing (core `session::web`).
+            let web = Arc::new(web_config(&listener, &ctx.generation));
+            let make = move |l: &ListenerConfig, g: &Generation, b: PolicyBinding, t: Timeouts, id: String| {
+                let (preauth, limits) = (g.config.limits.xml_preauth(), g.config.limits.xml());
+                let session = c2s_session(l, g, b, t, id)?;
+                Some(WebSocketSession::new(web, session, preauth, limits))
+            };
+            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, make) else { return };
+            conn.serve().await
+        }
         ListenerKind::C2s | ListenerKind::C2sTls => {
             let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, c2s_session) else { return };
             conn.serve().await
@@ -139,6 +154,18 @@ pub async fn serve(
             conn.serve().await
         }
         ListenerKind::S2sOut => {
+            // Transparent interception (`[s2s] intercept`, nftables redirect): where our server
+            // meant to go. The remote domain still comes from the stream header and is
+            // resolved by the gateway itself; the address is for the log.
+            let original = socket2::SockRef::from(&socket)
+                .original_dst_v4()
+                .or_else(|_| socket2::SockRef::from(&socket).original_dst_v6())
+                .ok()
+                .and_then(|a| a.as_socket())
+                .filter(|a| *a != local);
+            if let Some(dst) = original {
+                info!(original_dst = %dst, "outbound s2s intercepted");
+            }
             let make: MakeSession<S2sOutbound> = |l, g, b, t, id| {
                 let rt = g.s2s.as_ref()?;
                 Some(S2sOutbound::new(rt.settings(l, &g.config, id, t), b, std::time::Instant::now()))
@@ -159,7 +186,8 @@ fn c2s_session(
 ) -> Option<Session> {
     let limits = generation.config.limits;
     let cfg = SessionConfig {
-        direct_tls: listener.kind == ListenerKind::C2sTls,
+        // A WebSocket's client leg is TLS below HTTP: no STARTTLS inside the stream.
+        direct_tls: matches!(listener.kind, ListenerKind::C2sTls | ListenerKind::WebSocket),
         preauth_limits: limits.xml_preauth(),
         limits: limits.xml(),
         backend_limits: limits.xml_backend(),
@@ -174,6 +202,21 @@ fn c2s_session(
 /// (an s2s listener without `[s2s]`, which config validation prevents).
 type MakeSession<S> = fn(&ListenerConfig, &Generation, PolicyBinding, Timeouts, String) -> Option<S>;
 
+/// The settings of a WebSocket listener's sessions: its options, caps defaulting to the
+/// stanza cap, and the certificates' domains for host-meta.
+fn web_config(listener: &ListenerConfig, generation: &Generation) -> WebConfig {
+    let web = &listener.web;
+    let stanza = generation.config.limits.stanza_bytes;
+    WebConfig {
+        path: web.path.clone(),
+        origins: web.allowed_origins.clone(),
+        max_frame_bytes: web.max_frame_bytes.unwrap_or(stanza),
+        max_message_bytes: web.max_message_bytes.unwrap_or(stanza),
+        public_url: web.public_url.clone(),
+        domains: generation.config.certificates.iter().flat_map(|c| c.domains.iter().cloned()).collect(),
+    }
+}
+
 impl<'a, S: StreamMachine> Connection<'a, S> {
     /// A connection on `listener` running the machine `make` builds, with the newest policy.
     fn new(
@@ -183,7 +226,7 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
         listener: Arc<ListenerConfig>,
         ctx: SessionContext,
         permit: &'a Permit,
-        make: MakeSession<S>,
+        make: impl FnOnce(&ListenerConfig, &Generation, PolicyBinding, Timeouts, String) -> Option<S>,
     ) -> Option<Self> {
         let SessionContext { generation, mut gen_rx, shutdown, shared } = ctx;
         let network = &generation.config.network;
@@ -198,6 +241,7 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
         let binding = PolicyBinding { policy, rates: shared.rates.clone(), source_ip: peer.ip() };
         let session = make(&listener, &generation, binding, timeouts, legs::random_id())?;
         let armed = Instant::now() + network.handshake_timeout;
+        let (registration, kicks) = shared.sessions.register(&listener.name, listener.kind.as_str(), peer);
         Some(Connection {
             reported: session.counters(),
             session,
@@ -220,6 +264,8 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
             timer: Box::pin(tokio::time::sleep_until(armed)),
             armed,
             remote: None,
+            registration,
+            kicks,
         })
     }
 
@@ -258,11 +304,14 @@ impl<S: StreamMachine> Connection<'_, S> {
 
     /// Until the session closes: flush, effects, then wait for the next input.
     async fn run(&mut self) -> CloseReason {
-        if matches!(self.listener.kind, ListenerKind::C2sTls | ListenerKind::S2sTls) {
+        if matches!(self.listener.kind, ListenerKind::C2sTls | ListenerKind::S2sTls | ListenerKind::WebSocket) {
             let s2s = self.listener.kind.is_s2s();
+            // Browsers offer ALPN h2 and http/1.1: a WebSocket listener takes the certificate
+            // without the `xmpp-client` ALPN (the STARTTLS configuration) and speaks HTTP/1.1.
+            let direct = self.listener.kind != ListenerKind::WebSocket;
             let handshake = timeout(
                 self.deadline().saturating_duration_since(Instant::now()),
-                Box::pin(legs::accept_tls(&mut self.client, None, true, &self.generation, s2s)),
+                Box::pin(legs::accept_tls(&mut self.client, None, direct, &self.generation, s2s)),
             );
             match handshake.await {
                 Ok(Ok(())) => {}
@@ -346,6 +395,7 @@ impl<S: StreamMachine> Connection<'_, S> {
             }
             Effect::Bound(jid) => {
                 tracing::Span::current().record("client.jid", tracing::field::display(&jid));
+                self.registration.set_jid(&jid.to_string());
                 info!("session bound");
             }
             Effect::AuthFailed => self.on_auth_failed().await,
@@ -361,8 +411,8 @@ impl<S: StreamMachine> Connection<'_, S> {
             }
             Effect::Policy(_) => {}
             Effect::CheckPeerCertificate { domain } => {
-                let cert = match &self.generation.s2s {
-                    Some(rt) => rt.check_peer(&self.client, &domain),
+                let cert = match self.generation.s2s.clone() {
+                    Some(rt) => Box::pin(rt.check_peer(&self.client, &domain)).await,
                     None => PeerCert::None,
                 };
                 info!(remote = %domain, certificate = cert.as_str(), "remote certificate checked");
@@ -377,6 +427,7 @@ impl<S: StreamMachine> Connection<'_, S> {
                 self.session.dialback_result(&remote, &local, result);
             }
             Effect::S2sAuthenticated(a) => {
+                self.registration.set_jid(&a.remote.to_string());
                 info!(
                     direction = a.direction,
                     remote = %a.remote,
@@ -437,6 +488,13 @@ impl<S: StreamMachine> Connection<'_, S> {
 
     fn count_stanzas(&mut self) {
         let counters = self.session.counters();
+        let t = &self.totals;
+        self.registration.update(
+            t.from_client,
+            t.to_client,
+            counters.stanzas_from_client,
+            counters.stanzas_from_backend,
+        );
         if counters != self.reported {
             let stanzas = &self.shared.metrics.stanzas;
             let (front, back) = self.session.chains();
@@ -485,6 +543,11 @@ impl<S: StreamMachine> Connection<'_, S> {
             },
             _ = tokio::time::sleep(pause), if room == 0 => self.shaped += pause,
             _ = self.shutdown.changed() => self.session.shutdown(),
+            // An operator's kick (admin API): the engine sends the stream error and closes.
+            Some(kick) = self.kicks.recv() => {
+                info!(session.id = self.registration.id(), condition = kick.condition.as_str(), "session kicked by an operator");
+                self.session.refuse(kick.condition, &kick.text);
+            }
             _ = &mut self.timer => {
                 self.session.handle_timeout(std::time::Instant::now());
                 self.armed = self.deadline();

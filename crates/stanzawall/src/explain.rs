@@ -21,6 +21,19 @@ use crate::state::load_config;
 pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, input: &str) -> anyhow::Result<String> {
     let config = load_config(path)?;
     let policy = Policy::compile(&config.policy)?;
+    explain_with(&config, &policy, chain, source_ip, user, input)
+}
+
+/// The report for every stanza in `input` under a loaded config and its compiled policy (the
+/// admin API's `POST /api/v1/explain` uses the running generation's).
+pub fn explain_with(
+    config: &stanzawall_core::config::Config,
+    policy: &Policy,
+    chain: &str,
+    source_ip: IpAddr,
+    user: Option<&str>,
+    input: &str,
+) -> anyhow::Result<String> {
     let Some(chain) = Chain::from_name(chain) else {
         anyhow::bail!("--chain: unknown chain '{chain}' (expected c2s-in or c2s-out)");
     };
@@ -56,7 +69,7 @@ pub fn run(path: &Path, chain: &str, source_ip: IpAddr, user: Option<&str>, inpu
         let ctx = Context { chain, user: user.as_ref(), source_ip };
         // The session's own pipeline: the gateway's checks (stamping, `to` preparation, iq
         // structure, forged carbons and roster pushes), then the policy.
-        let decision = decide(&mut el, &ctx, &policy, &rates, now);
+        let decision = decide(&mut el, &ctx, policy, &rates, now);
         let _ = writeln!(out, "stanza {}: {}", i + 1, String::from_utf8_lossy(&el.to_bytes(NS_CLIENT)));
         let _ = writeln!(out, "  chain: {}", chain.as_str());
         match decision {
@@ -184,8 +197,20 @@ mod tests {
         assert!(out.contains("rule: mask (") && out.contains("c.toml:15)"), "{out}");
         assert!(out.contains("rewritten: <message to='b@example.test' from='alice@example.test/explain'><body>a ******</body></message>"), "{out}");
         assert!(out.contains("stanza 2: <presence") && out.contains("rule: none matched"), "{out}");
-        let e = run(&path, "s2s-in", "127.0.0.1".parse().unwrap(), None, "<presence/>").unwrap_err();
+        let e = run(&path, "s2s-sideways", "127.0.0.1".parse().unwrap(), None, "<presence/>").unwrap_err();
         assert!(e.to_string().contains("unknown chain"), "{e}");
+        // s2s chains: the gateway's own check (both addresses, RFC 6120 §8.1.2.2), then the rules.
+        let out = run(&path, "s2s-in", "127.0.0.1".parse().unwrap(), None, "<presence/>").unwrap();
+        assert!(out.contains("chain: s2s-in") && out.contains("improper-addressing"), "{out}");
+        let out = run(
+            &path,
+            "s2s-in",
+            "127.0.0.1".parse().unwrap(),
+            None,
+            "<message from='eve@remote.example/x' to='b@example.test'><body>a secret</body></message>",
+        )
+        .unwrap();
+        assert!(out.contains("chain: s2s-in") && !out.contains("gateway: close"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

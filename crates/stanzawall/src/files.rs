@@ -140,5 +140,32 @@ pub fn with_deadline<T: Send + 'static>(
     }
 }
 
+/// Replace `path` with `text` atomically: a temporary file in the same directory, synced, then
+/// renamed over it (readers see the old file or the new one, never half of one). The new file
+/// keeps the old one's permissions, or gets `mode` when there was none.
+pub fn replace_atomically(path: &Path, text: &str, mode: Option<u32>) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| refuse(format!("{}: not a file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let keep = std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(keep.or(mode).unwrap_or(0o644))
+        .open(&tmp)?;
+    let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod admin;
 mod audit;
 // The outbound s2s path (issue 11) is wired by the lead; until then only `resolve` uses it.
 mod conn;
@@ -18,8 +19,11 @@ mod metrics;
 mod nft;
 mod s2s;
 mod server;
+mod sessions;
 mod state;
+mod store;
 mod tls;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +102,20 @@ enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Create an admin API token: print it once on stdout, store only its hash in the token
+    /// file (`[admin] tokens`; created with mode 0600 if missing). A running gateway picks the
+    /// new token up within a second or two.
+    AdminToken {
+        /// The token file.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// What the token may do: `read` (see everything) or `admin` (also act).
+        #[arg(long, value_parser = ["read", "admin"])]
+        role: String,
+        /// A name for the token (audit records show it); default `token-N`.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Resolve a remote XMPP domain as outbound s2s would (static route, SRV, A/AAAA, DNSSEC,
     /// TLSA) and print the targets as JSON; exit 1 on a bogus answer or a failed lookup.
     Resolve {
@@ -121,6 +139,24 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::AdminToken { tokens, role, name } => {
+            let role = tokens::Role::parse(&role).unwrap_or(tokens::Role::Read);
+            match tokens::add_to_file(&tokens, name.as_deref(), role) {
+                Ok(token) => {
+                    println!("{token}");
+                    eprintln!(
+                        "token added to {} (role {}); it is shown only now, the file keeps its hash",
+                        tokens.display(),
+                        role.as_str()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("stanzawall admin-token: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Resolve { domain, resolver, trust_anchor, dnssec, routes } => {
             match dns::cli::run(&domain, resolver, trust_anchor, dnssec == "validate", &routes) {
                 Ok(json) => {
@@ -171,6 +207,24 @@ fn main() -> ExitCode {
                     g.config.policy.rules.len(),
                     g.config.policy.lists.len()
                 );
+                if let Some(s2s) = &g.config.s2s {
+                    let p = &g.config.policy.s2s;
+                    println!(
+                        "federation: domains {:?}; allow {} (empty: everyone), deny {}; require_tls {}; \
+                         require_authenticated {} (+{} per-domain); dnssec {}; resolver {}; {} static routes; \
+                         dialback secret {}",
+                        s2s.local_domains,
+                        p.allow.len(),
+                        p.deny.len(),
+                        s2s.require_tls,
+                        p.default_require.unwrap_or(stanzawall_core::config::AuthLevel::Dialback).as_str(),
+                        p.require.len(),
+                        if s2s.dnssec { "validate" } else { "off" },
+                        s2s.resolver.map_or_else(|| "system".to_owned(), |r| r.to_string()),
+                        s2s.routes.len(),
+                        s2s.dialback_secret_file.display(),
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -1,22 +1,17 @@
-//! Prometheus metrics and the admin HTTP endpoint (`[admin] bind`, `GET /metrics`).
+//! Prometheus metrics: the families and their text encoding (served as `GET /metrics` by the
+//! admin listener, [`crate::admin`]).
 //!
 //! Each family is registered once at start; sessions update them through [`Metrics`] (atomic
-//! counters, no locks on the stanza path). The endpoint serves the text exposition format and
-//! nothing else: it has no write operations, so it exposes no control surface.
+//! counters, no locks on the stanza path).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tracing::{error, info};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChainLabels {
@@ -160,27 +155,9 @@ impl Metrics {
     }
 }
 
-/// Serve `GET /metrics` on `bind` until the task is aborted.
-pub async fn serve(bind: SocketAddr, registry: Arc<Registry>) {
-    let listener = match tokio::net::TcpListener::bind(bind).await {
-        Ok(l) => l,
-        Err(e) => return error!(admin.bind = %bind, error = %e, "cannot listen for the admin endpoint"),
-    };
-    info!(admin.bind = %bind, "admin endpoint listening (GET /metrics)");
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                if encode(&mut body, &registry).is_err() {
-                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "encoding failed").into_response();
-                }
-                ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app).await {
-        error!(admin.bind = %bind, error = %e, "admin endpoint failed");
-    }
+/// The registry in the text exposition format (`GET /metrics` on the admin listener).
+pub fn encode_text(registry: &Registry) -> Option<String> {
+    let mut body = String::new();
+    encode(&mut body, registry).ok()?;
+    Some(body)
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 use stanzawall_core::config::Config;
+use stanzawall_core::config::ListenerKind;
 use stanzawall_core::guard::{source_key, Cidr};
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
@@ -96,9 +97,37 @@ pub fn ruleset(config: &Config, bans: &[(Cidr, SystemTime)], now: SystemTime) ->
     let _ = writeln!(w, "table inet {table} {{");
     let sets = write_sets(w, config, bans, now);
     write_prerouting(w);
+    write_intercept(w, config);
     write_input(w, config, &sets);
     let _ = writeln!(w, "}}");
     out
+}
+
+/// Transparent interception of our servers' outbound federation (`[s2s] intercept`): their
+/// TCP connections to port 5269 anywhere are redirected to the `s2s-out` listener, which reads
+/// the original destination (SO_ORIGINAL_DST) and the remote domain from the stream header.
+/// Only 5269: the `s2s-out` leg is plaintext, so a direct-TLS (5270) attempt could not be read.
+fn write_intercept(w: &mut String, config: &Config) {
+    let Some(s2s) = &config.s2s else { return };
+    let Some(out) = config.listeners.iter().find(|l| l.kind == ListenerKind::S2sOut) else { return };
+    if s2s.intercept.is_empty() {
+        return;
+    }
+    let (v4, v6) = split(&s2s.intercept);
+    let port = out.bind.port();
+    let _ = writeln!(w, "	chain s2s_intercept {{");
+    let _ = writeln!(w, "		type nat hook prerouting priority dstnat; policy accept;");
+    for (family, addrs) in [("ip", v4), ("ip6", v6)] {
+        if !addrs.is_empty() {
+            let _ = writeln!(
+                w,
+                "		{family} saddr {{ {} }} tcp dport 5269 counter redirect to :{port} comment \"[s2s] intercept -> listener {}\"",
+                addrs.join(", "),
+                out.name
+            );
+        }
+    }
+    let _ = writeln!(w, "	}}\n");
 }
 
 /// What the input chain needs to know about the sets written.

@@ -111,14 +111,25 @@ impl S2sRuntime {
         }
     }
 
-    /// Judge the certificate the remote presented on `client` (inbound) for `domain`.
-    pub fn check_peer(&self, client: &Stream, domain: &str) -> PeerCert {
+    /// Judge the certificate the remote presented on `client` (inbound) for `domain`: DANE
+    /// when `domain`'s s2s targets publish DNSSEC-secure TLSA records (a match authenticates,
+    /// no match refuses), else PKIX with the trust roots (RFC 7673 §3, as Prosody's
+    /// `mod_s2s_auth_dane_in` does for inbound streams).
+    pub async fn check_peer(&self, client: &Stream, domain: &str) -> PeerCert {
         let Stream::Server(tls) = client else { return PeerCert::None };
         let Some(chain) = tls.get_ref().1.peer_certificates() else { return PeerCert::None };
         if chain.is_empty() {
             return PeerCert::None;
         }
-        core_cert(dns::verify_peer(chain, domain, None, &self.roots, UnixTime::now()))
+        let chain: Vec<CertificateDer<'static>> = chain.iter().map(|c| c.clone().into_owned()).collect();
+        // Whatever DNS says (or fails to say), PKIX still applies; a bogus answer is no reason
+        // to trust TLSA, and no reason to refuse a certificate that is valid by PKIX either.
+        let tlsa: Vec<dns::Tlsa> = match timeout(VERIFY_TIMEOUT, self.resolver.resolve(domain)).await {
+            Ok(Ok(resolution)) => resolution.targets.into_iter().filter_map(|t| t.tlsa).flatten().collect(),
+            _ => Vec::new(),
+        };
+        let tlsa = (!tlsa.is_empty()).then_some(tlsa.as_slice());
+        core_cert(dns::verify_peer(&chain, domain, tlsa, &self.roots, UnixTime::now()))
     }
 
     /// Ask `remote`'s authoritative server whether `key` is valid (XEP-0220 §2.3).

@@ -55,22 +55,42 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
+    // `[store]` is read once: the store is where state lives, not a setting to swap on reload.
+    let store = crate::store::RedisStore::new(&first.config.store)?;
+    if let Some(store) = &store {
+        store.register(&mut registry);
+    }
     let registry = Arc::new(registry);
     let guard: SharedGuard = Arc::new(Mutex::new(ConnectionGuard::new(first.config.network.guard.clone())));
+    let rates: Arc<dyn stanzawall_core::policy::RateStore> = match &store {
+        Some(store) => store.clone(),
+        None => Arc::new(RateTable::new()),
+    };
     let shared = Shared {
         guard: guard.clone(),
-        rates: Arc::new(RateTable::new()),
+        rates,
         metrics: metrics.clone(),
         audit: Audit::start(metrics),
+        sessions: Arc::new(crate::sessions::Sessions::default()),
+        store,
     };
-    let mut admin = first.config.admin.bind.map(|b| (b, tokio::spawn(crate::metrics::serve(b, registry.clone()))));
     let (gen_tx, gen_rx) = watch::channel(first.clone());
+    // The admin API's reloads come through here and are answered with their outcome.
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<crate::admin::ReloadRequest>(8);
+    let admin_state = Arc::new(crate::admin::Admin::new(gen_rx.clone(), shared.clone(), registry.clone(), reload_tx));
+    let mut admin = first.config.admin.bind.map(|b| (b, tokio::spawn(crate::admin::serve(b, admin_state.clone()))));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, RunningListener> = HashMap::new();
     let sockets = bind_new(&first, &running).await?;
     load_bans(&guard, &first).await;
+    if let Some(store) = &shared.store {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        store.start(tx);
+        tokio::spawn(crate::state::apply_bans(store.clone(), rx, guard.clone(), gen_rx.clone()));
+    }
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
+    admin_state.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -81,8 +101,13 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut watched = first.config.watched_files();
     let mut seen = fingerprint(&watched);
     loop {
+        let mut api_reply = None;
         let reload_now = tokio::select! {
             _ = hup.recv() => true,
+            Some(reply) = reload_rx.recv() => {
+                api_reply = Some(reply);
+                true
+            }
             _ = poll.tick() => {
                 let changed = fingerprint(&watched) != seen;
                 if changed {
@@ -103,7 +128,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             };
-            reload(loaded, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
+            let outcome = reload(loaded, &gen_tx, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
+            if let Some(reply) = api_reply {
+                let _ = reply.send(outcome);
+            }
             let current = gen_rx.borrow().clone();
             let now_watched = current.config.watched_files();
             // Files the new config added have no fingerprint yet: the next tick reloads once more.
@@ -114,7 +142,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
                 if let Some((_, task)) = admin.take() {
                     task.abort();
                 }
-                admin = bind.map(|b| (b, tokio::spawn(crate::metrics::serve(b, registry.clone()))));
+                admin = bind.map(|b| (b, tokio::spawn(crate::admin::serve(b, admin_state.clone()))));
             }
         }
     }
@@ -219,7 +247,6 @@ async fn accept_loop(
     tracker: TaskTracker,
     shared: Shared,
 ) {
-    let guard = &shared.guard;
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(a) => a,
@@ -234,11 +261,92 @@ async fn accept_loop(
         let Some(listener) = generation.config.listeners.iter().find(|l| l.name == name).cloned() else {
             continue;
         };
+        let accepted =
+            Accepted { name: &name, gen_rx: &gen_rx, shutdown_rx: &shutdown_rx, tracker: &tracker, shared: &shared };
+        match listener.trusted_proxies.clone() {
+            None => accepted.admit(stream, peer, generation, listener),
+            Some(trusted) => accepted.proxied(stream, peer, generation, listener, trusted),
+        }
+    }
+}
+
+/// What a connection needs from its accept loop.
+struct Accepted<'a> {
+    name: &'a str,
+    gen_rx: &'a watch::Receiver<Arc<Generation>>,
+    shutdown_rx: &'a watch::Receiver<bool>,
+    tracker: &'a TaskTracker,
+    shared: &'a Shared,
+}
+
+impl Accepted<'_> {
+    /// `accept_proxy = "v2"`: only the trusted balancers may connect, and the client's address
+    /// is what their PROXY header says. The header is read on the connection's own task (a
+    /// balancer sends it at once; a connection that does not is closed at the handshake
+    /// timeout), then the connection is admitted as from the client.
+    fn proxied(
+        &self,
+        mut stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        generation: Arc<Generation>,
+        listener: stanzawall_core::config::ListenerConfig,
+        trusted: Vec<stanzawall_core::guard::Cidr>,
+    ) {
+        let refused = |reason: &'static str| {
+            self.shared.metrics.refused.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
+        };
+        if !crate::store::trusted(peer.ip(), &trusted) {
+            refused("untrusted-proxy");
+            info!(listener = %self.name, client.ip = %peer.ip(), reason = "untrusted-proxy", "connection refused: accept_proxy is on and this address is not in trusted_proxies");
+            return;
+        }
+        let (name, gen_rx, shutdown_rx, tracker, shared) = (
+            self.name.to_owned(),
+            self.gen_rx.clone(),
+            self.shutdown_rx.clone(),
+            self.tracker.clone(),
+            self.shared.clone(),
+        );
+        let deadline = generation.config.network.handshake_timeout;
+        self.tracker.spawn(async move {
+            let header = tokio::time::timeout(deadline, read_proxy_header(&mut stream)).await;
+            let client = match header {
+                Ok(Ok(stanzawall_core::proxy_protocol::ProxiedFrom::Tcp { client, .. })) => client,
+                Ok(Ok(stanzawall_core::proxy_protocol::ProxiedFrom::Local)) => peer,
+                Ok(Err(e)) => {
+                    shared.metrics.refused.get_or_create(&crate::metrics::ReasonLabels { reason: "bad-proxy-header" }).inc();
+                    return info!(listener = %name, proxy.ip = %peer.ip(), error = %e, "connection refused: bad PROXY header");
+                }
+                Err(_) => {
+                    shared.metrics.refused.get_or_create(&crate::metrics::ReasonLabels { reason: "bad-proxy-header" }).inc();
+                    return info!(listener = %name, proxy.ip = %peer.ip(), "connection refused: no PROXY header in time");
+                }
+            };
+            let accepted = Accepted { name: &name, gen_rx: &gen_rx, shutdown_rx: &shutdown_rx, tracker: &tracker, shared: &shared };
+            accepted.admit(stream, client, generation, listener);
+        });
+    }
+
+    fn admit(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        generation: Arc<Generation>,
+        listener: stanzawall_core::config::ListenerConfig,
+    ) {
+        let (name, shared, guard) = (self.name, self.shared, &self.shared.guard);
+        // `bans_on_error = "closed"`: while the shared store is down, the bans other gateways
+        // made cannot be known, so nobody is admitted.
+        if shared.store.as_ref().is_some_and(|s| s.refuse_admission()) {
+            shared.metrics.refused.get_or_create(&crate::metrics::ReasonLabels { reason: "store-down" }).inc();
+            return;
+        }
         // The L3/L4 guard decides before a byte is read: a refusal costs this accept only.
         let admission = lock(guard).admit(peer.ip(), std::time::Instant::now(), SystemTime::now());
         let permit = match admission {
             Admission::Admitted { source } => {
                 Permit::new(guard.clone(), peer.ip(), source, generation.config.state_dir.clone())
+                    .with_store(shared.store.clone())
             }
             Admission::Refused { why, audit } => {
                 shared.metrics.refused.get_or_create(&crate::metrics::ReasonLabels { reason: why.as_str() }).inc();
@@ -248,7 +356,7 @@ async fn accept_loop(
                     info!(listener = %name, client.ip = %peer.ip(), client.source = %source, reason = %why.as_str(), "connection refused (further refusals of this source are not logged for a minute)");
                 }
                 drop(stream);
-                continue;
+                return;
             }
         };
         let local = stream.local_addr().unwrap_or(listener.bind);
@@ -259,9 +367,9 @@ async fn accept_loop(
             client.port = peer.port(),
             client.jid = tracing::field::Empty
         );
-        let shutdown_rx = shutdown_rx.clone();
-        let (gen_rx, shared) = (gen_rx.clone(), shared.clone());
-        tracker.spawn(
+        let shutdown_rx = self.shutdown_rx.clone();
+        let (gen_rx, shared) = (self.gen_rx.clone(), shared.clone());
+        self.tracker.spawn(
             async move {
                 // Released when the session ends, however it ends (the permit is dropped on
                 // unwinding too).
@@ -273,6 +381,21 @@ async fn accept_loop(
     }
 }
 
+/// Read a PROXY v2 header and not one byte more (what follows is the client's stream).
+async fn read_proxy_header(
+    stream: &mut tokio::net::TcpStream,
+) -> Result<stanzawall_core::proxy_protocol::ProxiedFrom, Box<dyn std::error::Error + Send + Sync>> {
+    use stanzawall_core::proxy_protocol::{parse_v2, v2_total_len, FIXED_LEN};
+    use tokio::io::AsyncReadExt;
+    let mut fixed = [0u8; FIXED_LEN];
+    stream.read_exact(&mut fixed).await?;
+    let total = v2_total_len(&fixed)?;
+    let mut header = fixed.to_vec();
+    header.resize(total, 0);
+    stream.read_exact(&mut header[FIXED_LEN..]).await?;
+    Ok(parse_v2(&header)?)
+}
+
 async fn reload(
     loaded: Result<Generation, LoadError>,
     gen_tx: &watch::Sender<Arc<Generation>>,
@@ -281,18 +404,27 @@ async fn reload(
     shutdown_rx: &watch::Receiver<bool>,
     tracker: &TaskTracker,
     shared: &Shared,
-) {
+) -> Result<Vec<String>, String> {
     let guard = &shared.guard;
     let next = match loaded {
         Ok(generation) => Arc::new(generation),
-        Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
+        Err(e) => {
+            error!(error = %e, "reload failed; keeping the running configuration");
+            return Err(e.to_string());
+        }
     };
     let sockets = match bind_new(&next, running).await {
         Ok(s) => s,
-        Err(e) => return error!(error = %e, "reload failed; keeping the running configuration"),
+        Err(e) => {
+            error!(error = %e, "reload failed; keeping the running configuration");
+            return Err(e.to_string());
+        }
     };
     let old = gen_tx.borrow().clone();
     let changes = next.config.diff(&old.config);
+    if next.config.store != old.config.store {
+        warn!("[store] changed: it takes effect at the next restart");
+    }
     for c in &next.config.certificates {
         let name = c.domains.first().map(String::as_str);
         info!(domains = ?c.domains, sha256 = next.tls.fingerprint(name).unwrap_or(""), "certificate loaded");
@@ -302,4 +434,5 @@ async fn reload(
     reconcile_bans(guard, &next).await;
     start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, shared).await;
     info!(changes = ?changes, "configuration reloaded");
+    Ok(changes)
 }

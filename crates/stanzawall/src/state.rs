@@ -17,13 +17,14 @@ use std::time::SystemTime;
 
 use stanzawall_core::config::{Config, ConfigError, Files};
 use stanzawall_core::guard::{Cidr, ConnectionGuard};
-use stanzawall_core::policy::{Policy, RateTable};
+use stanzawall_core::policy::{Policy, RateStore};
 use tracing::{error, info};
 
 use crate::audit::Audit;
 use crate::files::{self, OffLoopError, LOAD_DEADLINE};
 use crate::metrics::Metrics;
 use crate::nft::BanSync;
+use crate::store::{BanEvent, RedisStore};
 use crate::tls::TlsStore;
 
 /// One config generation: the validated config and everything loaded from files it names.
@@ -39,6 +40,8 @@ pub struct Generation {
     pub policy: Arc<Policy>,
     /// Federation: dialback secret, resolver, trust roots (with `[s2s]`).
     pub s2s: Option<Arc<crate::s2s::S2sRuntime>>,
+    /// The admin API's tokens (`[admin] tokens`); empty without the file.
+    pub admin_tokens: Arc<crate::tokens::TokenSet>,
 }
 
 /// Daemon-wide state that outlives generations.
@@ -47,11 +50,15 @@ pub struct Shared {
     /// Admission at accept (lists, caps, rates, bans).
     pub guard: SharedGuard,
     /// Rate-limit buckets of `rate` conditions (kept across reloads).
-    pub rates: Arc<RateTable>,
+    pub rates: Arc<dyn RateStore>,
     /// Prometheus families.
     pub metrics: Arc<Metrics>,
     /// The audit log writer.
     pub audit: Audit,
+    /// Open sessions (admin API: list, kick).
+    pub sessions: Arc<crate::sessions::Sessions>,
+    /// The shared store (`[store] backend = "redis"`): also `rates`; bans are counted there.
+    pub store: Option<Arc<RedisStore>>,
 }
 
 /// Errors loading a generation: either a config mistake or an unreadable file.
@@ -86,8 +93,18 @@ impl Generation {
         let tls = TlsStore::load(&config)?;
         let ban_sync = BanSync::new(&config);
         let s2s = crate::s2s::S2sRuntime::load(&config, &tls)?.map(Arc::new);
-        Ok(Generation { config, tls, ban_sync, policy, s2s })
+        let admin_tokens = Arc::new(load_admin_tokens(&config)?);
+        Ok(Generation { config, tls, ban_sync, policy, s2s, admin_tokens })
     }
+}
+
+/// The token file `[admin] tokens` names; errors point at that line of the config.
+fn load_admin_tokens(config: &Config) -> Result<crate::tokens::TokenSet, ConfigError> {
+    let (Some(path), Some(origin)) = (&config.admin.tokens, &config.admin.tokens_origin) else {
+        return Ok(Default::default());
+    };
+    let text = files::read_to_string(path).map_err(|e| origin.error(format!("{}: {e}", path.display())))?;
+    crate::tokens::TokenSet::parse(&text).map_err(|e| origin.error(format!("{}:{e}", path.display())))
 }
 
 /// Load the generation at `path` on a thread of its own, giving up after [`LOAD_DEADLINE`];
@@ -162,13 +179,20 @@ pub struct Permit {
     /// What the guard counted the connection against (released on drop).
     source: Cidr,
     state_dir: PathBuf,
+    store: Option<Arc<RedisStore>>,
 }
 
 impl Permit {
     /// The slot of a connection from `ip` that the guard admitted as `source`; failed
     /// authentications are persisted to the ban file in `state_dir`.
     pub fn new(guard: SharedGuard, ip: IpAddr, source: Cidr, state_dir: PathBuf) -> Permit {
-        Permit { guard, ip, source, state_dir }
+        Permit { guard, ip, source, state_dir, store: None }
+    }
+
+    /// Count this connection's failed authentications in the shared store too.
+    pub fn with_store(mut self, store: Option<Arc<RedisStore>>) -> Permit {
+        self.store = store;
+        self
     }
 
     /// Count a failed authentication from this connection's source (the address's
@@ -176,19 +200,46 @@ impl Permit {
     /// the ban table is written to the state directory (bans survive a restart) and the ban's
     /// expiry is returned.
     pub async fn auth_failed(&self) -> Option<SystemTime> {
-        let (until, table) = {
-            let mut g = lock(&self.guard);
-            let now = SystemTime::now();
-            let until = g.record_auth_failure(self.ip, now)?;
-            (until, g.bans().to_text(now))
+        let until = match &self.store {
+            None => lock(&self.guard).record_auth_failure(self.ip, SystemTime::now())?,
+            Some(store) => {
+                // Counted in the store, so failures spread over several gateways add up; the
+                // ban reaches the others through the store's channel. Without the store (down,
+                // or no answer in time) this gateway counts alone.
+                let (store, guard, ip) = (store.clone(), self.guard.clone(), self.ip);
+                let shared = tokio::task::spawn_blocking(move || {
+                    let (source, ban) = {
+                        let g = lock(&guard);
+                        (g.source(ip), g.ban_config())
+                    };
+                    let now = SystemTime::now();
+                    let until = store.auth_failed(source, now, &ban, || lock(&guard).record_auth_failure(ip, now))?;
+                    lock(&guard).bans().ban_until(source, until);
+                    Some(until)
+                })
+                .await;
+                match shared {
+                    Ok(until) => until?,
+                    Err(e) => {
+                        error!(error = %e, "ban counter failed");
+                        return None;
+                    }
+                }
+            }
         };
-        let dir = self.state_dir.clone();
-        match tokio::task::spawn_blocking(move || write_bans(&dir, &table)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(state_dir = %self.state_dir.display(), error = %e, "cannot persist bans"),
-            Err(e) => error!(error = %e, "ban writer failed"),
-        }
+        persist_bans(&self.guard, &self.state_dir).await;
         Some(until)
+    }
+}
+
+/// Write the ban table to the state directory (bans survive a restart).
+pub async fn persist_bans(guard: &SharedGuard, state_dir: &Path) {
+    let table = lock(guard).bans().to_text(SystemTime::now());
+    let dir = state_dir.to_owned();
+    match tokio::task::spawn_blocking(move || write_bans(&dir, &table)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(state_dir = %state_dir.display(), error = %e, "cannot persist bans"),
+        Err(e) => error!(error = %e, "ban writer failed"),
     }
 }
 
@@ -198,7 +249,7 @@ fn bans_path(dir: &Path) -> PathBuf {
 }
 
 /// Replace the ban file atomically (write a temporary file, then rename over the old one).
-fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
+pub(crate) fn write_bans(dir: &Path, table: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join("bans.tmp");
     std::fs::write(&tmp, table)?;
@@ -272,6 +323,63 @@ pub async fn reconcile_bans(guard: &SharedGuard, generation: &Generation) {
         }
         for (key, until) in added {
             sync.ban_source(key, until).await;
+        }
+    }
+}
+
+/// Apply bans from the shared store (`crate::store`) to this gateway: its guard, its ban file, its nftables set.
+/// Bans this gateway already holds (its own, echoed by the channel) are skipped.
+pub async fn apply_bans(
+    store: Arc<RedisStore>,
+    mut events: tokio::sync::mpsc::Receiver<BanEvent>,
+    guard: SharedGuard,
+    gen_rx: tokio::sync::watch::Receiver<Arc<Generation>>,
+) {
+    while let Some(event) = events.recv().await {
+        let now = SystemTime::now();
+        let (added, local_only) = {
+            let mut g = lock(&guard);
+            let held = g.bans().entries(now);
+            let (incoming, snapshot) = match event {
+                BanEvent::Ban(source, until) => (vec![(source, until)], false),
+                BanEvent::Snapshot(all) => (all, true),
+            };
+            let mut added = Vec::new();
+            for (source, until) in &incoming {
+                if until <= &now || held.iter().any(|(s, u)| s == source && u >= until) {
+                    continue;
+                }
+                g.bans().ban_until(*source, *until);
+                added.push((*source, *until));
+            }
+            // On a snapshot: bans made here while the store was down go to the others now.
+            let local_only: Vec<(Cidr, SystemTime)> = match snapshot {
+                true => held.into_iter().filter(|(s, _)| !incoming.iter().any(|(i, _)| i == s)).collect(),
+                false => Vec::new(),
+            };
+            (added, local_only)
+        };
+        if !local_only.is_empty() {
+            let store = store.clone();
+            let count = local_only.len();
+            match tokio::task::spawn_blocking(move || store.push_bans(&local_only)).await {
+                Ok(Ok(())) => info!(bans = count, "bans made while the shared store was down pushed to it"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot push local bans to the shared store"),
+                Err(e) => tracing::warn!(error = %e, "ban pusher failed"),
+            }
+        }
+        if added.is_empty() {
+            continue;
+        }
+        let generation = gen_rx.borrow().clone();
+        for (source, until) in &added {
+            info!(client.source = %source, banned_until_unix = crate::store::unix_secs(*until), "ban received from the shared store");
+        }
+        persist_bans(&guard, &generation.config.state_dir).await;
+        if let Some(sync) = &generation.ban_sync {
+            for (source, until) in added {
+                sync.ban_source(source, until).await;
+            }
         }
     }
 }

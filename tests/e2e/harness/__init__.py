@@ -11,8 +11,11 @@ Modules (each owns one thing; import them directly, e.g.
 * ``client``    — slixmpp client wrapper with bounded waits.
 * ``raw``       — byte-level XMPP over a socket for hostile-input tests.
 * ``sendxmpp``  — go-sendxmpp as an independent (Go) client.
+* ``sites``     — two-site s2s testbed: servers with plaintext dialback s2s, a private
+  knotd per site routing its outbound s2s, a recording TCP relay.
+* ``contrib``   — reads the repository's contrib/ files for the fixtures.
 
 Runs on Debian's /usr/bin/python3 (needs python3-slixmpp, python3-pytest);
 install system dependencies with scripts/install-test-deps.sh.  All traffic
-stays on 127.0.0.1.
+stays on loopback (127.0.0.1; the s2s sites use 127.0.1.x and 127.0.2.x).
 """

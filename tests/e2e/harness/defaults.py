@@ -2,7 +2,7 @@
 default ports.  Owns nothing else; every other module imports from here so a
 port or password is written down exactly once.
 
-Ports (all on 127.0.0.1; nothing in the harness listens anywhere else):
+Ports (on 127.0.0.1 unless the table says otherwise):
 
 =====================  =====  ==============================================
 name                   port   what
@@ -24,7 +24,20 @@ GATEWAY_POLICY_PORT    25460  stanzawall with the policy example (test_policy.py
 GATEWAY_POLICY_ADMIN   25461  its [admin] endpoint (GET /metrics)
 GATEWAY_TEXT_PORT      25470  stanzawall -> Prosody, text policy (test_policy_text.py)
 GATEWAY_TEXT_EJABBERD  25472  stanzawall -> ejabberd, same policy
+SITE_C2S_PORT          25500  s2s test sites (sites.py): c2s, on 127.0.1.1 (A) / 127.0.2.1 (B)
+SITE_S2S_PORT          25501  same hosts: the sites' plaintext s2s
+SITE_DNS_PORT          25502  same hosts: each site's private knotd (UDP+TCP)
+SITE_EJABBERD_DIST     25503  127.0.0.1: Erlang distribution of an ejabberd site
+SITE_OUTBOUND_PORT     25510  127.0.1.2 / 127.0.2.2: where a site's outbound s2s goes
+GATEWAY_WEB_PORT       25500  stanzawall WebSocket listener -> Prosody (test_web.py)
+GATEWAY_WEB_PAGE_PORT  25501  the test page's HTTP server (its Origin)
+GATEWAY_WEB_C2S_PORT   25502  the same gateway's STARTTLS listener (the slixmpp peer)
+GATEWAY_ADMIN_PORT     25550  stanzawall -> Prosody with the admin API (test_admin.py)
+GATEWAY_ADMIN_API_PORT 25551  its [admin] listener (API, dashboard, /metrics)
 =====================  =====  ==============================================
+
+The s2s sites are the one exception to "all on 127.0.0.1": each site has its own loopback
+addresses (see sites.py), so that two servers can both use the same port numbers.
 """
 
 HOST = "127.0.0.1"
@@ -55,6 +68,16 @@ GATEWAY_POLICY_PORT = 25460
 GATEWAY_POLICY_ADMIN = 25461
 GATEWAY_TEXT_PORT = 25470
 GATEWAY_TEXT_EJABBERD_PORT = 25472
+SITE_C2S_PORT = 25500
+SITE_S2S_PORT = 25501
+SITE_DNS_PORT = 25502
+SITE_EJABBERD_DIST_PORT = 25503
+SITE_OUTBOUND_PORT = 25510
+GATEWAY_WEB_PORT = 25500
+GATEWAY_WEB_PAGE_PORT = 25501
+GATEWAY_WEB_C2S_PORT = 25502
+GATEWAY_ADMIN_PORT = 25550
+GATEWAY_ADMIN_API_PORT = 25551
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0

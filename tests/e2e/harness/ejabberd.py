@@ -21,6 +21,13 @@ X-OAUTH2 and DIGEST-MD5 disabled.  Modules: roster, disco, ping, offline.
 No s2s listener and ``s2s_access`` denies all; no HTTP/STUN/MQTT listener;
 ACME off.
 
+Federation (``s2s_port`` + ``dns``, used by sites.py): ``tls_port``/``proxy_port`` may be
+None (no listener); the config includes contrib/ejabberd/s2s-behind-stanzawall.yml
+(``include_config_file``; its ``listen`` and ``modules`` entries are appended:
+``ejabberd_s2s_in`` on ``host:s2s_port``, ``s2s_use_starttls: false``, mod_s2s_dialback) and
+the inetrc gets contrib/ejabberd/inetrc-s2s-behind-stanzawall (``dns`` as the only DNS
+server of ``inet_res``), each with this instance's addresses.
+
 How it is run (pitfalls learned here): as root, ejabberdctl always ``su``s
 to the ``ejabberd`` user, so the instance dir is a fresh ``/tmp``
 directory chowned to ejabberd (pytest's 0700 tmp dirs are not traversable

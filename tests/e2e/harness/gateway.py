@@ -33,18 +33,18 @@ def binary() -> Path:
 
 @dataclass
 class Listener:
-    """One ``[[listener]]``: name, kind ("c2s"/"c2s-tls"), port, backend port,
-    and extra TOML keys (``backend_tls``, ``proxy_protocol``, ...)."""
+    """One ``[[listener]]``: name, kind ("c2s"/"c2s-tls"/"websocket"), port, backend
+    port, and extra TOML keys (``backend_tls``, ``proxy_protocol``, ``allowed_origins``, ...)."""
     name: str
     kind: str
     port: int
     backend_port: int
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
     def toml(self) -> str:
         lines = ["[[listener]]", f'name = "{self.name}"', f'kind = "{self.kind}"',
                  f'bind = "{HOST}:{self.port}"', f'backend = "{HOST}:{self.backend_port}"']
-        lines += [f'{k} = "{v}"' for k, v in self.extra.items()]
+        lines += [f'{k} = {toml_value(v)}' for k, v in self.extra.items()]
         return "\n".join(lines) + "\n"
 
 

@@ -16,13 +16,18 @@ Two flavours, chosen by ``tls``:
   direct TLS listens on ``direct_tls_port`` (15226).  Over TLS SASL offers
   SCRAM-SHA-1 and PLAIN (Prosody 0.12 offers no -PLUS over TLS 1.3).
 
+Federation (``s2s_port`` + ``dns_forward``, used by sites.py): the config Includes
+contrib/prosody/s2s-behind-stanzawall.cfg.lua with this instance's addresses (plaintext s2s
+on ``host:s2s_port``, ``s2s_require_encryption = false``, ``s2s_secure_auth = false``,
+lua-unbound forwarding every lookup to ``dns_forward``), and mod_dialback is loaded.
+
 Pitfalls handled here (learned on this machine): never run ``prosody
 --version`` (it starts a server from /etc/prosody; ``prosodyctl about`` is
 the safe probe); ``run_as_root = true`` or prosody/prosodyctl refuse or
 switch user; ``network_settings.nagle = false`` avoids ~40 ms stalls;
 ``unbound.hoststxt`` keeps name lookups local; s2s is disabled in
 ``modules_disabled`` (it is auto-loaded) and ``s2s_ports``/HTTP ports are
-empty, so the only sockets are the c2s ones on 127.0.0.1.  Accounts are
+empty, so the only sockets are the c2s ones on 127.0.0.1 (unless s2s is asked for).  Accounts are
 created with ``prosodyctl --config FILE register USER HOST PASS`` (writes
 the data store directly; works non-interactively and with no server
 running).

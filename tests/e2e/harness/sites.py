@@ -7,7 +7,9 @@ the address we choose.  That is how a site's outbound s2s is routed -- to the pe
 (testbed checks), to a :class:`RecordingRelay`, or to a gateway's ``s2s-out`` listener -- without
 touching the servers' code and without /etc/hosts or any other machine-wide setting.
 
-Routing mechanism (verified in test_s2s_sites.py; the same lines are in contrib/):
+Routing mechanism (verified in test_s2s_sites.py; the files are contrib/dns/*,
+contrib/prosody/*, contrib/ejabberd/*, read with harness/contrib.py and given each site's
+addresses, see contrib/README-s2s.md):
 
 * knotd serves a root zone with wildcards, so every name answers::
 
@@ -56,27 +58,23 @@ import signal
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Iterator, Literal
 
 from .client import Client
 from .contrib import contrib_text
-from .defaults import START_TIMEOUT, STOP_TIMEOUT, USERS
+from .defaults import (SITE_C2S_PORT, SITE_DNS_PORT, SITE_EJABBERD_DIST_PORT, SITE_OUTBOUND_PORT,
+                       SITE_S2S_PORT, START_TIMEOUT, STOP_TIMEOUT, USERS)
 from .ejabberd import EjabberdInstance
 from .proc import ServerStartError, Spawned, require_free_ports, run_checked, tail, wait_for_port
 from .prosody import ProsodyInstance
 
 __all__ = [
-    "SiteSpec", "SITE_A", "SITE_B", "Site", "start_site", "S2sDns", "RecordingRelay",
-    "RelayConnection",
+    "SiteSpec", "SITE_A", "SITE_B", "Site", "start_site", "running_sites", "S2sDns",
+    "RecordingRelay", "RelayConnection", "log_tails",
 ]
-
-SITE_C2S_PORT = 25500
-SITE_S2S_PORT = 25501
-SITE_DNS_PORT = 25502
-SITE_EJABBERD_DIST_PORT = 25503
-SITE_OUTBOUND_PORT = 25510
 
 
 @dataclass(frozen=True)
@@ -261,6 +259,8 @@ class RecordingRelay:
             t = threading.Thread(target=self._serve, args=(sock, conn), daemon=True,
                                  name=f"relay-{self.port}-{conn.index}")
             t.start()
+            with self._lock:
+                self._threads.append(t)
 
     def _serve(self, down: socket.socket, conn: RelayConnection) -> None:
         up = None
@@ -269,13 +269,14 @@ class RecordingRelay:
             socks = {down: (up, ">"), up: (down, "<")}
             for s in socks:
                 s.setblocking(False)
+            last = time.monotonic()
             while not self._stopping.is_set():
                 readable, _, _ = select.select(list(socks), [], [], min(self.idle_timeout, 0.5))
                 if not readable:
-                    if time.monotonic() - max([c[1] for c in conn.chunks] or [0.0]) > \
-                            self.idle_timeout:
+                    if time.monotonic() - last > self.idle_timeout:
                         return
                     continue
+                last = time.monotonic()
                 for s in readable:
                     other, direction = socks[s]
                     try:
@@ -328,8 +329,11 @@ class RecordingRelay:
                           for c in conns)
 
     def stop(self) -> None:
+        """Stop accepting, close every relayed connection (within ~0.5 s), free the port."""
         self._stopping.set()
-        for t in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
             t.join(5)
         self._listener.close()
 
@@ -447,3 +451,30 @@ def log_tails(*sites: Site, lines: int = 30) -> str:
         out.append(f"--- knotd {s.domain}:\n{tail(s.dns.log_path, 5)}")
     return "\n".join(out)
 
+
+@contextmanager
+def running_sites(dir: Path, *specs: tuple[SiteSpec, dict[str, Any]]) -> Iterator[list[Site]]:
+    """Start one site per ``(spec, start_site keywords)`` in ``dir/<domain>-<n>``, yield
+    them as a list, stop them all (in reverse) on exit, also when a later one fails to
+    start.  For module-scoped fixtures::
+
+        @pytest.fixture(scope="module")
+        def sites(tmp, pki):
+            with running_sites(tmp / "s2s", (SITE_A, {}),
+                               (SITE_B, {"kind": "ejabberd", "pki": pki})) as (a, b):
+                yield a, b
+    """
+    started: list[Site] = []
+    try:
+        for n, (spec, kw) in enumerate(specs):
+            started.append(start_site(Path(dir) / f"{spec.domain}-{n}", spec, **kw))
+        yield started
+    finally:
+        errors = []
+        for site in reversed(started):
+            try:
+                site.stop()
+            except Exception as e:  # stop the others anyway, then report
+                errors.append(e)
+        if errors:
+            raise errors[0]

@@ -1,6 +1,7 @@
 //! The file as written: serde structs with spans, and their validation into [`Config`].
 
 mod network;
+mod web;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -46,12 +47,15 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     s2s: Option<super::s2s::RawS2s>,
+    store: Option<super::store::RawStore>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: Option<Spanned<String>>,
+    tokens: Option<Spanned<String>>,
+    metrics_public: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +84,14 @@ struct RawListener {
     backend_ca: Option<Spanned<String>>,
     backend_server_name: Option<Spanned<String>>,
     proxy_protocol: Option<Spanned<String>>,
+    // `kind = "websocket"` only (see `web`).
+    path: Option<Spanned<String>>,
+    allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    max_frame_bytes: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
+    public_url: Option<Spanned<String>>,
+    accept_proxy: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,16 +158,18 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             "s2s" => ListenerKind::S2s,
             "s2s-tls" => ListenerKind::S2sTls,
             "s2s-out" => ListenerKind::S2sOut,
+            "websocket" => ListenerKind::WebSocket,
             other => {
                 return loc.err(
                     l.kind.span(),
                     &key("kind"),
                     format!(
-                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\" or \"s2s-out\")"
+                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\" or \"websocket\")"
                     ),
                 )
             }
         };
+        let web = web::options(&l, kind, loc, &key)?;
         let bind: SocketAddr = match l.bind.get_ref().parse() {
             Ok(a) => a,
             Err(_) => {
@@ -232,11 +246,14 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             }
             other => other.as_ref().map(|s| s.get_ref().clone()),
         };
+        let trusted_proxies = super::store::accept_proxy(&l.accept_proxy, &l.trusted_proxies, kind, &key, loc)?;
         listeners.push(ListenerConfig {
+            trusted_proxies,
             name,
             kind,
             bind,
             bind_origin: loc.origin(l.bind.span(), &key("bind")),
+            web,
             backend: BackendConfig {
                 address,
                 tls,
@@ -291,20 +308,29 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     let mut policy = super::policy::policy(sections, &raw.include, &raw.audit, loc, files)?;
     super::s2s::s2s_domains(raw.s2s.as_ref(), &mut policy, loc)?;
     resolve_network_lists(&mut network, &raw.network, &policy, loc)?;
-    let admin = match &raw.admin.bind {
-        None => AdminConfig { bind: None },
+    let bind = match &raw.admin.bind {
+        None => None,
         Some(b) => match b.get_ref().parse::<SocketAddr>() {
-            Ok(a) => AdminConfig { bind: Some(a) },
+            Ok(a) => Some(a),
             Err(_) => return loc.err(b.span(), "admin.bind", "expected IP:PORT, e.g. \"127.0.0.1:5380\""),
         },
+    };
+    let admin = AdminConfig {
+        bind,
+        tokens: raw.admin.tokens.as_ref().map(|t| loc.path(t.get_ref())),
+        tokens_origin: raw.admin.tokens.as_ref().map(|t| loc.origin(t.span(), "admin.tokens")),
+        metrics_public: raw.admin.metrics_public.unwrap_or(true),
     };
     let nftables = nftables(&raw.nftables, &listeners, loc)?;
     // Bans (and later other state) outlive the process here; relative to the config file.
     let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
     let needs_s2s = listeners.iter().any(|l| l.kind.is_s2s());
-    let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, &state_dir, loc)?;
+    let has_out = listeners.iter().any(|l| l.kind == ListenerKind::S2sOut);
+    let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, has_out, &state_dir, loc)?;
+    let store = super::store::store(raw.store.as_ref(), loc)?;
     Ok(Config {
         s2s,
+        store,
         path: loc.file.to_path_buf(),
         state_dir,
         certificates,

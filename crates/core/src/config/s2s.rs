@@ -14,33 +14,7 @@ use super::locate::Locator;
 use super::ConfigError;
 use crate::limit::Rate;
 use crate::origin::Located;
-use crate::policy::spec::PolicyConfig;
-
-/// How strongly a remote server must be authenticated (`require_authenticated`), weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AuthLevel {
-    /// Dialback (XEP-0220) is enough; a valid certificate is better and also accepted.
-    Dialback,
-    /// A certificate valid for the domain: PKIX with the configured roots, or DANE.
-    Pkix,
-    /// A certificate matched by DNSSEC-secure TLSA records (RFC 7673).
-    Dane,
-}
-
-impl AuthLevel {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthLevel::Dialback => "dialback",
-            AuthLevel::Pkix => "pkix",
-            AuthLevel::Dane => "dane",
-        }
-    }
-
-    fn parse(s: &str) -> Option<AuthLevel> {
-        [AuthLevel::Dialback, AuthLevel::Pkix, AuthLevel::Dane].into_iter().find(|l| l.as_str() == s)
-    }
-}
+use crate::policy::spec::{AuthLevel, PolicyConfig, S2sDomainsConfig};
 
 /// One `[[s2s.route]]`: where to connect for a domain instead of asking DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,23 +47,10 @@ pub struct S2sConfig {
     pub dialback_secret_file: PathBuf,
     /// Static routes.
     pub routes: Vec<S2sRoute>,
-}
-
-/// The domain policy of `[s2s]`, compiled into [`crate::policy::Policy`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct S2sDomainsConfig {
-    /// `allow`: when not empty, only these remote domains (patterns, `list:NAME` expanded).
-    pub allow: Vec<Located<String>>,
-    /// `deny`: never these remote domains.
-    pub deny: Vec<Located<String>>,
-    /// `require_authenticated` per domain pattern, in file order (first match wins).
-    pub require: Vec<(Located<String>, AuthLevel)>,
-    /// `require_authenticated` for every other domain (default `dialback`).
-    pub default_require: Option<AuthLevel>,
-    /// `stanza_rate_per_domain`: stanzas per remote domain and direction.
-    pub stanza_rate: Option<Rate>,
-    /// `connection_rate_per_domain`: new streams per remote domain and direction.
-    pub connection_rate: Option<Rate>,
+    /// `intercept`: our servers' addresses whose outbound s2s (TCP 5269, any destination) the
+    /// generated nftables ruleset redirects to the `s2s-out` listener (transparent interception;
+    /// the gateway is their router).
+    pub intercept: Vec<crate::net::Cidr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +77,7 @@ pub(super) struct RawS2s {
     connection_rate_per_domain: Option<Spanned<String>>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    intercept: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +92,7 @@ struct RawRoute {
 pub(super) fn s2s(
     raw: Option<&RawS2s>,
     needed: bool,
+    has_out_listener: bool,
     state_dir: &std::path::Path,
     loc: &Locator<'_>,
 ) -> Result<Option<S2sConfig>, ConfigError> {
@@ -195,6 +158,16 @@ pub(super) fn s2s(
         };
         routes.push(S2sRoute { domain, connect: route.connect.get_ref().clone(), direct_tls });
     }
+    let mut intercept = Vec::new();
+    for e in r.intercept.iter().flatten() {
+        let Some(cidr) = crate::net::Cidr::parse(e.get_ref()) else {
+            return loc.err(e.span(), "s2s.intercept", format!("'{}' is not an address or CIDR", e.get_ref()));
+        };
+        if !has_out_listener {
+            return loc.err(e.span(), "s2s.intercept", "needs an s2s-out listener to redirect to");
+        }
+        intercept.push(cidr);
+    }
     let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| loc.path(p.get_ref()));
     Ok(Some(S2sConfig {
         local_domains,
@@ -205,6 +178,7 @@ pub(super) fn s2s(
         resolver,
         dialback_secret_file: path(&r.dialback_secret_file).unwrap_or_else(|| state_dir.join("dialback.key")),
         routes,
+        intercept,
     }))
 }
 

@@ -74,8 +74,39 @@ pub struct Limit {
     pub max_keys_per_source: usize,
 }
 
-/// Shared rate state, and the anti-spam state beside it ([`crate::antispam`]): what the
-/// counting conditions of every session share, kept across policy reloads.
+/// Where rate buckets are kept: the one interface the policy evaluator charges events through
+/// (the rate part of the `Store` of DESIGN.md "State"). The evaluator decides *which* bucket and
+/// limit a stanza is charged to; the store only keeps the counters.
+///
+/// [`RateTable`] is the in-process store (one gateway). The daemon's Redis store keeps the same
+/// GCRA arithmetic in one atomic script, so several gateways behind a load balancer share one
+/// bucket per key; it answers within its time budget or falls back as configured. Calls are
+/// synchronous and made only when a `rate` condition is evaluated: a stanza that meets no rate
+/// condition costs the store nothing.
+pub trait RateStore: Send + Sync + std::fmt::Debug {
+    /// Charge one event to `bucket`, made by `source`; true if it is over the limit. A store
+    /// that cannot tell (a bucket it may not create, a backend it cannot reach) answers as
+    /// documented for it, never by panicking.
+    fn over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool;
+
+    /// The anti-spam state ([`crate::antispam`]: contacts, fan-out, waves, reports). In process
+    /// in every store today (a shared store keeps its local fallback's); sharing it between
+    /// gateways is future work.
+    fn antispam(&self) -> &crate::antispam::AntiSpam;
+}
+
+impl RateStore for RateTable {
+    fn over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool {
+        RateTable::over_limit(self, bucket, source, limit, now)
+    }
+
+    fn antispam(&self) -> &crate::antispam::AntiSpam {
+        &self.antispam
+    }
+}
+
+/// Shared rate state, in process, and the anti-spam state beside it ([`crate::antispam`]):
+/// what the counting conditions of every session share, kept across policy reloads.
 #[derive(Debug)]
 pub struct RateTable {
     buckets: KeyedTable<Gcra>,

@@ -3,7 +3,7 @@
 //! sessions re-check their domains (`StreamMachine::set_policy`). Lookups are hash lookups per
 //! label of the domain ([`DomainSet`]), never a scan over entries.
 
-use crate::config::{AuthLevel, S2sDomainsConfig};
+use super::spec::{AuthLevel, S2sDomainsConfig};
 use crate::origin::ConfigError;
 use crate::policy::jidset::DomainSet;
 use crate::policy::rate::Limit;

@@ -309,5 +309,49 @@ pub struct PolicyConfig {
     /// Audit log.
     pub audit: AuditConfig,
     /// `[s2s]` domain policy.
-    pub s2s: crate::config::S2sDomainsConfig,
+    pub s2s: S2sDomainsConfig,
+}
+
+/// How strongly a remote server must be authenticated (`require_authenticated`), weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AuthLevel {
+    /// Dialback (XEP-0220) is enough; a valid certificate is better and also accepted.
+    Dialback,
+    /// A certificate valid for the domain: PKIX with the configured roots, or DANE.
+    Pkix,
+    /// A certificate matched by DNSSEC-secure TLSA records (RFC 7673).
+    Dane,
+}
+
+impl AuthLevel {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthLevel::Dialback => "dialback",
+            AuthLevel::Pkix => "pkix",
+            AuthLevel::Dane => "dane",
+        }
+    }
+
+    /// Parse the config spelling.
+    pub fn parse(s: &str) -> Option<AuthLevel> {
+        [AuthLevel::Dialback, AuthLevel::Pkix, AuthLevel::Dane].into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+/// The domain policy of `[s2s]`, compiled into [`crate::policy::Policy`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S2sDomainsConfig {
+    /// `allow`: when not empty, only these remote domains (patterns, `list:NAME` expanded).
+    pub allow: Vec<Located<String>>,
+    /// `deny`: never these remote domains.
+    pub deny: Vec<Located<String>>,
+    /// `require_authenticated` per domain pattern, in file order (first match wins).
+    pub require: Vec<(Located<String>, AuthLevel)>,
+    /// `require_authenticated` for every other domain (default `dialback`).
+    pub default_require: Option<AuthLevel>,
+    /// `stanza_rate_per_domain`: stanzas per remote domain and direction.
+    pub stanza_rate: Option<Rate>,
+    /// `connection_rate_per_domain`: new streams per remote domain and direction.
+    pub connection_rate: Option<Rate>,
 }

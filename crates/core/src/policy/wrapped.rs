@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use super::{Chain, Context, Outcome, Policy, RateTable, Verdict};
+use super::{Chain, Context, Outcome, Policy, RateStore, Verdict};
 use crate::stanza::{Kind, NS_CARBONS};
 use crate::xml::{Element, Node};
 
@@ -78,7 +78,7 @@ struct Found {
 
 impl Policy {
     /// Decide what happens to stanza `el` and every stanza wrapped in it (see the module docs).
-    pub fn evaluate_stanza(&self, el: &Element, ctx: &Context<'_>, rates: &RateTable, now: Instant) -> Evaluation {
+    pub fn evaluate_stanza(&self, el: &Element, ctx: &Context<'_>, rates: &dyn RateStore, now: Instant) -> Evaluation {
         let outer = self.evaluate(el, ctx, rates, now);
         // What the wrapped stanzas are looked for in: the outer rewrite when there is one (a
         // `strip` may have removed a wrapper already).
@@ -224,7 +224,12 @@ action = "close"
         let policy = super::super::tests::policy(POLICY);
         let user = jid::parse_full("alice@example.test/phone").unwrap();
         let ctx = Context { chain, user: Some(&user), source_ip: "192.0.2.1".parse().unwrap() };
-        policy.evaluate_stanza(&super::super::tests::stanza(xml), &ctx, &RateTable::new(), Instant::now())
+        policy.evaluate_stanza(
+            &super::super::tests::stanza(xml),
+            &ctx,
+            &crate::policy::RateTable::new(),
+            Instant::now(),
+        )
     }
 
     fn carbon(inner: &str) -> String {

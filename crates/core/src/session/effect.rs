@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::jid::{BareJid, FullJid};
-use crate::policy::{Chain, Disposition, Hit, Policy, RateTable, RuleAction, Wrapper};
+use crate::policy::{Chain, Disposition, Hit, Policy, RateStore, RuleAction, Wrapper};
 use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::StreamError;
 use crate::xml::Element;
@@ -220,7 +220,7 @@ pub struct PolicyBinding {
     /// The current policy (replaced on reload with [`crate::session::StreamMachine::set_policy`]).
     pub policy: Arc<Policy>,
     /// Rate state shared by all sessions.
-    pub rates: Arc<RateTable>,
+    pub rates: Arc<dyn RateStore>,
     /// The client connection's source address.
     pub source_ip: IpAddr,
 }

@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use ring::hmac;
 
-pub use crate::config::AuthLevel;
 use crate::jid;
+pub use crate::policy::spec::AuthLevel;
 use crate::stanza::Kind;
 use crate::stream::Condition;
 use crate::xml::{Element, XmlLimits, NS_SERVER, NS_STREAMS};
@@ -256,12 +256,44 @@ pub(crate) fn db(name: &str, from: &str, to: &str) -> Element {
     Element::new(NS_DIALBACK, name).with_attr("from", from).with_attr("to", to)
 }
 
+/// Writing an element on an s2s stream: dialback elements keep the `db:` prefix that every
+/// s2s header binds, everything else is written canonically (`jabber:server` default).
+pub(crate) trait S2sWrite {
+    /// Append the element to `out`.
+    fn write_s2s(&self, out: &mut Vec<u8>);
+}
+
+impl S2sWrite for Element {
+    fn write_s2s(&self, out: &mut Vec<u8>) {
+        if &*self.ns != NS_DIALBACK {
+            return self.write_to(out, NS_SERVER);
+        }
+        // ejabberd (fxml) matches dialback elements by their prefixed name, as XEP-0220 writes
+        // them (`db:result`, `db:verify`), not by namespace: a `<result xmlns=…>` is ignored
+        // there. The canonical form of the element in its own namespace starts with `<NAME`
+        // and ends with `/>` or `</NAME>`; only the prefix is added.
+        let bytes = self.to_bytes(NS_DIALBACK);
+        out.extend_from_slice(b"<db:");
+        let close = format!("</{}>", self.name);
+        match bytes.strip_suffix(close.as_bytes()) {
+            Some(head) => {
+                out.extend_from_slice(&head[1..]);
+                out.extend_from_slice(b"</db:");
+                out.extend_from_slice(&bytes[bytes.len() - close.len() + 2..bytes.len() - 1]);
+                out.push(b'>');
+            }
+            None => out.extend_from_slice(&bytes[1..]),
+        }
+    }
+}
+
 /// `<db:result type='error'>` with a stanza error condition (XEP-0220 §2.4:
 /// `item-not-found` for a domain not served, `remote-connection-failed` when the remote could
 /// not be reached or refused).
 pub(crate) fn db_error(name: &str, from: &str, to: &str, condition: &str) -> Element {
     db(name, from, to).with_attr("type", "error").with_child(
-        Element::new(NS_DIALBACK, "error")
+        // XEP-0220 §2.4 writes the error unprefixed: in the stream's namespace.
+        Element::new(NS_SERVER, "error")
             .with_attr("type", "cancel")
             .with_child(Element::new(crate::stanza::NS_STANZA_ERRORS, condition)),
     )

@@ -140,3 +140,19 @@ fn ipv6_meters_count_by_prefix() {
     let r = ruleset(&config("[network]\nipv6_prefix = 128\n"), &[], now);
     assert!(r.contains("add @conn6 { ip6 saddr ct count over"), "{r}");
 }
+
+#[test]
+fn s2s_intercept_redirects_our_servers_outbound_federation() {
+    let text = "[[tls.certificate]]\ndomains = [\"a.example\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+        [[listener]]\nname = \"out\"\nkind = \"s2s-out\"\nbind = \"10.0.0.1:15270\"\n\
+        [s2s]\ndomains = [\"a.example\"]\nintercept = [\"10.0.0.10\", \"fd00::10/128\"]\n";
+    let config = stanzawall_core::config::Config::parse(text, std::path::Path::new("/etc/sw/gw.toml")).unwrap();
+    let rules = super::ruleset(&config, &[], std::time::SystemTime::now());
+    assert!(rules.contains("type nat hook prerouting priority dstnat;"), "{rules}");
+    assert!(rules.contains("ip saddr { 10.0.0.10/32 } tcp dport 5269 counter redirect to :15270"), "{rules}");
+    assert!(rules.contains("ip6 saddr { fd00::10/128 } tcp dport 5269 counter redirect to :15270"), "{rules}");
+    // Without an s2s-out listener there is nothing to redirect to: a config error.
+    let bad = text.replace("kind = \"s2s-out\"", "kind = \"s2s\"\nbackend = \"10.0.0.10:5269\"");
+    let e = stanzawall_core::config::Config::parse(&bad, std::path::Path::new("/etc/sw/gw.toml")).unwrap_err();
+    assert!(e.to_string().contains("s2s.intercept: needs an s2s-out listener"), "{e}");
+}

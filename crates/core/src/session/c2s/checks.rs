@@ -112,7 +112,7 @@ pub fn decide(
     el: &mut Element,
     ctx: &crate::policy::Context<'_>,
     policy: &crate::policy::Policy,
-    rates: &crate::policy::RateTable,
+    rates: &dyn crate::policy::RateStore,
     now: std::time::Instant,
 ) -> Decision {
     let check = match ctx.chain {

@@ -43,7 +43,7 @@ impl C2sSession {
             return Some(el);
         }
         let ctx = Context { chain, user: self.bound.as_ref(), source_ip: binding.source_ip };
-        let mut eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
+        let mut eval = binding.policy.evaluate_stanza(&el, &ctx, &*binding.rates, now);
         let include_body = binding.policy.audit().include_body;
         let effects = policy_effects(chain, &el, &mut eval, self.bound.as_ref(), include_body);
         self.effects.extend(effects);

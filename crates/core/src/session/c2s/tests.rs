@@ -982,7 +982,7 @@ fn decided_fate(xml: &str, chain: crate::policy::Chain, rules: &str) -> Fate {
     let user = crate::jid::parse_full("alice@example.test/phone").unwrap();
     let ctx = crate::policy::Context { chain, user: Some(&user), source_ip: "127.0.0.1".parse().unwrap() };
     let mut el = crate::xml::parse_stanzas(xml, XmlLimits::default()).unwrap().remove(0);
-    match decide(&mut el, &ctx, &s.filter.policy, &s.filter.rates, t0()) {
+    match decide(&mut el, &ctx, &s.filter.policy, &*s.filter.rates, t0()) {
         Decision::Gateway(Check::Pass) => Fate::Forwarded,
         Decision::Gateway(Check::Close(c, _)) => Fate::Closed(c.as_str().to_owned()),
         Decision::Gateway(Check::Bounce(c, _)) if crate::stanza::may_bounce(&el) => {

@@ -156,7 +156,7 @@ impl S2sCore {
             return Some(el);
         }
         let ctx = Context { chain, user: None, source_ip: binding.source_ip };
-        let mut eval = binding.policy.evaluate_stanza(&el, &ctx, &binding.rates, now);
+        let mut eval = binding.policy.evaluate_stanza(&el, &ctx, &*binding.rates, now);
         // The same audit mapping as c2s and passive inspection.
         let include_body = binding.policy.audit().include_body;
         let effects = crate::session::c2s::policy_effects(chain, &el, &mut eval, None, include_body);

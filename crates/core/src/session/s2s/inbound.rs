@@ -20,7 +20,7 @@ use base64::Engine;
 use super::common::S2sCore;
 use super::{
     db, db_error, domain_attr, features, header_problem, meets, stanza_domains, AuthMethod, Dnssec, PeerCert,
-    S2sSettings, NS_DIALBACK, NS_SASL, NS_TLS,
+    S2sSettings, S2sWrite, NS_DIALBACK, NS_SASL, NS_TLS,
 };
 use crate::jid::FullJid;
 use crate::policy::{Chain, Policy};
@@ -207,7 +207,7 @@ impl S2sInbound {
         self.features_owed = false;
         let external =
             !self.sasl_done && self.from.as_ref().and_then(|f| self.cert_for(f)).and_then(PeerCert::level).is_some();
-        features(self.tls, self.core.cfg.require_tls, external).write_to(&mut self.core.to_front, NS_SERVER);
+        features(self.tls, self.core.cfg.require_tls, external).write_s2s(&mut self.core.to_front);
     }
 
     fn ask_cert(&mut self, domain: String) {
@@ -224,7 +224,7 @@ impl S2sInbound {
     fn on_element(&mut self, el: Element) {
         let ns = &*el.ns;
         if ns == NS_TLS && el.name == "starttls" && !self.tls {
-            Element::new(NS_TLS, "proceed").write_to(&mut self.core.to_front, NS_SERVER);
+            Element::new(NS_TLS, "proceed").write_s2s(&mut self.core.to_front);
             self.phase = Phase::TlsHandshake;
             self.core.front_in_tls_handshake = true;
             let domain = self.to.clone().unwrap_or_default();
@@ -258,10 +258,10 @@ impl S2sInbound {
     fn on_sasl_auth(&mut self, el: &Element) {
         let failure = |reason: &str| Element::new(NS_SASL, "failure").with_child(Element::new(NS_SASL, reason));
         if el.attr("mechanism") != Some("EXTERNAL") || self.sasl_done {
-            return failure("invalid-mechanism").write_to(&mut self.core.to_front, NS_SERVER);
+            return failure("invalid-mechanism").write_s2s(&mut self.core.to_front);
         }
         let (Some(remote), Some(local)) = (self.from.clone(), self.to.clone()) else {
-            return failure("not-authorized").write_to(&mut self.core.to_front, NS_SERVER);
+            return failure("not-authorized").write_s2s(&mut self.core.to_front);
         };
         // XEP-0178 §3: the authorization identity is empty ("=") or the stream's `from`.
         let text = el.text();
@@ -276,10 +276,10 @@ impl S2sInbound {
         let cert = self.cert_for(&remote).cloned().unwrap_or(PeerCert::None);
         let required = self.core.filter.policy.s2s().required(&remote);
         if authzid.as_deref() != Some(remote.as_str()) || !meets(required, &cert, false) || cert.level().is_none() {
-            failure("not-authorized").write_to(&mut self.core.to_front, NS_SERVER);
+            failure("not-authorized").write_s2s(&mut self.core.to_front);
             return;
         }
-        Element::new(NS_SASL, "success").write_to(&mut self.core.to_front, NS_SERVER);
+        Element::new(NS_SASL, "success").write_s2s(&mut self.core.to_front);
         self.sasl_done = true;
         // RFC 6120 §6.4.6: the stream restarts after success.
         self.core.front.restart();
@@ -294,7 +294,7 @@ impl S2sInbound {
         };
         if !self.core.cfg.is_local(&local) {
             let err = db_error("result", &local, &remote, "item-not-found");
-            return err.write_to(&mut self.core.to_front, NS_SERVER);
+            return err.write_s2s(&mut self.core.to_front);
         }
         if self.core.cfg.is_local(&remote) {
             return self.error(Condition::InvalidFrom, "a remote server cannot claim our own domain");
@@ -337,9 +337,7 @@ impl S2sInbound {
         }
         if !meets(required, &cert, true) {
             self.pairs.remove(i);
-            db("result", &pair.local, &pair.remote)
-                .with_attr("type", "invalid")
-                .write_to(&mut self.core.to_front, NS_SERVER);
+            db("result", &pair.local, &pair.remote).with_attr("type", "invalid").write_s2s(&mut self.core.to_front);
             let why = format!(
                 "{remote} must be authenticated by {} (require_authenticated); its certificate: {}",
                 required.as_str(),
@@ -391,7 +389,7 @@ impl S2sInbound {
                 let id = self.back_id.clone().unwrap_or_default();
                 for p in self.pairs.iter_mut().filter(|p| p.state == PairState::Authenticated) {
                     let key = self.core.cfg.dialback.key(&p.local, &p.remote, &id);
-                    db("result", &p.remote, &p.local).with_text(key).write_to(&mut self.core.to_back, NS_SERVER);
+                    db("result", &p.remote, &p.local).with_text(key).write_s2s(&mut self.core.to_back);
                     p.state = PairState::Presented;
                 }
             }
@@ -409,13 +407,13 @@ impl S2sInbound {
         };
         if !self.core.cfg.is_local(&originating) {
             let err = db_error("verify", &originating, &receiving, "item-not-found");
-            return err.with_attr("id", id).write_to(&mut self.core.to_front, NS_SERVER);
+            return err.with_attr("id", id).write_s2s(&mut self.core.to_front);
         }
         let valid = self.core.cfg.dialback.verify(&receiving, &originating, &id, &el.text());
         db("verify", &originating, &receiving)
             .with_attr("id", id)
             .with_attr("type", if valid { "valid" } else { "invalid" })
-            .write_to(&mut self.core.to_front, NS_SERVER);
+            .write_s2s(&mut self.core.to_front);
     }
 
     fn on_stanza(&mut self, el: Element) {
@@ -438,7 +436,7 @@ impl S2sInbound {
         }
         let Some(el) = self.core.police(Chain::S2sIn, el) else { return };
         self.core.counters.stanzas_from_client += 1;
-        el.write_to(&mut self.core.to_back, NS_SERVER);
+        el.write_s2s(&mut self.core.to_back);
     }
 
     fn drain_back(&mut self) {
@@ -488,7 +486,7 @@ impl S2sInbound {
             (_, XmlEvent::Stanza(el)) if el.is(NS_STREAMS, "error") => {
                 let err = StreamError::from_element(&el);
                 if !self.core.front_in_tls_handshake {
-                    err.to_element().write_to(&mut self.core.to_front, NS_SERVER);
+                    err.to_element().write_s2s(&mut self.core.to_front);
                     self.core.to_front.extend_from_slice(STREAM_CLOSE);
                 }
                 self.core.back_open = false;
@@ -526,7 +524,7 @@ impl S2sInbound {
         self.core.established = true;
         let p = self.pairs[i].clone();
         if p.method != AuthMethod::SaslExternal {
-            db("result", &p.local, &p.remote).with_attr("type", "valid").write_to(&mut self.core.to_front, NS_SERVER);
+            db("result", &p.local, &p.remote).with_attr("type", "valid").write_s2s(&mut self.core.to_front);
         }
     }
 }
@@ -699,9 +697,7 @@ impl StreamMachine for S2sInbound {
         match result {
             Ok(true) => self.authenticated(pair.remote, pair.local, AuthMethod::Dialback, pair.key),
             other => {
-                db("result", &pair.local, &pair.remote)
-                    .with_attr("type", "invalid")
-                    .write_to(&mut self.core.to_front, NS_SERVER);
+                db("result", &pair.local, &pair.remote).with_attr("type", "invalid").write_s2s(&mut self.core.to_front);
                 let why = match other {
                     Err(e) => format!("dialback for {remote} could not be verified: {e}"),
                     _ => format!("{remote}'s authoritative server says the dialback key is invalid"),

@@ -16,7 +16,7 @@ use base64::Engine;
 use super::common::S2sCore;
 use super::{
     db, db_error, domain_attr, header_problem, meets, stanza_domains, AuthMethod, Dnssec, PeerCert, S2sSettings,
-    NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SASL, NS_TLS,
+    S2sWrite, NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SASL, NS_TLS,
 };
 use crate::jid::FullJid;
 use crate::policy::{Chain, Policy};
@@ -105,7 +105,7 @@ impl S2sOutbound {
     fn answer_pending(&mut self, condition: &str) {
         let remote = self.remote.clone().unwrap_or_default();
         for p in self.pairs.iter().filter(|p| p.state != PairState::Valid) {
-            db_error("result", &remote, &p.local, condition).write_to(&mut self.core.to_front, NS_SERVER);
+            db_error("result", &remote, &p.local, condition).write_s2s(&mut self.core.to_front);
         }
         self.pairs.retain(|p| p.state == PairState::Valid);
     }
@@ -171,7 +171,7 @@ impl S2sOutbound {
             .with_child(
                 Element::new(NS_DIALBACK_FEATURE, "dialback").with_child(Element::new(NS_DIALBACK_FEATURE, "errors")),
             )
-            .write_to(&mut self.core.to_front, NS_SERVER);
+            .write_s2s(&mut self.core.to_front);
     }
 
     fn on_element(&mut self, el: Element) {
@@ -185,7 +185,7 @@ impl S2sOutbound {
         if ns == NS_STREAMS && el.name == "error" {
             let err = StreamError::from_element(&el);
             if self.core.back_open {
-                err.to_element().write_to(&mut self.core.to_back, NS_SERVER);
+                err.to_element().write_s2s(&mut self.core.to_back);
             }
             self.core.close_back_stream();
             return self.core.finish(CloseReason::ClientFailed(format!("our server's stream error: {err}")));
@@ -204,11 +204,11 @@ impl S2sOutbound {
             return self.error(Condition::InvalidFrom, "'from' must be a domain this gateway serves");
         }
         if Some(&remote) != self.remote.as_ref() {
-            return db_error("result", &remote, &local, "item-not-found").write_to(&mut self.core.to_front, NS_SERVER);
+            return db_error("result", &remote, &local, "item-not-found").write_s2s(&mut self.core.to_front);
         }
         if let Some(p) = self.pairs.iter().find(|p| p.local == local) {
             if p.state == PairState::Valid {
-                db("result", &remote, &local).with_attr("type", "valid").write_to(&mut self.core.to_front, NS_SERVER);
+                db("result", &remote, &local).with_attr("type", "valid").write_s2s(&mut self.core.to_front);
             }
             return;
         }
@@ -239,7 +239,7 @@ impl S2sOutbound {
         db("verify", &originating, &receiving)
             .with_attr("id", id)
             .with_attr("type", if valid { "valid" } else { "invalid" })
-            .write_to(&mut self.core.to_front, NS_SERVER);
+            .write_s2s(&mut self.core.to_front);
     }
 
     fn on_stanza(&mut self, el: Element) {
@@ -259,7 +259,7 @@ impl S2sOutbound {
         }
         let Some(el) = self.core.police(Chain::S2sOut, el) else { return };
         self.core.counters.stanzas_from_client += 1;
-        el.write_to(&mut self.core.to_back, NS_SERVER);
+        el.write_s2s(&mut self.core.to_back);
     }
 
     /// Send dialback for every requested pair (the remote's stream id binds the key).
@@ -267,7 +267,7 @@ impl S2sOutbound {
         let (Some(remote), Some(id)) = (self.remote.clone(), self.back_id.clone()) else { return };
         for p in self.pairs.iter_mut().filter(|p| p.state == PairState::Requested) {
             let key = self.core.cfg.dialback.key(&remote, &p.local, &id);
-            db("result", &p.local, &remote).with_text(key).write_to(&mut self.core.to_back, NS_SERVER);
+            db("result", &p.local, &remote).with_text(key).write_s2s(&mut self.core.to_back);
             p.state = PairState::Sent;
         }
     }
@@ -285,10 +285,14 @@ impl S2sOutbound {
             cert: self.remote_cert.clone(),
             dnssec: self.dnssec,
         }));
-        db("result", &remote, local).with_attr("type", "valid").write_to(&mut self.core.to_front, NS_SERVER);
+        db("result", &remote, local).with_attr("type", "valid").write_s2s(&mut self.core.to_front);
     }
 
     fn back_failure(&mut self, failure: BackendFailure) {
+        // DNS (bogus, no service), TLS (DANE mismatch) and connect failures are refusals of the
+        // remote too: audited like the policy's.
+        let remote = self.remote.clone().unwrap_or_default();
+        self.core.effects.push_back(Effect::S2sRefused { direction: "out", remote, reason: failure.to_string() });
         self.answer_pending("remote-connection-failed");
         let err = StreamError::new(Condition::RemoteConnectionFailed, Some(failure.to_string()));
         let from = self.remote.clone();
@@ -348,7 +352,7 @@ impl S2sOutbound {
             (_, XmlEvent::Stanza(el)) if el.is(NS_STREAMS, "error") => {
                 let err = StreamError::from_element(&el);
                 self.answer_pending("remote-connection-failed");
-                err.to_element().write_to(&mut self.core.to_front, NS_SERVER);
+                err.to_element().write_s2s(&mut self.core.to_front);
                 self.core.to_front.extend_from_slice(STREAM_CLOSE);
                 self.core.back_open = false;
                 self.core.finish(CloseReason::BackendError(err));
@@ -371,7 +375,7 @@ impl S2sOutbound {
         let remote = self.remote.clone().unwrap_or_default();
         if !self.tls {
             if f.child(NS_TLS, "starttls").is_some() {
-                Element::new(NS_TLS, "starttls").write_to(&mut self.core.to_back, NS_SERVER);
+                Element::new(NS_TLS, "starttls").write_s2s(&mut self.core.to_back);
                 self.back = BackPhase::AwaitProceed;
                 return;
             }
@@ -402,7 +406,7 @@ impl S2sOutbound {
                 Element::new(NS_SASL, "auth")
                     .with_attr("mechanism", "EXTERNAL")
                     .with_text(authzid)
-                    .write_to(&mut self.core.to_back, NS_SERVER);
+                    .write_s2s(&mut self.core.to_back);
                 self.back = BackPhase::AwaitSasl;
             }
             _ => {
@@ -425,7 +429,7 @@ impl S2sOutbound {
             return self.pair_valid(&local, AuthMethod::Dialback);
         }
         self.pairs.retain(|p| p.local != local);
-        db("result", &remote, &local).with_attr("type", "invalid").write_to(&mut self.core.to_front, NS_SERVER);
+        db("result", &remote, &local).with_attr("type", "invalid").write_s2s(&mut self.core.to_front);
         let reason = format!("{remote} refused dialback for {local}");
         self.core.effects.push_back(Effect::S2sRefused { direction: "out", remote, reason: reason.clone() });
         if !self.pairs.iter().any(|p| p.state == PairState::Valid) {
@@ -537,7 +541,7 @@ impl StreamMachine for S2sOutbound {
             let from = self.remote.clone();
             self.core.front_error_no_finish(&err, from);
             if self.core.back_open {
-                err.to_element().write_to(&mut self.core.to_back, NS_SERVER);
+                err.to_element().write_s2s(&mut self.core.to_back);
             }
             self.core.close_back_stream();
             self.core.finish(CloseReason::Shutdown);
@@ -555,7 +559,7 @@ impl StreamMachine for S2sOutbound {
             if self.core.back_open {
                 StreamError::new(Condition::PolicyViolation, Some(why.to_owned()))
                     .to_element()
-                    .write_to(&mut self.core.to_back, NS_SERVER);
+                    .write_s2s(&mut self.core.to_back);
             }
             self.refuse(Condition::PolicyViolation, why);
         }

@@ -91,7 +91,7 @@ fn backend_accepts(s: &mut S2sInbound) {
     let key = DialbackSecret::new(SECRET).key(LOCAL, REMOTE, "srv1");
     assert_eq!(
         back(s),
-        format!("<result xmlns='jabber:server:dialback' from='b.example' to='a.example'>{key}</result>"),
+        format!("<db:result from='b.example' to='a.example'>{key}</db:result>"),
         "the gateway presents the pair with a key it minted"
     );
     s.backend_bytes(b"<db:result type='valid' from='a.example' to='b.example'/>", now());
@@ -148,7 +148,7 @@ fn inbound_dialback_verified_then_presented_then_relayed() {
     assert_eq!(e[1], Effect::ConnectBackend { domain: LOCAL.into() });
     assert_eq!(front(&mut s), "", "the peer learns nothing before our server accepted");
     backend_accepts(&mut s);
-    assert_eq!(front(&mut s), "<result xmlns='jabber:server:dialback' from='a.example' to='b.example' type='valid'/>");
+    assert_eq!(front(&mut s), "<db:result from='a.example' to='b.example' type='valid'/>");
     assert_eq!(back(&mut s), "<message from='eve@b.example' to='bob@a.example'><body>hi</body></message>");
     // A forged domain on the authenticated stream.
     s.client_bytes(b"<message from='mallory@c.example' to='bob@a.example'><body>x</body></message>", now());
@@ -254,10 +254,7 @@ fn inbound_answers_db_verify_for_keys_the_outbound_side_minted() {
         format!("<db:verify from='b.example' to='a.example' id='their-id'>{key}</db:verify>").as_bytes(),
         now(),
     );
-    assert_eq!(
-        front(&mut s),
-        "<verify xmlns='jabber:server:dialback' from='a.example' to='b.example' id='their-id' type='valid'/>"
-    );
+    assert_eq!(front(&mut s), "<db:verify from='a.example' to='b.example' id='their-id' type='valid'/>");
     s.client_bytes(b"<db:verify from='b.example' to='a.example' id='their-id'>0000</db:verify>", now());
     assert!(front(&mut s).contains("type='invalid'"));
 }
@@ -299,7 +296,7 @@ fn outbound_sasl_external_then_relay() {
     let mut s = outbound_ready(PeerCert::Dane, "", EXTERNAL_FEATURES);
     assert_eq!(back(&mut s), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>YS5leGFtcGxl</auth>");
     s.backend_bytes(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", now());
-    assert_eq!(front(&mut s), "<result xmlns='jabber:server:dialback' from='b.example' to='a.example' type='valid'/>");
+    assert_eq!(front(&mut s), "<db:result from='b.example' to='a.example' type='valid'/>");
     let e = effects(&mut s);
     assert!(
         matches!(&e[0], Effect::S2sAuthenticated(a) if a.direction == "out" && a.dnssec == Dnssec::Secure && a.cert == PeerCert::Dane),
@@ -316,10 +313,7 @@ fn outbound_sasl_external_then_relay() {
 fn outbound_dialback_when_no_external() {
     let mut s = outbound_ready(PeerCert::Invalid("unknown issuer".into()), "", BACK_FEATURES);
     let key = DialbackSecret::new(SECRET).key(REMOTE, LOCAL, "r2");
-    assert_eq!(
-        back(&mut s),
-        format!("<result xmlns='jabber:server:dialback' from='a.example' to='b.example'>{key}</result>")
-    );
+    assert_eq!(back(&mut s), format!("<db:result from='a.example' to='b.example'>{key}</db:result>"));
     s.backend_bytes(b"<db:result type='invalid' from='b.example' to='a.example'/>", now());
     let out = front(&mut s);
     assert!(out.contains("type='invalid'") && out.contains("remote-connection-failed"), "{out}");
@@ -391,7 +385,7 @@ fn verify_stream_asks_and_reads_the_answer() {
     v.feed(BACK_FEATURES.as_bytes());
     assert_eq!(
         String::from_utf8(v.take_output()).unwrap(),
-        "<verify xmlns='jabber:server:dialback' from='a.example' to='b.example' id='gwid'>k1</verify>"
+        "<db:verify from='a.example' to='b.example' id='gwid'>k1</db:verify>"
     );
     assert_eq!(
         v.feed(b"<db:verify from='b.example' to='a.example' id='gwid' type='valid'/>"),
@@ -400,4 +394,74 @@ fn verify_stream_asks_and_reads_the_answer() {
     let mut plain = DialbackVerify::new(LOCAL, REMOTE, "gwid", "k1", true, false);
     plain.feed(header(REMOTE, LOCAL, Some("x")).as_bytes());
     assert!(matches!(plain.feed(BACK_FEATURES.as_bytes()), VerifyStep::Done(Err(e)) if e.contains("TLS")));
+}
+
+#[test]
+fn dialback_elements_keep_their_prefix_and_parse_back() {
+    let mut out = Vec::new();
+    db("result", "a.example", "b.example").with_text("k&1").write_s2s(&mut out);
+    db_error("result", "a.example", "b.example", "item-not-found").write_s2s(&mut out);
+    db("verify", "a.example", "b.example").with_attr("id", "i").with_attr("type", "valid").write_s2s(&mut out);
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert_eq!(
+        text,
+        "<db:result from='a.example' to='b.example'>k&amp;1</db:result>\
+         <db:result from='a.example' to='b.example' type='error'><error xmlns='jabber:server' type='cancel'>\
+         <item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>\
+         <db:verify from='a.example' to='b.example' id='i' type='valid'/>"
+    );
+    // What we write parses back to the same elements under an s2s header.
+    let mut bytes = Vec::new();
+    crate::stream::Header::default().write_s2s(&mut bytes);
+    bytes.extend_from_slice(&out);
+    let mut r = crate::xml::StreamReader::new(crate::xml::XmlLimits::default());
+    r.feed(&bytes);
+    assert!(matches!(r.next_event(), Ok(Some(crate::xml::XmlEvent::StreamOpen { .. }))));
+    let Ok(Some(crate::xml::XmlEvent::Stanza(first))) = r.next_event() else { panic!("no element") };
+    assert!(first.is(NS_DIALBACK, "result") && first.text() == "k&1");
+    let Ok(Some(crate::xml::XmlEvent::Stanza(second))) = r.next_event() else { panic!("no element") };
+    assert!(second.child(crate::xml::NS_SERVER, "error").is_some());
+}
+
+#[test]
+fn per_domain_stanza_rate_bounces_the_excess() {
+    // "1/minute" with a burst of 10: the eleventh stanza of b.example in the minute is bounced
+    // back to its sender on the same stream; the stream stays up.
+    let mut s = inbound_open(PeerCert::Pkix, "stanza_rate_per_domain = \"1/minute\"");
+    front(&mut s);
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>", now());
+    effects(&mut s);
+    backend_accepts(&mut s);
+    s.client_bytes(header(REMOTE, LOCAL, None).as_bytes(), now());
+    front(&mut s);
+    back(&mut s);
+    for i in 0..11 {
+        s.client_bytes(
+            format!("<message id='m{i}' from='eve@b.example' to='bob@a.example'><body>{i}</body></message>").as_bytes(),
+            now(),
+        );
+    }
+    let relayed = back(&mut s);
+    assert_eq!(relayed.matches("<message").count(), 10, "{relayed}");
+    let out = front(&mut s);
+    assert!(out.contains("id='m10'") && out.contains("type='error'") && out.contains("policy-violation"), "{out}");
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn per_domain_connection_rate_refuses_new_streams() {
+    let p = policy("connection_rate_per_domain = \"1/hour\"");
+    let rates = Arc::new(RateTable::new());
+    let mut refused = 0;
+    for _ in 0..12 {
+        let b = PolicyBinding { policy: p.clone(), rates: rates.clone(), source_ip: "192.0.2.7".parse().unwrap() };
+        let mut s = S2sInbound::new(settings(true), b, now());
+        s.client_bytes(header(REMOTE, LOCAL, None).as_bytes(), now());
+        s.peer_certificate(REMOTE, PeerCert::None);
+        s.client_bytes(b"<db:result from='b.example' to='a.example'>k</db:result>", now());
+        if front(&mut s).contains("too many streams") {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2, "a burst of 10, then refused");
 }

@@ -3,9 +3,9 @@
 //! stream: header, STARTTLS when offered (required when `require_tls`), `db:verify`, the answer,
 //! close. Sans-IO like the session kinds; the daemon connects (SRV, DNSSEC) and moves bytes.
 
-use super::{db, domain_attr, header_problem, NS_DIALBACK, NS_TLS};
+use super::{db, domain_attr, header_problem, S2sWrite, NS_DIALBACK, NS_TLS};
 use crate::stream::{Header, StreamError, STREAM_CLOSE};
-use crate::xml::{Element, StreamReader, XmlEvent, XmlLimits, NS_SERVER, NS_STREAMS};
+use crate::xml::{Element, StreamReader, XmlEvent, XmlLimits, NS_STREAMS};
 
 /// What the daemon does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl DialbackVerify {
                 }
                 (State::Features, XmlEvent::Stanza(f)) if f.is(NS_STREAMS, "features") => {
                     if !self.tls && f.child(NS_TLS, "starttls").is_some() {
-                        Element::new(NS_TLS, "starttls").write_to(&mut self.out, NS_SERVER);
+                        Element::new(NS_TLS, "starttls").write_s2s(&mut self.out);
                         self.state = State::Proceed;
                         continue;
                     }
@@ -121,7 +121,7 @@ impl DialbackVerify {
                     db("verify", &self.local, &self.remote)
                         .with_attr("id", self.id.clone())
                         .with_text(self.key.clone())
-                        .write_to(&mut self.out, NS_SERVER);
+                        .write_s2s(&mut self.out);
                     self.state = State::Answer;
                 }
                 (State::Proceed, XmlEvent::Stanza(el)) if el.is(NS_TLS, "proceed") => {

@@ -1,0 +1,246 @@
+//! The admin listener (`[admin] bind`): the JSON API under `/api/v1`, the dashboard at `/`,
+//! `GET /metrics`, `GET /healthz` and `GET /readyz`.
+//!
+//! Every API endpoint needs a bearer token ([`auth`], [`crate::tokens`]); `read` tokens see, `admin`
+//! tokens also act. Public without a token: the dashboard's static files (they hold no data;
+//! the page asks for a token and calls the API with it), `/healthz`, `/readyz`, and `/metrics`
+//! unless `[admin] metrics_public = false`. Every action (kick, ban, unban, list edit, reload)
+//! and every refused request is written to the audit log as an `"event": "admin"` record naming
+//! the token, so the log says who did what and when.
+//!
+//! The API acts through the daemon's own paths, never around them: a kick is a message to the
+//! session's engine ([`crate::sessions`]), a ban goes into the guard, the state directory's ban
+//! file and nftables as an automatic ban does, a list edit rewrites the list file and then
+//! reloads exactly as SIGHUP does (the supervisor answers with the reload's error, and the edit
+//! is undone if the reload fails).
+
+mod api;
+pub mod auth;
+mod dashboard;
+pub mod lists;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::state::{Generation, Shared};
+use crate::tokens::Role;
+use auth::FailureLimiter;
+
+/// A reload asked for through the API: the supervisor answers with the changes or the error.
+pub type ReloadRequest = oneshot::Sender<Result<Vec<String>, String>>;
+
+/// What the admin listener serves from.
+#[derive(Debug)]
+pub struct Admin {
+    gen_rx: watch::Receiver<Arc<Generation>>,
+    shared: Shared,
+    registry: Arc<Registry>,
+    reload: mpsc::Sender<ReloadRequest>,
+    /// Set once the first generation's listeners are serving (`/readyz`).
+    pub ready: AtomicBool,
+    failures: Mutex<FailureLimiter>,
+    /// List edits one at a time (read, change, write, reload).
+    list_edit: tokio::sync::Mutex<()>,
+}
+
+type St = Arc<Admin>;
+
+impl Admin {
+    /// The admin state over the daemon's generations and shared state.
+    pub fn new(
+        gen_rx: watch::Receiver<Arc<Generation>>,
+        shared: Shared,
+        registry: Arc<Registry>,
+        reload: mpsc::Sender<ReloadRequest>,
+    ) -> Admin {
+        Admin {
+            gen_rx,
+            shared,
+            registry,
+            reload,
+            ready: AtomicBool::new(false),
+            failures: Mutex::new(FailureLimiter::default()),
+            list_edit: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        self.gen_rx.borrow().clone()
+    }
+
+    /// Write an admin audit record (to the configured audit log, else the daemon's log).
+    async fn audit(&self, who: &Caller, action: &str, detail: Value) {
+        let path = self.generation().policy.audit().path.clone();
+        let record = crate::audit::admin_record(&who.name, who.role_str(), who.ip, action, detail);
+        self.shared.audit.record(path, vec![record]).await;
+    }
+
+    /// Reload as SIGHUP does and wait for the outcome.
+    async fn reload_now(&self) -> Result<Vec<String>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.reload.send(tx).await.map_err(|_| "the daemon is shutting down".to_owned())?;
+        rx.await.map_err(|_| "the daemon is shutting down".to_owned())?
+    }
+}
+
+/// Who made a request (the token's name and role, the client address).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    name: String,
+    role: Option<Role>,
+    ip: IpAddr,
+}
+
+impl Caller {
+    fn role_str(&self) -> &'static str {
+        self.role.map_or("none", Role::as_str)
+    }
+}
+
+/// A caller with any valid token.
+#[derive(Debug)]
+pub struct Reader(pub Caller);
+
+/// A caller with an `admin` token.
+#[derive(Debug)]
+pub struct Operator(pub Caller);
+
+/// A JSON response.
+pub(crate) fn reply(status: StatusCode, body: Value) -> Response {
+    (status, [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "no-store")], body.to_string()).into_response()
+}
+
+/// A JSON error response.
+pub(crate) fn fail(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    reply(status, json!({ "error": message.to_string() }))
+}
+
+/// Check the request's bearer token; `need` is the role the endpoint requires.
+async fn authorize(parts: &Parts, st: &St, need: Role) -> Result<Caller, Response> {
+    let ip =
+        parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(a)| a.ip());
+    let path = parts.uri.path().to_owned();
+    let now = Instant::now();
+    let locked = auth::lock(&st.failures).locked(ip, now);
+    if locked {
+        return Err(fail(StatusCode::TOO_MANY_REQUESTS, "too many failed attempts from this address; try later"));
+    }
+    let presented = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer);
+    let tokens = st.generation().admin_tokens.clone();
+    let found = presented.and_then(|p| tokens.verify(p)).map(|t| (t.name.clone(), t.role));
+    let Some((name, role)) = found else {
+        let reason = if presented.is_some() { "unknown token" } else { "no token" };
+        let limited = auth::lock(&st.failures).failed(ip, now);
+        let anonymous = Caller { name: String::new(), role: None, ip };
+        warn!(client.ip = %ip, path = %path, reason, "admin API request refused");
+        st.audit(
+            &anonymous,
+            "auth",
+            json!({ "result": "refused", "reason": reason, "path": path, "locked_out": limited }),
+        )
+        .await;
+        let mut r = fail(StatusCode::UNAUTHORIZED, format!("{reason}: send Authorization: Bearer TOKEN"));
+        r.headers_mut().insert(WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer realm=\"stanzawall\""));
+        return Err(r);
+    };
+    let caller = Caller { name, role: Some(role), ip };
+    if need == Role::Admin && role != Role::Admin {
+        st.audit(&caller, "auth", json!({ "result": "forbidden", "path": path, "method": parts.method.as_str() }))
+            .await;
+        return Err(fail(StatusCode::FORBIDDEN, "this token may read, not act (role read)"));
+    }
+    Ok(caller)
+}
+
+impl FromRequestParts<St> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &St) -> Result<Self, Self::Rejection> {
+        authorize(parts, st, Role::Read).await.map(Reader)
+    }
+}
+
+impl FromRequestParts<St> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &St) -> Result<Self, Self::Rejection> {
+        authorize(parts, st, Role::Admin).await.map(Operator)
+    }
+}
+
+/// The whole admin application.
+fn router(st: St) -> axum::Router {
+    use axum::routing::{delete, get, post};
+    axum::Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
+        .route("/healthz", get(|| async { reply(StatusCode::OK, json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/whoami", get(api::whoami))
+        .route("/api/v1/stats", get(api::stats))
+        .route("/api/v1/sessions", get(api::sessions))
+        .route("/api/v1/sessions/{id}", delete(api::kick))
+        .route("/api/v1/bans", get(api::bans).post(api::ban))
+        .route("/api/v1/bans/{address}", delete(api::unban))
+        .route("/api/v1/lists", get(api::lists))
+        .route("/api/v1/lists/{name}", get(api::list))
+        .route("/api/v1/lists/{name}/entries", post(api::add_entry).delete(api::remove_entry))
+        .route("/api/v1/rules", get(api::rules))
+        .route("/api/v1/explain", post(api::explain))
+        .route("/api/v1/audit", get(api::audit))
+        .route("/api/v1/audit/stream", get(api::audit_stream))
+        .route("/api/v1/reload", post(api::reload))
+        .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(st)
+}
+
+async fn readyz(axum::extract::State(st): axum::extract::State<St>) -> Response {
+    if st.ready.load(Ordering::Relaxed) {
+        reply(StatusCode::OK, json!({ "ready": true }))
+    } else {
+        reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "ready": false }))
+    }
+}
+
+async fn metrics(axum::extract::State(st): axum::extract::State<St>, request: axum::extract::Request) -> Response {
+    if !st.generation().config.admin.metrics_public {
+        let (parts, _) = request.into_parts();
+        if let Err(r) = authorize(&parts, &st, Role::Read).await {
+            return r;
+        }
+    }
+    match crate::metrics::encode_text(&st.registry) {
+        Some(body) => {
+            ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+        }
+        None => fail(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"),
+    }
+}
+
+/// Serve the admin listener on `bind` until the task is aborted.
+pub async fn serve(bind: SocketAddr, st: St) {
+    let listener = match tokio::net::TcpListener::bind(bind).await {
+        Ok(l) => l,
+        Err(e) => return error!(admin.bind = %bind, error = %e, "cannot listen for the admin endpoint"),
+    };
+    let tokens = st.generation().admin_tokens.len();
+    info!(admin.bind = %bind, admin.tokens = tokens, "admin endpoint listening (API /api/v1, dashboard /, /metrics)");
+    let app = router(st).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
+        error!(admin.bind = %bind, error = %e, "admin endpoint failed");
+    }
+}

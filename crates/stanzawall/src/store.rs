@@ -1,0 +1,602 @@
+//! The Redis store (`[store] backend = "redis"`): rate buckets and bans shared by several
+//! gateways behind one load balancer (README "Several gateways (Redis)").
+//!
+//! The core decides (which bucket a stanza is charged to, which limit applies, how many
+//! failures ban); this module only keeps the counters, in Redis, through two Lua scripts that
+//! each run atomically on the server, so two gateways can never both admit the last event of
+//! a burst nor both miss the failure that bans:
+//!
+//! - **rates** ([`RATE_SCRIPT`]): GCRA as in `stanzawall_core::limit::Gcra`, one key per
+//!   (limiter, chain, key value) holding the theoretical arrival time in µs of the Redis
+//!   server's clock (one clock for all gateways), with a TTL until the bucket is full again;
+//!   and per source a sorted set of the buckets it made, for `max_keys_per_source`.
+//! - **bans** ([`FAILURE_SCRIPT`]): failures per source in a sorted set that expires with the
+//!   window; at the threshold the ban goes into one sorted set of all bans (score = until, in
+//!   Unix seconds) and is published on a channel. Every gateway subscribes, applies the ban to
+//!   its own guard (the accept path never asks Redis) and to its nftables set.
+//!
+//! Time budget: a rate decision is one EVALSHA on a pooled connection whose read and write
+//! timeouts are `[store] timeout`; the session's task gives its worker thread up meanwhile
+//! (`block_in_place`). On a timeout or an error the store counts as down until the watcher
+//! thread reconnects (with backoff) and answers a ping; meanwhile decisions follow
+//! `rates_on_error` / `bans_on_error`, with a metric and one log line a minute.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use stanzawall_core::ban::BanConfig;
+use stanzawall_core::config::{OnError, StoreBackend, StoreConfig};
+use stanzawall_core::guard::Cidr;
+use stanzawall_core::policy::rate::{Bucket, KeySource, Limit};
+use stanzawall_core::policy::{RateStore, RateTable};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// GCRA over the Redis server's clock. KEYS: bucket, source's set of buckets. ARGV: emission
+/// interval µs, tolerance µs (interval × (burst − 1)), the source's quota, the bucket's member
+/// name in the source's set. Returns 1 when over the limit.
+pub const RATE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZSCORE', KEYS[2], ARGV[4]) == false and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+    return 1
+  end
+  tat = now
+elseif tat < now then
+  tat = now
+end
+if tat > now + tolerance then
+  return 1
+end
+local new = tat + interval
+local ttl = math.ceil((new - now) / 1000) + 1
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', ttl)
+redis.call('ZADD', KEYS[2], string.format('%.0f', new), ARGV[4])
+if redis.call('PTTL', KEYS[2]) < ttl then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 0
+";
+
+/// One authentication failure. KEYS: the source's failures, the ban set. ARGV: source, now ms,
+/// window ms, threshold, until (Unix s), channel, a unique member. Returns 1 if this failure
+/// banned the source (the ban is then in the set and published).
+pub const FAILURE_SCRIPT: &str = r"
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[1], now, ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZADD', KEYS[2], 'GT', ARGV[5], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[2], last[2])
+redis.call('PUBLISH', ARGV[6], 'ban ' .. ARGV[1] .. ' ' .. ARGV[5])
+return 1
+";
+
+/// A ban pushed to the store without counting (a ban made locally while the store was down).
+const BAN_SCRIPT: &str = r"
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[1], last[2])
+redis.call('PUBLISH', ARGV[3], 'ban ' .. ARGV[1] .. ' ' .. ARGV[2])
+return 1
+";
+
+/// Connections kept ready for rate decisions.
+const POOL: usize = 16;
+/// How often the watcher wakes up to check the store when nothing is published.
+const WATCH_TICK: Duration = Duration::from_secs(1);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// One "store is down" line per kind of state at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// The store's own metric families.
+#[derive(Debug, Default)]
+struct StoreMetrics {
+    /// 1 while the store answers.
+    up: Gauge,
+    /// Operations that failed or ran out of time, by kind of state.
+    errors: Family<KindLabels, Counter>,
+    /// Decisions taken without the store (`*_on_error`), by kind of state.
+    fallbacks: Family<KindLabels, Counter>,
+}
+
+/// A ban as the store's channel and ban set carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BanEvent {
+    /// `ban SOURCE UNTIL`.
+    Ban(Cidr, SystemTime),
+    /// Every active ban, read when the watcher (re)connects.
+    Snapshot(Vec<(Cidr, SystemTime)>),
+}
+
+/// Parse one `ban ADDR/LEN UNTIL_UNIX_S` message (anything else: `None`, logged by the caller).
+pub fn parse_ban_message(text: &str) -> Option<(Cidr, SystemTime)> {
+    let mut parts = text.split_whitespace();
+    if parts.next()? != "ban" {
+        return None;
+    }
+    let source = Cidr::parse(parts.next()?)?.network();
+    let until = UNIX_EPOCH.checked_add(Duration::from_secs(parts.next()?.parse().ok()?))?;
+    parts.next().is_none().then_some((source, until))
+}
+
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Connections ready for rate decisions.
+#[derive(Default)]
+struct Pool(Mutex<Vec<redis::Connection>>);
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({})", self.lock().len())
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<redis::Connection>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The Redis store.
+#[derive(Debug)]
+pub struct RedisStore {
+    client: redis::Client,
+    config: StoreConfig,
+    pool: Pool,
+    up: AtomicBool,
+    /// Rate decisions while the store is down with `rates_on_error = "local"`.
+    local: RateTable,
+    rate_script: redis::Script,
+    failure_script: redis::Script,
+    ban_script: redis::Script,
+    metrics: StoreMetrics,
+    last_log: Mutex<[Option<Instant>; 2]>,
+}
+
+/// Errors making the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is not one the client understands.
+    #[error("[store] url: {0}")]
+    Url(redis::RedisError),
+}
+
+impl RedisStore {
+    /// The store `config` describes, or `None` for the in-process one. Nothing is connected
+    /// yet: [`RedisStore::start`] starts the watcher that connects.
+    pub fn new(config: &StoreConfig) -> Result<Option<Arc<RedisStore>>, StoreError> {
+        let StoreBackend::Redis { url } = &config.backend else { return Ok(None) };
+        let client = redis::Client::open(url.as_str()).map_err(StoreError::Url)?;
+        Ok(Some(Arc::new(RedisStore {
+            client,
+            config: config.clone(),
+            pool: Pool::default(),
+            up: AtomicBool::new(false),
+            local: RateTable::new(),
+            rate_script: redis::Script::new(RATE_SCRIPT),
+            failure_script: redis::Script::new(FAILURE_SCRIPT),
+            ban_script: redis::Script::new(BAN_SCRIPT),
+            metrics: StoreMetrics::default(),
+            last_log: Mutex::new([None; 2]),
+        })))
+    }
+
+    /// Register the store's metric families.
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        let m = &self.metrics;
+        registry.register("stanzawall_store_up", "1 while the shared store (Redis) answers", m.up.clone());
+        registry.register(
+            "stanzawall_store_errors",
+            "Shared-store operations that failed or ran out of time, by kind of state",
+            m.errors.clone(),
+        );
+        registry.register(
+            "stanzawall_store_fallbacks",
+            "Decisions taken without the shared store (rates_on_error, bans_on_error), by kind of state",
+            m.fallbacks.clone(),
+        );
+        for kind in ["rates", "bans"] {
+            let _ = m.errors.get_or_create(&KindLabels { kind });
+            let _ = m.fallbacks.get_or_create(&KindLabels { kind });
+        }
+    }
+
+    /// True while the store answers.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn key(&self, parts: &[&[u8]]) -> String {
+        // Keys and sources are chosen by the traffic: kept as digests, so every key has the
+        // same size however long the JID (invariant 6, bounded memory, docs/DESIGN.md).
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for p in parts {
+            ctx.update(&(p.len() as u64).to_be_bytes());
+            ctx.update(p);
+        }
+        ctx.finish().as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn channel(&self) -> String {
+        format!("{}bans", self.config.prefix)
+    }
+
+    fn bans_key(&self) -> String {
+        format!("{}bans", self.config.prefix)
+    }
+
+    fn connect(&self, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+        let con = self.client.get_connection_with_timeout(timeout)?;
+        con.set_read_timeout(Some(self.config.timeout))?;
+        con.set_write_timeout(Some(self.config.timeout))?;
+        Ok(con)
+    }
+
+    /// Run `f` on a pooled connection; the connection is dropped on any error (a reply that
+    /// arrives after a timeout would otherwise answer the next question).
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let pooled = self.pool.lock().pop();
+        let mut con = match pooled {
+            Some(c) => c,
+            None => self.connect(self.config.timeout)?,
+        };
+        let out = f(&mut con)?;
+        let mut pool = self.pool.lock();
+        if pool.len() < POOL {
+            pool.push(con);
+        }
+        Ok(out)
+    }
+
+    /// Note a failure: down until the watcher sees the store answer again.
+    fn failed(&self, kind: usize, e: &redis::RedisError) {
+        let label = ["rates", "bans"][kind];
+        self.metrics.errors.get_or_create(&KindLabels { kind: label }).inc();
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.metrics.up.set(0);
+            self.pool.lock().clear();
+            warn!(store.kind = label, error = %e, "shared store call failed; down until it answers again");
+        }
+    }
+
+    /// A decision taken without the store: counted, and logged once a minute per kind.
+    fn fell_back(&self, kind: usize) {
+        let label = ["rates", "bans"][kind];
+        self.metrics.fallbacks.get_or_create(&KindLabels { kind: label }).inc();
+        let now = Instant::now();
+        let mut last = self.last_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last[kind].is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+            last[kind] = Some(now);
+            let on_error = [self.config.rates_on_error, self.config.bans_on_error][kind];
+            warn!(
+                store.kind = label,
+                on_error = on_error.as_str(),
+                "shared store unavailable; deciding without it (logged once a minute)"
+            );
+        }
+    }
+
+    fn fallback_rate(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool {
+        self.fell_back(0);
+        match self.config.rates_on_error {
+            OnError::Local => self.local.over_limit(bucket, source, limit, now),
+            OnError::Closed => true,
+            OnError::Open => false,
+        }
+    }
+
+    fn redis_over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit) -> redis::RedisResult<bool> {
+        let chain = bucket.chain.as_str().as_bytes();
+        let bucket_id = self.key(&[bucket.limiter.as_bytes(), chain, bucket.key.as_bytes()]);
+        let source_text = match source {
+            KeySource::User(u) => format!("u:{u}"),
+            KeySource::Address(ip) => format!("a:{ip}"),
+        };
+        let source_id = self.key(&[bucket.limiter.as_bytes(), chain, source_text.as_bytes()]);
+        let interval = limit.rate.emission_interval();
+        let tolerance = interval * limit.rate.burst.saturating_sub(1);
+        let p = &self.config.prefix;
+        let over: i64 = self.with_connection(|con| {
+            self.rate_script
+                .key(format!("{p}rate:{bucket_id}"))
+                .key(format!("{p}src:{source_id}"))
+                .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
+                .arg(u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX))
+                .arg(limit.max_keys_per_source)
+                .arg(&bucket_id)
+                .invoke(con)
+        })?;
+        Ok(over != 0)
+    }
+
+    /// Count an authentication failure of `source` in the store; `Some(until)` if it banned.
+    /// Blocking: call off the async threads.
+    pub fn record_failure(
+        &self,
+        source: Cidr,
+        now: SystemTime,
+        ban: &BanConfig,
+    ) -> redis::RedisResult<Option<SystemTime>> {
+        let until = now.checked_add(ban.duration).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::fill(&mut nonce);
+        let member = format!("{now_ms}-{}", u64::from_be_bytes(nonce));
+        let p = &self.config.prefix;
+        let source_text = source.to_string();
+        let banned: i64 = self.with_connection(|con| {
+            self.failure_script
+                .key(format!("{p}fail:{}", self.key(&[source_text.as_bytes()])))
+                .key(self.bans_key())
+                .arg(&source_text)
+                .arg(now_ms)
+                .arg(u64::try_from(ban.window.as_millis()).unwrap_or(u64::MAX).max(1))
+                .arg(ban.auth_failures.max(1))
+                .arg(unix_secs(until))
+                .arg(self.channel())
+                .arg(member)
+                .invoke(con)
+        })?;
+        // The store keeps whole seconds: the local table gets the same expiry as the others.
+        Ok((banned != 0).then(|| UNIX_EPOCH + Duration::from_secs(unix_secs(until))))
+    }
+
+    /// Put bans made here while the store was down into it (blocking).
+    pub fn push_bans(&self, bans: &[(Cidr, SystemTime)]) -> redis::RedisResult<()> {
+        self.with_connection(|con| {
+            for (source, until) in bans {
+                let _: i64 = self
+                    .ban_script
+                    .key(self.bans_key())
+                    .arg(source.to_string())
+                    .arg(unix_secs(*until))
+                    .arg(self.channel())
+                    .invoke(con)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// What a failed authentication does: counted in the store, or (store down, or the call
+    /// failing) in `local`, this gateway's own table. Blocking.
+    pub fn auth_failed(
+        &self,
+        source: Cidr,
+        now: SystemTime,
+        ban: &BanConfig,
+        local: impl FnOnce() -> Option<SystemTime>,
+    ) -> Option<SystemTime> {
+        if self.is_up() {
+            match self.record_failure(source, now, ban) {
+                Ok(until) => return until,
+                Err(e) => self.failed(1, &e),
+            }
+        }
+        self.fell_back(1);
+        local()
+    }
+
+    /// Refuse new connections now? (`bans_on_error = "closed"` while the store is down.)
+    pub fn refuse_admission(&self) -> bool {
+        let refuse = self.config.bans_on_error == OnError::Closed && !self.is_up();
+        if refuse {
+            self.fell_back(1);
+        }
+        refuse
+    }
+
+    /// Start the watcher thread: it (re)connects with backoff, keeps the pool filled, reads
+    /// every ban when it connects and then follows the ban channel; bans reach `events`.
+    pub fn start(self: &Arc<Self>, events: mpsc::Sender<BanEvent>) {
+        let store = self.clone();
+        let spawned = std::thread::Builder::new().name("store-watch".into()).spawn(move || store.watch(&events));
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot start the shared-store watcher");
+        }
+    }
+
+    fn watch(&self, events: &mpsc::Sender<BanEvent>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.follow(events) {
+                Ok(()) => return, // the daemon is gone (nobody receives events)
+                Err(e) => {
+                    if self.up.swap(false, Ordering::AcqRel) {
+                        self.metrics.up.set(0);
+                        warn!(error = %e, "shared store connection lost; reconnecting");
+                    }
+                    self.pool.lock().clear();
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One connected period: `Err` when the connection is lost.
+    fn follow(&self, events: &mpsc::Sender<BanEvent>) -> redis::RedisResult<()> {
+        let mut con = self.connect(self.config.connect_timeout)?;
+        con.set_read_timeout(Some(WATCH_TICK))?;
+        let now = unix_secs(SystemTime::now());
+        let _: i64 = redis::cmd("ZREMRANGEBYSCORE").arg(self.bans_key()).arg("-inf").arg(now).query(&mut con)?;
+        let all: Vec<(String, u64)> =
+            redis::cmd("ZRANGE").arg(self.bans_key()).arg(0).arg(-1).arg("WITHSCORES").query(&mut con)?;
+        let snapshot = all
+            .iter()
+            .filter_map(|(s, until)| {
+                Some((Cidr::parse(s)?.network(), UNIX_EPOCH.checked_add(Duration::from_secs(*until))?))
+            })
+            .collect();
+        if events.blocking_send(BanEvent::Snapshot(snapshot)).is_err() {
+            return Ok(());
+        }
+        let mut spare = Vec::new();
+        for _ in 0..4 {
+            spare.push(self.connect(self.config.connect_timeout)?);
+        }
+        self.pool.lock().extend(spare);
+        let mut pubsub = con.as_pubsub();
+        pubsub.subscribe(self.channel())?;
+        pubsub.set_read_timeout(Some(WATCH_TICK))?;
+        if !self.up.swap(true, Ordering::AcqRel) {
+            self.metrics.up.set(1);
+            info!("shared store connected");
+        }
+        loop {
+            match pubsub.get_message() {
+                Ok(msg) => {
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    match parse_ban_message(&payload) {
+                        Some((source, until)) => {
+                            if events.blocking_send(BanEvent::Ban(source, until)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        None => warn!(message = %payload.escape_debug(), "unreadable message on the ban channel"),
+                    }
+                }
+                Err(e) if e.is_timeout() => {
+                    // A rate call failed meanwhile: the store is believed down until it
+                    // answers here again (the subscription itself may still be fine).
+                    if !self.is_up() {
+                        let mut probe = self.connect(self.config.connect_timeout)?;
+                        let _: String = redis::cmd("PING").query(&mut probe)?;
+                        self.pool.lock().push(probe);
+                        self.up.store(true, Ordering::Release);
+                        self.metrics.up.set(1);
+                        info!("shared store answers again");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl RateStore for RedisStore {
+    fn over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool {
+        if !self.is_up() {
+            return self.fallback_rate(bucket, source, limit, now);
+        }
+        match blocking(|| self.redis_over_limit(bucket, source, limit)) {
+            Ok(over) => over,
+            Err(e) => {
+                self.failed(0, &e);
+                self.fallback_rate(bucket, source, limit, now)
+            }
+        }
+    }
+
+    fn antispam(&self) -> &stanzawall_core::antispam::AntiSpam {
+        // Anti-spam state is per gateway for now: the local fallback table's.
+        self.local.antispam()
+    }
+}
+
+/// Run a blocking store call from a session's task: on the multi-threaded runtime the worker
+/// hands its other tasks to another thread meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Is `ip` one of `trusted`?
+pub fn trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
+    let ip = stanzawall_core::guard::unmap(ip);
+    trusted.iter().any(|c| c.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_messages() {
+        let (s, u) = parse_ban_message("ban 192.0.2.7/32 1700000000").unwrap();
+        assert_eq!(s, Cidr::parse("192.0.2.7/32").unwrap());
+        assert_eq!(u, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert_eq!(parse_ban_message("ban 2001:db8::9/64 5").unwrap().0, Cidr::parse("2001:db8::/64").unwrap());
+        for bad in [
+            "",
+            "ban",
+            "ban x 1",
+            "ban 192.0.2.7/32",
+            "ban 192.0.2.7/32 -1",
+            "unban 192.0.2.7/32 1",
+            "ban 192.0.2.7/32 1 extra",
+            "ban 192.0.2.7/32 99999999999999999999",
+        ] {
+            assert_eq!(parse_ban_message(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_are_fixed_size_digests() {
+        let store = RedisStore::new(&StoreConfig {
+            backend: StoreBackend::Redis { url: "redis://127.0.0.1:1".into() },
+            ..StoreConfig::default()
+        })
+        .unwrap()
+        .unwrap();
+        let long = "x".repeat(3000);
+        let a = store.key(&[b"l", b"c2s-in", long.as_bytes()]);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, store.key(&[b"l", b"c2s-in", b"y"]));
+        // Parts are length-framed: moving a byte between them makes another key.
+        assert_ne!(store.key(&[b"ab", b"c"]), store.key(&[b"a", b"bc"]));
+        assert!(!store.is_up(), "nothing is connected before the watcher runs");
+    }
+
+    #[test]
+    fn down_store_answers_as_configured() {
+        let limit =
+            Limit { rate: stanzawall_core::limit::Rate::parse("1/minute", 1).unwrap(), max_keys_per_source: 10 };
+        let source = KeySource::Address("192.0.2.1".parse().unwrap());
+        let bucket = Bucket { limiter: "l", chain: stanzawall_core::policy::Chain::C2sIn, key: "k" };
+        let now = Instant::now();
+        for (mode, first, second) in
+            [(OnError::Local, false, true), (OnError::Closed, true, true), (OnError::Open, false, false)]
+        {
+            let store = RedisStore::new(&StoreConfig {
+                backend: StoreBackend::Redis { url: "redis://127.0.0.1:1".into() },
+                rates_on_error: mode,
+                ..StoreConfig::default()
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(store.over_limit(bucket, &source, &limit, now), first, "{mode:?}");
+            assert_eq!(store.over_limit(bucket, &source, &limit, now), second, "{mode:?}");
+        }
+    }
+}
