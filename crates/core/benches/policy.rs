@@ -302,5 +302,75 @@ fn rate_table(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, evaluate, compile, rate_table);
+/// The anti-spam rules on top of the realistic policy (10-entry lists): a stranger rule (the
+/// recipient's roster of 200 contacts is known; the sender is one of them), a fan-out limit that
+/// never trips (one sender, one recipient) and a wave rule (the text is fingerprinted and looked
+/// up on every message; one sender never makes a wave). Compare with
+/// `evaluate_lists_10/innocent_message`: the difference is the anti-spam cost per message.
+const ANTISPAM_RULES: &str = r#"
+[[rule]]
+name   = "strangers"
+chain  = "c2s-out"
+when   = { kind = "message", type = ["chat", "normal"], stranger = true }
+action = "bounce"
+
+[[rule]]
+name   = "fan-out"
+chain  = "c2s-out"
+when   = { kind = "message", fanout = { recipients = 20, window = "10m" } }
+action = "drop"
+
+[[rule]]
+name   = "waves"
+chain  = "c2s-out"
+when   = { kind = "message", wave = { senders = 5, window = "30m" } }
+action = "drop"
+"#;
+
+fn antispam(c: &mut Criterion) {
+    let mut config = policy_config(10);
+    let extra =
+        match Config::parse_with(&format!("{BASE}{ANTISPAM_RULES}"), Path::new(CONFIG_PATH), &Mem(HashMap::new())) {
+            Ok(c) => c.policy,
+            Err(e) => panic!("bench anti-spam config: {e}"),
+        };
+    config.rules.extend(extra.rules);
+    let policy = Policy::compile(&config).unwrap_or_else(|e| panic!("bench policy: {e}"));
+    let user = parse_full("alice@example.test/phone").expect("bench user JID");
+    let ctx = Context { chain: Chain::C2sOut, user: Some(&user), source_ip: [192, 0, 2, 10].into() };
+    let rates = RateTable::new();
+    let mut roster = String::from("<iq type='result' id='r'><query xmlns='jabber:iq:roster'>");
+    for i in 0..200 {
+        roster.push_str(&format!("<item jid='friend{i}@friends.example' subscription='both'/>"));
+    }
+    roster.push_str("<item jid='carol@friends.example' subscription='both'/></query></iq>");
+    rates.antispam().learn_from_server(&stanza(&roster), Some(&user));
+    let el = stanza(&innocent(0).replace("alice@example.test/phone", "alice@example.test"));
+    let mut t = Instant::now();
+    let v = policy.evaluate(&el, &ctx, &rates, t);
+    assert_eq!((v.outcome, v.rule), (Outcome::Pass, None), "the innocent message passes");
+    let mut g = c.benchmark_group("antispam");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("innocent_message", |b| {
+        b.iter(|| {
+            t += Duration::from_micros(1);
+            policy.evaluate(black_box(&el), &ctx, &rates, t)
+        })
+    });
+    // Its parts: the fingerprint of the body alone.
+    g.bench_function("fingerprint", |b| {
+        b.iter(|| {
+            let normal = stanzawall_core::antispam::wave::normalize(
+                black_box(INNOCENT_BODY),
+                stanzawall_core::policy::fold::fold,
+            );
+            stanzawall_core::antispam::wave::minhash(&normal)
+        })
+    });
+    g.finish();
+    let v = policy.evaluate(&el, &ctx, &rates, t + Duration::from_micros(1));
+    assert_eq!(v.outcome, Outcome::Pass, "still passes after the run: {v:?}");
+}
+
+criterion_group!(benches, evaluate, compile, rate_table, antispam);
 criterion_main!(benches);

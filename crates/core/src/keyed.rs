@@ -225,6 +225,15 @@ impl<V: Default + Forgettable> KeyedTable<V> {
         Err(Refused::Quota)
     }
 
+    /// Apply `f` to the value of `key` if it is held, creating nothing (a read never charges
+    /// a source and never makes room).
+    pub fn read<K: Hash + ?Sized, R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let kd = self.digest(key);
+        let shard = lock(&self.shards[self.shard_of(kd)]);
+        let i = *shard.index.get(&kd)?;
+        Some(f(&shard.slots[i as usize].value))
+    }
+
     fn digest<K: Hash + ?Sized>(&self, v: &K) -> Digest {
         // Two values of one keyed PRF on domain-separated inputs: 128 bits, independent halves.
         let mut a = self.seed.build_hasher();

@@ -14,6 +14,8 @@
 //! here reads a clock or a file. It never fails at evaluation time: everything that can be
 //! wrong is refused by `compile`, with the file and line it came from.
 
+#[cfg(test)]
+mod antispam_tests;
 mod cidrset;
 mod compile;
 pub mod fold;
@@ -100,8 +102,42 @@ enum Cond {
     },
     Urls(Arc<UrlSet>),
     Rate(usize),
+    /// An anti-spam relation test on the recipient's roster, and the value it must have.
+    Relation(RelationTest, bool),
+    FromSha256(Arc<std::collections::HashSet<[u8; 32]>>),
+    Reported {
+        reporters: usize,
+        window: std::time::Duration,
+    },
+    Fanout(Box<FanoutCond>),
+    Wave(Box<WaveCond>),
     Any(Vec<Vec<Cond>>),
     Not(Vec<Cond>),
+}
+
+/// Which roster question a `stranger`/`stranger_domain`/`roster_known` condition asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelationTest {
+    Stranger,
+    StrangerDomain,
+    RosterKnown,
+}
+
+/// A compiled `fanout` condition.
+#[derive(Debug)]
+struct FanoutCond {
+    ns: u64,
+    recipients: usize,
+    window: std::time::Duration,
+    key: spec::RateKey,
+    quota: usize,
+}
+
+/// A compiled `wave` condition.
+#[derive(Debug)]
+struct WaveCond {
+    spec: crate::antispam::WaveSpec,
+    rule: Arc<str>,
 }
 
 /// What a rule does, compiled.
@@ -172,6 +208,8 @@ pub struct Policy {
     audit: AuditConfig,
     /// `[s2s]` domain policy.
     s2s: s2s::S2sRules,
+    /// Some rule asks about rosters: sessions learn them ([`crate::antispam::contacts`]).
+    uses_contacts: bool,
 }
 
 /// Facts about one stanza, each computed at most once per evaluation.
@@ -189,6 +227,13 @@ struct Facts<'a> {
     regex_hits: OnceCell<Vec<bool>>,
     raw_regex_hits: OnceCell<Vec<bool>>,
     urls: OnceCell<(Vec<NormalizedUrl>, bool)>,
+    /// How the sender stands with the recipient; `None`: not judged (no sender, or a recipient
+    /// addressed by full JID).
+    relation: OnceCell<Option<crate::antispam::Relation>>,
+    /// The text's normal form and fingerprint ([`crate::antispam::wave`]).
+    fingerprint: OnceCell<(String, Box<crate::antispam::wave::Signature>)>,
+    /// What an anti-spam condition of the rule being evaluated found.
+    note: std::cell::RefCell<Option<String>>,
 }
 
 /// The text of a message's `<body/>` children (all languages, nested text included), joined by
@@ -230,7 +275,32 @@ impl<'a> Facts<'a> {
             regex_hits: OnceCell::new(),
             raw_regex_hits: OnceCell::new(),
             urls: OnceCell::new(),
+            relation: OnceCell::new(),
+            fingerprint: OnceCell::new(),
+            note: std::cell::RefCell::new(None),
         }
+    }
+
+    /// The sender's relation to the recipient (see [`crate::antispam::contacts`]). Like
+    /// Prosody's `mod_anti_spam`, only stanzas addressed to a bare JID are judged: one
+    /// addressed to a full JID comes from someone the user gave it to (a contact with
+    /// presence, a room it joined).
+    fn relation(&self, rates: &dyn RateStore) -> Option<crate::antispam::Relation> {
+        *self.relation.get_or_init(|| {
+            let to = self.to()?;
+            if !to.is_bare() {
+                return None;
+            }
+            Some(rates.antispam().contacts.relation(&to.to_bare(), self.from()?))
+        })
+    }
+
+    fn fingerprint(&self) -> &(String, Box<crate::antispam::wave::Signature>) {
+        self.fingerprint.get_or_init(|| {
+            let normal = crate::antispam::wave::normalize(self.text(), fold::fold);
+            let fp = Box::new(crate::antispam::wave::minhash(&normal));
+            (normal, fp)
+        })
     }
 
     /// The sender. On c2s-in it is the session's bound JID: the session stamps every client
@@ -353,6 +423,12 @@ impl Policy {
         &self.s2s
     }
 
+    /// True if a rule asks about rosters (`stranger`, `stranger_domain`, `roster_known`):
+    /// sessions then learn their users' rosters.
+    pub fn uses_contacts(&self) -> bool {
+        self.uses_contacts
+    }
+
     /// The audit settings.
     pub fn audit(&self) -> &AuditConfig {
         &self.audit
@@ -383,6 +459,7 @@ impl Policy {
         for &i in &self.chains[ctx.chain.index()] {
             let rule = &self.rules[i];
             if !self.all(&rule.when, &facts, rates, now) {
+                facts.note.borrow_mut().take();
                 continue;
             }
             hits.push(Hit {
@@ -390,6 +467,7 @@ impl Policy {
                 action: rule.action.kind(),
                 log_only: rule.log_only,
                 condition: rule.action.condition(),
+                note: facts.note.borrow_mut().take(),
             });
             if rule.log_only {
                 continue;
@@ -456,9 +534,61 @@ impl Policy {
                     None => false,
                 }
             }
+            Cond::Relation(test, want) => {
+                use crate::antispam::Relation::*;
+                let Some(rel) = f.relation(rates) else { return false };
+                let is = match test {
+                    RelationTest::RosterKnown => rel != Unknown,
+                    _ if rel == Unknown => return false,
+                    RelationTest::Stranger => matches!(rel, Stranger | StrangerKnownDomain),
+                    RelationTest::StrangerDomain => rel == Stranger,
+                };
+                is == *want
+            }
+            Cond::FromSha256(set) => f.from().is_some_and(|j| {
+                let d = ring::digest::digest(&ring::digest::SHA256, j.to_bare().as_str().as_bytes());
+                <[u8; 32]>::try_from(d.as_ref()).is_ok_and(|d| set.contains(&d))
+            }),
+            Cond::Reported { reporters, window } => {
+                f.from().is_some_and(|j| rates.antispam().reporters(&j.to_bare(), *window, now) >= *reporters)
+            }
+            Cond::Fanout(c) => {
+                let (Some(key), Some(to)) = (rate_key(c.key, f), f.to()) else { return false };
+                let source = rate::KeySource::of(f.ctx.user, f.ctx.source_ip);
+                let recipient = to.to_bare();
+                rates.antispam().fanout(c.ns, &key, &source, c.quota, recipient.as_str(), c.recipients, c.window, now)
+            }
+            Cond::Wave(c) => self.wave(c, f, rates, now),
             Cond::Any(groups) => groups.iter().any(|g| self.all(g, f, rates, now)),
             Cond::Not(group) => !self.all(group, f, rates, now),
         }
+    }
+}
+
+impl Policy {
+    /// Count this copy of the text toward a wave; true when it belongs to a detected one (its
+    /// id and sample go into the rule's hit; a wave just detected is queued for the audit).
+    fn wave(&self, c: &WaveCond, f: &Facts<'_>, rates: &dyn RateStore, now: Instant) -> bool {
+        let (normal, fingerprint) = f.fingerprint();
+        if normal.chars().count() < c.spec.min_length {
+            return false;
+        }
+        let (Some(from), Some(to)) = (f.from(), f.to()) else { return false };
+        let a = rates.antispam();
+        let copy = crate::antispam::wave::Copy {
+            fingerprint,
+            normal,
+            sender: a.item_digest(from.to_bare().as_str()),
+            recipient: a.item_digest(to.to_bare().as_str()),
+        };
+        let Some(m) = a.waves.observe(&c.spec, copy, now) else { return false };
+        let w = &m.wave;
+        *f.note.borrow_mut() =
+            Some(format!("wave {} ({} senders, {} recipients): \"{}\"", w.id, w.senders, w.recipients, w.sample));
+        if m.new {
+            a.push_event(crate::antispam::Event::Wave { rule: c.rule.to_string(), wave: m.wave });
+        }
+        true
     }
 }
 

@@ -92,6 +92,8 @@ struct Record<'a> {
     outcome: &'a str,
     wrapped: Option<&'a str>,
     body: Option<&'a str>,
+    /// What an anti-spam condition found (the wave matched).
+    note: Option<&'a str>,
 }
 
 fn record(r: Record<'_>, origin: Origin<'_>, time: &str) -> Value {
@@ -121,6 +123,45 @@ fn record(r: Record<'_>, origin: Origin<'_>, time: &str) -> Value {
     if let (Some(body), Some(map)) = (r.body, v.as_object_mut()) {
         map.insert("body".to_owned(), Value::String(body.to_owned()));
     }
+    if let (Some(note), Some(map)) = (r.note, v.as_object_mut()) {
+        map.insert("note".to_owned(), Value::String(note.to_owned()));
+    }
+    v
+}
+
+/// The record of an anti-spam event: `event` = `spam-wave` (with the wave's id, counts and a
+/// sample of its normalized text) or `spam-report` (reporter, reported JID, reason, text and
+/// the distinct reporters so far).
+pub fn antispam_record(event: &stanzawall_core::antispam::Event, origin: Origin<'_>) -> Value {
+    use stanzawall_core::antispam::Event;
+    let time = humantime_rfc3339(std::time::SystemTime::now());
+    let fields = match event {
+        Event::Wave { rule, wave } => json!({
+            "event": "spam-wave",
+            "rule": rule,
+            "wave": wave.id,
+            "senders": wave.senders,
+            "recipients": wave.recipients,
+            "sample": wave.sample,
+        }),
+        Event::Report { reporter, reported, reason, text, reporters } => json!({
+            "event": "spam-report",
+            "reporter": reporter.as_str(),
+            "reported": reported.as_str(),
+            "reason": reason,
+            "text": text,
+            "reporters": reporters,
+        }),
+    };
+    let mut v = json!({
+        "time": time,
+        "listener": origin.listener,
+        "client.ip": origin.client_ip.to_string(),
+        "user": origin.user,
+    });
+    if let (Some(map), Value::Object(extra)) = (v.as_object_mut(), fields) {
+        map.extend(extra);
+    }
     v
 }
 
@@ -146,6 +187,7 @@ pub fn gateway_record(
         outcome: action,
         wrapped: None,
         body: None,
+        note: None,
     };
     record(r, origin, &time)
 }
@@ -190,7 +232,7 @@ pub fn admin_record(who: &str, role: &str, client_ip: std::net::IpAddr, action: 
 /// The JSON lines for one decision: one per matched rule, or one for a chain default.
 pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
     let time = humantime_rfc3339(std::time::SystemTime::now());
-    let base = |rule: &str, action: &str, log_only: bool, condition: Option<&str>| {
+    let base = |rule: &str, action: &str, log_only: bool, condition: Option<&str>, note: Option<&str>| {
         let r = Record {
             chain: event.chain,
             stanza: Some(&event.stanza),
@@ -201,6 +243,7 @@ pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
             outcome: event.outcome.as_str(),
             wrapped: event.wrapped.map(|w| w.as_str()),
             body: event.body.as_deref(),
+            note,
         };
         record(r, origin, &time)
     };
@@ -208,10 +251,10 @@ pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
         .hits
         .iter()
         .filter(|h| h.action != RuleAction::Pass || h.log_only)
-        .map(|h| base(&h.rule, h.action.as_str(), h.log_only, h.condition))
+        .map(|h| base(&h.rule, h.action.as_str(), h.log_only, h.condition, h.note.as_deref()))
         .collect();
     if event.decided_by_default() {
-        out.push(base("default", event.outcome.as_str(), false, None));
+        out.push(base("default", event.outcome.as_str(), false, None, None));
     }
     out
 }

@@ -441,6 +441,7 @@ impl<S: StreamMachine> Connection<'_, S> {
             Effect::S2sRefused { direction, remote, reason } => {
                 warn!(direction, remote = %remote, reason = %reason, "s2s remote refused");
             }
+            Effect::AntiSpam(_) => {}
             Effect::Close(reason) => {
                 let _ = timeout(CLOSE_FLUSH_TIMEOUT, self.flush()).await;
                 return Some(reason);
@@ -455,6 +456,9 @@ impl<S: StreamMachine> Connection<'_, S> {
         let metrics = &self.shared.metrics;
         if let Some(labels) = &r.s2s_auth {
             metrics.s2s_authenticated.get_or_create(labels).inc();
+        }
+        if let Some(labels) = &r.antispam {
+            metrics.antispam.get_or_create(labels).inc();
         }
         if let Some(direction) = r.s2s_refused {
             metrics.s2s_refused.get_or_create(&DirectionLabels { direction }).inc();

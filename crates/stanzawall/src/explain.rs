@@ -1,7 +1,9 @@
 //! `stanzawall explain`: the policy's decision for stanzas given on stdin, without a server.
 //!
 //! Uses the same config loader, compiler and evaluator as the daemon, so what it prints is what
-//! the gateway would do — except for `rate` conditions, which start from full buckets here.
+//! the gateway would do — except for `rate` conditions, which start from full buckets here, and
+//! the anti-spam state, which starts empty and learns from the stanzas given (a roster result
+//! on `c2s-out` before a message makes `stranger` decidable; copies of one text make a wave).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -140,6 +142,9 @@ fn explain_verdict(out: &mut String, verdict: &Verdict, indent: &str, origin: &d
     for h in verdict.hits.iter().filter(|h| h.log_only || h.action == RuleAction::Log) {
         let what = if h.log_only { format!("log_only: would {}", h.action) } else { "log".to_owned() };
         let _ = writeln!(out, "{indent}matched: {}{} ({what}; evaluation continued)", h.rule, origin(&h.rule));
+    }
+    for h in verdict.hits.iter().filter(|h| h.note.is_some()) {
+        let _ = writeln!(out, "{indent}anti-spam ({}): {}", h.rule, h.note.as_deref().unwrap_or_default());
     }
     match &verdict.rule {
         Some(r) => {

@@ -47,6 +47,14 @@ pub struct CloseLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `stanzawall_antispam_events_total`: `wave` (a wave detected) or `report` (a
+/// XEP-0377 report, with its reason).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AntiSpamLabels {
+    pub event: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct S2sAuthLabels {
     pub direction: &'static str,
@@ -82,6 +90,8 @@ pub struct Metrics {
     pub s2s_authenticated: Family<S2sAuthLabels, Counter>,
     /// Remote domains refused (policy, authentication, TLS), by direction.
     pub s2s_refused: Family<DirectionLabels, Counter>,
+    /// Anti-spam events: waves detected, spam reports recorded (by reason).
+    pub antispam: Family<AntiSpamLabels, Counter>,
 }
 
 impl Metrics {
@@ -123,6 +133,19 @@ impl Metrics {
             "s2s_authenticated",
             "Federation domain pairs authenticated, per direction, method, certificate and DNSSEC status",
             self.s2s_authenticated.clone(),
+        );
+        for labels in [
+            AntiSpamLabels { event: "wave", reason: "" },
+            AntiSpamLabels { event: "report", reason: "spam" },
+            AntiSpamLabels { event: "report", reason: "abuse" },
+            AntiSpamLabels { event: "report", reason: "other" },
+        ] {
+            drop(self.antispam.get_or_create(&labels));
+        }
+        r.register(
+            "antispam_events",
+            "Anti-spam events: spam waves detected, XEP-0377 spam reports recorded (per reason)",
+            self.antispam.clone(),
         );
         r.register(
             "s2s_refused",

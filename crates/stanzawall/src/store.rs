@@ -515,6 +515,11 @@ impl RateStore for RedisStore {
             }
         }
     }
+
+    fn antispam(&self) -> &stanzawall_core::antispam::AntiSpam {
+        // Anti-spam state is per gateway for now: the local fallback table's.
+        self.local.antispam()
+    }
 }
 
 /// Run a blocking store call from a session's task: on the multi-threaded runtime the worker

@@ -3,7 +3,7 @@
 //! Every error names the file and line of the value at fault: a list entry points at its line in
 //! the list file, a regex or pattern at the rule's `when` key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
@@ -14,7 +14,7 @@ use super::jidset::{DomainSet, JidSet};
 use super::rewrite::Masker;
 use super::spec::{ActionConfig, Chain, ConditionConfig, Located, PolicyConfig};
 use super::url::UrlSet;
-use super::{Action, Cond, Limiter, Outcome, Policy, Rule, Step};
+use super::{Action, Cond, FanoutCond, Limiter, Outcome, Policy, RelationTest, Rule, Step, WaveCond};
 use crate::net::Cidr;
 use crate::origin::{ConfigError, Origin};
 use crate::stream::NS_CLIENT;
@@ -42,6 +42,11 @@ struct Compiler<'a> {
     cidr_lists: HashMap<String, Arc<CidrSet>>,
     limiters: Vec<Limiter>,
     limiter_index: HashMap<String, usize>,
+    sha256_lists: HashMap<String, Arc<HashSet<[u8; 32]>>>,
+    /// The rule being compiled, and its counting conditions so far: the namespace of a
+    /// `fanout`/`wave` condition's state ([`namespace`]).
+    rule_name: Arc<str>,
+    counted: u32,
 }
 
 pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
@@ -60,11 +65,16 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         cidr_lists: HashMap::new(),
         limiters: Vec::new(),
         limiter_index: HashMap::new(),
+        sha256_lists: HashMap::new(),
+        rule_name: Arc::from(""),
+        counted: 0,
     };
     let mut rules = Vec::new();
     let mut chains: [Vec<usize>; 4] = Default::default();
     for (i, r) in config.rules.iter().enumerate() {
         c.raw = r.regex_raw;
+        c.rule_name = Arc::from(r.name.as_str());
+        c.counted = 0;
         let when = c.conditions(&r.when)?;
         let action = match &r.action {
             ActionConfig::Pass => Action::Pass,
@@ -119,7 +129,6 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         Some(_) => Outcome::Drop,
     };
     Ok(Policy {
-        rules,
         chains,
         defaults: Chain::ALL.map(default),
         keywords,
@@ -130,11 +139,23 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         limiters: c.limiters,
         audit: config.audit.clone(),
         s2s: super::s2s::S2sRules::compile(&config.s2s)?,
+        uses_contacts: rules.iter().any(|r| uses_contacts(&r.when)),
+        rules,
     })
 }
 
 fn empty_origin() -> Origin {
     Origin { file: Default::default(), line: 0, key: String::new() }
+}
+
+/// Does a condition ask about rosters (inside `any`/`not` too)?
+fn uses_contacts(conds: &[Cond]) -> bool {
+    conds.iter().any(|c| match c {
+        Cond::Relation(..) => true,
+        Cond::Any(groups) => groups.iter().any(|g| uses_contacts(g)),
+        Cond::Not(g) => uses_contacts(g),
+        _ => false,
+    })
 }
 
 /// What a strip rule removes: the namespaces and paths its conditions name (outside `not`).
@@ -353,6 +374,36 @@ impl Compiler<'_> {
         Ok(self.limiters.len() - 1)
     }
 
+    /// The state namespace of the next counting condition of the rule: its name and position,
+    /// so that a reload keeps the counts of a rule that is still there, and two conditions
+    /// never share counts.
+    fn namespace(&mut self) -> u64 {
+        self.counted += 1;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.rule_name.bytes().chain([0]).chain(self.counted.to_le_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
+    /// A list of hex SHA-256 digests (64 hex digits an entry, either case).
+    fn sha256_list(&mut self, name: &Located<String>) -> Result<Arc<HashSet<[u8; 32]>>, ConfigError> {
+        if let Some(s) = self.sha256_lists.get(&name.value) {
+            return Ok(s.clone());
+        }
+        let list = self.list(name)?;
+        let mut set = HashSet::with_capacity(list.entries.len());
+        for e in &list.entries {
+            let d = parse_sha256(&e.value)
+                .ok_or_else(|| e.origin.error(format!("'{}' is not a SHA-256 digest (64 hex digits)", e.value)))?;
+            set.insert(d);
+        }
+        let set = Arc::new(set);
+        self.sha256_lists.insert(name.value.clone(), set.clone());
+        Ok(set)
+    }
+
     fn conditions(&mut self, conds: &[ConditionConfig]) -> Result<Vec<Cond>, ConfigError> {
         conds.iter().map(|c| self.condition(c)).collect()
     }
@@ -377,6 +428,29 @@ impl Compiler<'_> {
             ConditionConfig::BodyRegex(items) => Cond::Regex { raw: self.raw, indices: self.regex_indices(items)? },
             ConditionConfig::UrlIn(l) => Cond::Urls(self.url_list(l)?),
             ConditionConfig::Rate(l) => Cond::Rate(self.limiter(l)?),
+            ConditionConfig::Stranger(b) => Cond::Relation(RelationTest::Stranger, *b),
+            ConditionConfig::StrangerDomain(b) => Cond::Relation(RelationTest::StrangerDomain, *b),
+            ConditionConfig::RosterKnown(b) => Cond::Relation(RelationTest::RosterKnown, *b),
+            ConditionConfig::FromSha256In(l) => Cond::FromSha256(self.sha256_list(l)?),
+            ConditionConfig::Reported(r) => Cond::Reported { reporters: r.reporters, window: r.window },
+            ConditionConfig::Fanout(f) => Cond::Fanout(Box::new(FanoutCond {
+                ns: self.namespace(),
+                recipients: f.recipients,
+                window: f.window,
+                key: f.key,
+                quota: super::rate::DEFAULT_MAX_KEYS_PER_SOURCE,
+            })),
+            ConditionConfig::Wave(w) => Cond::Wave(Box::new(WaveCond {
+                spec: crate::antispam::WaveSpec {
+                    ns: self.namespace(),
+                    senders: w.senders,
+                    recipients: w.recipients,
+                    window: w.window,
+                    similarity: w.similarity,
+                    min_length: w.min_length,
+                },
+                rule: self.rule_name.clone(),
+            })),
             ConditionConfig::Any(groups) => {
                 Cond::Any(groups.iter().map(|g| self.conditions(g)).collect::<Result<_, _>>()?)
             }
@@ -410,4 +484,18 @@ fn entry_error(entries: &[Located<String>], i: usize, why: &str) -> ConfigError 
         Some(e) => e.origin.error(why.to_owned()),
         None => empty_origin().error(why.to_owned()),
     }
+}
+
+/// 64 hex digits → 32 bytes.
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim().as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.chunks(2).enumerate() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        out[i] = u8::try_from(hex(pair[0])? * 16 + hex(pair[1])?).ok()?;
+    }
+    Some(out)
 }

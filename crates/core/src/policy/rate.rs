@@ -88,18 +88,29 @@ pub trait RateStore: Send + Sync + std::fmt::Debug {
     /// that cannot tell (a bucket it may not create, a backend it cannot reach) answers as
     /// documented for it, never by panicking.
     fn over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool;
+
+    /// The anti-spam state ([`crate::antispam`]: contacts, fan-out, waves, reports). In process
+    /// in every store today (a shared store keeps its local fallback's); sharing it between
+    /// gateways is future work.
+    fn antispam(&self) -> &crate::antispam::AntiSpam;
 }
 
 impl RateStore for RateTable {
     fn over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool {
         RateTable::over_limit(self, bucket, source, limit, now)
     }
+
+    fn antispam(&self) -> &crate::antispam::AntiSpam {
+        &self.antispam
+    }
 }
 
-/// Shared rate state, in process.
+/// Shared rate state, in process, and the anti-spam state beside it ([`crate::antispam`]):
+/// what the counting conditions of every session share, kept across policy reloads.
 #[derive(Debug)]
 pub struct RateTable {
     buckets: KeyedTable<Gcra>,
+    antispam: crate::antispam::AntiSpam,
 }
 
 impl Default for RateTable {
@@ -117,7 +128,15 @@ impl RateTable {
     /// An empty table of at most `capacity` buckets (rounded down to a multiple of the shard
     /// count when that is not below it).
     pub fn with_capacity(capacity: usize) -> Self {
-        RateTable { buckets: KeyedTable::new(capacity, MAX_SHARDS.min(capacity).max(1)) }
+        RateTable {
+            buckets: KeyedTable::new(capacity, MAX_SHARDS.min(capacity).max(1)),
+            antispam: crate::antispam::AntiSpam::new(),
+        }
+    }
+
+    /// The anti-spam state (contacts, fan-out, waves, reports).
+    pub fn antispam(&self) -> &crate::antispam::AntiSpam {
+        &self.antispam
     }
 
     /// Charge one event to `bucket`, made by `source`; true if it is over the limit (also when

@@ -157,10 +157,66 @@ pub enum ConditionConfig {
     UrlIn(Located<String>),
     /// `rate`: a named limiter; holds when the stanza is over the limit.
     Rate(Located<String>),
+    /// `stranger = true|false`: the sender is (not) a contact of the recipient, whose roster
+    /// is known ([`crate::antispam::contacts`]).
+    Stranger(bool),
+    /// `stranger_domain = true|false`: the same, and the recipient has no contact at the
+    /// sender's domain either.
+    StrangerDomain(bool),
+    /// `roster_known = true|false`: the recipient's roster is (not) known to the gateway.
+    RosterKnown(bool),
+    /// `fanout = { recipients, window, key }`: the sender addressed more distinct recipients.
+    Fanout(FanoutConfig),
+    /// `wave = { senders, recipients, window, similarity, min_length }`: the text belongs to a
+    /// wave of near-identical texts.
+    Wave(WaveConfig),
+    /// `reported = { reporters, window }`: that many distinct users reported the sender
+    /// (XEP-0377).
+    Reported(ReportedConfig),
+    /// `from_sha256_in`: a list of hex SHA-256 digests of bare JIDs (the RTBL
+    /// `spam_source_jids_sha256` format); holds when the sender's is listed.
+    FromSha256In(Located<String>),
     /// `any = [ {...}, {...} ]`: at least one group holds.
     Any(Vec<Vec<ConditionConfig>>),
     /// `not = {...}`: the group does not hold.
     Not(Vec<ConditionConfig>),
+}
+
+/// `fanout = { recipients = 20, window = "10m", key = "from.bare" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutConfig {
+    /// Distinct recipients allowed within the window; the next new one holds.
+    pub recipients: usize,
+    /// The sliding window.
+    pub window: std::time::Duration,
+    /// Whose recipients are counted.
+    pub key: RateKey,
+}
+
+/// `wave = { senders = 5, window = "30m", similarity = 0.9 }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaveConfig {
+    /// Distinct senders of near-identical texts that make a wave.
+    pub senders: usize,
+    /// Distinct recipients that make a wave too (optional).
+    pub recipients: Option<usize>,
+    /// How long copies count, and how long a wave stays flagged after its last copy.
+    pub window: std::time::Duration,
+    /// Least similarity (0.5 to 1.0) of two copies.
+    pub similarity: f64,
+    /// Shortest normalized text considered, in characters.
+    pub min_length: usize,
+}
+
+impl Eq for WaveConfig {}
+
+/// `reported = { reporters = 3, window = "1h" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedConfig {
+    /// Distinct reporters.
+    pub reporters: usize,
+    /// Within this long.
+    pub window: std::time::Duration,
 }
 
 /// What a matching rule does.

@@ -50,7 +50,7 @@ fn config_with(policy: &str, files: &[(&str, &str)]) -> Result<Config, String> {
     Config::parse_with(&text, Path::new("/etc/sw/stanzawall.toml"), &mem).map_err(|e| e.to_string())
 }
 
-fn compile_with(policy: &str, files: &[(&str, &str)]) -> Result<Policy, String> {
+pub(super) fn compile_with(policy: &str, files: &[(&str, &str)]) -> Result<Policy, String> {
     let c = config_with(policy, files)?;
     Policy::compile(&c.policy).map_err(|e| e.to_string())
 }
@@ -59,7 +59,7 @@ pub(super) fn policy(text: &str) -> Policy {
     compile_with(text, &[]).unwrap()
 }
 
-fn error(text: &str) -> String {
+pub(super) fn error(text: &str) -> String {
     match compile_with(text, &[]) {
         Ok(_) => panic!("accepted: {text}"),
         Err(e) => e,

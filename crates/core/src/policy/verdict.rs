@@ -124,6 +124,8 @@ pub struct Hit {
     pub log_only: bool,
     /// The error condition of a bounce or close.
     pub condition: Option<&'static str>,
+    /// What an anti-spam condition found (the wave matched), for the audit log and `explain`.
+    pub note: Option<String>,
 }
 
 /// The result of evaluating one stanza.

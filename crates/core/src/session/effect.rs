@@ -87,6 +87,8 @@ pub enum Effect {
         /// Why, for the audit line.
         reason: String,
     },
+    /// Anti-spam: a wave detected, a spam report recorded (audit, metrics).
+    AntiSpam(crate::antispam::Event),
     /// Flush what is queued and close both legs.
     Close(CloseReason),
 }

@@ -8,7 +8,7 @@ use stanzawall_core::policy::Chain;
 use stanzawall_core::session::{Effect, StanzaSummary};
 
 use crate::audit;
-use crate::metrics::{S2sAuthLabels, VerdictLabels};
+use crate::metrics::{AntiSpamLabels, S2sAuthLabels, VerdictLabels};
 
 /// The audit records and metric increments for one effect.
 #[derive(Debug, Default, PartialEq)]
@@ -23,6 +23,8 @@ pub(crate) struct Report {
     pub s2s_auth: Option<S2sAuthLabels>,
     /// `stanzawall_s2s_refused_total` increment (the direction).
     pub s2s_refused: Option<&'static str>,
+    /// `stanzawall_antispam_waves_total` / `stanzawall_antispam_reports_total{reason}` increment.
+    pub antispam: Option<AntiSpamLabels>,
 }
 
 /// The report for `effect` of a session on `listener` from `client_ip`; the session's user
@@ -92,6 +94,18 @@ pub(crate) fn report(effect: &Effect, listener: &str, client_ip: IpAddr, chains:
                 audit::s2s_record("s2s-refused", direction, remote, serde_json::json!({ "reason": reason }), origin);
             Report { audit: vec![line], s2s_refused: Some(direction), ..Report::default() }
         }
+        Effect::AntiSpam(event) => {
+            let user = match event {
+                stanzawall_core::antispam::Event::Report { reporter, .. } => Some(reporter.to_string()),
+                stanzawall_core::antispam::Event::Wave { .. } => None,
+            };
+            let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
+            let labels = match event {
+                stanzawall_core::antispam::Event::Wave { .. } => AntiSpamLabels { event: "wave", reason: "" },
+                stanzawall_core::antispam::Event::Report { reason, .. } => AntiSpamLabels { event: "report", reason },
+            };
+            Report { audit: vec![audit::antispam_record(event, origin)], antispam: Some(labels), ..Report::default() }
+        }
         _ => Report::default(),
     }
 }
@@ -119,7 +133,7 @@ mod tests {
     }
 
     fn hit(rule: &str, action: RuleAction, log_only: bool) -> Hit {
-        Hit { rule: Arc::from(rule), action, log_only, condition: None }
+        Hit { rule: Arc::from(rule), action, log_only, condition: None, note: None }
     }
 
     fn event(hits: Vec<Hit>, outcome: Disposition) -> Effect {

@@ -3,13 +3,14 @@
 //! What needs the matchers (regexes, patterns, list names) is checked when the policy compiles.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::strings;
 use crate::config::locate::Locator;
 use crate::config::ConfigError;
-use crate::policy::spec::{ConditionConfig, Located};
+use crate::policy::spec::{ConditionConfig, FanoutConfig, Located, RateKey, ReportedConfig, WaveConfig};
 use crate::stanza::Kind;
 
 /// Deepest `any`/`not` nesting.
@@ -42,6 +43,13 @@ const CONDITION_KEYS: &[&str] = &[
     "body_regex",
     "url_in",
     "rate",
+    "stranger",
+    "stranger_domain",
+    "roster_known",
+    "fanout",
+    "wave",
+    "reported",
+    "from_sha256_in",
     "any",
     "not",
 ];
@@ -57,6 +65,9 @@ pub(super) fn conditions(
     }
     let mut out = Vec::new();
     let mut rate = None;
+    // Conditions that count (fanout, wave) come after the others: a copy is counted only for
+    // stanzas that meet every other condition of the rule.
+    let mut counting = Vec::new();
     for (name, value) in when {
         let k = format!("{key}.{name}");
         let span = value.span();
@@ -110,6 +121,69 @@ pub(super) fn conditions(
                 rate = Some(ConditionConfig::Rate(one()?));
                 continue;
             }
+            "stranger" | "stranger_domain" | "roster_known" => {
+                let toml::Value::Boolean(b) = v else { return loc.err(span, &k, "expected true or false") };
+                match name.as_str() {
+                    "stranger" => ConditionConfig::Stranger(*b),
+                    "stranger_domain" => ConditionConfig::StrangerDomain(*b),
+                    _ => ConditionConfig::RosterKnown(*b),
+                }
+            }
+            "from_sha256_in" => ConditionConfig::FromSha256In(one()?),
+            "fanout" | "wave" | "reported" => {
+                let t = Table::new(v, &k, span.clone(), loc)?;
+                let c = match name.as_str() {
+                    "fanout" => {
+                        t.only(&["recipients", "window", "key"])?;
+                        let key = match t.string("key")? {
+                            None => RateKey::FromBare,
+                            Some(s) => match RateKey::ALL.into_iter().find(|x| x.as_str() == s) {
+                                Some(x) => x,
+                                None => {
+                                    let all: Vec<&str> = RateKey::ALL.iter().map(|k| k.as_str()).collect();
+                                    return t.err("key", format!("expected one of {}", all.join(", ")));
+                                }
+                            },
+                        };
+                        ConditionConfig::Fanout(FanoutConfig {
+                            recipients: t.count("recipients", 1, 10_000)?.ok_or_else(|| t.missing("recipients"))?,
+                            window: t.window("window", MAX_WINDOW)?.ok_or_else(|| t.missing("window"))?,
+                            key,
+                        })
+                    }
+                    "wave" => {
+                        t.only(&["senders", "recipients", "window", "similarity", "min_length"])?;
+                        let similarity = match t.get("similarity") {
+                            None => crate::antispam::wave::DEFAULT_SIMILARITY,
+                            Some(toml::Value::Float(f)) if (0.5..=1.0).contains(f) => *f,
+                            Some(_) => return t.err("similarity", "expected a number from 0.5 to 1.0"),
+                        };
+                        ConditionConfig::Wave(WaveConfig {
+                            senders: t.count("senders", 2, 100)?.ok_or_else(|| t.missing("senders"))?,
+                            recipients: t.count("recipients", 2, 1000)?,
+                            window: t.window("window", MAX_WINDOW)?.ok_or_else(|| t.missing("window"))?,
+                            similarity,
+                            min_length: t.count("min_length", 1, 10_000)?.unwrap_or(DEFAULT_WAVE_MIN_LENGTH),
+                        })
+                    }
+                    _ => {
+                        t.only(&["reporters", "window"])?;
+                        ConditionConfig::Reported(ReportedConfig {
+                            reporters: t
+                                .count("reporters", 1, crate::antispam::MAX_REPORTERS)?
+                                .ok_or_else(|| t.missing("reporters"))?,
+                            window: t
+                                .window("window", crate::antispam::MAX_REPORT_AGE)?
+                                .ok_or_else(|| t.missing("window"))?,
+                        })
+                    }
+                };
+                if name != "reported" {
+                    counting.push(c);
+                    continue;
+                }
+                c
+            }
             "any" => {
                 let toml::Value::Array(groups) = v else {
                     return loc.err(span, &k, "expected a list of condition tables: any = [ {...}, {...} ]");
@@ -134,8 +208,83 @@ pub(super) fn conditions(
         };
         out.push(c);
     }
+    out.extend(counting);
     out.extend(rate);
     Ok(out)
+}
+
+/// Longest `window` of a counting condition.
+const MAX_WINDOW: Duration = Duration::from_secs(86_400);
+/// `wave.min_length` unless set: shorter texts ("ok", "see you") are everyday repeats.
+pub const DEFAULT_WAVE_MIN_LENGTH: usize = 24;
+
+/// An inline table condition (`fanout = { … }`): its keys, with errors at the condition's line.
+struct Table<'a> {
+    t: &'a toml::map::Map<String, toml::Value>,
+    key: &'a str,
+    span: std::ops::Range<usize>,
+    loc: &'a Locator<'a>,
+}
+
+impl<'a> Table<'a> {
+    fn new(
+        v: &'a toml::Value,
+        key: &'a str,
+        span: std::ops::Range<usize>,
+        loc: &'a Locator<'a>,
+    ) -> Result<Self, ConfigError> {
+        match v {
+            toml::Value::Table(t) => Ok(Table { t, key, span, loc }),
+            _ => loc.err(span, key, "expected a table, e.g. { window = \"10m\", ... }"),
+        }
+    }
+
+    fn err<T>(&self, name: &str, what: impl Into<String>) -> Result<T, ConfigError> {
+        self.loc.err(self.span.clone(), &format!("{}.{name}", self.key), what.into())
+    }
+
+    fn missing(&self, name: &str) -> ConfigError {
+        self.loc.origin(self.span.clone(), &format!("{}.{name}", self.key)).error("missing")
+    }
+
+    fn only(&self, known: &[&str]) -> Result<(), ConfigError> {
+        match self.t.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => self.err(k, format!("unknown key (expected one of {})", known.join(", "))),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&toml::Value> {
+        self.t.get(name)
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&str>, ConfigError> {
+        match self.t.get(name) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(_) => self.err(name, "expected a string"),
+        }
+    }
+
+    fn count(&self, name: &str, min: usize, max: usize) -> Result<Option<usize>, ConfigError> {
+        match self.t.get(name) {
+            None => Ok(None),
+            Some(toml::Value::Integer(n)) if usize::try_from(*n).is_ok_and(|n| (min..=max).contains(&n)) => {
+                Ok(usize::try_from(*n).ok())
+            }
+            Some(_) => self.err(name, format!("expected an integer from {min} to {max}")),
+        }
+    }
+
+    fn window(&self, name: &str, max: Duration) -> Result<Option<Duration>, ConfigError> {
+        match self.string(name)? {
+            None => Ok(None),
+            Some(s) => match crate::limit::parse_duration(s) {
+                Some(d) if !d.is_zero() && d <= max => Ok(Some(d)),
+                _ => self.err(name, format!("expected a duration such as \"10m\", at most {}s", max.as_secs())),
+            },
+        }
+    }
 }
 
 /// A nested condition table (inside `any` or `not`): no spans inside, so its keys get the

@@ -120,6 +120,19 @@ pub fn decide(
         crate::policy::Chain::C2sOut => check_backend_stanza(el, ctx.user),
         crate::policy::Chain::S2sIn | crate::policy::Chain::S2sOut => crate::session::s2s::check_s2s_stanza(el),
     };
+    // The session learns from what it relays before policy (see `filter::police`).
+    match ctx.chain {
+        crate::policy::Chain::C2sOut if check == Check::Pass && policy.uses_contacts() => {
+            rates.antispam().learn_from_server(el, ctx.user)
+        }
+        crate::policy::Chain::C2sIn if check == Check::Pass => {
+            if policy.uses_contacts() {
+                rates.antispam().request_full_roster(el, ctx.user);
+            }
+            drop(rates.antispam().learn_from_user(el, ctx.user, now))
+        }
+        _ => {}
+    }
     match check {
         Check::Pass => Decision::Policy(Box::new(policy.evaluate_stanza(el, ctx, rates, now))),
         refused => Decision::Gateway(refused),

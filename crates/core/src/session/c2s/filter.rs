@@ -17,11 +17,29 @@ use crate::xml::Element;
 impl C2sSession {
     /// Run `el` through chain `chain`. Returns the stanza to forward, or `None` when it was
     /// dropped, bounced or the stream closed (all accounted for here).
-    pub(super) fn police(&mut self, chain: Chain, el: Element) -> Option<Element> {
+    pub(super) fn police(&mut self, chain: Chain, mut el: Element) -> Option<Element> {
         // SASL and SM elements are not stanzas and not evaluated; with no rule and a pass default
         // nothing is computed (the audit summary allocates).
         let (binding, now) = (&self.filter, self.now);
-        if Kind::of(&el).is_none() || binding.policy.is_pass_all(chain) {
+        if Kind::of(&el).is_none() {
+            return Some(el);
+        }
+        // What the user's traffic teaches the anti-spam state (rosters, reports), whatever
+        // the rules of this chain: a stranger rule on s2s-in needs the rosters seen on c2s-out.
+        let antispam = binding.rates.antispam();
+        match chain {
+            Chain::C2sOut if binding.policy.uses_contacts() => antispam.learn_from_server(&el, self.bound.as_ref()),
+            Chain::C2sIn => {
+                if binding.policy.uses_contacts() {
+                    antispam.request_full_roster(&mut el, self.bound.as_ref());
+                }
+                let learned = antispam.learn_from_user(&el, self.bound.as_ref(), now);
+                self.effects.extend(learned.into_iter().map(Effect::AntiSpam));
+            }
+            _ => {}
+        }
+        let binding = &self.filter;
+        if binding.policy.is_pass_all(chain) {
             return Some(el);
         }
         let ctx = Context { chain, user: self.bound.as_ref(), source_ip: binding.source_ip };
@@ -29,6 +47,7 @@ impl C2sSession {
         let include_body = binding.policy.audit().include_body;
         let effects = policy_effects(chain, &el, &mut eval, self.bound.as_ref(), include_body);
         self.effects.extend(effects);
+        self.effects.extend(binding.rates.antispam().take_events().into_iter().map(Effect::AntiSpam));
         match eval.outcome {
             Outcome::Pass => Some(el),
             Outcome::Rewrite(new) => Some(new),

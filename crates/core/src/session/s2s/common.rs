@@ -193,6 +193,7 @@ impl S2sCore {
         let include_body = binding.policy.audit().include_body;
         let effects = crate::session::c2s::policy_effects(chain, &el, &mut eval, None, include_body);
         self.effects.extend(effects);
+        self.effects.extend(binding.rates.antispam().take_events().into_iter().map(Effect::AntiSpam));
         match eval.outcome {
             Outcome::Pass => Some(el),
             Outcome::Rewrite(new) => Some(new),
