@@ -29,7 +29,7 @@ use stanzawall_core::capture::{
     CaptureEvent, CaptureLimits, CaptureStats, FlowAddrs, Inspector, Observed, Segment, StreamKind, TcpFlags,
 };
 use stanzawall_core::config::Config;
-use stanzawall_core::policy::{Chain, Policy};
+use stanzawall_core::policy::Policy;
 use stanzawall_core::session::Effect;
 
 use crate::audit::humantime_rfc3339;
@@ -73,7 +73,9 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     if let Some(n) = opts.max_flows {
         limits.max_flows = n.max(1);
     }
-    let inspector = Inspector::new(policy, config.limits, limits, Instant::now());
+    let mut inspector = Inspector::new(policy, config.limits, limits, Instant::now());
+    // `[s2s] domains` tell inbound from outbound s2s streams (s2s-in / s2s-out).
+    inspector.set_local_domains(config.s2s.as_ref().map(|s| s.local_domains.clone()));
     let audit: Box<dyn Write> = match &opts.audit {
         Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("--audit {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
@@ -281,8 +283,9 @@ impl Sink {
     fn observe(&mut self, ev: CaptureEvent) -> anyhow::Result<()> {
         let s = &mut self.summary;
         match &ev.what {
-            Observed::Decision(effect) => {
-                let r = report::report(effect, "inspect", ev.flow.client.ip(), (Chain::C2sIn, Chain::C2sOut));
+            Observed::Decision(chain, effect) => {
+                // The effect's own direction (`from_backend`) agrees with its chain.
+                let r = report::report(effect, "inspect", ev.flow.client.ip(), (*chain, *chain));
                 for l in r.verdicts.iter().chain(&r.defaults) {
                     *s.rules
                         .entry(format!(

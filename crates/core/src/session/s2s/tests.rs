@@ -436,7 +436,10 @@ fn per_domain_stanza_rate_bounces_the_excess() {
     front(&mut s);
     back(&mut s);
     for i in 0..11 {
-        s.client_bytes(format!("<message id='m{i}' from='eve@b.example' to='bob@a.example'><body>{i}</body></message>").as_bytes(), now());
+        s.client_bytes(
+            format!("<message id='m{i}' from='eve@b.example' to='bob@a.example'><body>{i}</body></message>").as_bytes(),
+            now(),
+        );
     }
     let relayed = back(&mut s);
     assert_eq!(relayed.matches("<message").count(), 10, "{relayed}");
