@@ -562,3 +562,21 @@ fn without_local_domains_every_s2s_stream_is_taken_as_inbound() {
         .collect();
     assert_eq!(rules, vec![("s2s-in", "no-secrets-in".to_owned())]);
 }
+
+#[test]
+fn an_unsupported_top_level_element_from_the_client_would_close_the_stream() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    login(&mut insp, &mut conn);
+    conn.send(&mut insp, 0, b"<r xmlns='urn:xmpp:sm:3'/><active xmlns='urn:xmpp:csi:0'/>");
+    conn.send(&mut insp, 0, b"<foo xmlns='urn:foo'><bar/></foo>");
+    conn.send(&mut insp, 1, b"<foo xmlns='urn:foo'/>");
+    let closes: Vec<_> = events(&mut insp)
+        .into_iter()
+        .filter_map(|e| match e.what {
+            Observed::WouldClose { chain, condition, .. } => Some((chain, condition)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, vec![(Chain::C2sIn, Condition::UnsupportedStanzaType)]);
+}

@@ -30,8 +30,9 @@ use super::{CaptureEvent, CaptureStats, Encryption, FlowAddrs, FlowEnd, FlowTota
 use crate::config::Limits;
 use crate::jid::{self, FullJid};
 use crate::policy::{Chain, Context, Policy, RateTable};
+use crate::session::sm::NS_SM;
 use crate::session::{
-    decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND, NS_SASL, NS_TLS,
+    decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND, NS_CSI, NS_SASL, NS_TLS,
 };
 use crate::stanza::{self, Kind};
 use crate::stream::{Condition, NS_CLIENT, NS_SERVER};
@@ -476,6 +477,14 @@ impl Tracker {
             return self.on_sasl(from_client, &el, ctx);
         }
         if Kind::of(&el).is_none() {
+            // As the inline session: the client may send only stanzas, SASL, STARTTLS, stream
+            // management (XEP-0198) and CSI (XEP-0352) at the top level.
+            let allowed = [NS_SASL, NS_TLS, NS_SM, NS_CSI].contains(&&*el.ns);
+            if from_client && self.kind == Some(StreamKind::C2s) && !allowed {
+                let (chain, condition) = (Chain::C2sIn, Condition::UnsupportedStanzaType);
+                let reason = "unsupported top-level element".to_owned();
+                self.emit(ctx, Observed::WouldClose { chain, condition, reason });
+            }
             return;
         }
         let chain = match self.kind {
