@@ -563,7 +563,7 @@ impl Tracker {
             Some(j.domain().as_str().to_ascii_lowercase())
         });
         match to {
-            Some(to) if ours.iter().any(|d| *d == to) => Chain::S2sIn,
+            Some(to) if ours.contains(&to) => Chain::S2sIn,
             _ => Chain::S2sOut,
         }
     }
