@@ -7,8 +7,12 @@
 2. Captures built here with scapy (packets) and a small pcap/pcapng writer (files): reordered
    and duplicated segments, a conflicting overlap, a lost segment, a mid-stream pickup, IPv6,
    Linux SLL2, pcapng with two interfaces, STARTTLS, a truncated file.
+3. s2s: two real Prosody sites (harness/sites.py) federating directly over plaintext dialback,
+   captured on loopback: the initiating server's stanzas are decided in ``s2s-in`` when the
+   receiving domain is one of ``[s2s] domains``, else ``s2s-out``.
 
-Ports: 25520 (gateway), 25521 (Prosody); tcpdump filters on them.
+Ports: 25520 (gateway), 25521 (Prosody), 25500-25502 on 127.0.1.1 / 127.0.2.1 (the sites);
+tcpdump filters on them.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +36,8 @@ from harness.client import Client, run
 from harness.defaults import HOST
 from harness.gateway import Gateway, Listener, binary
 from harness.prosody import ProsodyInstance, start_prosody
+from harness.sites import SITE_A, SITE_B, log_tails, running_sites
+from test_attack_catalogue import recording  # noqa: F401  (fixture: the catalogue's inline gateway)
 
 scapy = pytest.importorskip("scapy.all", reason="python3-scapy (scripts/install-test-deps.sh)")
 from scapy.all import IP, IPv6, TCP, Ether  # noqa: E402
@@ -463,3 +472,271 @@ def test_a_truncated_file_is_a_clear_error_and_what_was_read_is_reported(tmp: Pa
     junk.write_bytes(b"hello, this is not a capture" * 4)
     code, _, _, err = inspect(policy_file, junk)
     assert code == 1 and "not a pcap or pcapng file" in err, err
+
+
+# -- s2s: a real federation capture -------------------------------------------------------------
+
+S2S_POLICY = """
+[s2s]
+domains = ["b.example"]
+
+[[rule]]
+name   = "s2s-in-word"
+chain  = "s2s-in"
+when   = { body_contains = "inbound-word" }
+action = "drop"
+
+[[rule]]
+name   = "s2s-out-word"
+chain  = "s2s-out"
+when   = { body_contains = "outbound-word" }
+action = "bounce"
+
+[[rule]]
+name   = "c2s-only"
+chain  = "c2s-in"
+when   = { body_contains = "word" }
+action = "drop"
+"""
+
+
+def test_s2s_flows_are_decided_in_s2s_in_or_s2s_out_by_the_receiving_domain(tmp: Path):
+    """Prosody a.example and b.example federate directly (each site's DNS routes its outbound
+    s2s to the other's plaintext s2s port); the capture is read as seen from b.example's side:
+    what a.example sends to b.example is s2s-in, what b.example sends out is s2s-out."""
+    if shutil.which("tcpdump") is None:
+        pytest.fail("tcpdump missing: scripts/install-test-deps.sh", pytrace=False)
+    cap = tmp / "s2s.pcap"
+    with running_sites(tmp / "s2s-inspect", (SITE_A, {"outbound": SITE_B.s2s}),
+                       (SITE_B, {"outbound": SITE_A.s2s})) as (a, b):
+        async def scenario():
+            async with a.client("alice") as alice, b.client("bob") as bob:
+                for body in ("hello b", "an inbound-word", "an outbound-word"):
+                    alice.send_message(b.jid("bob"), body)
+                    assert (await bob.next_message(20)).body == body
+                for body in ("hello a", "an outbound-word", "an inbound-word"):
+                    bob.send_message(a.jid("alice"), body)
+                    assert (await alice.next_message(20)).body == body
+
+        with Tcpdump(cap, f"tcp port {SITE_A.s2s_port} and (host {SITE_A.host} or host {SITE_B.host})"):
+            try:
+                run(scenario(), 90)
+            except BaseException as e:
+                raise AssertionError(f"{e!r}\n{log_tails(a, b)}") from e
+    policy = tmp / "s2s-policy.toml"
+    policy.write_text(S2S_POLICY)
+    code, audit, alerts, summary = inspect(policy, cap)
+    assert code == 0, summary
+    got = sorted((r["chain"], r["rule"], r["outcome"], r["from"].split("/")[0], r["to"], r["verdict"])
+                 for r in audit)
+    assert got == [
+        ("s2s-in", "s2s-in-word", "drop", "alice@a.example", "bob@b.example", "would drop"),
+        ("s2s-out", "s2s-out-word", "bounce", "bob@b.example", "alice@a.example", "would bounce"),
+    ], (audit, summary)
+    for r in audit:
+        # Reported from the initiating server toward the receiving one, on the s2s port.
+        assert r["flow.dest_port"] == SITE_A.s2s_port, r
+        assert r["flow.dest_ip"] == (SITE_B.host if r["chain"] == "s2s-in" else SITE_A.host), r
+        assert r["client.ip"] == r["flow.src_ip"], r
+    m = [l for l in summary.splitlines() if "xmpp streams" in l]
+    assert m and "c2s 0" in m[0] and "s2s 0" not in m[0], summary
+    assert "s2s-in-word (drop): 1" in summary and "s2s-out-word (bounce): 1" in summary, summary
+    assert any(x["event_type"] == "alert" and x.get("xmpp", {}).get("rule") == "s2s-out-word"
+               for x in alerts)
+    # Without [s2s] every initiating direction is inbound.
+    open_policy = tmp / "s2s-open-policy.toml"
+    open_policy.write_text(S2S_POLICY.replace('[s2s]\ndomains = ["b.example"]\n', ""))
+    code, audit, _, summary = inspect(open_policy, cap)
+    assert code == 0, summary
+    got = sorted((r["chain"], r["rule"], r["from"].split("/")[0]) for r in audit)
+    assert got == [("s2s-in", "s2s-in-word", "alice@a.example"), ("s2s-in", "s2s-in-word", "bob@b.example")], audit
+
+
+# -- hostile captures: the attack catalogue, inline and passive ---------------------------------
+
+#: Catalogue entries whose inline answer is a stream error after login (``after_login``): the
+#: restricted-XML, encoding, character, limit, namespace, stream-level, address and iq entries.
+#: Their bytes, inside a captured plaintext session, must be refused passively with the same
+#: condition.
+def _hostile_entries():
+    from test_attack_catalogue import CATALOGUE, after_login
+    return [e for e in CATALOGUE if e.runner is after_login]
+
+
+#: Bytes of one hostile payload put in a capture (the inline gateway stops every entry well
+#: before this; the 100 MB stanza is cut here, past the 256 KiB stanza cap).
+PASSIVE_PAYLOAD_CAP = 2 << 20
+#: Largest TCP payload per captured segment.
+SEGMENT = 32_000
+
+_ALERT_CONDITION = re.compile(r"^stanzawall (?:XML refused from the client: ([a-z-]+) "
+                              r"|would close the stream \(c2s-in, ([a-z-]+)\))")
+
+
+def test_attack_catalogue_payloads_are_refused_passively_with_the_inline_condition(tmp: Path, request, pki,
+                                                                                    policy_file):
+    import test_attack_catalogue as cat
+    entries = _hostile_entries()
+    assert len(entries) >= 30, [e.id for e in entries]
+    # Inline: each payload after a login through the recording gateway (STARTTLS).
+    ctx = cat.Ctx(request, pki)
+    inline: dict[str, str | None] = {}
+    payloads: dict[str, bytes] = {}
+    for e in entries:
+        m = cat.marker()
+        data, _ = e.build(m)
+        chunks = [data] if isinstance(data, (bytes, bytearray)) else list(data)
+        with cat.rec_login(ctx) as rs:
+            cat.control(rs)
+            _, start = cat.write(rs, chunks, "whole", pause=e.opts.get("pause", 0.0))
+            text, _ = cat.read_closed(rs, start)
+        inline[e.id] = cat.parse_stream_error(text)
+        blob = bytearray()
+        for ch in chunks:
+            if len(blob) >= PASSIVE_PAYLOAD_CAP:
+                break
+            blob += ch
+        payloads[e.id] = bytes(blob[:PASSIVE_PAYLOAD_CAP])
+    # Passive: the same bytes after a plaintext login, one flow per entry, one capture.
+    packets: list[bytes] = []
+    ports: dict[int, str] = {}
+    for i, e in enumerate(entries):
+        port = 42000 + i
+        ports[port] = e.id
+        conv = Conv(("192.0.2.10", port), SERVER).handshake().talk(login())
+        blob = payloads[e.id]
+        for off in range(0, len(blob), SEGMENT):
+            conv.send(0, blob[off:off + SEGMENT])
+        packets += conv.fin().packets
+    cap = tmp / "catalogue.pcap"
+    write_pcap(cap, packets, 101)
+    code, _, alerts, summary = inspect(policy_file, cap)
+    assert code == 0, summary
+    passive: dict[str, str | None] = {e.id: None for e in entries}
+    for a in alerts:
+        if a["event_type"] != "alert" or a["src_port"] not in ports:
+            continue
+        mm = _ALERT_CONDITION.match(a["alert"]["signature"])
+        entry = ports[a["src_port"]]
+        if mm and passive[entry] is None:  # the first refusal is what inline answers
+            passive[entry] = mm.group(1) or mm.group(2)
+    assert all(inline[e.id] == e.expect for e in entries), {e.id: (inline[e.id], e.expect) for e in entries}
+    differ = {k: (inline[k], passive[k]) for k in inline if inline[k] != passive[k]}
+    assert not differ, f"(inline, passive) differ: {differ}\n{summary}"
+
+
+# -- a capture of 1,000,000 tiny flows stays within the memory cap ------------------------------
+
+MANY_FLOWS = 1_000_000
+#: A start of a c2s header: each flow is kept probing (no SYN: picked up mid-stream) with bytes
+#: buffered, the most a one-packet flow can hold.
+TINY = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' to='example.test'"
+
+
+def write_many_flows(path: Path, n: int) -> None:
+    """``n`` one-packet flows, raw IPv4 (link type 101), written with struct (scapy is far too
+    slow for a million packets); bounded by ``n``."""
+    tcp_len = 20 + len(TINY)
+    with path.open("wb", buffering=1 << 20) as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 101))
+        t0 = 1_800_000_000
+        for i in range(n):
+            src = bytes((10, (i >> 16) & 0xFF, (i >> 8) & 0xFF, i & 0xFF))
+            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + tcp_len, i & 0xFFFF, 0, 64, 6, 0, src,
+                             b"\xc0\x00\x02\x01")
+            tcp = struct.pack(">HHIIBBHHH", 40000 + (i % 20000), 5222, 1000, 1, 0x50, 0x18, 65535, 0, 0)
+            pkt = ip + tcp + TINY
+            us = i  # one flow per microsecond: the whole capture spans one second, nothing idles
+            f.write(struct.pack("<IIII", t0 + us // 1_000_000, us % 1_000_000, len(pkt), len(pkt)) + pkt)
+
+
+def _run_measured(args: list[str], timeout: float) -> tuple[int, str, int]:
+    """Run ``args``; (exit code, stderr, peak RSS in KiB of that process alone, from wait4)."""
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"{args[:2]} did not finish within {timeout} s")
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err.seek(0)
+    return proc.returncode, err.read().decode(errors="replace"), usage.ru_maxrss
+
+
+def test_a_million_tiny_flows_stay_within_the_flow_table_cap(tmp: Path, policy_file):
+    cap, few = tmp / "million.pcap", tmp / "ten.pcap"
+    write_many_flows(cap, MANY_FLOWS)
+    write_many_flows(few, 10)
+
+    def run_inspect(pcap: Path, max_flows: int) -> tuple[str, int]:
+        code, summary, rss = _run_measured(
+            [str(binary()), "inspect", "--config", str(policy_file), "--pcap", str(pcap),
+             "--audit", str(tmp / "million.audit.jsonl"), "--max-flows", str(max_flows)], 600)
+        assert code == 0, summary
+        return summary, rss
+
+    # The process's own floor (binary, policy, the 4 MiB read buffer): ten flows.
+    _, rss_floor = run_inspect(few, 1000)
+    summary, rss_small = run_inspect(cap, 1000)
+    assert f"source {cap}: {MANY_FLOWS} packets" in summary, summary
+    # Every flow was created; all but the last 1000 were evicted to make room (none idled: the
+    # capture spans one second); never more than 1000 at once.
+    assert f"flows: {MANY_FLOWS} (evicted {MANY_FLOWS - 1000}, idle 0, most at once 1000)" in summary, summary
+    # Correctness cap, not speed: a million flows through a 1000-flow table cost no more memory
+    # than ten flows (slack for the allocator), where holding them all would take gigabytes.
+    assert rss_small < rss_floor + 16 * 1024, f"peak RSS {rss_small} KiB vs {rss_floor} KiB for ten flows"
+    # The cap is what bounds it: a 50x larger table holds more and takes more memory.
+    summary, rss_large = run_inspect(cap, 50_000)
+    assert f"evicted {MANY_FLOWS - 50_000}, idle 0, most at once 50000" in summary, summary
+    assert rss_large > rss_small + 64 * 1024, (rss_floor, rss_small, rss_large)
+
+
+# -- live capture: SIGINT prints the summary ----------------------------------------------------
+
+LIVE_PORT = 25522
+
+
+def test_sigint_on_a_live_capture_prints_the_summary(tmp: Path, policy_file):
+    if shutil.which("tcpdump") is None:
+        pytest.fail("tcpdump missing: scripts/install-test-deps.sh", pytrace=False)
+    audit = tmp / "live.audit.jsonl"
+    proc = subprocess.Popen([str(binary()), "inspect", "--config", str(policy_file), "--interface", "lo",
+                             "--bpf", f"tcp port {LIVE_PORT}", "--audit", str(audit)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # tcpdump (its stderr is inherited) says when it captures.
+        lines = [proc.stderr.readline() for _ in range(1)]
+        while "listening on" not in lines[-1] and len(lines) < 5 and lines[-1]:
+            lines.append(proc.stderr.readline())
+        assert "listening on" in lines[-1], lines
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((HOST, LIVE_PORT))
+        srv.listen(1)
+        with srv, socket.create_connection((HOST, LIVE_PORT), timeout=5) as c:
+            peer, _ = srv.accept()
+            with peer:
+                # No Nagle delay: each write is on the wire (and in the capture) in this order.
+                for sock in (c, peer):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for d, data in login() + [(0, SECRET)]:
+                    (c if d == 0 else peer).sendall(data)
+                    time.sleep(0.02)
+        time.sleep(0.5)  # the FINs reach the capture
+        proc.send_signal(signal.SIGINT)  # to stanzawall alone, not its tcpdump
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "interrupted, live capture stopped" in err and "stanzawall inspect summary" in err, err
+    assert "source interface lo:" in err and "c2s 1" in err and "bound users: 1" in err, err
+    assert "no-secrets (drop): 1" in err, err
+    assert [json.loads(l)["id"] for l in audit.read_text().splitlines()] == ["s1"]

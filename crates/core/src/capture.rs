@@ -10,9 +10,11 @@
 //!
 //! Stanzas of plaintext c2s streams go through `session::decide` (the session's own checks,
 //! then `Policy::evaluate_stanza`) and are reported through `session::policy_effects` — the
-//! inline session's functions — so a capture of the same traffic audits the same way. s2s
-//! streams are tracked for metadata (domains, counts, parse errors) only: the policy has no
-//! s2s chains yet.
+//! inline session's functions — so a capture of the same traffic audits the same way.
+//! Stanzas of plaintext s2s streams from the initiating server (RFC 6120 §4.1: an s2s stream
+//! carries stanzas one way) go through the s2s sessions' own check and the `s2s-in` chain
+//! when the receiving domain is one of ours ([`Inspector::set_local_domains`]), else
+//! `s2s-out`; without local domains every initiating direction is `s2s-in`.
 //!
 //! Sans-IO like the rest of the core: the caller decodes packets, passes each TCP segment with
 //! its capture timestamp, and polls [`CaptureEvent`]s; nothing here reads a clock or a file.
@@ -209,9 +211,9 @@ pub enum Observed {
     AuthFailed,
     /// The server bound this full JID.
     Bound(FullJid),
-    /// A decision about a stanza, as the inline session reports it (`Effect::Policy`,
-    /// `Effect::Bounced`, `Effect::Dropped`).
-    Decision(Effect),
+    /// A decision about a stanza of `chain`, as the inline session reports it
+    /// (`Effect::Policy`, `Effect::Bounced`, `Effect::Dropped`).
+    Decision(Chain, Effect),
     /// The inline gateway would close the stream here.
     WouldClose {
         /// The chain of the stanza.
@@ -324,6 +326,8 @@ pub struct Inspector {
     events: VecDeque<CaptureEvent>,
     stats: CaptureStats,
     pieces: Vec<Piece>,
+    /// The domains we serve (`[s2s] domains`), lowercase; `None`: not configured.
+    local_domains: Option<Vec<String>>,
 }
 
 impl Inspector {
@@ -344,7 +348,15 @@ impl Inspector {
             events: VecDeque::new(),
             stats: CaptureStats::default(),
             pieces: Vec::new(),
+            local_domains: None,
         }
+    }
+
+    /// The domains we serve (`[s2s] domains`): an s2s stream addressed to one of them is
+    /// inbound (`s2s-in`), any other is our server's outbound (`s2s-out`). Without them every
+    /// s2s stream is taken as inbound.
+    pub fn set_local_domains(&mut self, domains: Option<Vec<String>>) {
+        self.local_domains = domains.map(|d| d.into_iter().map(|d| d.to_ascii_lowercase()).collect());
     }
 
     /// Counters so far.
@@ -416,6 +428,7 @@ impl Inspector {
             rates: &self.rates,
             xml: &self.xml,
             probe_bytes: self.limits.probe_bytes,
+            local_domains: self.local_domains.as_deref(),
             now,
             ts,
             events: &mut self.events,
@@ -520,6 +533,7 @@ impl Inspector {
             rates: &self.rates,
             xml: &self.xml,
             probe_bytes: self.limits.probe_bytes,
+            local_domains: self.local_domains.as_deref(),
             now,
             ts,
             events: &mut self.events,

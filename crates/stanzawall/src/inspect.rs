@@ -11,13 +11,18 @@
 //! A BPF filter (`--bpf`) and live capture (`--interface`) are compiled and run by libpcap
 //! through `tcpdump` (`-w -`), whose pcap stream is read here: no C library is linked and no
 //! packet socket code lives in this crate. Nothing is ever blocked: this mode only observes.
+//!
+//! A live capture runs until SIGINT (Ctrl-C) or SIGTERM: tcpdump is stopped, what it delivered
+//! is inspected, and the summary is printed as at the end of a file; a second signal exits at
+//! once.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -29,7 +34,7 @@ use stanzawall_core::capture::{
     CaptureEvent, CaptureLimits, CaptureStats, FlowAddrs, Inspector, Observed, Segment, StreamKind, TcpFlags,
 };
 use stanzawall_core::config::Config;
-use stanzawall_core::policy::{Chain, Policy};
+use stanzawall_core::policy::Policy;
 use stanzawall_core::session::Effect;
 
 use crate::audit::humantime_rfc3339;
@@ -73,7 +78,9 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     if let Some(n) = opts.max_flows {
         limits.max_flows = n.max(1);
     }
-    let inspector = Inspector::new(policy, config.limits, limits, Instant::now());
+    let mut inspector = Inspector::new(policy, config.limits, limits, Instant::now());
+    // `[s2s] domains` tell inbound from outbound s2s streams (s2s-in / s2s-out).
+    inspector.set_local_domains(config.s2s.as_ref().map(|s| s.local_domains.clone()));
     let audit: Box<dyn Write> = match &opts.audit {
         Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("--audit {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
@@ -92,14 +99,33 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     let mut complete = true;
     if let Some(iface) = &opts.interface {
         let mut child = tcpdump(&["-i", iface, "-U", "--immediate-mode"], opts.bpf.as_deref())?;
-        let result = match child.stdout.take() {
+        let out = child.stdout.take();
+        let child = Arc::new(Mutex::new(child));
+        let interrupted = Arc::new(AtomicBool::new(false));
+        stop_on_signal(child.clone(), interrupted.clone())?;
+        let result = match out {
             Some(out) => sink.read_capture(&format!("interface {iface}"), out),
             None => Err(anyhow::anyhow!("tcpdump: no output")),
         };
-        let _ = child.wait();
-        if let Err(e) = result {
-            eprintln!("{e:#}");
-            complete = false;
+        if let Ok(mut c) = child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        match result {
+            // Stopped by the signal: tcpdump may have been cut inside a record.
+            Err(_) if interrupted.load(Ordering::SeqCst) => {
+                if let Some(s) = sink.sources.last_mut() {
+                    s.error = None;
+                }
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                complete = false;
+            }
+            Ok(()) => {}
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            eprintln!("stanzawall inspect: interrupted, live capture stopped");
         }
     }
     for path in &opts.pcaps {
@@ -133,6 +159,38 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     let stats = sink.inspector.stats();
     eprint!("{}", sink.summary.render(&stats, &sink.sources));
     Ok(complete)
+}
+
+/// On the first SIGINT or SIGTERM, mark `interrupted` and stop tcpdump (its pipe then ends and
+/// the reader returns); on the second, exit at once. (At a terminal, Ctrl-C reaches tcpdump
+/// too, which then ends by itself.)
+fn stop_on_signal(child: Arc<Mutex<Child>>, interrupted: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    // Registered before the capture is read, so that no signal falls through to the default
+    // action (which would end the process without a summary).
+    let (mut int, mut term) = rt.block_on(async {
+        Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+    })?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            for _ in 0..2 {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if interrupted.swap(true, Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(mut c) = child.lock() {
+                    let _ = c.kill();
+                }
+            }
+        });
+        eprintln!("stanzawall inspect: interrupted twice, exiting without a summary");
+        std::process::exit(130);
+    });
+    Ok(())
 }
 
 /// `tcpdump … -w - [FILTER]`: libpcap reads or captures and applies the BPF filter.
@@ -281,8 +339,9 @@ impl Sink {
     fn observe(&mut self, ev: CaptureEvent) -> anyhow::Result<()> {
         let s = &mut self.summary;
         match &ev.what {
-            Observed::Decision(effect) => {
-                let r = report::report(effect, "inspect", ev.flow.client.ip(), (Chain::C2sIn, Chain::C2sOut));
+            Observed::Decision(chain, effect) => {
+                // The effect's own direction (`from_backend`) agrees with its chain.
+                let r = report::report(effect, "inspect", ev.flow.client.ip(), (*chain, *chain));
                 for l in r.verdicts.iter().chain(&r.defaults) {
                     *s.rules
                         .entry(format!(

@@ -33,18 +33,24 @@ fn server() -> SocketAddr {
 struct Conn {
     seq: [u32; 2],
     ts: u64,
+    /// Initiator, responder.
+    addrs: (SocketAddr, SocketAddr),
 }
 
 impl Conn {
     fn new() -> Self {
-        Conn { seq: [1000, u32::MAX - 20], ts: 1_700_000_000_000 }
+        Conn::between(client(), server())
     }
 
-    fn ends(dir: usize) -> (SocketAddr, SocketAddr) {
+    fn between(initiator: SocketAddr, responder: SocketAddr) -> Self {
+        Conn { seq: [1000, u32::MAX - 20], ts: 1_700_000_000_000, addrs: (initiator, responder) }
+    }
+
+    fn ends(&self, dir: usize) -> (SocketAddr, SocketAddr) {
         if dir == 0 {
-            (client(), server())
+            self.addrs
         } else {
-            (server(), client())
+            (self.addrs.1, self.addrs.0)
         }
     }
 
@@ -54,7 +60,7 @@ impl Conn {
     }
 
     fn handshake(&mut self, insp: &mut Inspector) {
-        let (c, s) = (client(), server());
+        let (c, s) = self.addrs;
         let syn = TcpFlags { syn: true, ..TcpFlags::default() };
         let ts = self.ts();
         insp.segment(&Segment { src: c, dst: s, seq: self.seq[0], ack: 0, flags: syn, payload: b"" }, ts);
@@ -73,7 +79,7 @@ impl Conn {
     }
 
     fn send_at(&mut self, insp: &mut Inspector, dir: usize, seq: u32, data: &[u8]) {
-        let (src, dst) = Self::ends(dir);
+        let (src, dst) = self.ends(dir);
         let ts = self.ts();
         let flags = TcpFlags { ack: true, ..TcpFlags::default() };
         // Acknowledge only what the other side has sent in order so far (no hole is implied).
@@ -88,7 +94,7 @@ impl Conn {
 
     fn close(&mut self, insp: &mut Inspector, rst: bool) {
         for dir in 0..2 {
-            let (src, dst) = Self::ends(dir);
+            let (src, dst) = self.ends(dir);
             let flags = TcpFlags { ack: true, fin: !rst, rst, ..TcpFlags::default() };
             let ts = self.ts();
             insp.segment(&Segment { src, dst, seq: self.seq[dir], ack: self.seq[1 - dir], flags, payload: b"" }, ts);
@@ -107,12 +113,12 @@ fn events(insp: &mut Inspector) -> Vec<CaptureEvent> {
 fn decisions(evs: &[CaptureEvent]) -> Vec<(String, String, Option<String>)> {
     evs.iter()
         .filter_map(|e| match &e.what {
-            Observed::Decision(Effect::Policy(p)) => Some((
+            Observed::Decision(_, Effect::Policy(p)) => Some((
                 p.chain.as_str().to_owned(),
                 p.hits.last().map(|h| h.rule.to_string()).unwrap_or_else(|| "default".into()),
                 p.stanza.from.clone(),
             )),
-            Observed::Decision(Effect::Dropped { reason, .. }) => Some(("gateway".into(), reason.to_string(), None)),
+            Observed::Decision(_, Effect::Dropped { reason, .. }) => Some(("gateway".into(), reason.to_string(), None)),
             _ => None,
         })
         .collect()
@@ -246,7 +252,7 @@ fn a_lost_segment_is_a_gap_and_the_reader_resyncs_at_the_next_stanza() {
     conn.send(&mut insp, 0, &HELLO[30..]);
     conn.send(&mut insp, 0, SECRET);
     // The server acknowledges everything: the hole is capture loss.
-    let (src, dst) = Conn::ends(1);
+    let (src, dst) = conn.ends(1);
     let ts = conn.ts();
     let flags = TcpFlags { ack: true, ..TcpFlags::default() };
     insp.segment(&Segment { src, dst, seq: conn.seq[1], ack: conn.seq[0], flags, payload: b"" }, ts);
@@ -419,4 +425,158 @@ fn half_stream_handles_wraparound_flush_and_ack_gaps() {
     assert!(!h.accept(7 + 2, b"qq").in_order);
     h.acknowledged(7 + 4, &mut out, 64);
     assert_eq!(out, [Piece::Gap(2), Piece::Data(b"qq".to_vec())]);
+}
+
+const S2S_RULES: &str = "[s2s]\ndomains = [\"example.test\"]\n\
+    [[rule]]\nname = \"no-secrets-in\"\nchain = \"s2s-in\"\nwhen = { body_contains = \"secret\" }\naction = \"drop\"\n\
+    [[rule]]\nname = \"no-secrets-out\"\nchain = \"s2s-out\"\nwhen = { body_contains = \"secret\" }\naction = \"bounce\"\n";
+
+/// An inspector with s2s rules; `ours`: pass `[s2s] domains` on.
+fn s2s_inspector(ours: bool) -> Inspector {
+    let config = Config::parse(&format!("{BASE}{S2S_RULES}"), std::path::Path::new("/x.toml")).unwrap();
+    let policy = Arc::new(Policy::compile(&config.policy).unwrap());
+    let mut insp = Inspector::new(policy, config.limits, CaptureLimits::default(), Instant::now());
+    if ours {
+        insp.set_local_domains(config.s2s.map(|s| s.local_domains));
+    }
+    insp
+}
+
+/// One plaintext dialback s2s stream from `from` to `to` (XEP-0220 §2.1), then `stanzas` from
+/// the initiator and one message the other way (a one-way stream: never evaluated).
+fn s2s_flow(insp: &mut Inspector, initiator: &str, responder: &str, from: &str, to: &str, stanzas: &[&str]) {
+    let mut conn = Conn::between(initiator.parse().unwrap(), responder.parse().unwrap());
+    conn.handshake(insp);
+    let open = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
+         xmlns:stream='http://etherx.jabber.org/streams' from='{from}' to='{to}' version='1.0'>"
+    );
+    conn.send(insp, 0, open.as_bytes());
+    let reply = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
+         xmlns:stream='http://etherx.jabber.org/streams' from='{to}' to='{from}' id='s2' version='1.0'>\
+         <stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+    );
+    conn.send(insp, 1, reply.as_bytes());
+    conn.send(insp, 0, format!("<db:result from='{from}' to='{to}'>b4835385f37fe2895af6c196b59097b16862406db80559900d96bf6fa7d23df3</db:result>").as_bytes());
+    conn.send(insp, 1, format!("<db:result from='{to}' to='{from}' type='valid'/>").as_bytes());
+    for s in stanzas {
+        conn.send(insp, 0, s.as_bytes());
+    }
+    let back = format!("<message from='x@{to}' to='y@{from}' id='r1'><body>a secret back</body></message>");
+    conn.send(insp, 1, back.as_bytes());
+    conn.close(insp, false);
+}
+
+#[test]
+fn s2s_stanzas_from_the_initiator_go_through_s2s_in_or_s2s_out_by_the_receiving_domain() {
+    let mut insp = s2s_inspector(true);
+    // Inbound: remote.test → example.test (ours).
+    s2s_flow(
+        &mut insp,
+        "198.51.100.7:40001",
+        "192.0.2.1:5269",
+        "remote.test",
+        "example.test",
+        &[
+            "<message from='eve@remote.test/x' to='alice@example.test' id='i1'><body>a secret</body></message>",
+            "<message from='eve@remote.test/x' to='alice@example.test' id='i2'><body>hello</body></message>",
+            // RFC 6120 §8.1.2.2: a stanza on an s2s stream needs a 'from'.
+            "<message to='alice@example.test' id='i3'><body>no from</body></message>",
+        ],
+    );
+    // Outbound: our server (example.test) → remote.test.
+    s2s_flow(
+        &mut insp,
+        "192.0.2.1:40002",
+        "198.51.100.7:5269",
+        "example.test",
+        "remote.test",
+        &["<message from='alice@example.test/r' to='eve@remote.test' id='o1'><body>a secret</body></message>"],
+    );
+    let evs = events(&mut insp);
+    let kinds: Vec<_> = evs
+        .iter()
+        .filter_map(|e| matches!(e.what, Observed::Stream { kind: StreamKind::S2s, .. }).then_some(e.flow))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{evs:#?}");
+    let decided: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match &e.what {
+            Observed::Decision(chain, Effect::Policy(p)) => Some((
+                chain.as_str(),
+                p.chain.as_str(),
+                p.hits.last().map(|h| h.rule.to_string()).unwrap_or_default(),
+                p.outcome.as_str(),
+                p.stanza.id.clone(),
+            )),
+            Observed::Decision(..) => panic!("unexpected {e:?}"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        vec![
+            ("s2s-in", "s2s-in", "no-secrets-in".to_owned(), "drop", Some("i1".to_owned())),
+            ("s2s-out", "s2s-out", "no-secrets-out".to_owned(), "bounce", Some("o1".to_owned())),
+        ]
+    );
+    let closes: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match &e.what {
+            Observed::WouldClose { chain, condition, .. } => Some((chain.as_str(), condition.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, vec![("s2s-in", "improper-addressing")]);
+    // The flows are reported from the initiator's side, and stanzas were counted both ways.
+    let ended: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match &e.what {
+            Observed::Ended { xmpp: true, totals, .. } => Some((e.flow.client.port(), totals.stanzas)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, vec![(40001, [3, 1]), (40002, [1, 1])]);
+}
+
+#[test]
+fn without_local_domains_every_s2s_stream_is_taken_as_inbound() {
+    let mut insp = s2s_inspector(false);
+    s2s_flow(
+        &mut insp,
+        "192.0.2.1:40002",
+        "198.51.100.7:5269",
+        "example.test",
+        "remote.test",
+        &["<message from='alice@example.test/r' to='eve@remote.test' id='o1'><body>a secret</body></message>"],
+    );
+    let rules: Vec<_> = events(&mut insp)
+        .into_iter()
+        .filter_map(|e| match e.what {
+            Observed::Decision(chain, Effect::Policy(p)) => {
+                Some((chain.as_str(), p.hits.last().map(|h| h.rule.to_string()).unwrap_or_default()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rules, vec![("s2s-in", "no-secrets-in".to_owned())]);
+}
+
+#[test]
+fn an_unsupported_top_level_element_from_the_client_would_close_the_stream() {
+    let mut insp = inspector(CaptureLimits::default());
+    let mut conn = Conn::new();
+    login(&mut insp, &mut conn);
+    conn.send(&mut insp, 0, b"<r xmlns='urn:xmpp:sm:3'/><active xmlns='urn:xmpp:csi:0'/>");
+    conn.send(&mut insp, 0, b"<foo xmlns='urn:foo'><bar/></foo>");
+    conn.send(&mut insp, 1, b"<foo xmlns='urn:foo'/>");
+    let closes: Vec<_> = events(&mut insp)
+        .into_iter()
+        .filter_map(|e| match e.what {
+            Observed::WouldClose { chain, condition, .. } => Some((chain, condition)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, vec![(Chain::C2sIn, Condition::UnsupportedStanzaType)]);
 }

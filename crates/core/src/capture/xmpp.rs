@@ -15,6 +15,12 @@
 //! Phases: `<proceed/>` from the server ends readability (TLS follows); SASL `<success/>`
 //! restarts both streams (RFC 6120 §6.4.6) and the bind result names the user (RFC 6120 §7.6.1).
 //! The mechanism is reported, the SASL payload never.
+//!
+//! s2s: stanzas flow from the initiating server only (RFC 6120 §4.1; dialback, XEP-0220, is
+//! not a stanza and is not evaluated). Each goes through `session::decide` in `s2s-in` when the
+//! receiving domain (the initiator's header `to`, else the stanza's `to`) is one of ours, else
+//! in `s2s-out` — the s2s sessions' check (both addresses present and valid) and then the
+//! policy, under the limits the inline s2s session puts on its remote side.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,8 +30,9 @@ use super::{CaptureEvent, CaptureStats, Encryption, FlowAddrs, FlowEnd, FlowTota
 use crate::config::Limits;
 use crate::jid::{self, FullJid};
 use crate::policy::{Chain, Context, Policy, RateTable};
+use crate::session::sm::NS_SM;
 use crate::session::{
-    decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND, NS_SASL, NS_TLS,
+    decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND, NS_CSI, NS_SASL, NS_TLS,
 };
 use crate::stanza::{self, Kind};
 use crate::stream::{Condition, NS_CLIENT, NS_SERVER};
@@ -37,6 +44,8 @@ pub(super) struct Ctx<'a> {
     pub rates: &'a RateTable,
     pub xml: &'a Limits,
     pub probe_bytes: usize,
+    /// The domains we serve; `None`: every s2s stream is inbound.
+    pub local_domains: Option<&'a [String]>,
     pub now: Instant,
     pub ts: Duration,
     pub events: &'a mut VecDeque<CaptureEvent>,
@@ -95,6 +104,8 @@ pub(super) struct Tracker {
     user: Option<FullJid>,
     bind_id: Option<String>,
     mechanism: Option<String>,
+    /// The domain the initiator's stream header addressed (s2s: the receiving server).
+    stream_to: Option<String>,
     totals: FlowTotals,
 }
 
@@ -112,6 +123,7 @@ impl Tracker {
             user: None,
             bind_id: None,
             mechanism: None,
+            stream_to: None,
             totals: FlowTotals::default(),
         }
     }
@@ -154,7 +166,10 @@ impl Tracker {
     }
 
     fn limits(&self, from_client: bool, ctx: &Ctx<'_>) -> XmlLimits {
-        match (from_client, self.authenticated) {
+        // The inline s2s session reads its remote side with the full limits (dialback
+        // authenticates without SASL) and its own server's side with the backend's.
+        let s2s = self.kind == Some(StreamKind::S2s);
+        match (from_client, self.authenticated || s2s) {
             (false, _) => ctx.xml.xml_backend(),
             (true, true) => ctx.xml.xml(),
             (true, false) => ctx.xml.xml_preauth(),
@@ -238,12 +253,11 @@ impl Tracker {
                     self.state = State::Xmpp;
                     self.dirs[dir].reader = Some(reader);
                     self.on_open(dir, &header, default_ns.as_deref(), ctx);
-                    if !self.is_client_dir(dir) {
-                        let limits = self.limits(false, ctx);
-                        if let Some(r) = &mut self.dirs[dir].reader {
-                            r.set_limits(limits);
-                            r.skip_over_limits(true);
-                        }
+                    let from_client = self.is_client_dir(dir);
+                    let limits = self.limits(from_client, ctx);
+                    if let Some(r) = &mut self.dirs[dir].reader {
+                        r.set_limits(limits);
+                        r.skip_over_limits(!from_client);
                     }
                     self.pump(dir, ctx);
                     return self.flush_other_probe(dir, ctx);
@@ -334,6 +348,7 @@ impl Tracker {
         }
         let from_client = self.is_client_dir(dir);
         let (to, from) = if from_client {
+            self.stream_to = header.attr("to").map(str::to_ascii_lowercase);
             (header.attr("to").map(str::to_owned), header.attr("from").map(str::to_owned))
         } else {
             (header.attr("from").map(str::to_owned), None)
@@ -444,7 +459,7 @@ impl Tracker {
         self.totals.stanzas[i] += 1;
         let stanza = root.as_ref().and_then(|r| StanzaSummary::of(r, self.user.as_ref()));
         let effect = Effect::Dropped { from_backend: true, stanza, reason: skipped_reason(&reason) };
-        self.emit(ctx, Observed::Decision(effect));
+        self.emit(ctx, Observed::Decision(Chain::C2sOut, effect));
     }
 
     fn on_element(&mut self, dir: usize, mut el: Element, ctx: &mut Ctx<'_>) {
@@ -461,11 +476,24 @@ impl Tracker {
         if &*el.ns == NS_SASL {
             return self.on_sasl(from_client, &el, ctx);
         }
-        if self.kind != Some(StreamKind::C2s) || Kind::of(&el).is_none() {
+        if Kind::of(&el).is_none() {
+            // As the inline session: the client may send only stanzas, SASL, STARTTLS, stream
+            // management (XEP-0198) and CSI (XEP-0352) at the top level.
+            let allowed = [NS_SASL, NS_TLS, NS_SM, NS_CSI].contains(&&*el.ns);
+            if from_client && self.kind == Some(StreamKind::C2s) && !allowed {
+                let (chain, condition) = (Chain::C2sIn, Condition::UnsupportedStanzaType);
+                let reason = "unsupported top-level element".to_owned();
+                self.emit(ctx, Observed::WouldClose { chain, condition, reason });
+            }
             return;
         }
-        let chain = if from_client { Chain::C2sIn } else { Chain::C2sOut };
-        if from_client && (!self.authenticated || self.user.is_none()) {
+        let chain = match self.kind {
+            Some(StreamKind::C2s) if from_client => Chain::C2sIn,
+            Some(StreamKind::C2s) => Chain::C2sOut,
+            Some(StreamKind::S2s) if from_client => self.s2s_chain(&el, ctx),
+            _ => return,
+        };
+        if chain == Chain::C2sIn && (!self.authenticated || self.user.is_none()) {
             let is_bind = el.name == "iq" && el.attr("type") == Some("set") && el.child(NS_BIND, "bind").is_some();
             // As the session (RFC 6120 §7.1): nothing but one bind request until it is answered.
             if self.authenticated && (!is_bind || self.bind_id.is_some()) {
@@ -483,7 +511,7 @@ impl Tracker {
             Decision::Policy(mut eval) => {
                 let include_body = ctx.policy.audit().include_body;
                 for effect in policy_effects(chain, &el, &mut eval, self.user.as_ref(), include_body) {
-                    self.emit(ctx, Observed::Decision(effect));
+                    self.emit(ctx, Observed::Decision(chain, effect));
                 }
                 if let crate::policy::Outcome::Close { condition, text } = &eval.outcome {
                     let reason = text.clone().unwrap_or_else(|| "policy".to_owned());
@@ -523,7 +551,21 @@ impl Tracker {
                 Effect::Dropped { from_backend: true, stanza, reason }
             }
         };
-        self.emit(ctx, Observed::Decision(effect));
+        self.emit(ctx, Observed::Decision(chain, effect));
+    }
+
+    /// The chain of a stanza from the initiating server: inbound when it is addressed to one
+    /// of our domains (or we were not told which are ours), else our server's outbound.
+    fn s2s_chain(&self, el: &Element, ctx: &Ctx<'_>) -> Chain {
+        let Some(ours) = ctx.local_domains else { return Chain::S2sIn };
+        let to = self.stream_to.clone().or_else(|| {
+            let j = el.attr("to").and_then(jid::parse)?;
+            Some(j.domain().as_str().to_ascii_lowercase())
+        });
+        match to {
+            Some(to) if ours.contains(&to) => Chain::S2sIn,
+            _ => Chain::S2sOut,
+        }
     }
 
     fn on_sasl(&mut self, from_client: bool, el: &Element, ctx: &mut Ctx<'_>) {
