@@ -271,7 +271,7 @@ impl ActionConfig {
 pub struct RuleConfig {
     /// Unique name (audit, metrics, `explain`).
     pub name: String,
-    /// The chains it applies to (default: both c2s chains).
+    /// The chains it applies to (default: every chain, c2s and s2s).
     pub chains: Vec<Chain>,
     /// All must hold.
     pub when: Vec<ConditionConfig>,
