@@ -397,7 +397,7 @@ fn add_sections(
 }
 
 fn chain_error(name: &str) -> String {
-    format!("unknown chain '{name}' (expected \"c2s-in\" or \"c2s-out\"; the s2s and socks5 chains come with those gateways)")
+    format!("unknown chain '{name}' (expected \"c2s-in\", \"c2s-out\", \"s2s-in\" or \"s2s-out\")")
 }
 
 fn check_name(name: &str, span: std::ops::Range<usize>, key: &str, loc: &Locator<'_>) -> Result<(), ConfigError> {
