@@ -3,7 +3,7 @@
 //!
 //! Every API endpoint needs a bearer token ([`auth`], [`crate::tokens`]) or, over TLS with
 //! `[admin] client_ca`, a client certificate whose common name `[admin.client_roles]` maps to a
-//! role ([`tls`]); `read` callers see, `admin` callers also act. A request that carries an
+//! role ([`crate::admin_tls`]); `read` callers see, `admin` callers also act. A request that carries an
 //! `Authorization` header is judged by its token alone. Public without a token: the dashboard's static files (they hold no data;
 //! the page asks for a token and calls the API with it), `/healthz`, `/readyz`, and `/metrics`
 //! unless `[admin] metrics_public = false`. Every action (kick, ban, unban, list edit, reload)
@@ -20,7 +20,6 @@ mod api;
 pub mod auth;
 mod dashboard;
 pub mod lists;
-pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +39,8 @@ use tracing::{error, info, warn};
 use crate::state::{Generation, Shared};
 use crate::tokens::Role;
 use auth::FailureLimiter;
+// Outside `admin`: the config generation (crate::state) loads it, and admin reads the generation.
+use crate::admin_tls as tls;
 
 /// A reload asked for through the API: the supervisor answers with the changes or the error.
 pub type ReloadRequest = oneshot::Sender<Result<Vec<String>, String>>;

@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod admin;
+mod admin_tls;
 mod audit;
 // The outbound s2s path (issue 11) is wired by the lead; until then only `resolve` uses it.
 mod conn;

@@ -43,7 +43,7 @@ pub struct Generation {
     /// The admin API's tokens (`[admin] tokens`); empty without the file.
     pub admin_tokens: Arc<crate::tokens::TokenSet>,
     /// TLS and client certificates of the admin listener (`[admin] tls_*`, `client_ca`).
-    pub admin_tls: Option<Arc<crate::admin::tls::AdminTls>>,
+    pub admin_tls: Option<Arc<crate::admin_tls::AdminTls>>,
 }
 
 /// Daemon-wide state that outlives generations.
@@ -96,7 +96,7 @@ impl Generation {
         let ban_sync = BanSync::new(&config);
         let s2s = crate::s2s::S2sRuntime::load(&config, &tls)?.map(Arc::new);
         let admin_tokens = Arc::new(load_admin_tokens(&config)?);
-        let admin_tls = crate::admin::tls::load(&config, &tls)?;
+        let admin_tls = crate::admin_tls::load(&config, &tls)?;
         Ok(Generation { config, tls, ban_sync, policy, s2s, admin_tokens, admin_tls })
     }
 }
