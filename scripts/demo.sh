@@ -5,7 +5,8 @@
 #   scripts/demo.sh            set up (first run) and run stanzawall in the foreground; Ctrl-C stops both
 #
 # Ports (loopback): 5222 STARTTLS and 5223 direct TLS (stanzawall), 16222 Prosody's plaintext c2s
-# (only stanzawall connects there). XMPP domain: localhost. Override with DEMO_PORT / DEMO_TLS_PORT.
+# (only stanzawall connects there), 5380 the admin API and dashboard. XMPP domain: localhost.
+# Override with DEMO_PORT / DEMO_TLS_PORT / DEMO_ADMIN_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,6 +14,7 @@ RUN=$ROOT/demo-run
 DOMAIN=localhost
 PORT=${DEMO_PORT:-5222}
 TLS_PORT=${DEMO_TLS_PORT:-5223}
+ADMIN_PORT=${DEMO_ADMIN_PORT:-5380}
 BACKEND_PORT=16222
 
 need_root() { [[ $EUID -eq 0 ]] || { echo "demo.sh: run as root to install $1 (or install it yourself)" >&2; exit 1; }; }
@@ -116,7 +118,48 @@ stanza_bytes = 262144
 preauth_stanza_bytes = 10000
 depth = 32
 attributes = 64
+
+# The firewall at work: the policy of examples/stanzawall.toml (README "Policy"), with the URL
+# list in a file the dashboard can edit.
+[list.bad_urls]
+file = "lists/bad-urls.txt"
+
+[rate.per_sender]
+rate  = "30/minute"
+burst = 10
+key   = "from.bare"
+
+[[rule]]
+name   = "malicious-links"
+when   = { kind = "message", url_in = "bad_urls" }
+action = "bounce"
+error  = "policy-violation"
+text   = "Link blocked by policy"
+
+[[rule]]
+name   = "no-file-offers"
+when   = { payload = ["http://jabber.org/protocol/bytestreams", "http://jabber.org/protocol/si", "jabber:x:oob"] }
+action = "bounce"
+
+[[rule]]
+name   = "flood"
+when   = { kind = "message", rate = "per_sender" }
+action = "bounce"
+error  = "resource-constraint"
+
+[audit]
+path = "audit.jsonl"
+
+[admin]
+bind = "127.0.0.1:$ADMIN_PORT"
+tokens = "admin-tokens"
 TOML
+mkdir -p "$RUN/lists"
+[[ -f $RUN/lists/bad-urls.txt ]] || printf '# URLs doing the rounds (one a line; the dashboard adds here)\nevil.example/payload\n' >"$RUN/lists/bad-urls.txt"
+if [[ ! -f $RUN/admin-token.txt ]]; then
+  (umask 077; "$BIN" admin-token --tokens "$RUN/admin-tokens" --role admin --name demo >"$RUN/admin-token.txt")
+fi
+TOKEN=$(cat "$RUN/admin-token.txt")
 "$BIN" check --config "$RUN/stanzawall.toml"
 
 cat <<EOF
@@ -128,8 +171,23 @@ $(sed 's/^/                  /' "$RUN/users.txt")
   CA to trust   $RUN/certs/ca.crt
   Prosody       127.0.0.1:$BACKEND_PORT (plaintext, only stanzawall talks to it)
 
-Connect any client to 127.0.0.1:$PORT as one of the users above, trusting the CA, e.g.:
-  SSL_CERT_FILE=$RUN/certs/ca.crt go-sendxmpp -u alice@$DOMAIN -p PASSWORD -j 127.0.0.1:$PORT bob@$DOMAIN <<< 'hi'
+  Dashboard     http://127.0.0.1:$ADMIN_PORT/   admin token: $TOKEN  (also in $RUN/admin-token.txt)
+  Audit log     $RUN/audit.jsonl
+
+A two-minute tour:
+  1. Log in with any client to 127.0.0.1:$PORT as alice (password above), trusting the CA, and
+     as bob in a second client (or send from the command line:
+     SSL_CERT_FILE=$RUN/certs/ca.crt go-sendxmpp -u alice@$DOMAIN -p PASSWORD -j 127.0.0.1:$PORT bob@$DOMAIN <<< 'hi').
+  2. Open the dashboard, sign in with the token: alice's session is listed.
+  3. As alice, send bob "see https://evil.example/payload": alice gets the bounce "Link blocked
+     by policy", bob gets nothing. The dashboard's verdict counter for malicious-links rises and
+     the record is in the audit log (tail -f $RUN/audit.jsonl).
+  4. In the dashboard's Lists panel add "fresh.example/wave" to bad_urls; send bob
+     "https://fresh.example/wave": the next message already bounces (no reconnect), and
+     $RUN/lists/bad-urls.txt has the new line.
+  5. Kick alice's session, or ban 127.0.0.1 for a minute and watch the client's reconnect fail;
+     lift the ban from the dashboard.
+  From the shell: curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:$ADMIN_PORT/api/v1/sessions
 Reload config and certificates: kill -HUP <pid>   Stop: Ctrl-C
 EOF
 "$BIN" run --config "$RUN/stanzawall.toml"

@@ -21,6 +21,7 @@ import pytest
 from harness.client import Client, ConnectFailed, run
 from harness.defaults import GATEWAY_ADMIN_API_PORT, GATEWAY_ADMIN_PORT, HOST
 from harness.gateway import Gateway, Listener, binary
+from harness.proc import wait_for_port
 
 BAD_URLS = "# links doing the rounds\nevil.example/payload\n\n# keep this comment\n"
 
@@ -281,6 +282,28 @@ def test_list_entry_added_through_the_api_blocks_the_next_stanza(gw, prosody, pk
 
 
 # -- rules, explain, reload, audit ---------------------------------------------------------------
+
+def test_list_entry_added_through_the_api_survives_a_restart(gw, prosody, pki):
+    entry, url = "kept.example/after-restart", "https://kept.example/after-restart"
+    status, got = api("POST", "/api/v1/lists/bad_urls/entries", gw.tokens["admin"], {"entry": entry})
+    assert status == 200 and got["changed"] is True, got
+    # The list file is the source of truth: a new process reads the entry from it.
+    assert gw.terminate() == 0
+    gw.start()
+    wait_for_port(HOST, GATEWAY_ADMIN_API_PORT, 10, proc=gw.proc, log=gw.log_path, who="stanzawall admin")
+    try:
+        values = [e["value"] for e in api("GET", "/api/v1/lists/bad_urls", gw.tokens["read"])[1]["entries"]]
+        assert entry in values, values
+
+        async def go():
+            async with client(gw, prosody, "alice", pki) as alice, client(gw, prosody, "bob", pki) as bob:
+                send(alice, bob.jid, f"still {url}", "kept")
+                err = await next_error(alice, "kept")
+                assert "Link blocked by policy" in err.xml
+        run(go())
+    finally:
+        assert api("DELETE", "/api/v1/lists/bad_urls/entries", gw.tokens["admin"], {"entry": entry})[0] == 200
+
 
 def test_rules_explain_and_reload_error(gw):
     status, got = api("GET", "/api/v1/rules", gw.tokens["read"])

@@ -151,7 +151,13 @@ duration = "{BAN_SECONDS}s"
 
 [nftables]
 sync = true
+
+[admin]
+bind = "127.0.0.1:{ADMIN_PORT}"
+tokens = "admin-tokens"
 """)
+    token = sh(str(binary()), "admin-token", "--tokens", str(gw.dir / "admin-tokens"), "--role", "admin",
+               "--name", "nft-test").stdout.strip()
     try:
         wait_listening(GW_NS, "127.0.0.1", PROSODY_PORT, prosody_proc, prosody.console_path)
         gw_proc = Spawned(["ip", "netns", "exec", GW_NS, str(binary()), "run", "--config", str(gw.config_path)],
@@ -215,11 +221,52 @@ sync = true
         assert PEER_IP not in banned_addresses()
         assert peer("login", GW_IP, str(GATEWAY_PORT), "alice", prosody.users["alice"], str(pki.ca_cert)).get("jid", "") \
             .startswith("alice@example.test/")
+
+        # An operator's ban through the admin API (issue 19) reaches the kernel set the same way,
+        # and lifting it through the API takes it out again.
+        status, got = admin_api(token, "POST", "/api/v1/bans", {"address": PEER_IP, "duration": "1m"})
+        assert status == 201, got
+        deadline = time.monotonic() + 5
+        while PEER_IP not in banned_addresses() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert banned_addresses().get(PEER_IP, 0) > BAN_SECONDS, banned_addresses()
+        assert probe(GW_IP, GATEWAY_PORT) == "timeout", "the API's ban drops the peer's SYN in the kernel"
+        status, got = admin_api(token, "DELETE", f"/api/v1/bans/{PEER_IP}")
+        assert status == 200, got
+        deadline = time.monotonic() + 5
+        while PEER_IP in banned_addresses() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert PEER_IP not in banned_addresses()
+        assert probe(GW_IP, GATEWAY_PORT) == "open"
     finally:
         code = gw_proc.stop(15) if gw_proc else 0
         prosody_proc.stop(15)
         print(tail(gw.log_path, 30), file=sys.stderr)
     assert code == 0
+
+
+ADMIN_PORT = 25554
+
+_ADMIN_CLIENT = """
+import json, sys, urllib.request, urllib.error
+token, method, path, body = sys.argv[1:5]
+req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                             data=body.encode() if body else None,
+                             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(json.dumps([r.status, json.loads(r.read() or b"{}")]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, e.read().decode()]))
+"""
+
+
+def admin_api(token: str, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+    """Call the gateway's admin API from inside its namespace (it listens on its loopback)."""
+    code = _ADMIN_CLIENT.replace("{port}", str(ADMIN_PORT))
+    r = in_ns(GW_NS, "/usr/bin/python3", "-c", code, token, method, path, json.dumps(body) if body else "")
+    status, got = json.loads(r.stdout.strip().splitlines()[-1])
+    return status, got
 
 
 def banned_prefixes() -> dict[str, int]:

@@ -255,12 +255,66 @@ pub struct AdminConfig {
     /// `GET /metrics` answers without a token (`metrics_public`, default true: Prometheus
     /// scrapers usually carry no credentials).
     pub metrics_public: bool,
+    /// TLS on the admin listener (`tls_cert`/`tls_key`, or `tls_certificate`); `None`: plain HTTP.
+    pub tls: Option<AdminTls>,
+    /// Client certificates that authenticate without a token (`client_ca`, `[admin.client_roles]`).
+    pub client_auth: Option<AdminClientAuth>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { bind: None, tokens: None, tokens_origin: None, metrics_public: true }
+        AdminConfig {
+            bind: None,
+            tokens: None,
+            tokens_origin: None,
+            metrics_public: true,
+            tls: None,
+            client_auth: None,
+        }
     }
+}
+
+/// Where the admin listener's server certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminTls {
+    /// `tls_cert` and `tls_key`: PEM files of its own.
+    Files {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// Where `tls_cert` was configured.
+        cert_origin: Origin,
+        /// PEM private key.
+        key: PathBuf,
+        /// Where `tls_key` was configured.
+        key_origin: Origin,
+    },
+    /// `tls_certificate = "DOMAIN"`: the `[[tls.certificate]]` that serves DOMAIN.
+    Reuse {
+        /// The domain (lowercase; a configured certificate covers it).
+        domain: String,
+        /// Where it was configured.
+        origin: Origin,
+    },
+}
+
+/// What an admin credential may do (the same two roles as API tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRole {
+    /// See everything, change nothing.
+    Read,
+    /// Also act (kick, ban, edit lists, reload).
+    Admin,
+}
+
+/// mTLS on the admin listener: certificates issued by `ca` authenticate by subject common name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminClientAuth {
+    /// PEM file of the CA certificate(s) that issue admin client certificates.
+    pub ca: PathBuf,
+    /// Where `client_ca` was configured.
+    pub ca_origin: Origin,
+    /// Subject common name → role (`"CN=ops" = "admin"`); other names get no role.
+    pub roles: Vec<(String, AdminRole)>,
 }
 
 /// How the config reads the other files it names (includes and list files). The core does no

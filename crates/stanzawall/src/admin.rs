@@ -1,8 +1,10 @@
 //! The admin listener (`[admin] bind`): the JSON API under `/api/v1`, the dashboard at `/`,
 //! `GET /metrics`, `GET /healthz` and `GET /readyz`.
 //!
-//! Every API endpoint needs a bearer token ([`auth`], [`crate::tokens`]); `read` tokens see, `admin`
-//! tokens also act. Public without a token: the dashboard's static files (they hold no data;
+//! Every API endpoint needs a bearer token ([`auth`], [`crate::tokens`]) or, over TLS with
+//! `[admin] client_ca`, a client certificate whose common name `[admin.client_roles]` maps to a
+//! role ([`crate::admin_tls`]); `read` callers see, `admin` callers also act. A request that carries an
+//! `Authorization` header is judged by its token alone. Public without a token: the dashboard's static files (they hold no data;
 //! the page asks for a token and calls the API with it), `/healthz`, `/readyz`, and `/metrics`
 //! unless `[admin] metrics_public = false`. Every action (kick, ban, unban, list edit, reload)
 //! and every refused request is written to the audit log as an `"event": "admin"` record naming
@@ -37,6 +39,8 @@ use tracing::{error, info, warn};
 use crate::state::{Generation, Shared};
 use crate::tokens::Role;
 use auth::FailureLimiter;
+// Outside `admin`: the config generation (crate::state) loads it, and admin reads the generation.
+use crate::admin_tls as tls;
 
 /// A reload asked for through the API: the supervisor answers with the changes or the error.
 pub type ReloadRequest = oneshot::Sender<Result<Vec<String>, String>>;
@@ -129,26 +133,37 @@ pub(crate) fn fail(status: StatusCode, message: impl std::fmt::Display) -> Respo
 
 /// Check the request's bearer token; `need` is the role the endpoint requires.
 async fn authorize(parts: &Parts, st: &St, need: Role) -> Result<Caller, Response> {
-    let ip =
-        parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(a)| a.ip());
+    let peer = parts.extensions.get::<ConnectInfo<AdminPeer>>().map(|ConnectInfo(p)| p);
+    let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.addr.ip());
+    let cert = peer.and_then(|p| p.cert.as_ref());
     let path = parts.uri.path().to_owned();
     let now = Instant::now();
     let locked = auth::lock(&st.failures).locked(ip, now);
     if locked {
         return Err(fail(StatusCode::TOO_MANY_REQUESTS, "too many failed attempts from this address; try later"));
     }
-    let presented = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer);
+    let header = parts.headers.get(AUTHORIZATION);
+    let presented = header.and_then(|v| v.to_str().ok()).and_then(auth::bearer);
     let tokens = st.generation().admin_tokens.clone();
-    let found = presented.and_then(|p| tokens.verify(p)).map(|t| (t.name.clone(), t.role));
+    let found = match (header, cert) {
+        // mTLS: a verified client certificate with a mapped role, and no token to judge instead.
+        (None, Some(c)) => c.role.map(|role| (c.audit_name(), role)),
+        _ => presented.and_then(|p| tokens.verify(p)).map(|t| (t.name.clone(), t.role)),
+    };
     let Some((name, role)) = found else {
-        let reason = if presented.is_some() { "unknown token" } else { "no token" };
+        let reason = match (header, cert) {
+            (None, Some(_)) => "client certificate has no role in [admin.client_roles]",
+            _ if presented.is_some() => "unknown token",
+            _ => "no token",
+        };
         let limited = auth::lock(&st.failures).failed(ip, now);
         let anonymous = Caller { name: String::new(), role: None, ip };
-        warn!(client.ip = %ip, path = %path, reason, "admin API request refused");
+        let subject = cert.map(tls::CertIdentity::audit_name);
+        warn!(client.ip = %ip, path = %path, reason, client.cert = ?subject, "admin API request refused");
         st.audit(
             &anonymous,
             "auth",
-            json!({ "result": "refused", "reason": reason, "path": path, "locked_out": limited }),
+            json!({ "result": "refused", "reason": reason, "path": path, "locked_out": limited, "certificate": subject }),
         )
         .await;
         let mut r = fail(StatusCode::UNAUTHORIZED, format!("{reason}: send Authorization: Bearer TOKEN"));
@@ -231,16 +246,112 @@ async fn metrics(axum::extract::State(st): axum::extract::State<St>, request: ax
     }
 }
 
-/// Serve the admin listener on `bind` until the task is aborted.
+/// Serve the admin listener on `bind` until the task is aborted: plain HTTP, or HTTPS when the
+/// current generation configures TLS (taken at each accept, so a reload switches or rotates it).
 pub async fn serve(bind: SocketAddr, st: St) {
     let listener = match tokio::net::TcpListener::bind(bind).await {
         Ok(l) => l,
         Err(e) => return error!(admin.bind = %bind, error = %e, "cannot listen for the admin endpoint"),
     };
-    let tokens = st.generation().admin_tokens.len();
-    info!(admin.bind = %bind, admin.tokens = tokens, "admin endpoint listening (API /api/v1, dashboard /, /metrics)");
-    let app = router(st).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
+    let g = st.generation();
+    let scheme = if g.admin_tls.is_some() { "https" } else { "http" };
+    let mtls = g.config.admin.client_auth.is_some();
+    info!(admin.bind = %bind, admin.tokens = g.admin_tokens.len(), admin.scheme = scheme, admin.mtls = mtls,
+        "admin endpoint listening (API /api/v1, dashboard /, /metrics)");
+    drop(g);
+    let (tx, rx) = mpsc::channel(16);
+    let acceptor = tokio::spawn(accept_loop(listener, st.clone(), tx));
+    let app = router(st).into_make_service_with_connect_info::<AdminPeer>();
+    if let Err(e) = axum::serve(AdminListener { rx, local: bind }, app).await {
         error!(admin.bind = %bind, error = %e, "admin endpoint failed");
+    }
+    acceptor.abort();
+}
+
+use tls::AdminPeer;
+
+type AdminIo =
+    tokio_util::either::Either<tokio::net::TcpStream, tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// Connections ready for HTTP (TLS already done), handed to axum.
+#[derive(Debug)]
+struct AdminListener {
+    rx: mpsc::Receiver<(AdminIo, AdminPeer)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for AdminListener {
+    type Io = AdminIo;
+    type Addr = AdminPeer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop ended (it logged why): serve what is open, accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(AdminPeer { addr: self.local, cert: None })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AdminListener>> for AdminPeer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, AdminListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Accept TCP connections; run each TLS handshake on a task of its own (bounded in time and in
+/// number) and pass the finished connection on.
+async fn accept_loop(listener: tokio::net::TcpListener, st: St, tx: mpsc::Sender<(AdminIo, AdminPeer)>) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(tls::MAX_HANDSHAKES));
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and the like: wait instead of spinning.
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(tls) = st.generation().admin_tls.clone() else {
+            if tx.send((tokio_util::either::Either::Left(stream), AdminPeer { addr, cert: None })).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+        let (tx, st) = (tx.clone(), st.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+            match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    let cert = tls.identify(s.get_ref().1.peer_certificates());
+                    let _ = tx.send((tokio_util::either::Either::Right(s), AdminPeer { addr, cert })).await;
+                }
+                Ok(Err(e)) => {
+                    let bad_cert = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+                    if bad_cert {
+                        // A client certificate that does not chain to client_ca: an authentication
+                        // failure like an unknown token (counted and audited the same way).
+                        let limited = auth::lock(&st.failures).failed(addr.ip(), Instant::now());
+                        warn!(client.ip = %addr.ip(), error = %e, "admin TLS: client certificate refused");
+                        let anonymous = Caller { name: String::new(), role: None, ip: addr.ip() };
+                        let detail = json!({ "result": "refused", "reason": format!("client certificate: {e}"), "locked_out": limited });
+                        st.audit(&anonymous, "auth", detail).await;
+                    } else {
+                        info!(client.ip = %addr.ip(), error = %e, "admin TLS handshake failed");
+                    }
+                }
+                Err(_) => info!(client.ip = %addr.ip(), "admin TLS handshake timed out"),
+            }
+        });
     }
 }

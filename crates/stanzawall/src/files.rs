@@ -152,13 +152,19 @@ pub fn replace_atomically(path: &Path, text: &str, mode: Option<u32>) -> io::Res
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = dir.join(tmp_name);
-    let keep = std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777);
+    let old = std::fs::metadata(path).ok();
+    let keep = old.as_ref().map(|m| m.permissions().mode() & 0o7777);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(keep.or(mode).unwrap_or(0o644))
         .open(&tmp)?;
+    // Keep the file's group too: a 0640 root:stanzawall token file edited by root must stay
+    // readable by the service. Best effort (only root or a member may set it), as before.
+    if let Some(gid) = old.as_ref().map(std::os::unix::fs::MetadataExt::gid) {
+        let _ = std::os::unix::fs::fchown(&f, None, Some(gid));
+    }
     let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
     if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);

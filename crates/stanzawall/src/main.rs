@@ -7,10 +7,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod admin;
+mod admin_tls;
 mod audit;
 // The outbound s2s path (issue 11) is wired by the lead; until then only `resolve` uses it.
 mod conn;
 mod dns;
+mod docs;
 mod explain;
 mod files;
 mod inspect;
@@ -28,12 +30,15 @@ mod tokens;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// `stanzawall --version`: the release and the commit it was built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("STANZAWALL_COMMIT"), ")");
 
 /// An XMPP-aware firewall: terminates TLS, parses every stanza strictly, and hands the XMPP
 /// server behind it only canonical XML.
 #[derive(Debug, Parser)]
-#[command(name = "stanzawall", version, about)]
+#[command(name = "stanzawall", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,11 +139,40 @@ enum Command {
         #[arg(long = "route")]
         routes: Vec<String>,
     },
+    /// Print the man page (roff) on stdout, or write stanzawall.1 and a page per subcommand
+    /// into --dir (`man -l stanzawall.1` reads one).
+    Man {
+        /// Directory to write every page into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the shell completion script for SHELL on stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Man { dir } => match docs::man_pages(Cli::command(), dir.as_deref(), &mut std::io::stdout().lock()) {
+            Ok(pages) => {
+                if let Some(dir) = dir {
+                    eprintln!("wrote {} pages to {}", pages.len(), dir.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("stanzawall man: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Completions { shell } => {
+            docs::completions(Cli::command(), shell, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
         Command::AdminToken { tokens, role, name } => {
             let role = tokens::Role::parse(&role).unwrap_or(tokens::Role::Read);
             match tokens::add_to_file(&tokens, name.as_deref(), role) {

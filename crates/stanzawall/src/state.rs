@@ -42,6 +42,8 @@ pub struct Generation {
     pub s2s: Option<Arc<crate::s2s::S2sRuntime>>,
     /// The admin API's tokens (`[admin] tokens`); empty without the file.
     pub admin_tokens: Arc<crate::tokens::TokenSet>,
+    /// TLS and client certificates of the admin listener (`[admin] tls_*`, `client_ca`).
+    pub admin_tls: Option<Arc<crate::admin_tls::AdminTls>>,
 }
 
 /// Daemon-wide state that outlives generations.
@@ -94,7 +96,8 @@ impl Generation {
         let ban_sync = BanSync::new(&config);
         let s2s = crate::s2s::S2sRuntime::load(&config, &tls)?.map(Arc::new);
         let admin_tokens = Arc::new(load_admin_tokens(&config)?);
-        Ok(Generation { config, tls, ban_sync, policy, s2s, admin_tokens })
+        let admin_tls = crate::admin_tls::load(&config, &tls)?;
+        Ok(Generation { config, tls, ban_sync, policy, s2s, admin_tokens, admin_tls })
     }
 }
 

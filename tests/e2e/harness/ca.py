@@ -41,7 +41,7 @@ from typing import Sequence
 from .defaults import DOMAIN
 
 __all__ = [
-    "Pki", "make_pki", "issue_leaf", "fingerprint_der", "cert_der",
+    "Pki", "make_pki", "make_ca", "issue_leaf", "fingerprint_der", "cert_der",
     "cert_sha256", "cert_serial",
 ]
 
@@ -102,12 +102,15 @@ def _make_ca(dir: Path) -> tuple[Path, Path]:
 def issue_leaf(dir: Path, ca_cert: Path, ca_key: Path, stem: str,
                dns_names: Sequence[str], *, ip_addresses: Sequence[str] = (),
                days: float = LEAF_DAYS,
-               not_before: _dt.datetime | None = None) -> tuple[Path, Path]:
+               not_before: _dt.datetime | None = None,
+               extended_key_usage: str = "serverAuth") -> tuple[Path, Path]:
     """Write ``<stem>.crt`` / ``<stem>.key`` in ``dir``, signed by the CA.
 
     Validity runs from ``not_before`` (default: one hour ago, UTC) for
     ``days`` days; pass a past ``not_before`` and small ``days`` to mint an
-    expired certificate for negative tests.  Returns ``(cert, key)`` paths.
+    expired certificate for negative tests.  ``extended_key_usage="clientAuth"``
+    mints a client certificate (the subject CN is ``dns_names[0]``).
+    Returns ``(cert, key)`` paths.
     """
     dir = Path(dir)
     crt, key, csr = (dir / f"{stem}{s}" for s in (".crt", ".key", ".csr"))
@@ -136,7 +139,7 @@ def issue_leaf(dir: Path, ca_cert: Path, ca_key: Path, stem: str,
             "[v3]\n"
             "basicConstraints = critical,CA:FALSE\n"
             "keyUsage = critical,digitalSignature\n"
-            "extendedKeyUsage = serverAuth\n"
+            f"extendedKeyUsage = {extended_key_usage}\n"
             f"subjectAltName = {san}\n"
             "subjectKeyIdentifier = hash\n"
             "authorityKeyIdentifier = keyid:always\n"
@@ -149,6 +152,13 @@ def issue_leaf(dir: Path, ca_cert: Path, ca_key: Path, stem: str,
                  "-enddate", end.strftime("%Y%m%d%H%M%SZ"))
     csr.unlink()
     return crt, key
+
+
+def make_ca(dir: Path | str) -> tuple[Path, Path]:
+    """A CA of its own in ``dir`` (``ca.crt``, ``ca.key``), e.g. one that issues client certificates."""
+    dir = Path(dir).resolve()
+    dir.mkdir(parents=True, exist_ok=True)
+    return _make_ca(dir)
 
 
 def make_pki(dir: Path | str) -> Pki:

@@ -34,6 +34,8 @@ GATEWAY_WEB_PAGE_PORT  25501  the test page's HTTP server (its Origin)
 GATEWAY_WEB_C2S_PORT   25502  the same gateway's STARTTLS listener (the slixmpp peer)
 GATEWAY_ADMIN_PORT     25550  stanzawall -> Prosody with the admin API (test_admin.py)
 GATEWAY_ADMIN_API_PORT 25551  its [admin] listener (API, dashboard, /metrics)
+GATEWAY_ADMIN_TLS_PORT 25552  stanzawall -> Prosody with an HTTPS/mTLS admin listener (test_admin_tls.py)
+GATEWAY_ADMIN_HTTPS_PORT 25553  its [admin] listener over TLS (client certificates from a CA of its own)
 =====================  =====  ==============================================
 
 The s2s sites are the one exception to "all on 127.0.0.1": each site has its own loopback
@@ -78,6 +80,8 @@ GATEWAY_WEB_PAGE_PORT = 25501
 GATEWAY_WEB_C2S_PORT = 25502
 GATEWAY_ADMIN_PORT = 25550
 GATEWAY_ADMIN_API_PORT = 25551
+GATEWAY_ADMIN_TLS_PORT = 25552
+GATEWAY_ADMIN_HTTPS_PORT = 25553
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0

@@ -1,5 +1,6 @@
 //! The file as written: serde structs with spans, and their validation into [`Config`].
 
+mod admin;
 mod network;
 mod web;
 
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 use self::network::{network, nftables, resolve_network_lists, RawNetwork, RawNftables};
 use super::locate::Locator;
 use super::policy::{RawAudit, RawChain, RawList, RawPolicy, RawRate, RawRule};
-use super::{AdminConfig, Files};
+use super::Files;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,17 +46,9 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
-    admin: RawAdmin,
+    admin: admin::RawAdmin,
     s2s: Option<super::s2s::RawS2s>,
     store: Option<super::store::RawStore>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    bind: Option<Spanned<String>>,
-    tokens: Option<Spanned<String>>,
-    metrics_public: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,19 +301,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     let mut policy = super::policy::policy(sections, &raw.include, &raw.audit, loc, files)?;
     super::s2s::s2s_domains(raw.s2s.as_ref(), &mut policy, loc)?;
     resolve_network_lists(&mut network, &raw.network, &policy, loc)?;
-    let bind = match &raw.admin.bind {
-        None => None,
-        Some(b) => match b.get_ref().parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => return loc.err(b.span(), "admin.bind", "expected IP:PORT, e.g. \"127.0.0.1:5380\""),
-        },
-    };
-    let admin = AdminConfig {
-        bind,
-        tokens: raw.admin.tokens.as_ref().map(|t| loc.path(t.get_ref())),
-        tokens_origin: raw.admin.tokens.as_ref().map(|t| loc.origin(t.span(), "admin.tokens")),
-        metrics_public: raw.admin.metrics_public.unwrap_or(true),
-    };
+    let admin = admin::admin(&raw.admin, &certificates, loc)?;
     let nftables = nftables(&raw.nftables, &listeners, loc)?;
     // Bans (and later other state) outlive the process here; relative to the config file.
     let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));

@@ -280,3 +280,50 @@ fn s2s_section_errors_name_file_line_and_key() {
     assert_eq!(c.policy.s2s.allow.len(), 2);
     assert_eq!(c.policy.s2s.default_require, Some(crate::config::AuthLevel::Pkix));
 }
+
+#[test]
+fn admin_tls_and_client_certificates() {
+    let with = |extra: &str| format!("{GOOD}\n[admin]\nbind = \"127.0.0.1:5380\"\n{extra}");
+    let c = parse(&with(
+        "tls_cert = \"admin.crt\"\ntls_key = \"/k/admin.key\"\nclient_ca = \"ops-ca.pem\"\n\
+         [admin.client_roles]\n\"CN=ops\" = \"admin\"\n\"CN=grafana\" = \"read\"\n",
+    ))
+    .expect("valid");
+    let AdminTls::Files { cert, key, .. } = c.admin.tls.as_ref().expect("tls") else { panic!("files") };
+    assert_eq!(cert, Path::new("/etc/stanzawall/admin.crt"));
+    assert_eq!(key, Path::new("/k/admin.key"));
+    let auth = c.admin.client_auth.expect("mtls");
+    assert_eq!(auth.ca, Path::new("/etc/stanzawall/ops-ca.pem"));
+    assert_eq!(auth.roles, vec![("grafana".to_owned(), AdminRole::Read), ("ops".to_owned(), AdminRole::Admin)]);
+    let c = parse(&with("tls_certificate = \"Admin.Example.Test\"\n")).expect("wildcard covers it");
+    assert_eq!(
+        c.admin.tls.as_ref().map(|t| matches!(t, AdminTls::Reuse { domain, .. } if domain == "admin.example.test")),
+        Some(true)
+    );
+    assert_eq!(parse(&with("")).expect("plain").admin.tls, None);
+
+    // Errors name the file, the line and the key.
+    let e = error(&with("tls_cert = \"a.crt\"\n"));
+    assert!(e.starts_with("/etc/stanzawall/gw.toml:") && e.contains("admin.tls_cert: needs admin.tls_key"), "{e}");
+    let e = error(&with("tls_key = \"a.key\"\n"));
+    assert!(e.contains("admin.tls_key: needs admin.tls_cert"), "{e}");
+    let e = error(&with("tls_certificate = \"other.test\"\n"));
+    assert!(e.contains("admin.tls_certificate: no [[tls.certificate]] serves 'other.test'"), "{e}");
+    let e = error(&with("tls_certificate = \"example.test\"\ntls_cert = \"a\"\ntls_key = \"b\"\n"));
+    assert!(e.contains("admin.tls_certificate: give either"), "{e}");
+    let e = error(&with("client_ca = \"ca.pem\"\n[admin.client_roles]\n\"CN=ops\" = \"admin\"\n"));
+    assert!(e.contains("admin.client_ca: client certificates need TLS"), "{e}");
+    let tls = "tls_certificate = \"example.test\"\n";
+    let e = error(&with(&format!("{tls}client_ca = \"ca.pem\"\n")));
+    assert!(e.contains("admin.client_ca: map at least one certificate"), "{e}");
+    let e = error(&with(&format!("{tls}[admin.client_roles]\n\"CN=ops\" = \"admin\"\n")));
+    assert!(e.contains("admin.client_roles: client certificate roles need admin.client_ca"), "{e}");
+    let e = error(&with(&format!("{tls}client_ca = \"ca.pem\"\n[admin.client_roles]\n\"ops\" = \"admin\"\n")));
+    assert!(e.contains("admin.client_roles.\"ops\": the key must be \"CN=<common name>\""), "{e}");
+    let text = with(&format!("{tls}client_ca = \"ca.pem\"\n[admin.client_roles]\n\"CN=ops\" = \"root\"\n"));
+    let e = error(&text);
+    let line = text.lines().position(|l| l.contains("\"root\"")).expect("line") + 1;
+    assert!(e.contains(&format!("gw.toml:{line}: admin.client_roles.\"CN=ops\": unknown role 'root'")), "{e}");
+    let e = error(&format!("{GOOD}\n[admin]\ntls_certificate = \"example.test\"\n"));
+    assert!(e.contains("admin.tls_certificate: TLS for the admin listener needs admin.bind"), "{e}");
+}
