@@ -218,7 +218,8 @@ impl Http {
         // Bounded by the deadline; each turn reads bytes the reader bounds.
         loop {
             // Pipelined bytes are buffered, up to one more request; then reading pauses.
-            let room = self.reader.buffered() < stanzawall_core::session::web::http::MAX_HEAD + self.cfg.max_request_bytes;
+            let room =
+                self.reader.buffered() < stanzawall_core::session::web::http::MAX_HEAD + self.cfg.max_request_bytes;
             tokio::select! {
                 answer = &mut rx => return Some(answer.unwrap_or_else(|_| terminate("item-not-found"))),
                 r = self.client.read(&mut self.buf), if room => match r {

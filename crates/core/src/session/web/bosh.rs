@@ -248,7 +248,9 @@ impl BoshSession {
                     e.handle = None;
                 }
             }
-            Record::Response { .. } => self.fail(Condition::InternalServerError, "a response record on the request leg"),
+            Record::Response { .. } => {
+                self.fail(Condition::InternalServerError, "a response record on the request leg")
+            }
         }
     }
 
@@ -361,7 +363,8 @@ impl BoshSession {
 
     /// The stream header the c2s machine reads for a new or restarted stream.
     fn stream_header(&self) -> Vec<u8> {
-        let mut out = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='".to_vec();
+        let mut out =
+            b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='".to_vec();
         escape_attr_str(&self.to, &mut out);
         out.extend_from_slice(b"' version='1.0'");
         if let Some(lang) = &self.lang {
@@ -399,6 +402,7 @@ impl BoshSession {
 
     /// Read what the c2s machine wrote for the client, then answer what can be answered.
     fn pump(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         let bytes = self.inner.take_to_client();
         if !bytes.is_empty() && !self.ended {
             self.reader.feed(&bytes);
@@ -459,6 +463,8 @@ impl BoshSession {
     /// Answer the oldest held request with everything queued (and the end, if it came).
     fn answer_front(&mut self) {
         let Some(held) = self.held.pop_front() else { return };
+        // XEP-0124 §7.1 `inactivity` runs while the client has no request with us.
+        self.last_request = self.now;
         let mut body = ResponseBody::new();
         if !self.creation_sent {
             self.creation_sent = true;
@@ -586,7 +592,8 @@ impl StreamMachine for BoshSession {
             return None;
         }
         let held = self.held.iter().map(|h| h.due).min();
-        let idle = (self.created && self.held.is_empty() && !self.ended).then(|| self.last_request + self.cfg.inactivity);
+        let idle =
+            (self.created && self.held.is_empty() && !self.ended).then(|| self.last_request + self.cfg.inactivity);
         [self.inner.poll_timeout(), held, idle, self.linger_until.filter(|_| self.stashed_close.is_some())]
             .into_iter()
             .flatten()

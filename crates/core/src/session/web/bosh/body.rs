@@ -71,9 +71,9 @@ impl BodyError {
     /// `bad-request` otherwise.
     pub fn condition(&self) -> &'static str {
         match self {
-            BodyError::Xml(XmlError::TooLarge { .. } | XmlError::TooDeep { .. } | XmlError::TooManyAttributes { .. }) => {
-                "policy-violation"
-            }
+            BodyError::Xml(
+                XmlError::TooLarge { .. } | XmlError::TooDeep { .. } | XmlError::TooManyAttributes { .. },
+            ) => "policy-violation",
             _ => "bad-request",
         }
     }
@@ -156,9 +156,7 @@ fn request(body: Element) -> Result<Request, BodyError> {
     let number = |name: &'static str, what: &'static str| -> Result<Option<u64>, BodyError> {
         match body.attr(name) {
             None => Ok(None),
-            Some(v) if !v.is_empty() && v.len() <= 9 && v.bytes().all(|b| b.is_ascii_digit()) => {
-                Ok(v.parse().ok())
-            }
+            Some(v) if !v.is_empty() && v.len() <= 9 && v.bytes().all(|b| b.is_ascii_digit()) => Ok(v.parse().ok()),
             Some(_) => Err(BodyError::Attribute(what)),
         }
     };
@@ -185,19 +183,7 @@ fn request(body: Element) -> Result<Request, BodyError> {
             Node::Text(_) => return Err(BodyError::Text),
         }
     }
-    Ok(Request {
-        rid,
-        sid,
-        terminate,
-        restart,
-        to,
-        lang,
-        ver,
-        wait,
-        hold,
-        xmpp_version,
-        payloads,
-    })
+    Ok(Request { rid, sid, terminate, restart, to, lang, ver, wait, hold, xmpp_version, payloads })
 }
 
 /// A payload that did not declare its own namespace inherited `<body/>`'s; XEP-0206 §6 says

@@ -12,7 +12,9 @@
 //! site must not drive a user's session, the same rule as the WebSocket listener's). A refusal
 //! closes the connection; nothing here reads a clock or a socket.
 
-use super::super::http::{head_end, host_meta_for, origin_allowed, Answer, HostMetaLink, MAX_HEAD, MAX_HEADERS, REL_XBOSH};
+use super::super::http::{
+    head_end, host_meta_for, origin_allowed, Answer, HostMetaLink, MAX_HEAD, MAX_HEADERS, REL_XBOSH,
+};
 use super::BoshConfig;
 
 /// What to do next on the connection.
@@ -43,7 +45,11 @@ pub enum HttpEvent {
 #[derive(Debug)]
 enum State {
     Head,
-    Body { len: usize, cors: Option<String>, keep_alive: bool },
+    Body {
+        len: usize,
+        cors: Option<String>,
+        keep_alive: bool,
+    },
     /// A refusal was given: nothing more is read.
     Closed,
 }
@@ -143,10 +149,8 @@ impl HttpReader {
             }
         }
         let cors = origin.as_deref();
-        let close_asked = values("connection")
-            .iter()
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        let close_asked =
+            values("connection").iter().flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case("close"));
         let keep_alive = req.version == Some(1) && !close_asked;
         let target = req.path.unwrap_or_default();
         let path = target.split(['?', '#']).next().unwrap_or_default();
@@ -161,7 +165,8 @@ impl HttpReader {
                     public_url: cfg.public_url.clone(),
                 };
                 let json = path.ends_with(".json");
-                let Answer::Respond { response, status, why } = host_meta_for(host, &cfg.domains, &own, &cfg.links, json)
+                let Answer::Respond { response, status, why } =
+                    host_meta_for(host, &cfg.domains, &own, &cfg.links, json)
                 else {
                     return Some(self.refuse(500, "host-meta", None));
                 };
