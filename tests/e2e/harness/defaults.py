@@ -34,6 +34,9 @@ GATEWAY_WEB_PAGE_PORT  25501  the test page's HTTP server (its Origin)
 GATEWAY_WEB_C2S_PORT   25502  the same gateway's STARTTLS listener (the slixmpp peer)
 GATEWAY_ADMIN_PORT     25550  stanzawall -> Prosody with the admin API (test_admin.py)
 GATEWAY_ADMIN_API_PORT 25551  its [admin] listener (API, dashboard, /metrics)
+GATEWAY_BOSH_PORT      25560  stanzawall BOSH listener -> Prosody (test_bosh.py)
+GATEWAY_BOSH_PAGE_PORT 25561  the BOSH test page's HTTP server (its Origin)
+GATEWAY_BOSH_C2S_PORT  25562  the same gateway's STARTTLS listener (the slixmpp peer)
 =====================  =====  ==============================================
 
 The s2s sites are the one exception to "all on 127.0.0.1": each site has its own loopback
@@ -78,6 +81,9 @@ GATEWAY_WEB_PAGE_PORT = 25501
 GATEWAY_WEB_C2S_PORT = 25502
 GATEWAY_ADMIN_PORT = 25550
 GATEWAY_ADMIN_API_PORT = 25551
+GATEWAY_BOSH_PORT = 25560
+GATEWAY_BOSH_PAGE_PORT = 25561
+GATEWAY_BOSH_C2S_PORT = 25562
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0
