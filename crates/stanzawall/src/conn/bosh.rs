@@ -28,7 +28,7 @@ use stanzawall_core::session::web::http::{HostMetaLink, REL_WEBSOCKET, REL_XBOSH
 use stanzawall_core::session::PolicyBinding;
 use stanzawall_core::xml::XmlLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 use tracing::{debug, info, Instrument};
 
@@ -124,8 +124,9 @@ pub(super) async fn serve_http(
     let mut http = Http { client, reader: HttpReader::new(), buf: vec![0; 16 * 1024], cfg };
     // The first request must come within the handshake timeout, like a TCP login's header.
     let mut idle = handshake;
+    let mut shutdown = ctx.shutdown.clone();
     loop {
-        let Some(event) = http.next_event(idle).await else { break };
+        let Some(event) = http.next_event(idle, &mut shutdown).await else { break };
         idle = KEEPALIVE_IDLE;
         match event {
             HttpEvent::Respond { response, close, status, why } => {
@@ -154,17 +155,25 @@ struct Http {
 }
 
 impl Http {
-    /// The next request (or refusal); `None` when the connection closed or sat idle.
-    async fn next_event(&mut self, idle: Duration) -> Option<HttpEvent> {
+    /// The next request (or refusal); `None` when the connection closed or sat idle, or the
+    /// gateway is shutting down (a kept-alive connection between requests is simply closed;
+    /// one waiting for its session's answer gets the session's terminal body first).
+    async fn next_event(&mut self, idle: Duration, shutdown: &mut watch::Receiver<bool>) -> Option<HttpEvent> {
         // Each read either completes an event or adds bytes the reader bounds (it refuses a
         // head over its cap, and a body is read only up to its checked Content-Length).
         loop {
             if let Some(e) = self.reader.next_event(&self.cfg) {
                 return Some(e);
             }
-            match timeout(idle, self.client.read(&mut self.buf)).await {
-                Ok(Ok(n)) if n > 0 => self.reader.feed(&self.buf[..n]),
-                _ => return None,
+            if *shutdown.borrow() {
+                return None;
+            }
+            tokio::select! {
+                r = timeout(idle, self.client.read(&mut self.buf)) => match r {
+                    Ok(Ok(n)) if n > 0 => self.reader.feed(&self.buf[..n]),
+                    _ => return None,
+                },
+                _ = shutdown.changed() => return None,
             }
         }
     }
