@@ -39,6 +39,8 @@ pub enum ListenerKind {
     S2sOut,
     /// XMPP over WebSocket (RFC 7395) over TLS, in front of the server's c2s port.
     WebSocket,
+    /// XMPP over BOSH (XEP-0124/0206) over TLS, in front of the server's c2s port.
+    Bosh,
 }
 
 impl ListenerKind {
@@ -51,6 +53,7 @@ impl ListenerKind {
             ListenerKind::S2sTls => "s2s-tls",
             ListenerKind::S2sOut => "s2s-out",
             ListenerKind::WebSocket => "websocket",
+            ListenerKind::Bosh => "bosh",
         }
     }
 
@@ -117,7 +120,7 @@ pub struct ListenerConfig {
     pub bind_origin: Origin,
     /// The XMPP server behind this listener.
     pub backend: BackendConfig,
-    /// `kind = "websocket"`: path, origins, caps (defaults elsewhere).
+    /// `kind = "websocket"` and `"bosh"`: path, origins, caps (defaults elsewhere).
     pub web: WebOptions,
     /// `accept_proxy = "v2"`: every connection starts with a PROXY v2 header from one of these
     /// load balancers, and the client address in it is the connection's source; `None`: no
@@ -150,8 +153,12 @@ pub struct WebOptions {
     pub max_frame_bytes: Option<usize>,
     /// Largest message (all its fragments) from a client; `None`: `limits.stanza_bytes`.
     pub max_message_bytes: Option<usize>,
-    /// The URL XEP-0156 host-meta advertises; `None`: `wss://` + the request's Host + path.
+    /// The URL XEP-0156 host-meta advertises; `None`: `wss://` (BOSH: `https://`) + the
+    /// request's Host + path.
     pub public_url: Option<String>,
+    /// BOSH: largest request body after authentication; `None`: `limits.stanza_bytes` plus
+    /// room for the `<body/>` wrapper.
+    pub max_request_bytes: Option<usize>,
 }
 
 impl Default for WebOptions {
@@ -162,6 +169,7 @@ impl Default for WebOptions {
             max_frame_bytes: None,
             max_message_bytes: None,
             public_url: None,
+            max_request_bytes: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! reload, a shutdown or the session's next deadline. It keeps no protocol state: time belongs
 //! to the session (`poll_timeout` / `handle_timeout`), and so does every decision.
 
+mod bosh;
 mod legs;
 pub(crate) mod report;
 
@@ -129,7 +130,20 @@ pub async fn serve(
     let _open = Open(metrics);
     legs::tune(&socket);
     info!("session opened");
+    if listener.kind == ListenerKind::S2sOut {
+        // Transparent interception (`[s2s] intercept`, nftables redirect): where our server
+        // meant to go. The remote domain still comes from the stream header and is resolved
+        // by the gateway itself; the address is for the log.
+        let sock = socket2::SockRef::from(&socket);
+        let original = sock.original_dst_v4().or_else(|_| sock.original_dst_v6()).ok().and_then(|a| a.as_socket());
+        if let Some(dst) = original.filter(|a| *a != local) {
+            info!(original_dst = %dst, "outbound s2s intercepted");
+        }
+    }
+    let client = Stream::Plain(Rewind::new(socket));
     match listener.kind {
+        // BOSH: this connection carries HTTP requests; the sessions they belong to run apart.
+        ListenerKind::Bosh => bosh::serve_http(client, peer, local, listener, ctx).await,
         ListenerKind::WebSocket => {
             // The web door: the same c2s machine behind RFC 7395 framing (core `session::web`).
             let web = Arc::new(web_config(&listener, &ctx.generation));
@@ -138,11 +152,11 @@ pub async fn serve(
                 let session = c2s_session(l, g, b, t, id)?;
                 Some(WebSocketSession::new(web, session, preauth, limits))
             };
-            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, make) else { return };
+            let Some(conn) = Connection::new(client, peer, local, listener, ctx, permit, make) else { return };
             conn.serve().await
         }
         ListenerKind::C2s | ListenerKind::C2sTls => {
-            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, c2s_session) else { return };
+            let Some(conn) = Connection::new(client, peer, local, listener, ctx, permit, c2s_session) else { return };
             conn.serve().await
         }
         ListenerKind::S2s | ListenerKind::S2sTls => {
@@ -150,27 +164,15 @@ pub async fn serve(
                 let rt = g.s2s.as_ref()?;
                 Some(S2sInbound::new(rt.settings(l, &g.config, id, t), b, std::time::Instant::now()))
             };
-            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, make) else { return };
+            let Some(conn) = Connection::new(client, peer, local, listener, ctx, permit, make) else { return };
             conn.serve().await
         }
         ListenerKind::S2sOut => {
-            // Transparent interception (`[s2s] intercept`, nftables redirect): where our server
-            // meant to go. The remote domain still comes from the stream header and is
-            // resolved by the gateway itself; the address is for the log.
-            let original = socket2::SockRef::from(&socket)
-                .original_dst_v4()
-                .or_else(|_| socket2::SockRef::from(&socket).original_dst_v6())
-                .ok()
-                .and_then(|a| a.as_socket())
-                .filter(|a| *a != local);
-            if let Some(dst) = original {
-                info!(original_dst = %dst, "outbound s2s intercepted");
-            }
             let make: MakeSession<S2sOutbound> = |l, g, b, t, id| {
                 let rt = g.s2s.as_ref()?;
                 Some(S2sOutbound::new(rt.settings(l, &g.config, id, t), b, std::time::Instant::now()))
             };
-            let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, make) else { return };
+            let Some(conn) = Connection::new(client, peer, local, listener, ctx, permit, make) else { return };
             conn.serve().await
         }
     }
@@ -187,7 +189,7 @@ fn c2s_session(
     let limits = generation.config.limits;
     let cfg = SessionConfig {
         // A WebSocket's client leg is TLS below HTTP: no STARTTLS inside the stream.
-        direct_tls: matches!(listener.kind, ListenerKind::C2sTls | ListenerKind::WebSocket),
+        direct_tls: matches!(listener.kind, ListenerKind::C2sTls | ListenerKind::WebSocket | ListenerKind::Bosh),
         preauth_limits: limits.xml_preauth(),
         limits: limits.xml(),
         backend_limits: limits.xml_backend(),
@@ -214,13 +216,14 @@ fn web_config(listener: &ListenerConfig, generation: &Generation) -> WebConfig {
         max_message_bytes: web.max_message_bytes.unwrap_or(stanza),
         public_url: web.public_url.clone(),
         domains: generation.config.certificates.iter().flat_map(|c| c.domains.iter().cloned()).collect(),
+        links: bosh::web_links(generation, &listener.name),
     }
 }
 
 impl<'a, S: StreamMachine> Connection<'a, S> {
     /// A connection on `listener` running the machine `make` builds, with the newest policy.
     fn new(
-        socket: TcpStream,
+        client: Stream,
         peer: SocketAddr,
         local: SocketAddr,
         listener: Arc<ListenerConfig>,
@@ -245,7 +248,7 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
         Some(Connection {
             reported: session.counters(),
             session,
-            client: Stream::Plain(Rewind::new(socket)),
+            client,
             backend: None,
             listener,
             generation,

@@ -115,6 +115,9 @@ pub enum Stream {
     Server(Box<tokio_rustls::server::TlsStream<Rewind>>),
     /// TLS initiated here (the backend leg).
     Client(Box<tokio_rustls::client::TlsStream<Rewind>>),
+    /// An in-process pipe: the client leg of a BOSH session, fed by the HTTP connections
+    /// that carry its requests (`conn::bosh`).
+    Local(tokio::io::DuplexStream),
     /// Transient state while a handshake owns the socket.
     Upgrading,
 }
@@ -126,7 +129,7 @@ impl Stream {
             Stream::Plain(r) => r.ack_now(),
             Stream::Server(tls) => tls.get_ref().0.ack_now(),
             Stream::Client(tls) => tls.get_ref().0.ack_now(),
-            Stream::Upgrading => {}
+            Stream::Local(_) | Stream::Upgrading => {}
         }
     }
 
@@ -148,6 +151,7 @@ macro_rules! dispatch {
             Stream::Plain($s) => $e,
             Stream::Server($s) => $e,
             Stream::Client($s) => $e,
+            Stream::Local($s) => $e,
             Stream::Upgrading => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
         }
     };

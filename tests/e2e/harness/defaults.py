@@ -36,6 +36,9 @@ GATEWAY_ADMIN_PORT     25550  stanzawall -> Prosody with the admin API (test_adm
 GATEWAY_ADMIN_API_PORT 25551  its [admin] listener (API, dashboard, /metrics)
 GATEWAY_ADMIN_TLS_PORT 25552  stanzawall -> Prosody with an HTTPS/mTLS admin listener (test_admin_tls.py)
 GATEWAY_ADMIN_HTTPS_PORT 25553  its [admin] listener over TLS (client certificates from a CA of its own)
+GATEWAY_BOSH_PORT      25560  stanzawall BOSH listener -> Prosody (test_bosh.py)
+GATEWAY_BOSH_PAGE_PORT 25561  the BOSH test page's HTTP server (its Origin)
+GATEWAY_BOSH_C2S_PORT  25562  the same gateway's STARTTLS listener (the slixmpp peer)
 =====================  =====  ==============================================
 
 The s2s sites are the one exception to "all on 127.0.0.1": each site has its own loopback
@@ -82,6 +85,9 @@ GATEWAY_ADMIN_PORT = 25550
 GATEWAY_ADMIN_API_PORT = 25551
 GATEWAY_ADMIN_TLS_PORT = 25552
 GATEWAY_ADMIN_HTTPS_PORT = 25553
+GATEWAY_BOSH_PORT = 25560
+GATEWAY_BOSH_PAGE_PORT = 25561
+GATEWAY_BOSH_C2S_PORT = 25562
 
 #: Upper bound for a server to start accepting connections.
 START_TIMEOUT = 30.0

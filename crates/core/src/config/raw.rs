@@ -83,6 +83,8 @@ struct RawListener {
     max_frame_bytes: Option<Spanned<i64>>,
     max_message_bytes: Option<Spanned<i64>>,
     public_url: Option<Spanned<String>>,
+    // `kind = "bosh"` only.
+    max_request_bytes: Option<Spanned<i64>>,
     accept_proxy: Option<Spanned<String>>,
     trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
@@ -152,12 +154,13 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             "s2s-tls" => ListenerKind::S2sTls,
             "s2s-out" => ListenerKind::S2sOut,
             "websocket" => ListenerKind::WebSocket,
+            "bosh" => ListenerKind::Bosh,
             other => {
                 return loc.err(
                     l.kind.span(),
                     &key("kind"),
                     format!(
-                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\" or \"websocket\")"
+                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\", \"websocket\" or \"bosh\")"
                     ),
                 )
             }

@@ -9,8 +9,10 @@
 //! takes the c2s path — checks, the `c2s-in`/`c2s-out` chains, audit, XEP-0198 counters —
 //! exactly as from a TCP client. Sans-IO like the rest of `session`: no sockets, no clock.
 //!
-//! Not here (yet): BOSH (XEP-0124/0206), whose sessions span HTTP connections.
+//! BOSH (XEP-0124/0206), whose sessions span HTTP connections, is [`bosh::BoshSession`]: the
+//! same c2s machine, fed from request bodies instead of frames.
 
+pub mod bosh;
 pub mod frame;
 pub mod framing;
 pub mod http;
@@ -36,6 +38,8 @@ pub struct WebConfig {
     pub public_url: Option<String>,
     /// The domains host-meta is served for (the certificates' names, `*.domain` allowed).
     pub domains: Vec<String>,
+    /// The other web listeners' endpoints (BOSH), for host-meta.
+    pub links: Vec<http::HostMetaLink>,
 }
 
 impl Default for WebConfig {
@@ -47,6 +51,7 @@ impl Default for WebConfig {
             max_message_bytes: 262_144,
             public_url: None,
             domains: Vec::new(),
+            links: Vec::new(),
         }
     }
 }

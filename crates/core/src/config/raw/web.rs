@@ -1,5 +1,6 @@
 //! The options of a `kind = "websocket"` listener: `path`, `allowed_origins`,
-//! `max_frame_bytes`, `max_message_bytes`, `public_url`. Each is refused on other kinds, where
+//! `max_frame_bytes`, `max_message_bytes`, `public_url`; of a `kind = "bosh"` listener: `path`,
+//! `allowed_origins`, `max_request_bytes`, `public_url`. Each is refused on other kinds, where
 //! it would silently do nothing.
 
 use toml::Spanned;
@@ -20,7 +21,20 @@ pub(super) fn options(
     loc: &Locator<'_>,
     key: &dyn Fn(&str) -> String,
 ) -> Result<WebOptions, ConfigError> {
-    if kind != ListenerKind::WebSocket {
+    let bosh = kind == ListenerKind::Bosh;
+    if bosh {
+        for (span, k) in [
+            (l.max_frame_bytes.as_ref().map(Spanned::span), "max_frame_bytes"),
+            (l.max_message_bytes.as_ref().map(Spanned::span), "max_message_bytes"),
+        ] {
+            if let Some(span) = span {
+                return loc.err(span, &key(k), "only meaningful with kind = \"websocket\" (BOSH: max_request_bytes)");
+            }
+        }
+    } else if let Some(m) = &l.max_request_bytes {
+        return loc.err(m.span(), &key("max_request_bytes"), "only meaningful with kind = \"bosh\"");
+    }
+    if kind != ListenerKind::WebSocket && !bosh {
         let set: [(Option<std::ops::Range<usize>>, &str); 5] = [
             (l.path.as_ref().map(Spanned::span), "path"),
             (l.allowed_origins.as_ref().map(Spanned::span), "allowed_origins"),
@@ -34,6 +48,9 @@ pub(super) fn options(
         return Ok(WebOptions::default());
     }
     let mut web = WebOptions::default();
+    if bosh {
+        "/http-bind".clone_into(&mut web.path);
+    }
     if let Some(p) = &l.path {
         let path = p.get_ref();
         let ok = path.starts_with('/')
@@ -95,11 +112,17 @@ pub(super) fn options(
         .as_ref()
         .map(|_| limit(loc, &l.max_message_bytes, &key("max_message_bytes"), 0, 1024..=MAX_BYTES))
         .transpose()?;
+    web.max_request_bytes = l
+        .max_request_bytes
+        .as_ref()
+        .map(|_| limit(loc, &l.max_request_bytes, &key("max_request_bytes"), 0, 1024..=MAX_BYTES))
+        .transpose()?;
     if let Some(u) = &l.public_url {
         let v = u.get_ref();
-        let ok = v.strip_prefix("wss://").is_some_and(|rest| !rest.is_empty() && !rest.chars().any(unsafe_char));
+        let scheme = if bosh { "https://" } else { "wss://" };
+        let ok = v.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty() && !rest.chars().any(unsafe_char));
         if !ok {
-            return loc.err(u.span(), &key("public_url"), "expected a \"wss://host[:port]/path\" URL");
+            return loc.err(u.span(), &key("public_url"), format!("expected a \"{scheme}host[:port]/path\" URL"));
         }
         web.public_url = Some(v.clone());
     }
@@ -116,6 +139,22 @@ mod tests {
              [[listener]]\nname = \"l\"\nbind = \"127.0.0.1:5443\"\nbackend = \"127.0.0.1:5222\"\n{listener}"
         );
         Config::parse(&text, std::path::Path::new("/x.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bosh_listeners_take_their_options() {
+        let c = parse("kind = \"bosh\"\n").unwrap();
+        let l = &c.listeners[0];
+        assert_eq!((l.kind, l.web.path.as_str(), l.web.max_request_bytes), (ListenerKind::Bosh, "/http-bind", None));
+        let c = parse(
+            "kind = \"bosh\"\npath = \"/bind\"\nallowed_origins = [\"https://chat.example.test\"]\n\
+             max_request_bytes = 65536\npublic_url = \"https://xmpp.example.test/bind\"\n",
+        )
+        .unwrap();
+        let w = &c.listeners[0].web;
+        assert_eq!((w.path.as_str(), w.max_request_bytes), ("/bind", Some(65536)));
+        assert_eq!(w.allowed_origins, Origins::List(vec!["https://chat.example.test".into()]));
+        assert_eq!(w.public_url.as_deref(), Some("https://xmpp.example.test/bind"));
     }
 
     #[test]
@@ -166,7 +205,11 @@ mod tests {
             ("kind = \"websocket\"\nmax_frame_bytes = 10\n", "listener[0].max_frame_bytes", "from 125 to"),
             ("kind = \"websocket\"\npublic_url = \"https://a.example/ws\"\n", "listener[0].public_url", "wss://"),
             ("kind = \"websocket\"\npublic_url = \"wss://a.example/'><x\"\n", "listener[0].public_url", "wss://"),
-            ("kind = \"http\"\n", "listener[0].kind", "\"websocket\""),
+            ("kind = \"http\"\n", "listener[0].kind", "\"bosh\""),
+            ("kind = \"bosh\"\nmax_frame_bytes = 4096\n", "listener[0].max_frame_bytes", "max_request_bytes"),
+            ("kind = \"websocket\"\nmax_request_bytes = 4096\n", "listener[0].max_request_bytes", "\"bosh\""),
+            ("kind = \"bosh\"\npublic_url = \"wss://a.example/b\"\n", "listener[0].public_url", "https://"),
+            ("kind = \"bosh\"\nmax_request_bytes = 10\n", "listener[0].max_request_bytes", "from 1024 to"),
         ] {
             let e = parse(listener).unwrap_err();
             assert!(e.contains(key) && e.contains(what), "{listener}: {e}");

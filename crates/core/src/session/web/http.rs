@@ -121,7 +121,7 @@ pub fn answer(head: &[u8], cfg: &WebConfig) -> Answer {
 }
 
 /// Is a browser page from `origin` allowed to open a session? `host` is the request's `Host`.
-fn origin_allowed(origin: &str, host: &str, origins: &Origins) -> bool {
+pub(crate) fn origin_allowed(origin: &str, host: &str, origins: &Origins) -> bool {
     match origins {
         Origins::Any => true,
         Origins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
@@ -153,27 +153,69 @@ fn serves(name: &str, domains: &[String]) -> bool {
     })
 }
 
+/// One endpoint host-meta advertises (XEP-0156 §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMetaLink {
+    /// The link relation ([`REL_WEBSOCKET`], [`REL_XBOSH`]).
+    pub rel: &'static str,
+    /// `wss` or `https`.
+    pub scheme: &'static str,
+    /// The listener's port; `None`: the port of the request's `Host` (the listener answering).
+    pub port: Option<u16>,
+    /// The endpoint's path.
+    pub path: String,
+    /// A configured URL that replaces the built one.
+    pub public_url: Option<String>,
+}
+
+/// XEP-0156 §3: the link relation of a BOSH endpoint.
+pub const REL_XBOSH: &str = "urn:xmpp:alt-connections:xbosh";
+
 /// XEP-0156 §3: the host-meta document (XRD, or JSON with `json`) for a domain the gateway
-/// serves, pointing at this listener's WebSocket endpoint.
+/// serves, pointing at this listener's WebSocket endpoint and the other web listeners'.
 fn host_meta(host: &str, cfg: &WebConfig, json: bool) -> Answer {
+    let own = HostMetaLink {
+        rel: REL_WEBSOCKET,
+        scheme: "wss",
+        port: None,
+        path: cfg.path.clone(),
+        public_url: cfg.public_url.clone(),
+    };
+    host_meta_for(host, &cfg.domains, &own, &cfg.links, json)
+}
+
+/// The host-meta document listing `own` (the answering listener) and `others`.
+pub(crate) fn host_meta_for(
+    host: &str,
+    domains: &[String],
+    own: &HostMetaLink,
+    others: &[HostMetaLink],
+    json: bool,
+) -> Answer {
     let name = host_name(host);
-    let port = &host[name.len()..];
-    if !crate::jid::is_domain(name) || !serves(name, &cfg.domains) {
+    let request_port = &host[name.len()..];
+    if !crate::jid::is_domain(name) || !serves(name, domains) {
         return refuse(404, "no host-meta for this host");
     }
     // Only a checked domain and digits go into the URL; a configured URL was checked by the
     // config (no quotes, angle brackets, ampersands or whitespace).
-    let url = match &cfg.public_url {
+    let href = |l: &HostMetaLink| match &l.public_url {
         Some(u) => u.clone(),
-        None => format!("wss://{}{port}{}", name.to_ascii_lowercase(), cfg.path),
+        None => {
+            let port = l.port.map_or_else(|| request_port.to_owned(), |p| format!(":{p}"));
+            format!("{}://{}{port}{}", l.scheme, name.to_ascii_lowercase(), l.path)
+        }
     };
+    let links: Vec<(&str, String)> = std::iter::once(own).chain(others).map(|l| (l.rel, href(l))).collect();
     let (body, content_type) = if json {
-        (format!("{{\"links\":[{{\"rel\":\"{REL_WEBSOCKET}\",\"href\":\"{url}\"}}]}}"), "application/json")
+        let items: Vec<String> =
+            links.iter().map(|(rel, url)| format!("{{\"rel\":\"{rel}\",\"href\":\"{url}\"}}")).collect();
+        (format!("{{\"links\":[{}]}}", items.join(",")), "application/json")
     } else {
+        let items: String = links.iter().map(|(rel, url)| format!("  <Link rel='{rel}' href='{url}'/>\n")).collect();
         (
             format!(
-                "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n  \
-                 <Link rel='{REL_WEBSOCKET}' href='{url}'/>\n</XRD>\n"
+                "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n{items}</XRD>\n"
             ),
             "application/xrd+xml; charset=utf-8",
         )
@@ -194,6 +236,8 @@ pub fn refuse(status: u16, why: &str) -> Answer {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         _ => "Error",
