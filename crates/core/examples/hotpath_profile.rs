@@ -11,7 +11,8 @@
 //!
 //! Modes: `parse` (the 218-byte chat message of `benches/xml.rs`, N times through one reader),
 //! `serialize` (the parsed trees written N times), `policy` (the `bench/run.sh` realistic policy
-//! with 10-entry lists evaluated N times on c2s-in and on c2s-out for a 270-byte chat message).
+//! with 10-entry lists evaluated N times on c2s-in and on c2s-out for a 270-byte chat message),
+//! `policy4k` (the same for a ≈4 KB body, `bench/run.sh`'s bulk row).
 
 // A profiling driver whose setup fails has nothing to measure: stopping with the reason is all
 // it can do.
@@ -158,9 +159,16 @@ fn main() {
             }
             println!("{mode}: {stanzas} stanzas, {} bytes out", out.len());
         }
-        "policy" => {
+        "policy" | "policy4k" => {
             let policy = policy();
-            let el = parse_stanzas(CHAT, XmlLimits::default()).expect("chat stanza").remove(0);
+            // policy4k: bench/run.sh's bulk row, a ≈4 KB body (loadgen's filler) with one URL.
+            let bulk = format!(
+                "<message to='alice@bench.test/res' type='chat' id='b1'><body>Have a look at \
+                 https://news1.example.org/articles/2?ref=chat before we meet. {}</body></message>",
+                &"The quarterly numbers look fine; let us go through the slides tomorrow morning. ".repeat(51)[..3940]
+            );
+            let xml = if mode == "policy" { CHAT } else { bulk.as_str() };
+            let el = parse_stanzas(xml, XmlLimits::default()).expect("chat stanza").remove(0);
             let user = parse_full("bob@bench.test/res").expect("user");
             let rates = RateTable::new();
             let mut t = Instant::now();
