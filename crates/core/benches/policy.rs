@@ -193,11 +193,22 @@ fn presence(_n: usize) -> String {
         .to_owned()
 }
 
+/// `bench/run.sh`'s bulk row: a ≈4 KB body of ordinary prose (loadgen's filler) with one link.
+fn bulk_4k(_n: usize) -> String {
+    let filler = "The quarterly numbers look fine; let us go through the slides tomorrow morning. ".repeat(51);
+    format!(
+        "<message from='carol@friends.example/laptop' to='alice@example.test/phone' type='chat' \
+         id='m3'><body>Have a look at https://news1.example.org/articles/2?ref=chat before we meet. {}</body></message>",
+        &filler[..3940]
+    )
+}
+
 type Case = (&'static str, fn(usize) -> String, Option<&'static str>);
 
 /// Each stanza, and the rule that must decide it (`None`: the chain's default, pass).
-const CASES: [Case; 3] = [
+const CASES: [Case; 4] = [
     ("innocent_message", innocent, None),
+    ("bulk_4k_message", bulk_4k, None),
     ("listed_url_message", listed_link, Some("malicious-links")),
     ("presence", presence, None),
 ];

@@ -128,8 +128,10 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         Some(ActionConfig::Bounce { condition, text }) => Outcome::Bounce { condition: *condition, text: text.clone() },
         Some(_) => Outcome::Drop,
     };
+    let by_kind = super::kind_index(&rules, &chains);
     Ok(Policy {
         chains,
+        by_kind,
         defaults: Chain::ALL.map(default),
         keywords,
         keyword_groups: c.keyword_groups,

@@ -719,3 +719,65 @@ proptest! {
         }
     }
 }
+
+/// The evaluator's shortcuts give what the long way gave: the bare string sliced from a prepared
+/// JID is `to_bare().to_string()`, and a prepared JID's domain looked up directly is what parsing
+/// that domain again as text and looking it up gave.
+#[test]
+fn prepared_jid_shortcuts_equal_the_long_way() {
+    let set = DomainSet::from_entries(["Spam.Example", "*.bulk.example", "xn--bcher-kva.example", "[::1]", "10.0.0.1"])
+        .unwrap();
+    for s in [
+        "user@spam.example/r",
+        "USER@SPAM.EXAMPLE./Res/with/slashes@and@ats",
+        "spam.example",
+        "a.bulk.example/r",
+        "bulk.example",
+        "x@bücher.example/phone",
+        "x@BÜCHER.example",
+        "[0:0::1]",
+        "u@[::1]/r",
+        "10.0.0.1",
+        "ﬀ@ﬀ.example/ﬀ",
+        "notspam.example",
+    ] {
+        let j = crate::jid::parse(s).unwrap_or_else(|| panic!("{s}"));
+        assert_eq!(bare_str(&j), j.to_bare().to_string(), "{s}");
+        assert_eq!(set.matches(&j), set.matches_domain(j.domain().as_str()), "{s}");
+    }
+}
+
+/// A presence walks only the rules that can match a presence; the verdicts and hits are those
+/// of the full walk.
+#[test]
+fn kind_index_leaves_out_only_rules_that_cannot_match() {
+    let rules = r#"
+[[rule]]
+name = "msg-only"
+when = { kind = "message", body_contains = ["x"] }
+action = "drop"
+
+[[rule]]
+name = "log-presence"
+when = { kind = ["presence", "iq"] }
+action = "log"
+
+[[rule]]
+name = "any-kind"
+when = { any = [{ kind = "message" }, { type = "unavailable" }] }
+action = "drop"
+"#;
+    let policy = policy(rules);
+    let user = alice();
+    let ctx = Context { chain: Chain::C2sIn, user: Some(&user), source_ip: [127, 0, 0, 1].into() };
+    let message = [0usize, 2];
+    let presence = [1usize, 2];
+    assert_eq!(policy.by_kind[Chain::C2sIn.index()][kind_slot(Some(Kind::Message))], message);
+    assert_eq!(policy.by_kind[Chain::C2sIn.index()][kind_slot(Some(Kind::Presence))], presence);
+    assert_eq!(policy.by_kind[Chain::C2sIn.index()][kind_slot(Some(Kind::Iq))], presence);
+    assert_eq!(policy.by_kind[Chain::C2sIn.index()][kind_slot(None)], [2usize]);
+    let el = stanza("<presence type='unavailable'/>");
+    let v = policy.evaluate(&el, &ctx, &RateTable::new(), Instant::now());
+    assert_eq!(v.rule.as_deref(), Some("any-kind"));
+    assert_eq!(v.hits.iter().map(|h| &*h.rule).collect::<Vec<_>>(), ["log-presence", "any-kind"]);
+}

@@ -8,13 +8,40 @@ pub(crate) fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-/// True if every char of `s` is an XML `Char`. ASCII fast path: only C0 controls can fail there.
+/// True if every char of `s` is an XML `Char`. ASCII fast path: only C0 controls can fail there,
+/// so eight bytes are checked at once (no byte with the high bit set, none below 0x20); a word
+/// with a control byte is looked at byte by byte (TAB, LF and CR are allowed), and the first
+/// non-ASCII byte sends the rest of the text through the per-char check.
 pub(crate) fn all_xml_chars(s: &str) -> bool {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
     let b = s.as_bytes();
-    if b.is_ascii() {
-        return b.iter().all(|&c| c >= 0x20 || c == b'\t' || c == b'\n' || c == b'\r');
+    let mut chunks = b.chunks_exact(8);
+    let mut done = 0;
+    for c in chunks.by_ref() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let w = u64::from_le_bytes(w);
+        if w & HIGH != 0 {
+            // `done` is a char boundary: everything before it is ASCII.
+            return s[done..].chars().all(is_xml_char);
+        }
+        // For ASCII bytes, `(w - 0x20…) & !w & 0x80…` is non-zero exactly when a byte is < 0x20.
+        if w.wrapping_sub(0x20 * LOW) & !w & HIGH != 0 && !c.iter().all(|&c| is_ascii_xml_char(c)) {
+            return false;
+        }
+        done += 8;
     }
-    s.chars().all(is_xml_char)
+    let tail = chunks.remainder();
+    if tail.is_ascii() {
+        tail.iter().all(|&c| is_ascii_xml_char(c))
+    } else {
+        s[done..].chars().all(is_xml_char)
+    }
+}
+
+fn is_ascii_xml_char(c: u8) -> bool {
+    c >= 0x20 || c == b'\t' || c == b'\n' || c == b'\r'
 }
 
 fn is_name_start(c: char) -> bool {
@@ -30,16 +57,57 @@ fn is_name_char(c: char) -> bool {
     is_name_start(c) || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
+const NAME_START: u8 = 1;
+const NAME: u8 = 2;
+const NON_ASCII: u8 = 4;
+
+/// Per byte: an ASCII `NameStartChar` without `:` (`NAME_START | NAME`), another ASCII
+/// `NameChar` (`NAME`), or a byte of a non-ASCII character (`NON_ASCII`).
+const NAME_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_alphabetic() || c == b'_' {
+            NAME_START | NAME
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            NAME
+        } else if c >= 0x80 {
+            NON_ASCII
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
 /// XML Namespaces `NCName`: a `Name` without colons.
 pub(crate) fn is_ncname(s: &str) -> bool {
+    // ASCII names (all of XMPP's) in one pass over a byte-class table; the first non-ASCII byte
+    // sends the whole name through the per-char check.
     let b = s.as_bytes();
-    if b.is_ascii() {
-        return match b.first() {
-            Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
-                b[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+    match b.first() {
+        Some(&c) if NAME_CLASS[usize::from(c)] & NAME_START != 0 => {
+            let mut ascii = true;
+            for &c in &b[1..] {
+                let class = NAME_CLASS[usize::from(c)];
+                if class & NON_ASCII != 0 {
+                    ascii = false;
+                    break;
+                }
+                if class & NAME != 0 {
+                    continue;
+                }
+                return false;
             }
-            _ => false,
-        };
+            if ascii {
+                return true;
+            }
+        }
+        Some(&c) if c < 0x80 => return false,
+        Some(_) => {}
+        None => return false,
     }
     let mut it = s.chars();
     match it.next() {
@@ -143,6 +211,22 @@ pub(crate) fn escape_attr(s: &str, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// The per-char definition, as the reference for the table-driven ASCII path.
+    fn is_ncname_reference(s: &str) -> bool {
+        let mut it = s.chars();
+        match it.next() {
+            Some(c) if is_name_start(c) => it.all(is_name_char),
+            _ => false,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn table_name_check_is_the_per_char_one(s in "[a-zA-Z0-9_.:\\- é·\u{300}\u{2070}\u{D7}]{0,12}") {
+            proptest::prop_assert_eq!(is_ncname(&s), is_ncname_reference(&s), "{:?}", s);
+        }
+    }
+
     #[test]
     fn names() {
         assert!(is_ncname("message"));
@@ -152,6 +236,33 @@ mod tests {
         assert!(!is_ncname("a:b"));
         assert!(!is_ncname(""));
         assert!(!is_ncname("-x"));
+    }
+
+    /// The per-char definition, as the reference for the word-at-a-time check.
+    fn all_xml_chars_reference(s: &str) -> bool {
+        s.chars().all(is_xml_char)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn word_at_a_time_char_check_is_the_per_char_one(s in "[ -~\t\n\r\u{0}-\u{1f}é😀\u{FFFE}\u{FFFF}\u{D7FF}\u{E000}]{0,40}") {
+            proptest::prop_assert_eq!(all_xml_chars(&s), all_xml_chars_reference(&s), "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn xml_chars_at_every_offset() {
+        // A bad byte at every position of a word and of the tail, after ASCII and after
+        // non-ASCII text.
+        for bad in ["\u{0}", "\u{1f}", "\u{FFFE}", "\u{7}"] {
+            for prefix in ["", "é", "abcdefgh"] {
+                for i in 0..20 {
+                    let s = format!("{prefix}{}{bad}{}", "a".repeat(i), "b".repeat(20 - i));
+                    assert!(!all_xml_chars(&s), "{s:?}");
+                    assert!(all_xml_chars(&s.replace(bad, "\t")), "{s:?}");
+                }
+            }
+        }
     }
 
     #[test]

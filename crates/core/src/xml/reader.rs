@@ -35,8 +35,26 @@ type Decls = Vec<(Option<String>, Ns)>;
 #[derive(Debug)]
 struct Open {
     el: Element,
-    qname: String,
+    /// The prefix of the start tag's name (its local name is `el.name`); kept to match the end
+    /// tag, which must repeat the qualified name exactly. Unprefixed names, nearly all in XMPP,
+    /// cost no allocation.
+    prefix: Option<String>,
     decls: Decls,
+}
+
+impl Open {
+    /// Is `name` the qualified name this element was opened with?
+    fn is_named(&self, name: &str) -> bool {
+        match &self.prefix {
+            None => name == self.el.name,
+            Some(p) => {
+                name.len() == p.len() + 1 + self.el.name.len()
+                    && name.starts_with(p.as_str())
+                    && name.as_bytes()[p.len()] == b':'
+                    && name.ends_with(self.el.name.as_str())
+            }
+        }
+    }
 }
 
 /// Outcome of one attempt to consume a token.
@@ -322,9 +340,14 @@ impl StreamReader {
         if end == 0 {
             return Ok(Step::Incomplete);
         }
+        // Borrowed from the buffer while it is appended to the open element (disjoint fields):
+        // plain text is copied once, into the tree.
         let text = decode_text(&rest[..end])?;
-        self.add_stanza_bytes(end)?;
-        self.push_text(&text);
+        self.stanza_consumed += end;
+        if self.stanza_consumed > self.limits.stanza_bytes {
+            return Err(XmlError::TooLarge { limit: self.limits.stanza_bytes });
+        }
+        push_text(&mut self.stack, text);
         self.consume_to(self.pos + end);
         Ok(if complete { Step::Continue } else { Step::Incomplete })
     }
@@ -337,20 +360,6 @@ impl StreamReader {
             return Err(XmlError::TooLarge { limit: self.limits.stanza_bytes });
         }
         Ok(())
-    }
-
-    fn push_text(&mut self, text: &str) {
-        if text.is_empty() {
-            return;
-        }
-        let Some(open) = self.stack.last_mut() else {
-            return;
-        };
-        if let Some(Node::Text(t)) = open.el.children.last_mut() {
-            t.push_str(text);
-        } else {
-            open.el.children.push(Node::Text(text.to_owned()));
-        }
     }
 
     fn consume_to(&mut self, to: usize) {
@@ -368,5 +377,20 @@ impl StreamReader {
             self.scan -= self.pos;
             self.pos = 0;
         }
+    }
+}
+
+/// Append text to the innermost open element, merged with a text node before it.
+fn push_text(stack: &mut [Open], text: std::borrow::Cow<'_, str>) {
+    if text.is_empty() {
+        return;
+    }
+    let Some(open) = stack.last_mut() else {
+        return;
+    };
+    if let Some(Node::Text(t)) = open.el.children.last_mut() {
+        t.push_str(&text);
+    } else {
+        open.el.children.push(Node::Text(text.into_owned()));
     }
 }

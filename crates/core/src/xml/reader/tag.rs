@@ -5,6 +5,7 @@
 //! RFC 6120 §11.1 prohibits (comments, PIs, DTDs), and resolving prefixes against the open
 //! elements' declarations. Character data and references are [`super::text`]'s.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use memchr::{memchr, memchr3};
@@ -38,9 +39,13 @@ impl StreamReader {
             if !all_xml_chars(text) {
                 return Err(XmlError::InvalidChar);
             }
-            let text = normalize_newlines(text).into_owned();
-            self.add_stanza_bytes(end + 3 - self.pos)?;
-            self.push_text(&text);
+            let text = normalize_newlines(text);
+            let consumed = end + 3 - self.pos;
+            self.stanza_consumed += consumed;
+            if self.stanza_consumed > self.limits.stanza_bytes {
+                return Err(XmlError::TooLarge { limit: self.limits.stanza_bytes });
+            }
+            super::push_text(&mut self.stack, text);
             self.consume_to(end + 3);
             return Ok(Step::Continue);
         }
@@ -130,13 +135,13 @@ impl StreamReader {
                     // keyed on these names (smuggling), so they do not cross.
                     return Err(XmlError::NestedStreamElement);
                 }
-                let qname = parsed.qname.to_owned();
+                let prefix = split_qname(parsed.qname).0.map(str::to_owned);
                 self.add_stanza_bytes(tag_len + ELEMENT_OVERHEAD + ATTRIBUTE_OVERHEAD * el.attrs.len())?;
                 self.consume_to(end + 1);
                 if self_closing {
-                    Ok(self.close_element(Open { el, qname, decls }))
+                    Ok(self.close_element(Open { el, prefix, decls }))
                 } else {
-                    self.stack.push(Open { el, qname, decls });
+                    self.stack.push(Open { el, prefix, decls });
                     Ok(Step::Continue)
                 }
             }
@@ -156,7 +161,7 @@ impl StreamReader {
         let tag_len = end + 1 - self.pos;
         match self.stack.last() {
             Some(open) => {
-                if open.qname != name {
+                if !open.is_named(name) {
                     return Err(XmlError::NotWellFormed("end tag does not match start tag"));
                 }
                 // Checked before the pop, so that skip mode sees the element still open.
@@ -235,7 +240,7 @@ impl StreamReader {
     }
 
     /// Resolve prefixes of an element and its attributes against the open scopes.
-    fn resolve(&self, qname: &str, raw_attrs: Vec<(&str, String)>, decls: &Decls) -> Result<Element, XmlError> {
+    fn resolve(&self, qname: &str, raw_attrs: Vec<(&str, Cow<'_, str>)>, decls: &Decls) -> Result<Element, XmlError> {
         let scopes = || {
             std::iter::once(decls)
                 .chain(self.stack.iter().rev().map(|o| &o.decls))
@@ -264,7 +269,7 @@ impl StreamReader {
             if attrs.iter().any(|a| a.ns == ans && a.name == local) {
                 return Err(XmlError::NotWellFormed("duplicate attribute"));
             }
-            attrs.push(Attr { ns: ans, name: local.to_owned(), value });
+            attrs.push(Attr { ns: ans, name: local.to_owned(), value: value.into_owned() });
         }
         Ok(Element { ns, name: local.to_owned(), attrs, children: Vec::new() })
     }
@@ -307,8 +312,10 @@ fn intern(cache: &mut Vec<Ns>, ns: &str) -> Ns {
 }
 
 pub(super) fn split_qname(q: &str) -> (Option<&str>, &str) {
-    match q.split_once(':') {
-        Some((p, l)) => (Some(p), l),
+    // A byte search (names are short: a plain loop beats a vectorized scan's set-up); `:` is
+    // ASCII, so the split is on a char boundary.
+    match q.bytes().position(|b| b == b':') {
+        Some(i) => (Some(&q[..i]), &q[i + 1..]),
         None => (None, q),
     }
 }
@@ -330,7 +337,9 @@ pub(super) fn lookup_prefix<'a>(mut scopes: impl Iterator<Item = &'a Decls>, pre
 /// A start tag split into its name and raw attributes.
 pub(super) struct ParsedTag<'a> {
     qname: &'a str,
-    attrs: Vec<(&'a str, String)>,
+    /// Values decoded, borrowed from the tag when plain (namespace declarations are then
+    /// interned without a copy).
+    attrs: Vec<(&'a str, Cow<'a, str>)>,
 }
 
 fn is_ws(c: char) -> bool {
@@ -338,9 +347,9 @@ fn is_ws(c: char) -> bool {
 }
 
 fn check_qname(q: &str) -> Result<(), XmlError> {
-    let ok = match q.split_once(':') {
-        Some((p, l)) => is_ncname(p) && is_ncname(l),
-        None => is_ncname(q),
+    let ok = match split_qname(q) {
+        (Some(p), l) => is_ncname(p) && is_ncname(l),
+        (None, q) => is_ncname(q),
     };
     if ok {
         Ok(())
@@ -354,7 +363,7 @@ pub(super) fn parse_tag(tag: &str, max_attrs: usize) -> Result<ParsedTag<'_>, Xm
     let name_end = tag.bytes().position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')).unwrap_or(tag.len());
     let qname = &tag[..name_end];
     check_qname(qname)?;
-    let mut attrs: Vec<(&str, String)> = Vec::new();
+    let mut attrs: Vec<(&str, Cow<'_, str>)> = Vec::new();
     let mut rest = &tag[name_end..];
     loop {
         let trimmed = rest.trim_start_matches(is_ws);

@@ -3,7 +3,9 @@
 //! character references into text. Anything else after `&` is refused: RFC 6120 §11.1 forbids
 //! entity declarations, so no other entity can be defined.
 
-use memchr::memchr;
+use std::borrow::Cow;
+
+use memchr::{memchr, memchr2};
 
 use crate::xml::chars::all_xml_chars;
 use crate::xml::XmlError;
@@ -63,12 +65,12 @@ pub(super) fn normalize_newlines(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Decode character data: UTF-8, XML `Char`s, no `]]>`, predefined entities and character
 /// references only (RFC 6120 §11.1), CRLF normalized.
-pub(super) fn decode_text(raw: &[u8]) -> Result<String, XmlError> {
+pub(super) fn decode_text(raw: &[u8]) -> Result<Cow<'_, str>, XmlError> {
     let s = std::str::from_utf8(raw).map_err(|_| XmlError::InvalidUtf8)?;
     if !all_xml_chars(s) {
         return Err(XmlError::InvalidChar);
     }
-    if s.contains("]]>") {
+    if memchr::memmem::find(s.as_bytes(), b"]]>").is_some() {
         return Err(XmlError::NotWellFormed("']]>' in character data"));
     }
     resolve_refs(s, false)
@@ -76,20 +78,25 @@ pub(super) fn decode_text(raw: &[u8]) -> Result<String, XmlError> {
 
 /// Decode an attribute value: like text, plus `<` is forbidden and whitespace is normalized to
 /// spaces (XML 1.0 §3.3.3).
-pub(super) fn decode_attr(raw: &str) -> Result<String, XmlError> {
+pub(super) fn decode_attr(raw: &str) -> Result<Cow<'_, str>, XmlError> {
     if !all_xml_chars(raw) {
         return Err(XmlError::InvalidChar);
     }
-    if raw.contains('<') {
+    if memchr(b'<', raw.as_bytes()).is_some() {
         return Err(XmlError::NotWellFormed("'<' in attribute value"));
     }
     resolve_refs(raw, true)
 }
 
-fn resolve_refs(s: &str, attr: bool) -> Result<String, XmlError> {
-    let plain = |b: &u8| !(matches!(b, b'&' | b'\r') || (attr && matches!(b, b'\t' | b'\n')));
-    if s.as_bytes().iter().all(plain) {
-        return Ok(s.to_owned());
+/// Borrowed when there is nothing to resolve or normalize (the common case): the caller decides
+/// whether it needs an owned copy at all.
+fn resolve_refs(s: &str, attr: bool) -> Result<Cow<'_, str>, XmlError> {
+    // Vectorized scans for the bytes that change anything; the common value or text has none
+    // and is copied as it is.
+    let b = s.as_bytes();
+    let plain = memchr2(b'&', b'\r', b).is_none() && !(attr && memchr2(b'\t', b'\n', b).is_some());
+    if plain {
+        return Ok(Cow::Borrowed(s));
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -120,7 +127,7 @@ fn resolve_refs(s: &str, attr: bool) -> Result<String, XmlError> {
         out.push(c);
         rest = &tail[semi + 1..];
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 fn char_ref(digits: &str, radix: u32) -> Result<char, XmlError> {
