@@ -1,0 +1,20 @@
+//! The file-transfer door's pure parts (docs/DESIGN.md "The four doors"): every path a file
+//! can take is inspected or closed.
+//!
+//! - [`inspect`]: the one streaming inspection pipeline (size, media type by magic number,
+//!   SHA-256 against a hash list, DLP, the antivirus verdict reported by the daemon), with the
+//!   tail of the data held back until the verdict;
+//! - [`socks5`]: the relay's SOCKS5 handshake (RFC 1928 as XEP-0065 §5.3 restricts it);
+//! - [`mediate`]: forced mediation on the c2s stream (the gateway answers its proxy JID,
+//!   streamhost offers are rewritten to the gateway's proxy only).
+//!
+//! Nothing here does I/O: the daemon's `relay` moves the bytes and talks to clamd.
+
+pub mod inspect;
+pub mod mediate;
+pub mod socks5;
+#[cfg(test)]
+mod tests;
+
+pub use inspect::{Detector, Dlp, Facts, InspectPolicy, Inspection, OnScannerError, Refusal, ScanVerdict};
+pub use mediate::{Activator, ProxySettings};
