@@ -13,6 +13,7 @@ mod s2s;
 mod store;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use crate::policy::spec::{AuthLevel, S2sDomainsConfig};
 use crate::xml::XmlLimits;
 pub use s2s::{S2sConfig, S2sRoute};
 pub use store::{OnError, StoreBackend, StoreConfig};
+pub use transfer::{ClamdAddress, FileTransferConfig};
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub enum ListenerKind {
     S2sOut,
     /// XMPP over WebSocket (RFC 7395) over TLS, in front of the server's c2s port.
     WebSocket,
+    /// The gateway's own XEP-0065 bytestream proxy (SOCKS5); it never dials anywhere.
+    Socks5,
 }
 
 impl ListenerKind {
@@ -51,6 +55,7 @@ impl ListenerKind {
             ListenerKind::S2sTls => "s2s-tls",
             ListenerKind::S2sOut => "s2s-out",
             ListenerKind::WebSocket => "websocket",
+            ListenerKind::Socks5 => "socks5",
         }
     }
 
@@ -240,6 +245,8 @@ pub struct Config {
     pub s2s: Option<S2sConfig>,
     /// `[store]`: where shared state (rate buckets, bans) is kept.
     pub store: StoreConfig,
+    /// `[file_transfer]`: the bytestream proxy and the file checks (with a `socks5` listener).
+    pub file_transfer: Option<FileTransferConfig>,
 }
 
 /// `[admin]`.

@@ -141,6 +141,8 @@ pub async fn serve(
             let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, make) else { return };
             conn.serve().await
         }
+        // The file-transfer door: the XEP-0065 relay (`relay`), no stream machine.
+        ListenerKind::Socks5 => crate::relay::serve(socket, peer, listener, ctx).await,
         ListenerKind::C2s | ListenerKind::C2sTls => {
             let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, c2s_session) else { return };
             conn.serve().await
@@ -183,7 +185,11 @@ fn c2s_session(
         stream_id,
         timeouts,
     };
-    Some(Session::new(cfg, binding, std::time::Instant::now()))
+    let session = Session::new(cfg, binding, std::time::Instant::now());
+    Some(match &generation.config.file_transfer {
+        Some(ft) => session.with_file_transfer(ft.proxy_settings(), crate::relay::activator()),
+        None => session,
+    })
 }
 
 /// Builds a listener's stream machine; `None` when the generation cannot serve the kind

@@ -8,6 +8,7 @@
 
 mod admin;
 mod audit;
+mod clamd;
 // The outbound s2s path (issue 11) is wired by the lead; until then only `resolve` uses it.
 mod conn;
 mod dns;
@@ -17,6 +18,7 @@ mod inspect;
 mod io;
 mod metrics;
 mod nft;
+mod relay;
 mod s2s;
 mod server;
 mod sessions;

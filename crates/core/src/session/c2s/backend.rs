@@ -124,9 +124,12 @@ impl C2sSession {
             Check::Close(_, reason) => return self.fail_backend(reason.to_owned()),
         }
         let is_stanza = Kind::of(&el).is_some();
-        let Some(el) = (if is_stanza { self.police(crate::policy::Chain::C2sOut, el) } else { Some(el) }) else {
+        let Some(mut el) = (if is_stanza { self.police(crate::policy::Chain::C2sOut, el) } else { Some(el) }) else {
             return;
         };
+        if is_stanza {
+            self.transfer_backend_stanza(&mut el);
+        }
         self.counters.stanzas_from_backend += 1;
         if el.is(NS_SASL, "success") && !self.authenticated {
             el.write_to(&mut self.to_client, NS_CLIENT);
