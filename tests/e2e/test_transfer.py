@@ -1,0 +1,286 @@
+"""File transfers through the gateway's own XEP-0065 relay (issue 13), end to end.
+
+Real parts: the shared private Prosody behind a stanzawall with a ``c2s`` listener (25570), a
+``socks5`` relay listener (25571) and ``[file_transfer]`` (proxy JID ``proxy.example.test``,
+12 MB cap, DLP keyword + card numbers, clamd); a private ``clamd`` (25572) whose only signature
+is the one-line ``.hdb`` written here (EICAR's MD5 and size); two slixmpp clients with slixmpp's
+own XEP-0065 plugin: the sender discovers the proxy through the server's disco#items (which
+the gateway extends), offers it, the receiver connects, the sender activates through the proxy
+JID (answered by the gateway) and writes the file.
+
+Checked: a 10 MB file arrives intact (SHA-256); EICAR and EICAR inside a zip are cut (the
+receiver's connection is reset with less than the whole file) and audited with the
+antivirus detector; a file over the cap is cut; a DLP keyword file is cut; an offer naming a
+direct streamhost reaches the receiver naming only the gateway's proxy (and nobody dials the
+direct address); the relay refuses CONNECT to an address, and pairs nothing without
+activation; clamd stopped → files blocked (``on_scanner_error = "block"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import socket
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from harness.ca import Pki
+from harness.clamd import EICAR, ClamdInstance
+from harness.client import Client, run
+from harness.defaults import HOST, USERS
+from harness.gateway import Gateway, Listener
+
+GW_PORT = 25570
+RELAY_PORT = 25571
+CLAMD_PORT = 25572
+ADMIN_PORT = 25573
+DECOY_PORT = 25579
+PROXY_JID = "proxy.example.test"
+MAX_BYTES = 12_000_000
+NS_BYTESTREAMS = "http://jabber.org/protocol/bytestreams"
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp: Path) -> ClamdInstance:
+    inst = ClamdInstance(tmp / "clamd", CLAMD_PORT, {"Local.EICAR": EICAR}).start()
+    yield inst
+    inst.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp: Path, pki: Pki, prosody, clamd: ClamdInstance) -> Gateway:
+    extra = f"""
+[[listener]]
+name = "relay"
+kind = "socks5"
+bind = "{HOST}:{RELAY_PORT}"
+
+[file_transfer]
+proxy_jid = "{PROXY_JID}"
+max_bytes = {MAX_BYTES}
+dlp_keywords = ["CONFIDENTIAL"]
+dlp_card_numbers = true
+clamd = "{HOST}:{CLAMD_PORT}"
+scan_timeout = "20s"
+pairing_timeout = "20s"
+
+[audit]
+path = "audit.jsonl"
+
+[admin]
+bind = "{HOST}:{ADMIN_PORT}"
+"""
+    g = Gateway(tmp / "gateway-transfer", pki.cert, pki.key,
+                [Listener("c2s", "c2s", GW_PORT, prosody.port)], extra_toml=extra).start()
+    g.ca = pki.ca_cert  # type: ignore[attr-defined]
+    yield g
+    assert g.terminate() == 0, f"stanzawall did not exit cleanly; log {g.log_path}"
+
+
+def client(gw: Gateway, user: str) -> Client:
+    c = Client(f"{user}@example.test/ft", USERS[user], HOST, GW_PORT, ca_file=gw.ca)  # type: ignore[attr-defined]
+    c.xmpp.register_plugin("xep_0030")
+    c.xmpp.register_plugin("xep_0065")
+    c.xmpp["xep_0065"].auto_accept = True
+    return c
+
+
+async def transfer(sender: Client, receiver: Client, data: bytes, chunk: int = 65536) -> tuple[bytes, object]:
+    """Send ``data`` through the proxy; returns what the receiver got and how its connection
+    ended (None: a clean close; an exception: reset)."""
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    closed: asyncio.Future = loop.create_future()
+
+    def on_data(d: bytes) -> None:
+        received.extend(d)
+
+    def on_closed(exc) -> None:
+        if not closed.done():
+            closed.set_result(exc)
+
+    receiver.xmpp.add_event_handler("socks5_data", on_data)
+    receiver.xmpp.add_event_handler("socks5_closed", on_closed)
+    try:
+        sock = await asyncio.wait_for(sender.xmpp["xep_0065"].handshake(receiver.jid, timeout=10), 20)
+        assert sock is not None, "no bytestream established"
+        for i in range(0, len(data), chunk):
+            if sock.transport.is_closing():
+                break
+            await asyncio.wait_for(sock.write(data[i:i + chunk]), 20)
+        sock.transport.close()
+        how = await asyncio.wait_for(closed, 40)
+    finally:
+        receiver.xmpp.del_event_handler("socks5_data", on_data)
+        receiver.xmpp.del_event_handler("socks5_closed", on_closed)
+    return bytes(received), how
+
+
+def audit(gw: Gateway) -> list[dict]:
+    path = gw.dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if '"file-transfer"' in l]
+
+
+def wait_audit(gw: Gateway, count: int, timeout: float = 10.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = audit(gw)
+        if len(records) >= count:
+            return records
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} file-transfer audit records: {audit(gw)}")
+
+
+def send(gw: Gateway, data: bytes) -> tuple[bytes, object, dict]:
+    before = len(audit(gw))
+
+    async def go():
+        async with client(gw, "alice") as a, client(gw, "bob") as b:
+            return await transfer(a, b, data)
+
+    got, how = run(go(), timeout=120)
+    record = wait_audit(gw, before + 1)[before]
+    return got, how, record
+
+
+def metric(name: str) -> float:
+    body = urllib.request.urlopen(f"http://{HOST}:{ADMIN_PORT}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_clean_10mb_file_arrives_intact(gw: Gateway) -> None:
+    data = os.urandom(10 * 1024 * 1024)
+    bytes_before = metric("stanzawall_relay_bytes_out")
+    got, how, record = send(gw, data)
+    assert how is None, f"the receiver's connection was not closed cleanly: {how!r}"
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert record["verdict"] == "pass", record
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["bytes"] == len(data)
+    assert record["requester"].startswith("alice@example.test/") and record["target"].startswith("bob@example.test/")
+    assert metric("stanzawall_relay_bytes_out") - bytes_before >= len(data)
+
+
+def test_eicar_is_cut_and_audited(gw: Gateway) -> None:
+    got, how, record = send(gw, EICAR)
+    assert how is not None, "a refused file must not end like a complete one"
+    assert got != EICAR and len(got) < len(EICAR)
+    assert (record["verdict"], record["detector"]) == ("block", "antivirus"), record
+    assert "Local.EICAR" in record["detail"]
+
+
+def test_eicar_inside_a_zip_is_cut(gw: Gateway) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("padding.bin", os.urandom(500_000), compress_type=zipfile.ZIP_STORED)
+        z.writestr("readme/eicar.com", EICAR, compress_type=zipfile.ZIP_DEFLATED)
+    data = buf.getvalue()
+    got, how, record = send(gw, data)
+    assert how is not None
+    assert len(got) < len(data), "the receiver got the whole archive"
+    assert data.startswith(got), "what was released is the file's beginning"
+    assert (record["verdict"], record["detector"], record["media_type"]) == ("block", "antivirus", "application/zip"), record
+
+
+def test_a_file_over_the_cap_is_cut(gw: Gateway) -> None:
+    data = os.urandom(MAX_BYTES + 1_000_000)
+    got, how, record = send(gw, data)
+    assert how is not None
+    assert len(got) <= MAX_BYTES
+    assert (record["verdict"], record["detector"]) == ("block", "size"), record
+
+
+def test_a_dlp_keyword_file_is_cut(gw: Gateway) -> None:
+    text = (b"Minutes of the board meeting.\n" * 20_000) + b"CONFIDENTIAL: card 4111 1111 1111 1111\n" + (b"end\n" * 50_000)
+    got, how, record = send(gw, text)
+    assert how is not None
+    assert b"CONFIDENTIAL" not in got
+    assert (record["verdict"], record["detector"]) == ("block", "dlp"), record
+
+
+def test_direct_streamhosts_are_removed_from_offers(gw: Gateway) -> None:
+    decoy = socket.socket()
+    decoy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    decoy.bind((HOST, DECOY_PORT))
+    decoy.listen(4)
+    decoy.settimeout(0.2)
+    seen: list[list[tuple[str, str, str]]] = []
+
+    async def go():
+        async with client(gw, "alice") as a, client(gw, "bob") as b:
+            def watch(stanza):
+                q = stanza.xml.find(f"{{{NS_BYTESTREAMS}}}query")
+                if stanza.name == "iq" and q is not None and q.find(f"{{{NS_BYTESTREAMS}}}streamhost") is not None:
+                    seen.append([(h.get("jid"), h.get("host"), h.get("port"))
+                                 for h in q.findall(f"{{{NS_BYTESTREAMS}}}streamhost")])
+                return stanza
+            b.xmpp.add_filter("in", watch)
+            iq = a.xmpp.Iq(sto=b.jid, stype="set")
+            iq["socks"]["sid"] = "direct-offer-1"
+            iq["socks"].add_streamhost(a.jid, HOST, str(DECOY_PORT))
+            iq["socks"].add_streamhost("proxy.elsewhere.test", "192.0.2.1", "7777")
+            used = await iq.send(timeout=15)
+            return used["socks"]["streamhost_used"]["jid"]
+
+    try:
+        used = run(go(), timeout=60)
+        dialed = 0
+        for _ in range(3):
+            try:
+                decoy.accept()[0].close()
+                dialed += 1
+            except socket.timeout:
+                pass
+    finally:
+        decoy.close()
+    assert seen == [[(PROXY_JID, HOST, str(RELAY_PORT))]], seen
+    assert str(used) == PROXY_JID
+    assert dialed == 0, "the receiver dialed the sender's direct address"
+
+
+def socks_connect(atyp_addr: bytes) -> bytes:
+    with socket.create_connection((HOST, RELAY_PORT), timeout=5) as s:
+        s.sendall(b"\x05\x01\x00")
+        assert s.recv(2) == b"\x05\x00"
+        s.sendall(b"\x05\x01\x00" + atyp_addr)
+        return s.recv(64)
+
+
+def test_the_relay_never_dials_and_pairs_nothing_unactivated(gw: Gateway) -> None:
+    # CONNECT to 127.0.0.1:22 and to a host name: refused (address type / not allowed).
+    assert socks_connect(b"\x01\x7f\x00\x00\x01\x00\x16")[1] == 0x08
+    assert socks_connect(b"\x03\x0bexample.com\x00\x50")[1] == 0x02
+    digest = hashlib.sha1(os.urandom(8)).hexdigest().encode()
+    req = b"\x05\x01\x00\x03" + bytes([len(digest)]) + digest + b"\x00\x00"
+    with socket.create_connection((HOST, RELAY_PORT), timeout=5) as t, \
+            socket.create_connection((HOST, RELAY_PORT), timeout=5) as r:
+        for s in (t, r):
+            s.sendall(b"\x05\x01\x00")
+            assert s.recv(2) == b"\x05\x00"
+            s.sendall(req)
+            assert s.recv(64)[1] == 0x00
+            time.sleep(0.2)
+        r.sendall(b"not activated: must never reach the target")
+        t.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            t.recv(64)
+
+
+def test_scanner_down_blocks(gw: Gateway, clamd: ClamdInstance) -> None:
+    clamd.stop()
+    got, how, record = send(gw, b"harmless text, but nobody can scan it\n" * 100)
+    assert how is not None
+    assert (record["verdict"], record["detector"]) == ("block", "scanner-error"), record
