@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::conn::SessionContext;
+use crate::state::{Generation, Shared};
 
 /// Most transfers waiting for their partner or activation at once (each holds a socket).
 const MAX_PENDING: usize = 4096;
@@ -138,8 +138,13 @@ fn refused(reason: &'static str) {
 }
 
 /// Serve one connection to the relay.
-pub async fn serve(mut socket: TcpStream, peer: SocketAddr, listener: Arc<ListenerConfig>, ctx: SessionContext) {
-    let generation = ctx.generation.clone();
+pub async fn serve(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    generation: Arc<Generation>,
+    shared: Shared,
+) {
     let Some(ft) = generation.config.file_transfer.clone() else {
         refused("no-file-transfer-config");
         return;
@@ -246,7 +251,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, listener: Arc<Listen
         "scanner_failed_open": outcome.facts.scanner_failed_open,
         "duration_ms": started.elapsed().as_millis() as u64,
     });
-    ctx.shared.audit.record(audit_path, vec![record]).await;
+    shared.audit.record(audit_path, vec![record]).await;
 }
 
 /// The SOCKS5 handshake: the stream hash and any bytes sent after the request.
