@@ -1066,3 +1066,47 @@ fn explain_and_the_session_decide_alike() {
         assert!(seen.contains(&fate), "{fate:?} not in {seen:?}");
     }
 }
+
+/// Records activations (the relay's registry in the daemon).
+#[derive(Debug, Default)]
+struct Activations(std::sync::Mutex<Vec<String>>);
+
+impl crate::transfer::Activator for Activations {
+    fn activate(&self, hash: &str, _requester: &str, _target: &str) -> Result<(), String> {
+        self.0.lock().unwrap().push(hash.to_owned());
+        Ok(())
+    }
+}
+
+#[test]
+fn the_proxy_jid_is_answered_by_the_gateway_and_offers_are_mediated() {
+    let activations = std::sync::Arc::new(Activations::default());
+    let settings = crate::transfer::ProxySettings {
+        jid: "proxy.example.test".into(),
+        host: "192.0.2.7".into(),
+        port: 7777,
+        mediate: true,
+    };
+    let mut s = bound().with_file_transfer(settings, activations.clone());
+    s.feed_client(
+        b"<iq type='get' id='q1' to='proxy.example.test'><query xmlns='http://jabber.org/protocol/bytestreams'/></iq>",
+    );
+    assert_eq!(backend_out(&mut s), "", "the server never sees iqs to the gateway's proxy");
+    let out = client_out(&mut s);
+    assert!(out.contains("host='192.0.2.7'") && out.contains("port='7777'"), "{out}");
+    s.feed_client(b"<iq type='set' id='a1' to='proxy.example.test'><query xmlns='http://jabber.org/protocol/bytestreams' sid='s1'><activate>bob@example.test/b</activate></query></iq>");
+    assert_eq!(backend_out(&mut s), "");
+    assert!(client_out(&mut s).contains("type='result'"));
+    let hash = crate::transfer::socks5::stream_hash("s1", "alice@example.test/phone", "bob@example.test/b");
+    assert_eq!(*activations.0.lock().unwrap(), vec![hash], "the hash names the bound user as requester");
+    // An offer with a direct streamhost leaves with the gateway's proxy only.
+    s.feed_client(b"<iq type='set' id='o1' to='bob@example.test/b'><query xmlns='http://jabber.org/protocol/bytestreams' sid='s2'><streamhost jid='alice@example.test/phone' host='10.1.1.1' port='6000'/></query></iq>");
+    let out = backend_out(&mut s);
+    assert!(out.contains("jid='proxy.example.test'") && !out.contains("10.1.1.1"), "{out}");
+    // And one arriving from the server too; the server's disco#items lists the proxy.
+    s.feed_backend(b"<iq type='set' id='o2' from='bob@example.test/b' to='alice@example.test/phone'><query xmlns='http://jabber.org/protocol/bytestreams' sid='s3'><streamhost jid='proxy.other.test' host='198.51.100.1' port='7777'/></query></iq>");
+    let out = client_out(&mut s);
+    assert!(out.contains("jid='proxy.example.test'") && !out.contains("proxy.other.test"), "{out}");
+    s.feed_backend(b"<iq type='result' id='d1' from='example.test' to='alice@example.test/phone'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
+    assert!(client_out(&mut s).contains("<item jid='proxy.example.test'/>"));
+}
