@@ -43,6 +43,8 @@ pub enum ListenerKind {
     WebSocket,
     /// The gateway's own XEP-0065 bytestream proxy (SOCKS5); it never dials anywhere.
     Socks5,
+    /// An inspecting reverse proxy in front of the server's XEP-0363 upload service.
+    HttpUpload,
 }
 
 impl ListenerKind {
@@ -56,6 +58,7 @@ impl ListenerKind {
             ListenerKind::S2sOut => "s2s-out",
             ListenerKind::WebSocket => "websocket",
             ListenerKind::Socks5 => "socks5",
+            ListenerKind::HttpUpload => "http-upload",
         }
     }
 

@@ -143,6 +143,7 @@ pub async fn serve(
         }
         // The file-transfer door: the XEP-0065 relay (`relay`), no stream machine.
         ListenerKind::Socks5 => crate::relay::serve(socket, peer, listener, ctx.generation, ctx.shared).await,
+        ListenerKind::HttpUpload => crate::upload::serve(socket, peer, listener, ctx.generation, ctx.shared).await,
         ListenerKind::C2s | ListenerKind::C2sTls => {
             let Some(conn) = Connection::new(socket, peer, local, listener, ctx, permit, c2s_session) else { return };
             conn.serve().await

@@ -26,6 +26,7 @@ mod state;
 mod store;
 mod tls;
 mod tokens;
+mod upload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -36,6 +36,8 @@ use crate::state::{Generation, Shared};
 
 /// Most transfers waiting for their partner or activation at once (each holds a socket).
 const MAX_PENDING: usize = 4096;
+/// Longest an activated transfer may stall (no byte from the requester) before it is ended.
+const IDLE: Duration = Duration::from_secs(120);
 /// Read size on the requester's socket.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -131,6 +133,11 @@ impl Activator for Registry {
 /// Reset instead of a clean close: the peer sees an error, never a complete transfer.
 fn reset(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+/// Count one ended transfer (the relay's and the upload proxy's).
+pub fn count(verdict: &'static str, detector: &'static str) {
+    METRICS.transfers.get_or_create(&TransferLabels { verdict, detector }).inc();
 }
 
 fn refused(reason: &'static str) {
@@ -229,7 +236,7 @@ pub async fn serve(
         Err(End::Refused(r)) => ("block", r.detector.as_str(), r.detail.clone()),
         Err(End::Aborted(why)) => ("aborted", "none", why.clone()),
     };
-    METRICS.transfers.get_or_create(&TransferLabels { verdict, detector }).inc();
+    count(verdict, detector);
     info!(
         listener = %listener.name, stream.hash = %hash, requester = %activated.requester, target = %activated.target_jid,
         bytes = outcome.facts.bytes, verdict, detector, detail = %detail, "file transfer ended"
@@ -327,6 +334,9 @@ async fn relay(ft: &FileTransferConfig, mut requester: TcpStream, early: Vec<u8>
             pending.clear();
         }
         tokio::select! {
+            () = tokio::time::sleep(IDLE) => {
+                return aborted(requester, target, ins.facts().clone(), "the requester stalled".into())
+            }
             r = requester.read(&mut buf) => match r {
                 Ok(0) => break,
                 Ok(n) => pending.extend_from_slice(&buf[..n]),

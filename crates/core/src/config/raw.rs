@@ -161,12 +161,13 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             "s2s-out" => ListenerKind::S2sOut,
             "websocket" => ListenerKind::WebSocket,
             "socks5" => ListenerKind::Socks5,
+            "http-upload" => ListenerKind::HttpUpload,
             other => {
                 return loc.err(
                     l.kind.span(),
                     &key("kind"),
                     format!(
-                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\", \"websocket\" or \"socks5\")"
+                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\", \"websocket\", \"socks5\" or \"http-upload\")"
                     ),
                 )
             }

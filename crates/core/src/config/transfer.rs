@@ -65,6 +65,8 @@ pub struct FileTransferConfig {
     pub hold_back_bytes: usize,
     /// Longest a connection may wait for its partner and the activation.
     pub pairing_timeout: Duration,
+    /// The public base URL of the `http-upload` listener; XEP-0363 slots are rewritten to it.
+    pub upload_url: Option<String>,
 }
 
 impl FileTransferConfig {
@@ -94,6 +96,7 @@ impl FileTransferConfig {
             host: self.proxy_host.clone(),
             port: self.proxy_port,
             mediate: self.mediate,
+            upload_url: self.upload_url.clone(),
         }
     }
 }
@@ -116,6 +119,7 @@ pub(super) struct RawFileTransfer {
     on_scanner_error: Option<Spanned<String>>,
     hold_back_bytes: Option<Spanned<i64>>,
     pairing_timeout: Option<Spanned<String>>,
+    upload_url: Option<Spanned<String>>,
 }
 
 fn duration(
@@ -141,10 +145,12 @@ pub(super) fn file_transfer(
 ) -> Result<Option<FileTransferConfig>, ConfigError> {
     let socks = listeners.iter().find(|l| l.kind == ListenerKind::Socks5);
     let Some(r) = raw else {
-        if let Some(l) = socks {
-            return Err(l
-                .bind_origin
-                .error(format!("listener '{}' is a socks5 relay: add [file_transfer] with proxy_jid", l.name)));
+        if let Some(l) = listeners.iter().find(|l| matches!(l.kind, ListenerKind::Socks5 | ListenerKind::HttpUpload)) {
+            return Err(l.bind_origin.error(format!(
+                "listener '{}' is a {} listener: add [file_transfer] with proxy_jid",
+                l.name,
+                l.kind.as_str()
+            )));
         }
         return Ok(None);
     };
@@ -245,6 +251,27 @@ pub(super) fn file_transfer(
             )
         }
     };
+    let has_upload = listeners.iter().any(|l| l.kind == ListenerKind::HttpUpload);
+    let upload_url = match (&r.upload_url, has_upload) {
+        (None, false) => None,
+        (None, true) => {
+            return loc.err(
+                jid.span(),
+                "file_transfer.upload_url",
+                "an http-upload listener needs upload_url (its public base URL)",
+            )
+        }
+        (Some(u), _) => {
+            let s = u.get_ref().trim().trim_end_matches('/');
+            let ok = url::Url::parse(s).is_ok_and(|p| {
+                matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.path() == "/" && p.query().is_none()
+            });
+            if !ok {
+                return loc.err(u.span(), "file_transfer.upload_url", "expected http(s)://HOST[:PORT] (no path)");
+            }
+            Some(s.to_owned())
+        }
+    };
     let types = |v: &Option<Vec<String>>| v.iter().flatten().map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>();
     Ok(Some(FileTransferConfig {
         proxy_jid,
@@ -262,6 +289,7 @@ pub(super) fn file_transfer(
         scan_timeout: duration(&r.scan_timeout, "file_transfer.scan_timeout", Duration::from_secs(60), loc)?,
         on_scanner_error,
         hold_back_bytes,
+        upload_url,
         pairing_timeout: duration(&r.pairing_timeout, "file_transfer.pairing_timeout", Duration::from_secs(60), loc)?,
     }))
 }

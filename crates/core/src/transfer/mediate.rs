@@ -35,6 +35,8 @@ pub struct ProxySettings {
     pub port: u16,
     /// Rewrite offers and add the proxy to the server's disco#items.
     pub mediate: bool,
+    /// XEP-0363 slot URLs are rewritten to this base (the gateway's `http-upload` listener).
+    pub upload_url: Option<String>,
 }
 
 /// Pairs the two connections of a stream hash once the requester activates it (the relay's

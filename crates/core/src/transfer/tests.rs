@@ -236,7 +236,13 @@ fn socks5_refuses_anything_but_a_stream_hash_connect() {
 }
 
 fn settings() -> ProxySettings {
-    ProxySettings { jid: "proxy.example.test".into(), host: "192.0.2.7".into(), port: 7777, mediate: true }
+    ProxySettings {
+        jid: "proxy.example.test".into(),
+        host: "192.0.2.7".into(),
+        port: 7777,
+        mediate: true,
+        upload_url: None,
+    }
 }
 
 fn parse(xml: &str) -> Element {

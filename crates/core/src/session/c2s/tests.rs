@@ -1086,6 +1086,7 @@ fn the_proxy_jid_is_answered_by_the_gateway_and_offers_are_mediated() {
         host: "192.0.2.7".into(),
         port: 7777,
         mediate: true,
+        upload_url: None,
     };
     let mut s = bound().with_file_transfer(settings, activations.clone());
     s.feed_client(

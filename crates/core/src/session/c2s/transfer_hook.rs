@@ -60,6 +60,9 @@ impl C2sSession {
     /// A policed backend stanza toward the client.
     pub(super) fn transfer_backend_stanza(&self, el: &mut Element) {
         let Some(hook) = &self.transfer else { return };
+        if let Some(base) = &hook.settings.upload_url {
+            crate::transfer::upload::rewrite_slot(el, base);
+        }
         if !hook.settings.mediate {
             return;
         }
