@@ -1,7 +1,9 @@
 """File transfers through the gateway's own XEP-0065 relay (issue 13), end to end.
 
-Real parts: the shared private Prosody behind a stanzawall with a ``c2s`` listener (25570), a
-``socks5`` relay listener (25571) and ``[file_transfer]`` (proxy JID ``proxy.example.test``,
+Real parts: a private Prosody (c2s 25576; HTTP 25577 with ``http_file_share`` as
+``upload.example.test``) behind a stanzawall with a ``c2s`` listener (25570), a ``socks5`` relay
+listener (25571), an ``http-upload`` listener (25574) in front of Prosody's HTTP port, and
+``[file_transfer]`` (proxy JID ``proxy.example.test``,
 12 MB cap, DLP keyword + card numbers, clamd); a private ``clamd`` (25572) whose only signature
 is the one-line ``.hdb`` written here (EICAR's MD5 and size); two slixmpp clients with slixmpp's
 own XEP-0065 plugin: the sender discovers the proxy through the server's disco#items (which
@@ -13,7 +15,9 @@ receiver's connection is reset with less than the whole file) and audited with t
 antivirus detector; a file over the cap is cut; a DLP keyword file is cut; an offer naming a
 direct streamhost reaches the receiver naming only the gateway's proxy (and nobody dials the
 direct address); the relay refuses CONNECT to an address, and pairs nothing without
-activation; clamd stopped → files blocked (``on_scanner_error = "block"``).
+activation; HTTP upload (XEP-0363): the slot URLs point at the gateway, a clean file is stored
+and downloadable intact, EICAR is refused with a 403 whose text names the detector and nothing
+is stored; clamd stopped → files blocked (``on_scanner_error = "block"``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import socket
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -36,12 +41,18 @@ from harness.clamd import EICAR, ClamdInstance
 from harness.client import Client, run
 from harness.defaults import HOST, USERS
 from harness.gateway import Gateway, Listener
+from harness.prosody import ProsodyInstance
 
 GW_PORT = 25570
 RELAY_PORT = 25571
 CLAMD_PORT = 25572
 ADMIN_PORT = 25573
+UPLOAD_PORT = 25574
+PROSODY_C2S = 25576
+PROSODY_HTTP = 25577
 DECOY_PORT = 25579
+UPLOAD_JID = "upload.example.test"
+NS_UPLOAD = "urn:xmpp:http:upload:0"
 PROXY_JID = "proxy.example.test"
 MAX_BYTES = 12_000_000
 NS_BYTESTREAMS = "http://jabber.org/protocol/bytestreams"
@@ -55,8 +66,30 @@ def clamd(tmp: Path) -> ClamdInstance:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp: Path, pki: Pki, prosody, clamd: ClamdInstance) -> Gateway:
+def prosody_ft(tmp: Path) -> ProsodyInstance:
+    """Prosody with an HTTP upload service (mod_http_file_share) on its own HTTP port."""
+    inst = ProsodyInstance(dir=tmp / "prosody-transfer", port=PROSODY_C2S, users=dict(USERS))
+    inst.write_config()
+    text = inst.config_path.read_text()
+    text = text.replace("http_ports = { }", f"http_ports = {{ {PROSODY_HTTP} }}\n"
+                        f'http_interfaces = {{ "{HOST}" }}\nhttp_default_host = "{UPLOAD_JID}"')
+    text += f'\nComponent "{UPLOAD_JID}" "http_file_share"\nhttp_file_share_size_limit = 20*1024*1024\n'
+    inst.config_path.write_text(text)
+    for user, password in USERS.items():
+        inst.register(user, password)
+    inst.start()
+    yield inst
+    inst.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp: Path, pki: Pki, prosody_ft: ProsodyInstance, clamd: ClamdInstance) -> Gateway:
     extra = f"""
+[[listener]]
+name = "upload"
+kind = "http-upload"
+bind = "{HOST}:{UPLOAD_PORT}"
+backend = "{HOST}:{PROSODY_HTTP}"
 [[listener]]
 name = "relay"
 kind = "socks5"
@@ -64,6 +97,7 @@ bind = "{HOST}:{RELAY_PORT}"
 
 [file_transfer]
 proxy_jid = "{PROXY_JID}"
+upload_url = "http://{HOST}:{UPLOAD_PORT}"
 max_bytes = {MAX_BYTES}
 dlp_keywords = ["CONFIDENTIAL"]
 dlp_card_numbers = true
@@ -78,7 +112,7 @@ path = "audit.jsonl"
 bind = "{HOST}:{ADMIN_PORT}"
 """
     g = Gateway(tmp / "gateway-transfer", pki.cert, pki.key,
-                [Listener("c2s", "c2s", GW_PORT, prosody.port)], extra_toml=extra).start()
+                [Listener("c2s", "c2s", GW_PORT, prosody_ft.port)], extra_toml=extra).start()
     g.ca = pki.ca_cert  # type: ignore[attr-defined]
     yield g
     assert g.terminate() == 0, f"stanzawall did not exit cleanly; log {g.log_path}"
@@ -277,6 +311,66 @@ def test_the_relay_never_dials_and_pairs_nothing_unactivated(gw: Gateway) -> Non
         t.settimeout(1.0)
         with pytest.raises(socket.timeout):
             t.recv(64)
+
+
+def upload(gw: Gateway, name: str, data: bytes, ctype: str = "application/octet-stream") -> tuple[str, int, bytes, dict]:
+    """Request a slot through the gateway, PUT ``data`` to it; returns the get URL, the PUT's
+    status and body, and the audit record."""
+    import http.client
+    import urllib.parse
+    import xml.etree.ElementTree as ET
+    before = len(audit(gw))
+
+    async def slot():
+        async with client(gw, "alice") as a:
+            iq = a.xmpp.Iq(sto=UPLOAD_JID, stype="get")
+            iq.xml.append(ET.fromstring(
+                f"<request xmlns='{NS_UPLOAD}' filename='{name}' size='{len(data)}' content-type='{ctype}'/>"))
+            resp = await iq.send(timeout=10)
+            s = resp.xml.find(f"{{{NS_UPLOAD}}}slot")
+            put = s.find(f"{{{NS_UPLOAD}}}put")
+            headers = {h.get("name"): (h.text or "") for h in put.findall(f"{{{NS_UPLOAD}}}header")}
+            return put.get("url"), headers, s.find(f"{{{NS_UPLOAD}}}get").get("url")
+
+    put_url, headers, get_url = run(slot(), timeout=60)
+    base = f"http://{HOST}:{UPLOAD_PORT}/"
+    assert put_url.startswith(base) and get_url.startswith(base), (put_url, get_url)
+    u = urllib.parse.urlsplit(put_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("PUT", u.path + (f"?{u.query}" if u.query else ""), body=data,
+                 headers={**headers, "Content-Type": ctype, "Content-Length": str(len(data))})
+    r = conn.getresponse()
+    status, body = r.status, r.read()
+    conn.close()
+    record = wait_audit(gw, before + 1)[before]
+    return get_url, status, body, record
+
+
+def download(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_http_upload_clean_file_is_stored_and_downloadable(gw: Gateway) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    get_url, status, body, record = upload(gw, "clean.bin", data)
+    assert status == 201, (status, body)
+    assert (record["transport"], record["verdict"]) == ("upload", "pass"), record
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    status, got = download(get_url)
+    assert status == 200 and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_http_upload_of_eicar_is_refused_and_not_stored(gw: Gateway) -> None:
+    get_url, status, body, record = upload(gw, "eicar.txt", EICAR, "text/plain")
+    assert status == 403, (status, body)
+    assert b"antivirus" in body and b"Local.EICAR" in body, body
+    assert (record["transport"], record["verdict"], record["detector"]) == ("upload", "block", "antivirus"), record
+    status, got = download(get_url)
+    assert status != 200 and EICAR not in got, (status, got)
 
 
 def test_scanner_down_blocks(gw: Gateway, clamd: ClamdInstance) -> None:
