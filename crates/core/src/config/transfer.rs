@@ -293,3 +293,70 @@ pub(super) fn file_transfer(
         pairing_timeout: duration(&r.pairing_timeout, "file_transfer.pairing_timeout", Duration::from_secs(60), loc)?,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+
+    const BASE: &str = r#"
+[[tls.certificate]]
+domains = ["example.test"]
+cert = "c.pem"
+key = "k.pem"
+
+[[listener]]
+name = "c2s"
+kind = "c2s"
+bind = "127.0.0.1:5222"
+backend = "127.0.0.1:15222"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(&format!("{BASE}{extra}"), Path::new("/etc/stanzawall/gw.toml")).map_err(|e| e.to_string())
+    }
+
+    const RELAY: &str = "[[listener]]\nname = \"relay\"\nkind = \"socks5\"\nbind = \"192.0.2.10:7777\"\n";
+
+    #[test]
+    fn relay_and_checks_are_validated_with_their_lines() {
+        let c = parse(&format!(
+            "{RELAY}[file_transfer]\nproxy_jid = \"Proxy.Example.Test\"\ndlp_keywords = [\"CONFIDENTIAL\"]\nclamd = \"127.0.0.1:3310\"\n"
+        ))
+        .unwrap();
+        let ft = c.file_transfer.unwrap();
+        assert_eq!(
+            (ft.proxy_jid.as_str(), ft.proxy_host.as_str(), ft.proxy_port),
+            ("proxy.example.test", "192.0.2.10", 7777)
+        );
+        assert!(ft.mediate);
+        assert!(ft.inspect_policy().unwrap().dlp.is_some());
+        let e = parse(RELAY).unwrap_err();
+        assert!(e.contains("add [file_transfer]"), "{e}");
+        let e = parse("[file_transfer]\nproxy_jid = \"proxy.example.test\"\n").unwrap_err();
+        assert!(e.contains("socks5"), "{e}");
+        let e = parse(&format!("{RELAY}backend = \"127.0.0.1:1\"\n[file_transfer]\nproxy_jid = \"p.example.test\"\n"))
+            .unwrap_err();
+        assert!(e.contains("never dials"), "{e}");
+        let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\ndlp_patterns = [\"(\"]\n"))
+            .unwrap_err();
+        assert!(e.contains("gw.toml:") && e.contains("dlp_patterns"), "{e}");
+        let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\nhash_deny = [\"abc\"]\n"))
+            .unwrap_err();
+        assert!(e.contains("SHA-256"), "{e}");
+        let e =
+            parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\non_scanner_error = \"ignore\"\n"))
+                .unwrap_err();
+        assert!(e.contains("block"), "{e}");
+        let up = "[[listener]]\nname = \"up\"\nkind = \"http-upload\"\nbind = \"127.0.0.1:5444\"\nbackend = \"127.0.0.1:5280\"\n";
+        let e = parse(&format!("{RELAY}{up}[file_transfer]\nproxy_jid = \"p.example.test\"\n")).unwrap_err();
+        assert!(e.contains("upload_url"), "{e}");
+        let e =
+            parse(&format!("{RELAY}{up}[file_transfer]\nproxy_jid = \"p.example.test\"\nupload_url = \"ftp://x\"\n"))
+                .unwrap_err();
+        assert!(e.contains("upload_url"), "{e}");
+        let ok = parse(&format!("{RELAY}{up}[file_transfer]\nproxy_jid = \"p.example.test\"\nupload_url = \"https://up.example.test:5444/\"\n")).unwrap();
+        assert_eq!(ok.file_transfer.unwrap().upload_url.as_deref(), Some("https://up.example.test:5444"));
+    }
+}
