@@ -6,7 +6,9 @@
 //!   `<activate/>`), so no such iq reaches the server;
 //! - XEP-0065 §5.3.1 streamhost offers, in either direction, are rewritten so that the only
 //!   streamhost is the gateway's proxy (direct hosts — the sender's own address — and other
-//!   proxies are removed: bytes that would travel past the gateway have no route);
+//!   proxies are removed: bytes that would travel past the gateway have no route); XEP-0260
+//!   Jingle S5B candidates likewise (direct, assisted, tunnel and foreign proxy candidates
+//!   replaced by the gateway's proxy);
 //! - the server's disco#items answer for its own domain lists the gateway's proxy, so clients
 //!   discover it (`mediate = true`).
 //!
@@ -23,6 +25,14 @@ pub const NS_BYTESTREAMS: &str = "http://jabber.org/protocol/bytestreams";
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// XEP-0030 items.
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+/// XEP-0166 Jingle.
+pub const NS_JINGLE: &str = "urn:xmpp:jingle:1";
+/// XEP-0260 Jingle SOCKS5 bytestreams transport.
+pub const NS_JINGLE_S5B: &str = "urn:xmpp:jingle:transports:s5b:1";
+/// The candidate id the gateway's proxy gets in rewritten Jingle transports.
+pub const PROXY_CID: &str = "stanzawall-proxy";
+/// XEP-0260 §2.4 priority of a proxy candidate: type preference 10, local preference 0.
+const PROXY_PRIORITY: u32 = 10 << 16;
 
 /// Where the gateway's proxy is and what the c2s sessions do about transfers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +182,54 @@ pub fn rewrite_offer(el: &mut Element, settings: &ProxySettings) -> usize {
         q.retain_elements(|c| !c.is(NS_BYTESTREAMS, "streamhost"));
         // The gateway's own address, whatever host/port the offer claimed for it.
         q.children.push(crate::xml::Node::Element(streamhost(settings)));
+    }
+    removed + rewrite_jingle(el, settings)
+}
+
+/// XEP-0260 §2.2: in Jingle S5B transports (session-initiate, session-accept,
+/// transport-replace, …) keep only the gateway's proxy as candidate: direct, assisted and
+/// tunnel candidates and other proxies are removed, the gateway's proxy is inserted. Elements
+/// that carry no `<candidate/>` (candidate-used, activated, candidate-error) are untouched.
+fn rewrite_jingle(el: &mut Element, settings: &ProxySettings) -> usize {
+    let mut removed = 0;
+    for node in &mut el.children {
+        let crate::xml::Node::Element(jingle) = node else { continue };
+        if !jingle.is(NS_JINGLE, "jingle") {
+            continue;
+        }
+        for node in &mut jingle.children {
+            let crate::xml::Node::Element(content) = node else { continue };
+            if !content.is(NS_JINGLE, "content") {
+                continue;
+            }
+            for node in &mut content.children {
+                let crate::xml::Node::Element(t) = node else { continue };
+                if !t.is(NS_JINGLE_S5B, "transport") || !t.elements().any(|c| c.is(NS_JINGLE_S5B, "candidate")) {
+                    continue;
+                }
+                let ours = |c: &Element| {
+                    c.attr("type") == Some("proxy")
+                        && c.attr("jid").is_some_and(|j| j.eq_ignore_ascii_case(&settings.jid))
+                        && c.attr("cid") == Some(PROXY_CID)
+                };
+                let candidates: Vec<bool> =
+                    t.elements().filter(|c| c.is(NS_JINGLE_S5B, "candidate")).map(|c| ours(c)).collect();
+                if candidates == [true] {
+                    continue;
+                }
+                removed += candidates.iter().filter(|o| !**o).count();
+                t.retain_elements(|c| !c.is(NS_JINGLE_S5B, "candidate"));
+                t.children.push(crate::xml::Node::Element(
+                    Element::new(NS_JINGLE_S5B, "candidate")
+                        .with_attr("cid", PROXY_CID)
+                        .with_attr("host", settings.host.as_str())
+                        .with_attr("jid", settings.jid.as_str())
+                        .with_attr("port", settings.port.to_string())
+                        .with_attr("priority", PROXY_PRIORITY.to_string())
+                        .with_attr("type", "proxy"),
+                ));
+            }
+        }
     }
     removed
 }

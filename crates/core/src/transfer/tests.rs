@@ -323,3 +323,38 @@ fn the_servers_disco_items_list_the_proxy_once() {
     );
     assert!(!mediate::add_proxy_item(&mut foreign, &settings(), "example.test"));
 }
+
+#[test]
+fn jingle_s5b_candidates_keep_only_the_gateways_proxy() {
+    let mut init = parse(
+        "<iq type='set' id='j1' to='bob@example.test/b'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='js1'>\
+         <content creator='initiator' name='file'><description xmlns='urn:xmpp:jingle:apps:file-transfer:5'/>\
+         <transport xmlns='urn:xmpp:jingle:transports:s5b:1' sid='t1' dstaddr='abc' mode='tcp'>\
+         <candidate cid='c1' host='192.168.4.1' jid='alice@example.test/a' port='5086' priority='8257636' type='direct'/>\
+         <candidate cid='c2' host='203.0.113.5' jid='alice@example.test/a' port='5087' priority='7929856' type='assisted'/>\
+         <candidate cid='c3' host='198.51.100.1' jid='proxy.other.test' port='7777' priority='655360' type='proxy'/>\
+         </transport></content></jingle></iq>",
+    );
+    assert_eq!(mediate::rewrite_offer(&mut init, &settings()), 3);
+    let t = init
+        .child(mediate::NS_JINGLE, "jingle")
+        .and_then(|j| j.child(mediate::NS_JINGLE, "content"))
+        .and_then(|c| c.child(mediate::NS_JINGLE_S5B, "transport"))
+        .unwrap();
+    let c: Vec<_> = t.elements().collect();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].attr("jid"), c[0].attr("host"), c[0].attr("port"), c[0].attr("type"), c[0].attr("cid")),
+        (Some("proxy.example.test"), Some("192.0.2.7"), Some("7777"), Some("proxy"), Some(mediate::PROXY_CID))
+    );
+    assert_eq!((t.attr("sid"), t.attr("dstaddr")), (Some("t1"), Some("abc")));
+    assert_eq!(mediate::rewrite_offer(&mut init, &settings()), 0, "idempotent");
+    // transport-info naming the used candidate is left alone.
+    let mut used = parse(
+        "<iq type='set' id='j2'><jingle xmlns='urn:xmpp:jingle:1' action='transport-info' sid='js1'><content creator='initiator' name='file'>\
+         <transport xmlns='urn:xmpp:jingle:transports:s5b:1' sid='t1'><candidate-used cid='stanzawall-proxy'/></transport></content></jingle></iq>",
+    );
+    let before = used.clone();
+    assert_eq!(mediate::rewrite_offer(&mut used, &settings()), 0);
+    assert_eq!(used, before);
+}
