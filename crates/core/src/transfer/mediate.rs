@@ -213,7 +213,7 @@ fn rewrite_jingle(el: &mut Element, settings: &ProxySettings) -> usize {
                         && c.attr("cid") == Some(PROXY_CID)
                 };
                 let candidates: Vec<bool> =
-                    t.elements().filter(|c| c.is(NS_JINGLE_S5B, "candidate")).map(|c| ours(c)).collect();
+                    t.elements().filter(|c| c.is(NS_JINGLE_S5B, "candidate")).map(ours).collect();
                 if candidates == [true] {
                     continue;
                 }
