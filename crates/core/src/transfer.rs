@@ -4,6 +4,7 @@
 //! - [`inspect`]: the one streaming inspection pipeline (size, media type by magic number,
 //!   SHA-256 against a hash list, DLP, the antivirus verdict reported by the daemon), with the
 //!   tail of the data held back until the verdict;
+//! - [`ibb`]: in-band bytestreams (XEP-0047) inspected in the sender's c2s stream;
 //! - [`socks5`]: the relay's SOCKS5 handshake (RFC 1928 as XEP-0065 §5.3 restricts it);
 //! - [`upload`]: HTTP File Upload (XEP-0363) slots rewritten to the gateway's inspecting
 //!   proxy, and its request heads;
@@ -12,6 +13,7 @@
 //!
 //! Nothing here does I/O: the daemon's `relay` moves the bytes and talks to clamd.
 
+pub mod ibb;
 pub mod inspect;
 pub mod mediate;
 pub mod socks5;

@@ -188,7 +188,17 @@ fn c2s_session(
     };
     let session = Session::new(cfg, binding, std::time::Instant::now());
     Some(match &generation.config.file_transfer {
-        Some(ft) => session.with_file_transfer(ft.proxy_settings(), crate::relay::activator()),
+        Some(ft) => {
+            let session = session.with_file_transfer(ft.proxy_settings(), crate::relay::activator());
+            match ft.inspect_policy() {
+                Ok(policy) => session.with_ibb_inspection(Arc::new(policy)),
+                // Validated with the config: unreachable, and then IBB is refused, not waved through.
+                Err(_) => session.with_ibb_inspection(Arc::new(stanzawall_core::transfer::InspectPolicy {
+                    max_bytes: 0,
+                    ..Default::default()
+                })),
+            }
+        }
         None => session,
     })
 }

@@ -108,6 +108,9 @@ impl C2sSession {
         if &*el.ns == NS_SM {
             return self.on_backend_sm(el);
         }
+        if self.transfer_swallows(&el) {
+            return;
+        }
         match check_backend_stanza(&el, self.bound.as_ref()) {
             Check::Pass => {}
             Check::Bounce(condition, reason) => {
