@@ -17,7 +17,8 @@ direct streamhost reaches the receiver naming only the gateway's proxy (and nobo
 direct address); the relay refuses CONNECT to an address, and pairs nothing without
 activation; HTTP upload (XEP-0363): the slot URLs point at the gateway, a clean file is stored
 and downloadable intact, EICAR is refused with a 403 whose text names the detector and nothing
-is stored; clamd stopped → files blocked (``on_scanner_error = "block"``).
+is stored; IBB (XEP-0047) in-stream: a clean file intact, a hash-listed file cut at its close
+(the sender's close gets ``not-acceptable`` naming the hash), a DLP file cut mid-stream; clamd stopped → files blocked (``on_scanner_error = "block"``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ PROSODY_C2S = 25576
 PROSODY_HTTP = 25577
 DECOY_PORT = 25579
 UPLOAD_JID = "upload.example.test"
+#: A file on the hash list (IBB is checked in-stream without clamd: the hash list stands in).
+KNOWN_BAD = b"known-bad-document-v1\n" * 100
 NS_UPLOAD = "urn:xmpp:http:upload:0"
 PROXY_JID = "proxy.example.test"
 MAX_BYTES = 12_000_000
@@ -101,6 +104,7 @@ upload_url = "http://{HOST}:{UPLOAD_PORT}"
 max_bytes = {MAX_BYTES}
 dlp_keywords = ["CONFIDENTIAL"]
 dlp_card_numbers = true
+hash_deny = ["{hashlib.sha256(KNOWN_BAD).hexdigest()}"]
 clamd = "{HOST}:{CLAMD_PORT}"
 scan_timeout = "20s"
 pairing_timeout = "20s"
@@ -123,6 +127,8 @@ def client(gw: Gateway, user: str) -> Client:
     c.xmpp.register_plugin("xep_0030")
     c.xmpp.register_plugin("xep_0065")
     c.xmpp["xep_0065"].auto_accept = True
+    c.xmpp.register_plugin("xep_0047")
+    c.xmpp["xep_0047"].auto_accept = True
     return c
 
 
@@ -371,6 +377,51 @@ def test_http_upload_of_eicar_is_refused_and_not_stored(gw: Gateway) -> None:
     assert (record["transport"], record["verdict"], record["detector"]) == ("upload", "block", "antivirus"), record
     status, got = download(get_url)
     assert status != 200 and EICAR not in got, (status, got)
+
+
+def send_ibb(gw: Gateway, data: bytes) -> tuple[bytes, object]:
+    """Send ``data`` in-band (XEP-0047, 4 KiB blocks); returns what the receiver gathered and
+    the error the sender's close got (None: accepted)."""
+    from slixmpp.exceptions import IqError
+
+    async def go():
+        async with client(gw, "alice") as a, client(gw, "bob") as b:
+            started: asyncio.Future = asyncio.get_running_loop().create_future()
+            b.xmpp.add_event_handler("ibb_stream_start", lambda st: started.done() or started.set_result(st))
+            stream = await a.xmpp["xep_0047"].open_stream(b.jid, timeout=10)
+            incoming = await asyncio.wait_for(started, 10)
+            gathering = asyncio.ensure_future(incoming.gather(timeout=60))
+            error = None
+            try:
+                await stream.sendall(data, timeout=10)
+                await stream.close(timeout=10)
+            except IqError as e:
+                error = e.iq["error"]
+            got = await asyncio.wait_for(gathering, 60)
+            return got, error
+
+    return run(go(), timeout=120)
+
+
+def test_ibb_clean_file_arrives_intact(gw: Gateway) -> None:
+    data = os.urandom(200_000)
+    got, error = send_ibb(gw, data)
+    assert error is None, error
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_ibb_hash_listed_file_is_cut_at_close(gw: Gateway) -> None:
+    got, error = send_ibb(gw, KNOWN_BAD)
+    assert error is not None and error["condition"] == "not-acceptable", error
+    assert "hash" in error["text"], error["text"]
+    assert len(got) < len(KNOWN_BAD), "the receiver got the whole file"
+
+
+def test_ibb_dlp_file_is_cut_mid_stream(gw: Gateway) -> None:
+    text = (b"Minutes of the board meeting.\n" * 2000) + b"CONFIDENTIAL\n" + (b"end\n" * 5000)
+    got, error = send_ibb(gw, text)
+    assert error is not None and error["condition"] == "not-acceptable", error
+    assert b"CONFIDENTIAL" not in got
 
 
 def test_scanner_down_blocks(gw: Gateway, clamd: ClamdInstance) -> None:
