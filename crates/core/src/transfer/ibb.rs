@@ -59,6 +59,8 @@ impl IbbStep {
 struct Stream {
     ins: Inspection,
     held: Option<Element>,
+    /// Opening order (the oldest is forgotten first).
+    opened: u64,
 }
 
 /// The IBB sessions one user is sending (see the module docs).
@@ -89,12 +91,18 @@ impl IbbInspector {
         let to = el.attr("to").unwrap_or_default().to_owned();
         if let Some(open) = ibb_child(el, "open") {
             let sid = open.attr("sid").unwrap_or_default().to_owned();
+            // Opens the receiver declined never see a close: past the cap the oldest stream is
+            // forgotten (its later data is refused as unknown, never let through).
             if self.streams.len() >= MAX_STREAMS {
-                return bounce(StanzaCondition::ResourceConstraint, "too many in-band transfers at once");
+                if let Some(oldest) = self.streams.iter().min_by_key(|(_, s)| s.opened).map(|(k, _)| k.clone()) {
+                    self.streams.remove(&oldest);
+                }
             }
+            self.next_id += 1;
+            let opened = self.next_id;
             return match Inspection::new(self.policy.clone(), None) {
                 Ok(ins) => {
-                    self.streams.insert((sid, to), Stream { ins, held: None });
+                    self.streams.insert((sid, to), Stream { ins, held: None, opened });
                     IbbStep::forward()
                 }
                 Err(r) => bounce(StanzaCondition::NotAcceptable, &format!("file refused: {r}")),
@@ -211,4 +219,34 @@ fn result_for(el: &Element) -> Element {
         r.set_attr("to", from);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::NS_CLIENT;
+
+    fn iq(child: Element) -> Element {
+        Element::new(NS_CLIENT, "iq")
+            .with_attr("type", "set")
+            .with_attr("id", "x")
+            .with_attr("to", "bob@example.test/b")
+            .with_attr("from", "alice@example.test/a")
+            .with_child(child)
+    }
+
+    #[test]
+    fn declined_opens_never_lock_out_new_streams() {
+        let mut ibb = IbbInspector::new(Arc::new(InspectPolicy::default()));
+        for i in 0..(MAX_STREAMS + 3) {
+            let open = Element::new(NS_IBB, "open").with_attr("sid", format!("s{i}")).with_attr("block-size", "4096");
+            assert_eq!(ibb.client_stanza(&iq(open)).original, Original::Forward, "open {i}");
+        }
+        assert_eq!(ibb.streams.len(), MAX_STREAMS);
+        // The oldest was forgotten: its data is refused, never let through uninspected.
+        let data = Element::new(NS_IBB, "data").with_attr("sid", "s0").with_attr("seq", "0").with_text("aGk=");
+        assert!(matches!(ibb.client_stanza(&iq(data)).original, Original::Bounce(StanzaCondition::NotAcceptable, _)));
+        let data = Element::new(NS_IBB, "data").with_attr("sid", "s18").with_attr("seq", "0").with_text("aGk=");
+        assert_eq!(ibb.client_stanza(&iq(data)).original, Original::Held);
+    }
 }
