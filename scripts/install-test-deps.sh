@@ -39,6 +39,8 @@ PACKAGES=(
   python3-websockets
   redis-server
   haproxy
+  # The file-transfer door (tests/e2e/test_transfer.py): a private clamd from a written .hdb.
+  clamav-daemon
 )
 POLICY=/usr/sbin/policy-rc.d
 

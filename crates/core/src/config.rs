@@ -13,6 +13,7 @@ mod s2s;
 mod store;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use crate::policy::spec::{AuthLevel, S2sDomainsConfig};
 use crate::xml::XmlLimits;
 pub use s2s::{S2sConfig, S2sRoute};
 pub use store::{OnError, StoreBackend, StoreConfig};
+pub use transfer::{ClamdAddress, FileTransferConfig};
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,10 @@ pub enum ListenerKind {
     WebSocket,
     /// XMPP over BOSH (XEP-0124/0206) over TLS, in front of the server's c2s port.
     Bosh,
+    /// The gateway's own XEP-0065 bytestream proxy (SOCKS5); it never dials anywhere.
+    Socks5,
+    /// An inspecting reverse proxy in front of the server's XEP-0363 upload service.
+    HttpUpload,
 }
 
 impl ListenerKind {
@@ -54,6 +60,8 @@ impl ListenerKind {
             ListenerKind::S2sOut => "s2s-out",
             ListenerKind::WebSocket => "websocket",
             ListenerKind::Bosh => "bosh",
+            ListenerKind::Socks5 => "socks5",
+            ListenerKind::HttpUpload => "http-upload",
         }
     }
 
@@ -248,6 +256,8 @@ pub struct Config {
     pub s2s: Option<S2sConfig>,
     /// `[store]`: where shared state (rate buckets, bans) is kept.
     pub store: StoreConfig,
+    /// `[file_transfer]`: the bytestream proxy and the file checks (with a `socks5` listener).
+    pub file_transfer: Option<FileTransferConfig>,
 }
 
 /// `[admin]`.

@@ -29,6 +29,8 @@
 //! - [`origin`]: where a configured value came from, and the error that points there;
 //! - [`capture`]: passive inspection (TCP reassembly, XMPP detection, the same checks and
 //!   policy over captured traffic);
+//! - [`transfer`]: the file-transfer door (inspection pipeline, SOCKS5 relay handshake, forced
+//!   mediation of bytestream offers);
 //! - [`fuzzing`]: the fuzz targets' entry points, also replayed as tests.
 
 #![forbid(unsafe_code)]
@@ -50,4 +52,5 @@ pub mod proxy_protocol;
 pub mod session;
 pub mod stanza;
 pub mod stream;
+pub mod transfer;
 pub mod xml;

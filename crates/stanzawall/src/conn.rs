@@ -140,6 +140,14 @@ pub async fn serve(
             info!(original_dst = %dst, "outbound s2s intercepted");
         }
     }
+    // The file-transfer door: the XEP-0065 relay (`relay`) and the upload proxy, no stream machine.
+    match listener.kind {
+        ListenerKind::Socks5 => return crate::relay::serve(socket, peer, listener, ctx.generation, ctx.shared).await,
+        ListenerKind::HttpUpload => {
+            return crate::upload::serve(socket, peer, listener, ctx.generation, ctx.shared).await
+        }
+        _ => {}
+    }
     let client = Stream::Plain(Rewind::new(socket));
     match listener.kind {
         // BOSH: this connection carries HTTP requests; the sessions they belong to run apart.
@@ -155,6 +163,7 @@ pub async fn serve(
             let Some(conn) = Connection::new(client, peer, local, listener, ctx, permit, make) else { return };
             conn.serve().await
         }
+        ListenerKind::Socks5 | ListenerKind::HttpUpload => {}
         ListenerKind::C2s | ListenerKind::C2sTls => {
             let Some(conn) = Connection::new(client, peer, local, listener, ctx, permit, c2s_session) else { return };
             conn.serve().await
@@ -197,7 +206,21 @@ fn c2s_session(
         stream_id,
         timeouts,
     };
-    Some(Session::new(cfg, binding, std::time::Instant::now()))
+    let session = Session::new(cfg, binding, std::time::Instant::now());
+    Some(match &generation.config.file_transfer {
+        Some(ft) => {
+            let session = session.with_file_transfer(ft.proxy_settings(), crate::relay::activator());
+            match ft.inspect_policy() {
+                Ok(policy) => session.with_ibb_inspection(Arc::new(policy)),
+                // Validated with the config: unreachable, and then IBB is refused, not waved through.
+                Err(_) => session.with_ibb_inspection(Arc::new(stanzawall_core::transfer::InspectPolicy {
+                    max_bytes: 0,
+                    ..Default::default()
+                })),
+            }
+        }
+        None => session,
+    })
 }
 
 /// Builds a listener's stream machine; `None` when the generation cannot serve the kind

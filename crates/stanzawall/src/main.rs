@@ -9,6 +9,7 @@
 mod admin;
 mod admin_tls;
 mod audit;
+mod clamd;
 // The outbound s2s path (issue 11) is wired by the lead; until then only `resolve` uses it.
 mod conn;
 mod dns;
@@ -19,6 +20,7 @@ mod inspect;
 mod io;
 mod metrics;
 mod nft;
+mod relay;
 mod s2s;
 mod server;
 mod sessions;
@@ -26,6 +28,7 @@ mod state;
 mod store;
 mod tls;
 mod tokens;
+mod upload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

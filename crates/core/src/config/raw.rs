@@ -49,6 +49,7 @@ struct RawConfig {
     admin: admin::RawAdmin,
     s2s: Option<super::s2s::RawS2s>,
     store: Option<super::store::RawStore>,
+    file_transfer: Option<super::transfer::RawFileTransfer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,12 +156,14 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             "s2s-out" => ListenerKind::S2sOut,
             "websocket" => ListenerKind::WebSocket,
             "bosh" => ListenerKind::Bosh,
+            "socks5" => ListenerKind::Socks5,
+            "http-upload" => ListenerKind::HttpUpload,
             other => {
                 return loc.err(
                     l.kind.span(),
                     &key("kind"),
                     format!(
-                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\", \"websocket\" or \"bosh\")"
+                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\", \"websocket\", \"bosh\", \"socks5\" or \"http-upload\")"
                     ),
                 )
             }
@@ -190,10 +193,15 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
                 )
             }
             (None, ListenerKind::S2sOut) => (String::new(), l.kind.span()),
+            // The relay pairs two clients; it has nothing behind it to dial.
+            (Some(b), ListenerKind::Socks5) => {
+                return loc.err(b.span(), &key("backend"), "a socks5 relay never dials anywhere; remove `backend`")
+            }
+            (None, ListenerKind::Socks5) => (String::new(), l.kind.span()),
             (None, _) => return loc.err(l.name.span(), &key("backend"), "`backend = \"HOST:PORT\"` is required"),
             (Some(b), _) => (b.get_ref().clone(), b.span()),
         };
-        if kind != ListenerKind::S2sOut && !valid_host_port(&address) {
+        if !matches!(kind, ListenerKind::S2sOut | ListenerKind::Socks5) && !valid_host_port(&address) {
             return loc.err(backend_span.clone(), &key("backend"), "expected HOST:PORT, e.g. \"127.0.0.1:15222\"");
         }
         let tls = match l.backend_tls.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
@@ -312,7 +320,9 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     let has_out = listeners.iter().any(|l| l.kind == ListenerKind::S2sOut);
     let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, has_out, &state_dir, loc)?;
     let store = super::store::store(raw.store.as_ref(), loc)?;
+    let file_transfer = super::transfer::file_transfer(raw.file_transfer.as_ref(), &listeners, loc)?;
     Ok(Config {
+        file_transfer,
         s2s,
         store,
         path: loc.file.to_path_buf(),

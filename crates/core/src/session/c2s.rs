@@ -24,6 +24,7 @@ mod sasl;
 mod sm_relay;
 #[cfg(test)]
 mod tests;
+mod transfer_hook;
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -140,6 +141,8 @@ pub struct C2sSession {
     sm: StreamManagement,
     /// The client's `<enable/>` was forwarded and not answered yet.
     sm_enable_pending: bool,
+    /// `[file_transfer]`: the gateway's proxy JID and forced mediation.
+    transfer: Option<transfer_hook::FileTransferHook>,
 }
 
 /// Most runs of withheld or injected stanzas kept between two acknowledgements per direction.
@@ -179,6 +182,7 @@ impl C2sSession {
             closing_since: None,
             sm: StreamManagement::new(SM_MAX_GAPS),
             sm_enable_pending: false,
+            transfer: None,
         }
     }
 

@@ -108,6 +108,9 @@ impl C2sSession {
         if &*el.ns == NS_SM {
             return self.on_backend_sm(el);
         }
+        if self.transfer_swallows(&el) {
+            return;
+        }
         match check_backend_stanza(&el, self.bound.as_ref()) {
             Check::Pass => {}
             Check::Bounce(condition, reason) => {
@@ -124,9 +127,12 @@ impl C2sSession {
             Check::Close(_, reason) => return self.fail_backend(reason.to_owned()),
         }
         let is_stanza = Kind::of(&el).is_some();
-        let Some(el) = (if is_stanza { self.police(crate::policy::Chain::C2sOut, el) } else { Some(el) }) else {
+        let Some(mut el) = (if is_stanza { self.police(crate::policy::Chain::C2sOut, el) } else { Some(el) }) else {
             return;
         };
+        if is_stanza {
+            self.transfer_backend_stanza(&mut el);
+        }
         self.counters.stanzas_from_backend += 1;
         if el.is(NS_SASL, "success") && !self.authenticated {
             el.write_to(&mut self.to_client, NS_CLIENT);

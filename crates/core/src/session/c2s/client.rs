@@ -181,6 +181,7 @@ impl C2sSession {
         }
         let is_stanza = Kind::of(&el).is_some();
         let Some(el) = self.police(crate::policy::Chain::C2sIn, el) else { return };
+        let Some(el) = (if is_stanza { self.transfer_client_stanza(el) } else { Some(el) }) else { return };
         self.counters.stanzas_from_client += 1;
         if is_stanza {
             self.sm.to_server.forwarded();

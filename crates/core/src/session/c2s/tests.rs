@@ -1066,3 +1066,134 @@ fn explain_and_the_session_decide_alike() {
         assert!(seen.contains(&fate), "{fate:?} not in {seen:?}");
     }
 }
+
+/// Records activations (the relay's registry in the daemon).
+#[derive(Debug, Default)]
+struct Activations(std::sync::Mutex<Vec<String>>);
+
+impl crate::transfer::Activator for Activations {
+    fn activate(&self, hash: &str, _requester: &str, _target: &str) -> Result<(), String> {
+        self.0.lock().unwrap().push(hash.to_owned());
+        Ok(())
+    }
+}
+
+#[test]
+fn the_proxy_jid_is_answered_by_the_gateway_and_offers_are_mediated() {
+    let activations = std::sync::Arc::new(Activations::default());
+    let settings = crate::transfer::ProxySettings {
+        jid: "proxy.example.test".into(),
+        host: "192.0.2.7".into(),
+        port: 7777,
+        mediate: true,
+        upload_url: None,
+    };
+    let mut s = bound().with_file_transfer(settings, activations.clone());
+    s.feed_client(
+        b"<iq type='get' id='q1' to='proxy.example.test'><query xmlns='http://jabber.org/protocol/bytestreams'/></iq>",
+    );
+    assert_eq!(backend_out(&mut s), "", "the server never sees iqs to the gateway's proxy");
+    let out = client_out(&mut s);
+    assert!(out.contains("host='192.0.2.7'") && out.contains("port='7777'"), "{out}");
+    s.feed_client(b"<iq type='set' id='a1' to='proxy.example.test'><query xmlns='http://jabber.org/protocol/bytestreams' sid='s1'><activate>bob@example.test/b</activate></query></iq>");
+    assert_eq!(backend_out(&mut s), "");
+    assert!(client_out(&mut s).contains("type='result'"));
+    let hash = crate::transfer::socks5::stream_hash("s1", "alice@example.test/phone", "bob@example.test/b");
+    assert_eq!(*activations.0.lock().unwrap(), vec![hash], "the hash names the bound user as requester");
+    // An offer with a direct streamhost leaves with the gateway's proxy only.
+    s.feed_client(b"<iq type='set' id='o1' to='bob@example.test/b'><query xmlns='http://jabber.org/protocol/bytestreams' sid='s2'><streamhost jid='alice@example.test/phone' host='10.1.1.1' port='6000'/></query></iq>");
+    let out = backend_out(&mut s);
+    assert!(out.contains("jid='proxy.example.test'") && !out.contains("10.1.1.1"), "{out}");
+    // And one arriving from the server too; the server's disco#items lists the proxy.
+    s.feed_backend(b"<iq type='set' id='o2' from='bob@example.test/b' to='alice@example.test/phone'><query xmlns='http://jabber.org/protocol/bytestreams' sid='s3'><streamhost jid='proxy.other.test' host='198.51.100.1' port='7777'/></query></iq>");
+    let out = client_out(&mut s);
+    assert!(out.contains("jid='proxy.example.test'") && !out.contains("proxy.other.test"), "{out}");
+    s.feed_backend(b"<iq type='result' id='d1' from='example.test' to='alice@example.test/phone'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
+    assert!(client_out(&mut s).contains("<item jid='proxy.example.test'/>"));
+}
+
+#[test]
+fn in_band_bytestreams_are_inspected_with_the_last_block_held_until_close() {
+    use base64::Engine;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let eicar: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    let digest = ring::digest::digest(&ring::digest::SHA256, eicar);
+    let mut hashes = std::collections::HashSet::new();
+    hashes.insert(<[u8; 32]>::try_from(digest.as_ref()).unwrap());
+    let policy = std::sync::Arc::new(crate::transfer::InspectPolicy {
+        hash_deny: hashes,
+        dlp: Some(crate::transfer::Dlp::new(&["CONFIDENTIAL".into()], &[], false).unwrap()),
+        ..Default::default()
+    });
+    let settings = crate::transfer::ProxySettings {
+        jid: "proxy.example.test".into(),
+        host: "192.0.2.7".into(),
+        port: 7777,
+        mediate: true,
+        upload_url: None,
+    };
+    let new = || {
+        bound()
+            .with_file_transfer(settings.clone(), std::sync::Arc::new(Activations::default()))
+            .with_ibb_inspection(policy.clone())
+    };
+    let open = "<iq type='set' id='o' to='bob@example.test/b'><open xmlns='http://jabber.org/protocol/ibb' sid='i1' block-size='4096'/></iq>";
+    let data = |id: &str, seq: u16, d: &[u8]| {
+        format!("<iq type='set' id='{id}' to='bob@example.test/b'><data xmlns='http://jabber.org/protocol/ibb' sid='i1' seq='{seq}'>{}</data></iq>", b64(d))
+    };
+    let close =
+        "<iq type='set' id='c' to='bob@example.test/b'><close xmlns='http://jabber.org/protocol/ibb' sid='i1'/></iq>";
+
+    // A clean file: each block is held until the next, acknowledged by the gateway; the
+    // receiver's results for released blocks are swallowed.
+    let mut s = new();
+    s.feed_client(open.as_bytes());
+    assert!(backend_out(&mut s).contains("<open"));
+    s.feed_client(data("d0", 0, b"hello ").as_bytes());
+    assert_eq!(backend_out(&mut s), "", "the latest block is held");
+    assert!(client_out(&mut s).contains("id='d0'"), "and acknowledged by the gateway");
+    s.feed_client(data("d1", 1, b"world").as_bytes());
+    let out = backend_out(&mut s);
+    assert!(out.contains("id='d0'") && !out.contains("id='d1'"), "{out}");
+    s.feed_backend(b"<iq type='result' id='d0' from='bob@example.test/b' to='alice@example.test/phone'/>");
+    assert_eq!(client_out(&mut s).matches("id='d0'").count(), 0, "the receiver's result is swallowed");
+    s.feed_client(close.as_bytes());
+    let out = backend_out(&mut s);
+    let (d1, c) = (out.find("id='d1'").unwrap(), out.find("<close").unwrap());
+    assert!(d1 < c, "the held block goes before the close: {out}");
+
+    // EICAR by its hash: refused at close; the receiver never gets the tail, the sender an error.
+    let mut s = new();
+    s.feed_client(open.as_bytes());
+    backend_out(&mut s);
+    s.feed_client(data("e0", 0, &eicar[..40]).as_bytes());
+    s.feed_client(data("e1", 1, &eicar[40..]).as_bytes());
+    client_out(&mut s);
+    assert!(backend_out(&mut s).contains("id='e0'"));
+    s.feed_client(close.as_bytes());
+    let out = backend_out(&mut s);
+    assert!(!out.contains("id='e1'") && out.contains("<close") && !out.contains("id='c'"), "{out}");
+    let err = client_out(&mut s);
+    assert!(err.contains("id='c'") && err.contains("not-acceptable") && err.contains("hash"), "{err}");
+
+    // DLP (small files are scanned whole at the close); after a refusal the stream is gone.
+    let mut s = new();
+    s.feed_client(open.as_bytes());
+    backend_out(&mut s);
+    s.feed_client(data("k0", 0, b"this is CONFIDENTIAL").as_bytes());
+    client_out(&mut s);
+    s.feed_client(close.as_bytes());
+    assert!(client_out(&mut s).contains("keyword"));
+    assert!(!backend_out(&mut s).contains("id='k0'"));
+    s.feed_client(data("k1", 1, b"more").as_bytes());
+    assert!(client_out(&mut s).contains("unknown in-band bytestream"));
+    // Past the sniffing window DLP cuts mid-stream.
+    let mut s = new();
+    s.feed_client(open.as_bytes());
+    backend_out(&mut s);
+    let mut big = vec![b'a'; 9000];
+    big.extend_from_slice(b" CONFIDENTIAL ");
+    s.feed_client(data("m0", 0, &big).as_bytes());
+    assert!(client_out(&mut s).contains("not-acceptable"));
+    assert!(!backend_out(&mut s).contains("id='m0'"));
+}

@@ -1,0 +1,220 @@
+//! The inspecting reverse proxy in front of the server's XEP-0363 upload service
+//! (`kind = "http-upload"`).
+//!
+//! Clients reach it because the c2s sessions rewrite the slot URLs to `[file_transfer]
+//! upload_url` (core `transfer::upload`). One request per connection: the head is parsed in
+//! the core (bounded; a PUT must declare its length, which is checked against the cap before a
+//! byte moves); a PUT body streams through the same inspection pipeline and clamd as the
+//! SOCKS5 relay, is forwarded to the upload service as it is released, and its held-back tail
+//! only after the verdict. A refused upload is cut: the service's connection is reset before
+//! the body is complete (the service stores nothing, its Content-Length was never met), and
+//! the client gets `403 Forbidden` with the reason as text — the error a client shows. GET and
+//! other methods pass through unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use stanzawall_core::config::{FileTransferConfig, ListenerConfig};
+use stanzawall_core::transfer::upload::{parse_head, HeadError, RequestHead, MAX_HEAD};
+use stanzawall_core::transfer::{Inspection, Refusal, ScanVerdict};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::state::{Generation, Shared};
+
+/// Longest a body may stall (no byte either way) before the upload is abandoned.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Serve one connection to the upload proxy.
+pub async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    generation: Arc<Generation>,
+    shared: Shared,
+) {
+    let Some(ft) = generation.config.file_transfer.clone() else { return };
+    let deadline = generation.config.network.handshake_timeout;
+    let head = match tokio::time::timeout(deadline, read_head(&mut client)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(Some(e))) => {
+            let _ = respond(&mut client, e.status(), &e.to_string()).await;
+            return info!(listener = %listener.name, client.ip = %peer.ip(), error = %e, "upload request refused");
+        }
+        Ok(Err(None)) | Err(_) => return,
+    };
+    let (head, early) = head;
+    let mut backend = match TcpStream::connect(&listener.backend.address).await {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(backend = %listener.backend.address, error = %e, "upload service unavailable");
+            let _ = respond(&mut client, 502, "the upload service is unavailable").await;
+            return;
+        }
+    };
+    if head.method != "PUT" {
+        // Downloads and the rest pass through (one request: the head says Connection: close).
+        if backend.write_all(&head.to_bytes()).await.is_ok() && backend.write_all(&early).await.is_ok() {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+        }
+        return;
+    }
+    let started = Instant::now();
+    let (facts, result) = put(&ft, &head, early, &mut client, &mut backend).await;
+    let (verdict, detector, detail) = match &result {
+        Ok(()) => ("pass", "none", String::new()),
+        Err(End::Refused(r)) => ("block", r.detector.as_str(), r.detail.clone()),
+        Err(End::Aborted(why)) => ("aborted", "none", why.clone()),
+    };
+    match &result {
+        Ok(()) => {
+            // The service's answer (201 Created, or its own refusal) goes back as it is.
+            let _ = tokio::time::timeout(IDLE, tokio::io::copy(&mut backend, &mut client)).await;
+        }
+        Err(End::Refused(r)) => {
+            let _ = socket2::SockRef::from(&backend).set_linger(Some(Duration::ZERO));
+            drop(backend);
+            let _ = respond(&mut client, 403, &format!("upload refused by the gateway: {r}")).await;
+        }
+        Err(End::Aborted(_)) => {
+            let _ = socket2::SockRef::from(&backend).set_linger(Some(Duration::ZERO));
+        }
+    }
+    crate::relay::count(verdict, detector);
+    info!(listener = %listener.name, client.ip = %peer.ip(), path = %head.target, bytes = facts.bytes, verdict, detector, detail = %detail, "upload ended");
+    let record = json!({
+        "time": crate::audit::humantime_rfc3339(std::time::SystemTime::now()),
+        "event": "file-transfer",
+        "listener": listener.name,
+        "transport": "upload",
+        "client.ip": peer.ip().to_string(),
+        "path": head.target,
+        "declared_type": head.header("content-type"),
+        "bytes": facts.bytes,
+        "media_type": facts.media_type,
+        "sha256": facts.sha256,
+        "verdict": verdict,
+        "detector": detector,
+        "detail": detail,
+        "scanner_failed_open": facts.scanner_failed_open,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    shared.audit.record(generation.policy.audit().path.clone(), vec![record]).await;
+}
+
+/// The request head and the body bytes read with it; `Err(None)`: the client went away.
+async fn read_head(client: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Option<HeadError>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = client.read(&mut chunk).await.map_err(|_| None)?;
+        if n == 0 {
+            return Err(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = parse_head(&buf).map_err(Some)? {
+            let early = buf.split_off(head.head_len);
+            return Ok((head, early));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(Some(HeadError::TooLarge));
+        }
+    }
+}
+
+async fn respond(client: &mut TcpStream, status: u16, text: &str) -> std::io::Result<()> {
+    let reason = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Gateway",
+    };
+    let body = format!("{text}\n");
+    let msg = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(msg.as_bytes()).await?;
+    client.shutdown().await
+}
+
+#[derive(Debug)]
+enum End {
+    Refused(Refusal),
+    Aborted(String),
+}
+
+/// Stream the PUT body through the pipeline to the service.
+async fn put(
+    ft: &FileTransferConfig,
+    head: &RequestHead,
+    early: Vec<u8>,
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+) -> (stanzawall_core::transfer::Facts, Result<(), End>) {
+    let policy = match ft.inspect_policy() {
+        Ok(p) => Arc::new(p),
+        Err(e) => return (Default::default(), Err(End::Aborted(format!("file_transfer policy: {e}")))),
+    };
+    let length = head.content_length.unwrap_or(0);
+    let mut ins = match Inspection::new(policy, Some(length)) {
+        Ok(i) => i,
+        Err(r) => return (Default::default(), Err(End::Refused(r))),
+    };
+    let mut scan = match &ft.clamd {
+        Some(addr) => Some(crate::clamd::Scan::start(addr, ft.scan_timeout).await),
+        None => None,
+    };
+    if let Err(e) = backend.write_all(&head.to_bytes()).await {
+        return (ins.facts().clone(), Err(End::Aborted(format!("upload service: {e}"))));
+    }
+    let mut remaining = length;
+    let mut pending = early;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if !pending.is_empty() {
+            // Bytes past the declared length belong to no request of ours.
+            pending.truncate(usize::try_from(remaining).unwrap_or(usize::MAX));
+            remaining -= pending.len() as u64;
+            let released = match ins.push(&pending) {
+                Ok(r) => r,
+                Err(r) => return (ins.facts().clone(), Err(End::Refused(r))),
+            };
+            if let Some(s) = scan.as_mut() {
+                s.send(&pending).await;
+            }
+            if let Err(e) = backend.write_all(&released).await {
+                return (ins.facts().clone(), Err(End::Aborted(format!("upload service: {e}"))));
+            }
+            pending.clear();
+        }
+        if remaining == 0 {
+            break;
+        }
+        match tokio::time::timeout(IDLE, client.read(&mut buf)).await {
+            Ok(Ok(0)) => return (ins.facts().clone(), Err(End::Aborted("the client closed before the end".into()))),
+            Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return (ins.facts().clone(), Err(End::Aborted(format!("client: {e}")))),
+            Err(_) => return (ins.facts().clone(), Err(End::Aborted("the body stalled".into()))),
+        }
+    }
+    if let Err(r) = ins.finish() {
+        return (ins.facts().clone(), Err(End::Refused(r)));
+    }
+    let verdict = match scan {
+        Some(s) => s.verdict(ft.scan_timeout).await,
+        None => ScanVerdict::NotConfigured,
+    };
+    match ins.scanned(verdict) {
+        Ok(tail) => match backend.write_all(&tail).await {
+            Ok(()) => (ins.facts().clone(), Ok(())),
+            Err(e) => (ins.facts().clone(), Err(End::Aborted(format!("upload service: {e}")))),
+        },
+        Err(r) => (ins.facts().clone(), Err(End::Refused(r))),
+    }
+}

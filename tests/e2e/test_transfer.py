@@ -1,0 +1,431 @@
+"""File transfers through the gateway's own XEP-0065 relay (issue 13), end to end.
+
+Real parts: a private Prosody (c2s 25576; HTTP 25577 with ``http_file_share`` as
+``upload.example.test``) behind a stanzawall with a ``c2s`` listener (25570), a ``socks5`` relay
+listener (25571), an ``http-upload`` listener (25574) in front of Prosody's HTTP port, and
+``[file_transfer]`` (proxy JID ``proxy.example.test``,
+12 MB cap, DLP keyword + card numbers, clamd); a private ``clamd`` (25572) whose only signature
+is the one-line ``.hdb`` written here (EICAR's MD5 and size); two slixmpp clients with slixmpp's
+own XEP-0065 plugin: the sender discovers the proxy through the server's disco#items (which
+the gateway extends), offers it, the receiver connects, the sender activates through the proxy
+JID (answered by the gateway) and writes the file.
+
+Checked: a 10 MB file arrives intact (SHA-256); EICAR and EICAR inside a zip are cut (the
+receiver's connection is reset with less than the whole file) and audited with the
+antivirus detector; a file over the cap is cut; a DLP keyword file is cut; an offer naming a
+direct streamhost reaches the receiver naming only the gateway's proxy (and nobody dials the
+direct address); the relay refuses CONNECT to an address, and pairs nothing without
+activation; HTTP upload (XEP-0363): the slot URLs point at the gateway, a clean file is stored
+and downloadable intact, EICAR is refused with a 403 whose text names the detector and nothing
+is stored; IBB (XEP-0047) in-stream: a clean file intact, a hash-listed file cut at its close
+(the sender's close gets ``not-acceptable`` naming the hash), a DLP file cut mid-stream; clamd stopped → files blocked (``on_scanner_error = "block"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from harness.ca import Pki
+from harness.clamd import EICAR, ClamdInstance
+from harness.client import Client, run
+from harness.defaults import HOST, USERS
+from harness.gateway import Gateway, Listener
+from harness.prosody import ProsodyInstance
+
+GW_PORT = 25570
+RELAY_PORT = 25571
+CLAMD_PORT = 25572
+ADMIN_PORT = 25573
+UPLOAD_PORT = 25574
+PROSODY_C2S = 25576
+PROSODY_HTTP = 25577
+DECOY_PORT = 25579
+UPLOAD_JID = "upload.example.test"
+#: A file on the hash list (IBB is checked in-stream without clamd: the hash list stands in).
+KNOWN_BAD = b"known-bad-document-v1\n" * 100
+NS_UPLOAD = "urn:xmpp:http:upload:0"
+PROXY_JID = "proxy.example.test"
+MAX_BYTES = 12_000_000
+NS_BYTESTREAMS = "http://jabber.org/protocol/bytestreams"
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp: Path) -> ClamdInstance:
+    inst = ClamdInstance(tmp / "clamd", CLAMD_PORT, {"Local.EICAR": EICAR}).start()
+    yield inst
+    inst.stop()
+
+
+@pytest.fixture(scope="module")
+def prosody_ft(tmp: Path) -> ProsodyInstance:
+    """Prosody with an HTTP upload service (mod_http_file_share) on its own HTTP port."""
+    inst = ProsodyInstance(dir=tmp / "prosody-transfer", port=PROSODY_C2S, users=dict(USERS))
+    inst.write_config()
+    text = inst.config_path.read_text()
+    text = text.replace("http_ports = { }", f"http_ports = {{ {PROSODY_HTTP} }}\n"
+                        f'http_interfaces = {{ "{HOST}" }}\nhttp_default_host = "{UPLOAD_JID}"')
+    text += f'\nComponent "{UPLOAD_JID}" "http_file_share"\nhttp_file_share_size_limit = 20*1024*1024\n'
+    inst.config_path.write_text(text)
+    for user, password in USERS.items():
+        inst.register(user, password)
+    inst.start()
+    yield inst
+    inst.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp: Path, pki: Pki, prosody_ft: ProsodyInstance, clamd: ClamdInstance) -> Gateway:
+    extra = f"""
+[[listener]]
+name = "upload"
+kind = "http-upload"
+bind = "{HOST}:{UPLOAD_PORT}"
+backend = "{HOST}:{PROSODY_HTTP}"
+[[listener]]
+name = "relay"
+kind = "socks5"
+bind = "{HOST}:{RELAY_PORT}"
+
+[file_transfer]
+proxy_jid = "{PROXY_JID}"
+upload_url = "http://{HOST}:{UPLOAD_PORT}"
+max_bytes = {MAX_BYTES}
+dlp_keywords = ["CONFIDENTIAL"]
+dlp_card_numbers = true
+hash_deny = ["{hashlib.sha256(KNOWN_BAD).hexdigest()}"]
+clamd = "{HOST}:{CLAMD_PORT}"
+scan_timeout = "20s"
+pairing_timeout = "20s"
+
+[audit]
+path = "audit.jsonl"
+
+[admin]
+bind = "{HOST}:{ADMIN_PORT}"
+"""
+    g = Gateway(tmp / "gateway-transfer", pki.cert, pki.key,
+                [Listener("c2s", "c2s", GW_PORT, prosody_ft.port)], extra_toml=extra).start()
+    g.ca = pki.ca_cert  # type: ignore[attr-defined]
+    yield g
+    assert g.terminate() == 0, f"stanzawall did not exit cleanly; log {g.log_path}"
+
+
+def client(gw: Gateway, user: str) -> Client:
+    c = Client(f"{user}@example.test/ft", USERS[user], HOST, GW_PORT, ca_file=gw.ca)  # type: ignore[attr-defined]
+    c.xmpp.register_plugin("xep_0030")
+    c.xmpp.register_plugin("xep_0065")
+    c.xmpp["xep_0065"].auto_accept = True
+    c.xmpp.register_plugin("xep_0047")
+    c.xmpp["xep_0047"].auto_accept = True
+    return c
+
+
+async def transfer(sender: Client, receiver: Client, data: bytes, chunk: int = 65536) -> tuple[bytes, object]:
+    """Send ``data`` through the proxy; returns what the receiver got and how its connection
+    ended (None: a clean close; an exception: reset)."""
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    closed: asyncio.Future = loop.create_future()
+
+    def on_data(d: bytes) -> None:
+        received.extend(d)
+
+    def on_closed(exc) -> None:
+        if not closed.done():
+            closed.set_result(exc)
+
+    receiver.xmpp.add_event_handler("socks5_data", on_data)
+    receiver.xmpp.add_event_handler("socks5_closed", on_closed)
+    try:
+        sock = await asyncio.wait_for(sender.xmpp["xep_0065"].handshake(receiver.jid, timeout=10), 20)
+        assert sock is not None, "no bytestream established"
+        for i in range(0, len(data), chunk):
+            if sock.transport.is_closing():
+                break
+            await asyncio.wait_for(sock.write(data[i:i + chunk]), 20)
+        sock.transport.close()
+        how = await asyncio.wait_for(closed, 40)
+    finally:
+        receiver.xmpp.del_event_handler("socks5_data", on_data)
+        receiver.xmpp.del_event_handler("socks5_closed", on_closed)
+    return bytes(received), how
+
+
+def audit(gw: Gateway) -> list[dict]:
+    path = gw.dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if '"file-transfer"' in l]
+
+
+def wait_audit(gw: Gateway, count: int, timeout: float = 10.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = audit(gw)
+        if len(records) >= count:
+            return records
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} file-transfer audit records: {audit(gw)}")
+
+
+def send(gw: Gateway, data: bytes) -> tuple[bytes, object, dict]:
+    before = len(audit(gw))
+
+    async def go():
+        async with client(gw, "alice") as a, client(gw, "bob") as b:
+            return await transfer(a, b, data)
+
+    got, how = run(go(), timeout=120)
+    record = wait_audit(gw, before + 1)[before]
+    return got, how, record
+
+
+def metric(name: str) -> float:
+    body = urllib.request.urlopen(f"http://{HOST}:{ADMIN_PORT}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_clean_10mb_file_arrives_intact(gw: Gateway) -> None:
+    data = os.urandom(10 * 1024 * 1024)
+    bytes_before = metric("stanzawall_relay_bytes_out")
+    got, how, record = send(gw, data)
+    assert how is None, f"the receiver's connection was not closed cleanly: {how!r}"
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert record["verdict"] == "pass", record
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["bytes"] == len(data)
+    assert record["requester"].startswith("alice@example.test/") and record["target"].startswith("bob@example.test/")
+    assert metric("stanzawall_relay_bytes_out") - bytes_before >= len(data)
+
+
+def test_eicar_is_cut_and_audited(gw: Gateway) -> None:
+    got, how, record = send(gw, EICAR)
+    assert how is not None, "a refused file must not end like a complete one"
+    assert got != EICAR and len(got) < len(EICAR)
+    assert (record["verdict"], record["detector"]) == ("block", "antivirus"), record
+    assert "Local.EICAR" in record["detail"]
+
+
+def test_eicar_inside_a_zip_is_cut(gw: Gateway) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("padding.bin", os.urandom(500_000), compress_type=zipfile.ZIP_STORED)
+        z.writestr("readme/eicar.com", EICAR, compress_type=zipfile.ZIP_DEFLATED)
+    data = buf.getvalue()
+    got, how, record = send(gw, data)
+    assert how is not None
+    assert len(got) < len(data), "the receiver got the whole archive"
+    assert data.startswith(got), "what was released is the file's beginning"
+    assert (record["verdict"], record["detector"], record["media_type"]) == ("block", "antivirus", "application/zip"), record
+
+
+def test_a_file_over_the_cap_is_cut(gw: Gateway) -> None:
+    data = os.urandom(MAX_BYTES + 1_000_000)
+    got, how, record = send(gw, data)
+    assert how is not None
+    assert len(got) <= MAX_BYTES
+    assert (record["verdict"], record["detector"]) == ("block", "size"), record
+
+
+def test_a_dlp_keyword_file_is_cut(gw: Gateway) -> None:
+    text = (b"Minutes of the board meeting.\n" * 20_000) + b"CONFIDENTIAL: card 4111 1111 1111 1111\n" + (b"end\n" * 50_000)
+    got, how, record = send(gw, text)
+    assert how is not None
+    assert b"CONFIDENTIAL" not in got
+    assert (record["verdict"], record["detector"]) == ("block", "dlp"), record
+
+
+def test_direct_streamhosts_are_removed_from_offers(gw: Gateway) -> None:
+    decoy = socket.socket()
+    decoy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    decoy.bind((HOST, DECOY_PORT))
+    decoy.listen(4)
+    decoy.settimeout(0.2)
+    seen: list[list[tuple[str, str, str]]] = []
+
+    async def go():
+        async with client(gw, "alice") as a, client(gw, "bob") as b:
+            def watch(stanza):
+                q = stanza.xml.find(f"{{{NS_BYTESTREAMS}}}query")
+                if stanza.name == "iq" and q is not None and q.find(f"{{{NS_BYTESTREAMS}}}streamhost") is not None:
+                    seen.append([(h.get("jid"), h.get("host"), h.get("port"))
+                                 for h in q.findall(f"{{{NS_BYTESTREAMS}}}streamhost")])
+                return stanza
+            b.xmpp.add_filter("in", watch)
+            iq = a.xmpp.Iq(sto=b.jid, stype="set")
+            iq["socks"]["sid"] = "direct-offer-1"
+            iq["socks"].add_streamhost(a.jid, HOST, str(DECOY_PORT))
+            iq["socks"].add_streamhost("proxy.elsewhere.test", "192.0.2.1", "7777")
+            used = await iq.send(timeout=15)
+            return used["socks"]["streamhost_used"]["jid"]
+
+    try:
+        used = run(go(), timeout=60)
+        dialed = 0
+        for _ in range(3):
+            try:
+                decoy.accept()[0].close()
+                dialed += 1
+            except socket.timeout:
+                pass
+    finally:
+        decoy.close()
+    assert seen == [[(PROXY_JID, HOST, str(RELAY_PORT))]], seen
+    assert str(used) == PROXY_JID
+    assert dialed == 0, "the receiver dialed the sender's direct address"
+
+
+def socks_connect(atyp_addr: bytes) -> bytes:
+    with socket.create_connection((HOST, RELAY_PORT), timeout=5) as s:
+        s.sendall(b"\x05\x01\x00")
+        assert s.recv(2) == b"\x05\x00"
+        s.sendall(b"\x05\x01\x00" + atyp_addr)
+        return s.recv(64)
+
+
+def test_the_relay_never_dials_and_pairs_nothing_unactivated(gw: Gateway) -> None:
+    # CONNECT to 127.0.0.1:22 and to a host name: refused (address type / not allowed).
+    assert socks_connect(b"\x01\x7f\x00\x00\x01\x00\x16")[1] == 0x08
+    assert socks_connect(b"\x03\x0bexample.com\x00\x50")[1] == 0x02
+    digest = hashlib.sha1(os.urandom(8)).hexdigest().encode()
+    req = b"\x05\x01\x00\x03" + bytes([len(digest)]) + digest + b"\x00\x00"
+    with socket.create_connection((HOST, RELAY_PORT), timeout=5) as t, \
+            socket.create_connection((HOST, RELAY_PORT), timeout=5) as r:
+        for s in (t, r):
+            s.sendall(b"\x05\x01\x00")
+            assert s.recv(2) == b"\x05\x00"
+            s.sendall(req)
+            assert s.recv(64)[1] == 0x00
+            time.sleep(0.2)
+        r.sendall(b"not activated: must never reach the target")
+        t.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            t.recv(64)
+
+
+def upload(gw: Gateway, name: str, data: bytes, ctype: str = "application/octet-stream") -> tuple[str, int, bytes, dict]:
+    """Request a slot through the gateway, PUT ``data`` to it; returns the get URL, the PUT's
+    status and body, and the audit record."""
+    import http.client
+    import urllib.parse
+    import xml.etree.ElementTree as ET
+    before = len(audit(gw))
+
+    async def slot():
+        async with client(gw, "alice") as a:
+            iq = a.xmpp.Iq(sto=UPLOAD_JID, stype="get")
+            iq.xml.append(ET.fromstring(
+                f"<request xmlns='{NS_UPLOAD}' filename='{name}' size='{len(data)}' content-type='{ctype}'/>"))
+            resp = await iq.send(timeout=10)
+            s = resp.xml.find(f"{{{NS_UPLOAD}}}slot")
+            put = s.find(f"{{{NS_UPLOAD}}}put")
+            headers = {h.get("name"): (h.text or "") for h in put.findall(f"{{{NS_UPLOAD}}}header")}
+            return put.get("url"), headers, s.find(f"{{{NS_UPLOAD}}}get").get("url")
+
+    put_url, headers, get_url = run(slot(), timeout=60)
+    base = f"http://{HOST}:{UPLOAD_PORT}/"
+    assert put_url.startswith(base) and get_url.startswith(base), (put_url, get_url)
+    u = urllib.parse.urlsplit(put_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("PUT", u.path + (f"?{u.query}" if u.query else ""), body=data,
+                 headers={**headers, "Content-Type": ctype, "Content-Length": str(len(data))})
+    r = conn.getresponse()
+    status, body = r.status, r.read()
+    conn.close()
+    record = wait_audit(gw, before + 1)[before]
+    return get_url, status, body, record
+
+
+def download(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_http_upload_clean_file_is_stored_and_downloadable(gw: Gateway) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    get_url, status, body, record = upload(gw, "clean.bin", data)
+    assert status == 201, (status, body)
+    assert (record["transport"], record["verdict"]) == ("upload", "pass"), record
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    status, got = download(get_url)
+    assert status == 200 and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_http_upload_of_eicar_is_refused_and_not_stored(gw: Gateway) -> None:
+    get_url, status, body, record = upload(gw, "eicar.txt", EICAR, "text/plain")
+    assert status == 403, (status, body)
+    assert b"antivirus" in body and b"Local.EICAR" in body, body
+    assert (record["transport"], record["verdict"], record["detector"]) == ("upload", "block", "antivirus"), record
+    status, got = download(get_url)
+    assert status != 200 and EICAR not in got, (status, got)
+
+
+def send_ibb(gw: Gateway, data: bytes) -> tuple[bytes, object]:
+    """Send ``data`` in-band (XEP-0047, 4 KiB blocks); returns what the receiver gathered and
+    the error the sender's close got (None: accepted)."""
+    from slixmpp.exceptions import IqError
+
+    async def go():
+        async with client(gw, "alice") as a, client(gw, "bob") as b:
+            started: asyncio.Future = asyncio.get_running_loop().create_future()
+            b.xmpp.add_event_handler("ibb_stream_start", lambda st: started.done() or started.set_result(st))
+            stream = await a.xmpp["xep_0047"].open_stream(b.jid, timeout=10)
+            incoming = await asyncio.wait_for(started, 10)
+            gathering = asyncio.ensure_future(incoming.gather(timeout=60))
+            error = None
+            try:
+                await stream.sendall(data, timeout=10)
+                await stream.close(timeout=10)
+            except IqError as e:
+                error = e.iq["error"]
+            got = await asyncio.wait_for(gathering, 60)
+            return got, error
+
+    return run(go(), timeout=120)
+
+
+def test_ibb_clean_file_arrives_intact(gw: Gateway) -> None:
+    data = os.urandom(200_000)
+    got, error = send_ibb(gw, data)
+    assert error is None, error
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_ibb_hash_listed_file_is_cut_at_close(gw: Gateway) -> None:
+    got, error = send_ibb(gw, KNOWN_BAD)
+    assert error is not None and error["condition"] == "not-acceptable", error
+    assert "hash" in error["text"], error["text"]
+    assert len(got) < len(KNOWN_BAD), "the receiver got the whole file"
+
+
+def test_ibb_dlp_file_is_cut_mid_stream(gw: Gateway) -> None:
+    text = (b"Minutes of the board meeting.\n" * 2000) + b"CONFIDENTIAL\n" + (b"end\n" * 5000)
+    got, error = send_ibb(gw, text)
+    assert error is not None and error["condition"] == "not-acceptable", error
+    assert b"CONFIDENTIAL" not in got
+
+
+def test_scanner_down_blocks(gw: Gateway, clamd: ClamdInstance) -> None:
+    clamd.stop()
+    got, how, record = send(gw, b"harmless text, but nobody can scan it\n" * 100)
+    assert how is not None
+    assert (record["verdict"], record["detector"]) == ("block", "scanner-error"), record
