@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -187,6 +188,47 @@ def test_systemd_unit_verifies(package, tmp):
     if not Path("/usr/bin/stanzawall").exists():
         bad = run("systemd-analyze", "verify", str(d / "stanzawall.service"))
         assert bad.returncode != 0 and "/usr/bin/stanzawall" in bad.stderr, bad.stderr
+
+
+def test_unit_reload_signals_the_main_process(package, tmp):
+    """``ExecReload=`` as systemd runs it (MAINPID in its environment, no shell of systemd's
+    own): the main process gets SIGHUP, which is ``stanzawall run``'s reload."""
+    _, root = package
+    unit = (root / "lib/systemd/system/stanzawall.service").read_text()
+    lines = [l.split("=", 1)[1] for l in unit.splitlines() if l.startswith("ExecReload=")]
+    assert len(lines) == 1, lines
+    env = {"PATH": "/usr/bin:/bin", "MAINPID": ""}
+    # systemd.service(5) "Command lines": a word that is only $NAME or ${NAME} becomes the
+    # variable's value (split at whitespace); ${NAME} inside a word is replaced in place.
+    def expand(argv: list[str]) -> list[str]:
+        out: list[str] = []
+        for w in argv:
+            whole = re.fullmatch(r"\$(\w+)|\$\{(\w+)\}", w)
+            if whole:
+                out += env.get(whole.group(1) or whole.group(2), "").split()
+            else:
+                out.append(re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), w))
+        return out
+    marker, ready = tmp / "reload-hup", tmp / "reload-ready"
+    marker.unlink(missing_ok=True)
+    ready.unlink(missing_ok=True)
+    main = subprocess.Popen(["/bin/sh", "-c", f"trap 'echo hup > {marker}; exit 0' HUP; touch {ready}; "
+                             "i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; exit 3"])
+    try:
+        for _ in range(300):  # the trap is set once the file exists
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        assert ready.exists(), "the stand-in main process did not start"
+        env["MAINPID"] = str(main.pid)
+        reload = subprocess.run(expand(shlex.split(lines[0])), env=env, capture_output=True, text=True,
+                                timeout=TIMEOUT)
+        assert reload.returncode == 0, reload.stderr
+        assert main.wait(timeout=30) == 0 and marker.read_text() == "hup\n"
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
 
 
 # --- installed for real, in a clean chroot --------------------------------------------------
