@@ -6,7 +6,7 @@
 #
 # Ports (loopback): 5222 STARTTLS and 5223 direct TLS (stanzawall), 16222 Prosody's plaintext c2s
 # (only stanzawall connects there), 5380 the admin API and dashboard. XMPP domain: localhost.
-# Override with DEMO_PORT / DEMO_TLS_PORT / DEMO_ADMIN_PORT.
+# Override with DEMO_PORT / DEMO_TLS_PORT / DEMO_ADMIN_PORT / DEMO_BACKEND_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,7 +15,7 @@ DOMAIN=localhost
 PORT=${DEMO_PORT:-5222}
 TLS_PORT=${DEMO_TLS_PORT:-5223}
 ADMIN_PORT=${DEMO_ADMIN_PORT:-5380}
-BACKEND_PORT=16222
+BACKEND_PORT=${DEMO_BACKEND_PORT:-16222}
 
 need_root() { [[ $EUID -eq 0 ]] || { echo "demo.sh: run as root to install $1 (or install it yourself)" >&2; exit 1; }; }
 
@@ -121,6 +121,8 @@ attributes = 64
 
 # The firewall at work: the policy of examples/stanzawall.toml (README "Policy"), with the URL
 # list in a file the dashboard can edit.
+[list.spam_domains]
+file = "lists/spam-domains.txt"
 [list.bad_urls]
 file = "lists/bad-urls.txt"
 
@@ -128,6 +130,12 @@ file = "lists/bad-urls.txt"
 rate  = "30/minute"
 burst = 10
 key   = "from.bare"
+
+[[rule]]
+name   = "blocked-servers"
+chain  = "c2s-out"
+when   = { from_domain_in = "spam_domains" }
+action = "drop"
 
 [[rule]]
 name   = "malicious-links"
@@ -147,6 +155,12 @@ when   = { kind = "message", rate = "per_sender" }
 action = "bounce"
 error  = "resource-constraint"
 
+[[rule]]
+name     = "watch-keywords"
+when     = { body_contains = ["confidential", "password:"] }
+action   = "drop"
+log_only = true
+
 [audit]
 path = "audit.jsonl"
 
@@ -155,7 +169,8 @@ bind = "127.0.0.1:$ADMIN_PORT"
 tokens = "admin-tokens"
 TOML
 mkdir -p "$RUN/lists"
-[[ -f $RUN/lists/bad-urls.txt ]] || printf '# URLs doing the rounds (one a line; the dashboard adds here)\nevil.example/payload\n' >"$RUN/lists/bad-urls.txt"
+[[ -f $RUN/lists/bad-urls.txt ]] || printf '# URLs doing the rounds (one a line; the dashboard adds here)\nevil.example/payload\nphish.example\n' >"$RUN/lists/bad-urls.txt"
+[[ -f $RUN/lists/spam-domains.txt ]] || cp "$ROOT/examples/lists/spam-domains.txt" "$RUN/lists/spam-domains.txt"
 if [[ ! -f $RUN/admin-token.txt ]]; then
   (umask 077; "$BIN" admin-token --tokens "$RUN/admin-tokens" --role admin --name demo >"$RUN/admin-token.txt")
 fi

@@ -3,7 +3,8 @@
 # Debian bookworm: Prosody, ejabberd, go-sendxmpp, slixmpp and pytest for
 # Debian's /usr/bin/python3, lua-unbound, knot (the s2s test sites' private
 # DNS), openssl, ca-certificates; Chromium, chromedriver, selenium, Strophe.js
-# and python3-websockets for the web door.
+# and python3-websockets for the web door; debootstrap, man-db, groff-base and
+# systemd for the package's install test.
 #
 # Idempotent: if every package is already installed, apt is not touched.
 # The packages' services are NOT started: while apt runs, a temporary
@@ -41,6 +42,12 @@ PACKAGES=(
   haproxy
   # The file-transfer door (tests/e2e/test_transfer.py): a private clamd from a written .hdb.
   clamav-daemon
+  # The Debian package (tests/e2e/test_package.py): installed into a clean bookworm chroot made by
+  # debootstrap; its man pages through man-db and groff, its unit through systemd-analyze.
+  debootstrap
+  man-db
+  groff-base
+  systemd
 )
 POLICY=/usr/sbin/policy-rc.d
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this):
-#   1. installs what the tests need (Debian packages: Prosody, ejabberd, go-sendxmpp, slixmpp, pytest);
+#   1. installs what the tests need (Debian packages: Prosody, ejabberd, go-sendxmpp, slixmpp, pytest,
+#      debootstrap; and cargo-deb);
 #   2. format and lint checks;
 #   3. unit and property tests of the core and the daemon;
 #   4. a fuzz smoke: every cargo-fuzz target for 30 s (scripts/fuzz.sh);
@@ -15,6 +16,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 scripts/install-test-deps.sh
+# cargo-deb builds the Debian package (scripts/package-deb.sh, tests/e2e/test_package.py). Pinned,
+# and installed only when that version is not there yet (about a minute the first time).
+CARGO_DEB_VERSION=3.8.0
+if [[ "$(cargo deb --version 2>/dev/null || true)" != "cargo-deb $CARGO_DEB_VERSION" ]]; then
+  echo "== cargo install cargo-deb $CARGO_DEB_VERSION"
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,17 +1,38 @@
-"""The Debian package an operator installs (issue 19), tested without a container: build it with
-``scripts/package-deb.sh`` from the binary under test, unpack it into a temporary root with
-``dpkg -x``, and run what it ships from there: ``--version`` with the commit, the man pages
-through ``man -l``, the completions in bash, and ``stanzawall check`` on the packaged config.
+"""The Debian package an operator installs (issue 19), built by ``cargo deb`` through
+``scripts/package-deb.sh`` from the binary under test, and tested two ways:
 
-No network, no ports: this module needs no gateway and no XMPP server.
+- unpacked with ``dpkg -x`` into a temporary directory: control data, where every file lands,
+  ``--version`` with the commit, every man page through ``man -l`` and ``groff -ww`` without a
+  warning, the completions in bash, ``stanzawall check`` on the packaged config, and
+  ``systemd-analyze verify`` on the unit;
+- installed for real into a clean Debian chroot (``debootstrap --variant=minbase
+  --include=systemd`` of this machine's release: what a server with systemd has, nothing more),
+  with dpkg running the maintainer scripts there: dpkg finds the Depends satisfied, postinst
+  creates the system user and the state directory with the right owner, ``stanzawall check``
+  runs from the installed package as the service user, the installed unit verifies against
+  that root, and ``dpkg --purge`` removes it all again.
+
+Why a chroot and not ``dpkg -i`` on this machine: the chroot is clean (nothing installed by hand
+hides a missing dependency: it found that the unit's ``/bin/kill`` needs procps, which a minimal
+Debian lacks), and the test never touches this machine's package database or users. The chroot
+is made once and cached as a tar file in ``$STANZAWALL_CHROOT_CACHE`` (default
+``/var/cache/stanzawall-tests``; remade after a week); each run unpacks a fresh copy into its
+temporary directory and deletes it. debootstrap fetches from the mirror this machine's apt uses.
+Needs root (dpkg and chroot), as the whole suite does.
+
+No ports: this module needs no gateway and no XMPP server.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -45,12 +66,20 @@ def test_control_data_and_conffiles(package):
     deb, _ = package
     info = run("dpkg-deb", "--info", str(deb))
     assert info.returncode == 0, info.stderr
-    for field in ("Package: stanzawall", "Version: 0.", "Depends: libc6, adduser", "Section: net"):
+    for field in ("Package: stanzawall", "Version: 0.", "Section: net", "Recommends: nftables"):
         assert field in info.stdout, info.stdout
+    depends = re.search(r"^ Depends: (.*)$", info.stdout, re.M)
+    assert depends, info.stdout
+    # cargo-deb's $auto (the libraries the binary links) and adduser for postinst.
+    names = {d.split()[0] for d in depends.group(1).split(", ")}
+    assert {"libc6", "adduser"} <= names, depends.group(1)
     listing = run("dpkg-deb", "--contents", str(deb)).stdout
-    assert "root/root" in listing and "./usr/bin/stanzawall" in listing, listing
+    assert "./usr/bin/stanzawall" in listing, listing
+    # Every file root's (cargo-deb writes the ids, 0/0), whoever built the package.
+    owners = {line.split()[1] for line in listing.splitlines() if line.strip()}
+    assert owners <= {"0/0", "root/root"}, owners
     ctrl = run("sh", "-c", f"dpkg-deb --ctrl-tarfile '{deb}' | tar -xO ./conffiles")
-    assert ctrl.stdout.split() == ["/etc/stanzawall/admin-tokens", "/etc/stanzawall/lists/spam-domains.txt",
+    assert sorted(ctrl.stdout.split()) == ["/etc/stanzawall/admin-tokens", "/etc/stanzawall/lists/spam-domains.txt",
                                    "/etc/stanzawall/stanzawall.toml"], ctrl.stdout
 
 
@@ -96,6 +125,29 @@ def test_man_page_renders(package):
     assert sub.returncode == 0 and "--config" in sub.stdout, sub.stdout + sub.stderr
 
 
+def test_every_man_page_renders_without_a_warning(package):
+    """``man --warnings`` (groff's warnings, through man-db's preprocessors, in the C locale)
+    and plain ``groff -ww -z -man`` (every warning, no preprocessor: input read as Latin-1) both
+    stay silent on every page."""
+    if shutil.which("groff") is None:
+        pytest.fail("groff is needed (Debian's groff-base)")
+    _, root = package
+    pages = sorted((root / "usr/share/man/man1").glob("*.1.gz"))
+    assert len(pages) >= 10, pages
+    env = dict(os.environ, LC_ALL="C", MANWIDTH="80", MANPAGER="cat", PAGER="cat")
+    for page in pages:
+        out = run("man", "--warnings", "-l", str(page), env=env)
+        assert out.returncode == 0 and out.stderr == "", f"{page.name}: {out.stderr}"
+        assert page.name.removesuffix(".1.gz") in out.stdout, out.stdout
+        raw = subprocess.run(["groff", "-ww", "-z", "-man"], input=gzip.decompress(page.read_bytes()),
+                             capture_output=True, timeout=TIMEOUT)
+        assert raw.returncode == 0 and raw.stderr == b"", f"{page.name}: {raw.stderr.decode()}"
+    # What the escaping is for: the arrow in explain's --chain help renders as one.
+    utf8 = dict(env, LC_ALL="C.UTF-8")
+    explain = run("man", "-l", str(root / "usr/share/man/man1/stanzawall-explain.1.gz"), env=utf8)
+    assert "(client \u2192 server)" in explain.stdout, explain.stdout
+
+
 def test_bash_completion_loads(package):
     _, root = package
     script = root / "usr/share/bash-completion/completions/stanzawall"
@@ -136,3 +188,210 @@ def test_systemd_unit_verifies(package, tmp):
     if not Path("/usr/bin/stanzawall").exists():
         bad = run("systemd-analyze", "verify", str(d / "stanzawall.service"))
         assert bad.returncode != 0 and "/usr/bin/stanzawall" in bad.stderr, bad.stderr
+
+
+def test_unit_reload_signals_the_main_process(package, tmp):
+    """``ExecReload=`` as systemd runs it (MAINPID in its environment, no shell of systemd's
+    own): the main process gets SIGHUP, which is ``stanzawall run``'s reload."""
+    _, root = package
+    unit = (root / "lib/systemd/system/stanzawall.service").read_text()
+    lines = [l.split("=", 1)[1] for l in unit.splitlines() if l.startswith("ExecReload=")]
+    assert len(lines) == 1, lines
+    env = {"PATH": "/usr/bin:/bin", "MAINPID": ""}
+    # systemd.service(5) "Command lines": a word that is only $NAME or ${NAME} becomes the
+    # variable's value (split at whitespace); ${NAME} inside a word is replaced in place.
+    def expand(argv: list[str]) -> list[str]:
+        out: list[str] = []
+        for w in argv:
+            whole = re.fullmatch(r"\$(\w+)|\$\{(\w+)\}", w)
+            if whole:
+                out += env.get(whole.group(1) or whole.group(2), "").split()
+            else:
+                out.append(re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), w))
+        return out
+    marker, ready = tmp / "reload-hup", tmp / "reload-ready"
+    marker.unlink(missing_ok=True)
+    ready.unlink(missing_ok=True)
+    main = subprocess.Popen(["/bin/sh", "-c", f"trap 'echo hup > {marker}; exit 0' HUP; touch {ready}; "
+                             "i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; exit 3"])
+    try:
+        for _ in range(300):  # the trap is set once the file exists
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        assert ready.exists(), "the stand-in main process did not start"
+        env["MAINPID"] = str(main.pid)
+        reload = subprocess.run(expand(shlex.split(lines[0])), env=env, capture_output=True, text=True,
+                                timeout=TIMEOUT)
+        assert reload.returncode == 0, reload.stderr
+        assert main.wait(timeout=30) == 0 and marker.read_text() == "hup\n"
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+
+
+# --- installed for real, in a clean chroot --------------------------------------------------
+
+CHROOT_CACHE = Path(os.environ.get("STANZAWALL_CHROOT_CACHE", "/var/cache/stanzawall-tests"))
+CHROOT_MAX_AGE = 7 * 24 * 3600  # a week: the mirror moves on, and so does the cached system
+# Inside the chroot: a plain root environment, none of this machine's (pyenv, cargo, …).
+CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive",
+              "HOME": "/root"}
+CHROOT_TIMEOUT = 900  # debootstrap, once a week at most
+
+
+def _os_release(key: str) -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1].strip().strip('"')
+    pytest.fail(f"/etc/os-release has no {key}")
+
+
+def _apt_mirror(codename: str) -> str | None:
+    """The URI this machine's apt fetches ``codename`` from (deb822 .sources or one-line
+    sources.list), or None to leave debootstrap its default."""
+    sources = Path("/etc/apt/sources.list.d")
+    for f in sorted(sources.glob("*.sources")) if sources.is_dir() else []:
+        for stanza in f.read_text().split("\n\n"):
+            fields = dict(
+                (k.strip(), v.strip()) for k, _, v in (l.partition(":") for l in stanza.splitlines())
+                if not k.startswith("#") and v
+            )
+            if "deb" in fields.get("Types", "").split() and codename in fields.get("Suites", "").split():
+                return fields.get("URIs", "").split()[0] if fields.get("URIs") else None
+    listing = Path("/etc/apt/sources.list")
+    for line in listing.read_text().splitlines() if listing.exists() else []:
+        words = [w for w in line.split() if not w.startswith("[")]
+        if len(words) >= 3 and words[0] == "deb" and words[2] == codename:
+            return words[1]
+    return None
+
+
+def _base_system() -> Path:
+    """A tar of ``debootstrap --variant=minbase --include=systemd CODENAME``, made at most once
+    a week (the e2e lock keeps two runs from making it at once)."""
+    codename = _os_release("VERSION_CODENAME")
+    tarball = CHROOT_CACHE / f"{codename}-minbase-systemd.tar"
+    if tarball.exists() and time.time() - tarball.stat().st_mtime < CHROOT_MAX_AGE:
+        return tarball
+    if shutil.which("debootstrap") is None:
+        pytest.fail("debootstrap is needed (scripts/install-test-deps.sh installs it)")
+    CHROOT_CACHE.mkdir(parents=True, exist_ok=True)
+    work = CHROOT_CACHE / f"build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        cmd = ["debootstrap", "--variant=minbase", "--include=systemd", codename, str(work / "root")]
+        mirror = _apt_mirror(codename)
+        if mirror:
+            cmd.append(mirror)
+        boot = subprocess.run(cmd, capture_output=True, text=True, timeout=CHROOT_TIMEOUT)
+        assert boot.returncode == 0, f"debootstrap failed:\n{boot.stdout[-3000:]}\n{boot.stderr[-3000:]}"
+        # The package cache is not part of a clean system.
+        for deb in (work / "root/var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        packed = run("tar", "--numeric-owner", "-C", str(work / "root"), "-cf", str(work / "root.tar"), ".")
+        assert packed.returncode == 0, packed.stderr
+        os.replace(work / "root.tar", tarball)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tarball
+
+
+@pytest.fixture
+def clean_root(tmp: Path):
+    """A fresh copy of the cached clean system, deleted afterwards (nothing is mounted in it)."""
+    if os.geteuid() != 0:
+        pytest.fail("the chroot install test needs root (dpkg and chroot), as the whole suite does")
+    tarball = _base_system()
+    root = tmp / "chroot"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    unpacked = run("tar", "--numeric-owner", "-C", str(root), "-xpf", str(tarball))
+    assert unpacked.returncode == 0, unpacked.stderr
+    try:
+        yield root
+    finally:
+        mounts = Path("/proc/mounts").read_text()
+        assert f" {root}/" not in mounts and f" {root} " not in mounts, "something is mounted in the chroot"
+        shutil.rmtree(root)
+
+
+def in_root(root: Path, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
+    cmd = ["chroot"] + ([f"--userspec={user}:{user}"] if user else []) + [str(root), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=CHROOT_ENV)
+
+
+def _account(root: Path, file: str, name: str) -> list[str] | None:
+    for line in (root / "etc" / file).read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return fields
+    return None
+
+
+def test_installs_runs_and_purges_in_a_clean_chroot(package, pki, clean_root):
+    deb, _ = package
+    root = clean_root
+    assert not (root / "usr/bin/stanzawall").exists() and _account(root, "passwd", "stanzawall") is None
+    shutil.copyfile(deb, root / "tmp/stanzawall.deb")
+
+    # dpkg checks Depends against what is installed and runs preinst/postinst in the chroot.
+    install = in_root(root, "dpkg", "-i", "/tmp/stanzawall.deb")
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert "warning" not in (install.stdout + install.stderr).lower(), install.stdout + install.stderr
+    status = in_root(root, "dpkg-query", "-W", "-f=${Status}\n${Conffiles}\n", "stanzawall")
+    assert status.stdout.startswith("install ok installed\n"), status.stdout + status.stderr
+    conffiles = sorted(line.split()[0] for line in status.stdout.splitlines()[1:] if line.strip())
+    assert conffiles == ["/etc/stanzawall/admin-tokens", "/etc/stanzawall/lists/spam-domains.txt",
+                         "/etc/stanzawall/stanzawall.toml"], status.stdout
+
+    # postinst: a system user and group, the state and log directories theirs, the token file
+    # readable by the group only.
+    user = _account(root, "passwd", "stanzawall")
+    group = _account(root, "group", "stanzawall")
+    assert user and group, "postinst created no stanzawall user or group"
+    uid, gid = int(user[2]), int(group[2])
+    assert uid < 1000 and user[5] == "/var/lib/stanzawall" and user[6].endswith("nologin"), user
+    for d in ("var/lib/stanzawall", "var/log/stanzawall"):
+        st = (root / d).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, 0o750), (d, st)
+    st = (root / "etc/stanzawall/admin-tokens").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, gid, 0o640), st
+
+    # The installed binary runs in the clean system, as the service user.
+    version = in_root(root, "/usr/bin/stanzawall", "--version", user="stanzawall")
+    assert version.returncode == 0 and version.stdout.startswith("stanzawall 0."), version.stdout + version.stderr
+    config = "/etc/stanzawall/stanzawall.toml"
+    check = in_root(root, "/usr/bin/stanzawall", "check", "--config", config, user="stanzawall")
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "tls.certificate[0].cert" in check.stderr and "certs/example.test.crt" in check.stderr, check.stderr
+    # The operator puts the certificate where the config says (the key readable by the service
+    # group only), and the config the unit's ExecStartPre= checks is ok.
+    certs = root / "etc/stanzawall/certs"
+    certs.mkdir()
+    shutil.copyfile(pki.cert, certs / "example.test.crt")
+    shutil.copyfile(pki.key, certs / "example.test.key")
+    os.chown(certs / "example.test.key", 0, gid)
+    os.chmod(certs / "example.test.key", 0o640)
+    check = in_root(root, "/usr/bin/stanzawall", "check", "--config", config, user="stanzawall")
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith(f"{config}: ok (2 listeners, 1 certificates"), check.stdout
+
+    # The installed unit, verified against this root: its binaries, user and targets are there.
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is needed (Debian's systemd)")
+    verify = run("systemd-analyze", "verify", f"--root={root}", "/lib/systemd/system/stanzawall.service")
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+
+    # Purge: the package's files, conffiles, user data directories go; the certificate the
+    # operator added is not the package's, and stays.
+    purge = in_root(root, "dpkg", "--purge", "stanzawall")
+    assert purge.returncode == 0, purge.stdout + purge.stderr
+    gone = in_root(root, "dpkg-query", "-W", "-f=${Status}", "stanzawall")
+    assert gone.returncode != 0 or "not-installed" in gone.stdout, gone.stdout
+    for f in ("usr/bin/stanzawall", "lib/systemd/system/stanzawall.service", "etc/stanzawall/stanzawall.toml",
+              "etc/stanzawall/admin-tokens", "etc/stanzawall/lists", "var/lib/stanzawall", "var/log/stanzawall",
+              "usr/share/man/man1/stanzawall.1.gz", "usr/share/doc/stanzawall"):
+        assert not (root / f).exists(), f"{f} survived dpkg --purge"
+    assert (certs / "example.test.key").exists()

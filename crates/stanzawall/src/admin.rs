@@ -20,6 +20,7 @@ mod api;
 pub mod auth;
 mod dashboard;
 pub mod lists;
+pub mod routes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,32 +196,10 @@ impl FromRequestParts<St> for Operator {
     }
 }
 
-/// The whole admin application.
+/// The whole admin application: every entry of [`routes::routes`], and 404 for the rest.
 fn router(st: St) -> axum::Router {
-    use axum::routing::{delete, get, post};
-    axum::Router::new()
-        .route("/", get(dashboard::index))
-        .route("/dashboard.js", get(dashboard::script))
-        .route("/dashboard.css", get(dashboard::style))
-        .route("/healthz", get(|| async { reply(StatusCode::OK, json!({ "status": "ok" })) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/whoami", get(api::whoami))
-        .route("/api/v1/stats", get(api::stats))
-        .route("/api/v1/sessions", get(api::sessions))
-        .route("/api/v1/sessions/{id}", delete(api::kick))
-        .route("/api/v1/bans", get(api::bans).post(api::ban))
-        .route("/api/v1/bans/{address}", delete(api::unban))
-        .route("/api/v1/lists", get(api::lists))
-        .route("/api/v1/lists/{name}", get(api::list))
-        .route("/api/v1/lists/{name}/entries", post(api::add_entry).delete(api::remove_entry))
-        .route("/api/v1/rules", get(api::rules))
-        .route("/api/v1/explain", post(api::explain))
-        .route("/api/v1/audit", get(api::audit))
-        .route("/api/v1/audit/stream", get(api::audit_stream))
-        .route("/api/v1/reload", post(api::reload))
-        .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(st)
+    let app = routes::routes().into_iter().fold(axum::Router::new(), |app, r| app.route(r.path, r.handler));
+    app.fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") }).with_state(st)
 }
 
 async fn readyz(axum::extract::State(st): axum::extract::State<St>) -> Response {

@@ -11,7 +11,9 @@ pub fn man_pages(cmd: clap::Command, dir: Option<&Path>, out: &mut dyn Write) ->
     let mut cmd = cmd;
     cmd.build();
     let Some(dir) = dir else {
-        clap_mangen::Man::new(cmd).render(out)?;
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        out.write_all(&ascii_roff(&buf))?;
         return Ok(vec!["stanzawall.1".to_owned()]);
     };
     std::fs::create_dir_all(dir)?;
@@ -25,10 +27,26 @@ pub fn man_pages(cmd: clap::Command, dir: Option<&Path>, out: &mut dyn Write) ->
         let mut buf = Vec::new();
         // The page's title is the name `man` knows it by (`man stanzawall-check`).
         clap_mangen::Man::new(page).title(name).render(&mut buf)?;
-        std::fs::write(dir.join(&file), buf)?;
+        std::fs::write(dir.join(&file), ascii_roff(&buf))?;
         written.push(file);
     }
     Ok(written)
+}
+
+/// The page with every non-ASCII character written as a groff escape (`→` as `\[u2192]`).
+/// The help texts are UTF-8 and clap_mangen copies them as they are; groff reads its input as
+/// Latin-1 unless a preprocessor (man-db's preconv) converts it, so `groff -man` alone would
+/// print mojibake and warn. Escaped, the page renders the same through any of them.
+fn ascii_roff(page: &[u8]) -> Vec<u8> {
+    let mut out = String::with_capacity(page.len());
+    for c in String::from_utf8_lossy(page).chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\[u{:04X}]", u32::from(c)));
+        }
+    }
+    out.into_bytes()
 }
 
 /// Write the completion script for `shell` to `out`.
@@ -62,6 +80,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("stanzawall-man-{}", std::process::id()));
         let pages = man_pages(crate::Cli::command(), Some(&dir), &mut std::io::sink()).unwrap();
         assert!(pages.contains(&"stanzawall-admin-token.1".to_owned()) && pages.len() >= 10, "{pages:?}");
+        for page in &pages {
+            let text = std::fs::read(dir.join(page)).unwrap();
+            assert!(text.is_ascii(), "{page} has bytes groff reads as Latin-1");
+        }
+        let explain = std::fs::read_to_string(dir.join("stanzawall-explain.1")).unwrap();
+        assert!(explain.contains("(client \\[u2192] server)"), "{explain}");
         let check = std::fs::read_to_string(dir.join("stanzawall-check.1")).unwrap();
         assert!(check.contains(".TH stanzawall-check 1") && check.contains("\\-\\-config"), "{check}");
         std::fs::remove_dir_all(&dir).unwrap();
