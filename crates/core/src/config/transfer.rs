@@ -70,9 +70,13 @@ pub struct FileTransferConfig {
 }
 
 impl FileTransferConfig {
-    /// The inspection policy (validated already: compiling cannot fail for a validated config,
-    /// but a failure is reported, never a panic).
-    pub fn inspect_policy(&self) -> Result<InspectPolicy, crate::transfer::inspect::DlpError> {
+    /// The inspection policy, with the `file` chain's `rules` before these checks (validated
+    /// already: compiling cannot fail for a validated config, but a failure is reported, never
+    /// a panic).
+    pub fn inspect_policy(
+        &self,
+        rules: std::sync::Arc<crate::policy::file::FileRules>,
+    ) -> Result<InspectPolicy, crate::transfer::inspect::DlpError> {
         let dlp = if self.dlp_keywords.is_empty() && self.dlp_patterns.is_empty() && !self.dlp_card_numbers {
             None
         } else {
@@ -86,6 +90,7 @@ impl FileTransferConfig {
             dlp,
             hold_back: self.hold_back_bytes,
             on_scanner_error: self.on_scanner_error,
+            rules,
         })
     }
 
@@ -331,7 +336,7 @@ backend = "127.0.0.1:15222"
             ("proxy.example.test", "192.0.2.10", 7777)
         );
         assert!(ft.mediate);
-        assert!(ft.inspect_policy().unwrap().dlp.is_some());
+        assert!(ft.inspect_policy(Default::default()).unwrap().dlp.is_some());
         let e = parse(RELAY).unwrap_err();
         assert!(e.contains("add [file_transfer]"), "{e}");
         let e = parse("[file_transfer]\nproxy_jid = \"proxy.example.test\"\n").unwrap_err();
