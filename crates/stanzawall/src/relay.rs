@@ -29,8 +29,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use serde_json::json;
 use stanzawall_core::config::{FileTransferConfig, ListenerConfig};
-use stanzawall_core::transfer::socks5::{self, Handshake, ReplyCode};
 use stanzawall_core::policy::file::{Offer, Transport};
+use stanzawall_core::transfer::socks5::{self, Handshake, ReplyCode};
 use stanzawall_core::transfer::{Activator, InspectPolicy, Inspection, Refusal, ScanVerdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -254,7 +254,9 @@ pub async fn serve(
     count(verdict, detector);
     if let Err(End::Refused(r)) = &outcome.result {
         // The activation was answered long ago: the requester learns of the refusal here.
-        if let Some(notice) = crate::transfers::refusal_notice(&ft.proxy_jid, &activated.requester, &activated.target_jid, r) {
+        if let Some(notice) =
+            crate::transfers::refusal_notice(&ft.proxy_jid, &activated.requester, &activated.target_jid, r)
+        {
             let told = shared.sessions.notify(&activated.requester, notice);
             info!(stream.hash = %hash, requester = %activated.requester, told, "relay: refusal sent to the requester");
         }

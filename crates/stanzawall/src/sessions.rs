@@ -240,14 +240,14 @@ mod tests {
         sessions.kick(reg.id(), kick.clone()).unwrap();
         assert!(matches!(sessions.kick(reg.id(), kick.clone()), Err(KickError::Closing(_))));
         assert!(matches!(rx.recv().await.unwrap(), Control::Kick(k) if k.condition == Condition::Reset));
-        assert!(sessions.notify("alice@example.test/phone", stanzawall_core::xml::Element::new(
-            stanzawall_core::stream::NS_CLIENT,
-            "message"
-        )));
-        assert!(!sessions.notify("bob@example.test/phone", stanzawall_core::xml::Element::new(
-            stanzawall_core::stream::NS_CLIENT,
-            "message"
-        )));
+        assert!(sessions.notify(
+            "alice@example.test/phone",
+            stanzawall_core::xml::Element::new(stanzawall_core::stream::NS_CLIENT, "message")
+        ));
+        assert!(!sessions.notify(
+            "bob@example.test/phone",
+            stanzawall_core::xml::Element::new(stanzawall_core::stream::NS_CLIENT, "message")
+        ));
         assert!(matches!(rx.recv().await.unwrap(), Control::Notice(_)));
         let id = reg.id();
         drop(reg);

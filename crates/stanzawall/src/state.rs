@@ -103,12 +103,10 @@ impl Generation {
         let inspect = match &config.file_transfer {
             None => None,
             Some(ft) => Some(Arc::new(ft.inspect_policy(policy.file_rules().clone()).map_err(|e| {
-                LoadError::Config(stanzawall_core::origin::Origin {
-                    file: path.to_path_buf(),
-                    line: 0,
-                    key: "file_transfer".into(),
-                }
-                .error(e.to_string()))
+                LoadError::Config(
+                    stanzawall_core::origin::Origin { file: path.to_path_buf(), line: 0, key: "file_transfer".into() }
+                        .error(e.to_string()),
+                )
             })?)),
         };
         Ok(Generation { config, tls, ban_sync, policy, s2s, admin_tokens, admin_tls, inspect })

@@ -50,19 +50,13 @@ struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     transfers: Family::default(),
     bytes: Family::default(),
-    seconds: Family::new_with_constructor(|| {
-        Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0].into_iter())
-    }),
+    seconds: Family::new_with_constructor(|| Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0])),
 });
 
 /// Register the families.
 pub fn register_metrics(registry: &mut Registry) {
     let r = registry.sub_registry_with_prefix("stanzawall_file");
-    r.register(
-        "transfers",
-        "File transfers ended, per transport, verdict and detector",
-        METRICS.transfers.clone(),
-    );
+    r.register("transfers", "File transfers ended, per transport, verdict and detector", METRICS.transfers.clone());
     r.register("bytes", "Bytes received from file senders, per transport", METRICS.bytes.clone());
     r.register("transfer_seconds", "Duration of file transfers, per transport", METRICS.seconds.clone());
 }

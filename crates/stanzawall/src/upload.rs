@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stanzawall_core::config::{FileTransferConfig, ListenerConfig};
-use stanzawall_core::transfer::upload::{parse_head, HeadError, RequestHead, MAX_HEAD};
 use stanzawall_core::policy::file::{normalize_type, Offer, Transport};
+use stanzawall_core::transfer::upload::{parse_head, HeadError, RequestHead, MAX_HEAD};
 use stanzawall_core::transfer::{InspectPolicy, Inspection, Refusal, ScanVerdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,13 +66,8 @@ pub async fn serve(
     }
     let started = Instant::now();
     // XEP-0363 §5: the slot's path ends with the file name the client asked for.
-    let name = head
-        .target
-        .split('?')
-        .next()
-        .and_then(|p| p.rsplit('/').next())
-        .filter(|n| !n.is_empty())
-        .map(|n| percent_decode(n));
+    let name =
+        head.target.split('?').next().and_then(|p| p.rsplit('/').next()).filter(|n| !n.is_empty()).map(percent_decode);
     let offer = Offer {
         transport: Some(Transport::Upload),
         name,

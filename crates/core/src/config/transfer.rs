@@ -374,7 +374,10 @@ backend = "127.0.0.1:15222"
         let rules = "[[rule]]\nname = \"no-exe\"\nchain = \"file\"\nwhen = { name = \"*.exe\" }\naction = \"block\"\ntext = \"no executables\"\n\
             [[rule]]\nname = \"legal-may\"\nchain = \"file\"\nwhen = { from = \"legal@example.test\", dlp = true }\naction = \"pass\"\n\
             [[rule]]\nname = \"big-to-carol\"\nchain = \"file\"\nwhen = { to = \"carol@example.test\", size_over = 100 }\naction = \"block\"\n";
-        let c = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\ndlp_keywords = [\"SECRET\"]\n{rules}")).unwrap();
+        let c = parse(&format!(
+            "{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\ndlp_keywords = [\"SECRET\"]\n{rules}"
+        ))
+        .unwrap();
         let compiled = crate::policy::Policy::compile(&c.policy).unwrap();
         assert_eq!(compiled.file_rules().len(), 3);
         let p = Arc::new(c.file_transfer.unwrap().inspect_policy(compiled.file_rules().clone()).unwrap());
@@ -387,20 +390,28 @@ backend = "127.0.0.1:15222"
             ..Offer::default()
         };
         // Before any byte: the name, and a declared size over a rule's limit.
-        let r = Inspection::with_offer(p.clone(), offer("a@example.test/x", "b@example.test/y", Some("SETUP.EXE"), None));
+        let r =
+            Inspection::with_offer(p.clone(), offer("a@example.test/x", "b@example.test/y", Some("SETUP.EXE"), None));
         let r = r.unwrap_err();
-        assert_eq!((r.detector, r.rule.as_deref(), r.detail.as_str()), (Detector::Rule, Some("no-exe"), "no executables"));
+        assert_eq!(
+            (r.detector, r.rule.as_deref(), r.detail.as_str()),
+            (Detector::Rule, Some("no-exe"), "no executables")
+        );
         let r = Inspection::with_offer(p.clone(), offer("a@example.test/x", "carol@example.test/y", None, Some(500)));
         assert_eq!(r.unwrap_err().rule.as_deref(), Some("big-to-carol"));
         // A declared size under the limit proves nothing: the count decides.
-        let mut ins = Inspection::with_offer(p.clone(), offer("a@example.test/x", "carol@example.test/y", None, Some(10))).unwrap();
+        let mut ins =
+            Inspection::with_offer(p.clone(), offer("a@example.test/x", "carol@example.test/y", None, Some(10)))
+                .unwrap();
         assert_eq!(ins.push(&[b'x'; 150]).unwrap_err().rule.as_deref(), Some("big-to-carol"));
         // DLP blocks by the implicit [file_transfer] rule, except where a rule passes it first.
         let secret = b"the SECRET plan".repeat(10);
-        let mut ins = Inspection::with_offer(p.clone(), offer("a@example.test/x", "b@example.test/y", None, None)).unwrap();
+        let mut ins =
+            Inspection::with_offer(p.clone(), offer("a@example.test/x", "b@example.test/y", None, None)).unwrap();
         ins.push(&secret).unwrap();
         assert_eq!(ins.finish().unwrap_err().detector, Detector::Dlp);
-        let mut ins = Inspection::with_offer(p.clone(), offer("legal@example.test/x", "b@example.test/y", None, None)).unwrap();
+        let mut ins =
+            Inspection::with_offer(p.clone(), offer("legal@example.test/x", "b@example.test/y", None, None)).unwrap();
         let mut out = ins.push(&secret).unwrap();
         ins.finish().unwrap();
         out.extend(ins.scanned(ScanVerdict::NotConfigured).unwrap());
@@ -417,6 +428,8 @@ backend = "127.0.0.1:15222"
         let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{m}")).unwrap_err();
         assert!(e.contains("rule of its own"), "{e}");
         let t = "[[rule]]\nname = \"t\"\nchain = \"file\"\nwhen = { transport = \"ftp\" }\naction = \"block\"\n";
-        assert!(parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{t}")).unwrap_err().contains("s5b, ibb or upload"));
+        assert!(parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{t}"))
+            .unwrap_err()
+            .contains("s5b, ibb or upload"));
     }
 }

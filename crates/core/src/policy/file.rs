@@ -339,7 +339,13 @@ impl FileRules {
 
     /// Walk the chain with what is known (see the module docs). `logged[i]` marks rule `i`'s
     /// log (or shadow) record as made; the names of newly recorded rules are pushed to `hits`.
-    pub fn decide(&self, offer: &Offer, seen: &Observed, logged: &mut Vec<bool>, hits: &mut Vec<String>) -> FileDecision {
+    pub fn decide(
+        &self,
+        offer: &Offer,
+        seen: &Observed,
+        logged: &mut Vec<bool>,
+        hits: &mut Vec<String>,
+    ) -> FileDecision {
         if logged.len() < self.rules.len() {
             logged.resize(self.rules.len(), false);
         }
@@ -353,7 +359,11 @@ impl FileRules {
                     if !logged[i] {
                         logged[i] = true;
                         let name = if rule.log_only {
-                            format!("{} (would {})", rule.name, if matches!(rule.action, Action::Pass) { "pass" } else { "block" })
+                            format!(
+                                "{} (would {})",
+                                rule.name,
+                                if matches!(rule.action, Action::Pass) { "pass" } else { "block" }
+                            )
                         } else {
                             rule.name.to_string()
                         };
@@ -414,7 +424,8 @@ fn patterns(items: &[Located<String>]) -> Result<Arc<JidSet>, ConfigError> {
 fn list<'a>(config: &'a PolicyConfig, name: &Located<String>) -> Result<&'a super::spec::ListConfig, ConfigError> {
     config.lists.get(&name.value).ok_or_else(|| {
         let known: Vec<&str> = config.lists.keys().map(String::as_str).collect();
-        let hint = if known.is_empty() { "none is declared".to_owned() } else { format!("declared: {}", known.join(", ")) };
+        let hint =
+            if known.is_empty() { "none is declared".to_owned() } else { format!("declared: {}", known.join(", ")) };
         name.origin.error(format!("unknown list '{}' ({hint})", name.value))
     })
 }
@@ -430,11 +441,24 @@ fn hash_list(config: &PolicyConfig, name: &Located<String>) -> Result<Arc<HashSe
     let l = list(config, name)?;
     let mut set = HashSet::new();
     for e in &l.entries {
-        let d = crate::transfer::inspect::parse_sha256(&e.value)
+        let d = parse_sha256(&e.value)
             .ok_or_else(|| e.origin.error(format!("'{}' is not a SHA-256 (64 hex digits)", e.value)))?;
         set.insert(d);
     }
     Ok(Arc::new(set))
+}
+
+/// Parse a hex SHA-256 (64 hex digits, either case).
+pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]

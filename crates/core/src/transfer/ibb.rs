@@ -252,7 +252,13 @@ impl IbbInspector {
                 Ok(tail) => {
                     debug_assert!(tail.is_empty() || stream.held.is_some());
                     let (release, ended) = self.release(key, stream);
-                    IbbStep { release, original: Original::Forward, ack: None, ended: Some((ended.facts.clone(), None)), events: vec![ended_event(&ended)] }
+                    IbbStep {
+                        release,
+                        original: Original::Forward,
+                        ack: None,
+                        ended: Some((ended.facts.clone(), None)),
+                        events: vec![ended_event(&ended)],
+                    }
                 }
                 Err(r) => {
                     self.streams.insert(key.clone(), stream);
@@ -272,7 +278,14 @@ impl IbbInspector {
                 self.remember(id);
             }
         }
-        let ended = Ended { id: stream.opened, sid: key.0, sender: stream.sender, recipient: key.1, facts: stream.ins.facts().clone(), refusal: None };
+        let ended = Ended {
+            id: stream.opened,
+            sid: key.0,
+            sender: stream.sender,
+            recipient: key.1,
+            facts: stream.ins.facts().clone(),
+            refusal: None,
+        };
         (release, ended)
     }
 
@@ -302,11 +315,8 @@ impl IbbInspector {
 
     /// Refuse stream `key`: the receiver gets a close, the sender an error.
     fn cut(&mut self, key: (String, String), r: Refusal) -> IbbStep {
-        let (facts, id, sender) = self
-            .streams
-            .remove(&key)
-            .map(|s| (s.ins.facts().clone(), s.opened, s.sender))
-            .unwrap_or_default();
+        let (facts, id, sender) =
+            self.streams.remove(&key).map(|s| (s.ins.facts().clone(), s.opened, s.sender)).unwrap_or_default();
         self.next_id += 1;
         let close_id = format!("stanzawall-ibb-close-{}", self.next_id);
         self.remember(&close_id);

@@ -421,7 +421,10 @@ impl Inspection {
                     return Decision::Block(Refusal::check(Detector::Type, format!("media type {mime} is denied")));
                 }
                 if !p.allow_types.is_empty() && !p.allow_types.iter().any(|t| t == mime) {
-                    return Decision::Block(Refusal::check(Detector::Type, format!("media type {mime} is not allowed")));
+                    return Decision::Block(Refusal::check(
+                        Detector::Type,
+                        format!("media type {mime} is not allowed"),
+                    ));
                 }
             }
         }
@@ -603,15 +606,4 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Parse a hex SHA-256 (64 hex digits, either case).
-pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
+pub use crate::policy::file::parse_sha256;

@@ -30,7 +30,13 @@ const FILE_CONDITION_KEYS: &[&str] = &[
 ];
 
 /// A `file` rule (the name is checked already).
-pub(super) fn file_rule(r: &RawRule, name: String, key: &str, origin: Origin, loc: &Locator<'_>) -> Result<FileRuleConfig, ConfigError> {
+pub(super) fn file_rule(
+    r: &RawRule,
+    name: String,
+    key: &str,
+    origin: Origin,
+    loc: &Locator<'_>,
+) -> Result<FileRuleConfig, ConfigError> {
     let action = match r.action.get_ref().as_str() {
         "pass" => FileActionConfig::Pass,
         "block" => FileActionConfig::Block { text: r.text.as_ref().map(|t| t.get_ref().clone()) },

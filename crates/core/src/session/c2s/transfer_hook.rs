@@ -15,18 +15,21 @@
 use std::sync::Arc;
 
 use super::C2sSession;
-use crate::stream::NS_CLIENT;
 use crate::policy::file::{normalize_type, Offer, Transport};
 use crate::session::{Effect, StreamMachine};
 use crate::stanza::StanzaCondition;
+use crate::stream::NS_CLIENT;
 use crate::transfer::ibb::{IbbInspector, Original, NS_IBB};
 use crate::transfer::mediate::{self, ProxyIq};
 use crate::transfer::{Activator, InspectPolicy, Inspection, ProxySettings, ScanVerdict};
 use crate::xml::Element;
 
 /// XEP-0234 namespaces (version 5 is current; 3 and 4 are still sent by deployed clients).
-const NS_JINGLE_FT: [&str; 3] =
-    ["urn:xmpp:jingle:apps:file-transfer:5", "urn:xmpp:jingle:apps:file-transfer:4", "urn:xmpp:jingle:apps:file-transfer:3"];
+const NS_JINGLE_FT: [&str; 3] = [
+    "urn:xmpp:jingle:apps:file-transfer:5",
+    "urn:xmpp:jingle:apps:file-transfer:4",
+    "urn:xmpp:jingle:apps:file-transfer:3",
+];
 /// XEP-0261 Jingle in-band bytestreams transport.
 const NS_JINGLE_IBB: &str = "urn:xmpp:jingle:transports:ibb:1";
 /// XEP-0300 hashes (version 2; version 1 in older XEP-0234 offers).
