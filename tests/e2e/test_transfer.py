@@ -109,6 +109,33 @@ clamd = "{HOST}:{CLAMD_PORT}"
 scan_timeout = "20s"
 pairing_timeout = "20s"
 
+[[rule]]
+name = "no-executables"
+chain = "file"
+when = {{ name = ["*.exe", "*.scr"] }}
+action = "block"
+text = "executables are not accepted"
+
+[[rule]]
+name = "no-images-in-band"
+chain = "file"
+when = {{ media_type = ["image/*"], transport = ["ibb"] }}
+action = "block"
+text = "images go by HTTP upload"
+
+[[rule]]
+name = "carol-small-files"
+chain = "file"
+when = {{ to = ["carol@example.test"], size_over = 1000000 }}
+action = "block"
+text = "carol accepts files up to 1 MB"
+
+[[rule]]
+name = "log-every-ibb"
+chain = "file"
+when = {{ transport = "ibb" }}
+action = "log"
+
 [audit]
 path = "audit.jsonl"
 
@@ -180,12 +207,30 @@ def wait_audit(gw: Gateway, count: int, timeout: float = 10.0) -> list[dict]:
     raise AssertionError(f"fewer than {count} file-transfer audit records: {audit(gw)}")
 
 
-def send(gw: Gateway, data: bytes) -> tuple[bytes, object, dict]:
+def send(gw: Gateway, data: bytes, to: str = "bob", errors: list | None = None) -> tuple[bytes, object, dict]:
+    """Send ``data`` from alice to ``to`` through the relay; the message errors alice receives
+    (the gateway telling her of a refusal) are appended to ``errors``."""
     before = len(audit(gw))
 
     async def go():
-        async with client(gw, "alice") as a, client(gw, "bob") as b:
-            return await transfer(a, b, data)
+        async with client(gw, "alice") as a, client(gw, to) as b:
+            told: asyncio.Future = asyncio.get_running_loop().create_future()
+
+            def on_error(msg) -> None:
+                if errors is not None:
+                    errors.append(msg)
+                if not told.done():
+                    told.set_result(msg)
+
+            a.xmpp.add_event_handler("message_error", on_error)
+            result = await transfer(a, b, data)
+            if errors is not None:
+                # The refusal notice follows the cut; wait for it (bounded).
+                try:
+                    await asyncio.wait_for(told, 10)
+                except asyncio.TimeoutError:
+                    pass
+            return result
 
     got, how = run(go(), timeout=120)
     record = wait_audit(gw, before + 1)[before]
@@ -422,6 +467,116 @@ def test_ibb_dlp_file_is_cut_mid_stream(gw: Gateway) -> None:
     got, error = send_ibb(gw, text)
     assert error is not None and error["condition"] == "not-acceptable", error
     assert b"CONFIDENTIAL" not in got
+
+
+def test_file_chain_blocks_a_relay_transfer_by_size_and_tells_the_sender(gw: Gateway) -> None:
+    data = os.urandom(2_000_000)
+    errors: list = []
+    got, how, record = send(gw, data, to="carol", errors=errors)
+    assert how is not None, "a refused file must not end like a complete one"
+    assert len(got) < len(data)
+    assert (record["transport"], record["verdict"], record["detector"], record["rule"]) == \
+        ("s5b", "block", "rule", "carol-small-files"), record
+    assert errors, "the sender was not told"
+    raw = str(errors[0])
+    assert errors[0]["from"] == PROXY_JID and "not-acceptable" in raw, raw
+    assert "carol accepts files up to 1 MB" in raw, raw
+
+
+def test_an_upload_slot_for_an_executable_is_refused_with_the_rules_text(gw: Gateway) -> None:
+    import xml.etree.ElementTree as ET
+    from slixmpp.exceptions import IqError
+
+    async def go():
+        async with client(gw, "alice") as a:
+            iq = a.xmpp.Iq(sto=UPLOAD_JID, stype="get")
+            iq.xml.append(ET.fromstring(
+                f"<request xmlns='{NS_UPLOAD}' filename='setup.exe' size='1000' content-type='application/octet-stream'/>"))
+            try:
+                await iq.send(timeout=10)
+            except IqError as e:
+                return str(e.iq)
+            return None
+
+    raw = run(go(), timeout=60)
+    assert raw is not None, "the slot was granted"
+    assert "not-acceptable" in raw and "executables are not accepted" in raw, raw
+
+
+def jingle_offer(a: Client, to: str, name: str, size: int) -> "object":
+    import xml.etree.ElementTree as ET
+    iq = a.xmpp.Iq(sto=to, stype="set")
+    iq.xml.append(ET.fromstring(
+        "<jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='ft-offer-1' "
+        f"initiator='{a.jid}'><content creator='initiator' name='file' senders='initiator'>"
+        "<description xmlns='urn:xmpp:jingle:apps:file-transfer:5'><file>"
+        f"<media-type>application/octet-stream</media-type><name>{name}</name><size>{size}</size>"
+        "</file></description>"
+        "<transport xmlns='urn:xmpp:jingle:transports:s5b:1' sid='s5b-1' mode='tcp'>"
+        f"<candidate cid='c1' host='{HOST}' jid='{a.jid}' port='{DECOY_PORT}' priority='8257636' type='direct'/>"
+        "</transport></content></jingle>"))
+    return iq
+
+
+@pytest.mark.parametrize("to,name,size,text", [
+    ("carol", "holiday.bin", 5_000_000, "carol accepts files up to 1 MB"),
+    ("bob", "setup.exe", 1000, "executables are not accepted"),
+])
+def test_a_jingle_offer_is_refused_before_any_byte(gw: Gateway, to: str, name: str, size: int, text: str) -> None:
+    from slixmpp.exceptions import IqError
+
+    async def go():
+        async with client(gw, "alice") as a, client(gw, to) as b:
+            seen: list = []
+            b.xmpp.add_filter("in", lambda st: (seen.append(str(st)) if "urn:xmpp:jingle:1" in str(st) else None) or st)
+            try:
+                await jingle_offer(a, b.jid, name, size).send(timeout=10)
+                raw = None
+            except IqError as e:
+                raw = str(e.iq)
+            await asyncio.sleep(0.5)
+            return raw, seen
+
+    raw, seen = run(go(), timeout=60)
+    assert raw is not None, "the offer was accepted"
+    assert "not-acceptable" in raw and text in raw, raw
+    assert seen == [], f"the offer reached the receiver: {seen}"
+
+
+def test_ibb_image_is_refused_by_the_file_chain(gw: Gateway) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(20_000)
+    got, error = send_ibb(gw, png)
+    assert error is not None and error["condition"] == "not-acceptable", error
+    assert "images go by HTTP upload" in error["text"], error["text"]
+    assert len(got) < len(png)
+
+
+def test_ibb_eicar_is_blocked_by_clamd_and_audited(gw: Gateway) -> None:
+    before = len(audit(gw))
+    blocked_before = metric('stanzawall_file_transfers_total{transport="ibb",verdict="block",detector="antivirus"}')
+    got, error = send_ibb(gw, EICAR)
+    assert error is not None and error["condition"] == "not-acceptable", error
+    assert "antivirus" in error["text"] and "Local.EICAR" in error["text"], error["text"]
+    assert got != EICAR and len(got) < len(EICAR), got
+    record = wait_audit(gw, before + 1)[before]
+    assert (record["transport"], record["verdict"], record["detector"]) == ("ibb", "block", "antivirus"), record
+    assert record["sender"].startswith("alice@example.test/") and record["recipient"].startswith("bob@example.test/")
+    assert "log-every-ibb" in record["logged"], record
+    after = metric('stanzawall_file_transfers_total{transport="ibb",verdict="block",detector="antivirus"}')
+    assert after == blocked_before + 1
+
+
+def test_ibb_clean_file_is_scanned_delivered_and_audited(gw: Gateway) -> None:
+    before = len(audit(gw))
+    bytes_before = metric('stanzawall_file_bytes_total{transport="ibb"}')
+    data = os.urandom(150_000)
+    got, error = send_ibb(gw, data)
+    assert error is None, error
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    record = wait_audit(gw, before + 1)[before]
+    assert (record["transport"], record["verdict"]) == ("ibb", "pass"), record
+    assert record["sha256"] == hashlib.sha256(data).hexdigest() and record["bytes"] == len(data), record
+    assert metric('stanzawall_file_bytes_total{transport="ibb"}') - bytes_before == len(data)
 
 
 def test_scanner_down_blocks(gw: Gateway, clamd: ClamdInstance) -> None:

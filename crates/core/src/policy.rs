@@ -18,6 +18,7 @@
 mod antispam_tests;
 mod cidrset;
 mod compile;
+pub mod file;
 pub mod fold;
 pub mod jidset;
 pub mod rate;
@@ -214,6 +215,8 @@ pub struct Policy {
     s2s: s2s::S2sRules,
     /// Some rule asks about rosters: sessions learn them ([`crate::antispam::contacts`]).
     uses_contacts: bool,
+    /// The `file` chain's rules.
+    file: Arc<file::FileRules>,
 }
 
 /// Kinds a rule index is kept for: message, presence, iq, and anything else.
@@ -468,6 +471,11 @@ impl Policy {
     /// sessions then learn their users' rosters.
     pub fn uses_contacts(&self) -> bool {
         self.uses_contacts
+    }
+
+    /// The `file` chain's rules (the `[file_transfer]` checks follow them).
+    pub fn file_rules(&self) -> &Arc<file::FileRules> {
+        &self.file
     }
 
     /// The audit settings.

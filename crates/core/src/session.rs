@@ -124,6 +124,12 @@ pub trait StreamMachine {
     fn local_domain(&self) -> Option<&str> {
         None
     }
+    /// c2s: a stanza from the gateway itself to the client (a transfer refused on the relay,
+    /// told to its sender); dropped when the session has no bound client.
+    fn notify_client(&mut self, _stanza: &crate::xml::Element) {}
+    /// c2s: the antivirus's verdict on in-band stream `id` (after
+    /// [`crate::transfer::ibb::IbbEvent::AwaitVerdict`]).
+    fn transfer_scanned(&mut self, _id: u64, _verdict: crate::transfer::ScanVerdict) {}
     /// s2s: the answer to [`Effect::CheckPeerCertificate`].
     fn peer_certificate(&mut self, _domain: &str, _cert: s2s::PeerCert) {}
     /// s2s: the answer to [`Effect::VerifyDialback`]: valid, invalid, or why it could not be

@@ -9,6 +9,7 @@
 //! to the session (`poll_timeout` / `handle_timeout`), and so does every decision.
 
 mod bosh;
+mod ibb;
 mod legs;
 pub(crate) mod report;
 
@@ -108,7 +109,9 @@ struct Connection<'a, S: StreamMachine> {
     remote: Option<Box<crate::dns::ConnectedTarget>>,
     /// The session's row in the live table (admin API) and its kicks.
     registration: crate::sessions::Registration,
-    kicks: tokio::sync::mpsc::Receiver<crate::sessions::Kick>,
+    kicks: tokio::sync::mpsc::Receiver<crate::sessions::Control>,
+    /// In-band transfers being scanned (boxed: most sessions never send one).
+    ibb: Option<Box<ibb::IbbScans>>,
 }
 
 /// Serve one accepted connection to completion.
@@ -210,13 +213,16 @@ fn c2s_session(
     Some(match &generation.config.file_transfer {
         Some(ft) => {
             let session = session.with_file_transfer(ft.proxy_settings(), crate::relay::activator());
-            match ft.inspect_policy() {
-                Ok(policy) => session.with_ibb_inspection(Arc::new(policy)),
-                // Validated with the config: unreachable, and then IBB is refused, not waved through.
-                Err(_) => session.with_ibb_inspection(Arc::new(stanzawall_core::transfer::InspectPolicy {
-                    max_bytes: 0,
-                    ..Default::default()
-                })),
+            // Compiled with the generation; absent only if that failed, and then IBB is refused,
+            // not waved through.
+            let policy = generation.inspect.clone().unwrap_or_else(|| {
+                Arc::new(stanzawall_core::transfer::InspectPolicy { max_bytes: 0, ..Default::default() })
+            });
+            let session = session.with_ibb_inspection(policy);
+            if ft.clamd.is_some() {
+                session.with_ibb_scanner()
+            } else {
+                session
             }
         }
         None => session,
@@ -292,6 +298,7 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
             remote: None,
             registration,
             kicks,
+            ibb: None,
         })
     }
 
@@ -468,6 +475,12 @@ impl<S: StreamMachine> Connection<'_, S> {
                 warn!(direction, remote = %remote, reason = %reason, "s2s remote refused");
             }
             Effect::AntiSpam(_) => {}
+            Effect::Ibb(event) => {
+                let control = self.registration.control();
+                let scans = self.ibb.get_or_insert_with(Default::default);
+                let (generation, shared) = (&self.generation, &self.shared);
+                Box::pin(scans.handle(event, generation, shared, &control, &self.listener.name, self.peer.ip())).await;
+            }
             Effect::Close(reason) => {
                 let _ = timeout(CLOSE_FLUSH_TIMEOUT, self.flush()).await;
                 return Some(reason);
@@ -570,10 +583,14 @@ impl<S: StreamMachine> Connection<'_, S> {
             _ = tokio::time::sleep(pause), if room == 0 => self.shaped += pause,
             _ = self.shutdown.changed() => self.session.shutdown(),
             // An operator's kick (admin API): the engine sends the stream error and closes.
-            Some(kick) = self.kicks.recv() => {
-                info!(session.id = self.registration.id(), condition = kick.condition.as_str(), "session kicked by an operator");
-                self.session.refuse(kick.condition, &kick.text);
-            }
+            Some(control) = self.kicks.recv() => match control {
+                crate::sessions::Control::Kick(kick) => {
+                    info!(session.id = self.registration.id(), condition = kick.condition.as_str(), "session kicked by an operator");
+                    self.session.refuse(kick.condition, &kick.text);
+                }
+                crate::sessions::Control::Notice(stanza) => self.session.notify_client(&stanza),
+                crate::sessions::Control::Scanned { id, verdict } => self.session.transfer_scanned(id, verdict),
+            },
             _ = &mut self.timer => {
                 self.session.handle_timeout(std::time::Instant::now());
                 self.armed = self.deadline();

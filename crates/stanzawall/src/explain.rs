@@ -34,8 +34,11 @@ pub fn explain_with(
     user: Option<&str>,
     input: &str,
 ) -> anyhow::Result<String> {
+    if chain == "file" {
+        return Ok(file_chain(config, policy));
+    }
     let Some(chain) = Chain::from_name(chain) else {
-        anyhow::bail!("--chain: unknown chain '{chain}' (expected c2s-in or c2s-out)");
+        anyhow::bail!("--chain: unknown chain '{chain}' (expected c2s-in, c2s-out or file)");
     };
     let user = match user {
         None => None,
@@ -137,6 +140,46 @@ fn explain_evaluation(out: &mut String, eval: &Evaluation, origin: &dyn Fn(&str)
     }
 }
 
+/// `--chain file`: the chain's rules in the order they are walked, then the `[file_transfer]`
+/// checks that follow them as its implicit last rules (transfers are judged as their facts
+/// arrive, so there is no stanza to evaluate here).
+fn file_chain(config: &stanzawall_core::config::Config, policy: &Policy) -> String {
+    let mut out = String::from("chain: file\n");
+    for (name, action, shadow) in policy.file_rules().describe() {
+        let origin = config
+            .policy
+            .file_rules
+            .iter()
+            .find(|r| *r.name == *name)
+            .map_or(String::new(), |r| format!(" ({}:{})", r.origin.file.display(), r.origin.line));
+        let shadow = if shadow { " log_only" } else { "" };
+        let _ = writeln!(out, "  rule: {name} -> {action}{shadow}{origin}");
+    }
+    match &config.file_transfer {
+        None => out.push_str("  no [file_transfer]: no transfer is relayed\n"),
+        Some(ft) => {
+            let _ = writeln!(out, "  [file_transfer] max_bytes = {} -> block (size)", ft.max_bytes);
+            if !ft.deny_types.is_empty() || !ft.allow_types.is_empty() {
+                out.push_str("  [file_transfer] deny_types / allow_types -> block (type)\n");
+            }
+            if !ft.hash_deny.is_empty() {
+                out.push_str("  [file_transfer] hash_deny -> block (hash)\n");
+            }
+            if !ft.dlp_keywords.is_empty() || !ft.dlp_patterns.is_empty() || ft.dlp_card_numbers {
+                out.push_str("  [file_transfer] dlp_* -> block (dlp)\n");
+            }
+            if ft.clamd.is_some() {
+                out.push_str("  [file_transfer] clamd -> block (antivirus)\n");
+                if ft.on_scanner_error == stanzawall_core::transfer::OnScannerError::Block {
+                    out.push_str("  [file_transfer] on_scanner_error = \"block\" -> block (scanner-error)\n");
+                }
+            }
+            out.push_str("  default: pass\n");
+        }
+    }
+    out
+}
+
 /// The rules of one verdict: log and log_only matches, then the deciding rule or the default.
 fn explain_verdict(out: &mut String, verdict: &Verdict, indent: &str, origin: &dyn Fn(&str) -> String) {
     for h in verdict.hits.iter().filter(|h| h.log_only || h.action == RuleAction::Log) {
@@ -170,6 +213,26 @@ fn full_jid(text: &str) -> Option<jid::FullJid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_the_file_chain_with_its_implicit_rules() {
+        let dir = std::env::temp_dir().join(format!("sw-explain-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
+             [[listener]]\nname = \"c2s\"\nkind = \"c2s\"\nbind = \"127.0.0.1:5222\"\nbackend = \"127.0.0.1:1\"\n\
+             [[listener]]\nname = \"relay\"\nkind = \"socks5\"\nbind = \"127.0.0.1:7777\"\n\
+             [file_transfer]\nproxy_jid = \"proxy.example.test\"\nclamd = \"127.0.0.1:3310\"\n\
+             [[rule]]\nname = \"no-exe\"\nchain = \"file\"\nwhen = { name = \"*.exe\" }\naction = \"block\"\n",
+        )
+        .unwrap();
+        let out = run(&path, "file", "127.0.0.1".parse().unwrap(), None, "").unwrap();
+        assert!(out.contains("rule: no-exe -> block (") && out.contains("c.toml:17)"), "{out}");
+        assert!(out.contains("clamd -> block (antivirus)") && out.ends_with("default: pass\n"), "{out}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn explains_rules_defaults_and_rewrites() {

@@ -28,6 +28,7 @@ mod state;
 mod store;
 mod tls;
 mod tokens;
+mod transfers;
 mod upload;
 
 use std::path::PathBuf;

@@ -13,6 +13,10 @@
 //! after the verdict. A refused file is cut: both sockets are reset (SO_LINGER 0), so the
 //! target sees an error instead of a clean end, and never the tail. Bytes from the target
 //! (the receiving side) would be an uninspected channel the other way: they end the transfer.
+//!
+//! The `file` chain judges the transfer with its requester (sender), target (recipient) and
+//! transport `s5b`. A refused file's requester is told: a `<message type='error'>` from the
+//! proxy JID with the reason reaches its c2s session ([`crate::transfers::refusal_notice`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,14 +29,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use serde_json::json;
 use stanzawall_core::config::{FileTransferConfig, ListenerConfig};
+use stanzawall_core::policy::file::{Offer, Transport};
 use stanzawall_core::transfer::socks5::{self, Handshake, ReplyCode};
-use stanzawall_core::transfer::{Activator, Inspection, Refusal, ScanVerdict};
+use stanzawall_core::transfer::{Activator, InspectPolicy, Inspection, Refusal, ScanVerdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::state::{Generation, Shared};
+use crate::transfers::Ending;
 
 /// Most transfers waiting for their partner or activation at once (each holds a socket).
 const MAX_PENDING: usize = 4096;
@@ -230,35 +236,53 @@ pub async fn serve(
     };
     let audit_path = generation.policy.audit().path.clone();
     let started = Instant::now();
-    let outcome = relay(&ft, socket, early, activated.target).await;
-    let (verdict, detector, detail) = match &outcome.result {
-        Ok(()) => ("pass", "none", String::new()),
-        Err(End::Refused(r)) => ("block", r.detector.as_str(), r.detail.clone()),
-        Err(End::Aborted(why)) => ("aborted", "none", why.clone()),
+    let offer = Offer {
+        sender: stanzawall_core::jid::parse(&activated.requester),
+        recipient: stanzawall_core::jid::parse(&activated.target_jid),
+        transport: Some(Transport::S5b),
+        ..Offer::default()
+    };
+    let outcome = match generation.inspect.clone() {
+        Some(policy) => relay(&ft, policy, offer.clone(), socket, early, activated.target).await,
+        None => aborted(socket, activated.target, Default::default(), "no file policy".into()),
+    };
+    let (verdict, detector) = match &outcome.result {
+        Ok(()) => ("pass", "none"),
+        Err(End::Refused(r)) => ("block", r.detector.as_str()),
+        Err(End::Aborted(_)) => ("aborted", "none"),
     };
     count(verdict, detector);
-    info!(
-        listener = %listener.name, stream.hash = %hash, requester = %activated.requester, target = %activated.target_jid,
-        bytes = outcome.facts.bytes, verdict, detector, detail = %detail, "file transfer ended"
-    );
-    let record = json!({
-        "time": crate::audit::humantime_rfc3339(std::time::SystemTime::now()),
-        "event": "file-transfer",
-        "listener": listener.name,
-        "transport": "s5b",
-        "client.ip": peer.ip().to_string(),
-        "requester": activated.requester,
-        "target": activated.target_jid,
-        "bytes": outcome.facts.bytes,
-        "media_type": outcome.facts.media_type,
-        "sha256": outcome.facts.sha256,
-        "verdict": verdict,
-        "detector": detector,
-        "detail": detail,
-        "scanner_failed_open": outcome.facts.scanner_failed_open,
-        "duration_ms": started.elapsed().as_millis() as u64,
-    });
-    shared.audit.record(audit_path, vec![record]).await;
+    if let Err(End::Refused(r)) = &outcome.result {
+        // The activation was answered long ago: the requester learns of the refusal here.
+        if let Some(notice) =
+            crate::transfers::refusal_notice(&ft.proxy_jid, &activated.requester, &activated.target_jid, r)
+        {
+            let told = shared.sessions.notify(&activated.requester, notice);
+            info!(stream.hash = %hash, requester = %activated.requester, told, "relay: refusal sent to the requester");
+        }
+    }
+    let ending = match &outcome.result {
+        Ok(()) => Ending::Pass,
+        Err(End::Refused(r)) => Ending::Block(r),
+        Err(End::Aborted(why)) => Ending::Aborted(why),
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("stream.hash".into(), json!(hash));
+    extra.insert("requester".into(), json!(activated.requester));
+    extra.insert("target".into(), json!(activated.target_jid));
+    let report = crate::transfers::Report {
+        listener: &listener.name,
+        transport: Transport::S5b,
+        client_ip: Some(peer.ip()),
+        sender: Some(&activated.requester),
+        recipient: Some(&activated.target_jid),
+        offer: Some(&offer),
+        facts: &outcome.facts,
+        ending,
+        duration: started.elapsed(),
+        extra,
+    };
+    crate::transfers::report(&shared, audit_path, report).await;
 }
 
 /// The SOCKS5 handshake: the stream hash and any bytes sent after the request.
@@ -294,17 +318,15 @@ struct Outcome {
 }
 
 /// Move the file from `requester` to `target` through the pipeline.
-async fn relay(ft: &FileTransferConfig, mut requester: TcpStream, early: Vec<u8>, mut target: TcpStream) -> Outcome {
-    let policy = match ft.inspect_policy() {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            return Outcome {
-                facts: Default::default(),
-                result: Err(End::Aborted(format!("file_transfer policy: {e}"))),
-            }
-        }
-    };
-    let mut ins = match Inspection::new(policy, None) {
+async fn relay(
+    ft: &FileTransferConfig,
+    policy: Arc<InspectPolicy>,
+    offer: Offer,
+    mut requester: TcpStream,
+    early: Vec<u8>,
+    mut target: TcpStream,
+) -> Outcome {
+    let mut ins = match Inspection::with_offer(policy, offer) {
         Ok(i) => i,
         Err(r) => return cut(requester, target, Default::default(), r),
     };

@@ -56,6 +56,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     crate::relay::register_metrics(&mut registry);
+    crate::transfers::register_metrics(&mut registry);
     // `[store]` is read once: the store is where state lives, not a setting to swap on reload.
     let store = crate::store::RedisStore::new(&first.config.store)?;
     if let Some(store) = &store {

@@ -5,7 +5,9 @@
 //! session: the admin API's kick is a message on it, which the connection hands to its stream
 //! machine as [`StreamMachine::refuse`](stanzawall_core::session::StreamMachine::refuse), so
 //! the client gets a proper stream error (RFC 6120 §4.9) from the engine, never a bare TCP
-//! reset. Counters are plain atomics the connection stores into once per loop turn; reading
+//! reset. The same channel carries what the gateway's other parts tell a session: a stanza
+//! for its client (a file refused on the relay, told to its sender) and the antivirus's
+//! verdict on an in-band transfer it holds. Counters are plain atomics the connection stores into once per loop turn; reading
 //! them never blocks a session. Nothing here decides anything about traffic.
 
 use std::collections::HashMap;
@@ -27,6 +29,25 @@ pub struct Kick {
     pub text: String,
 }
 
+/// What a session's control channel carries.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// End the session with a stream error (admin API).
+    Kick(Kick),
+    /// Deliver this stanza to the client (from the gateway itself).
+    Notice(stanzawall_core::xml::Element),
+    /// The antivirus's verdict on in-band stream `id` of this session.
+    Scanned {
+        /// The stream.
+        id: u64,
+        /// The verdict.
+        verdict: stanzawall_core::transfer::ScanVerdict,
+    },
+}
+
+/// Room on a session's control channel: a kick, and a few notices and verdicts in flight.
+const CONTROL_QUEUE: usize = 8;
+
 /// One open session as the table sees it.
 #[derive(Debug)]
 pub struct Entry {
@@ -41,7 +62,9 @@ pub struct Entry {
     bytes_to_client: AtomicU64,
     stanzas_from_client: AtomicU64,
     stanzas_from_backend: AtomicU64,
-    control: mpsc::Sender<Kick>,
+    control: mpsc::Sender<Control>,
+    /// A kick was delivered: the session is closing.
+    kicked: std::sync::atomic::AtomicBool,
 }
 
 /// Every open session, by id.
@@ -75,15 +98,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Sessions {
-    /// Register a new session; the receiver is where its kicks arrive.
+    /// Register a new session; the receiver is where its kicks (and notices) arrive.
     pub fn register(
         self: &Arc<Self>,
         listener: &str,
         kind: &'static str,
         peer: SocketAddr,
-    ) -> (Registration, mpsc::Receiver<Kick>) {
-        // One slot: a second kick while the first is being carried out has nothing to add.
-        let (tx, rx) = mpsc::channel(1);
+    ) -> (Registration, mpsc::Receiver<Control>) {
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(Entry {
             id,
@@ -97,6 +119,7 @@ impl Sessions {
             stanzas_from_client: AtomicU64::new(0),
             stanzas_from_backend: AtomicU64::new(0),
             control: tx,
+            kicked: std::sync::atomic::AtomicBool::new(false),
         });
         lock(&self.table).insert(id, entry.clone());
         (Registration { sessions: self.clone(), entry }, rx)
@@ -117,11 +140,29 @@ impl Sessions {
     /// Ask session `id` to close with `kick`.
     pub fn kick(&self, id: u64, kick: Kick) -> Result<Value, KickError> {
         let entry = lock(&self.table).get(&id).cloned().ok_or(KickError::NotFound(id))?;
-        match entry.control.try_send(kick) {
+        // A second kick while the first is being carried out has nothing to add.
+        if entry.kicked.swap(true, Ordering::AcqRel) {
+            return Err(KickError::Closing(id));
+        }
+        match entry.control.try_send(Control::Kick(kick)) {
             Ok(()) => Ok(entry.to_json()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(KickError::Closing(id)),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                entry.kicked.store(false, Ordering::Release);
+                Err(KickError::Closing(id))
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(KickError::NotFound(id)),
         }
+    }
+
+    /// Deliver `stanza` to the client session bound to full JID `jid` (ASCII case-insensitive
+    /// on the whole, as bound JIDs are canonical). False if no such session is open or its
+    /// queue is full (the notice is then lost, never blocking the caller).
+    pub fn notify(&self, jid: &str, stanza: stanzawall_core::xml::Element) -> bool {
+        let entry = lock(&self.table)
+            .values()
+            .find(|e| !e.kind.starts_with("s2s") && lock(&e.jid).as_deref() == Some(jid))
+            .cloned();
+        entry.is_some_and(|e| e.control.try_send(Control::Notice(stanza)).is_ok())
     }
 }
 
@@ -153,6 +194,11 @@ impl Registration {
     /// The session's id in the table (and in the API).
     pub fn id(&self) -> u64 {
         self.entry.id
+    }
+
+    /// A sender on the session's own control channel (for tasks it starts).
+    pub fn control(&self) -> mpsc::Sender<Control> {
+        self.entry.control.clone()
     }
 
     /// The session bound a JID (or authenticated a remote domain).
@@ -193,7 +239,16 @@ mod tests {
         let kick = Kick { condition: Condition::Reset, text: "bye".into() };
         sessions.kick(reg.id(), kick.clone()).unwrap();
         assert!(matches!(sessions.kick(reg.id(), kick.clone()), Err(KickError::Closing(_))));
-        assert_eq!(rx.recv().await.unwrap().condition, Condition::Reset);
+        assert!(matches!(rx.recv().await.unwrap(), Control::Kick(k) if k.condition == Condition::Reset));
+        assert!(sessions.notify(
+            "alice@example.test/phone",
+            stanzawall_core::xml::Element::new(stanzawall_core::stream::NS_CLIENT, "message")
+        ));
+        assert!(!sessions.notify(
+            "bob@example.test/phone",
+            stanzawall_core::xml::Element::new(stanzawall_core::stream::NS_CLIENT, "message")
+        ));
+        assert!(matches!(rx.recv().await.unwrap(), Control::Notice(_)));
         let id = reg.id();
         drop(reg);
         assert!(sessions.list().is_empty());

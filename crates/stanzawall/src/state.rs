@@ -44,6 +44,9 @@ pub struct Generation {
     pub admin_tokens: Arc<crate::tokens::TokenSet>,
     /// TLS and client certificates of the admin listener (`[admin] tls_*`, `client_ca`).
     pub admin_tls: Option<Arc<crate::admin_tls::AdminTls>>,
+    /// What every file must satisfy: the `file` chain's rules, then the `[file_transfer]`
+    /// checks (with `[file_transfer]`).
+    pub inspect: Option<Arc<stanzawall_core::transfer::InspectPolicy>>,
 }
 
 /// Daemon-wide state that outlives generations.
@@ -97,7 +100,16 @@ impl Generation {
         let s2s = crate::s2s::S2sRuntime::load(&config, &tls)?.map(Arc::new);
         let admin_tokens = Arc::new(load_admin_tokens(&config)?);
         let admin_tls = crate::admin_tls::load(&config, &tls)?;
-        Ok(Generation { config, tls, ban_sync, policy, s2s, admin_tokens, admin_tls })
+        let inspect = match &config.file_transfer {
+            None => None,
+            Some(ft) => Some(Arc::new(ft.inspect_policy(policy.file_rules().clone()).map_err(|e| {
+                LoadError::Config(
+                    stanzawall_core::origin::Origin { file: path.to_path_buf(), line: 0, key: "file_transfer".into() }
+                        .error(e.to_string()),
+                )
+            })?)),
+        };
+        Ok(Generation { config, tls, ban_sync, policy, s2s, admin_tokens, admin_tls, inspect })
     }
 }
 

@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stanzawall_core::config::{FileTransferConfig, ListenerConfig};
+use stanzawall_core::policy::file::{normalize_type, Offer, Transport};
 use stanzawall_core::transfer::upload::{parse_head, HeadError, RequestHead, MAX_HEAD};
-use stanzawall_core::transfer::{Inspection, Refusal, ScanVerdict};
+use stanzawall_core::transfer::{InspectPolicy, Inspection, Refusal, ScanVerdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::state::{Generation, Shared};
+use crate::transfers::Ending;
 
 /// Longest a body may stall (no byte either way) before the upload is abandoned.
 const IDLE: Duration = Duration::from_secs(60);
@@ -63,11 +65,24 @@ pub async fn serve(
         return;
     }
     let started = Instant::now();
-    let (facts, result) = put(&ft, &head, early, &mut client, &mut backend).await;
-    let (verdict, detector, detail) = match &result {
-        Ok(()) => ("pass", "none", String::new()),
-        Err(End::Refused(r)) => ("block", r.detector.as_str(), r.detail.clone()),
-        Err(End::Aborted(why)) => ("aborted", "none", why.clone()),
+    // XEP-0363 §5: the slot's path ends with the file name the client asked for.
+    let name =
+        head.target.split('?').next().and_then(|p| p.rsplit('/').next()).filter(|n| !n.is_empty()).map(percent_decode);
+    let offer = Offer {
+        transport: Some(Transport::Upload),
+        name,
+        size: head.content_length,
+        media_type: head.header("content-type").map(normalize_type),
+        ..Offer::default()
+    };
+    let (facts, result) = match generation.inspect.clone() {
+        Some(policy) => put(&ft, policy, offer.clone(), &head, early, &mut client, &mut backend).await,
+        None => (Default::default(), Err(End::Aborted("no file policy".into()))),
+    };
+    let (verdict, detector) = match &result {
+        Ok(()) => ("pass", "none"),
+        Err(End::Refused(r)) => ("block", r.detector.as_str()),
+        Err(End::Aborted(_)) => ("aborted", "none"),
     };
     match &result {
         Ok(()) => {
@@ -84,25 +99,46 @@ pub async fn serve(
         }
     }
     crate::relay::count(verdict, detector);
-    info!(listener = %listener.name, client.ip = %peer.ip(), path = %head.target, bytes = facts.bytes, verdict, detector, detail = %detail, "upload ended");
-    let record = json!({
-        "time": crate::audit::humantime_rfc3339(std::time::SystemTime::now()),
-        "event": "file-transfer",
-        "listener": listener.name,
-        "transport": "upload",
-        "client.ip": peer.ip().to_string(),
-        "path": head.target,
-        "declared_type": head.header("content-type"),
-        "bytes": facts.bytes,
-        "media_type": facts.media_type,
-        "sha256": facts.sha256,
-        "verdict": verdict,
-        "detector": detector,
-        "detail": detail,
-        "scanner_failed_open": facts.scanner_failed_open,
-        "duration_ms": started.elapsed().as_millis() as u64,
-    });
-    shared.audit.record(generation.policy.audit().path.clone(), vec![record]).await;
+    let ending = match &result {
+        Ok(()) => Ending::Pass,
+        Err(End::Refused(r)) => Ending::Block(r),
+        Err(End::Aborted(why)) => Ending::Aborted(why),
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("path".into(), json!(head.target));
+    let report = crate::transfers::Report {
+        listener: &listener.name,
+        transport: Transport::Upload,
+        client_ip: Some(peer.ip()),
+        sender: None,
+        recipient: None,
+        offer: Some(&offer),
+        facts: &facts,
+        ending,
+        duration: started.elapsed(),
+        extra,
+    };
+    crate::transfers::report(&shared, generation.policy.audit().path.clone(), report).await;
+}
+
+/// `%XX` escapes decoded (a file name in a URL path); invalid escapes are kept as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The request head and the body bytes read with it; `Err(None)`: the client went away.
@@ -152,17 +188,15 @@ enum End {
 /// Stream the PUT body through the pipeline to the service.
 async fn put(
     ft: &FileTransferConfig,
+    policy: Arc<InspectPolicy>,
+    offer: Offer,
     head: &RequestHead,
     early: Vec<u8>,
     client: &mut TcpStream,
     backend: &mut TcpStream,
 ) -> (stanzawall_core::transfer::Facts, Result<(), End>) {
-    let policy = match ft.inspect_policy() {
-        Ok(p) => Arc::new(p),
-        Err(e) => return (Default::default(), Err(End::Aborted(format!("file_transfer policy: {e}")))),
-    };
     let length = head.content_length.unwrap_or(0);
-    let mut ins = match Inspection::new(policy, Some(length)) {
+    let mut ins = match Inspection::with_offer(policy, offer) {
         Ok(i) => i,
         Err(r) => return (Default::default(), Err(End::Refused(r))),
     };

@@ -6,6 +6,7 @@
 //! limiters) is checked by [`crate::policy::Policy::compile`], with the same origins.
 
 mod conditions;
+mod file;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -253,6 +254,13 @@ fn add_sections(
     for (name, c) in raw.chain {
         let key = format!("chain.{name}");
         let Some(chain) = Chain::from_name(&name) else {
+            if name == "file" {
+                return loc.err(
+                    c.span(),
+                    &key,
+                    "chain file has no default of its own: the [file_transfer] checks follow its rules, then files pass",
+                );
+            }
             return loc.err(c.span(), &key, chain_error(&name));
         };
         let c = c.into_inner();
@@ -277,12 +285,33 @@ fn add_sections(
         let r = r.into_inner();
         let name = r.name.get_ref().trim().to_owned();
         check_name(&name, r.name.span(), &format!("{key}.name"), loc)?;
-        if let Some(other) = out.rules.iter().find(|o| o.name == name) {
+        let existing = out
+            .rules
+            .iter()
+            .map(|o| (&o.name, &o.origin))
+            .chain(out.file_rules.iter().map(|o| (&o.name, &o.origin)))
+            .find(|(n, _)| **n == name);
+        if let Some((_, other)) = existing {
             return loc.err(
                 r.name.span(),
                 &format!("{key}.name"),
-                format!("rule '{name}' already exists ({}:{})", other.origin.file.display(), other.origin.line),
+                format!("rule '{name}' already exists ({}:{})", other.file.display(), other.line),
             );
+        }
+        // The file chain judges transfers, not stanzas: its own conditions and actions.
+        if let Some(v) = &r.chain {
+            let names = strings(v.get_ref()).unwrap_or_default();
+            if names.iter().any(|n| n == "file") {
+                if names.len() != 1 {
+                    return loc.err(
+                        v.span(),
+                        &format!("{key}.chain"),
+                        "chain \"file\" judges transfers, not stanzas: give it a rule of its own",
+                    );
+                }
+                out.file_rules.push(file::file_rule(&r, name, &key, origin, loc)?);
+                continue;
+            }
         }
         let chains = match &r.chain {
             None => Chain::ALL.to_vec(),
@@ -397,7 +426,7 @@ fn add_sections(
 }
 
 fn chain_error(name: &str) -> String {
-    format!("unknown chain '{name}' (expected \"c2s-in\", \"c2s-out\", \"s2s-in\" or \"s2s-out\")")
+    format!("unknown chain '{name}' (expected \"c2s-in\", \"c2s-out\", \"s2s-in\", \"s2s-out\" or \"file\")")
 }
 
 fn check_name(name: &str, span: std::ops::Range<usize>, key: &str, loc: &Locator<'_>) -> Result<(), ConfigError> {

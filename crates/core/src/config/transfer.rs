@@ -70,9 +70,13 @@ pub struct FileTransferConfig {
 }
 
 impl FileTransferConfig {
-    /// The inspection policy (validated already: compiling cannot fail for a validated config,
-    /// but a failure is reported, never a panic).
-    pub fn inspect_policy(&self) -> Result<InspectPolicy, crate::transfer::inspect::DlpError> {
+    /// The inspection policy, with the `file` chain's `rules` before these checks (validated
+    /// already: compiling cannot fail for a validated config, but a failure is reported, never
+    /// a panic).
+    pub fn inspect_policy(
+        &self,
+        rules: std::sync::Arc<crate::policy::file::FileRules>,
+    ) -> Result<InspectPolicy, crate::transfer::inspect::DlpError> {
         let dlp = if self.dlp_keywords.is_empty() && self.dlp_patterns.is_empty() && !self.dlp_card_numbers {
             None
         } else {
@@ -86,6 +90,7 @@ impl FileTransferConfig {
             dlp,
             hold_back: self.hold_back_bytes,
             on_scanner_error: self.on_scanner_error,
+            rules,
         })
     }
 
@@ -331,7 +336,7 @@ backend = "127.0.0.1:15222"
             ("proxy.example.test", "192.0.2.10", 7777)
         );
         assert!(ft.mediate);
-        assert!(ft.inspect_policy().unwrap().dlp.is_some());
+        assert!(ft.inspect_policy(Default::default()).unwrap().dlp.is_some());
         let e = parse(RELAY).unwrap_err();
         assert!(e.contains("add [file_transfer]"), "{e}");
         let e = parse("[file_transfer]\nproxy_jid = \"proxy.example.test\"\n").unwrap_err();
@@ -358,5 +363,73 @@ backend = "127.0.0.1:15222"
         assert!(e.contains("upload_url"), "{e}");
         let ok = parse(&format!("{RELAY}{up}[file_transfer]\nproxy_jid = \"p.example.test\"\nupload_url = \"https://up.example.test:5444/\"\n")).unwrap();
         assert_eq!(ok.file_transfer.unwrap().upload_url.as_deref(), Some("https://up.example.test:5444"));
+    }
+
+    #[test]
+    fn file_rules_parse_judge_by_stage_and_refuse_quarantine() {
+        use std::sync::Arc;
+
+        use crate::policy::file::{Offer, Transport};
+        use crate::transfer::{Detector, Inspection, ScanVerdict};
+        let rules = "[[rule]]\nname = \"no-exe\"\nchain = \"file\"\nwhen = { name = \"*.exe\" }\naction = \"block\"\ntext = \"no executables\"\n\
+            [[rule]]\nname = \"legal-may\"\nchain = \"file\"\nwhen = { from = \"legal@example.test\", dlp = true }\naction = \"pass\"\n\
+            [[rule]]\nname = \"big-to-carol\"\nchain = \"file\"\nwhen = { to = \"carol@example.test\", size_over = 100 }\naction = \"block\"\n";
+        let c = parse(&format!(
+            "{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\ndlp_keywords = [\"SECRET\"]\n{rules}"
+        ))
+        .unwrap();
+        let compiled = crate::policy::Policy::compile(&c.policy).unwrap();
+        assert_eq!(compiled.file_rules().len(), 3);
+        let p = Arc::new(c.file_transfer.unwrap().inspect_policy(compiled.file_rules().clone()).unwrap());
+        let offer = |from: &str, to: &str, name: Option<&str>, size: Option<u64>| Offer {
+            sender: crate::jid::parse(from),
+            recipient: crate::jid::parse(to),
+            transport: Some(Transport::S5b),
+            name: name.map(str::to_owned),
+            size,
+            ..Offer::default()
+        };
+        // Before any byte: the name, and a declared size over a rule's limit.
+        let r =
+            Inspection::with_offer(p.clone(), offer("a@example.test/x", "b@example.test/y", Some("SETUP.EXE"), None));
+        let r = r.unwrap_err();
+        assert_eq!(
+            (r.detector, r.rule.as_deref(), r.detail.as_str()),
+            (Detector::Rule, Some("no-exe"), "no executables")
+        );
+        let r = Inspection::with_offer(p.clone(), offer("a@example.test/x", "carol@example.test/y", None, Some(500)));
+        assert_eq!(r.unwrap_err().rule.as_deref(), Some("big-to-carol"));
+        // A declared size under the limit proves nothing: the count decides.
+        let mut ins =
+            Inspection::with_offer(p.clone(), offer("a@example.test/x", "carol@example.test/y", None, Some(10)))
+                .unwrap();
+        assert_eq!(ins.push(&[b'x'; 150]).unwrap_err().rule.as_deref(), Some("big-to-carol"));
+        // DLP blocks by the implicit [file_transfer] rule, except where a rule passes it first.
+        let secret = b"the SECRET plan".repeat(10);
+        let mut ins =
+            Inspection::with_offer(p.clone(), offer("a@example.test/x", "b@example.test/y", None, None)).unwrap();
+        ins.push(&secret).unwrap();
+        assert_eq!(ins.finish().unwrap_err().detector, Detector::Dlp);
+        let mut ins =
+            Inspection::with_offer(p.clone(), offer("legal@example.test/x", "b@example.test/y", None, None)).unwrap();
+        let mut out = ins.push(&secret).unwrap();
+        ins.finish().unwrap();
+        out.extend(ins.scanned(ScanVerdict::NotConfigured).unwrap());
+        assert_eq!(out, secret);
+        assert_eq!(ins.facts().rule.as_deref(), Some("legal-may"));
+        // Quarantine is not there yet, and says so; file rules take no stanza conditions.
+        let q = "[[rule]]\nname = \"q\"\nchain = \"file\"\nwhen = { malware = true }\naction = \"quarantine\"\n";
+        let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{q}")).unwrap_err();
+        assert!(e.contains("quarantine is not supported on chain file yet") && e.contains("gw.toml:"), "{e}");
+        let k = "[[rule]]\nname = \"k\"\nchain = \"file\"\nwhen = { kind = \"message\" }\naction = \"block\"\n";
+        let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{k}")).unwrap_err();
+        assert!(e.contains("unknown condition 'kind' on chain file"), "{e}");
+        let m = "[[rule]]\nname = \"m\"\nchain = [\"file\", \"c2s-in\"]\naction = \"drop\"\n";
+        let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{m}")).unwrap_err();
+        assert!(e.contains("rule of its own"), "{e}");
+        let t = "[[rule]]\nname = \"t\"\nchain = \"file\"\nwhen = { transport = \"ftp\" }\naction = \"block\"\n";
+        assert!(parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{t}"))
+            .unwrap_err()
+            .contains("s5b, ibb or upload"));
     }
 }

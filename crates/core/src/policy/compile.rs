@@ -142,6 +142,7 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         audit: config.audit.clone(),
         s2s: super::s2s::S2sRules::compile(&config.s2s)?,
         uses_contacts: rules.iter().any(|r| uses_contacts(&r.when)),
+        file: Arc::new(super::file::FileRules::compile(config)?),
         rules,
     })
 }

@@ -304,6 +304,8 @@ pub struct PolicyConfig {
     pub rates: BTreeMap<String, RateConfig>,
     /// Rules in evaluation order (main file first, then includes in order).
     pub rules: Vec<RuleConfig>,
+    /// `chain = "file"` rules, in order ([`super::file`]).
+    pub file_rules: Vec<super::file::FileRuleConfig>,
     /// Default action per chain when no terminal rule matches (`[chain.c2s-in] default = …`).
     pub defaults: BTreeMap<Chain, ActionConfig>,
     /// Audit log.

@@ -420,6 +420,14 @@ impl StreamMachine for C2sSession {
         self.domain.as_deref()
     }
 
+    fn notify_client(&mut self, stanza: &Element) {
+        self.transfer_notify(stanza);
+    }
+
+    fn transfer_scanned(&mut self, id: u64, verdict: crate::transfer::ScanVerdict) {
+        self.transfer_ibb_scanned(id, verdict);
+    }
+
     fn set_policy(&mut self, policy: std::sync::Arc<crate::policy::Policy>) {
         self.filter.policy = policy;
     }

@@ -89,6 +89,8 @@ pub enum Effect {
     },
     /// Anti-spam: a wave detected, a spam report recorded (audit, metrics).
     AntiSpam(crate::antispam::Event),
+    /// An in-band file transfer (XEP-0047): scan its bytes, answer the verdict, report its end.
+    Ibb(crate::transfer::ibb::IbbEvent),
     /// Flush what is queued and close both legs.
     Close(CloseReason),
 }

@@ -8,8 +8,17 @@
 //! At `<close/>` the whole-file checks run (size, SHA-256 against the hash list, media type,
 //! DLP); only if they pass are the held data and the close forwarded. A refused stream is cut:
 //! the sender's stanza gets `<not-acceptable/>` with the reason, the receiver gets a `<close/>`
-//! without the tail. clamd is not consulted here (the session cannot wait on the daemon's
-//! I/O), so a deployment that needs antivirus on every file refuses IBB by policy.
+//! without the tail.
+//!
+//! With an antivirus ([`IbbInspector::with_scanner`]) the decoded bytes also go to the daemon
+//! ([`IbbEvent::Data`], which streams them to clamd), and at `<close/>` the held data and the
+//! close itself wait for the verdict ([`IbbEvent::AwaitVerdict`] →
+//! [`IbbInspector::scanned`]): the sender's close stays unanswered until then (XEP-0047 §2.3:
+//! the close is an iq, answered once), and is answered by the receiver when the file passes,
+//! or with `<not-acceptable/>` and the reason when it is refused.
+//!
+//! Every stream is judged by the `file` chain with its sender, recipient and transport `ibb`
+//! ([`crate::policy::file`]) from the `<open/>` on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,6 +26,7 @@ use std::sync::Arc;
 use base64::Engine;
 
 use super::inspect::{Facts, InspectPolicy, Inspection, Refusal, ScanVerdict};
+use crate::policy::file::{Offer, Transport};
 use crate::stanza::StanzaCondition;
 use crate::xml::Element;
 
@@ -47,11 +57,54 @@ pub struct IbbStep {
     pub ack: Option<Element>,
     /// A stream ended: its facts and, if refused, why (for audit and metrics).
     pub ended: Option<(Facts, Option<Refusal>)>,
+    /// What the daemon must do for the antivirus and the audit.
+    pub events: Vec<IbbEvent>,
+}
+
+/// What the daemon does for one IBB stream: scan it, and report how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IbbEvent {
+    /// A stream was opened: start a scan (and a clock) for `id`.
+    Opened {
+        /// The stream's id in this session.
+        id: u64,
+    },
+    /// Decoded bytes of stream `id`, for the antivirus.
+    Data {
+        /// The stream.
+        id: u64,
+        /// The bytes, in order.
+        bytes: Vec<u8>,
+    },
+    /// Stream `id` ended: finish its scan and answer with [`IbbInspector::scanned`].
+    AwaitVerdict {
+        /// The stream.
+        id: u64,
+    },
+    /// Stream `id` ended (audit, metrics): passed, or refused.
+    Ended(Box<IbbEnded>),
+}
+
+/// How one IBB stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IbbEnded {
+    /// The stream's id in this session.
+    pub id: u64,
+    /// XEP-0047 `sid`.
+    pub sid: String,
+    /// The sender (bound JID).
+    pub sender: String,
+    /// The recipient.
+    pub recipient: String,
+    /// What the inspection learned.
+    pub facts: Facts,
+    /// Why it was refused; `None`: delivered.
+    pub refusal: Option<Refusal>,
 }
 
 impl IbbStep {
     fn forward() -> IbbStep {
-        IbbStep { release: Vec::new(), original: Original::Forward, ack: None, ended: None }
+        IbbStep { release: Vec::new(), original: Original::Forward, ack: None, ended: None, events: Vec::new() }
     }
 }
 
@@ -59,8 +112,11 @@ impl IbbStep {
 struct Stream {
     ins: Inspection,
     held: Option<Element>,
-    /// Opening order (the oldest is forgotten first).
+    /// Opening order (the oldest is forgotten first), and the id the daemon knows it by.
     opened: u64,
+    /// The sender's `<close/>`, waiting for the antivirus's verdict.
+    closing: Option<Element>,
+    sender: String,
 }
 
 /// The IBB sessions one user is sending (see the module docs).
@@ -71,6 +127,8 @@ pub struct IbbInspector {
     /// Ids of stanzas the gateway sent to the server whose answers the client must not see.
     swallow: HashSet<String>,
     next_id: u64,
+    /// The daemon streams the bytes to an antivirus and reports its verdict.
+    scanner: bool,
 }
 
 fn ibb_child<'a>(el: &'a Element, name: &str) -> Option<&'a Element> {
@@ -80,7 +138,14 @@ fn ibb_child<'a>(el: &'a Element, name: &str) -> Option<&'a Element> {
 impl IbbInspector {
     /// A new inspector with the file policy.
     pub fn new(policy: Arc<InspectPolicy>) -> IbbInspector {
-        IbbInspector { policy, streams: HashMap::new(), swallow: HashSet::new(), next_id: 0 }
+        IbbInspector { policy, streams: HashMap::new(), swallow: HashSet::new(), next_id: 0, scanner: false }
+    }
+
+    /// The daemon scans every stream with an antivirus ([`IbbEvent`]).
+    #[must_use]
+    pub fn with_scanner(mut self) -> IbbInspector {
+        self.scanner = true;
+        self
     }
 
     /// A policed iq from the client (`from` stamped with the bound JID).
@@ -100,19 +165,39 @@ impl IbbInspector {
             }
             self.next_id += 1;
             let opened = self.next_id;
-            return match Inspection::new(self.policy.clone(), None) {
+            let sender = el.attr("from").unwrap_or_default().to_owned();
+            let offer = Offer {
+                sender: crate::jid::parse(&sender),
+                recipient: crate::jid::parse(&to),
+                transport: Some(Transport::Ibb),
+                ..Offer::default()
+            };
+            return match Inspection::with_offer(self.policy.clone(), offer) {
                 Ok(ins) => {
-                    self.streams.insert((sid, to), Stream { ins, held: None, opened });
-                    IbbStep::forward()
+                    self.streams.insert((sid, to), Stream { ins, held: None, opened, closing: None, sender });
+                    let mut step = IbbStep::forward();
+                    step.events.push(IbbEvent::Opened { id: opened });
+                    step
                 }
-                Err(r) => bounce(StanzaCondition::NotAcceptable, &format!("file refused: {r}")),
+                Err(r) => {
+                    let mut step = bounce(StanzaCondition::NotAcceptable, &format!("file refused: {r}"));
+                    step.events.push(IbbEvent::Ended(Box::new(IbbEnded {
+                        id: opened,
+                        sid,
+                        sender,
+                        recipient: to,
+                        facts: Facts::default(),
+                        refusal: Some(r),
+                    })));
+                    step
+                }
             };
         }
         if let Some(data) = ibb_child(el, "data") {
             let key = (data.attr("sid").unwrap_or_default().to_owned(), to);
-            let Some(stream) = self.streams.get_mut(&key) else {
-                // Data for a stream opened before inspection started, or never opened: it
-                // would cross uninspected.
+            let Some(stream) = self.streams.get_mut(&key).filter(|s| s.closing.is_none()) else {
+                // Data for a stream opened before inspection started, never opened, or already
+                // closing: it would cross uninspected.
                 return bounce(StanzaCondition::NotAcceptable, "unknown in-band bytestream");
             };
             let text: String = data.text().chars().filter(|c| !c.is_ascii_whitespace()).collect();
@@ -123,11 +208,13 @@ impl IbbInspector {
             if let Err(r) = stream.ins.push(&bytes) {
                 return self.cut(key, r);
             }
+            let events = if self.scanner { vec![IbbEvent::Data { id: stream.opened, bytes }] } else { Vec::new() };
             let step = IbbStep {
                 release: stream.held.take().into_iter().collect(),
                 original: Original::Held,
                 ack: Some(result_for(el)),
                 ended: None,
+                events,
             };
             stream.held = Some(el.clone());
             for r in &step.release {
@@ -140,20 +227,37 @@ impl IbbInspector {
         if let Some(close) = ibb_child(el, "close") {
             let key = (close.attr("sid").unwrap_or_default().to_owned(), to);
             let Some(mut stream) = self.streams.remove(&key) else { return IbbStep::forward() };
-            let verdict = stream.ins.finish().map(|_| ()).and_then(|()| stream.ins.scanned(ScanVerdict::NotConfigured));
-            return match verdict {
-                Ok(_) => {
-                    let release: Vec<Element> = stream.held.take().into_iter().collect();
-                    for r in &release {
-                        if let Some(id) = r.attr("id") {
-                            self.remember(id);
-                        }
-                    }
+            if stream.closing.is_some() {
+                self.streams.insert(key, stream);
+                return bounce(StanzaCondition::BadRequest, "the stream is already closing");
+            }
+            if let Err(r) = stream.ins.finish() {
+                self.streams.insert(key.clone(), stream);
+                return self.cut(key, r);
+            }
+            if self.scanner {
+                // The close waits for the antivirus: neither it nor the held data moves yet.
+                let id = stream.opened;
+                stream.closing = Some(el.clone());
+                self.streams.insert(key, stream);
+                return IbbStep {
+                    release: Vec::new(),
+                    original: Original::Held,
+                    ack: None,
+                    ended: None,
+                    events: vec![IbbEvent::AwaitVerdict { id }],
+                };
+            }
+            return match stream.ins.scanned(ScanVerdict::NotConfigured) {
+                Ok(tail) => {
+                    debug_assert!(tail.is_empty() || stream.held.is_some());
+                    let (release, ended) = self.release(key, stream);
                     IbbStep {
                         release,
                         original: Original::Forward,
                         ack: None,
-                        ended: Some((stream.ins.facts().clone(), None)),
+                        ended: Some((ended.facts.clone(), None)),
+                        events: vec![ended_event(&ended)],
                     }
                 }
                 Err(r) => {
@@ -165,23 +269,70 @@ impl IbbInspector {
         IbbStep::forward()
     }
 
+    /// The stream passed: its held data goes first (the receiver's answer swallowed, the
+    /// sender had the gateway's).
+    fn release(&mut self, key: (String, String), mut stream: Stream) -> (Vec<Element>, Ended) {
+        let release: Vec<Element> = stream.held.take().into_iter().collect();
+        for r in &release {
+            if let Some(id) = r.attr("id") {
+                self.remember(id);
+            }
+        }
+        let ended = Ended {
+            id: stream.opened,
+            sid: key.0,
+            sender: stream.sender,
+            recipient: key.1,
+            facts: stream.ins.facts().clone(),
+            refusal: None,
+        };
+        (release, ended)
+    }
+
+    /// The antivirus's verdict on stream `id` (after [`IbbEvent::AwaitVerdict`]): what to send
+    /// to the server and to the client. `None` if no stream waits under that id.
+    pub fn scanned(&mut self, id: u64, verdict: ScanVerdict) -> Option<IbbVerdict> {
+        let key = self.streams.iter().find(|(_, s)| s.opened == id && s.closing.is_some()).map(|(k, _)| k.clone())?;
+        let mut stream = self.streams.remove(&key)?;
+        let close = stream.closing.take()?;
+        match stream.ins.scanned(verdict) {
+            Ok(_) => {
+                let (mut to_server, ended) = self.release(key, stream);
+                // The sender's own close: the receiver's answer is the sender's.
+                to_server.push(close);
+                Some(IbbVerdict { to_server, to_client: None, ended: ended_event(&ended) })
+            }
+            Err(r) => {
+                let text = format!("file refused: {r}");
+                self.streams.insert(key.clone(), stream);
+                let step = self.cut(key, r);
+                let to_client = crate::stanza::error_reply(&close, StanzaCondition::NotAcceptable, Some(&text), "");
+                let ended = step.events.into_iter().next()?;
+                Some(IbbVerdict { to_server: step.release, to_client, ended })
+            }
+        }
+    }
+
     /// Refuse stream `key`: the receiver gets a close, the sender an error.
     fn cut(&mut self, key: (String, String), r: Refusal) -> IbbStep {
-        let facts = self.streams.remove(&key).map(|s| s.ins.facts().clone()).unwrap_or_default();
+        let (facts, id, sender) =
+            self.streams.remove(&key).map(|s| (s.ins.facts().clone(), s.opened, s.sender)).unwrap_or_default();
         self.next_id += 1;
-        let id = format!("stanzawall-ibb-close-{}", self.next_id);
-        self.remember(&id);
+        let close_id = format!("stanzawall-ibb-close-{}", self.next_id);
+        self.remember(&close_id);
         let (sid, to) = key;
         let close = Element::new(crate::stream::NS_CLIENT, "iq")
             .with_attr("type", "set")
-            .with_attr("id", id)
-            .with_attr("to", to)
-            .with_child(Element::new(NS_IBB, "close").with_attr("sid", sid));
+            .with_attr("id", close_id)
+            .with_attr("to", to.as_str())
+            .with_child(Element::new(NS_IBB, "close").with_attr("sid", sid.as_str()));
+        let ended = Ended { id, sid, sender, recipient: to, facts: facts.clone(), refusal: Some(r.clone()) };
         IbbStep {
             release: vec![close],
             original: Original::Bounce(StanzaCondition::NotAcceptable, format!("file refused: {r}")),
             ack: None,
             ended: Some((facts, Some(r))),
+            events: vec![ended_event(&ended)],
         }
     }
 
@@ -203,7 +354,32 @@ impl IbbInspector {
 }
 
 fn bounce(condition: StanzaCondition, text: &str) -> IbbStep {
-    IbbStep { release: Vec::new(), original: Original::Bounce(condition, text.to_owned()), ack: None, ended: None }
+    IbbStep {
+        release: Vec::new(),
+        original: Original::Bounce(condition, text.to_owned()),
+        ack: None,
+        ended: None,
+        events: Vec::new(),
+    }
+}
+
+/// What the antivirus's verdict on a closing stream sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IbbVerdict {
+    /// To the server, in order: the held data and the sender's close (passed), or the
+    /// gateway's close without the tail (refused).
+    pub to_server: Vec<Element>,
+    /// To the client: the error answering its close (refused).
+    pub to_client: Option<Element>,
+    /// The [`IbbEvent::Ended`] record.
+    pub ended: IbbEvent,
+}
+
+/// [`IbbEnded`] as it is built.
+type Ended = IbbEnded;
+
+fn ended_event(e: &Ended) -> IbbEvent {
+    IbbEvent::Ended(Box::new(e.clone()))
 }
 
 /// The result the receiver would send, given by the gateway for a held data iq.

@@ -13,6 +13,12 @@
 //! (keywords, regular expressions, Luhn-valid card numbers) over the text of files with no
 //! binary type, across chunk boundaries; then, at the end, the hash and the scanner's verdict.
 //!
+//! Every check is a decision of the `file` chain ([`crate::policy::file`]): the operator's
+//! `[[rule]] chain = "file"` rules first, then the `[file_transfer]` checks above as its
+//! implicit last rules (all `block`), then pass. The chain is asked again whenever a fact
+//! arrives — the offer, each push, the end, the verdict — and a file is cut as soon as it is
+//! decided `block`, or released whole as soon as a rule decides `pass`.
+//!
 //! Never does I/O: the daemon feeds the same bytes to clamd's INSTREAM and reports its verdict
 //! with [`Inspection::scanned`].
 
@@ -22,6 +28,8 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::Regex;
+
+use crate::policy::file::{FileDecision, FileRules, Observed, Offer};
 
 /// Bytes looked at for the media type (infer's longest signatures are within this).
 pub const SNIFF_BYTES: usize = 8192;
@@ -46,6 +54,9 @@ pub struct InspectPolicy {
     pub hold_back: usize,
     /// What a scanner failure (down, timed out, over its size limit) means.
     pub on_scanner_error: OnScannerError,
+    /// The `file` chain's rules, walked before the checks above (which are its implicit
+    /// last rules).
+    pub rules: Arc<FileRules>,
 }
 
 impl Default for InspectPolicy {
@@ -58,6 +69,7 @@ impl Default for InspectPolicy {
             dlp: None,
             hold_back: 64 * 1024,
             on_scanner_error: OnScannerError::Block,
+            rules: Arc::new(FileRules::default()),
         }
     }
 }
@@ -191,6 +203,8 @@ pub enum Detector {
     Antivirus,
     /// The antivirus could not decide and `on_scanner_error = "block"`.
     Scanner,
+    /// A `[[rule]] chain = "file"` with `action = "block"`.
+    Rule,
 }
 
 impl Detector {
@@ -203,6 +217,7 @@ impl Detector {
             Detector::Dlp => "dlp",
             Detector::Antivirus => "antivirus",
             Detector::Scanner => "scanner-error",
+            Detector::Rule => "rule",
         }
     }
 }
@@ -214,6 +229,14 @@ pub struct Refusal {
     pub detector: Detector,
     /// What it found, for the audit and the error text.
     pub detail: String,
+    /// The `file` rule that refused it (`detector` is then [`Detector::Rule`]).
+    pub rule: Option<String>,
+}
+
+impl Refusal {
+    fn check(detector: Detector, detail: String) -> Refusal {
+        Refusal { detector, detail, rule: None }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -246,26 +269,47 @@ pub struct Facts {
     pub sha256: Option<String>,
     /// The scanner failed and `on_scanner_error = "pass"` let the file through.
     pub scanner_failed_open: bool,
+    /// The `file` rule that decided `pass`, if one did.
+    pub rule: Option<String>,
+    /// `log` (and `log_only`) rules of the `file` chain that matched.
+    pub logged: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Streaming,
+    /// A `pass` rule decided before the end: bytes flow unheld (still counted and hashed).
+    PassedEarly,
     AwaitingScan,
     Passed,
     Refused(Refusal),
 }
 
+/// What the chain says now.
+enum Decision {
+    Pass,
+    Block(Refusal),
+    Pending,
+}
+
 /// One file crossing the gateway (see the module docs).
 pub struct Inspection {
     policy: Arc<InspectPolicy>,
+    offer: Offer,
+    seen: Observed,
     facts: Facts,
     sniffed: bool,
     dlp_active: bool,
     dlp_tail: Vec<u8>,
+    /// What the DLP detector found.
+    dlp_hit: Option<String>,
+    /// The antivirus's verdict, once given.
+    verdict: Option<ScanVerdict>,
     hasher: ring::digest::Context,
     held: Vec<u8>,
     state: State,
+    /// Per `file` rule: its log record is made.
+    logged: Vec<bool>,
 }
 
 impl fmt::Debug for Inspection {
@@ -275,31 +319,49 @@ impl fmt::Debug for Inspection {
 }
 
 impl Inspection {
-    /// Start inspecting a file; `declared` is the size the offer announced (XEP-0234 `<size>`,
-    /// XEP-0363 `size`), refused before any byte moves when over the cap.
+    /// Start inspecting a file of which only the size may be known (`declared`: XEP-0234
+    /// `<size>`, XEP-0363 `size`); see [`Inspection::with_offer`].
     pub fn new(policy: Arc<InspectPolicy>, declared: Option<u64>) -> Result<Inspection, Refusal> {
-        if let Some(size) = declared.filter(|&s| s > policy.max_bytes) {
-            return Err(Refusal {
-                detector: Detector::Size,
-                detail: format!("declared size {size} bytes is over the limit of {} bytes", policy.max_bytes),
-            });
-        }
+        Inspection::with_offer(policy, Offer { size: declared, ..Offer::default() })
+    }
+
+    /// Start inspecting a file: the `file` chain judges the offer before any byte moves (a
+    /// declared size over the cap, a blocked name, sender or declared type is refused here).
+    pub fn with_offer(policy: Arc<InspectPolicy>, offer: Offer) -> Result<Inspection, Refusal> {
         let dlp_active = policy.dlp.is_some();
-        Ok(Inspection {
+        let mut ins = Inspection {
             policy,
+            offer,
+            seen: Observed { dlp: (!dlp_active).then_some(false), ..Observed::default() },
             facts: Facts::default(),
             sniffed: false,
             dlp_active,
             dlp_tail: Vec::new(),
+            dlp_hit: None,
+            verdict: None,
             hasher: ring::digest::Context::new(&ring::digest::SHA256),
             held: Vec::new(),
             state: State::Streaming,
-        })
+            logged: Vec::new(),
+        };
+        match ins.decide() {
+            Decision::Block(r) => Err(r),
+            Decision::Pass => {
+                ins.state = State::PassedEarly;
+                Ok(ins)
+            }
+            Decision::Pending => Ok(ins),
+        }
     }
 
     /// What is known so far.
     pub fn facts(&self) -> &Facts {
         &self.facts
+    }
+
+    /// What the offer declared.
+    pub fn offer(&self) -> &Offer {
+        &self.offer
     }
 
     /// The refusal, once refused.
@@ -310,35 +372,120 @@ impl Inspection {
         }
     }
 
-    fn refuse(&mut self, detector: Detector, detail: String) -> Refusal {
-        let r = Refusal { detector, detail };
+    fn refuse(&mut self, r: Refusal) -> Refusal {
         self.state = State::Refused(r.clone());
         // What was held is never released.
         self.held = Vec::new();
         r
     }
 
+    /// Walk the `file` chain: the operator's rules, then the `[file_transfer]` checks.
+    fn decide(&mut self) -> Decision {
+        let rules = self.policy.rules.clone();
+        match rules.decide(&self.offer, &self.seen, &mut self.logged, &mut self.facts.logged) {
+            FileDecision::Pass(rule) => {
+                self.facts.rule = Some(rule.to_string());
+                Decision::Pass
+            }
+            FileDecision::Block { rule, text } => Decision::Block(Refusal {
+                detector: Detector::Rule,
+                detail: text.unwrap_or_else(|| format!("refused by rule '{rule}'")),
+                rule: Some(rule.to_string()),
+            }),
+            FileDecision::Pending => Decision::Pending,
+            FileDecision::Fallthrough => self.checks(),
+        }
+    }
+
+    /// The `[file_transfer]` checks as the chain's last rules: any that holds blocks (in this
+    /// order: size, type, hash, DLP, antivirus, scanner); none pending: pass.
+    fn checks(&self) -> Decision {
+        let p = &*self.policy;
+        let mut pending = false;
+        if let Some(size) = self.offer.size.filter(|&s| s > p.max_bytes) {
+            let detail = format!("declared size {size} bytes is over the limit of {} bytes", p.max_bytes);
+            return Decision::Block(Refusal::check(Detector::Size, detail));
+        }
+        if let Some(hash) = self.offer.sha256.filter(|h| p.hash_deny.contains(h)) {
+            let detail = format!("declared SHA-256 {} is on the hash list", hex(&hash));
+            return Decision::Block(Refusal::check(Detector::Hash, detail));
+        }
+        if self.seen.bytes > p.max_bytes {
+            return Decision::Block(Refusal::check(Detector::Size, format!("more than {} bytes", p.max_bytes)));
+        }
+        pending |= !self.seen.ended;
+        match self.seen.media_type {
+            None => pending = true,
+            Some(mime) => {
+                if p.deny_types.iter().any(|t| t == mime) {
+                    return Decision::Block(Refusal::check(Detector::Type, format!("media type {mime} is denied")));
+                }
+                if !p.allow_types.is_empty() && !p.allow_types.iter().any(|t| t == mime) {
+                    return Decision::Block(Refusal::check(
+                        Detector::Type,
+                        format!("media type {mime} is not allowed"),
+                    ));
+                }
+            }
+        }
+        match self.seen.sha256 {
+            Some(hash) if p.hash_deny.contains(&hash) => {
+                let detail = format!("SHA-256 {} is on the hash list", hex(&hash));
+                return Decision::Block(Refusal::check(Detector::Hash, detail));
+            }
+            Some(_) => {}
+            None => pending = true,
+        }
+        if let Some(hit) = &self.dlp_hit {
+            return Decision::Block(Refusal::check(Detector::Dlp, hit.clone()));
+        }
+        pending |= self.seen.dlp.is_none();
+        match &self.verdict {
+            None => pending = true,
+            Some(ScanVerdict::Infected(name)) => {
+                return Decision::Block(Refusal::check(Detector::Antivirus, name.clone()));
+            }
+            Some(ScanVerdict::Failed(why)) if p.on_scanner_error == OnScannerError::Block => {
+                return Decision::Block(Refusal::check(Detector::Scanner, why.clone()));
+            }
+            Some(_) => {}
+        }
+        if pending {
+            Decision::Pending
+        } else {
+            Decision::Pass
+        }
+    }
+
     /// Bytes from the sender. Returns the bytes that may be written to the receiver now.
     pub fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, Refusal> {
         match &self.state {
-            State::Streaming => {}
+            State::Streaming | State::PassedEarly => {}
             State::Refused(r) => return Err(r.clone()),
             State::AwaitingScan | State::Passed => {
-                return Err(self.refuse(Detector::Size, "data after the end of the file".to_owned()))
+                return Err(self.refuse(Refusal::check(Detector::Size, "data after the end of the file".to_owned())))
             }
         }
         self.facts.bytes = self.facts.bytes.saturating_add(data.len() as u64);
-        if self.facts.bytes > self.policy.max_bytes {
-            let detail = format!("more than {} bytes", self.policy.max_bytes);
-            return Err(self.refuse(Detector::Size, detail));
-        }
+        self.seen.bytes = self.facts.bytes;
         self.hasher.update(data);
+        if self.state == State::PassedEarly {
+            return Ok(data.to_vec());
+        }
         self.held.extend_from_slice(data);
         if !self.sniffed && self.held.len() >= SNIFF_BYTES {
-            self.sniff()?;
+            self.sniff();
         }
-        if self.sniffed && self.dlp_active {
-            self.dlp(data)?;
+        if self.sniffed && self.dlp_active && self.dlp_hit.is_none() {
+            self.dlp(data);
+        }
+        match self.decide() {
+            Decision::Block(r) => return Err(self.refuse(r)),
+            Decision::Pass => {
+                self.state = State::PassedEarly;
+                return Ok(std::mem::take(&mut self.held));
+            }
+            Decision::Pending => {}
         }
         if !self.sniffed {
             return Ok(Vec::new());
@@ -351,68 +498,73 @@ impl Inspection {
         Ok(self.held.drain(..release).collect())
     }
 
-    /// The media type check, once enough bytes (or the whole file) are in.
-    fn sniff(&mut self) -> Result<(), Refusal> {
+    /// The media type, once enough bytes (or the whole file) are in.
+    fn sniff(&mut self) {
         self.sniffed = true;
         let head = &self.held[..self.held.len().min(SNIFF_BYTES)];
         let kind = infer::get(head);
         self.facts.media_type = kind.map(|k| k.mime_type());
+        self.seen.media_type = Some(self.facts.media_type.unwrap_or("application/octet-stream"));
         // DLP reads text; a file with a recognised binary type (an archive, an image) is not
         // text, and its compressed bytes would only produce false matches.
         self.dlp_active =
             self.policy.dlp.is_some() && kind.is_none_or(|k| k.matcher_type() == infer::MatcherType::Text);
-        let mime = self.facts.media_type.unwrap_or("application/octet-stream");
-        if self.policy.deny_types.iter().any(|t| t == mime) {
-            return Err(self.refuse(Detector::Type, format!("media type {mime} is denied")));
-        }
-        if !self.policy.allow_types.is_empty() && !self.policy.allow_types.iter().any(|t| t == mime) {
-            return Err(self.refuse(Detector::Type, format!("media type {mime} is not allowed")));
+        if !self.dlp_active {
+            self.seen.dlp = Some(false);
         }
         // Everything pushed before the type was known is scanned now.
         if self.dlp_active {
             let all = std::mem::take(&mut self.held);
-            let r = self.dlp(&all);
+            self.dlp(&all);
             self.held = all;
-            r?;
         }
-        Ok(())
     }
 
     /// DLP over `data`, with the overlap of what came before it.
-    fn dlp(&mut self, data: &[u8]) -> Result<(), Refusal> {
+    fn dlp(&mut self, data: &[u8]) {
         let policy = self.policy.clone();
-        let Some(dlp) = &policy.dlp else { return Ok(()) };
+        let Some(dlp) = &policy.dlp else { return };
         let mut window = std::mem::take(&mut self.dlp_tail);
         window.extend_from_slice(data);
         if let Some(hit) = dlp.scan(&window) {
-            return Err(self.refuse(Detector::Dlp, hit));
+            self.dlp_hit = Some(hit);
+            self.seen.dlp = Some(true);
+            return;
         }
         let keep = window.len().min(DLP_OVERLAP);
         window.drain(..window.len() - keep);
         self.dlp_tail = window;
-        Ok(())
     }
 
     /// The sender's input ended. The checks over the whole file that need no scanner are made
     /// here; the tail stays held until [`Inspection::scanned`].
     pub fn finish(&mut self) -> Result<&Facts, Refusal> {
         match &self.state {
-            State::Streaming => {}
+            State::Streaming | State::PassedEarly => {}
             State::Refused(r) => return Err(r.clone()),
             State::AwaitingScan | State::Passed => return Ok(&self.facts),
         }
         if !self.sniffed {
-            self.sniff()?;
+            self.sniff();
         }
         let digest = std::mem::replace(&mut self.hasher, ring::digest::Context::new(&ring::digest::SHA256)).finish();
         let mut hash = [0u8; 32];
         hash.copy_from_slice(digest.as_ref());
         self.facts.sha256 = Some(hex(&hash));
-        if self.policy.hash_deny.contains(&hash) {
-            let detail = format!("SHA-256 {} is on the hash list", hex(&hash));
-            return Err(self.refuse(Detector::Hash, detail));
+        self.seen.sha256 = Some(hash);
+        self.seen.ended = true;
+        if self.seen.dlp.is_none() {
+            self.seen.dlp = Some(false);
         }
-        self.state = State::AwaitingScan;
+        if self.state == State::PassedEarly {
+            self.state = State::Passed;
+            return Ok(&self.facts);
+        }
+        match self.decide() {
+            Decision::Block(r) => return Err(self.refuse(r)),
+            Decision::Pass => self.state = State::Passed,
+            Decision::Pending => self.state = State::AwaitingScan,
+        }
         Ok(&self.facts)
     }
 
@@ -421,19 +573,27 @@ impl Inspection {
         match &self.state {
             State::AwaitingScan => {}
             State::Refused(r) => return Err(r.clone()),
-            State::Streaming => return Err(self.refuse(Detector::Scanner, "verdict before the end of the file".into())),
-            State::Passed => return Ok(Vec::new()),
+            State::Streaming | State::PassedEarly => {
+                return Err(self.refuse(Refusal::check(Detector::Scanner, "verdict before the end of the file".into())))
+            }
+            State::Passed => return Ok(std::mem::take(&mut self.held)),
         }
-        match verdict {
-            ScanVerdict::NotConfigured | ScanVerdict::Clean => {}
-            ScanVerdict::Infected(name) => return Err(self.refuse(Detector::Antivirus, name)),
-            ScanVerdict::Failed(why) => match self.policy.on_scanner_error {
-                OnScannerError::Block => return Err(self.refuse(Detector::Scanner, why)),
-                OnScannerError::Pass => self.facts.scanner_failed_open = true,
-            },
+        self.seen.malware = Some(matches!(verdict, ScanVerdict::Infected(_)));
+        self.seen.scanner_error = Some(matches!(verdict, ScanVerdict::Failed(_)));
+        let failed = matches!(verdict, ScanVerdict::Failed(_));
+        self.verdict = Some(verdict);
+        match self.decide() {
+            Decision::Block(r) => Err(self.refuse(r)),
+            Decision::Pass => {
+                self.facts.scanner_failed_open = failed;
+                self.state = State::Passed;
+                Ok(std::mem::take(&mut self.held))
+            }
+            // Every fact is known: nothing can be pending. Fail closed if it ever were.
+            Decision::Pending => {
+                Err(self.refuse(Refusal::check(Detector::Rule, "the file chain reached no decision".into())))
+            }
         }
-        self.state = State::Passed;
-        Ok(std::mem::take(&mut self.held))
     }
 }
 
@@ -446,15 +606,4 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Parse a hex SHA-256 (64 hex digits, either case).
-pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
+pub use crate::policy::file::parse_sha256;

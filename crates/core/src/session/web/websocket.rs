@@ -353,6 +353,14 @@ impl StreamMachine for WebSocketSession {
         }
     }
 
+    fn notify_client(&mut self, stanza: &crate::xml::Element) {
+        self.inner.notify_client(stanza);
+    }
+
+    fn transfer_scanned(&mut self, id: u64, verdict: crate::transfer::ScanVerdict) {
+        self.inner.transfer_scanned(id, verdict);
+    }
+
     fn set_policy(&mut self, policy: Arc<Policy>) {
         self.inner.set_policy(policy);
     }
