@@ -107,6 +107,15 @@ impl RosterFetch {
         true
     }
 
+    /// Is a fetch of `owner`'s roster queued or in flight?
+    pub fn is_waiting(&self, owner: &BareJid) -> bool {
+        if !self.enabled.load(Ordering::Acquire) {
+            return false;
+        }
+        let d = self.digester.digest(owner.as_str());
+        self.lock().asked.contains(&d)
+    }
+
     /// The owners to ask the server about (each once).
     pub fn take_requests(&self) -> Vec<BareJid> {
         self.lock().queue.drain(..).collect()
