@@ -138,6 +138,11 @@ impl RtblList {
         self.entries.is_empty()
     }
 
+    /// The entries, sorted.
+    pub fn entries(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(String::as_str)
+    }
+
     /// Is `entry` (in list-file form) listed?
     pub fn contains(&self, entry: &str) -> bool {
         self.entries.contains(entry)
