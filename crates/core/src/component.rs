@@ -784,3 +784,28 @@ fn retag(el: &mut Element, ns: &str) {
     }
     walk(el, &from, &to, 0);
 }
+
+/// The message that tells an administrator (`to`) about a XEP-0377 spam report, as Prosody's
+/// `mod_report_forward` does: a readable body naming the reporter, the reported JID, the reason
+/// and the reporter's text, and the report itself (`urn:xmpp:reporting:1`) for clients that
+/// read it.
+pub fn report_message(to: &str, reporter: &str, reported: &str, reason: &str, text: Option<&str>) -> Element {
+    let mut body = format!("Spam report: {reporter} reported {reported} ({reason})");
+    if let Some(t) = text.filter(|t| !t.is_empty()) {
+        // The reporter's words, bounded: a report is not a channel for long texts.
+        let t: String = t.chars().take(1000).collect();
+        body.push_str(&format!(": {t}"));
+    }
+    let mut report = Element::new("urn:xmpp:reporting:1", "report")
+        .with_attr("reason", format!("urn:xmpp:reporting:{reason}"))
+        .with_attr("jid", reported);
+    if let Some(t) = text.filter(|t| !t.is_empty()) {
+        report = report.with_child(Element::new("urn:xmpp:reporting:1", "text").with_text(t.chars().take(1000).collect::<String>()));
+    }
+    Element::new(NS_COMPONENT, "message")
+        .with_attr("to", to)
+        .with_attr("type", "normal")
+        .with_child(Element::new(NS_COMPONENT, "subject").with_text("Spam report"))
+        .with_child(Element::new(NS_COMPONENT, "body").with_text(body))
+        .with_child(report)
+}

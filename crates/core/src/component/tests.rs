@@ -360,3 +360,15 @@ fn hostile_input_closes_without_panic_and_state_stays_bounded() {
         assert_eq!(c.roster_domains(), vec!["example.test".to_owned()], "cut at {cut}");
     }
 }
+
+#[test]
+fn a_report_becomes_a_readable_message_for_the_admin() {
+    let now = Instant::now();
+    let mut c = connected(now, None);
+    let m = report_message("admin@example.test", "alice@example.test", "carol@example.test", "spam", Some("ads <b>"));
+    c.send_direct(m).expect("connected");
+    let sent = out(&mut c);
+    assert!(sent.starts_with("<message to='admin@example.test' type='normal' from='stanzawall.example.test'>"), "{sent}");
+    assert!(sent.contains("<body>Spam report: alice@example.test reported carol@example.test (spam): ads &lt;b&gt;</body>"), "{sent}");
+    assert!(sent.contains("<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam' jid='carol@example.test'>"), "{sent}");
+}
