@@ -41,6 +41,8 @@ PACKAGES=(
   haproxy
   # The file-transfer door (tests/e2e/test_transfer.py): a private clamd from a written .hdb.
   clamav-daemon
+  # The privileged component (tests/e2e/test_component.py): Prosody's mod_privilege.
+  prosody-modules
 )
 POLICY=/usr/sbin/policy-rc.d
 
