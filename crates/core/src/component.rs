@@ -526,7 +526,8 @@ impl Component {
     /// roster access with pushes. Answered with a result (RFC 6121 §2.1.6) either way.
     fn on_iq_set(&mut self, el: &Element) {
         let query = el.elements().find(|c| c.name == "query" && &*c.ns == NS_ROSTER);
-        let owner = el.attr("from").and_then(crate::jid::parse).filter(|j| j.node().is_some() && j.resource().is_none());
+        let owner =
+            el.attr("from").and_then(crate::jid::parse).filter(|j| j.node().is_some() && j.resource().is_none());
         match (query, owner) {
             (Some(q), Some(owner)) => {
                 let domain = owner.domain().as_str().to_owned();
@@ -586,7 +587,10 @@ impl Component {
                     let (published, _) = item_ids(child, NS_PUBSUB_EVENT, "item");
                     let (retracted, _) = item_ids(child, NS_PUBSUB_EVENT, "retract");
                     if !published.is_empty() {
-                        self.event(ComponentEvent::Node { node: node.clone(), change: NodeChange::Published(published) });
+                        self.event(ComponentEvent::Node {
+                            node: node.clone(),
+                            change: NodeChange::Published(published),
+                        });
                     }
                     if !retracted.is_empty() {
                         self.event(ComponentEvent::Node { node, change: NodeChange::Retracted(retracted) });
@@ -683,8 +687,8 @@ impl Component {
         let subscribe = Element::new(NS_PUBSUB, "pubsub").with_child(
             Element::new(NS_PUBSUB, "subscribe").with_attr("node", node.node.clone()).with_attr("jid", jid),
         );
-        let items =
-            Element::new(NS_PUBSUB, "pubsub").with_child(Element::new(NS_PUBSUB, "items").with_attr("node", node.node.clone()));
+        let items = Element::new(NS_PUBSUB, "pubsub")
+            .with_child(Element::new(NS_PUBSUB, "items").with_attr("node", node.node.clone()));
         let service = node.service.clone();
         self.iq(&service, "set", subscribe, Pending::Subscribe(node.clone()), now);
         self.iq(&service, "get", items, Pending::Items(node), now);
@@ -800,7 +804,9 @@ pub fn report_message(to: &str, reporter: &str, reported: &str, reason: &str, te
         .with_attr("reason", format!("urn:xmpp:reporting:{reason}"))
         .with_attr("jid", reported);
     if let Some(t) = text.filter(|t| !t.is_empty()) {
-        report = report.with_child(Element::new("urn:xmpp:reporting:1", "text").with_text(t.chars().take(1000).collect::<String>()));
+        report = report.with_child(
+            Element::new("urn:xmpp:reporting:1", "text").with_text(t.chars().take(1000).collect::<String>()),
+        );
     }
     Element::new(NS_COMPONENT, "message")
         .with_attr("to", to)

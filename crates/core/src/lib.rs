@@ -41,8 +41,8 @@
 
 pub mod antispam;
 pub mod ban;
-pub mod component;
 pub mod capture;
+pub mod component;
 pub mod config;
 pub mod fuzzing;
 pub mod guard;

@@ -149,7 +149,11 @@ pub fn register_metrics(registry: &mut Registry) {
     );
     let r = registry.sub_registry_with_prefix("stanzawall_rtbl");
     r.register("entries", "Entries of each RTBL list now", METRICS.rtbl_entries.clone());
-    r.register("updates", "Changes applied to each RTBL list (fetches and notifications)", METRICS.rtbl_updates.clone());
+    r.register(
+        "updates",
+        "Changes applied to each RTBL list (fetches and notifications)",
+        METRICS.rtbl_updates.clone(),
+    );
 }
 
 /// Reloads asked of the supervisor (the admin API's channel): answered with the outcome.
@@ -358,7 +362,10 @@ impl Task {
             }
             ComponentEvent::Roster { owner, items } => {
                 let fits = a.contacts.replace(&owner, &items);
-                METRICS.roster_fetches.get_or_create(&ResultLabels { result: if fits { "ok" } else { "too-large" } }).inc();
+                METRICS
+                    .roster_fetches
+                    .get_or_create(&ResultLabels { result: if fits { "ok" } else { "too-large" } })
+                    .inc();
                 debug!(owner = %owner, items = items.len(), fits, "roster fetched through the component");
                 a.fetch.done(&owner, fits, now);
                 announce_roster_news();
@@ -477,7 +484,13 @@ pub async fn forward_report(event: &stanzawall_core::antispam::Event, report_to:
     let stanzawall_core::antispam::Event::Report { reporter, reported, reason, text, .. } = event else { return };
     let Some(h) = handle() else { return };
     for to in report_to {
-        let m = stanzawall_core::component::report_message(to, reporter.as_str(), reported.as_str(), reason, text.as_deref());
+        let m = stanzawall_core::component::report_message(
+            to,
+            reporter.as_str(),
+            reported.as_str(),
+            reason,
+            text.as_deref(),
+        );
         let result = match h.send(Outgoing::Direct(m)).await {
             Ok(()) => "sent",
             Err(e) => {

@@ -79,7 +79,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let (gen_tx, gen_rx) = watch::channel(first.clone());
     // The admin API's reloads come through here and are answered with their outcome.
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<crate::admin::ReloadRequest>(8);
-    let admin_state = Arc::new(crate::admin::Admin::new(gen_rx.clone(), shared.clone(), registry.clone(), reload_tx.clone()));
+    let admin_state =
+        Arc::new(crate::admin::Admin::new(gen_rx.clone(), shared.clone(), registry.clone(), reload_tx.clone()));
     let mut admin = first.config.admin.bind.map(|b| (b, tokio::spawn(crate::admin::serve(b, admin_state.clone()))));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();

@@ -46,7 +46,8 @@ fn connected(now: Instant, privilege: Option<&str>) -> Component {
     c
 }
 
-const PRIV2: &str = "<message from='example.test' to='stanzawall.example.test'><privilege xmlns='urn:xmpp:privilege:2'>\
+const PRIV2: &str =
+    "<message from='example.test' to='stanzawall.example.test'><privilege xmlns='urn:xmpp:privilege:2'>\
      <perm access='roster' type='both'/><perm access='message' type='outgoing'/></privilege></message>";
 
 #[test]
@@ -238,7 +239,10 @@ fn pubsub_nodes_are_followed_and_their_events_read_only_from_their_service() {
             "<message from='{from}' to='stanzawall.example.test'><event xmlns='http://jabber.org/protocol/pubsub#event'>{inner}</event></message>"
         )
     };
-    c.feed(event("mallory.example", "<items node='spam_source_domains'><item id='x.example'/></items>").as_bytes(), now);
+    c.feed(
+        event("mallory.example", "<items node='spam_source_domains'><item id='x.example'/></items>").as_bytes(),
+        now,
+    );
     assert!(events(&mut c).is_empty(), "only the node's service speaks for it");
     c.feed(
         event(
@@ -312,7 +316,9 @@ fn nothing_is_sent_while_disconnected() {
     c.fetch_roster(&bare("bob@example.test"), now);
     c.disconnected("reset");
     let ev = events(&mut c);
-    assert!(matches!(ev.as_slice(), [ComponentEvent::RosterFailed { reason, .. }, ComponentEvent::Closed(_)] if reason == "disconnected"));
+    assert!(
+        matches!(ev.as_slice(), [ComponentEvent::RosterFailed { reason, .. }, ComponentEvent::Closed(_)] if reason == "disconnected")
+    );
     assert!(!c.can_fetch(&bare("bob@example.test")), "privileges end with the connection");
 }
 
@@ -368,7 +374,18 @@ fn a_report_becomes_a_readable_message_for_the_admin() {
     let m = report_message("admin@example.test", "alice@example.test", "carol@example.test", "spam", Some("ads <b>"));
     c.send_direct(m).expect("connected");
     let sent = out(&mut c);
-    assert!(sent.starts_with("<message to='admin@example.test' type='normal' from='stanzawall.example.test'>"), "{sent}");
-    assert!(sent.contains("<body>Spam report: alice@example.test reported carol@example.test (spam): ads &lt;b&gt;</body>"), "{sent}");
-    assert!(sent.contains("<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam' jid='carol@example.test'>"), "{sent}");
+    assert!(
+        sent.starts_with("<message to='admin@example.test' type='normal' from='stanzawall.example.test'>"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains("<body>Spam report: alice@example.test reported carol@example.test (spam): ads &lt;b&gt;</body>"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains(
+            "<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam' jid='carol@example.test'>"
+        ),
+        "{sent}"
+    );
 }

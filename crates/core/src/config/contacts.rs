@@ -116,7 +116,8 @@ mod tests {
         let e = parse("[contacts]\ncomponent = \"not a domain\"\nbackend = \"127.0.0.1:5347\"\nsecret_file = \"s\"\n")
             .unwrap_err();
         assert!(e.starts_with("/etc/stanzawall/gw.toml:11: contacts.component: must be a domain name"), "{e}");
-        let e = parse("[contacts]\ncomponent = \"c.example.test\"\nbackend = \"nowhere\"\nsecret_file = \"s\"\n").unwrap_err();
+        let e = parse("[contacts]\ncomponent = \"c.example.test\"\nbackend = \"nowhere\"\nsecret_file = \"s\"\n")
+            .unwrap_err();
         assert!(e.contains(":12: contacts.backend: expected HOST:PORT"), "{e}");
         let e = parse("[contacts]\ncomponent = \"c.example.test\"\nbackend = \"127.0.0.1:5347\"\n").unwrap_err();
         assert!(e.contains("contacts: needs secret_file"), "{e}");
@@ -128,7 +129,8 @@ mod tests {
 
     #[test]
     fn an_rtbl_list_is_kept_in_the_state_dir_and_needs_the_component() {
-        let rtbl = "[list.rtbl_domains]\nrtbl = { service = \"pubsub.example.test\", node = \"spam_source_domains\" }\n";
+        let rtbl =
+            "[list.rtbl_domains]\nrtbl = { service = \"pubsub.example.test\", node = \"spam_source_domains\" }\n";
         let c = parse(&format!("{CONTACTS}{rtbl}")).unwrap();
         let l = &c.policy.lists["rtbl_domains"];
         assert_eq!(l.file.as_deref(), Some(Path::new("/etc/stanzawall/state/rtbl/rtbl_domains.list")));

@@ -214,7 +214,9 @@ fn add_sections(
             (Some(_), Some(e)) => {
                 return loc.err(e.first().map_or(0..0, |e| e.span()), &key, "use file or entries, not both")
             }
-            (None, None) => return Err(origin.error("needs file = \"...\", entries = [...] or rtbl = { service, node }")),
+            (None, None) => {
+                return Err(origin.error("needs file = \"...\", entries = [...] or rtbl = { service, node }"))
+            }
             (None, Some(entries)) => {
                 let entries = entries
                     .into_iter()
@@ -471,9 +473,7 @@ fn rtbl_list(
     let r = rtbl.into_inner();
     let service = match crate::jid::parse(r.service.get_ref()) {
         Some(j) if j.resource().is_none() && !r.service.get_ref().contains(['\'', '"', '<', '&']) => j.to_string(),
-        _ => {
-            return loc.err(r.service.span(), &format!("{key}.rtbl.service"), "must be the pubsub service's JID")
-        }
+        _ => return loc.err(r.service.span(), &format!("{key}.rtbl.service"), "must be the pubsub service's JID"),
     };
     let node = r.node.get_ref();
     if node.is_empty() || node.len() > MAX_NODE_NAME || node.chars().any(|c| c.is_control() || "'\"<&".contains(c)) {

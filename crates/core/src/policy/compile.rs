@@ -129,7 +129,8 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         Some(_) => Outcome::Drop,
     };
     let by_kind = super::kind_index(&rules, &chains);
-    let asks_roster = by_kind.each_ref().map(|kinds| kinds.each_ref().map(|l| l.iter().any(|&i| uses_contacts(&rules[i].when))));
+    let asks_roster =
+        by_kind.each_ref().map(|kinds| kinds.each_ref().map(|l| l.iter().any(|&i| uses_contacts(&rules[i].when))));
     Ok(Policy {
         chains,
         by_kind,

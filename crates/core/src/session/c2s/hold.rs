@@ -14,9 +14,9 @@
 use std::time::{Duration, Instant};
 
 use super::C2sSession;
-use crate::session::StreamMachine;
 use crate::jid::BareJid;
 use crate::policy::{Chain, Context};
+use crate::session::StreamMachine;
 use crate::xml::Element;
 
 /// Longest a stanza waits for its recipient's roster.
@@ -78,9 +78,9 @@ impl C2sSession {
     pub(super) fn release_held(&mut self, now: Instant) {
         for dir in [Direction::FromClient, Direction::FromBackend] {
             let a = self.filter.rates.antispam();
-            let ready = self.held[dir as usize].as_ref().is_some_and(|h| {
-                now >= h.until || a.contacts.is_known(&h.owner) || !a.fetch.is_waiting(&h.owner)
-            });
+            let ready = self.held[dir as usize]
+                .as_ref()
+                .is_some_and(|h| now >= h.until || a.contacts.is_known(&h.owner) || !a.fetch.is_waiting(&h.owner));
             if !ready {
                 continue;
             }
