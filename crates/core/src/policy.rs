@@ -483,8 +483,9 @@ impl Policy {
             return None;
         }
         let facts = Facts::new(el, ctx, false);
-        let to = facts.to()?;
-        if !to.is_bare() || facts.from().is_none() {
+        let (to, from) = (facts.to()?, facts.from()?);
+        // The user itself is always a contact: no roster needed (its own presence broadcasts).
+        if !to.is_bare() || from.to_bare() == to.to_bare() {
             return None;
         }
         Some(to.to_bare())

@@ -473,7 +473,8 @@ impl<S: StreamMachine> Connection<'_, S> {
             Effect::AntiSpam(event) => {
                 let report_to = self.gen_rx.borrow().config.contacts.as_ref().map(|c| c.report_to.clone());
                 if let Some(to) = report_to.filter(|t| !t.is_empty()) {
-                    Box::pin(crate::component::forward_report(&event, &to)).await;
+                    // Its own task: a slow component connection never stalls this session.
+                    tokio::spawn(async move { crate::component::forward_report(&event, &to).await });
                 }
             }
             Effect::Close(reason) => {
