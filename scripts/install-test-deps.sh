@@ -48,6 +48,8 @@ PACKAGES=(
   man-db
   groff-base
   systemd
+  # The privileged component (tests/e2e/test_component.py): Prosody's mod_privilege.
+  prosody-modules
 )
 POLICY=/usr/sbin/policy-rc.d
 

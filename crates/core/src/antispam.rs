@@ -7,7 +7,10 @@
 //! actions, audit and metrics. This module owns only the state behind them, shared by every
 //! session of the gateway (it lives beside the rate buckets) and kept across policy reloads:
 //!
-//! - [`contacts`]: the local users' rosters, learned from what the gateway relays;
+//! - [`contacts`]: the local users' rosters, learned from what the gateway relays and fetched
+//!   through the gateway's privileged component;
+//! - [`fetch`]: the roster fetches sessions wait for;
+//! - [`rtbl`]: real-time block lists fed by pubsub nodes;
 //! - [`distinct`]: distinct recipients per sender (`fanout`) and reporters per reported JID;
 //! - [`wave`]: text fingerprints and the waves they form;
 //! - [`reports`]: XEP-0377 reports read from the user's XEP-0191 block commands.
@@ -21,7 +24,9 @@
 
 pub mod contacts;
 pub mod distinct;
+pub mod fetch;
 pub mod reports;
+pub mod rtbl;
 #[cfg(test)]
 mod tests;
 pub mod wave;
@@ -104,6 +109,8 @@ pub enum Event {
 pub struct AntiSpam {
     /// Local users' rosters.
     pub contacts: Contacts,
+    /// Roster fetches through the component (XEP-0356).
+    pub fetch: fetch::RosterFetch,
     /// Text fingerprints and waves.
     pub waves: Waves,
     fanout: KeyedTable<Distinct>,
@@ -125,6 +132,7 @@ impl AntiSpam {
     pub fn new() -> Self {
         AntiSpam {
             contacts: Contacts::default(),
+            fetch: fetch::RosterFetch::default(),
             waves: Waves::default(),
             fanout: KeyedTable::new(MAX_FANOUT_KEYS, MAX_SHARDS),
             reported: KeyedTable::new(MAX_REPORTED, MAX_SHARDS),

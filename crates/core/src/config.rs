@@ -6,6 +6,7 @@
 //! certificate files is the daemon's job; it reports problems with the [`Origin`] kept here, so
 //! they too point at the line that named the file.
 
+mod contacts;
 mod locate;
 mod policy;
 mod raw;
@@ -22,6 +23,7 @@ pub use crate::origin::{ConfigError, Origin};
 use crate::policy::spec::PolicyConfig;
 pub use crate::policy::spec::{AuthLevel, S2sDomainsConfig};
 use crate::xml::XmlLimits;
+pub use contacts::ContactsConfig;
 pub use s2s::{S2sConfig, S2sRoute};
 pub use store::{OnError, StoreBackend, StoreConfig};
 pub use transfer::{ClamdAddress, FileTransferConfig};
@@ -258,6 +260,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[file_transfer]`: the bytestream proxy and the file checks (with a `socks5` listener).
     pub file_transfer: Option<FileTransferConfig>,
+    /// `[contacts]`: the gateway's privileged component connection (rosters, RTBLs, reports).
+    pub contacts: Option<ContactsConfig>,
 }
 
 /// `[admin]`.
@@ -438,6 +442,10 @@ impl Config {
     /// Human-readable differences from `old`, for the reload log.
     pub fn diff(&self, old: &Config) -> Vec<String> {
         let mut out = Vec::new();
+        if self.contacts != old.contacts {
+            // The component connection is made once, at start (README "Anti-spam").
+            out.push("[contacts] changed (takes effect after a restart)".to_owned());
+        }
         for l in &self.listeners {
             match old.listeners.iter().find(|o| o.name == l.name) {
                 None => out.push(format!("listener {} added", l.name)),

@@ -31,6 +31,9 @@
 //!   policy over captured traffic);
 //! - [`transfer`]: the file-transfer door (inspection pipeline, SOCKS5 relay handshake, forced
 //!   mediation of bytestream offers);
+//! - [`component`]: the gateway's own XEP-0114 component connection to the server, with the
+//!   XEP-0356 privileges it is granted (rosters, messages on a user's behalf) and the pubsub
+//!   nodes (RTBLs) it follows;
 //! - [`fuzzing`]: the fuzz targets' entry points, also replayed as tests.
 
 #![forbid(unsafe_code)]
@@ -39,6 +42,7 @@
 pub mod antispam;
 pub mod ban;
 pub mod capture;
+pub mod component;
 pub mod config;
 pub mod fuzzing;
 pub mod guard;

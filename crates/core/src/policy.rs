@@ -201,6 +201,8 @@ pub struct Policy {
     /// order. A rule whose top-level `kind` condition leaves a kind out is not in that kind's
     /// list, so a presence never walks the message rules (100 regex rules in `bench/run.sh`).
     by_kind: [[Vec<usize>; KIND_SLOTS]; 4],
+    /// Per chain and stanza kind: some rule there asks about rosters.
+    asks_roster: [[bool; KIND_SLOTS]; 4],
     defaults: [Outcome; 4],
     /// All keywords, folded; pattern index → keyword groups containing it.
     keywords: Option<AhoCorasick>,
@@ -476,6 +478,25 @@ impl Policy {
     /// The `file` chain's rules (the `[file_transfer]` checks follow them).
     pub fn file_rules(&self) -> &Arc<file::FileRules> {
         &self.file
+    }
+
+    /// Whose roster a rule of this stanza's chain would ask about: the recipient's bare JID,
+    /// when some rule of the chain for this kind of stanza has a `stranger`, `stranger_domain`
+    /// or `roster_known` condition and the stanza is one such a condition judges (addressed to
+    /// a bare JID, with a sender). What the session waits for when the roster is unknown
+    /// ([`crate::antispam::fetch`]).
+    pub fn roster_owner(&self, el: &Element, ctx: &Context<'_>) -> Option<jid::BareJid> {
+        let kind = Kind::of(el);
+        if !self.asks_roster[ctx.chain.index()][kind_slot(kind)] {
+            return None;
+        }
+        let facts = Facts::new(el, ctx, false);
+        let (to, from) = (facts.to()?, facts.from()?);
+        // The user itself is always a contact: no roster needed (its own presence broadcasts).
+        if !to.is_bare() || from.to_bare() == to.to_bare() {
+            return None;
+        }
+        Some(to.to_bare())
     }
 
     /// The audit settings.

@@ -116,6 +116,13 @@ pub trait StreamMachine {
     fn bound_jid(&self) -> Option<&FullJid>;
     /// The domain the peer addressed.
     fn domain(&self) -> Option<&str>;
+    /// Legs not to read from now (client, backend): a stanza from that leg waits for a roster
+    /// (`c2s::ROSTER_HOLD`), and what follows it waits in the socket.
+    fn paused(&self) -> (bool, bool) {
+        (false, false)
+    }
+    /// Something a held stanza waits for may have happened (a roster arrived): look again.
+    fn wake(&mut self, _now: Instant) {}
     /// The chains this kind's two directions are counted in (client leg → backend first).
     fn chains(&self) -> (Chain, Chain) {
         (Chain::C2sIn, Chain::C2sOut)

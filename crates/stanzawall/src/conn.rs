@@ -112,6 +112,8 @@ struct Connection<'a, S: StreamMachine> {
     kicks: tokio::sync::mpsc::Receiver<crate::sessions::Control>,
     /// In-band transfers being scanned (boxed: most sessions never send one).
     ibb: Option<Box<ibb::IbbScans>>,
+    /// While a stanza waits for a roster (`StreamMachine::paused`): news of rosters.
+    roster_news: Option<watch::Receiver<u64>>,
 }
 
 /// Serve one accepted connection to completion.
@@ -299,6 +301,7 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
             registration,
             kicks,
             ibb: None,
+            roster_news: None,
         })
     }
 
@@ -474,7 +477,13 @@ impl<S: StreamMachine> Connection<'_, S> {
             Effect::S2sRefused { direction, remote, reason } => {
                 warn!(direction, remote = %remote, reason = %reason, "s2s remote refused");
             }
-            Effect::AntiSpam(_) => {}
+            Effect::AntiSpam(event) => {
+                let report_to = self.gen_rx.borrow().config.contacts.as_ref().map(|c| c.report_to.clone());
+                if let Some(to) = report_to.filter(|t| !t.is_empty()) {
+                    // Its own task: a slow component connection never stalls this session.
+                    tokio::spawn(async move { crate::component::forward_report(&event, &to).await });
+                }
+            }
             Effect::Ibb(event) => {
                 let control = self.registration.control();
                 let scans = self.ibb.get_or_insert_with(Default::default);
@@ -558,7 +567,23 @@ impl<S: StreamMachine> Connection<'_, S> {
                 }
             }
         };
+        let (client_paused, backend_paused) = self.session.paused();
+        if client_paused || backend_paused {
+            if self.roster_news.is_none() {
+                // Subscribed before looking again: a roster that lands in between is not missed.
+                self.roster_news = Some(crate::component::roster_news());
+                crate::component::wake_fetcher();
+                self.session.wake(std::time::Instant::now());
+                return;
+            }
+        } else {
+            self.roster_news = None;
+        }
+        let room = if client_paused { 0 } else { room };
         tokio::select! {
+            Some(Ok(())) = async { match self.roster_news.as_mut() { Some(rx) => Some(rx.changed().await), None => None } } => {
+                self.session.wake(std::time::Instant::now());
+            }
             changed = self.gen_rx.changed() => {
                 // A reload: the next stanza is evaluated against the new policy.
                 if changed.is_ok() {
@@ -571,7 +596,7 @@ impl<S: StreamMachine> Connection<'_, S> {
                 Ok(0) | Err(_) => self.session.client_disconnected(),
                 Ok(n) => self.on_client_read(n),
             },
-            r = legs::read_backend(&mut self.backend, self.bbuf.space()) => match r {
+            r = legs::read_backend(&mut self.backend, self.bbuf.space()), if !backend_paused => match r {
                 Ok(0) => self.session.backend_failed("backend closed the connection"),
                 Err(e) => self.session.backend_failed(&format!("backend read failed: {e}")),
                 Ok(n) => {
@@ -580,7 +605,7 @@ impl<S: StreamMachine> Connection<'_, S> {
                     self.bbuf.adapt(n);
                 }
             },
-            _ = tokio::time::sleep(pause), if room == 0 => self.shaped += pause,
+            _ = tokio::time::sleep(pause), if room == 0 && !client_paused => self.shaped += pause,
             _ = self.shutdown.changed() => self.session.shutdown(),
             // An operator's kick (admin API): the engine sends the stream error and closes.
             Some(control) = self.kicks.recv() => match control {

@@ -10,6 +10,7 @@ mod admin;
 mod admin_tls;
 mod audit;
 mod clamd;
+mod component;
 // The outbound s2s path (issue 11) is wired by the lead; until then only `resolve` uses it.
 mod conn;
 mod dns;

@@ -57,6 +57,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     crate::relay::register_metrics(&mut registry);
     crate::transfers::register_metrics(&mut registry);
+    crate::component::register_metrics(&mut registry);
     // `[store]` is read once: the store is where state lives, not a setting to swap on reload.
     let store = crate::store::RedisStore::new(&first.config.store)?;
     if let Some(store) = &store {
@@ -79,7 +80,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let (gen_tx, gen_rx) = watch::channel(first.clone());
     // The admin API's reloads come through here and are answered with their outcome.
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<crate::admin::ReloadRequest>(8);
-    let admin_state = Arc::new(crate::admin::Admin::new(gen_rx.clone(), shared.clone(), registry.clone(), reload_tx));
+    let admin_state =
+        Arc::new(crate::admin::Admin::new(gen_rx.clone(), shared.clone(), registry.clone(), reload_tx.clone()));
     let mut admin = first.config.admin.bind.map(|b| (b, tokio::spawn(crate::admin::serve(b, admin_state.clone()))));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
@@ -91,6 +93,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         store.start(tx);
         tokio::spawn(crate::state::apply_bans(store.clone(), rx, guard.clone(), gen_rx.clone()));
     }
+    crate::component::start(&first, shared.clone(), gen_rx.clone(), reload_tx.clone()).await?;
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
     admin_state.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(config = %path.display(), listeners = first.config.listeners.len(), version = env!("CARGO_PKG_VERSION"), "stanzawall started");

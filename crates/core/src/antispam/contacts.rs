@@ -1,11 +1,14 @@
 //! What the gateway knows of each local user's roster: who may write to the user without being
 //! a stranger.
 //!
-//! Learned from what the gateway relays (no second connection to the server): a roster result
-//! (RFC 6121 §2.1.4) replaces a user's roster, a roster push (§2.1.6) changes one item, and the
-//! user's own outgoing `subscribe`/`subscribed` presences mark the contact pending-out or
-//! pre-approved (§3.1.2, §3.4) until the server's push confirms it. Only what comes from the
-//! user's own account counts (the session refuses foreign roster pushes before this is asked).
+//! Learned from what the gateway relays: a roster result (RFC 6121 §2.1.4) replaces a user's
+//! roster, a roster push (§2.1.6) changes one item, and the user's own outgoing
+//! `subscribe`/`subscribed` presences mark the contact pending-out or pre-approved (§3.1.2,
+//! §3.4) until the server's push confirms it. Only what comes from the user's own account counts
+//! (the session refuses foreign roster pushes before this is asked). With `[contacts]
+//! component`, rosters of users the gateway has not seen are fetched through its privileged
+//! component (XEP-0356, [`crate::component`]) and replace the same way, and the pushes the
+//! server sends the component change them.
 //!
 //! A contact is one whose item has a subscription either way (`to`, `from`, `both`), a pending
 //! outbound request (`ask='subscribe'`) or a pre-approval (`approved='true'`): the same test as
@@ -14,7 +17,8 @@
 //!
 //! Bounded: JIDs are kept as 128-bit keyed digests (constant memory per item, no collisions an
 //! outsider can aim for), at most [`MAX_CONTACTS_PER_ROSTER`] items per user and
-//! [`MAX_CONTACTS`] in all. A roster that does not fit is *forgotten*, never kept in part: a
+//! [`MAX_CONTACTS`] in all, and [`MAX_ROSTERS`] rosters (an empty roster costs a map entry: a
+//! component asked about ever new made-up users must not grow the table). A roster that does not fit is *forgotten*, never kept in part: a
 //! partial roster would call real contacts strangers, while an unknown roster only makes
 //! `stranger` not hold (and `roster_known = false` hold) for that user.
 //!
@@ -33,6 +37,8 @@ use crate::xml::Element;
 pub const MAX_CONTACTS_PER_ROSTER: usize = 10_000;
 /// Most items kept in all (~48 bytes each: digest, state, domain digest, map overhead).
 pub const MAX_CONTACTS: usize = 4 << 20;
+/// Most rosters known at once.
+pub const MAX_ROSTERS: usize = 1 << 20;
 const SHARDS: usize = 16;
 
 /// The roster namespace (RFC 6121 §2.1).
@@ -120,6 +126,7 @@ pub struct Contacts {
     shards: Vec<Mutex<HashMap<u128, Roster>>>,
     total: AtomicUsize,
     capacity: usize,
+    rosters: AtomicUsize,
 }
 
 impl Default for Contacts {
@@ -140,6 +147,7 @@ impl Contacts {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             total: AtomicUsize::new(0),
             capacity,
+            rosters: AtomicUsize::new(0),
         }
     }
 
@@ -160,11 +168,22 @@ impl Contacts {
     pub fn replace(&self, owner: &BareJid, items: &[RosterItem]) -> bool {
         let o = self.d(owner.as_str());
         let mut shard = self.shard(o);
-        if let Some(old) = shard.remove(&o) {
-            self.total.fetch_sub(old.items.len(), Ordering::Relaxed);
+        match shard.remove(&o) {
+            Some(old) => {
+                self.total.fetch_sub(old.items.len(), Ordering::Relaxed);
+            }
+            None => {
+                let admitted = self
+                    .rosters
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| (r < MAX_ROSTERS).then_some(r + 1));
+                if admitted.is_err() {
+                    return false;
+                }
+            }
         }
         let n = items.iter().filter(|i| i.present).count();
         if n > MAX_CONTACTS_PER_ROSTER || !self.reserve(n) {
+            self.rosters.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         let mut roster = Roster::default();
@@ -210,6 +229,7 @@ impl Contacts {
         if overflow {
             if let Some(r) = shard.remove(&o) {
                 self.total.fetch_sub(r.items.len(), Ordering::Relaxed);
+                self.rosters.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -265,6 +285,6 @@ impl Contacts {
 
     /// Rosters known now.
     pub fn rosters(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.rosters.load(Ordering::Relaxed)
     }
 }

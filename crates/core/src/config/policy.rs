@@ -21,7 +21,7 @@ use crate::limit::Rate;
 use crate::policy::rate::{DEFAULT_MAX_KEYS_PER_SOURCE, MAX_KEYS};
 use crate::policy::spec::{
     ActionConfig, AuditConfig, Chain, ConditionConfig, ListConfig, Located, PolicyConfig, RateConfig, RateKey,
-    RuleConfig,
+    RtblSource, RuleConfig,
 };
 use crate::stanza::StanzaCondition;
 use crate::stream::Condition;
@@ -34,7 +34,19 @@ const MAX_LIST_ENTRIES: usize = 5_000_000;
 pub(super) struct RawList {
     file: Option<Spanned<String>>,
     entries: Option<Vec<Spanned<String>>>,
+    rtbl: Option<Spanned<RawRtbl>>,
 }
+
+/// `rtbl = { service = "pubsub.example", node = "spam_source_domains" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRtbl {
+    service: Spanned<String>,
+    node: Spanned<String>,
+}
+
+/// Longest pubsub node name accepted.
+const MAX_NODE_NAME: usize = 256;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +116,7 @@ pub(super) fn policy(
     main: RawPolicy,
     include: &Option<Vec<Spanned<String>>>,
     audit: &RawAudit,
+    state_dir: &Path,
     loc: &Locator<'_>,
     files: &dyn Files,
 ) -> Result<PolicyConfig, ConfigError> {
@@ -114,7 +127,7 @@ pub(super) fn policy(
         },
         ..PolicyConfig::default()
     };
-    add_sections(&mut out, main, loc, files)?;
+    add_sections(&mut out, main, state_dir, loc, files)?;
     for pattern in include.iter().flatten() {
         let paths =
             expand(&loc.path(pattern.get_ref()), files).map_err(|e| loc.origin(pattern.span(), "include").error(e))?;
@@ -125,7 +138,7 @@ pub(super) fn policy(
             let inc = Locator { text: &text, file: &path };
             let raw: RawInclude = toml::from_str(&text).map_err(|e| inc.toml_error(&e))?;
             let sections = RawPolicy { list: raw.list, rate: raw.rate, rule: raw.rule, chain: raw.chain };
-            add_sections(&mut out, sections, &inc, files)?;
+            add_sections(&mut out, sections, state_dir, &inc, files)?;
         }
     }
     Ok(out)
@@ -178,6 +191,7 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 fn add_sections(
     out: &mut PolicyConfig,
     raw: RawPolicy,
+    state_dir: &Path,
     loc: &Locator<'_>,
     files: &dyn Files,
 ) -> Result<(), ConfigError> {
@@ -189,11 +203,21 @@ fn add_sections(
         }
         let origin = loc.origin(l.span(), &key);
         let l = l.into_inner();
+        if let Some(rtbl) = l.rtbl {
+            if l.file.is_some() || l.entries.is_some() {
+                return loc.err(rtbl.span(), &format!("{key}.rtbl"), "use rtbl, file or entries, one of them");
+            }
+            let (source, file, entries) = rtbl_list(&name, rtbl, state_dir, &key, loc, files)?;
+            out.lists.insert(name, ListConfig { file: Some(file), entries, origin, rtbl: Some(source) });
+            continue;
+        }
         let (file, entries) = match (l.file, l.entries) {
             (Some(_), Some(e)) => {
                 return loc.err(e.first().map_or(0..0, |e| e.span()), &key, "use file or entries, not both")
             }
-            (None, None) => return Err(origin.error("needs file = \"...\" or entries = [...]")),
+            (None, None) => {
+                return Err(origin.error("needs file = \"...\", entries = [...] or rtbl = { service, node }"))
+            }
             (None, Some(entries)) => {
                 let entries = entries
                     .into_iter()
@@ -209,7 +233,7 @@ fn add_sections(
                 (Some(path.clone()), list_file_entries(&text, &path, &key, loc.origin(f.span(), &key))?)
             }
         };
-        out.lists.insert(name, ListConfig { file, entries, origin });
+        out.lists.insert(name, ListConfig { file, entries, origin, rtbl: None });
     }
     for (name, r) in raw.rate {
         let key = format!("rate.{name}");
@@ -460,6 +484,44 @@ fn list_file_entries(
         entries.push(Located { value: entry.to_owned(), origin });
     }
     Ok(entries)
+}
+
+/// An RTBL list: its node, the file it is kept in (`STATE_DIR/rtbl/NAME.list`, written by the
+/// daemon as the node changes) and the entries that file holds now (none before the first
+/// fetch). Entries are kept in the form the node's kind needs ([`crate::antispam::rtbl`]), so a
+/// line that is not one is skipped rather than failing the whole config.
+fn rtbl_list(
+    name: &str,
+    rtbl: Spanned<RawRtbl>,
+    state_dir: &Path,
+    key: &str,
+    loc: &Locator<'_>,
+    files: &dyn Files,
+) -> Result<(RtblSource, PathBuf, Vec<Located<String>>), ConfigError> {
+    let span = rtbl.span();
+    let r = rtbl.into_inner();
+    let service = match crate::jid::parse(r.service.get_ref()) {
+        Some(j) if j.resource().is_none() && !r.service.get_ref().contains(['\'', '"', '<', '&']) => j.to_string(),
+        _ => return loc.err(r.service.span(), &format!("{key}.rtbl.service"), "must be the pubsub service's JID"),
+    };
+    let node = r.node.get_ref();
+    if node.is_empty() || node.len() > MAX_NODE_NAME || node.chars().any(|c| c.is_control() || "'\"<&".contains(c)) {
+        return loc.err(
+            r.node.span(),
+            &format!("{key}.rtbl.node"),
+            format!("must be a node name of 1 to {MAX_NODE_NAME} characters without control characters or quotes"),
+        );
+    }
+    let file = state_dir.join("rtbl").join(format!("{name}.list"));
+    let text = match files.read(&file) {
+        Ok(t) => t,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::Unsupported) => String::new(),
+        Err(e) => return Err(loc.origin(span, &format!("{key}.rtbl")).error(format!("{}: {e}", file.display()))),
+    };
+    let list = crate::antispam::rtbl::RtblList::from_file_text(node, &text);
+    let origin = super::Origin { file: file.clone(), line: 0, key: key.to_owned() };
+    let entries = list.entries().map(|e| Located { value: e.to_owned(), origin: origin.clone() }).collect();
+    Ok((RtblSource { service, node: node.clone() }, file, entries))
 }
 
 /// A string or an array of strings.

@@ -50,6 +50,7 @@ struct RawConfig {
     s2s: Option<super::s2s::RawS2s>,
     store: Option<super::store::RawStore>,
     file_transfer: Option<super::transfer::RawFileTransfer>,
+    contacts: Option<Spanned<super::contacts::RawContacts>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,20 +309,28 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
         }
     }
     let mut network = network(&raw.network, loc)?;
+    // Bans and RTBL lists outlive the process here; relative to the config file.
+    let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
     let sections = RawPolicy { list: raw.list, rate: raw.rate, rule: raw.rule, chain: raw.chain };
-    let mut policy = super::policy::policy(sections, &raw.include, &raw.audit, loc, files)?;
+    let mut policy = super::policy::policy(sections, &raw.include, &raw.audit, &state_dir, loc, files)?;
+    let contacts = super::contacts::contacts(raw.contacts.as_ref(), loc)?;
+    if contacts.is_none() {
+        // An RTBL is followed over the component connection: without one it would stay empty.
+        if let Some(l) = policy.lists.values().find(|l| l.rtbl.is_some()) {
+            return Err(l.origin.error("rtbl needs [contacts] component (the node is followed over that connection)"));
+        }
+    }
     super::s2s::s2s_domains(raw.s2s.as_ref(), &mut policy, loc)?;
     resolve_network_lists(&mut network, &raw.network, &policy, loc)?;
     let admin = admin::admin(&raw.admin, &certificates, loc)?;
     let nftables = nftables(&raw.nftables, &listeners, loc)?;
-    // Bans (and later other state) outlive the process here; relative to the config file.
-    let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
     let needs_s2s = listeners.iter().any(|l| l.kind.is_s2s());
     let has_out = listeners.iter().any(|l| l.kind == ListenerKind::S2sOut);
     let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, has_out, &state_dir, loc)?;
     let store = super::store::store(raw.store.as_ref(), loc)?;
     let file_transfer = super::transfer::file_transfer(raw.file_transfer.as_ref(), &listeners, loc)?;
     Ok(Config {
+        contacts,
         file_transfer,
         s2s,
         store,

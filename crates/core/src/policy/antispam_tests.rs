@@ -301,8 +301,9 @@ fn readme_policy() -> Policy {
     let block = &section[start..start + section[start..].find("```").expect("closed")];
     let listed = hex(ring::digest::digest(&ring::digest::SHA256, b"listed@spam.test").as_ref());
     let files = [
-        ("/etc/sw/lists/spam_source_jids_sha256.txt", listed.as_str()),
-        ("/etc/sw/lists/spam_source_domains.txt", "# xmppbl.org format: one domain a line\nspam-domain.test\n"),
+        // The RTBL lists as the component keeps them in the state directory.
+        ("/etc/sw/state/rtbl/rtbl_jids.list", listed.as_str()),
+        ("/etc/sw/state/rtbl/rtbl_domains.list", "# RTBL spam_source_domains on xmppbl.org\nspam-domain.test\n"),
     ];
     super::tests::compile_with(block, &files).unwrap_or_else(|e| panic!("README policy: {e}"))
 }

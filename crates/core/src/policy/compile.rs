@@ -129,9 +129,12 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         Some(_) => Outcome::Drop,
     };
     let by_kind = super::kind_index(&rules, &chains);
+    let asks_roster =
+        by_kind.each_ref().map(|kinds| kinds.each_ref().map(|l| l.iter().any(|&i| uses_contacts(&rules[i].when))));
     Ok(Policy {
         chains,
         by_kind,
+        asks_roster,
         defaults: Chain::ALL.map(default),
         keywords,
         keyword_groups: c.keyword_groups,
@@ -152,7 +155,7 @@ fn empty_origin() -> Origin {
 }
 
 /// Does a condition ask about rosters (inside `any`/`not` too)?
-fn uses_contacts(conds: &[Cond]) -> bool {
+pub(super) fn uses_contacts(conds: &[Cond]) -> bool {
     conds.iter().any(|c| match c {
         Cond::Relation(..) => true,
         Cond::Any(groups) => groups.iter().any(|g| uses_contacts(g)),

@@ -61,6 +61,18 @@ pub struct ListConfig {
     pub entries: Vec<Located<String>>,
     /// Where the list was declared.
     pub origin: Origin,
+    /// `rtbl = { service, node }`: the entries come from this pubsub node, kept in `file` (in
+    /// the state directory) between restarts.
+    pub rtbl: Option<RtblSource>,
+}
+
+/// The pubsub node an RTBL list follows (XEP-0060).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RtblSource {
+    /// The pubsub service's JID.
+    pub service: String,
+    /// The node.
+    pub node: String,
 }
 
 /// What a limiter counts by (`key = "from.bare"`).

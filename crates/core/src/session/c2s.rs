@@ -20,6 +20,7 @@ mod checks;
 mod client;
 mod features;
 mod filter;
+mod hold;
 mod sasl;
 mod sm_relay;
 #[cfg(test)]
@@ -37,6 +38,7 @@ pub use backend::skipped_reason;
 pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decision};
 pub use features::{filter_features, is_channel_binding_mechanism};
 pub use filter::policy_effects;
+pub use hold::ROSTER_HOLD;
 
 use super::sm::{self, StreamManagement};
 use super::{BackendFailure, CloseReason, Counters, Effect, PolicyBinding, StanzaSummary, StreamMachine, Timeouts};
@@ -143,6 +145,8 @@ pub struct C2sSession {
     sm_enable_pending: bool,
     /// `[file_transfer]`: the gateway's proxy JID and forced mediation.
     transfer: Option<transfer_hook::FileTransferHook>,
+    /// A stanza from each leg waiting for a roster ([`hold`]).
+    held: [Option<hold::Held>; 2],
 }
 
 /// Most runs of withheld or injected stanzas kept between two acknowledgements per direction.
@@ -183,6 +187,7 @@ impl C2sSession {
             sm: StreamManagement::new(SM_MAX_GAPS),
             sm_enable_pending: false,
             transfer: None,
+            held: [None, None],
         }
     }
 
@@ -284,21 +289,18 @@ impl StreamMachine for C2sSession {
     /// When [`crate::session::StreamMachine::handle_timeout`] is next due: the handshake deadline before SASL
     /// success, the idle deadline after it, the close-handshake deadline once the client closed
     /// its stream; `None` once closed.
+    /// A held stanza's deadline ([`hold`]) comes first when it is earlier.
     fn poll_timeout(&self) -> Option<Instant> {
-        if self.is_closed() {
-            return None;
-        }
-        Some(match self.closing_since {
-            Some(since) => since + self.cfg.timeouts.close,
-            None if !self.authenticated => self.handshake_deadline,
-            None => self.last_activity + self.cfg.timeouts.idle,
-        })
+        let protocol = self.protocol_deadline()?;
+        Some(self.hold_deadline().map_or(protocol, |h| h.min(protocol)))
     }
 
-    /// The time is `now`: act on a deadline that passed (nothing before it is due).
+    /// The time is `now`: decide held stanzas that are ready, and act on a protocol deadline
+    /// that passed (nothing before it is due).
     fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
-        if self.poll_timeout().is_none_or(|due| now < due) {
+        self.release_held(now);
+        if self.protocol_deadline().is_none_or(|due| now < due) {
             return;
         }
         if self.client_phase == ClientPhase::Closing {
@@ -430,5 +432,29 @@ impl StreamMachine for C2sSession {
 
     fn set_policy(&mut self, policy: std::sync::Arc<crate::policy::Policy>) {
         self.filter.policy = policy;
+    }
+
+    fn paused(&self) -> (bool, bool) {
+        (self.held_from_client(), self.held_from_backend())
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.tick(now);
+        self.release_held(now);
+    }
+}
+
+impl C2sSession {
+    /// The handshake deadline before SASL success, the idle deadline after it, the
+    /// close-handshake deadline once the client closed its stream; `None` once closed.
+    fn protocol_deadline(&self) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        Some(match self.closing_since {
+            Some(since) => since + self.cfg.timeouts.close,
+            None if !self.authenticated => self.handshake_deadline,
+            None => self.last_activity + self.cfg.timeouts.idle,
+        })
     }
 }

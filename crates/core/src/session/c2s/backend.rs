@@ -17,6 +17,9 @@ use crate::xml::{Element, XmlError, XmlEvent, NS_STREAMS};
 impl C2sSession {
     pub(super) fn drain_backend(&mut self) {
         while !self.is_closed() && self.backend_phase != BackendPhase::TlsHandshake {
+            if self.held_from_backend() {
+                break;
+            }
             match self.backend.next_event() {
                 Ok(None) => break,
                 Ok(Some(ev)) => self.on_backend_event(ev),
@@ -127,6 +130,17 @@ impl C2sSession {
             Check::Close(_, reason) => return self.fail_backend(reason.to_owned()),
         }
         let is_stanza = Kind::of(&el).is_some();
+        if is_stanza {
+            if let Some(owner) = self.roster_wait(crate::policy::Chain::C2sOut, &el) {
+                return self.hold(super::hold::Direction::FromBackend, el, owner);
+            }
+        }
+        self.relay_backend_element(el, is_stanza);
+    }
+
+    /// The rest of [`C2sSession::on_backend_element`] for an element that passed the checks
+    /// (also for a stanza released from a hold, [`super::hold`]).
+    pub(super) fn relay_backend_element(&mut self, el: Element, is_stanza: bool) {
         let Some(mut el) = (if is_stanza { self.police(crate::policy::Chain::C2sOut, el) } else { Some(el) }) else {
             return;
         };

@@ -24,6 +24,10 @@ impl C2sSession {
 
     pub(super) fn drain_client(&mut self) {
         while !matches!(self.client_phase, ClientPhase::Closed | ClientPhase::TlsHandshake | ClientPhase::Closing) {
+            if self.held_from_client() {
+                // A stanza waits for a roster (`hold`): what follows it waits too, in order.
+                break;
+            }
             if self.awaiting_features() {
                 // Clients pipeline (tsung sends `<auth/>` in the same write as its header) and
                 // the servers accept it: what follows the header waits in the reader, unparsed,
@@ -180,6 +184,18 @@ impl C2sSession {
             return self.client_error(Condition::UnsupportedStanzaType, "unsupported top-level element");
         }
         let is_stanza = Kind::of(&el).is_some();
+        if is_stanza {
+            if let Some(owner) = self.roster_wait(crate::policy::Chain::C2sIn, &el) {
+                return self.hold(super::hold::Direction::FromClient, el, owner);
+            }
+        }
+        self.relay_client_element(el, is_stanza);
+    }
+
+    /// The rest of [`C2sSession::on_client_element`] for an element that passed the checks:
+    /// policy, file-transfer hooks, and out to the backend (also for a stanza released from a
+    /// hold, [`super::hold`]).
+    pub(super) fn relay_client_element(&mut self, el: Element, is_stanza: bool) {
         let Some(el) = self.police(crate::policy::Chain::C2sIn, el) else { return };
         let Some(el) = (if is_stanza { self.transfer_client_stanza(el) } else { Some(el) }) else { return };
         self.counters.stanzas_from_client += 1;

@@ -1197,3 +1197,73 @@ fn in_band_bytestreams_are_inspected_with_the_last_block_held_until_close() {
     assert!(client_out(&mut s).contains("not-acceptable"));
     assert!(!backend_out(&mut s).contains("id='m0'"));
 }
+
+const STRANGERS: &str = "[[rule]]\nname = \"strangers\"\nchain = \"c2s-in\"\n\
+    when = { kind = \"message\", stranger = true }\naction = \"bounce\"\ntext = \"stranger\"\n";
+
+fn roster(jids: &[&str]) -> Vec<crate::antispam::contacts::RosterItem> {
+    jids.iter()
+        .map(|j| crate::antispam::contacts::RosterItem {
+            jid: crate::jid::parse(j).unwrap(),
+            present: true,
+            contact: true,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stanza_to_an_unknown_roster_waits_for_the_fetch_and_what_follows_waits_behind_it() {
+    let mut s = bound();
+    let now = with_policy(&mut s, STRANGERS);
+    let a = s.filter.rates.clone();
+    let bob = crate::jid::parse("bob@example.test").unwrap().to_bare();
+    // No component: nothing waits, the unknown roster fails open.
+    s.feed_client(msg("one").as_bytes());
+    assert!(backend_out(&mut s).contains("<body>one</body>"));
+    // The component is up and example.test granted roster access: the next message waits.
+    a.antispam().fetch.set_domains(["example.test".to_owned()]);
+    s.feed_client(msg("two").as_bytes());
+    s.feed_client(b"<presence/>");
+    assert_eq!(backend_out(&mut s), "", "held, and the presence behind it too");
+    assert_eq!(s.paused(), (true, false));
+    assert_eq!(s.poll_timeout(), Some(now + ROSTER_HOLD));
+    assert_eq!(a.antispam().fetch.take_requests(), vec![bob.clone()]);
+    // Nothing changed: a wake-up leaves it held.
+    s.wake(now);
+    assert_eq!(backend_out(&mut s), "");
+    // The roster arrives without alice in it: she is a stranger, then the presence goes on.
+    a.antispam().contacts.replace(&bob, &roster(&["carol@example.test"]));
+    a.antispam().fetch.done(&bob, true, now);
+    s.wake(now);
+    assert_eq!(s.paused(), (false, false));
+    assert!(client_out(&mut s).contains(">stranger</text>"));
+    assert_eq!(backend_out(&mut s), "<presence from='alice@example.test/phone'/>");
+    // Known now: no wait.
+    s.feed_client(msg("three").as_bytes());
+    assert!(client_out(&mut s).contains(">stranger</text>"));
+}
+
+#[test]
+fn a_held_stanza_is_decided_with_what_is_known_when_the_time_is_up() {
+    let mut s = bound();
+    let now = with_policy(&mut s, STRANGERS);
+    let a = s.filter.rates.clone();
+    a.antispam().fetch.set_domains(["example.test".to_owned()]);
+    s.feed_client(msg("two").as_bytes());
+    assert_eq!(backend_out(&mut s), "");
+    s.handle_timeout(now + ROSTER_HOLD - std::time::Duration::from_millis(1));
+    assert_eq!(backend_out(&mut s), "");
+    s.handle_timeout(now + ROSTER_HOLD);
+    assert!(backend_out(&mut s).contains("<body>two</body>"), "unknown roster: fail open");
+    assert!(!s.is_closed());
+    // A failed fetch releases at once, and the next stanza does not wait for a minute.
+    let carol = crate::jid::parse("carol@example.test").unwrap().to_bare();
+    s.feed_client(b"<message to='carol@example.test' type='chat'><body>x</body></message>");
+    assert_eq!(backend_out(&mut s), "");
+    a.antispam().fetch.take_requests();
+    a.antispam().fetch.done(&carol, false, now);
+    s.wake(now);
+    assert!(backend_out(&mut s).contains("<body>x</body>"));
+    s.feed_client(b"<message to='carol@example.test' type='chat'><body>y</body></message>");
+    assert!(backend_out(&mut s).contains("<body>y</body>"));
+}

@@ -365,6 +365,16 @@ impl StreamMachine for WebSocketSession {
         self.inner.set_policy(policy);
     }
 
+    fn paused(&self) -> (bool, bool) {
+        self.inner.paused()
+    }
+
+    fn wake(&mut self, now: Instant) {
+        if self.phase == Phase::Open {
+            self.inner.wake(now);
+        }
+    }
+
     fn counters(&self) -> Counters {
         self.inner.counters()
     }
