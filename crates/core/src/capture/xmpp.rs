@@ -457,6 +457,7 @@ impl Tracker {
         }
         let i = self.client_dir_index(dir);
         self.totals.stanzas[i] += 1;
+        ctx.stats.stanzas += 1;
         let stanza = root.as_ref().and_then(|r| StanzaSummary::of(r, self.user.as_ref()));
         let effect = Effect::Dropped { from_backend: true, stanza, reason: skipped_reason(&reason) };
         self.emit(ctx, Observed::Decision(Chain::C2sOut, effect));
@@ -466,6 +467,7 @@ impl Tracker {
         let from_client = self.is_client_dir(dir);
         if Kind::of(&el).is_some() {
             self.totals.stanzas[usize::from(!from_client)] += 1;
+            ctx.stats.stanzas += 1;
         }
         if el.is(NS_TLS, "proceed") && !from_client {
             // RFC 6120 §5.4.3.3: TLS negotiation starts right after `<proceed/>`.
