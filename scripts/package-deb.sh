@@ -81,7 +81,7 @@ Version: $version
 Architecture: $arch
 Maintainer: stanzawall developers <stanzawall@localhost>
 Installed-Size: $size
-Depends: libc6, adduser
+Depends: libc6, adduser, libpcap0.8
 Recommends: nftables
 Section: net
 Priority: optional
