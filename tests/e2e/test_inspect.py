@@ -35,6 +35,7 @@ import pytest
 from harness.client import Client, run
 from harness.defaults import HOST
 from harness.gateway import Gateway, Listener, binary
+from harness.proc import require_free_ports, wait_for_port
 from harness.prosody import ProsodyInstance, start_prosody
 from harness.sites import SITE_A, SITE_B, log_tails, running_sites
 from test_attack_catalogue import recording  # noqa: F401  (fixture: the catalogue's inline gateway)
@@ -740,3 +741,227 @@ def test_sigint_on_a_live_capture_prints_the_summary(tmp: Path, policy_file):
     assert "source interface lo:" in err and "c2s 1" in err and "bound users: 1" in err, err
     assert "no-secrets (drop): 1" in err, err
     assert [json.loads(l)["id"] for l in audit.read_text().splitlines()] == ["s1"]
+
+
+# -- live capture: libpcap's AF_PACKET ring, BPF in the kernel, metrics on [admin] -------------
+
+LIVE_ADMIN_PORT = 25610
+#: A flow the live captures' BPF filter must leave out.
+FILTERED_PORT = 25613
+
+
+class LiveInspect:
+    """``stanzawall inspect --interface IFACE --bpf FILTER`` for a ``with`` block; SIGINT (to its
+    PID) ends it, and its audit/EVE records and summary are read then."""
+
+    def __init__(self, name: str, config: Path, iface: str, bpf: str, workdir: Path):
+        self.audit, self.eve = workdir / f"{name}.audit.jsonl", workdir / f"{name}.eve.jsonl"
+        self.args = [str(binary()), "inspect", "--config", str(config), "--interface", iface, "--bpf", bpf,
+                     "--audit", str(self.audit), "--eve", str(self.eve)]
+        self.records: list[dict] = []
+        self.summary = ""
+
+    def __enter__(self) -> "LiveInspect":
+        self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True)
+        # Its first lines: the admin listener's log line (with [admin]), then the capture's.
+        self.header = ""
+        for _ in range(5):
+            line = self.proc.stderr.readline()
+            self.header += line
+            if not line or line.startswith("stanzawall inspect: listening on"):
+                break
+        if "stanzawall inspect: listening on" not in self.header:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            _, rest = self.proc.communicate(timeout=10)
+            pytest.fail(f"live inspection did not start: {self.header}{rest}")
+        return self
+
+    def children(self) -> list[str]:
+        """Names of the processes it started (tcpdump, if capture still went through one)."""
+        names = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        return names
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.summary = self.header + err
+        self.code = self.proc.returncode
+        self.records = [json.loads(l) for l in self.audit.read_text().splitlines()] if self.audit.exists() else []
+
+
+def scrape(token: str | None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://{HOST}:{LIVE_ADMIN_PORT}/metrics")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of series ``name`` with exactly these labels in Prometheus text, if present."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        got = dict(re.findall(r'(\w+)="([^"]*)"', series))
+        if series.split("{")[0] == name and got == labels:
+            return float(value)
+    return None
+
+
+def raw_session(port: int, items) -> None:
+    """A plaintext conversation between two sockets of ours on ``port`` (no XMPP server)."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST, port))
+    srv.listen(1)
+    with srv, socket.create_connection((HOST, port), timeout=5) as c:
+        peer, _ = srv.accept()
+        with peer:
+            for sock in (c, peer):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for d, data in items:
+                (c if d == 0 else peer).sendall(data)
+                time.sleep(0.02)
+
+
+def make_read_token(path: Path) -> str:
+    out = subprocess.run([str(binary()), "admin-token", "--tokens", str(path), "--role", "read",
+                          "--name", "scraper"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_live_capture_of_a_real_session_equals_the_pcap_path_and_serves_metrics(tmp: Path, pki, prosody_plain):
+    """A real slixmpp session through Prosody (plaintext c2s), captured three ways at once:
+    ``inspect --interface lo`` (with [admin]), ``inspect --interface any`` (Linux cooked
+    headers) and tcpdump to a file. The live audit records equal those of ``inspect --pcap`` on
+    tcpdump's file — field by field on lo, timestamps included (both read the kernel's); on
+    ``any`` all but the timestamps. /metrics answers during the capture with the gateway's auth
+    rules; the BPF filter leaves another flow out; no tcpdump runs under stanzawall."""
+    if shutil.which("tcpdump") is None:
+        pytest.fail("tcpdump missing: scripts/install-test-deps.sh", pytrace=False)
+    require_free_ports(HOST, [LIVE_ADMIN_PORT, FILTERED_PORT], "live inspection test")
+    work = tmp / "live-session"
+    work.mkdir(exist_ok=True)
+    token = make_read_token(work / "tokens")
+    base = POLICY.replace('path = "audit.jsonl"', 'path = "admin-audit.jsonl"')
+    with_admin = work / "live-admin.toml"
+    with_admin.write_text(base + f'\n[admin]\nbind = "{HOST}:{LIVE_ADMIN_PORT}"\ntokens = "tokens"\n'
+                                 'metrics_public = false\n')
+    plain = work / "live.toml"
+    plain.write_text(base)
+    bpf = f"tcp port {PROSODY_PORT}"
+    cap = work / "tcpdump.pcap"
+    with LiveInspect("lo", with_admin, "lo", bpf, work) as lo, \
+            LiveInspect("any", plain, "any", bpf, work) as anyif, Tcpdump(cap, bpf):
+        assert lo.children() == [] and anyif.children() == [], (lo.children(), anyif.children())
+        wait_for_port(HOST, LIVE_ADMIN_PORT, 10, who="inspect admin")
+        # The gateway's rules: metrics_public = false → a token is needed, a read token is enough.
+        assert scrape(None)[0] == 401
+        assert scrape("not-a-token")[0] == 401
+        status, before = scrape(token)
+        assert status == 200 and metric(before, "stanzawall_inspect_stanzas_total") == 0, before
+        session(PROSODY_PORT, pki, tls=False)
+        raw_session(FILTERED_PORT, login() + [(0, SECRET)])
+        # Scraped while the capture runs (bounded wait for the loop's next sync).
+        deadline = time.monotonic() + 10
+        while True:
+            status, text = scrape(token)
+            drops = metric(text, "stanzawall_inspect_policy_verdicts_total", rule="no-secrets", action="drop",
+                           log_only="false")
+            # Event counters move at once, the inspector's totals at the loop's next sync.
+            synced = (metric(text, "stanzawall_inspect_stanzas_total") or 0) >= 18
+            if (drops == 1 and synced and metric(text, "stanzawall_inspect_xmpp_streams_total", kind="c2s") == 1) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert status == 200, text
+    assert drops == 1, text
+    assert metric(text, "stanzawall_inspect_xmpp_streams_total", kind="c2s") == 1, text
+    assert metric(text, "stanzawall_inspect_stanzas_total") >= 18, text
+    assert metric(text, "stanzawall_inspect_policy_verdicts_total", rule="watch", action="drop", log_only="true") == 2
+    assert metric(text, "stanzawall_inspect_flows_total") == 1, text  # the filtered flow never arrived
+    assert metric(text, "stanzawall_inspect_kernel_dropped_packets_total", kind="ring") == 0, text
+    assert metric(text, "stanzawall_inspect_reassembly_events_total", event="gaps") == 0, text
+    assert metric(text, "stanzawall_inspect_packets_total") > 20, text
+
+    for live in (lo, anyif):
+        assert live.code == 0, live.summary
+        assert "interrupted, live capture stopped" in live.summary, live.summary
+        assert re.search(r"kernel: \d+ packets received by the socket, 0 dropped", live.summary), live.summary
+        assert all(r["flow.dest_port"] != FILTERED_PORT and r["flow.src_port"] != FILTERED_PORT
+                   for r in live.records), live.records
+    assert "link-type EN10MB" in lo.header and "link-type LINUX_SLL" in anyif.header, (lo.header, anyif.header)
+    code, from_file, _, summary = inspect(plain, cap)
+    assert code == 0, summary
+    assert len(from_file) >= 7 and any(r["rule"] == "no-secrets" for r in from_file), from_file
+    assert lo.records == from_file, (lo.records, from_file)
+    stamps = {"capture.ts", "time"}
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in stamps} for r in rs]
+    assert strip(anyif.records) == strip(from_file), (anyif.records, from_file)
+    for line in ("xmpp streams: 1 (c2s 1", "bound users: 1", "no-secrets (drop): 1"):
+        assert line in lo.summary and line in anyif.summary and line in summary, (lo.summary, anyif.summary)
+
+
+def test_bpf_on_a_capture_file_leaves_out_what_it_does_not_match(tmp: Path, policy_file):
+    """Two flows with the same secret, one on 5222 and one on 5223: ``--bpf 'tcp port 5222'``
+    keeps the first only, for Ethernet and raw-IP files alike (one program per link type)."""
+    one = baseline_conv().send(0, SECRET).fin()
+    other = Conv(("192.0.2.11", 40001), ("192.0.2.1", 5223)).handshake().talk(login()).send(0, LATER).fin()
+    for name, linktype, wrap in (("bpf-ether.pcap", 1, ether), ("bpf-raw.pcap", 101, lambda p: p)):
+        path = tmp / name
+        write_pcap(path, [wrap(p) for p in one.packets + other.packets], linktype)
+        code, audit, _, summary = inspect(policy_file, path)
+        assert code == 0 and sorted(r["id"] for r in audit) == ["s1", "s2"], (audit, summary)
+        code, audit, _, summary = inspect(policy_file, path, extra=("--bpf", "tcp port 5222"))
+        assert code == 0, summary
+        assert [r["id"] for r in audit] == ["s1"], (audit, summary)
+        assert f"{len(other.packets)} left out by --bpf" in summary, summary
+        assert "flows: 1 " in summary, summary
+    code, _, _, err = inspect(policy_file, tmp / "bpf-ether.pcap", extra=("--bpf", "tcp prot 5222"))
+    assert code == 1 and "--bpf 'tcp prot 5222': " in err, err
+
+
+def test_live_capture_errors_name_the_problem(tmp: Path, policy_file):
+    def run_inspect(*args: str, user: list[str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run((user or []) + [str(binary()), "inspect", "--config", str(policy_file), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    r = run_inspect("--interface", "nosuch0")
+    assert r.returncode == 1, r
+    assert "--interface nosuch0: no such interface (interfaces here: " in r.stderr, r.stderr
+    assert re.search(r"interfaces here: .*\blo\b", r.stderr), r.stderr
+    r = run_inspect("--interface", "lo", "--bpf", "tcp prot 5222")
+    assert r.returncode == 1 and "--bpf 'tcp prot 5222': " in r.stderr, r.stderr
+    # Without CAP_NET_RAW (an unprivileged user; the config readable by it).
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.fail("needs root and setpriv (util-linux) to drop the privilege", pytrace=False)
+    world = Path(tempfile.mkdtemp(prefix="sw-inspect-perm-"))
+    try:
+        world.chmod(0o755)
+        cfg = world / "policy.toml"
+        cfg.write_text(policy_file.read_text())
+        cfg.chmod(0o644)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(binary()),
+                            "inspect", "--config", str(cfg), "--interface", "lo"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(world, ignore_errors=True)
+    assert r.returncode == 1, r
+    assert "--interface lo: no permission to capture" in r.stderr and "CAP_NET_RAW" in r.stderr, r.stderr

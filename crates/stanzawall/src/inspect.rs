@@ -673,7 +673,7 @@ impl Summary {
         if let Some(k) = kernel {
             let _ = writeln!(
                 out,
-                "  kernel: {} packets received, {} dropped (ring full), {} dropped by the interface",
+                "  kernel: {} packets received by the socket, {} dropped (ring full), {} dropped by the interface",
                 k.received, k.dropped, k.if_dropped
             );
         }

@@ -16,7 +16,11 @@
 //! missing (`CAP_NET_RAW`).
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 
 use pcap::{Active, BpfProgram, BreakLoop, Capture, Linktype, Precision};
 
@@ -25,7 +29,7 @@ const SNAPLEN: i32 = 262_144;
 /// Kernel ring size: room for a burst while the inspector is busy with a large stanza.
 const RING_BYTES: i32 = 32 << 20;
 /// How long a read waits before the loop looks at the stop flag and the counters again.
-const READ_TIMEOUT_MS: i32 = 200;
+const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Why a live capture or a filter could not be set up or went on.
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +100,18 @@ pub struct KernelStats {
 }
 
 /// A live capture on one interface (or `any`).
+///
+/// The handle is non-blocking and the wait for packets is an epoll on its descriptor with a
+/// timeout of our own: libpcap's read timeout does not end a read on a quiet interface (its
+/// poll loop goes on), and a quiet interface is exactly when the stop flag and the metrics must
+/// still be looked at.
 pub struct Live {
     name: String,
     cap: Capture<Active>,
     linktype: Linktype,
+    /// An epoll set holding the capture's descriptor.
+    poll: Poll,
+    events: Events,
 }
 
 impl std::fmt::Debug for Live {
@@ -129,16 +141,20 @@ impl Live {
             // Each packet is handed over as it arrives, not when a TPACKET_V3 block fills: a
             // quiet XMPP session would otherwise sit in the ring until the block timeout.
             .immediate_mode(true)
-            .timeout(READ_TIMEOUT_MS)
             .precision(Precision::Nano)
             .open()
+            .and_then(Capture::setnonblock)
             .map_err(open_error)?;
         if let Some(expr) = bpf {
             cap.filter(expr, true)
                 .map_err(|e| LiveError::Filter { expr: expr.to_owned(), detail: pcap_words(&e) })?;
         }
         let linktype = cap.get_datalink();
-        Ok(Live { name: name.to_owned(), cap, linktype })
+        let epoll_error = |e: std::io::Error| LiveError::Open { name: name.to_owned(), detail: format!("epoll: {e}") };
+        let poll = Poll::new().map_err(epoll_error)?;
+        // The descriptor stays owned by the capture; closing it removes it from the set.
+        poll.registry().register(&mut SourceFd(&cap.as_raw_fd()), Token(0), Interest::READABLE).map_err(epoll_error)?;
+        Ok(Live { name: name.to_owned(), cap, linktype, poll, events: Events::with_capacity(4) })
     }
 
     /// The link type of every packet of this capture, as capture files number it
@@ -157,7 +173,7 @@ impl Live {
         self.cap.breakloop_handle()
     }
 
-    /// The next packet, or [`Next::Idle`] after the read timeout or a break.
+    /// The next packet, or [`Next::Idle`] when none came within the read timeout.
     pub fn next(&mut self) -> Result<Next<'_>, LiveError> {
         match self.cap.next_packet() {
             Ok(p) => {
@@ -166,8 +182,12 @@ impl Live {
                 let nanos = u32::try_from(p.header.ts.tv_usec).unwrap_or(0).min(999_999_999);
                 Ok(Next::Packet(p.data, Duration::new(secs, nanos)))
             }
-            // `NoMorePackets` is what `pcap_breakloop` makes a live read return.
-            Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) => Ok(Next::Idle),
+            // The ring is empty (a non-blocking read); `NoMorePackets` is what `pcap_breakloop`
+            // makes a read return.
+            Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) => {
+                wait_readable(&mut self.poll, &mut self.events);
+                Ok(Next::Idle)
+            }
             Err(e) => Err(LiveError::Read { name: self.name.clone(), detail: pcap_words(&e) }),
         }
     }
@@ -183,6 +203,14 @@ impl Live {
             Err(_) => KernelStats::default(),
         }
     }
+}
+
+/// Wait (at most [`READ_TIMEOUT`]) until the capture's descriptor is readable: a packet came
+/// into the ring. Called only after a read found the ring empty, so no packet waits unseen
+/// (the edge-triggered set reports each arrival after that read); a spurious wake-up, or an
+/// interrupted wait (EINTR from a signal), costs one empty non-blocking read.
+fn wait_readable(poll: &mut Poll, events: &mut Events) {
+    let _ = poll.poll(events, Some(READ_TIMEOUT));
 }
 
 /// An error from opening `name`, sorted by what the operator has to do.
