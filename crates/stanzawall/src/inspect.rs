@@ -152,8 +152,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     }
     for path in &opts.pcaps {
         let name = path.display().to_string();
-        let result =
-            std::fs::File::open(path).with_context(|| name.clone()).and_then(|f| sink.read_capture(&name, f));
+        let result = std::fs::File::open(path).with_context(|| name.clone()).and_then(|f| sink.read_capture(&name, f));
         if let Err(e) = result {
             eprintln!("{e:#}");
             complete = false;

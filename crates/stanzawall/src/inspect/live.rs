@@ -146,8 +146,7 @@ impl Live {
             .and_then(Capture::setnonblock)
             .map_err(open_error)?;
         if let Some(expr) = bpf {
-            cap.filter(expr, true)
-                .map_err(|e| LiveError::Filter { expr: expr.to_owned(), detail: pcap_words(&e) })?;
+            cap.filter(expr, true).map_err(|e| LiveError::Filter { expr: expr.to_owned(), detail: pcap_words(&e) })?;
         }
         let linktype = cap.get_datalink();
         let epoll_error = |e: std::io::Error| LiveError::Open { name: name.to_owned(), detail: format!("epoll: {e}") };
@@ -290,10 +289,9 @@ impl FileFilter {
                 })?;
             self.programs.insert(linktype, compiled);
         }
-        self.programs.get(&linktype).ok_or_else(|| LiveError::Filter {
-            expr: self.expr.clone(),
-            detail: "not compiled".to_owned(),
-        })
+        self.programs
+            .get(&linktype)
+            .ok_or_else(|| LiveError::Filter { expr: self.expr.clone(), detail: "not compiled".to_owned() })
     }
 }
 

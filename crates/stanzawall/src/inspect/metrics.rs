@@ -94,14 +94,22 @@ impl InspectMetrics {
         r.register("flows", "TCP flows seen", self.flows.clone());
         r.register("flows_active", "TCP flows in the flow table now", self.flows_active.clone());
         r.register("xmpp_streams", "XMPP streams recognised, per kind", self.streams.clone());
-        r.register("encrypted_streams", "XMPP streams that went encrypted (STARTTLS or direct TLS)", self.encrypted.clone());
+        r.register(
+            "encrypted_streams",
+            "XMPP streams that went encrypted (STARTTLS or direct TLS)",
+            self.encrypted.clone(),
+        );
         r.register("stanzas", "Stanzas read from plaintext streams", self.stanzas.clone());
         r.register(
             "policy_verdicts",
             "Would-be policy verdicts (nothing is blocked), per rule and action",
             self.verdicts.clone(),
         );
-        r.register("parse_errors", "XML refused by the restricted reader, per stream error condition", self.parse_errors.clone());
+        r.register(
+            "parse_errors",
+            "XML refused by the restricted reader, per stream error condition",
+            self.parse_errors.clone(),
+        );
         r.register(
             "would_close",
             "Streams the inline gateway would have closed, per stream error condition",
