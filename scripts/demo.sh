@@ -19,15 +19,16 @@ BACKEND_PORT=${DEMO_BACKEND_PORT:-16222}
 
 need_root() { [[ $EUID -eq 0 ]] || { echo "demo.sh: run as root to install $1 (or install it yourself)" >&2; exit 1; }; }
 
-# 1. Prosody and openssl from Debian, without starting the system service.
-if ! command -v prosodyctl >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+# 1. Prosody and openssl from Debian, without starting the system service; libpcap's headers
+#    to build stanzawall (passive inspection links libpcap).
+if ! command -v prosodyctl >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 || [[ ! -e /usr/include/pcap.h ]]; then
   need_root prosody
   created_policy=0
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && created_policy=1
   fi
   apt-get update
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody openssl ca-certificates
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody openssl ca-certificates libpcap-dev
   [[ $created_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d
 fi
 if ! command -v cargo >/dev/null 2>&1; then

@@ -31,6 +31,8 @@ PACKAGES=(
   ldnsutils
   tcpdump
   python3-scapy
+  # Building stanzawall itself: `inspect --interface/--bpf` links libpcap (the pcap crate).
+  libpcap-dev
   # The web door's e2e tests (tests/e2e/test_web.py): a real browser running Strophe.js, and a
   # raw WebSocket client for the framing errors.
   chromium

@@ -35,6 +35,7 @@ import pytest
 from harness.client import Client, run
 from harness.defaults import HOST
 from harness.gateway import Gateway, Listener, binary
+from harness.proc import require_free_ports, wait_for_port
 from harness.prosody import ProsodyInstance, start_prosody
 from harness.sites import SITE_A, SITE_B, log_tails, running_sites
 from test_attack_catalogue import recording  # noqa: F401  (fixture: the catalogue's inline gateway)
@@ -554,13 +555,29 @@ def test_s2s_flows_are_decided_in_s2s_in_or_s2s_out_by_the_receiving_domain(tmp:
 
 # -- hostile captures: the attack catalogue, inline and passive ---------------------------------
 
-#: Catalogue entries whose inline answer is a stream error after login (``after_login``): the
-#: restricted-XML, encoding, character, limit, namespace, stream-level, address and iq entries.
-#: Their bytes, inside a captured plaintext session, must be refused passively with the same
-#: condition.
+#: Catalogue entries not compared, and why: what the inline gateway refuses there does not
+#: exist in a plaintext flow, or passive mode reads it differently by design.
+EXCLUDED = {
+    "header_jabber_server": "passive mode tells c2s from s2s by this content namespace on any port "
+                            "(detection by content): a jabber:server header is an s2s stream there; inline it "
+                            "is refused only because it reached a c2s listener",
+    "stanza_before_starttls": "refused inline because the gateway requires STARTTLS (RFC 6120 §5.3.1); "
+                              "a plaintext capture is plaintext by premise",
+    "auth_before_starttls": "refused inline because the gateway requires STARTTLS; a plaintext capture is "
+                            "plaintext by premise",
+    "plaintext_after_starttls": "TLS layer: the injected bytes belong to the TLS handshake; passively nothing "
+                                "after <proceed/> is parsed (test_starttls_flow_is_reported_encrypted_...)",
+    "sasl_scram_plus": "TLS layer: -PLUS mechanisms bind to a TLS channel (RFC 5802 §6), which a plaintext "
+                       "flow does not have",
+    "sasl_authzid_other_user": "answered inside SASL by the gateway itself (<invalid-authzid/> from the PLAIN "
+                               "payload, RFC 6120 §6.5.6); passive mode never decodes SASL payloads (they hold "
+                               "credentials), so it has no counterpart",
+}
+
+
 def _hostile_entries():
-    from test_attack_catalogue import CATALOGUE, after_login
-    return [e for e in CATALOGUE if e.runner is after_login]
+    from test_attack_catalogue import CATALOGUE
+    return [e for e in CATALOGUE if e.id not in EXCLUDED]
 
 
 #: Bytes of one hostile payload put in a capture (the inline gateway stops every entry well
@@ -570,59 +587,204 @@ PASSIVE_PAYLOAD_CAP = 2 << 20
 SEGMENT = 32_000
 
 _ALERT_CONDITION = re.compile(r"^stanzawall (?:XML refused from the client: ([a-z-]+) "
-                              r"|would close the stream \(c2s-in, ([a-z-]+)\))")
+                              r"|would close the stream \((?:c2s|s2s)-(?:in|out), ([a-z-]+)\))")
+
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+def _failure(condition: str) -> bytes:
+    return f"<failure xmlns='{SASL}'><{condition}/></failure>".encode()
+
+
+def _auth(mechanism: str, payload: str) -> bytes:
+    return f"<auth xmlns='{SASL}' mechanism='{mechanism}'>{payload}</auth>".encode()
+
+
+def login_as(jid: str) -> list[tuple[int, bytes]]:
+    """``login()`` binding ``jid`` instead of alice@example.test/r."""
+    bound = BOUND.replace(b"alice@example.test/r", jid.encode())
+    return [(d, bound if data == BOUND else data) for d, data in login()]
+
+
+def _inline_outcome(e) -> tuple[str, str | None]:
+    """What the inline gateway does with entry ``e``, as the catalogue's own runner asserts it
+    (the runner has just run it through the real gateway and passed)."""
+    import test_attack_catalogue as cat
+    runner = e.runner
+    if runner in (cat.after_login, cat.after_tls, cat.header_level):
+        return ("stream-error", e.expect)
+    if runner is cat.stanza_error:
+        return ("stanza-error", e.expect)
+    if runner is cat.hidden_text:
+        return ("drop", "c2s-in")          # dropped by the policy, the session goes on
+    if runner is cat.to_client:
+        return ("drop", "c2s-out")         # never handed to the recipient, its stream goes on
+    if runner is cat.sasl_huge_auth:
+        return ("stream-error", "policy-violation")
+    # Accepted (CDATA, BOM, fullwidth JID, pipelining) or answered by the server (SASL).
+    return ("none", None)
+
+
+def _passive_flows(e, m: str, data: bytes, prosody_out: dict[str, tuple[str, str]]) -> list[list[tuple[int, bytes]]]:
+    """The plaintext flow(s) that carry entry ``e``'s bytes as the inline gateway saw them."""
+    import test_attack_catalogue as cat
+    r = e.runner
+    if r in (cat.header_level, cat.header_accepted):
+        flow = [(0, data)] + ([(1, HDR_S), (1, FEATURES)] if r is cat.header_accepted else [])
+    elif r is cat.after_tls:
+        flow = [(0, HDR_C), (1, HDR_S), (1, FEATURES), (0, data)]
+    elif r is cat.pipelined:
+        flow = [(0, HDR_C + AUTH), (1, HDR_S + FEATURES), (1, SUCCESS), (0, HDR_C + BIND),
+                (1, HDR_S + b"<stream:features/>"), (1, BOUND),
+                (0, f"<message to='bob@example.test' id='{m}'><body>{m}</body></message>".encode())]
+    elif r is cat.sasl_unoffered:
+        flow = [(0, HDR_C), (1, HDR_S), (1, FEATURES), (0, _auth("X-FOO", cat.b64(m))),
+                (1, _failure("invalid-mechanism"))] + login()[3:]
+    elif r is cat.sasl_bad_base64:
+        flow = [(0, HDR_C), (1, HDR_S), (1, FEATURES), (0, _auth("PLAIN", f"!!!{m}===*")),
+                (1, _failure("incorrect-encoding"))]
+    elif r is cat.sasl_huge_auth:
+        head = _auth("PLAIN", m)[:-len("</auth>")]
+        flow = [(0, HDR_C), (1, HDR_S), (1, FEATURES), (0, head + b"A" * (1 << 20) + b"</auth>")]
+    elif r is cat.sasl_bruteforce:
+        attempts = [[(0, _auth("PLAIN", cat.b64(f"\0alice\0wrong-{i}"))), (1, _failure("not-authorized"))]
+                    for i in range(20)]
+        opening = [(0, HDR_C), (1, HDR_S), (1, FEATURES)]
+        if e.opts["conns"] == 1:
+            return [opening + [x for a in attempts for x in a]]
+        return [opening + a for a in attempts]
+    elif r is cat.to_client:
+        # What Prosody itself delivered to bob (its own serialization), on bob's session.
+        bob_jid, stanza = prosody_out[e.id]
+        flow = login_as(bob_jid) + [(1, stanza.encode())]
+    else:
+        # after_login, stanza_error, hidden_text, cdata, jid_canonical: after a plaintext login.
+        flow = login() + [(0, data)]
+    return [flow]
+
+
+def _whole_element(text: str, kind: str, stanza_id: str) -> str | None:
+    """The whole top-level ``<kind id=stanza_id>`` element in ``text`` (nested elements of the
+    same name counted: a carbon wraps a message), once it is complete."""
+    start = re.search(rf"<{kind}\b(?=[^>]*\bid=['\"]{re.escape(stanza_id)}['\"])", text)
+    if start is None:
+        return None
+    depth = 0
+    for tag in re.finditer(rf"<{kind}\b[^>]*?/>|<{kind}\b[^>]*>|</{kind}>", text[start.start():]):
+        if tag.group(0).startswith("</"):
+            depth -= 1
+        elif not tag.group(0).endswith("/>"):
+            depth += 1
+        if depth == 0:
+            return text[start.start():start.start() + tag.end()]
+    return None
+
+
+def _prosody_deliveries(prosody_plain, entries) -> dict[str, tuple[str, str]]:
+    """For the entries about what a server sends a client: carol sends the payload through the
+    real (plaintext) Prosody to bob; what Prosody writes to bob's stream is kept, exactly."""
+    import test_attack_catalogue as cat
+    from harness.raw import RawStream
+    out: dict[str, tuple[str, str]] = {}
+    for e in entries:
+        if e.runner is not cat.to_client:
+            continue
+        m = cat.marker()
+        with RawStream.open(HOST, PROSODY_PORT, starttls=False, timeout=cat.WAIT) as bob, \
+                RawStream.open(HOST, PROSODY_PORT, starttls=False, timeout=cat.WAIT) as carol:
+            bob.login("bob", prosody_plain.users["bob"], resource=f"r{m[-6:]}")
+            carol.login("carol", prosody_plain.users["carol"], resource="c")
+            data, _ = e.build(m)
+            carol.send(data.replace(b"{bob}", bob.bound_jid.encode()).decode())
+            kind = "iq" if data.startswith(b"<iq") else "message"
+            deadline = time.monotonic() + cat.WAIT
+            stanza = None
+            while stanza is None and time.monotonic() < deadline:
+                bob.read_for(0.1)
+                stanza = _whole_element(bob.received, kind, m)
+            assert stanza is not None, f"{e.id}: Prosody did not deliver it to bob: {bob.received[-800:]!r}"
+            out[e.id] = (bob.bound_jid, stanza)
+    return out
+
+
+def _passive_outcome(alerts: list[dict], audit: list[dict], ports: set[int]) -> tuple[str, str | None]:
+    for a in alerts:  # in capture order: the first refusal is what inline answers
+        if a["event_type"] == "alert" and (a["src_port"] in ports or a["dest_port"] in ports):
+            mm = _ALERT_CONDITION.match(a["alert"]["signature"])
+            if mm:
+                return ("stream-error", mm.group(1) or mm.group(2))
+    for r in audit:
+        if r["flow.src_port"] in ports or r["flow.dest_port"] in ports:
+            if r["outcome"] == "bounce":
+                return ("stanza-error", r["condition"])
+            if r["outcome"] == "drop":
+                return ("drop", r["chain"])
+    return ("none", None)
 
 
 def test_attack_catalogue_payloads_are_refused_passively_with_the_inline_condition(tmp: Path, request, pki,
-                                                                                    policy_file):
+                                                                                    prosody_plain):
+    """Every catalogue entry whose bytes fit a plaintext flow (all but ``EXCLUDED``): run
+    inline through the real gateway by the catalogue's own runner (the after-login ones also
+    measured here, as before), then its bytes in a plaintext flow of one capture, read with the
+    recording gateway's policy. The passive outcome — first stream error condition, else the
+    stanza error of a bounce, else the chain of a drop, else nothing — equals the inline one."""
     import test_attack_catalogue as cat
+    from test_attack_catalogue import CATALOGUE
     entries = _hostile_entries()
-    assert len(entries) >= 30, [e.id for e in entries]
-    # Inline: each payload after a login through the recording gateway (STARTTLS).
+    assert len(entries) + len(EXCLUDED) == len(CATALOGUE) and len(entries) >= 80, len(entries)
     ctx = cat.Ctx(request, pki)
-    inline: dict[str, str | None] = {}
-    payloads: dict[str, bytes] = {}
+    inline: dict[str, tuple[str, str | None]] = {}
+    payloads: dict[str, tuple[str, bytes]] = {}
     for e in entries:
         m = cat.marker()
-        data, _ = e.build(m)
+        data, _ = e.build(m) if e.payload is not None else (b"", m)
         chunks = [data] if isinstance(data, (bytes, bytearray)) else list(data)
-        with cat.rec_login(ctx) as rs:
-            cat.control(rs)
-            _, start = cat.write(rs, chunks, "whole", pause=e.opts.get("pause", 0.0))
-            text, _ = cat.read_closed(rs, start)
-        inline[e.id] = cat.parse_stream_error(text)
+        if e.runner is cat.after_login:
+            # Measured here: each payload after a login through the recording gateway.
+            with cat.rec_login(ctx) as rs:
+                cat.control(rs)
+                _, start = cat.write(rs, chunks, "whole", pause=e.opts.get("pause", 0.0))
+                text, _ = cat.read_closed(rs, start)
+            inline[e.id] = ("stream-error", cat.parse_stream_error(text))
+            assert inline[e.id] == _inline_outcome(e), (e.id, inline[e.id])
+        else:
+            e.runner(ctx, e, "whole")  # asserts the inline behaviour _inline_outcome names
+            inline[e.id] = _inline_outcome(e)
         blob = bytearray()
         for ch in chunks:
             if len(blob) >= PASSIVE_PAYLOAD_CAP:
                 break
             blob += ch
-        payloads[e.id] = bytes(blob[:PASSIVE_PAYLOAD_CAP])
-    # Passive: the same bytes after a plaintext login, one flow per entry, one capture.
+        payloads[e.id] = (m, bytes(blob[:PASSIVE_PAYLOAD_CAP]))
+    delivered = _prosody_deliveries(prosody_plain, entries)
+    # Passive: one capture, each entry's flow(s) on ports of its own.
     packets: list[bytes] = []
-    ports: dict[int, str] = {}
-    for i, e in enumerate(entries):
-        port = 42000 + i
-        ports[port] = e.id
-        conv = Conv(("192.0.2.10", port), SERVER).handshake().talk(login())
-        blob = payloads[e.id]
-        for off in range(0, len(blob), SEGMENT):
-            conv.send(0, blob[off:off + SEGMENT])
-        packets += conv.fin().packets
+    ports: dict[str, set[int]] = {}
+    port = 42000
+    for e in entries:
+        m, blob = payloads[e.id]
+        for flow in _passive_flows(e, m, blob, delivered):
+            conv = Conv(("192.0.2.10", port), SERVER).handshake()
+            ports.setdefault(e.id, set()).add(port)
+            port += 1
+            for d, data in flow:
+                for off in range(0, len(data), SEGMENT):
+                    conv.send(d, data[off:off + SEGMENT])
+            packets += conv.fin().packets
     cap = tmp / "catalogue.pcap"
     write_pcap(cap, packets, 101)
-    code, _, alerts, summary = inspect(policy_file, cap)
+    policy = tmp / "catalogue-policy.toml"
+    policy.write_text(cat.CATALOGUE_POLICY)
+    code, audit, alerts, summary = inspect(policy, cap)
     assert code == 0, summary
-    passive: dict[str, str | None] = {e.id: None for e in entries}
-    for a in alerts:
-        if a["event_type"] != "alert" or a["src_port"] not in ports:
-            continue
-        mm = _ALERT_CONDITION.match(a["alert"]["signature"])
-        entry = ports[a["src_port"]]
-        if mm and passive[entry] is None:  # the first refusal is what inline answers
-            passive[entry] = mm.group(1) or mm.group(2)
-    assert all(inline[e.id] == e.expect for e in entries), {e.id: (inline[e.id], e.expect) for e in entries}
+    passive = {e.id: _passive_outcome(alerts, audit, ports[e.id]) for e in entries}
     differ = {k: (inline[k], passive[k]) for k in inline if inline[k] != passive[k]}
-    assert not differ, f"(inline, passive) differ: {differ}\n{summary}"
+    assert not differ, f"(inline, passive) differ: {differ}\nProsody delivered: {delivered}\n{summary}"
+    # Not vacuous: most entries are refusals, and every kind of outcome occurs.
+    kinds = {v[0] for v in inline.values()}
+    assert kinds == {"stream-error", "stanza-error", "drop", "none"}, kinds
+    assert sum(v[0] == "stream-error" for v in inline.values()) >= 40
 
 
 # -- a capture of 1,000,000 tiny flows stays within the memory cap ------------------------------
@@ -740,3 +902,248 @@ def test_sigint_on_a_live_capture_prints_the_summary(tmp: Path, policy_file):
     assert "source interface lo:" in err and "c2s 1" in err and "bound users: 1" in err, err
     assert "no-secrets (drop): 1" in err, err
     assert [json.loads(l)["id"] for l in audit.read_text().splitlines()] == ["s1"]
+
+
+# -- live capture: libpcap's AF_PACKET ring, BPF in the kernel, metrics on [admin] -------------
+
+LIVE_ADMIN_PORT = 25610
+#: A flow the live captures' BPF filter must leave out.
+FILTERED_PORT = 25613
+
+
+class LiveInspect:
+    """``stanzawall inspect --interface IFACE --bpf FILTER`` for a ``with`` block; SIGINT (to its
+    PID) ends it, and its audit/EVE records and summary are read then."""
+
+    def __init__(self, name: str, config: Path, iface: str, bpf: str, workdir: Path):
+        self.audit, self.eve = workdir / f"{name}.audit.jsonl", workdir / f"{name}.eve.jsonl"
+        self.args = [str(binary()), "inspect", "--config", str(config), "--interface", iface, "--bpf", bpf,
+                     "--audit", str(self.audit), "--eve", str(self.eve)]
+        self.records: list[dict] = []
+        self.summary = ""
+
+    def __enter__(self) -> "LiveInspect":
+        import queue
+        import threading
+        self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True)
+        # stderr is read by a thread so that waiting for the first lines is bounded in time.
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.reader = threading.Thread(target=lambda: [self.lines.put(l) for l in self.proc.stderr], daemon=True)
+        self.reader.start()
+        # Its first lines: the admin listener's log line (with [admin]), then the capture's.
+        self.header = ""
+        deadline = time.monotonic() + 10
+        while "stanzawall inspect: listening on" not in self.header and time.monotonic() < deadline:
+            try:
+                self.header += self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+        if "stanzawall inspect: listening on" not in self.header:
+            self.__exit__()
+            pytest.fail(f"live inspection did not start: {self.summary}")
+        return self
+
+    def children(self) -> list[str]:
+        """Names of the processes it started (tcpdump, if capture still went through one)."""
+        names = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        return names
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.reader.join(timeout=10)
+        err = "".join(iter_queue(self.lines))
+        self.summary = self.header + err
+        self.code = self.proc.returncode
+        self.records = [json.loads(l) for l in self.audit.read_text().splitlines()] if self.audit.exists() else []
+
+
+def iter_queue(q):
+    import queue
+    while True:
+        try:
+            yield q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def scrape(token: str | None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://{HOST}:{LIVE_ADMIN_PORT}/metrics")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of series ``name`` with exactly these labels in Prometheus text, if present."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        got = dict(re.findall(r'(\w+)="([^"]*)"', series))
+        if series.split("{")[0] == name and got == labels:
+            return float(value)
+    return None
+
+
+def raw_session(port: int, items) -> None:
+    """A plaintext conversation between two sockets of ours on ``port`` (no XMPP server)."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST, port))
+    srv.listen(1)
+    with srv, socket.create_connection((HOST, port), timeout=5) as c:
+        peer, _ = srv.accept()
+        with peer:
+            for sock in (c, peer):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for d, data in items:
+                (c if d == 0 else peer).sendall(data)
+                time.sleep(0.02)
+
+
+def make_read_token(path: Path) -> str:
+    out = subprocess.run([str(binary()), "admin-token", "--tokens", str(path), "--role", "read",
+                          "--name", "scraper"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_live_capture_of_a_real_session_equals_the_pcap_path_and_serves_metrics(tmp: Path, pki, prosody_plain):
+    """A real slixmpp session through Prosody (plaintext c2s), captured three ways at once:
+    ``inspect --interface lo`` (with [admin]), ``inspect --interface any`` (Linux cooked
+    headers) and tcpdump to a file. The live audit records equal those of ``inspect --pcap`` on
+    tcpdump's file field by field (timestamps to within 1 ms: each socket reads the kernel
+    clock itself for a loopback packet). /metrics answers during the capture with the gateway's auth
+    rules; the BPF filter leaves another flow out; no tcpdump runs under stanzawall."""
+    if shutil.which("tcpdump") is None:
+        pytest.fail("tcpdump missing: scripts/install-test-deps.sh", pytrace=False)
+    require_free_ports(HOST, [LIVE_ADMIN_PORT, FILTERED_PORT], "live inspection test")
+    work = tmp / "live-session"
+    work.mkdir(exist_ok=True)
+    token = make_read_token(work / "tokens")
+    base = POLICY.replace('path = "audit.jsonl"', 'path = "admin-audit.jsonl"')
+    with_admin = work / "live-admin.toml"
+    with_admin.write_text(base + f'\n[admin]\nbind = "{HOST}:{LIVE_ADMIN_PORT}"\ntokens = "tokens"\n'
+                                 'metrics_public = false\n')
+    plain = work / "live.toml"
+    plain.write_text(base)
+    bpf = f"tcp port {PROSODY_PORT}"
+    cap = work / "tcpdump.pcap"
+    with LiveInspect("lo", with_admin, "lo", bpf, work) as lo, \
+            LiveInspect("any", plain, "any", bpf, work) as anyif, Tcpdump(cap, bpf):
+        assert lo.children() == [] and anyif.children() == [], (lo.children(), anyif.children())
+        wait_for_port(HOST, LIVE_ADMIN_PORT, 10, who="inspect admin")
+        # The gateway's rules: metrics_public = false → a token is needed, a read token is enough.
+        assert scrape(None)[0] == 401
+        assert scrape("not-a-token")[0] == 401
+        status, before = scrape(token)
+        assert status == 200 and metric(before, "stanzawall_inspect_stanzas_total") == 0, before
+        session(PROSODY_PORT, pki, tls=False)
+        raw_session(FILTERED_PORT, login() + [(0, SECRET)])
+        # Scraped while the capture runs (bounded wait for the loop's next sync).
+        deadline = time.monotonic() + 10
+        while True:
+            status, text = scrape(token)
+            drops = metric(text, "stanzawall_inspect_policy_verdicts_total", rule="no-secrets", action="drop",
+                           log_only="false")
+            # Event counters move at once, the inspector's totals at the loop's next sync.
+            synced = (metric(text, "stanzawall_inspect_stanzas_total") or 0) >= 18
+            if (drops == 1 and synced and metric(text, "stanzawall_inspect_xmpp_streams_total", kind="c2s") == 1) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert status == 200, text
+    assert drops == 1, text
+    assert metric(text, "stanzawall_inspect_xmpp_streams_total", kind="c2s") == 1, text
+    assert metric(text, "stanzawall_inspect_stanzas_total") >= 18, text
+    assert metric(text, "stanzawall_inspect_policy_verdicts_total", rule="watch", action="drop", log_only="true") == 2
+    assert metric(text, "stanzawall_inspect_flows_total") == 1, text  # the filtered flow never arrived
+    assert metric(text, "stanzawall_inspect_kernel_dropped_packets_total", kind="ring") == 0, text
+    assert metric(text, "stanzawall_inspect_reassembly_events_total", event="gaps") == 0, text
+    assert metric(text, "stanzawall_inspect_packets_total") > 20, text
+
+    for live in (lo, anyif):
+        assert live.code == 0, live.summary
+        assert "interrupted, live capture stopped" in live.summary, live.summary
+        assert re.search(r"kernel: \d+ packets received by the socket, 0 dropped", live.summary), live.summary
+        assert all(r["flow.dest_port"] != FILTERED_PORT and r["flow.src_port"] != FILTERED_PORT
+                   for r in live.records), live.records
+    assert "link-type EN10MB" in lo.header and "link-type LINUX_SLL" in anyif.header, (lo.header, anyif.header)
+    code, from_file, _, summary = inspect(plain, cap)
+    assert code == 0, summary
+    assert len(from_file) >= 7 and any(r["rule"] == "no-secrets" for r in from_file), from_file
+    # Field by field; the timestamps are each socket's own reading of the kernel clock for the
+    # same packet (loopback packets carry none of their own), so they agree to within 1 ms.
+    stamps = {"capture.ts", "time"}
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in stamps} for r in rs]
+    for live in (lo, anyif):
+        assert strip(live.records) == strip(from_file), (live.records, from_file)
+        for a, b in zip(live.records, from_file):
+            assert abs(float(a["capture.ts"]) - float(b["capture.ts"])) < 0.001, (a, b)
+    for line in ("xmpp streams: 1 (c2s 1", "bound users: 1", "no-secrets (drop): 1"):
+        assert line in lo.summary and line in anyif.summary and line in summary, (lo.summary, anyif.summary)
+
+
+def test_bpf_on_a_capture_file_leaves_out_what_it_does_not_match(tmp: Path, policy_file):
+    """Two flows with the same secret, one on 5222 and one on 5223: ``--bpf 'tcp port 5222'``
+    keeps the first only, for Ethernet and raw-IP files alike (one program per link type)."""
+    one = baseline_conv().send(0, SECRET).fin()
+    other = Conv(("192.0.2.11", 40001), ("192.0.2.1", 5223)).handshake().talk(login()).send(0, LATER).fin()
+    for name, linktype, wrap in (("bpf-ether.pcap", 1, ether), ("bpf-raw.pcap", 101, lambda p: p)):
+        path = tmp / name
+        write_pcap(path, [wrap(p) for p in one.packets + other.packets], linktype)
+        code, audit, _, summary = inspect(policy_file, path)
+        assert code == 0 and sorted(r["id"] for r in audit) == ["s1", "s2"], (audit, summary)
+        code, audit, _, summary = inspect(policy_file, path, extra=("--bpf", "tcp port 5222"))
+        assert code == 0, summary
+        assert [r["id"] for r in audit] == ["s1"], (audit, summary)
+        assert f"{len(other.packets)} left out by --bpf" in summary, summary
+        assert "flows: 1 " in summary, summary
+    code, _, _, err = inspect(policy_file, tmp / "bpf-ether.pcap", extra=("--bpf", "tcp prot 5222"))
+    assert code == 1 and "--bpf 'tcp prot 5222': " in err, err
+
+
+def test_live_capture_errors_name_the_problem(tmp: Path, policy_file):
+    def run_inspect(*args: str, user: list[str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run((user or []) + [str(binary()), "inspect", "--config", str(policy_file), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    r = run_inspect("--interface", "nosuch0")
+    assert r.returncode == 1, r
+    assert "--interface nosuch0: no such interface (interfaces here: " in r.stderr, r.stderr
+    assert re.search(r"interfaces here: .*\blo\b", r.stderr), r.stderr
+    r = run_inspect("--interface", "lo", "--bpf", "tcp prot 5222")
+    assert r.returncode == 1 and "--bpf 'tcp prot 5222': " in r.stderr, r.stderr
+    # Without CAP_NET_RAW (an unprivileged user; the config readable by it).
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.fail("needs root and setpriv (util-linux) to drop the privilege", pytrace=False)
+    world = Path(tempfile.mkdtemp(prefix="sw-inspect-perm-"))
+    try:
+        world.chmod(0o755)
+        cfg = world / "policy.toml"
+        cfg.write_text(policy_file.read_text())
+        cfg.chmod(0o644)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(binary()),
+                            "inspect", "--config", str(cfg), "--interface", "lo"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(world, ignore_errors=True)
+    assert r.returncode == 1, r
+    assert "--interface lo: no permission to capture" in r.stderr and "CAP_NET_RAW" in r.stderr, r.stderr

@@ -295,6 +295,9 @@ pub struct CaptureStats {
     pub duplicates: u64,
     /// Resync attempts that failed again before a stanza was read.
     pub resync_failures: u64,
+    /// Stanzas read (both directions, every stream), as they are read: a live capture's
+    /// running count, where [`FlowTotals`] arrive only when a flow ends.
+    pub stanzas: u64,
 }
 
 /// Endpoints in a canonical order: direction 0 is `lo → hi`.

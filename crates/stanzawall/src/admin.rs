@@ -58,6 +58,17 @@ pub struct Admin {
     failures: Mutex<FailureLimiter>,
     /// List edits one at a time (read, change, write, reload).
     list_edit: tokio::sync::Mutex<()>,
+    /// What this listener serves: everything, or (passive inspection) metrics and health only.
+    scope: Scope,
+}
+
+/// The endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// `stanzawall run`: the API, the dashboard, metrics, health.
+    Gateway,
+    /// `stanzawall inspect --interface`: `/metrics`, `/healthz`, `/readyz` (nothing to act on).
+    Inspect,
 }
 
 type St = Arc<Admin>;
@@ -78,7 +89,18 @@ impl Admin {
             ready: AtomicBool::new(false),
             failures: Mutex::new(FailureLimiter::default()),
             list_edit: tokio::sync::Mutex::new(()),
+            scope: Scope::Gateway,
         }
+    }
+
+    /// The admin state of a live passive inspection (`stanzawall inspect --interface`): the
+    /// same authentication over `generation`'s `[admin]`, serving only `/metrics` from
+    /// `registry` and the health endpoints.
+    pub fn for_inspection(generation: Arc<Generation>, shared: Shared, registry: Arc<Registry>) -> Admin {
+        // Nothing answers reloads here, and no route asks for one.
+        let (reload, _) = mpsc::channel(1);
+        let (_, gen_rx) = watch::channel(generation);
+        Admin { scope: Scope::Inspect, ..Admin::new(gen_rx, shared, registry, reload) }
     }
 
     fn generation(&self) -> Arc<Generation> {
@@ -198,6 +220,17 @@ impl FromRequestParts<St> for Operator {
 
 /// The whole admin application: every entry of [`routes::routes`], and 404 for the rest.
 fn router(st: St) -> axum::Router {
+    use axum::routing::get;
+    if st.scope == Scope::Inspect {
+        return axum::Router::new()
+            .route("/healthz", get(|| async { reply(StatusCode::OK, json!({ "status": "ok" })) }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .fallback(|| async {
+                fail(StatusCode::NOT_FOUND, "no such endpoint (passive inspection serves /metrics, /healthz, /readyz)")
+            })
+            .with_state(st);
+    }
     let app = routes::routes().into_iter().fold(axum::Router::new(), |app, r| app.route(r.path, r.handler));
     app.fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") }).with_state(st)
 }
@@ -235,8 +268,12 @@ pub async fn serve(bind: SocketAddr, st: St) {
     let g = st.generation();
     let scheme = if g.admin_tls.is_some() { "https" } else { "http" };
     let mtls = g.config.admin.client_auth.is_some();
+    let serves = match st.scope {
+        Scope::Gateway => "API /api/v1, dashboard /, /metrics",
+        Scope::Inspect => "/metrics, /healthz, /readyz",
+    };
     info!(admin.bind = %bind, admin.tokens = g.admin_tokens.len(), admin.scheme = scheme, admin.mtls = mtls,
-        "admin endpoint listening (API /api/v1, dashboard /, /metrics)");
+        "admin endpoint listening ({serves})");
     drop(g);
     let (tx, rx) = mpsc::channel(16);
     let acceptor = tokio::spawn(accept_loop(listener, st.clone(), tx));

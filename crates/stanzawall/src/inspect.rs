@@ -8,21 +8,24 @@
 //! phrased as what the gateway *would* have done; alerts go to `--eve` in Suricata's EVE JSON
 //! style; a summary ends the run (stderr).
 //!
-//! A BPF filter (`--bpf`) and live capture (`--interface`) are compiled and run by libpcap
-//! through `tcpdump` (`-w -`), whose pcap stream is read here: no C library is linked and no
-//! packet socket code lives in this crate. Nothing is ever blocked: this mode only observes.
+//! Live capture (`--interface`) and BPF filters (`--bpf`) go through libpcap ([`live`]): an
+//! `AF_PACKET` ring with the filter attached in the kernel, or, on files, the same expression
+//! run in user space. With `[admin] bind` in its config, a live capture serves its counters on
+//! the gateway's admin listener ([`metrics`]). Nothing is ever blocked: this mode only observes.
 //!
-//! A live capture runs until SIGINT (Ctrl-C) or SIGTERM: tcpdump is stopped, what it delivered
-//! is inspected, and the summary is printed as at the end of a file; a second signal exits at
-//! once.
+//! A live capture runs until SIGINT (Ctrl-C) or SIGTERM: the capture loop stops, what the
+//! kernel delivered is inspected, and the summary is printed as at the end of a file; a second
+//! signal exits at once.
+
+pub mod live;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -39,7 +42,10 @@ use stanzawall_core::session::Effect;
 
 use crate::audit::humantime_rfc3339;
 use crate::conn::report;
+use crate::metrics::VerdictLabels;
 use crate::state::StdFiles;
+use live::{FileFilter, KernelStats, Live, Next};
+use metrics::{AdminEndpoint, ConditionLabels, InspectMetrics, KindLabels};
 
 /// What `stanzawall inspect` was asked to do.
 #[derive(Debug)]
@@ -52,6 +58,8 @@ pub struct Options {
     pub interface: Option<String>,
     /// A BPF filter expression.
     pub bpf: Option<String>,
+    /// Live capture in promiscuous mode (a mirror port's frames are not addressed to us).
+    pub promisc: bool,
     /// Audit JSON lines (stdout without it).
     pub audit: Option<PathBuf>,
     /// EVE JSON alerts.
@@ -69,6 +77,9 @@ const SID_CLOSE: u32 = 9_100_003;
 const SID_PARSE: u32 = 9_100_004;
 const SID_CONFLICT: u32 = 9_100_005;
 
+/// How often a live capture flushes its output and brings the metrics up to date.
+const LIVE_SYNC: Duration = Duration::from_millis(500);
+
 /// Run it; `Ok(false)` when a capture could not be read to its end (what was read is reported).
 pub fn run(opts: &Options) -> anyhow::Result<bool> {
     let text = crate::files::read_to_string(&opts.config).with_context(|| format!("{}", opts.config.display()))?;
@@ -78,9 +89,28 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     if let Some(n) = opts.max_flows {
         limits.max_flows = n.max(1);
     }
-    let mut inspector = Inspector::new(policy, config.limits, limits, Instant::now());
+    // Checked before any output file is created: a typo in the expression costs nothing.
+    let filter = match (&opts.bpf, opts.interface.is_some()) {
+        (Some(expr), false) => Some(FileFilter::new(expr)?),
+        _ => None,
+    };
+    let mut inspector = Inspector::new(policy.clone(), config.limits, limits, Instant::now());
     // `[s2s] domains` tell inbound from outbound s2s streams (s2s-in / s2s-out).
     inspector.set_local_domains(config.s2s.as_ref().map(|s| s.local_domains.clone()));
+    let mut live = match &opts.interface {
+        Some(iface) => Some(Live::open(iface, opts.bpf.as_deref(), opts.promisc)?),
+        None => None,
+    };
+    // Metrics only where something runs long enough to be scraped: a live capture.
+    let (metrics, admin) = match (&live, config.admin.bind) {
+        (Some(_), Some(_)) => {
+            init_logging();
+            let m = Arc::new(InspectMetrics::default());
+            let admin = AdminEndpoint::start(&config, policy, &m)?;
+            (Some(m), admin)
+        }
+        _ => (None, None),
+    };
     let audit: Box<dyn Write> = match &opts.audit {
         Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("--audit {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
@@ -95,34 +125,26 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         eve: eve.map(BufWriter::new),
         summary: Summary::default(),
         sources: Vec::new(),
+        filter,
+        metrics,
+        kernel: None,
     };
     let mut complete = true;
-    if let Some(iface) = &opts.interface {
-        let mut child = tcpdump(&["-i", iface, "-U", "--immediate-mode"], opts.bpf.as_deref())?;
-        let out = child.stdout.take();
-        let child = Arc::new(Mutex::new(child));
+    if let (Some(cap), Some(iface)) = (&mut live, &opts.interface) {
         let interrupted = Arc::new(AtomicBool::new(false));
-        stop_on_signal(child.clone(), interrupted.clone())?;
-        let result = match out {
-            Some(out) => sink.read_capture(&format!("interface {iface}"), out),
-            None => Err(anyhow::anyhow!("tcpdump: no output")),
-        };
-        if let Ok(mut c) = child.lock() {
-            let _ = c.kill();
-            let _ = c.wait();
+        stop_on_signal(cap.breaker(), interrupted.clone())?;
+        eprintln!(
+            "stanzawall inspect: listening on {iface}, link-type {} ({}), kernel timestamps{}",
+            cap.linktype_name(),
+            cap.linktype(),
+            opts.bpf.as_deref().map_or(String::new(), |f| format!(", filter '{f}'"))
+        );
+        if let Some(a) = &admin {
+            a.ready();
         }
-        match result {
-            // Stopped by the signal: tcpdump may have been cut inside a record.
-            Err(_) if interrupted.load(Ordering::SeqCst) => {
-                if let Some(s) = sink.sources.last_mut() {
-                    s.error = None;
-                }
-            }
-            Err(e) => {
-                eprintln!("{e:#}");
-                complete = false;
-            }
-            Ok(()) => {}
+        if let Err(e) = sink.read_live(&format!("interface {iface}"), cap, &interrupted) {
+            eprintln!("{e:#}");
+            complete = false;
         }
         if interrupted.load(Ordering::SeqCst) {
             eprintln!("stanzawall inspect: interrupted, live capture stopped");
@@ -130,21 +152,7 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
     }
     for path in &opts.pcaps {
         let name = path.display().to_string();
-        let result = match &opts.bpf {
-            None => std::fs::File::open(path).with_context(|| name.clone()).and_then(|f| sink.read_capture(&name, f)),
-            Some(_) => {
-                let mut child = tcpdump(&["-r", &name], opts.bpf.as_deref())?;
-                let r = match child.stdout.take() {
-                    Some(out) => sink.read_capture(&name, out),
-                    None => Err(anyhow::anyhow!("tcpdump: no output")),
-                };
-                let status = child.wait();
-                match (r, status) {
-                    (Ok(()), Ok(s)) if !s.success() => Err(anyhow::anyhow!("{name}: tcpdump failed ({s})")),
-                    (r, _) => r,
-                }
-            }
-        };
+        let result = std::fs::File::open(path).with_context(|| name.clone()).and_then(|f| sink.read_capture(&name, f));
         if let Err(e) = result {
             eprintln!("{e:#}");
             complete = false;
@@ -157,14 +165,28 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         e.flush()?;
     }
     let stats = sink.inspector.stats();
-    eprint!("{}", sink.summary.render(&stats, &sink.sources));
+    if let Some(m) = &sink.metrics {
+        m.sync(&stats, 0, &sink.kernel.unwrap_or_default());
+    }
+    eprint!("{}", sink.summary.render(&stats, &sink.sources, sink.kernel.as_ref()));
+    drop(admin);
     Ok(complete)
 }
 
-/// On the first SIGINT or SIGTERM, mark `interrupted` and stop tcpdump (its pipe then ends and
-/// the reader returns); on the second, exit at once. (At a terminal, Ctrl-C reaches tcpdump
-/// too, which then ends by itself.)
-fn stop_on_signal(child: Arc<Mutex<Child>>, interrupted: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// Log lines (the admin listener's, on stderr) for a live capture with `[admin]`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STANZAWALL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// On the first SIGINT or SIGTERM, mark `interrupted` and break the capture loop (libpcap's
+/// `pcap_breakloop`; the read timeout bounds the wait in any case); on the second, exit at once.
+fn stop_on_signal(breaker: pcap::BreakLoop, interrupted: Arc<AtomicBool>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
     // Registered before the capture is read, so that no signal falls through to the default
@@ -182,26 +204,13 @@ fn stop_on_signal(child: Arc<Mutex<Child>>, interrupted: Arc<AtomicBool>) -> any
                 if interrupted.swap(true, Ordering::SeqCst) {
                     break;
                 }
-                if let Ok(mut c) = child.lock() {
-                    let _ = c.kill();
-                }
+                breaker.breakloop();
             }
         });
         eprintln!("stanzawall inspect: interrupted twice, exiting without a summary");
         std::process::exit(130);
     });
     Ok(())
-}
-
-/// `tcpdump … -w - [FILTER]`: libpcap reads or captures and applies the BPF filter.
-fn tcpdump(args: &[&str], bpf: Option<&str>) -> anyhow::Result<Child> {
-    let mut cmd = Command::new("tcpdump");
-    cmd.args(args).args(["-w", "-", "-n"]);
-    if let Some(f) = bpf {
-        cmd.arg(f);
-    }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    cmd.spawn().context("--bpf and --interface run tcpdump (libpcap); is it installed and in PATH?")
 }
 
 /// What was read from one source.
@@ -212,6 +221,8 @@ struct SourceReport {
     bytes: u64,
     /// Packets that were not TCP over IP, or could not be decoded.
     skipped: u64,
+    /// Packets of a file that `--bpf` left out (`None`: no filter).
+    filtered: Option<u64>,
     error: Option<String>,
 }
 
@@ -221,6 +232,12 @@ struct Sink {
     eve: Option<BufWriter<Box<dyn Write>>>,
     summary: Summary,
     sources: Vec<SourceReport>,
+    /// `--bpf` over files (a live capture filters in the kernel).
+    filter: Option<FileFilter>,
+    /// A live capture's metrics (with `[admin] bind`).
+    metrics: Option<Arc<InspectMetrics>>,
+    /// A live capture's kernel counters at its end.
+    kernel: Option<KernelStats>,
 }
 
 /// An interface of a pcapng section: its link type and timestamp units.
@@ -233,9 +250,56 @@ struct Interface {
 }
 
 impl Sink {
+    /// Inspect a live capture until `interrupted` (or a read error).
+    fn read_live(&mut self, name: &str, cap: &mut Live, interrupted: &AtomicBool) -> anyhow::Result<()> {
+        self.sources.push(SourceReport { name: name.to_owned(), ..SourceReport::default() });
+        let linktype = Linktype(cap.linktype());
+        let mut synced = Instant::now();
+        let result = loop {
+            if interrupted.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            match cap.next() {
+                Ok(Next::Packet(data, ts)) => {
+                    if let Err(e) = self.packet(linktype, data, ts) {
+                        break Err(e);
+                    }
+                }
+                Ok(Next::Idle) => {}
+                Err(e) => break Err(e.into()),
+            }
+            // Output and metrics follow the traffic, also while it is quiet.
+            if synced.elapsed() >= LIVE_SYNC {
+                synced = Instant::now();
+                self.kernel = Some(cap.stats());
+                self.flush_live()?;
+            }
+        };
+        self.kernel = Some(cap.stats());
+        self.flush_live()?;
+        if let Err(e) = &result {
+            if let Some(s) = self.sources.last_mut() {
+                s.error = Some(format!("{e:#}"));
+            }
+        }
+        result
+    }
+
+    fn flush_live(&mut self) -> anyhow::Result<()> {
+        self.audit.flush()?;
+        if let Some(e) = &mut self.eve {
+            e.flush()?;
+        }
+        if let Some(m) = &self.metrics {
+            m.sync(&self.inspector.stats(), self.inspector.flow_count(), &self.kernel.unwrap_or_default());
+        }
+        Ok(())
+    }
+
     /// Read one capture (pcap or pcapng) to its end.
     fn read_capture(&mut self, name: &str, input: impl Read + Send) -> anyhow::Result<()> {
-        self.sources.push(SourceReport { name: name.to_owned(), ..SourceReport::default() });
+        let filtered = self.filter.as_ref().map(|_| 0);
+        self.sources.push(SourceReport { name: name.to_owned(), filtered, ..SourceReport::default() });
         let result = self.read_blocks(input);
         if let Err(e) = &result {
             if let Some(s) = self.sources.last_mut() {
@@ -310,6 +374,17 @@ impl Sink {
 
     /// One captured packet of link type `linktype`.
     fn packet(&mut self, linktype: Linktype, data: &[u8], ts: Duration) -> anyhow::Result<()> {
+        if let Some(f) = &mut self.filter {
+            if !f.matches(linktype.0, data)? {
+                if let Some(n) = self.sources.last_mut().and_then(|s| s.filtered.as_mut()) {
+                    *n += 1;
+                }
+                return Ok(());
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.packets.inc();
+        }
         if let Some(s) = self.sources.last_mut() {
             s.packets += 1;
             s.bytes += data.len() as u64;
@@ -337,6 +412,9 @@ impl Sink {
     }
 
     fn observe(&mut self, ev: CaptureEvent) -> anyhow::Result<()> {
+        if let Some(m) = &self.metrics {
+            count(m, &ev.what);
+        }
         let s = &mut self.summary;
         match &ev.what {
             Observed::Decision(chain, effect) => {
@@ -438,6 +516,37 @@ impl Sink {
         }
         writeln!(eve, "{v}")?;
         Ok(())
+    }
+}
+
+/// The metrics an observation moves (the inspector's own totals are synced separately).
+fn count(m: &InspectMetrics, what: &Observed) {
+    match what {
+        Observed::Decision(chain, effect) => {
+            let r = report::report(effect, "inspect", IpAddr::from([0, 0, 0, 0]), (*chain, *chain));
+            for l in r.verdicts.iter().chain(&r.defaults) {
+                m.verdicts.get_or_create(l).inc();
+            }
+            if let Effect::Bounced { .. } | Effect::Dropped { .. } = effect {
+                let action = if matches!(effect, Effect::Bounced { .. }) { "bounce" } else { "drop" };
+                let labels = VerdictLabels { rule: "gateway".to_owned(), action, log_only: "false" };
+                m.verdicts.get_or_create(&labels).inc();
+            }
+        }
+        Observed::WouldClose { condition, .. } => {
+            m.would_close.get_or_create(&ConditionLabels { condition: condition.as_str() }).inc();
+        }
+        Observed::ParseError { error, .. } => {
+            let condition = stanzawall_core::stream::Condition::from(error).as_str();
+            m.parse_errors.get_or_create(&ConditionLabels { condition }).inc();
+        }
+        Observed::Stream { kind, .. } => {
+            m.streams.get_or_create(&KindLabels { kind: kind.as_str() }).inc();
+        }
+        Observed::Encrypted(_) => {
+            m.encrypted.inc();
+        }
+        _ => {}
     }
 }
 
@@ -545,18 +654,26 @@ struct Summary {
 }
 
 impl Summary {
-    fn render(&self, stats: &CaptureStats, sources: &[SourceReport]) -> String {
+    fn render(&self, stats: &CaptureStats, sources: &[SourceReport], kernel: Option<&KernelStats>) -> String {
         use std::fmt::Write as _;
         let mut out = String::from("stanzawall inspect summary\n");
         for s in sources {
             let _ = writeln!(
                 out,
-                "  source {}: {} packets, {} bytes, {} not TCP/IP{}",
+                "  source {}: {} packets, {} bytes, {} not TCP/IP{}{}",
                 s.name,
                 s.packets,
                 s.bytes,
                 s.skipped,
+                s.filtered.map_or(String::new(), |n| format!(", {n} left out by --bpf")),
                 s.error.as_ref().map_or(String::new(), |e| format!(", incomplete: {e}"))
+            );
+        }
+        if let Some(k) = kernel {
+            let _ = writeln!(
+                out,
+                "  kernel: {} packets received by the socket, {} dropped (ring full), {} dropped by the interface",
+                k.received, k.dropped, k.if_dropped
             );
         }
         let xmpp = self.c2s + self.s2s + self.other;

@@ -80,12 +80,17 @@ enum Command {
         /// pcap or pcapng files, read in order as one capture.
         #[arg(long = "pcap", num_args = 1.., required_unless_present = "interface", conflicts_with = "interface")]
         pcap: Vec<PathBuf>,
-        /// Capture live on this interface (through tcpdump/libpcap; needs the privilege to capture).
+        /// Capture live on this interface (`any`: all of them) until SIGINT/SIGTERM, through
+        /// libpcap's AF_PACKET ring; needs root or CAP_NET_RAW.
         #[arg(long)]
         interface: Option<String>,
-        /// BPF filter expression (compiled by libpcap through tcpdump).
+        /// BPF filter expression (libpcap syntax, e.g. 'tcp port 5222'): attached in the kernel
+        /// for --interface, applied to every packet of --pcap files.
         #[arg(long)]
         bpf: Option<String>,
+        /// Put the interface in promiscuous mode (a mirror/SPAN port).
+        #[arg(long, requires = "interface")]
+        promisc: bool,
         /// Write audit JSON lines here instead of stdout.
         #[arg(long)]
         audit: Option<PathBuf>,
@@ -225,8 +230,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Inspect { config, pcap, interface, bpf, audit, eve, max_flows } => {
-            let opts = inspect::Options { config, pcaps: pcap, interface, bpf, audit, eve, max_flows };
+        Command::Inspect { config, pcap, interface, bpf, promisc, audit, eve, max_flows } => {
+            let opts = inspect::Options { config, pcaps: pcap, interface, bpf, promisc, audit, eve, max_flows };
             match inspect::run(&opts) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,

@@ -113,6 +113,19 @@ impl Generation {
     }
 }
 
+impl Generation {
+    /// A generation for `stanzawall inspect` (a policy-only config is enough): what its admin
+    /// listener needs — the token file and the admin TLS material, loaded with the gateway's
+    /// errors — and no listeners' certificates beyond those the config names, no federation,
+    /// no nftables sync.
+    pub fn for_inspection(config: Config, policy: Arc<Policy>) -> Result<Generation, LoadError> {
+        let tls = TlsStore::load(&config)?;
+        let admin_tokens = Arc::new(load_admin_tokens(&config)?);
+        let admin_tls = crate::admin_tls::load(&config, &tls)?;
+        Ok(Generation { config, tls, ban_sync: None, policy, s2s: None, admin_tokens, admin_tls, inspect: None })
+    }
+}
+
 /// The token file `[admin] tokens` names; errors point at that line of the config.
 fn load_admin_tokens(config: &Config) -> Result<crate::tokens::TokenSet, ConfigError> {
     let (Some(path), Some(origin)) = (&config.admin.tokens, &config.admin.tokens_origin) else {

@@ -580,3 +580,63 @@ fn an_unsupported_top_level_element_from_the_client_would_close_the_stream() {
         .collect();
     assert_eq!(closes, vec![(Chain::C2sIn, Condition::UnsupportedStanzaType)]);
 }
+
+/// The first stream error the gateway would answer, from would-close or XML-refused events.
+fn first_refusal(evs: &[CaptureEvent]) -> Option<Condition> {
+    evs.iter().find_map(|e| match &e.what {
+        Observed::WouldClose { condition, .. } => Some(*condition),
+        Observed::ParseError { error, .. } => Some(Condition::from(error)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_client_header_the_gateway_would_refuse_is_reported_with_its_condition() {
+    let ns = "xmlns:stream='http://etherx.jabber.org/streams'";
+    let cases: [(String, Option<Condition>); 6] = [
+        (format!("<stream:stream xmlns='jabber:client' {ns} to='example.test' version='1.0'>"), None),
+        (format!("<stream:stream xmlns='jabber:client' {ns} to='example.test'>"), Some(Condition::UnsupportedVersion)),
+        (
+            format!("<stream:stream xmlns='jabber:client' {ns} to='example.test' version='2.0'>"),
+            Some(Condition::UnsupportedVersion),
+        ),
+        (format!("<stream:stream xmlns='jabber:client' {ns} version='1.0'>"), Some(Condition::HostUnknown)),
+        (
+            "<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong' to='example.test' version='1.0'>".to_owned(),
+            Some(Condition::InvalidNamespace),
+        ),
+        (
+            format!("<?xml version='1.1'?><stream:stream xmlns='jabber:client' {ns} to='example.test' version='1.0'>"),
+            Some(Condition::NotWellFormed),
+        ),
+    ];
+    for (header, expected) in cases {
+        let mut insp = inspector(CaptureLimits::default());
+        let mut conn = Conn::new();
+        conn.handshake(&mut insp);
+        conn.send(&mut insp, 0, header.as_bytes());
+        conn.send(&mut insp, 0, SECRET);
+        conn.close(&mut insp, false);
+        let evs = events(&mut insp);
+        assert_eq!(first_refusal(&evs), expected, "{header}: {evs:?}");
+        assert!(evs.iter().any(|e| matches!(e.what, Observed::Stream { kind: StreamKind::C2s, .. })), "{header}");
+    }
+    // UTF-16 (RFC 6120 §11.6: UTF-8 only), and a UTF-16 text that is not XMPP is left alone.
+    for (text, expected) in [
+        (
+            format!("<stream:stream xmlns='jabber:client' {ns} to='example.test' version='1.0'>"),
+            Some(Condition::UnsupportedEncoding),
+        ),
+        ("<html><body>hello</body></html>".to_owned(), None),
+    ] {
+        let mut bytes = vec![0xFE, 0xFF];
+        bytes.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
+        let mut insp = inspector(CaptureLimits::default());
+        let mut conn = Conn::new();
+        conn.handshake(&mut insp);
+        conn.send(&mut insp, 0, &bytes);
+        conn.close(&mut insp, false);
+        let evs = events(&mut insp);
+        assert_eq!(first_refusal(&evs), expected, "{text}: {evs:?}");
+    }
+}

@@ -30,6 +30,8 @@ use super::{CaptureEvent, CaptureStats, Encryption, FlowAddrs, FlowEnd, FlowTota
 use crate::config::Limits;
 use crate::jid::{self, FullJid};
 use crate::policy::{Chain, Context, Policy, RateTable};
+use crate::session::c2s::header_problem as c2s_header_problem;
+use crate::session::s2s::header_problem as s2s_header_problem;
 use crate::session::sm::NS_SM;
 use crate::session::{
     decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND, NS_CSI, NS_SASL, NS_TLS,
@@ -245,11 +247,18 @@ impl Tracker {
         if head.starts_with(&[0x16, 0x03]) {
             return self.tls_start(dir, head, ctx);
         }
-        if head.starts_with(b"<?xml") || head.starts_with(b"\xEF\xBB\xBF") || looks_like_stream_tag(head) {
+        let utf16 = head.starts_with(b"\xFE\xFF") || head.starts_with(b"\xFF\xFE");
+        if head.starts_with(b"<?xml") || head.starts_with(b"\xEF\xBB\xBF") || utf16 || looks_like_stream_tag(head) {
             let mut reader = StreamReader::new(self.limits(true, ctx));
             reader.feed(&probe);
             match reader.next_event() {
-                Ok(Some(XmlEvent::StreamOpen { header, default_ns })) if header.is(NS_STREAMS, "stream") => {
+                // A `stream` element in a content namespace but not the stream namespace is
+                // still an XMPP stream open, which the gateway would refuse (invalid-namespace).
+                Ok(Some(XmlEvent::StreamOpen { header, default_ns }))
+                    if header.is(NS_STREAMS, "stream")
+                        || (header.name == "stream"
+                            && matches!(default_ns.as_deref(), Some(NS_CLIENT | NS_SERVER))) =>
+                {
                     self.state = State::Xmpp;
                     self.dirs[dir].reader = Some(reader);
                     self.on_open(dir, &header, default_ns.as_deref(), ctx);
@@ -266,6 +275,10 @@ impl Tracker {
                     self.dirs[dir].probe = probe;
                     return;
                 }
+                // A stream open the reader refuses (XML 1.1, UTF-16, ...): an XMPP stream the
+                // gateway would have answered with that error, when it names the stream
+                // namespace (in UTF-16 too: RFC 6120 §11.6 allows UTF-8 only).
+                Err(error) if names_stream_ns(&probe) => return self.refused_open(dir, error, probe, ctx),
                 _ => {}
             }
             self.state = State::Other;
@@ -289,6 +302,22 @@ impl Tracker {
             return;
         }
         self.dirs[dir].probe = probe;
+    }
+
+    /// `dir` opened an XMPP stream the reader refused: reported as the gateway's stream error,
+    /// and the direction resyncs at the next stanza as after any parse error.
+    fn refused_open(&mut self, dir: usize, error: XmlError, probe: Vec<u8>, ctx: &mut Ctx<'_>) {
+        self.state = State::Xmpp;
+        if self.client.is_none() {
+            self.client = Some(dir);
+        }
+        self.kind = Some(if contains(&probe, NS_SERVER.as_bytes()) { StreamKind::S2s } else { StreamKind::C2s });
+        self.announce(None, None, ctx);
+        let from_client = self.is_client_dir(dir);
+        self.emit(ctx, Observed::ParseError { from_client, error });
+        self.dirs[dir].resync = Some(probe.get(1..).unwrap_or_default().to_vec());
+        self.resync(dir, ctx);
+        self.flush_other_probe(dir, ctx);
     }
 
     /// The flow was classified from `dir`: what the other direction sent meanwhile is read now.
@@ -354,6 +383,24 @@ impl Tracker {
             (header.attr("from").map(str::to_owned), None)
         };
         self.announce(to, from, ctx);
+        if from_client {
+            // The gateway's own checks of the initiator's header (and of every restart).
+            let problem = match self.kind {
+                Some(StreamKind::C2s) => c2s_header_problem(header, default_ns).map(|p| (Chain::C2sIn, p)),
+                Some(StreamKind::S2s) => {
+                    let inbound = match (ctx.local_domains, &self.stream_to) {
+                        (Some(ours), Some(to)) => ours.contains(to),
+                        (Some(_), None) | (None, _) => true,
+                    };
+                    let chain = if inbound { Chain::S2sIn } else { Chain::S2sOut };
+                    s2s_header_problem(header, default_ns).map(|p| (chain, p))
+                }
+                _ => None,
+            };
+            if let Some((chain, (condition, reason))) = problem {
+                self.emit(ctx, Observed::WouldClose { chain, condition, reason: reason.to_owned() });
+            }
+        }
     }
 
     fn feed(&mut self, dir: usize, bytes: &[u8], ctx: &mut Ctx<'_>) {
@@ -457,6 +504,7 @@ impl Tracker {
         }
         let i = self.client_dir_index(dir);
         self.totals.stanzas[i] += 1;
+        ctx.stats.stanzas += 1;
         let stanza = root.as_ref().and_then(|r| StanzaSummary::of(r, self.user.as_ref()));
         let effect = Effect::Dropped { from_backend: true, stanza, reason: skipped_reason(&reason) };
         self.emit(ctx, Observed::Decision(Chain::C2sOut, effect));
@@ -466,6 +514,7 @@ impl Tracker {
         let from_client = self.is_client_dir(dir);
         if Kind::of(&el).is_some() {
             self.totals.stanzas[usize::from(!from_client)] += 1;
+            ctx.stats.stanzas += 1;
         }
         if el.is(NS_TLS, "proceed") && !from_client {
             // RFC 6120 §5.4.3.3: TLS negotiation starts right after `<proceed/>`.
@@ -619,6 +668,21 @@ fn find_boundary(buf: &[u8]) -> Option<usize> {
         from = at + 1;
     }
     None
+}
+
+/// Does `probe` name the stream namespace, in UTF-8 or (with a byte order mark) UTF-16?
+fn names_stream_ns(probe: &[u8]) -> bool {
+    if contains(probe, NS_STREAMS.as_bytes()) {
+        return true;
+    }
+    let big_endian = match probe {
+        [0xFE, 0xFF, ..] => true,
+        [0xFF, 0xFE, ..] => false,
+        _ => return false,
+    };
+    let units = probe[2..].chunks_exact(2).map(|c| if big_endian { [c[0], c[1]] } else { [c[1], c[0]] });
+    let ascii: Vec<u8> = units.map(|[hi, lo]| if hi == 0 { lo } else { 0 }).collect();
+    contains(&ascii, NS_STREAMS.as_bytes())
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

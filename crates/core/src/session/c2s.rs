@@ -18,6 +18,7 @@
 mod backend;
 mod checks;
 mod client;
+pub(crate) use client::header_problem;
 mod features;
 mod filter;
 mod hold;

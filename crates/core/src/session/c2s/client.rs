@@ -90,15 +90,8 @@ impl C2sSession {
         let to = header.attr("to").map(str::to_owned);
         // RFC 6120 §4.9.1.2: an error at stream open is sent after our own header.
         self.write_client_header(to.clone().filter(|d| jid::is_domain(d)));
-        if !header.is(NS_STREAMS, "stream") {
-            return self.client_error(Condition::InvalidNamespace, "not a stream header");
-        }
-        if default_ns != Some(NS_CLIENT) {
-            return self.client_error(Condition::InvalidNamespace, "content namespace must be jabber:client");
-        }
-        let major = header.attr("version").and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok());
-        if major != Some(1) {
-            return self.client_error(Condition::UnsupportedVersion, "version 1.0 is required");
+        if let Some((condition, why)) = header_problem(header, default_ns) {
+            return self.client_error(condition, why);
         }
         let Some(to) = to.filter(|d| jid::is_domain(d)) else {
             return self.client_error(Condition::HostUnknown, "a valid 'to' domain is required");
@@ -224,4 +217,25 @@ impl C2sSession {
     pub(super) fn client_xml_error(&mut self, e: XmlError) {
         self.close_with(StreamError::from(&e));
     }
+}
+
+/// What is wrong with a client's stream header, as the stream error to answer it with: the
+/// stream namespace (RFC 6120 §4.8.1), the content namespace `jabber:client` (§4.8.2), version
+/// 1.x (§4.7.5) and a `to` that is a domain (§4.7.2). Passive inspection asks the same
+/// question of a captured header (`capture::xmpp`).
+pub(crate) fn header_problem(header: &Element, default_ns: Option<&str>) -> Option<(Condition, &'static str)> {
+    if !header.is(NS_STREAMS, "stream") {
+        return Some((Condition::InvalidNamespace, "not a stream header"));
+    }
+    if default_ns != Some(NS_CLIENT) {
+        return Some((Condition::InvalidNamespace, "content namespace must be jabber:client"));
+    }
+    let major = header.attr("version").and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok());
+    if major != Some(1) {
+        return Some((Condition::UnsupportedVersion, "version 1.0 is required"));
+    }
+    if !header.attr("to").is_some_and(jid::is_domain) {
+        return Some((Condition::HostUnknown, "a valid 'to' domain is required"));
+    }
+    None
 }
