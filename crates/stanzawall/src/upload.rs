@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::client::ClientConfig;
 use rustls::pki_types::ServerName;
 use serde_json::json;
 use stanzawall_core::config::{BackendTls, FileTransferConfig, ListenerConfig, ListenerKind};
@@ -76,7 +77,7 @@ pub async fn serve(
         Ok(Err(None)) | Err(_) => return,
     };
     let (head, early) = head;
-    let mut backend = match connect_service(&listener, &generation).await {
+    let mut backend = match connect_service(&listener, generation.tls.backend_config(&listener.name)).await {
         Ok(b) => b,
         Err(e) => {
             warn!(backend = %listener.backend.address, error = %e, "upload service unavailable");
@@ -188,8 +189,9 @@ async fn accept_https(client: &mut Stream, generation: &Generation) -> std::io::
     Ok(())
 }
 
-/// The leg to the upload service: plain HTTP, or HTTPS with its certificate verified.
-async fn connect_service(listener: &ListenerConfig, generation: &Generation) -> Result<Stream, String> {
+/// The leg to the upload service: plain HTTP, or HTTPS with its certificate verified by `tls`
+/// (the listener's backend client configuration, built with the generation).
+async fn connect_service(listener: &ListenerConfig, tls: Option<Arc<ClientConfig>>) -> Result<Stream, String> {
     let address = listener.backend.address.as_str();
     let socket = match timeout(SERVICE_CONNECT, TcpStream::connect(address)).await {
         Ok(Ok(s)) => s,
@@ -200,7 +202,7 @@ async fn connect_service(listener: &ListenerConfig, generation: &Generation) -> 
     if listener.backend.tls != BackendTls::Direct {
         return Ok(Stream::Plain(plain));
     }
-    let config = generation.tls.backend_config(&listener.name).ok_or("no TLS client configuration")?;
+    let config = tls.ok_or("no TLS client configuration")?;
     let name = listener.backend.server_name.clone().unwrap_or_else(|| host_of(address).to_owned());
     let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("backend name {name}: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(config);
@@ -348,5 +350,97 @@ async fn put(
             Err(e) => (ins.facts().clone(), Err(End::Aborted(format!("upload service: {e}")))),
         },
         Err(r) => (ins.facts().clone(), Err(End::Refused(r))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::RootCertStore;
+    use stanzawall_core::config::Config;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn upload_listener(port: u16, keys: &str) -> ListenerConfig {
+        let text = format!(
+            "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             [[listener]]\nname = \"up\"\nkind = \"http-upload-tls\"\nbind = \"127.0.0.1:1\"\n\
+             backend = \"127.0.0.1:{port}\"\n{keys}\
+             [[listener]]\nname = \"relay\"\nkind = \"socks5\"\nbind = \"127.0.0.1:2\"\n\
+             [file_transfer]\nproxy_jid = \"p.example.test\"\nupload_url = \"https://up.example.test\"\n"
+        );
+        let config = Config::parse(&text, Path::new("/t/gw.toml")).expect("config");
+        config.listeners.into_iter().find(|l| l.name == "up").expect("listener")
+    }
+
+    /// An HTTPS upload service on loopback whose certificate names 127.0.0.1 and
+    /// upload.example.test; answers one request's first bytes with `pong`.
+    async fn service() -> (u16, Arc<ClientConfig>, tokio::task::JoinHandle<Vec<u8>>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "upload.example.test".to_owned()])
+            .expect("certificate");
+        let der = CertificateDer::from(ck.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .expect("server config");
+        let mut roots = RootCertStore::empty();
+        roots.add(der).expect("root");
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            // Two connections at most: one that verifies, one that must not.
+            for _ in 0..2 {
+                let Ok((socket, _)) = listener.accept().await else { break };
+                let Ok(mut tls) = acceptor.accept(socket).await else { continue };
+                let mut buf = [0u8; 4];
+                if tls.read_exact(&mut buf).await.is_ok() {
+                    got.extend_from_slice(&buf);
+                    let _ = tls.write_all(b"pong").await;
+                    let _ = tls.shutdown().await;
+                }
+            }
+            got
+        });
+        (port, Arc::new(client), task)
+    }
+
+    #[tokio::test]
+    async fn the_upload_service_is_reached_over_verified_https() {
+        let (port, client, task) = service().await;
+        // Default name: the backend's host, an address the certificate names.
+        let mut leg = connect_service(&upload_listener(port, "backend_tls = \"tls\"\n"), Some(client.clone()))
+            .await
+            .expect("connected");
+        assert!(matches!(leg, Stream::Client(_)));
+        leg.write_all(b"ping").await.expect("write");
+        let mut answer = Vec::new();
+        leg.read_to_end(&mut answer).await.expect("read");
+        assert_eq!(answer, b"pong");
+        // A name the certificate does not carry: refused, nothing sent.
+        let wrong = upload_listener(port, "backend_tls = \"tls\"\nbackend_server_name = \"files.other.test\"\n");
+        let e = connect_service(&wrong, Some(client)).await.expect_err("must not verify");
+        assert!(e.contains("TLS handshake with files.other.test failed"), "{e}");
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), task).await.expect("service").expect("join"), b"ping");
+    }
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(host_of("127.0.0.1:5281"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:5281"), "::1");
+        assert_eq!(host_of("upload.example.test:443"), "upload.example.test");
     }
 }
