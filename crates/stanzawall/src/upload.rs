@@ -345,7 +345,12 @@ async fn put(
     match ins.scanned(verdict) {
         // Flushed: over TLS the last record must leave rustls's buffer before we wait for the
         // service's answer.
-        Ok(tail) => match async { backend.write_all(&tail).await?; backend.flush().await }.await {
+        Ok(tail) => match async {
+            backend.write_all(&tail).await?;
+            backend.flush().await
+        }
+        .await
+        {
             Ok(()) => (ins.facts().clone(), Ok(())),
             Err(e) => (ins.facts().clone(), Err(End::Aborted(format!("upload service: {e}")))),
         },

@@ -388,9 +388,13 @@ backend = "127.0.0.1:15222"
         let ok = parse(&format!("{RELAY}{tls}backend_tls = \"tls\"\nbackend_ca = \"ca.pem\"\n{ft}upload_url = \"https://up.example.test:5444\"\n"))
             .unwrap();
         let l = ok.listeners.iter().find(|l| l.name == "up").unwrap();
-        assert_eq!((l.kind, l.backend.tls), (crate::config::ListenerKind::HttpUploadTls, crate::config::BackendTls::Direct));
-        let e = parse(&format!("{RELAY}{tls}backend_tls = \"starttls\"\n{ft}upload_url = \"https://up.example.test\"\n"))
-            .unwrap_err();
+        assert_eq!(
+            (l.kind, l.backend.tls),
+            (crate::config::ListenerKind::HttpUploadTls, crate::config::BackendTls::Direct)
+        );
+        let e =
+            parse(&format!("{RELAY}{tls}backend_tls = \"starttls\"\n{ft}upload_url = \"https://up.example.test\"\n"))
+                .unwrap_err();
         assert!(e.contains("backend_tls") && e.contains("HTTP"), "{e}");
         // A plain listener behind a TLS terminator may be announced as https.
         parse(&format!("{RELAY}{up}{ft}upload_url = \"https://up.example.test\"\n")).unwrap();
