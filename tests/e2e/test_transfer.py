@@ -19,6 +19,13 @@ activation; HTTP upload (XEP-0363): the slot URLs point at the gateway, a clean 
 and downloadable intact, EICAR is refused with a 403 whose text names the detector and nothing
 is stored; IBB (XEP-0047) in-stream: a clean file intact, a hash-listed file cut at its close
 (the sender's close gets ``not-acceptable`` naming the hash), a DLP file cut mid-stream; clamd stopped → files blocked (``on_scanner_error = "block"``).
+
+HTTPS upload: a second gateway (c2s 25650, ``http-upload-tls`` 25651, relay 25652) in front of
+the same Prosody terminates TLS on its upload listener with its ``[[tls.certificate]]``s:
+slixmpp's own XEP-0363 plugin (aiohttp, trusting only the test CA) uploads a clean file through
+it and it downloads intact from the rewritten ``https://`` get URL; EICAR is refused and the
+403's text reaches the plugin's error; SNI picks the second certificate, ALPN is ``http/1.1``
+(``h2`` only is refused); plain HTTP gets a 400 and garbage a close, both logged.
 """
 
 from __future__ import annotations
@@ -422,6 +429,177 @@ def test_http_upload_of_eicar_is_refused_and_not_stored(gw: Gateway) -> None:
     assert (record["transport"], record["verdict"], record["detector"]) == ("upload", "block", "antivirus"), record
     status, got = download(get_url)
     assert status != 200 and EICAR not in got, (status, got)
+
+
+# --- the upload listener over TLS (kind = "http-upload-tls") ---------------------------------
+
+TLS_GW_PORT = 25650
+TLS_UPLOAD_PORT = 25651
+TLS_RELAY_PORT = 25652
+#: A second certificate, served only to clients whose SNI names it.
+SNI_NAME = "files.sni.test"
+
+
+@pytest.fixture(scope="module")
+def gw_tls(tmp: Path, pki: Pki, prosody_ft: ProsodyInstance, clamd: ClamdInstance) -> Gateway:
+    """A second gateway in front of the same Prosody whose upload listener terminates TLS:
+    slots point at ``https://127.0.0.1:25651`` (the first certificate also names the address),
+    a second ``[[tls.certificate]]`` answers SNI ``files.sni.test``."""
+    d = tmp / "gateway-upload-tls"
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = pki.issue("gw-upload-ip", ["example.test", "*.example.test"], ip_addresses=[HOST])
+    sni_cert, sni_key = pki.issue("gw-upload-sni", [SNI_NAME])
+    extra = f"""
+[[tls.certificate]]
+domains = ["{SNI_NAME}"]
+cert = "{sni_cert}"
+key = "{sni_key}"
+
+[[listener]]
+name = "upload-tls"
+kind = "http-upload-tls"
+bind = "{HOST}:{TLS_UPLOAD_PORT}"
+backend = "{HOST}:{PROSODY_HTTP}"
+[[listener]]
+name = "relay"
+kind = "socks5"
+bind = "{HOST}:{TLS_RELAY_PORT}"
+
+[file_transfer]
+proxy_jid = "{PROXY_JID}"
+upload_url = "https://{HOST}:{TLS_UPLOAD_PORT}"
+max_bytes = {MAX_BYTES}
+clamd = "{HOST}:{CLAMD_PORT}"
+scan_timeout = "20s"
+
+[audit]
+path = "audit.jsonl"
+"""
+    g = Gateway(d, cert, key, [Listener("c2s", "c2s", TLS_GW_PORT, prosody_ft.port)], extra_toml=extra).start()
+    g.ca = pki.ca_cert  # type: ignore[attr-defined]
+    g.certs = {"default": cert, "sni": sni_cert}  # type: ignore[attr-defined]
+    yield g
+    assert g.terminate() == 0, f"stanzawall did not exit cleanly; log {g.log_path}"
+
+
+def tls_context(gw: Gateway) -> "ssl.SSLContext":
+    import ssl
+    return ssl.create_default_context(cafile=str(gw.ca))  # type: ignore[attr-defined]
+
+
+def slix_upload(gw: Gateway, monkeypatch: pytest.MonkeyPatch, name: str, data: bytes,
+                ctype: str) -> tuple[str | None, Exception | None, dict]:
+    """Upload ``data`` with slixmpp's own XEP-0363 plugin (slot request, PUT with aiohttp)
+    through ``gw``; returns the get URL or the plugin's exception, and the audit
+    record."""
+    import aiohttp.connector
+    # aiohttp verifies with ssl.create_default_context(), which reads SSL_CERT_FILE: trust the
+    # test CA only, as the XMPP clients do (the context is cached per process: rebuild it).
+    monkeypatch.setenv("SSL_CERT_FILE", str(gw.ca))  # type: ignore[attr-defined]
+    aiohttp.connector.TCPConnector._make_ssl_context.cache_clear()
+    before = len(audit(gw))
+
+    async def go():
+        c = Client("alice@example.test/up", USERS["alice"], HOST, gw.port("c2s"), ca_file=gw.ca)  # type: ignore[attr-defined]
+        c.xmpp.register_plugin("xep_0030")
+        c.xmpp.register_plugin("xep_0363")
+        # slixmpp 1.8.3's service discovery (get_info_from_domain) hands coroutines to
+        # asyncio.wait, which Python 3.11 refuses: name the service, as a client that
+        # discovered it earlier would. The slot request and the PUT are the plugin's own.
+        c.xmpp["xep_0363"].upload_service = UPLOAD_JID
+        async with c:
+            try:
+                url = await c.xmpp["xep_0363"].upload_file(
+                    name, size=len(data), content_type=ctype, input_file=io.BytesIO(data),
+                    domain="example.test", timeout=30)
+                return url, None
+            except Exception as e:  # the plugin's HTTPError carries the gateway's answer
+                return None, e
+
+    try:
+        url, err = run(go(), timeout=90)
+    finally:
+        aiohttp.connector.TCPConnector._make_ssl_context.cache_clear()
+    try:
+        record = wait_audit(gw, before + 1)[before]
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the upload ended with {err!r}") from None
+    return url, err, record
+
+
+def download_tls(gw: Gateway, url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30, context=tls_context(gw)) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_https_upload_with_slixmpp_is_stored_and_downloadable_over_https(
+        gw_tls: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    url, err, record = slix_upload(gw_tls, monkeypatch, "report.bin", data, "application/octet-stream")
+    assert err is None, f"upload failed: {err!r}"
+    assert url is not None and url.startswith(f"https://{HOST}:{TLS_UPLOAD_PORT}/"), url
+    assert (record["transport"], record["verdict"]) == ("upload", "pass"), record
+    assert record["sha256"] == hashlib.sha256(data).hexdigest(), record
+    status, got = download_tls(gw_tls, url)
+    assert status == 200 and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_https_upload_of_eicar_is_refused_with_the_reason_reaching_the_client(
+        gw_tls: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, err, record = slix_upload(gw_tls, monkeypatch, "eicar.txt", EICAR, "text/plain")
+    assert url is None and err is not None, "the upload was accepted"
+    assert type(err).__name__ == "HTTPError" and err.args[0] == 403, repr(err)
+    assert "antivirus" in err.args[1] and "Local.EICAR" in err.args[1], err.args
+    assert (record["transport"], record["verdict"], record["detector"]) == ("upload", "block", "antivirus"), record
+
+
+def test_https_upload_listener_picks_the_certificate_by_sni_and_speaks_http11(gw_tls: Gateway) -> None:
+    import ssl
+
+    from harness.ca import cert_der
+
+    def handshake(server_name: str | None, alpn: list[str]) -> tuple[bytes, str | None]:
+        ctx = tls_context(gw_tls)
+        ctx.check_hostname = server_name is not None
+        ctx.set_alpn_protocols(alpn)
+        with socket.create_connection((HOST, TLS_UPLOAD_PORT), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=server_name) as t:
+                return t.getpeercert(binary_form=True), t.selected_alpn_protocol()
+
+    sni_der, alpn = handshake(SNI_NAME, ["h2", "http/1.1"])
+    certs = gw_tls.certs  # type: ignore[attr-defined]
+    assert sni_der == cert_der(certs["sni"]) and alpn == "http/1.1"
+    default_der, _ = handshake(None, ["http/1.1"])
+    assert default_der == cert_der(certs["default"])
+    # A client that speaks only h2 is refused in the handshake (no_application_protocol).
+    with pytest.raises(ssl.SSLError):
+        handshake(SNI_NAME, ["h2"])
+    gw_tls.wait_log("upload connection: TLS handshake failed")
+
+
+def test_plain_http_to_the_tls_upload_listener_is_refused(gw_tls: Gateway) -> None:
+    import http.client
+    mark = len(gw_tls.log())
+    before = len(audit(gw_tls))
+    conn = http.client.HTTPConnection(HOST, TLS_UPLOAD_PORT, timeout=10)
+    conn.request("GET", "/file_share/anything/x.txt")
+    r = conn.getresponse()
+    status, body = r.status, r.read()
+    conn.close()
+    assert status == 400 and b"https://" in body, (status, body)
+    gw_tls.wait_log("plain HTTP on the TLS port", after=mark)
+    # Raw garbage instead of a ClientHello: closed, logged, nothing answered.
+    with socket.create_connection((HOST, TLS_UPLOAD_PORT), timeout=10) as s:
+        s.sendall(b"\x00\x01\x02 not tls")
+        try:
+            assert s.recv(64) == b""
+        except ConnectionResetError:
+            pass  # closed with our bytes unread: the kernel resets
+    gw_tls.wait_log("not a TLS handshake", after=mark)
+    assert len(audit(gw_tls)) == before, "a refused connection reached the upload service"
 
 
 def send_ibb(gw: Gateway, data: bytes) -> tuple[bytes, object]:

@@ -47,8 +47,11 @@ pub enum ListenerKind {
     Bosh,
     /// The gateway's own XEP-0065 bytestream proxy (SOCKS5); it never dials anywhere.
     Socks5,
-    /// An inspecting reverse proxy in front of the server's XEP-0363 upload service.
+    /// An inspecting reverse proxy in front of the server's XEP-0363 upload service, plain
+    /// HTTP (TLS terminated in front of it, or a trusted network).
     HttpUpload,
+    /// The same proxy over TLS with the `[[tls.certificate]]`s (HTTPS, ALPN `http/1.1`).
+    HttpUploadTls,
 }
 
 impl ListenerKind {
@@ -64,7 +67,13 @@ impl ListenerKind {
             ListenerKind::Bosh => "bosh",
             ListenerKind::Socks5 => "socks5",
             ListenerKind::HttpUpload => "http-upload",
+            ListenerKind::HttpUploadTls => "http-upload-tls",
         }
+    }
+
+    /// The XEP-0363 upload proxy, over plain HTTP or TLS.
+    pub fn is_upload(self) -> bool {
+        matches!(self, ListenerKind::HttpUpload | ListenerKind::HttpUploadTls)
     }
 
     /// A federation listener.
@@ -109,7 +118,8 @@ pub struct BackendConfig {
     pub tls: BackendTls,
     /// CA bundle to verify the backend's certificate; `None` = the system roots.
     pub ca: Option<PathBuf>,
-    /// Name to verify the backend's certificate against; `None` = the client's domain.
+    /// Name to verify the backend's certificate against; `None` = the client's domain (an
+    /// upload listener: the host of `address`).
     pub server_name: Option<String>,
     /// Send a PROXY protocol v2 header first.
     pub proxy_protocol: bool,

@@ -148,7 +148,7 @@ pub async fn serve(
     // The file-transfer door: the XEP-0065 relay (`relay`) and the upload proxy, no stream machine.
     match listener.kind {
         ListenerKind::Socks5 => return crate::relay::serve(socket, peer, listener, ctx.generation, ctx.shared).await,
-        ListenerKind::HttpUpload => {
+        ListenerKind::HttpUpload | ListenerKind::HttpUploadTls => {
             return crate::upload::serve(socket, peer, listener, ctx.generation, ctx.shared).await
         }
         _ => {}
@@ -168,7 +168,7 @@ pub async fn serve(
             let Some(conn) = Connection::new(client, peer, local, listener, ctx, permit, make) else { return };
             conn.serve().await
         }
-        ListenerKind::Socks5 | ListenerKind::HttpUpload => {}
+        ListenerKind::Socks5 | ListenerKind::HttpUpload | ListenerKind::HttpUploadTls => {}
         ListenerKind::C2s | ListenerKind::C2sTls => {
             let Some(conn) = Connection::new(client, peer, local, listener, ctx, permit, c2s_session) else { return };
             conn.serve().await

@@ -46,6 +46,11 @@ impl Rewind {
         self.skip_whitespace = true;
     }
 
+    /// The socket underneath (socket options such as linger).
+    pub fn socket(&self) -> &TcpStream {
+        &self.inner
+    }
+
     /// Acknowledge what was received now instead of after the kernel's delayed-ACK timer.
     ///
     /// After a TLS 1.3 handshake the server has nothing to send until the client's stream
@@ -130,6 +135,16 @@ impl Stream {
             Stream::Server(tls) => tls.get_ref().0.ack_now(),
             Stream::Client(tls) => tls.get_ref().0.ack_now(),
             Stream::Local(_) | Stream::Upgrading => {}
+        }
+    }
+
+    /// The TCP socket of a leg (`None`: an in-process pipe, or mid-handshake).
+    pub fn socket(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(r) => Some(r.socket()),
+            Stream::Server(tls) => Some(tls.get_ref().0.socket()),
+            Stream::Client(tls) => Some(tls.get_ref().0.socket()),
+            Stream::Local(_) | Stream::Upgrading => None,
         }
     }
 

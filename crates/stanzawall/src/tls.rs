@@ -22,6 +22,9 @@ use stanzawall_core::session::BackendTls;
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 /// ALPN protocol of direct-TLS server-to-server connections (XEP-0368).
 pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
+/// ALPN protocol of the HTTPS upload listener: it speaks HTTP/1.1 only, so a client offering
+/// only `h2` is refused in the handshake (RFC 7301 §3.2) instead of failing on the first frame.
+pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
 #[derive(Debug)]
 struct FixedCert(Arc<CertifiedKey>);
@@ -40,6 +43,8 @@ struct Entry {
     /// s2s: the same certificate, asking remote servers for theirs (XEP-0178).
     s2s_starttls: Arc<ServerConfig>,
     s2s_direct: Arc<ServerConfig>,
+    /// HTTPS (the upload listener): ALPN `http/1.1`.
+    https: Arc<ServerConfig>,
     /// The certificate as a client certificate (outbound s2s, SASL EXTERNAL).
     certified: Arc<CertifiedKey>,
     fingerprint: String,
@@ -106,6 +111,7 @@ impl TlsStore {
                 direct: build(Some(ALPN_XMPP_CLIENT))?,
                 s2s_starttls: build_with(None, true)?,
                 s2s_direct: build_with(Some(ALPN_XMPP_SERVER), true)?,
+                https: build(Some(ALPN_HTTP_1_1))?,
                 certified: certified.clone(),
                 fingerprint,
             });
@@ -123,6 +129,11 @@ impl TlsStore {
     pub fn server_config(&self, name: Option<&str>, direct_tls: bool) -> Option<Arc<ServerConfig>> {
         let e = self.select(name)?;
         Some(if direct_tls { e.direct.clone() } else { e.starttls.clone() })
+    }
+
+    /// Server config for an HTTPS connection (the upload listener) that asked for `name` (SNI).
+    pub fn https_server_config(&self, name: Option<&str>) -> Option<Arc<ServerConfig>> {
+        self.select(name).map(|e| e.https.clone())
     }
 
     /// Server config for an s2s connection (asks for the remote's certificate).

@@ -159,12 +159,13 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
             "bosh" => ListenerKind::Bosh,
             "socks5" => ListenerKind::Socks5,
             "http-upload" => ListenerKind::HttpUpload,
+            "http-upload-tls" => ListenerKind::HttpUploadTls,
             other => {
                 return loc.err(
                     l.kind.span(),
                     &key("kind"),
                     format!(
-                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\", \"websocket\", \"bosh\", \"socks5\" or \"http-upload\")"
+                        "unknown kind '{other}' (expected \"c2s\", \"c2s-tls\", \"s2s\", \"s2s-tls\", \"s2s-out\", \"websocket\", \"bosh\", \"socks5\", \"http-upload\" or \"http-upload-tls\")"
                     ),
                 )
             }
@@ -235,6 +236,20 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
                 &key("backend_tls"),
                 "s2s listeners reach the backend in plaintext on loopback (dialback); use \"off\"",
             );
+        }
+        // HTTP has no STARTTLS: the upload service is reached over http, or https from the first
+        // byte (`backend_tls = "tls"`, verified like any other TLS backend).
+        if kind.is_upload() && tls == BackendTls::StartTls {
+            let span = l.backend_tls.as_ref().map_or(0..0, |s| s.span());
+            return loc.err(
+                span,
+                &key("backend_tls"),
+                "an upload service speaks HTTP: use \"tls\" (https) or \"off\" (http)",
+            );
+        }
+        if kind.is_upload() && proxy_protocol {
+            let span = l.proxy_protocol.as_ref().map_or(0..0, |s| s.span());
+            return loc.err(span, &key("proxy_protocol"), "not supported on upload listeners");
         }
         if kind.is_s2s() && proxy_protocol {
             let span = l.proxy_protocol.as_ref().map_or(0..0, |s| s.span());

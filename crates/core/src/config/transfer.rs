@@ -65,7 +65,8 @@ pub struct FileTransferConfig {
     pub hold_back_bytes: usize,
     /// Longest a connection may wait for its partner and the activation.
     pub pairing_timeout: Duration,
-    /// The public base URL of the `http-upload` listener; XEP-0363 slots are rewritten to it.
+    /// The public base URL of the upload listener (`https://` for `http-upload-tls`); XEP-0363
+    /// slots are rewritten to it.
     pub upload_url: Option<String>,
 }
 
@@ -142,6 +143,41 @@ fn duration(
     }
 }
 
+/// `upload_url`: required with an upload listener; `http(s)://HOST[:PORT]`. When every upload
+/// listener speaks TLS it must be `https://`: a client sent to `http://` would speak plain HTTP
+/// to a TLS port and every upload would fail. A plain `http-upload` listener may be announced
+/// as `https://` (TLS terminated in front of it).
+fn upload_url(
+    raw: Option<&Spanned<String>>,
+    listeners: &[ListenerConfig],
+    section: std::ops::Range<usize>,
+    loc: &Locator<'_>,
+) -> Result<Option<String>, ConfigError> {
+    let key = "file_transfer.upload_url";
+    let has_upload = listeners.iter().any(|l| l.kind.is_upload());
+    let tls_only = has_upload && listeners.iter().all(|l| l.kind != ListenerKind::HttpUpload);
+    let u = match (raw, has_upload) {
+        (None, false) => return Ok(None),
+        (None, true) => return loc.err(section, key, "an http-upload listener needs upload_url (its public base URL)"),
+        (Some(u), _) => u,
+    };
+    let s = u.get_ref().trim().trim_end_matches('/');
+    let parsed = url::Url::parse(s).ok().filter(|p| {
+        matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.path() == "/" && p.query().is_none()
+    });
+    let Some(parsed) = parsed else {
+        return loc.err(u.span(), key, "expected http(s)://HOST[:PORT] (no path)");
+    };
+    if tls_only && parsed.scheme() != "https" {
+        return loc.err(
+            u.span(),
+            key,
+            "the upload listener is kind = \"http-upload-tls\": announce it as https://HOST[:PORT]",
+        );
+    }
+    Ok(Some(s.to_owned()))
+}
+
 /// Validate `[file_transfer]` against the listeners.
 pub(super) fn file_transfer(
     raw: Option<&RawFileTransfer>,
@@ -150,7 +186,7 @@ pub(super) fn file_transfer(
 ) -> Result<Option<FileTransferConfig>, ConfigError> {
     let socks = listeners.iter().find(|l| l.kind == ListenerKind::Socks5);
     let Some(r) = raw else {
-        if let Some(l) = listeners.iter().find(|l| matches!(l.kind, ListenerKind::Socks5 | ListenerKind::HttpUpload)) {
+        if let Some(l) = listeners.iter().find(|l| l.kind == ListenerKind::Socks5 || l.kind.is_upload()) {
             return Err(l.bind_origin.error(format!(
                 "listener '{}' is a {} listener: add [file_transfer] with proxy_jid",
                 l.name,
@@ -256,27 +292,7 @@ pub(super) fn file_transfer(
             )
         }
     };
-    let has_upload = listeners.iter().any(|l| l.kind == ListenerKind::HttpUpload);
-    let upload_url = match (&r.upload_url, has_upload) {
-        (None, false) => None,
-        (None, true) => {
-            return loc.err(
-                jid.span(),
-                "file_transfer.upload_url",
-                "an http-upload listener needs upload_url (its public base URL)",
-            )
-        }
-        (Some(u), _) => {
-            let s = u.get_ref().trim().trim_end_matches('/');
-            let ok = url::Url::parse(s).is_ok_and(|p| {
-                matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.path() == "/" && p.query().is_none()
-            });
-            if !ok {
-                return loc.err(u.span(), "file_transfer.upload_url", "expected http(s)://HOST[:PORT] (no path)");
-            }
-            Some(s.to_owned())
-        }
-    };
+    let upload_url = upload_url(r.upload_url.as_ref(), listeners, jid.span(), loc)?;
     let types = |v: &Option<Vec<String>>| v.iter().flatten().map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>();
     Ok(Some(FileTransferConfig {
         proxy_jid,
@@ -363,6 +379,25 @@ backend = "127.0.0.1:15222"
         assert!(e.contains("upload_url"), "{e}");
         let ok = parse(&format!("{RELAY}{up}[file_transfer]\nproxy_jid = \"p.example.test\"\nupload_url = \"https://up.example.test:5444/\"\n")).unwrap();
         assert_eq!(ok.file_transfer.unwrap().upload_url.as_deref(), Some("https://up.example.test:5444"));
+        // Over TLS: announced as https (http would send clients plaintext to a TLS port); the
+        // service behind it over http or verified https, never STARTTLS.
+        let tls = up.replace("\"http-upload\"", "\"http-upload-tls\"");
+        let ft = "[file_transfer]\nproxy_jid = \"p.example.test\"\n";
+        let e = parse(&format!("{RELAY}{tls}{ft}upload_url = \"http://up.example.test:5444\"\n")).unwrap_err();
+        assert!(e.contains("upload_url") && e.contains("https://"), "{e}");
+        let ok = parse(&format!("{RELAY}{tls}backend_tls = \"tls\"\nbackend_ca = \"ca.pem\"\n{ft}upload_url = \"https://up.example.test:5444\"\n"))
+            .unwrap();
+        let l = ok.listeners.iter().find(|l| l.name == "up").unwrap();
+        assert_eq!(
+            (l.kind, l.backend.tls),
+            (crate::config::ListenerKind::HttpUploadTls, crate::config::BackendTls::Direct)
+        );
+        let e =
+            parse(&format!("{RELAY}{tls}backend_tls = \"starttls\"\n{ft}upload_url = \"https://up.example.test\"\n"))
+                .unwrap_err();
+        assert!(e.contains("backend_tls") && e.contains("HTTP"), "{e}");
+        // A plain listener behind a TLS terminator may be announced as https.
+        parse(&format!("{RELAY}{up}{ft}upload_url = \"https://up.example.test\"\n")).unwrap();
     }
 
     #[test]
