@@ -8,6 +8,7 @@
 
 mod locate;
 mod policy;
+mod quarantine;
 mod raw;
 mod s2s;
 mod store;
@@ -22,6 +23,7 @@ pub use crate::origin::{ConfigError, Origin};
 use crate::policy::spec::PolicyConfig;
 pub use crate::policy::spec::{AuthLevel, S2sDomainsConfig};
 use crate::xml::XmlLimits;
+pub use quarantine::QuarantineConfig;
 pub use s2s::{S2sConfig, S2sRoute};
 pub use store::{OnError, StoreBackend, StoreConfig};
 pub use transfer::{ClamdAddress, FileTransferConfig};
@@ -258,6 +260,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[file_transfer]`: the bytestream proxy and the file checks (with a `socks5` listener).
     pub file_transfer: Option<FileTransferConfig>,
+    /// `[quarantine]`: where held stanzas are kept and how many.
+    pub quarantine: QuarantineConfig,
 }
 
 /// `[admin]`.

@@ -50,6 +50,8 @@ struct RawConfig {
     s2s: Option<super::s2s::RawS2s>,
     store: Option<super::store::RawStore>,
     file_transfer: Option<super::transfer::RawFileTransfer>,
+    antispam: Option<super::policy::RawAntispam>,
+    quarantine: Option<super::quarantine::RawQuarantine>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -311,17 +313,20 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     let sections = RawPolicy { list: raw.list, rate: raw.rate, rule: raw.rule, chain: raw.chain };
     let mut policy = super::policy::policy(sections, &raw.include, &raw.audit, loc, files)?;
     super::s2s::s2s_domains(raw.s2s.as_ref(), &mut policy, loc)?;
+    super::policy::antispam(raw.antispam.as_ref(), &mut policy, loc)?;
+    let quarantine = super::quarantine::quarantine(raw.quarantine.as_ref(), &state_dir_of(&raw.state_dir, loc), loc)?;
     resolve_network_lists(&mut network, &raw.network, &policy, loc)?;
     let admin = admin::admin(&raw.admin, &certificates, loc)?;
     let nftables = nftables(&raw.nftables, &listeners, loc)?;
     // Bans (and later other state) outlive the process here; relative to the config file.
-    let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
+    let state_dir = state_dir_of(&raw.state_dir, loc);
     let needs_s2s = listeners.iter().any(|l| l.kind.is_s2s());
     let has_out = listeners.iter().any(|l| l.kind == ListenerKind::S2sOut);
     let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, has_out, &state_dir, loc)?;
     let store = super::store::store(raw.store.as_ref(), loc)?;
     let file_transfer = super::transfer::file_transfer(raw.file_transfer.as_ref(), &listeners, loc)?;
     Ok(Config {
+        quarantine,
         file_transfer,
         s2s,
         store,
@@ -362,4 +367,9 @@ pub(super) fn valid_host_port(s: &str) -> bool {
         Some((host, port)) => crate::jid::is_domain(host) && port.parse::<u16>().is_ok_and(|p| p != 0),
         None => false,
     }
+}
+
+/// `state_dir`, default `state/` beside the config file.
+fn state_dir_of(state_dir: &Option<Spanned<String>>, loc: &Locator<'_>) -> std::path::PathBuf {
+    state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()))
 }
