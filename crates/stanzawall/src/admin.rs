@@ -6,7 +6,8 @@
 //! role ([`crate::admin_tls`]); `read` callers see, `admin` callers also act. A request that carries an
 //! `Authorization` header is judged by its token alone. Public without a token: the dashboard's static files (they hold no data;
 //! the page asks for a token and calls the API with it), `/healthz`, `/readyz`, and `/metrics`
-//! unless `[admin] metrics_public = false`. Every action (kick, ban, unban, list edit, reload)
+//! unless `[admin] metrics_public = false`. Every action (kick, ban, unban, list edit, reload,
+//! quarantine release and delete)
 //! and every refused request is written to the audit log as an `"event": "admin"` record naming
 //! the token, so the log says who did what and when.
 //!
@@ -20,6 +21,7 @@ mod api;
 pub mod auth;
 mod dashboard;
 pub mod lists;
+mod quarantine;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -219,6 +221,9 @@ fn router(st: St) -> axum::Router {
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/audit/stream", get(api::audit_stream))
         .route("/api/v1/reload", post(api::reload))
+        .route("/api/v1/quarantine", get(quarantine::list))
+        .route("/api/v1/quarantine/{id}", get(quarantine::show).delete(quarantine::delete))
+        .route("/api/v1/quarantine/{id}/release", post(quarantine::release))
         .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(st)
 }

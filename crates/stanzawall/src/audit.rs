@@ -130,8 +130,9 @@ fn record(r: Record<'_>, origin: Origin<'_>, time: &str) -> Value {
 }
 
 /// The record of an anti-spam event: `event` = `spam-wave` (with the wave's id, counts and a
-/// sample of its normalized text) or `spam-report` (reporter, reported JID, reason, text and
-/// the distinct reporters so far).
+/// sample of its normalized text), `spam-report` (reporter, reported JID, reason, text and
+/// the distinct reporters so far), `report-listed` (a reported JID put on the
+/// `report_threshold` list, with its TTL) or `report-unlisted` (its time ran out).
 pub fn antispam_record(event: &stanzawall_core::antispam::Event, origin: Origin<'_>) -> Value {
     use stanzawall_core::antispam::Event;
     let time = humantime_rfc3339(std::time::SystemTime::now());
@@ -151,6 +152,18 @@ pub fn antispam_record(event: &stanzawall_core::antispam::Event, origin: Origin<
             "reason": reason,
             "text": text,
             "reporters": reporters,
+        }),
+        Event::Listed { jid, list, reporters, ttl } => json!({
+            "event": "report-listed",
+            "jid": jid.as_str(),
+            "list": list,
+            "reporters": reporters,
+            "ttl_seconds": ttl.as_secs(),
+        }),
+        Event::Unlisted { jid, list } => json!({
+            "event": "report-unlisted",
+            "jid": jid.as_str(),
+            "list": list,
         }),
     };
     let mut v = json!({
@@ -227,6 +240,45 @@ pub fn admin_record(who: &str, role: &str, client_ip: std::net::IpAddr, action: 
         map.extend(extra);
     }
     v
+}
+
+/// The record of a stanza a `quarantine` rule held: `"event": "quarantine"`, `"action":
+/// "quarantine"`, the entry's `id` and what it says about the stanza; `outcome` is `held`, or
+/// `drop` with the `reason` when the quarantine refused it (full, unavailable).
+pub fn quarantine_record(
+    entry: &crate::quarantine::Entry,
+    refused: Option<&crate::quarantine::QuarantineError>,
+    origin: Origin<'_>,
+) -> Value {
+    let mut v = quarantine_event(if refused.is_some() { "drop" } else { "held" }, entry, None);
+    if let Some(map) = v.as_object_mut() {
+        map.insert("listener".into(), json!(origin.listener));
+        map.insert("client.ip".into(), json!(origin.client_ip.to_string()));
+        map.insert("user".into(), json!(origin.user));
+        if let Some(e) = refused {
+            map.insert("reason".into(), json!(e.to_string()));
+        }
+    }
+    v
+}
+
+/// A quarantine record: `outcome` is `held`, `drop`, `expired` (retention passed); `by` the
+/// operator for releases and deletions made elsewhere.
+pub fn quarantine_event(outcome: &str, entry: &crate::quarantine::Entry, by: Option<&str>) -> Value {
+    json!({
+        "time": humantime_rfc3339(std::time::SystemTime::now()),
+        "event": "quarantine",
+        "action": "quarantine",
+        "outcome": outcome,
+        "id": entry.id,
+        "chain": entry.chain,
+        "rule": entry.rule,
+        "session": entry.session,
+        "from": entry.from,
+        "to": entry.to,
+        "kind": entry.kind,
+        "by": by,
+    })
 }
 
 /// The JSON lines for one decision: one per matched rule, or one for a chain default.

@@ -133,6 +133,9 @@ fn explain_evaluation(out: &mut String, eval: &Evaluation, origin: &dyn Fn(&str)
         Outcome::Rewrite(new) => {
             let _ = writeln!(out, "  rewritten: {}", String::from_utf8_lossy(&new.to_bytes(NS_CLIENT)));
         }
+        Outcome::Quarantine => {
+            let _ = writeln!(out, "  held in the quarantine (not delivered; the sender is not told)");
+        }
         Outcome::Pass | Outcome::Drop => {}
     }
 }

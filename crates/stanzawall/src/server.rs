@@ -67,15 +67,33 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         Some(store) => store.clone(),
         None => Arc::new(RateTable::new()),
     };
+    let sessions = Arc::new(crate::sessions::Sessions::default());
+    // Like `[store]`, read once: the quarantine lives where the store does.
+    let quarantine = match crate::quarantine::Quarantine::open(&first.config, metrics.clone(), sessions.clone()) {
+        Ok(q) => Some(Arc::new(q)),
+        Err(e) => {
+            error!(error = %e, "cannot open the quarantine; stanzas to hold will be dropped (audited)");
+            None
+        }
+    };
     let shared = Shared {
         guard: guard.clone(),
         rates,
         metrics: metrics.clone(),
-        audit: Audit::start(metrics),
-        sessions: Arc::new(crate::sessions::Sessions::default()),
+        audit: Audit::start(metrics.clone()),
+        sessions,
         store,
+        quarantine,
     };
+
     let (gen_tx, gen_rx) = watch::channel(first.clone());
+    tokio::spawn(crate::quarantine::housekeeping(
+        shared.quarantine.clone(),
+        shared.rates.clone(),
+        metrics,
+        shared.audit.clone(),
+        gen_rx.clone(),
+    ));
     // The admin API's reloads come through here and are answered with their outcome.
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<crate::admin::ReloadRequest>(8);
     let admin_state = Arc::new(crate::admin::Admin::new(gen_rx.clone(), shared.clone(), registry.clone(), reload_tx));

@@ -326,50 +326,51 @@ fn add_sections(
         };
         let text = r.text.as_ref().map(|t| t.get_ref().clone());
         let action_key = format!("{key}.action");
-        let action =
-            match r.action.get_ref().as_str() {
-                "pass" => ActionConfig::Pass,
-                "drop" => ActionConfig::Drop,
-                "log" => ActionConfig::Log,
-                "quarantine" => ActionConfig::Quarantine,
-                "strip" => ActionConfig::Strip,
-                "mask" => {
-                    ActionConfig::Mask { with: r.mask.as_ref().map_or_else(|| "*".to_owned(), |m| m.get_ref().clone()) }
-                }
-                "bounce" => {
-                    let condition = match &r.error {
-                        None => StanzaCondition::PolicyViolation,
-                        Some(e) => StanzaCondition::from_name(e.get_ref()).ok_or(()).or_else(|()| {
-                            loc.err(
-                                e.span(),
-                                &format!("{key}.error"),
-                                format!("'{}' is not a stanza error condition (RFC 6120 §8.3.3)", e.get_ref()),
-                            )
-                        })?,
-                    };
-                    ActionConfig::Bounce { condition, text: text.clone() }
-                }
-                "close" => {
-                    let condition = match &r.error {
-                        None => Condition::PolicyViolation,
-                        Some(e) => Condition::from_name(e.get_ref()).ok_or(()).or_else(|()| {
-                            loc.err(
-                                e.span(),
-                                &format!("{key}.error"),
-                                format!("'{}' is not a stream error condition (RFC 6120 §4.9.3)", e.get_ref()),
-                            )
-                        })?,
-                    };
-                    ActionConfig::Close { condition, text: text.clone() }
-                }
-                other => return loc.err(
+        let action = match r.action.get_ref().as_str() {
+            "pass" => ActionConfig::Pass,
+            "drop" => ActionConfig::Drop,
+            "log" => ActionConfig::Log,
+            "quarantine" => ActionConfig::Quarantine,
+            "strip" => ActionConfig::Strip,
+            "mask" => {
+                ActionConfig::Mask { with: r.mask.as_ref().map_or_else(|| "*".to_owned(), |m| m.get_ref().clone()) }
+            }
+            "bounce" => {
+                let condition = match &r.error {
+                    None => StanzaCondition::PolicyViolation,
+                    Some(e) => StanzaCondition::from_name(e.get_ref()).ok_or(()).or_else(|()| {
+                        loc.err(
+                            e.span(),
+                            &format!("{key}.error"),
+                            format!("'{}' is not a stanza error condition (RFC 6120 §8.3.3)", e.get_ref()),
+                        )
+                    })?,
+                };
+                ActionConfig::Bounce { condition, text: text.clone() }
+            }
+            "close" => {
+                let condition = match &r.error {
+                    None => Condition::PolicyViolation,
+                    Some(e) => Condition::from_name(e.get_ref()).ok_or(()).or_else(|()| {
+                        loc.err(
+                            e.span(),
+                            &format!("{key}.error"),
+                            format!("'{}' is not a stream error condition (RFC 6120 §4.9.3)", e.get_ref()),
+                        )
+                    })?,
+                };
+                ActionConfig::Close { condition, text: text.clone() }
+            }
+            other => {
+                return loc.err(
                     r.action.span(),
                     &action_key,
                     format!(
                         "unknown action '{other}' (expected pass, drop, bounce, close, strip, mask, log or quarantine)"
                     ),
-                ),
-            };
+                )
+            }
+        };
         let only = |field: &Option<Spanned<String>>, k: &str, allowed: &[&str]| -> Result<(), ConfigError> {
             match field {
                 Some(f) if !allowed.contains(&action.as_str()) => loc.err(

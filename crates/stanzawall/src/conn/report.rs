@@ -95,14 +95,17 @@ pub(crate) fn report(effect: &Effect, listener: &str, client_ip: IpAddr, chains:
             Report { audit: vec![line], s2s_refused: Some(direction), ..Report::default() }
         }
         Effect::AntiSpam(event) => {
+            use stanzawall_core::antispam::Event;
             let user = match event {
-                stanzawall_core::antispam::Event::Report { reporter, .. } => Some(reporter.to_string()),
-                stanzawall_core::antispam::Event::Wave { .. } => None,
+                Event::Report { reporter, .. } => Some(reporter.to_string()),
+                Event::Wave { .. } | Event::Listed { .. } | Event::Unlisted { .. } => None,
             };
             let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
             let labels = match event {
-                stanzawall_core::antispam::Event::Wave { .. } => AntiSpamLabels { event: "wave", reason: "" },
-                stanzawall_core::antispam::Event::Report { reason, .. } => AntiSpamLabels { event: "report", reason },
+                Event::Wave { .. } => AntiSpamLabels { event: "wave", reason: "" },
+                Event::Report { reason, .. } => AntiSpamLabels { event: "report", reason },
+                Event::Listed { .. } => AntiSpamLabels { event: "listed", reason: "" },
+                Event::Unlisted { .. } => AntiSpamLabels { event: "unlisted", reason: "" },
             };
             Report { audit: vec![audit::antispam_record(event, origin)], antispam: Some(labels), ..Report::default() }
         }
