@@ -242,45 +242,6 @@ pub fn admin_record(who: &str, role: &str, client_ip: std::net::IpAddr, action: 
     v
 }
 
-/// The record of a stanza a `quarantine` rule held: `"event": "quarantine"`, `"action":
-/// "quarantine"`, the entry's `id` and what it says about the stanza; `outcome` is `held`, or
-/// `drop` with the `reason` when the quarantine refused it (full, unavailable).
-pub fn quarantine_record(
-    entry: &crate::quarantine::Entry,
-    refused: Option<&crate::quarantine::QuarantineError>,
-    origin: Origin<'_>,
-) -> Value {
-    let mut v = quarantine_event(if refused.is_some() { "drop" } else { "held" }, entry, None);
-    if let Some(map) = v.as_object_mut() {
-        map.insert("listener".into(), json!(origin.listener));
-        map.insert("client.ip".into(), json!(origin.client_ip.to_string()));
-        map.insert("user".into(), json!(origin.user));
-        if let Some(e) = refused {
-            map.insert("reason".into(), json!(e.to_string()));
-        }
-    }
-    v
-}
-
-/// A quarantine record: `outcome` is `held`, `drop`, `expired` (retention passed); `by` the
-/// operator for releases and deletions made elsewhere.
-pub fn quarantine_event(outcome: &str, entry: &crate::quarantine::Entry, by: Option<&str>) -> Value {
-    json!({
-        "time": humantime_rfc3339(std::time::SystemTime::now()),
-        "event": "quarantine",
-        "action": "quarantine",
-        "outcome": outcome,
-        "id": entry.id,
-        "chain": entry.chain,
-        "rule": entry.rule,
-        "session": entry.session,
-        "from": entry.from,
-        "to": entry.to,
-        "kind": entry.kind,
-        "by": by,
-    })
-}
-
 /// The JSON lines for one decision: one per matched rule, or one for a chain default.
 pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
     let time = humantime_rfc3339(std::time::SystemTime::now());

@@ -526,7 +526,7 @@ impl<S: StreamMachine> Connection<'_, S> {
         let user = held.summary.user.as_ref().map(ToString::to_string);
         let origin =
             crate::audit::Origin { listener: &self.listener.name, client_ip: self.peer.ip(), user: user.as_deref() };
-        let line = crate::audit::quarantine_record(&entry, result.as_ref().err(), origin);
+        let line = crate::quarantine::audit_record(&entry, result.as_ref().err(), origin);
         match &result {
             Ok(()) => info!(quarantine.id = %entry.id, chain = held.chain.as_str(), "stanza held in the quarantine"),
             Err(e) => warn!(quarantine.id = %entry.id, error = %e, "stanza not held (dropped): quarantine refused it"),

@@ -255,7 +255,14 @@ fn main() -> ExitCode {
                 QuarantineAction::Delete { id, admin } => (admin, Action::Delete(id)),
             };
             let opts = quarantine::cli::Options { config: admin.config, token_file: admin.token_file, ca: admin.ca };
-            match quarantine::cli::run(&opts, &action) {
+            let config = match state::load_config_with_deadline(&opts.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match quarantine::cli::run(&config, &opts, &action) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

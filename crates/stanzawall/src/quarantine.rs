@@ -41,7 +41,7 @@ use stanzawall_core::config::QuarantineConfig;
 use stanzawall_core::policy::Chain;
 use stanzawall_core::session::Held;
 use stanzawall_core::xml::{parse_stanzas, Element, XmlLimits};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::metrics::{Metrics, QuarantineLabels};
 use crate::sessions::Sessions;
@@ -57,7 +57,7 @@ pub static GATEWAY: LazyLock<String> = LazyLock::new(|| {
 /// Entries a list answers with at most.
 pub const MAX_LIST: usize = 1_000;
 /// How often expired entries are removed.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// An entry's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -558,40 +558,39 @@ impl Quarantine {
     }
 }
 
-/// Every `SWEEP_EVERY`: expire quarantine entries past retention and report-fed list entries
-/// past their TTL, each with an audit record and a metric.
-pub async fn housekeeping(
-    quarantine: Option<Arc<Quarantine>>,
-    rates: Arc<dyn stanzawall_core::policy::RateStore>,
-    metrics: Arc<Metrics>,
-    audit: crate::audit::Audit,
-    gen_rx: tokio::sync::watch::Receiver<Arc<crate::state::Generation>>,
-) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        tick.tick().await;
-        let path = gen_rx.borrow().policy.audit().path.clone();
-        let mut lines = Vec::new();
-        if let Some(q) = &quarantine {
-            match q.expire().await {
-                Ok(gone) => {
-                    for e in gone {
-                        info!(quarantine.id = %e.id, "quarantine entry expired");
-                        lines.push(crate::audit::quarantine_event("expired", &e, None));
-                    }
-                }
-                Err(e) => warn!(error = %e, "quarantine expiry failed"),
-            }
-        }
-        for event in rates.antispam().expire_listed(std::time::Instant::now()) {
-            metrics.antispam.get_or_create(&crate::metrics::AntiSpamLabels { event: "unlisted", reason: "" }).inc();
-            let origin = crate::audit::Origin { listener: "", client_ip: [0, 0, 0, 0].into(), user: None };
-            lines.push(crate::audit::antispam_record(&event, origin));
-        }
-        if !lines.is_empty() {
-            audit.record(path, lines).await;
+/// The record of a stanza a `quarantine` rule held: `"event": "quarantine"`, `"action":
+/// "quarantine"`, the entry's `id` and what it says about the stanza; `outcome` is `held`, or
+/// `drop` with the `reason` when the quarantine refused it (full, unavailable).
+pub fn audit_record(entry: &Entry, refused: Option<&QuarantineError>, origin: crate::audit::Origin<'_>) -> Value {
+    let mut v = audit_event(if refused.is_some() { "drop" } else { "held" }, entry, None);
+    if let Some(map) = v.as_object_mut() {
+        map.insert("listener".into(), json!(origin.listener));
+        map.insert("client.ip".into(), json!(origin.client_ip.to_string()));
+        map.insert("user".into(), json!(origin.user));
+        if let Some(e) = refused {
+            map.insert("reason".into(), json!(e.to_string()));
         }
     }
+    v
+}
+
+/// A quarantine record: `outcome` is `held`, `drop`, `expired` (retention passed); `by` the
+/// operator for releases and deletions made elsewhere.
+pub fn audit_event(outcome: &str, entry: &Entry, by: Option<&str>) -> Value {
+    json!({
+        "time": crate::audit::humantime_rfc3339(std::time::SystemTime::now()),
+        "event": "quarantine",
+        "action": "quarantine",
+        "outcome": outcome,
+        "id": entry.id,
+        "chain": entry.chain,
+        "rule": entry.rule,
+        "session": entry.session,
+        "from": entry.from,
+        "to": entry.to,
+        "kind": entry.kind,
+        "by": by,
+    })
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     };
 
     let (gen_tx, gen_rx) = watch::channel(first.clone());
-    tokio::spawn(crate::quarantine::housekeeping(
+    tokio::spawn(housekeeping(
         shared.quarantine.clone(),
         shared.rates.clone(),
         metrics,
@@ -454,4 +454,40 @@ async fn reload(
     start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, shared).await;
     info!(changes = ?changes, "configuration reloaded");
     Ok(changes)
+}
+
+/// Every `SWEEP_EVERY`: expire quarantine entries past retention and report-fed list entries
+/// past their TTL, each with an audit record and a metric.
+async fn housekeeping(
+    quarantine: Option<Arc<crate::quarantine::Quarantine>>,
+    rates: Arc<dyn stanzawall_core::policy::RateStore>,
+    metrics: Arc<Metrics>,
+    audit: crate::audit::Audit,
+    gen_rx: tokio::sync::watch::Receiver<Arc<crate::state::Generation>>,
+) {
+    let mut tick = tokio::time::interval(crate::quarantine::SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let path = gen_rx.borrow().policy.audit().path.clone();
+        let mut lines = Vec::new();
+        if let Some(q) = &quarantine {
+            match q.expire().await {
+                Ok(gone) => {
+                    for e in gone {
+                        info!(quarantine.id = %e.id, "quarantine entry expired");
+                        lines.push(crate::quarantine::audit_event("expired", &e, None));
+                    }
+                }
+                Err(e) => warn!(error = %e, "quarantine expiry failed"),
+            }
+        }
+        for event in rates.antispam().expire_listed(std::time::Instant::now()) {
+            metrics.antispam.get_or_create(&crate::metrics::AntiSpamLabels { event: "unlisted", reason: "" }).inc();
+            let origin = crate::audit::Origin { listener: "", client_ip: [0, 0, 0, 0].into(), user: None };
+            lines.push(crate::audit::antispam_record(&event, origin));
+        }
+        if !lines.is_empty() {
+            audit.record(path, lines).await;
+        }
+    }
 }

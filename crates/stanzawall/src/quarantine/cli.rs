@@ -57,9 +57,9 @@ fn token(opts: &Options) -> anyhow::Result<String> {
     Ok(t)
 }
 
-/// Run the command; the text to print on success.
-pub fn run(opts: &Options, action: &Action) -> anyhow::Result<String> {
-    let config = crate::state::load_config_with_deadline(&opts.config)?;
+/// Run the command against the gateway `config` (read from `opts.config`) describes; the
+/// text to print on success.
+pub fn run(config: &stanzawall_core::config::Config, opts: &Options, action: &Action) -> anyhow::Result<String> {
     let Some(bind) = config.admin.bind else {
         bail!("{}: no [admin] bind: the quarantine is managed through the gateway's admin API", opts.config.display());
     };
