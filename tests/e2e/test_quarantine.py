@@ -12,7 +12,9 @@ command and the admin API.
   released into bob's new session after the restart; one held on c2s-in whose sender has left
   answers 409 "session gone" and stays held, and is released once the sender is back;
 * Redis (`[store] backend = "redis"`, a real redis-server): held by gateway A, listed and
-  released from gateway B (through B's session of the sender), a second release from A is 409.
+  released from gateway B, which has no session of the sender: A's session takes it (the
+  delivery channel); a second release from A is 409; with the sender gone everywhere a release
+  from B is 409 "session gone" and the entry stays held.
 
 Ports (25590-25599): gateway 25590 + admin 25591; Redis gateways A 25592/25593, B 25594/25595;
 Prosody 25596; redis-server 25599.
@@ -317,15 +319,15 @@ def test_held_on_one_gateway_released_from_another(tmp, pki, srv, redis):
     b.start()
     try:
         async def go():
-            async with client(a, srv, "bob", pki) as bob, client(a, srv, "carol", pki) as carol, \
-                    client(b, srv, "carol", pki):
+            # Everyone is on A: B has no session of carol (the sender) and delivers through A.
+            async with client(a, srv, "bob", pki) as bob, client(a, srv, "carol", pki) as carol:
                 await bob_knows_nobody(bob)
                 send(carol, "bob@example.test", "shared http://spam.example/redis", "x1")
                 send(carol, "bob@example.test", "sentinel", "x1-sentinel")
                 await wait_inbound(bob, "x1-sentinel")
                 await asyncio.sleep(0.3)
                 assert copies(bob, "x1") == 0
-                # Held by A, in Redis: B lists it and releases it (through its session of carol).
+                # Held by A, in Redis: B lists it and releases it; A's session of carol takes it.
                 listed = cli(b, "list")
                 assert listed.returncode == 0 and "stranger-links" in listed.stdout, listed
                 status, body = api(ADMIN_B, "GET", "/api/v1/quarantine", b.tokens["read"])
@@ -334,6 +336,7 @@ def test_held_on_one_gateway_released_from_another(tmp, pki, srv, redis):
                 assert redis.cli("HGET", f"qtest:q:entry:{qid}", "state").strip() == "held"
                 released = cli(b, "release", qid)
                 assert released.returncode == 0, released.stderr
+                assert "on gateway" in released.stdout, released.stdout
                 await wait_inbound(bob, "x1")
                 status, body = api(ADMIN_A, "POST", f"/api/v1/quarantine/{qid}/release", a.tokens["admin"])
                 assert status == 409 and "already released" in body["error"], body
@@ -341,6 +344,15 @@ def test_held_on_one_gateway_released_from_another(tmp, pki, srv, redis):
                 send(carol, "bob@example.test", "sentinel 2", "x1-sentinel2")
                 await wait_inbound(bob, "x1-sentinel2")
                 assert copies(bob, "x1") == 1, bob.inbound
+                # Held by A again, released from B while carol has left: 409, still held.
+                send(carol, "bob@example.test", "again http://spam.example/redis2", "x2")
+                send(carol, "bob@example.test", "sentinel 3", "x2-sentinel")
+                await wait_inbound(bob, "x2-sentinel")
+            status, body = api(ADMIN_B, "GET", "/api/v1/quarantine", b.tokens["read"])
+            qid2 = body["entries"][0]["id"]
+            status, body = api(ADMIN_B, "POST", f"/api/v1/quarantine/{qid2}/release", b.tokens["admin"])
+            assert status == 409 and body["error"].startswith("session gone;"), body
+            assert api(ADMIN_A, "GET", f"/api/v1/quarantine/{qid2}", a.tokens["read"])[1]["state"] == "held"
         run(go())
     finally:
         assert a.terminate() == 0

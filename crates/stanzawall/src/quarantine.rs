@@ -18,9 +18,10 @@
 //! session it was held in, if it is still open on this gateway; else any open session of the
 //! account on this gateway (c2s-in: the sender's, whose backend leg carries it to the server,
 //! `from` restamped with that session's JID; c2s-out: the recipient's, to its client); for s2s
-//! chains any stream of that door with the domain pair authenticated. Else the fallback
-//! [`Deliver`] (a XEP-0356 component sending on the server's behalf, when one is plugged in);
-//! else a clear error and the entry stays held.
+//! chains any stream of that door with the domain pair authenticated. Else the fallbacks
+//! ([`Deliver`]): with Redis, such a session on another gateway ([`redis::RemoteDeliver`]); a
+//! XEP-0356 component sending on the server's behalf, when one is plugged in. Else a clear
+//! error and the entry stays held.
 //!
 //! Bounded (invariant 6): `[quarantine] max_entries`, `max_bytes` and `retention`; a stanza
 //! that does not fit is dropped and audited, never delivered (invariant 5, fail closed).
@@ -260,6 +261,10 @@ pub enum DeliverError {
     /// The stored entry cannot be delivered (a file, an unparsable record).
     #[error("{0}")]
     Undeliverable(String),
+    /// Another gateway took the delivery and did not say how it went: it may have happened, so
+    /// the entry stays `releasing` (at most once).
+    #[error("{0}")]
+    Uncertain(String),
 }
 
 /// Where a released stanza goes. [`SessionDeliver`] writes it into a live session; a XEP-0356
@@ -285,7 +290,7 @@ pub struct SessionDeliver {
 
 /// The bare JID a c2s release goes to: the sender's account for c2s-in, the recipient's for
 /// c2s-out.
-fn account(entry: &Entry, chain: Chain) -> Option<String> {
+pub(crate) fn account(entry: &Entry, chain: Chain) -> Option<String> {
     let jid = match chain {
         Chain::C2sIn => entry.user.clone().or_else(|| entry.from.clone()),
         Chain::C2sOut => entry.to.clone(),
@@ -317,16 +322,14 @@ impl Deliver for SessionDeliver {
                 Chain::S2sIn | Chain::S2sOut => format!("no open {} stream on this gateway", chain.as_str()),
             };
             let tried = if tried.is_empty() { String::new() } else { format!(" ({})", tried.join("; ")) };
-            Err(DeliverError::SessionGone(format!(
-                "{whom}{tried}, and no component delivery configured; the entry stays held, release it again later"
-            )))
+            Err(DeliverError::SessionGone(format!("{whom}{tried}")))
         })
     }
 }
 
 /// Sessions first, then a fallback.
 #[derive(Debug)]
-struct Chained {
+pub struct Chained {
     first: Arc<dyn Deliver>,
     fallback: Arc<dyn Deliver>,
 }
@@ -342,13 +345,31 @@ impl Deliver for Chained {
             match self.first.deliver(entry, chain, stanza.clone()).await {
                 Err(DeliverError::SessionGone(why)) => {
                     self.fallback.deliver(entry, chain, stanza).await.map_err(|e| match e {
-                        DeliverError::SessionGone(f) => DeliverError::SessionGone(format!("{why}; fallback: {f}")),
+                        DeliverError::SessionGone(f) => DeliverError::SessionGone(format!("{why}; {f}")),
                         other => other,
                     })
                 }
                 other => other,
             }
         })
+    }
+}
+
+/// The chain and the stanza of an entry, parsed back with the parser every stanza goes
+/// through (the stored text is the gateway's own canonical output).
+pub fn parse_entry(entry: &Entry) -> Result<(Chain, Element), DeliverError> {
+    let chain = entry.chain().ok_or_else(|| DeliverError::Undeliverable(format!("unknown chain '{}'", entry.chain)))?;
+    let Some(text) = &entry.stanza else {
+        return Err(DeliverError::Undeliverable(format!(
+            "a held {} is released by the file pipeline, not as a stanza",
+            entry.kind
+        )));
+    };
+    let limits = XmlLimits { stanza_bytes: text.len().max(1024), ..XmlLimits::default() };
+    match parse_stanzas(text, limits) {
+        Ok(mut v) if v.len() == 1 => Ok((chain, v.remove(0))),
+        Ok(_) => Err(DeliverError::Undeliverable("the stored stanza is not one stanza".into())),
+        Err(e) => Err(DeliverError::Undeliverable(format!("the stored stanza does not parse: {e}"))),
     }
 }
 
@@ -422,8 +443,8 @@ impl Quarantine {
         Quarantine { store, bounds, metrics, deliver: Arc::new(SessionDeliver { sessions }) }
     }
 
-    /// Try `fallback` when no session can take a released stanza (the XEP-0356 component).
-    #[allow(dead_code)] // the component delivery is another engineer's; this is its plug
+    /// Try `fallback` when no session can take a released stanza: the other gateways (Redis),
+    /// and the XEP-0356 component when it exists (another engineer's; this is its plug).
     pub fn with_fallback(mut self, fallback: Arc<dyn Deliver>) -> Quarantine {
         self.deliver = Arc::new(Chained { first: self.deliver, fallback });
         self
@@ -436,15 +457,20 @@ impl Quarantine {
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
     ) -> Result<Quarantine, QuarantineError> {
-        let store: Arc<dyn QuarantineStore> = match &config.store.backend {
+        match &config.store.backend {
             stanzawall_core::config::StoreBackend::Redis { url } => {
-                Arc::new(redis::RedisQuarantine::new(url, &config.store.prefix, config.quarantine.retention)?)
+                let store =
+                    Arc::new(redis::RedisQuarantine::new(url, &config.store.prefix, config.quarantine.retention)?);
+                // Releases from another gateway reach this one's sessions, and the other way round.
+                store.start_delivery(sessions.clone(), tokio::runtime::Handle::current());
+                let remote = Arc::new(redis::RemoteDeliver { store: store.clone() });
+                Ok(Quarantine::new(store, config.quarantine.clone(), metrics, sessions).with_fallback(remote))
             }
             stanzawall_core::config::StoreBackend::Memory => {
-                Arc::new(embedded::Embedded::open(&config.quarantine.path)?)
+                let store = Arc::new(embedded::Embedded::open(&config.quarantine.path)?);
+                Ok(Quarantine::new(store, config.quarantine.clone(), metrics, sessions))
             }
-        };
-        Ok(Quarantine::new(store, config.quarantine.clone(), metrics, sessions))
+        }
     }
 
     fn count(&self, event: &'static str) {
@@ -482,7 +508,7 @@ impl Quarantine {
     pub async fn release(&self, id: &str, who: &str) -> Result<Released, ReleaseError> {
         let (store, key, by) = (self.store.clone(), id.to_owned(), who.to_owned());
         let mut entry = off_loop(move || store.claim(&key, &by, unix_ms(SystemTime::now()))).await?;
-        let outcome = match self.parse(&entry) {
+        let outcome = match parse_entry(&entry) {
             Ok((chain, stanza)) => self.deliver.deliver(&entry, chain, stanza).await,
             Err(e) => Err(e),
         };
@@ -498,31 +524,21 @@ impl Quarantine {
                 entry.state = State::Released;
                 Ok(Released { entry, via })
             }
+            // Perhaps delivered elsewhere: never held again (at most once).
+            Err(e @ DeliverError::Uncertain(_)) => Err(e.into()),
             Err(e) => {
                 if let Err(u) = off_loop(move || store.unclaim(&key)).await {
                     warn!(quarantine.id = %id, error = %u, "could not undo the claim of an undelivered release");
                 }
-                Err(e.into())
+                Err(match e {
+                    DeliverError::SessionGone(why) => DeliverError::SessionGone(format!(
+                        "{why}; no component delivery is configured; the entry stays held: release it again when \
+                         the account is back"
+                    )),
+                    other => other,
+                }
+                .into())
             }
-        }
-    }
-
-    /// The chain and the stanza of an entry, parsed back with the parser every stanza goes
-    /// through (the stored text is the gateway's own canonical output).
-    fn parse(&self, entry: &Entry) -> Result<(Chain, Element), DeliverError> {
-        let chain =
-            entry.chain().ok_or_else(|| DeliverError::Undeliverable(format!("unknown chain '{}'", entry.chain)))?;
-        let Some(text) = &entry.stanza else {
-            return Err(DeliverError::Undeliverable(format!(
-                "a held {} is released by the file pipeline, not as a stanza",
-                entry.kind
-            )));
-        };
-        let limits = XmlLimits { stanza_bytes: text.len().max(1024), ..XmlLimits::default() };
-        match parse_stanzas(text, limits) {
-            Ok(mut v) if v.len() == 1 => Ok((chain, v.remove(0))),
-            Ok(_) => Err(DeliverError::Undeliverable("the stored stanza is not one stanza".into())),
-            Err(e) => Err(DeliverError::Undeliverable(format!("the stored stanza does not parse: {e}"))),
         }
     }
 

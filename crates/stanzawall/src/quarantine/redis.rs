@@ -11,7 +11,7 @@
 //! Quarantine calls are operator actions and one write per held stanza, not the per-stanza
 //! rate path: they get their own connections with a longer timeout than `[store] timeout`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stanzawall_core::config::QuarantineConfig;
@@ -327,6 +327,187 @@ impl QuarantineStore for RedisQuarantine {
             let n: u64 = ::redis::cmd("ZCARD").arg(format!("{p}q:index")).query(con)?;
             let b: Option<i64> = ::redis::cmd("GET").arg(format!("{p}q:bytes")).query(con)?;
             Ok((n, u64::try_from(b.unwrap_or(0)).unwrap_or(0)))
+        })
+    }
+}
+
+/// How long a release waits for another gateway to say it took the delivery.
+const REMOTE_WAIT: Duration = Duration::from_secs(3);
+/// How long it then waits for the outcome of a delivery another gateway took (longer than a
+/// session's own delivery timeout).
+const REMOTE_OUTCOME_WAIT: Duration = Duration::from_secs(8);
+
+/// A request on the delivery channel: "whoever has a session that can take this, deliver it".
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RemoteRequest {
+    /// The gateway asking (it does not answer itself).
+    origin: String,
+    /// The key the one that delivers sets first (`SET NX`): one taker at most.
+    token: String,
+    /// The list the outcome is pushed to.
+    reply: String,
+    /// The entry, as claimed by the asker.
+    entry: Entry,
+}
+
+impl RedisQuarantine {
+    fn channel(&self) -> String {
+        format!("{}q:deliver", self.prefix)
+    }
+
+    /// Follow the delivery channel on a thread of its own (reconnecting with backoff) and
+    /// answer requests from other gateways that this gateway's sessions can take.
+    pub fn start_delivery(self: &Arc<Self>, sessions: Arc<crate::sessions::Sessions>, handle: tokio::runtime::Handle) {
+        let store = self.clone();
+        let spawned = std::thread::Builder::new().name("quarantine-deliver".into()).spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if let Err(e) = store.follow(&sessions, &handle) {
+                    tracing::warn!(error = %e, "quarantine delivery channel lost; reconnecting");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the quarantine delivery channel");
+        }
+    }
+
+    fn follow(
+        self: &Arc<Self>,
+        sessions: &Arc<crate::sessions::Sessions>,
+        handle: &tokio::runtime::Handle,
+    ) -> ::redis::RedisResult<()> {
+        let mut con = self.client.get_connection_with_timeout(TIMEOUT)?;
+        let mut pubsub = con.as_pubsub();
+        pubsub.subscribe(self.channel())?;
+        pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
+        loop {
+            match pubsub.get_message() {
+                Ok(msg) => {
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    let Ok(req) = serde_json::from_str::<RemoteRequest>(&payload) else {
+                        tracing::warn!("unreadable message on the quarantine delivery channel");
+                        continue;
+                    };
+                    if req.origin == *super::GATEWAY {
+                        continue;
+                    }
+                    let (store, sessions) = (self.clone(), sessions.clone());
+                    handle.spawn(async move { store.answer(req, sessions).await });
+                }
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Take and carry out a delivery another gateway asked for, if a session here can take it.
+    async fn answer(self: Arc<Self>, req: RemoteRequest, sessions: Arc<crate::sessions::Sessions>) {
+        let Ok((chain, stanza)) = super::parse_entry(&req.entry) else { return };
+        let bare = super::account(&req.entry, chain).unwrap_or_default();
+        let preferred = (req.entry.gateway == *super::GATEWAY).then_some(req.entry.session);
+        if sessions.candidates(chain, preferred, &bare).is_empty() {
+            return;
+        }
+        let (store, token) = (self.clone(), req.token.clone());
+        let took = tokio::task::spawn_blocking(move || store.take(&token)).await;
+        if !matches!(took, Ok(Ok(true))) {
+            return;
+        }
+        let local = super::SessionDeliver { sessions };
+        let outcome = match super::Deliver::deliver(&local, &req.entry, chain, stanza).await {
+            Ok(via) => format!("ok {via} on gateway {}", *super::GATEWAY),
+            Err(e) => format!("fail on gateway {}: {e}", *super::GATEWAY),
+        };
+        tracing::info!(quarantine.id = %req.entry.id, outcome = %outcome, "delivery asked by another gateway");
+        let store = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            store.with(|con| {
+                let _: i64 = ::redis::cmd("LPUSH").arg(&req.reply).arg(&outcome).query(con)?;
+                ::redis::cmd("PEXPIRE").arg(&req.reply).arg(60_000).query::<i64>(con)
+            })
+        })
+        .await;
+    }
+
+    /// Set the token of a delivery: true for the first taker only.
+    fn take(&self, token: &str) -> Result<bool, QuarantineError> {
+        let key = format!("{}q:token:{token}", self.prefix);
+        self.with(|con| {
+            let set: Option<String> =
+                ::redis::cmd("SET").arg(key).arg("1").arg("NX").arg("PX").arg(60_000).query(con)?;
+            Ok(set.is_some())
+        })
+    }
+
+    /// Ask the other gateways to deliver `entry`; the outcome (blocking, up to
+    /// [`REMOTE_WAIT`] + [`REMOTE_OUTCOME_WAIT`]).
+    fn ask(&self, entry: &Entry) -> Result<String, super::DeliverError> {
+        use super::DeliverError;
+        let token = super::new_id();
+        let req = RemoteRequest {
+            origin: super::GATEWAY.clone(),
+            token: token.clone(),
+            reply: format!("{}q:reply:{token}", self.prefix),
+            entry: entry.clone(),
+        };
+        let payload = serde_json::to_string(&req).map_err(|e| DeliverError::Undeliverable(e.to_string()))?;
+        let store_err = |e: QuarantineError| DeliverError::SessionGone(format!("other gateways not asked ({e})"));
+        self.with(|con| ::redis::cmd("PUBLISH").arg(self.channel()).arg(&payload).query::<i64>(con))
+            .map_err(store_err)?;
+        // A blocking pop needs a connection of its own with a read timeout past its wait.
+        let wait = |con: &mut ::redis::Connection, secs: Duration| -> ::redis::RedisResult<Option<String>> {
+            con.set_read_timeout(Some(secs + TIMEOUT))?;
+            let got: Option<(String, String)> =
+                ::redis::cmd("BLPOP").arg(&req.reply).arg(secs.as_secs_f64()).query(con)?;
+            Ok(got.map(|(_, v)| v))
+        };
+        let mut con = self.client.get_connection_with_timeout(TIMEOUT).map_err(|e| store_err(err(e)))?;
+        let outcome = |v: String| match v.strip_prefix("ok ") {
+            Some(via) => Ok(via.to_owned()),
+            None => Err(DeliverError::SessionGone(v.trim_start_matches("fail ").to_owned())),
+        };
+        if let Some(v) = wait(&mut con, REMOTE_WAIT).map_err(|e| store_err(err(e)))? {
+            return outcome(v);
+        }
+        // Nobody answered: take the token ourselves, so that nobody can deliver from now on.
+        if self.take(&token).map_err(store_err)? {
+            return Err(DeliverError::SessionGone("no other gateway has a session that can take it".into()));
+        }
+        // A gateway took it and has not said how it went yet.
+        match wait(&mut con, REMOTE_OUTCOME_WAIT) {
+            Ok(Some(v)) => outcome(v),
+            _ => Err(DeliverError::Uncertain(
+                "another gateway took the delivery and did not report its outcome; the entry stays \
+                 releasing (it may have been delivered: check, then delete it)"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Delivery through the other gateways sharing the store: the one with a session that can take
+/// the stanza delivers it (one taker at most: a token set with `SET NX`), and says how it went.
+#[derive(Debug)]
+pub struct RemoteDeliver {
+    /// The store (its connection and the channel's name).
+    pub store: Arc<RedisQuarantine>,
+}
+
+impl super::Deliver for RemoteDeliver {
+    fn deliver<'a>(
+        &'a self,
+        entry: &'a Entry,
+        _chain: stanzawall_core::policy::Chain,
+        _stanza: stanzawall_core::xml::Element,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, super::DeliverError>> + Send + 'a>> {
+        Box::pin(async move {
+            let (store, entry) = (self.store.clone(), entry.clone());
+            tokio::task::spawn_blocking(move || store.ask(&entry))
+                .await
+                .unwrap_or_else(|e| Err(super::DeliverError::SessionGone(format!("other gateways not asked ({e})"))))
         })
     }
 }
