@@ -178,4 +178,27 @@ mod tests {
         assert_eq!(report(&dropped).audit[0]["chain"], "c2s-out");
         assert_eq!(report(&Effect::Authenticated), Report::default());
     }
+
+    #[test]
+    fn report_fed_listings_and_quarantine_verdicts_are_audited_and_counted() {
+        use stanzawall_core::antispam::Event;
+        let jid = stanzawall_core::jid::parse("spammer@spam.test").unwrap().to_bare();
+        let listed =
+            Event::Listed { jid, list: "reported".into(), reporters: 3, ttl: std::time::Duration::from_secs(60) };
+        let r = report(&Effect::AntiSpam(listed));
+        assert_eq!(r.antispam, Some(AntiSpamLabels { event: "listed", reason: "" }));
+        let line = &r.audit[0];
+        assert_eq!((line["event"].as_str(), line["jid"].as_str()), (Some("report-listed"), Some("spammer@spam.test")));
+        assert_eq!(
+            (line["list"].as_str(), line["reporters"].as_u64(), line["ttl_seconds"].as_u64()),
+            (Some("reported"), Some(3), Some(60))
+        );
+        // A quarantine rule's own record: its action and outcome say quarantine.
+        let r = report(&event(vec![hit("hold", RuleAction::Quarantine, false)], Disposition::Quarantine));
+        assert_eq!(
+            (r.audit[0]["action"].as_str(), r.audit[0]["outcome"].as_str()),
+            (Some("quarantine"), Some("quarantine"))
+        );
+        assert_eq!(r.verdicts[0].action, "quarantine");
+    }
 }
