@@ -11,6 +11,8 @@ command and the admin API.
 * a restart: entries held before it are listed after it; one held on c2s-out (toward bob) is
   released into bob's new session after the restart; one held on c2s-in whose sender has left
   answers 409 "session gone" and stays held, and is released once the sender is back;
+* a report threshold: two users report dave, he goes on the list "reported" (audited, counted)
+  and `from_in = "reported"` drops his next message;
 * Redis (`[store] backend = "redis"`, a real redis-server): held by gateway A, listed and
   released from gateway B, which has no session of the sender: A's session takes it (the
   delivery channel); a second release from A is 409; with the sender gone everywhere a release
@@ -52,6 +54,12 @@ when   = { kind = "message", type = ["chat", "normal"], stranger = true, body_re
 action = "quarantine"
 
 [[rule]]
+name   = "reported-list"
+chain  = "c2s-in"
+when   = { kind = "message", from_in = "reported" }
+action = "drop"
+
+[[rule]]
 name   = "hold-for-bob"
 chain  = "c2s-out"
 when   = { kind = "message", to = "bob@example.test", body_contains = "hold-out" }
@@ -71,6 +79,9 @@ tokens = "admin-tokens"
 [quarantine]
 max_entries = 100
 retention = "1d"
+
+[antispam]
+report_threshold = {{ reporters = 2, window = "1h", list = "reported", ttl = "1h" }}
 {extra}
 {RULES}
 """
@@ -92,7 +103,7 @@ def with_tokens(g: Gateway, admin_port: int) -> Gateway:
 
 @pytest.fixture(scope="module")
 def srv(tmp: Path) -> ProsodyInstance:
-    inst = start_prosody(tmp / "prosody-quarantine", port=PROSODY_PORT)
+    inst = start_prosody(tmp / "prosody-quarantine", port=PROSODY_PORT, extra_modules=["blocklist"])
     yield inst
     inst.stop()
 
@@ -300,6 +311,40 @@ def test_entries_survive_a_restart_and_release_into_new_sessions(gw, srv, pki):
             await asyncio.sleep(0.3)
             assert (copies(bob, "r-in"), copies(bob, "r-out")) == (1, 1), bob.inbound
     run(release_after())
+
+
+def test_report_threshold_lists_the_reported_account(gw, srv, pki):
+    """Item 5: two users report dave (XEP-0377 in a XEP-0191 block): dave goes on the list
+    "reported", which `from_in` reads; his next message is dropped. (After the restart test,
+    which needs dave unreported.)"""
+    before = metric(ADMIN, "stanzawall_antispam_events_total", event="listed")
+
+    async def report(c: Client, jid: str) -> None:
+        c.xmpp.register_plugin("xep_0030")
+        c.xmpp.register_plugin("xep_0191")
+        c.xmpp.register_plugin("xep_0377")
+        iq = c.xmpp.make_iq_set()
+        iq["block"]["items"] = [jid]
+        iq["block"]["report"]["spam"] = True
+        await iq.send(timeout=5)
+
+    async def go():
+        async with client(gw, srv, "alice", pki) as alice, client(gw, srv, "bob", pki) as bob, \
+                client(gw, srv, "carol", pki) as carol, client(gw, srv, "dave", pki) as dave:
+            await report(alice, "dave@example.test")
+            send(dave, "carol@example.test", "one report is not enough", "t1")
+            await wait_inbound(carol, "t1")
+            await report(bob, "dave@example.test")
+            send(dave, "carol@example.test", "two are", "t2")
+            send(alice, "carol@example.test", "sentinel", "t-sentinel")
+            await wait_inbound(carol, "t-sentinel")
+            await asyncio.sleep(0.3)
+            assert copies(carol, "t2") == 0, carol.inbound
+    run(go())
+    rec = wait_audit(gw, lambda r: r.get("event") == "report-listed")[0]
+    assert (rec["jid"], rec["list"], rec["reporters"], rec["ttl_seconds"]) == ("dave@example.test", "reported", 2, 3600)
+    assert wait_audit(gw, lambda r: r.get("rule") == "reported-list" and r.get("id") == "t2")
+    assert metric(ADMIN, "stanzawall_antispam_events_total", event="listed") == before + 1
 
 
 @pytest.fixture
