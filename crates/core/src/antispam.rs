@@ -55,6 +55,11 @@ pub const MAX_REPORTED: usize = 1 << 16;
 pub const MAX_REPORTERS: usize = 64;
 /// How long a report counts at most (`reported.window` is at most this).
 pub const MAX_REPORT_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Longest `report_threshold.ttl`.
+pub const MAX_LISTED_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Most JIDs on report-fed lists at once (all lists together); past it the entry that expires
+/// first makes room. A JID gets here only when several local users reported it.
+pub const MAX_LISTED: usize = 1 << 14;
 /// Reported JIDs one reporter may have counted at once.
 const REPORTS_PER_REPORTER: usize = 256;
 /// Events waiting for a session to report them.
@@ -77,6 +82,20 @@ impl Digester {
         v.hash(&mut b);
         u128::from(a.finish()) << 64 | u128::from(b.finish())
     }
+}
+
+/// `[antispam] report_threshold = { reporters = 3, window = "1h", list = "reported", ttl = "24h" }`:
+/// a JID that many distinct users reported within the window goes on the named list for `ttl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportThreshold {
+    /// Distinct reporters that list the JID.
+    pub reporters: usize,
+    /// Within this long.
+    pub window: Duration,
+    /// The list the JID is added to (usable by `from_in`/`to_in` like any JID list).
+    pub list: String,
+    /// How long it stays listed after the report that listed it.
+    pub ttl: Duration,
 }
 
 /// Something worth an audit record and a metric, found while learning or evaluating.
@@ -102,6 +121,24 @@ pub enum Event {
         /// Distinct users who reported `reported` within [`MAX_REPORT_AGE`], this one included.
         reporters: usize,
     },
+    /// A reported JID reached `[antispam] report_threshold` and was put on its list.
+    Listed {
+        /// Who.
+        jid: BareJid,
+        /// The list.
+        list: String,
+        /// Distinct reporters within the threshold's window.
+        reporters: usize,
+        /// How long it stays listed.
+        ttl: Duration,
+    },
+    /// A JID's time on a report-fed list ran out.
+    Unlisted {
+        /// Who.
+        jid: BareJid,
+        /// The list.
+        list: String,
+    },
 }
 
 /// The anti-spam state of the gateway.
@@ -117,6 +154,8 @@ pub struct AntiSpam {
     reported: KeyedTable<Distinct>,
     digester: Digester,
     pending: Mutex<VecDeque<Event>>,
+    /// Report-fed lists (`[antispam] report_threshold`): (list, bare JID) → listed until.
+    listed: Mutex<std::collections::HashMap<(String, BareJid), Instant>>,
     waves_detected: AtomicU64,
     reports: AtomicU64,
 }
@@ -138,6 +177,7 @@ impl AntiSpam {
             reported: KeyedTable::new(MAX_REPORTED, MAX_SHARDS),
             digester: Digester::default(),
             pending: Mutex::new(VecDeque::new()),
+            listed: Mutex::new(std::collections::HashMap::new()),
             waves_detected: AtomicU64::new(0),
             reports: AtomicU64::new(0),
         }
@@ -204,7 +244,14 @@ impl AntiSpam {
     /// addressee pending-out, a `subscribed` approves or pre-approves it (RFC 6121 §3.1.2,
     /// §3.4), both contacts from now on, ahead of the server's roster push; XEP-0377 reports
     /// in block commands are counted. Returns the reports, to be audited.
-    pub fn learn_from_user(&self, el: &Element, user: Option<&FullJid>, now: Instant) -> Vec<Event> {
+    /// With `threshold`, a reported JID that reaches it is put on its list (one more event).
+    pub fn learn_from_user(
+        &self,
+        el: &Element,
+        user: Option<&FullJid>,
+        now: Instant,
+        threshold: Option<&ReportThreshold>,
+    ) -> Vec<Event> {
         let Some(user) = user else { return Vec::new() };
         match Kind::of(el) {
             Some(Kind::Presence) if matches!(el.attr("type"), Some("subscribe" | "subscribed")) => {
@@ -213,7 +260,17 @@ impl AntiSpam {
                 }
                 Vec::new()
             }
-            Some(Kind::Iq) => reports::reports_in(el).into_iter().map(|r| self.record_report(user, r, now)).collect(),
+            Some(Kind::Iq) => {
+                let mut out = Vec::new();
+                for r in reports::reports_in(el) {
+                    let reported = r.reported.clone();
+                    out.push(self.record_report(user, r, now));
+                    if let Some(t) = threshold {
+                        out.extend(self.apply_threshold(t, reported, now));
+                    }
+                }
+                out
+            }
             _ => Vec::new(),
         }
     }
@@ -232,6 +289,60 @@ impl AntiSpam {
             })
             .unwrap_or(0);
         Event::Report { reporter, reported: r.reported, reason: r.reason, text: r.text, reporters }
+    }
+
+    /// `[antispam] report_threshold`: list `jid` when enough distinct users reported it
+    /// within the window; a JID listed already gets its time renewed (no second event).
+    fn apply_threshold(&self, t: &ReportThreshold, jid: BareJid, now: Instant) -> Option<Event> {
+        let reporters = self.reporters(&jid, t.window, now);
+        if reporters < t.reporters {
+            return None;
+        }
+        let until = now + t.ttl;
+        let mut listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (t.list.clone(), jid.clone());
+        let fresh = listed.get(&key).is_none_or(|&u| u <= now);
+        if fresh && listed.len() >= MAX_LISTED && !listed.contains_key(&key) {
+            // Full: the entry that would leave first makes room (bounded, invariant 6).
+            let soonest = listed.iter().min_by_key(|(_, &u)| u).map(|(k, _)| k.clone());
+            if let Some(k) = soonest {
+                listed.remove(&k);
+            }
+        }
+        listed.insert(key, until);
+        fresh.then(|| Event::Listed { jid, list: t.list.clone(), reporters, ttl: t.ttl })
+    }
+
+    /// Is `jid` (a bare JID's canonical string) on the report-fed list `list` at `now`?
+    pub fn is_listed(&self, list: &str, jid: &BareJid, now: Instant) -> bool {
+        let listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
+        // Keyed by owned strings: a lookup clones the key once (lists are small and only
+        // consulted by rules that name them).
+        listed.get(&(list.to_owned(), jid.clone())).is_some_and(|&u| u > now)
+    }
+
+    /// The JIDs on the report-fed list `list`, with the time each has left.
+    pub fn listed(&self, list: &str, now: Instant) -> Vec<(BareJid, Duration)> {
+        let listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<(BareJid, Duration)> = listed
+            .iter()
+            .filter(|((l, _), &u)| l == list && u > now)
+            .map(|((_, j), &u)| (j.clone(), u - now))
+            .collect();
+        out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        out
+    }
+
+    /// Remove the entries whose time ran out; one [`Event::Unlisted`] each.
+    pub fn expire_listed(&self, now: Instant) -> Vec<Event> {
+        let mut listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
+        let gone: Vec<(String, BareJid)> = listed.iter().filter(|(_, &u)| u <= now).map(|(k, _)| k.clone()).collect();
+        gone.into_iter()
+            .map(|k| {
+                listed.remove(&k);
+                Event::Unlisted { list: k.0, jid: k.1 }
+            })
+            .collect()
     }
 
     /// Distinct users who reported `jid` within `window` of `now`.

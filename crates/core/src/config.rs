@@ -9,6 +9,7 @@
 mod contacts;
 mod locate;
 mod policy;
+mod quarantine;
 mod raw;
 mod s2s;
 mod store;
@@ -24,6 +25,7 @@ use crate::policy::spec::PolicyConfig;
 pub use crate::policy::spec::{AuthLevel, S2sDomainsConfig};
 use crate::xml::XmlLimits;
 pub use contacts::ContactsConfig;
+pub use quarantine::QuarantineConfig;
 pub use s2s::{S2sConfig, S2sRoute};
 pub use store::{OnError, StoreBackend, StoreConfig};
 pub use transfer::{ClamdAddress, FileTransferConfig};
@@ -272,6 +274,8 @@ pub struct Config {
     pub file_transfer: Option<FileTransferConfig>,
     /// `[contacts]`: the gateway's privileged component connection (rosters, RTBLs, reports).
     pub contacts: Option<ContactsConfig>,
+    /// `[quarantine]`: where held stanzas are kept and how many.
+    pub quarantine: QuarantineConfig,
 }
 
 /// `[admin]`.

@@ -112,6 +112,11 @@ enum Cond {
     },
     Fanout(Box<FanoutCond>),
     Wave(Box<WaveCond>),
+    /// The sender (or, `to`, the recipient) is on the report-fed list ([`crate::antispam`]).
+    Listed {
+        list: Arc<str>,
+        to: bool,
+    },
     Any(Vec<Vec<Cond>>),
     Not(Vec<Cond>),
 }
@@ -151,6 +156,7 @@ enum Action {
     Strip { payload: Vec<String>, paths: Vec<Vec<Step>> },
     Mask(rewrite::Masker),
     Log,
+    Quarantine,
 }
 
 impl Action {
@@ -163,6 +169,7 @@ impl Action {
             Action::Strip { .. } => RuleAction::Strip,
             Action::Mask(_) => RuleAction::Mask,
             Action::Log => RuleAction::Log,
+            Action::Quarantine => RuleAction::Quarantine,
         }
     }
 
@@ -219,6 +226,8 @@ pub struct Policy {
     uses_contacts: bool,
     /// The `file` chain's rules.
     file: Arc<file::FileRules>,
+    /// `[antispam] report_threshold`: reported JIDs go on a list for a while.
+    report_threshold: Option<crate::antispam::ReportThreshold>,
 }
 
 /// Kinds a rule index is kept for: message, presence, iq, and anything else.
@@ -499,6 +508,11 @@ impl Policy {
         Some(to.to_bare())
     }
 
+    /// `[antispam] report_threshold`, if configured.
+    pub fn report_threshold(&self) -> Option<&crate::antispam::ReportThreshold> {
+        self.report_threshold.as_ref()
+    }
+
     /// The audit settings.
     pub fn audit(&self) -> &AuditConfig {
         &self.audit
@@ -550,6 +564,7 @@ impl Policy {
                 Action::Close { condition, text } => Outcome::Close { condition: *condition, text: text.clone() },
                 Action::Strip { payload, paths } => Outcome::Rewrite(rewrite::strip(el, payload, paths)),
                 Action::Mask(masker) => Outcome::Rewrite(masker.mask(el)),
+                Action::Quarantine => Outcome::Quarantine,
             };
             return Verdict { outcome, rule: Some(rule.name.clone()), hits };
         }
@@ -631,6 +646,10 @@ impl Policy {
                 rates.antispam().fanout(c.ns, &key, &source, c.quota, recipient.as_str(), c.recipients, c.window, now)
             }
             Cond::Wave(c) => self.wave(c, f, rates, now),
+            Cond::Listed { list, to } => {
+                let jid = if *to { f.to() } else { f.from() };
+                jid.is_some_and(|j| rates.antispam().is_listed(list, &j.to_bare(), now))
+            }
             Cond::Any(groups) => groups.iter().any(|g| self.all(g, f, rates, now)),
             Cond::Not(group) => !self.all(group, f, rates, now),
         }

@@ -31,7 +31,7 @@ pub use c2s::{
     skipped_reason, BackendTls, C2sSession, Check, Decision, SessionConfig, NS_BIND, NS_CARBONS, NS_CSI,
     NS_LEGACY_AUTH, NS_ROSTER, NS_SASL, NS_TLS,
 };
-pub use effect::{BackendFailure, CloseReason, Effect, PolicyBinding, PolicyEvent, S2sAuth, StanzaSummary};
+pub use effect::{BackendFailure, CloseReason, Effect, Held, PolicyBinding, PolicyEvent, S2sAuth, StanzaSummary};
 
 /// The c2s state machine under its historical name.
 pub type Session = C2sSession;
@@ -142,8 +142,31 @@ pub trait StreamMachine {
     /// s2s: the answer to [`Effect::VerifyDialback`]: valid, invalid, or why it could not be
     /// asked (which counts as invalid).
     fn dialback_result(&mut self, _remote: &str, _local: &str, _result: Result<bool, String>) {}
+    /// Deliver a stanza released from the quarantine, held earlier in `chain` on this kind of
+    /// stream: toward the server for the front leg's chain (c2s-in, s2s-in, s2s-out), toward
+    /// the client for c2s-out. It is written as it was held (an operator released it: it is not
+    /// evaluated again) and counted as injected for XEP-0198. `Err` says why this session
+    /// cannot take it (closed, not bound yet, another chain); nothing was written then.
+    fn deliver_released(&mut self, chain: Chain, stanza: crate::xml::Element) -> Result<(), DeliverRefused> {
+        let _ = (chain, stanza);
+        Err(DeliverRefused::WrongStream)
+    }
     /// s2s outbound: what the remote's certificate proved and how DNS led to it; called
     /// before [`StreamMachine::backend_tls_established`] (or before `backend_connected` for
     /// direct TLS).
     fn remote_certificate(&mut self, _cert: s2s::PeerCert, _dnssec: s2s::Dnssec) {}
+}
+
+/// Why a session could not take a released stanza ([`StreamMachine::deliver_released`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverRefused {
+    /// The session has closed or is closing.
+    #[error("the session has ended")]
+    Closed,
+    /// The session has not bound a JID (c2s) or authenticated its domain pair (s2s) yet.
+    #[error("the session is not established")]
+    NotEstablished,
+    /// The stanza was held in a chain this session does not carry.
+    #[error("the session does not carry that chain")]
+    WrongStream,
 }

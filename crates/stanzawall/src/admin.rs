@@ -6,7 +6,8 @@
 //! role ([`crate::admin_tls`]); `read` callers see, `admin` callers also act. A request that carries an
 //! `Authorization` header is judged by its token alone. Public without a token: the dashboard's static files (they hold no data;
 //! the page asks for a token and calls the API with it), `/healthz`, `/readyz`, and `/metrics`
-//! unless `[admin] metrics_public = false`. Every action (kick, ban, unban, list edit, reload)
+//! unless `[admin] metrics_public = false`. Every action (kick, ban, unban, list edit, reload,
+//! quarantine release and delete)
 //! and every refused request is written to the audit log as an `"event": "admin"` record naming
 //! the token, so the log says who did what and when.
 //!
@@ -21,6 +22,7 @@ pub mod auth;
 mod dashboard;
 pub mod lists;
 pub mod routes;
+mod quarantine;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -130,8 +130,9 @@ fn record(r: Record<'_>, origin: Origin<'_>, time: &str) -> Value {
 }
 
 /// The record of an anti-spam event: `event` = `spam-wave` (with the wave's id, counts and a
-/// sample of its normalized text) or `spam-report` (reporter, reported JID, reason, text and
-/// the distinct reporters so far).
+/// sample of its normalized text), `spam-report` (reporter, reported JID, reason, text and
+/// the distinct reporters so far), `report-listed` (a reported JID put on the
+/// `report_threshold` list, with its TTL) or `report-unlisted` (its time ran out).
 pub fn antispam_record(event: &stanzawall_core::antispam::Event, origin: Origin<'_>) -> Value {
     use stanzawall_core::antispam::Event;
     let time = humantime_rfc3339(std::time::SystemTime::now());
@@ -151,6 +152,18 @@ pub fn antispam_record(event: &stanzawall_core::antispam::Event, origin: Origin<
             "reason": reason,
             "text": text,
             "reporters": reporters,
+        }),
+        Event::Listed { jid, list, reporters, ttl } => json!({
+            "event": "report-listed",
+            "jid": jid.as_str(),
+            "list": list,
+            "reporters": reporters,
+            "ttl_seconds": ttl.as_secs(),
+        }),
+        Event::Unlisted { jid, list } => json!({
+            "event": "report-unlisted",
+            "jid": jid.as_str(),
+            "list": list,
         }),
     };
     let mut v = json!({

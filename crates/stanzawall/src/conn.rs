@@ -114,6 +114,10 @@ struct Connection<'a, S: StreamMachine> {
     ibb: Option<Box<ibb::IbbScans>>,
     /// While a stanza waits for a roster (`StreamMachine::paused`): news of rosters.
     roster_news: Option<watch::Receiver<u64>>,
+    /// Stanzas released from the quarantine into this session, and the answers owed once
+    /// what they queued has been flushed.
+    deliveries: tokio::sync::mpsc::Receiver<crate::sessions::Delivery>,
+    delivered: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 /// Serve one accepted connection to completion.
@@ -275,7 +279,7 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
         let binding = PolicyBinding { policy, rates: shared.rates.clone(), source_ip: peer.ip() };
         let session = make(&listener, &generation, binding, timeouts, legs::random_id())?;
         let armed = Instant::now() + network.handshake_timeout;
-        let (registration, kicks) = shared.sessions.register(&listener.name, listener.kind.as_str(), peer);
+        let (registration, kicks, deliveries) = shared.sessions.register(&listener.name, listener.kind.as_str(), peer);
         Some(Connection {
             reported: session.counters(),
             session,
@@ -302,6 +306,8 @@ impl<'a, S: StreamMachine> Connection<'a, S> {
             kicks,
             ibb: None,
             roster_news: None,
+            deliveries,
+            delivered: Vec::new(),
         })
     }
 
@@ -331,9 +337,16 @@ impl<S: StreamMachine> Connection<'_, S> {
     }
 
     async fn flush(&mut self) {
-        if let Err(failure) =
-            legs::flush(&mut self.session, &mut self.client, &mut self.backend, &mut self.totals).await
-        {
+        let flushed = legs::flush(&mut self.session, &mut self.client, &mut self.backend, &mut self.totals).await;
+        // A released stanza counts as delivered once its bytes went to the socket.
+        let answer = match &flushed {
+            Ok(()) => Ok(()),
+            Err(_) => Err("the session's connection failed while writing it".to_owned()),
+        };
+        for reply in self.delivered.drain(..) {
+            let _ = reply.send(answer.clone());
+        }
+        if let Err(failure) = flushed {
             legs::on_write_failure(&mut self.session, failure);
         }
     }
@@ -490,6 +503,7 @@ impl<S: StreamMachine> Connection<'_, S> {
                 let (generation, shared) = (&self.generation, &self.shared);
                 Box::pin(scans.handle(event, generation, shared, &control, &self.listener.name, self.peer.ip())).await;
             }
+            Effect::Quarantine(held) => Box::pin(self.on_quarantine(*held)).await,
             Effect::Close(reason) => {
                 let _ = timeout(CLOSE_FLUSH_TIMEOUT, self.flush()).await;
                 return Some(reason);
@@ -520,6 +534,26 @@ impl<S: StreamMachine> Connection<'_, S> {
         if !r.audit.is_empty() {
             self.shared.audit.record(self.audit_path.clone(), r.audit).await;
         }
+    }
+
+    /// A stanza a `quarantine` rule held: store it durably before this session reads on, and
+    /// audit it with the entry's id; one that cannot be stored is dropped (audited), never
+    /// delivered (invariant 5, fail closed).
+    async fn on_quarantine(&mut self, held: stanzawall_core::session::Held) {
+        let entry = crate::quarantine::Entry::of_held(&held, &self.listener.name, self.registration.id());
+        let result = match &self.shared.quarantine {
+            Some(q) => q.hold(entry.clone()).await,
+            None => Err(crate::quarantine::QuarantineError::Unavailable),
+        };
+        let user = held.summary.user.as_ref().map(ToString::to_string);
+        let origin =
+            crate::audit::Origin { listener: &self.listener.name, client_ip: self.peer.ip(), user: user.as_deref() };
+        let line = crate::quarantine::audit_record(&entry, result.as_ref().err(), origin);
+        match &result {
+            Ok(()) => info!(quarantine.id = %entry.id, chain = held.chain.as_str(), "stanza held in the quarantine"),
+            Err(e) => warn!(quarantine.id = %entry.id, error = %e, "stanza not held (dropped): quarantine refused it"),
+        }
+        self.shared.audit.record(self.audit_path.clone(), vec![line]).await;
     }
 
     /// Count a failed authentication; on a ban, sync it to the kernel before this session's
@@ -607,6 +641,19 @@ impl<S: StreamMachine> Connection<'_, S> {
             },
             _ = tokio::time::sleep(pause), if room == 0 && !client_paused => self.shaped += pause,
             _ = self.shutdown.changed() => self.session.shutdown(),
+            // A stanza released from the quarantine: the engine writes it toward where it was
+            // going; the answer waits for the flush.
+            Some(d) = self.deliveries.recv() => {
+                match self.session.deliver_released(d.chain, d.stanza) {
+                    Ok(()) => {
+                        info!(session.id = self.registration.id(), chain = d.chain.as_str(), "quarantined stanza released into this session");
+                        self.delivered.push(d.reply);
+                    }
+                    Err(why) => {
+                        let _ = d.reply.send(Err(why.to_string()));
+                    }
+                }
+            }
             // An operator's kick (admin API): the engine sends the stream error and closes.
             Some(control) = self.kicks.recv() => match control {
                 crate::sessions::Control::Kick(kick) => {

@@ -136,6 +136,9 @@ fn explain_evaluation(out: &mut String, eval: &Evaluation, origin: &dyn Fn(&str)
         Outcome::Rewrite(new) => {
             let _ = writeln!(out, "  rewritten: {}", String::from_utf8_lossy(&new.to_bytes(NS_CLIENT)));
         }
+        Outcome::Quarantine => {
+            let _ = writeln!(out, "  held in the quarantine (not delivered; the sender is not told)");
+        }
         Outcome::Pass | Outcome::Drop => {}
     }
 }
@@ -274,6 +277,31 @@ mod tests {
         )
         .unwrap();
         assert!(out.contains("chain: s2s-in") && !out.contains("gateway: close"), "{out}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn explains_a_quarantine() {
+        let dir = std::env::temp_dir().join(format!("sw-explain-q-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
+             [[listener]]\nname = \"c2s\"\nkind = \"c2s\"\nbind = \"127.0.0.1:5222\"\nbackend = \"127.0.0.1:1\"\n\
+             [[rule]]\nname = \"hold-links\"\nwhen = { body_regex = \"https?://\" }\naction = \"quarantine\"\n",
+        )
+        .unwrap();
+        let out = run(
+            &path,
+            "c2s-out",
+            "127.0.0.1".parse().unwrap(),
+            Some("bob@example.test"),
+            "<message from='eve@remote.test/x' to='bob@example.test'><body>http://x.test</body></message>",
+        )
+        .unwrap();
+        assert!(out.contains("rule: hold-links (") && out.contains("action: quarantine"), "{out}");
+        assert!(out.contains("held in the quarantine (not delivered; the sender is not told)"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,6 +21,7 @@ mod inspect;
 mod io;
 mod metrics;
 mod nft;
+mod quarantine;
 mod relay;
 mod s2s;
 mod server;
@@ -149,6 +150,12 @@ enum Command {
         #[arg(long = "route")]
         routes: Vec<String>,
     },
+    /// Stanzas held by `quarantine` rules: list, show, release (deliver once) or delete them
+    /// through the running gateway's admin API (the `[admin] bind` of --config).
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Print the man page (roff) on stdout, or write stanzawall.1 and a page per subcommand
     /// into --dir (`man -l stanzawall.1` reads one).
     Man {
@@ -161,6 +168,51 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+/// How `stanzawall quarantine` reaches the gateway.
+#[derive(Debug, clap::Args)]
+struct AdminConnection {
+    /// The gateway's configuration file (its `[admin] bind` is called).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// A file holding an admin API token (default: the STANZAWALL_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) of the admin listener, when it speaks HTTPS.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineAction {
+    /// List the held entries, oldest first (a `read` token suffices).
+    List {
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Show one entry (any state) with its stanza.
+    Show {
+        /// The entry's id.
+        id: String,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Deliver a held entry once, where it was going (an `admin` token); fails if it was
+    /// released already or no session can take it now (then it stays held).
+    Release {
+        /// The entry's id.
+        id: String,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Delete an entry without delivering it (an `admin` token).
+    Delete {
+        /// The entry's id.
+        id: String,
+        #[command(flatten)]
+        admin: AdminConnection,
     },
 }
 
@@ -197,6 +249,33 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("stanzawall admin-token: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Quarantine { action } => {
+            use quarantine::cli::Action;
+            let (admin, action) = match action {
+                QuarantineAction::List { admin } => (admin, Action::List),
+                QuarantineAction::Show { id, admin } => (admin, Action::Show(id)),
+                QuarantineAction::Release { id, admin } => (admin, Action::Release(id)),
+                QuarantineAction::Delete { id, admin } => (admin, Action::Delete(id)),
+            };
+            let opts = quarantine::cli::Options { config: admin.config, token_file: admin.token_file, ca: admin.ca };
+            let config = match state::load_config_with_deadline(&opts.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match quarantine::cli::run(&config, &opts, &action) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("stanzawall quarantine: {e:#}");
                     ExitCode::FAILURE
                 }
             }

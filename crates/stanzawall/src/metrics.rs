@@ -55,6 +55,13 @@ pub struct AntiSpamLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `stanzawall_quarantine_events_total`: `held`, `released`, `deleted`, `expired`,
+/// `refused` (not stored: the quarantine was full or failed; the stanza was dropped).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuarantineLabels {
+    pub event: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct S2sAuthLabels {
     pub direction: &'static str,
@@ -92,6 +99,12 @@ pub struct Metrics {
     pub s2s_refused: Family<DirectionLabels, Counter>,
     /// Anti-spam events: waves detected, spam reports recorded (by reason).
     pub antispam: Family<AntiSpamLabels, Counter>,
+    /// Quarantine events (held, released, deleted, expired, refused).
+    pub quarantine: Family<QuarantineLabels, Counter>,
+    /// Entries held in the quarantine now (as the store last counted them).
+    pub quarantine_entries: Gauge,
+    /// Bytes of held stanzas in the quarantine now.
+    pub quarantine_bytes: Gauge,
 }
 
 impl Metrics {
@@ -139,14 +152,27 @@ impl Metrics {
             AntiSpamLabels { event: "report", reason: "spam" },
             AntiSpamLabels { event: "report", reason: "abuse" },
             AntiSpamLabels { event: "report", reason: "other" },
+            AntiSpamLabels { event: "listed", reason: "" },
+            AntiSpamLabels { event: "unlisted", reason: "" },
         ] {
             drop(self.antispam.get_or_create(&labels));
         }
         r.register(
             "antispam_events",
-            "Anti-spam events: spam waves detected, XEP-0377 spam reports recorded (per reason)",
+            "Anti-spam events: spam waves detected, XEP-0377 spam reports recorded (per reason), \
+             reported JIDs listed and unlisted (report_threshold)",
             self.antispam.clone(),
         );
+        for event in ["held", "released", "deleted", "expired", "refused"] {
+            drop(self.quarantine.get_or_create(&QuarantineLabels { event }));
+        }
+        r.register(
+            "quarantine_events",
+            "Quarantine: stanzas held, released, deleted, expired, refused (quarantine full: dropped)",
+            self.quarantine.clone(),
+        );
+        r.register("quarantine_entries", "Stanzas held in the quarantine now", self.quarantine_entries.clone());
+        r.register("quarantine_bytes", "Bytes of stanzas held in the quarantine now", self.quarantine_bytes.clone());
         r.register(
             "s2s_refused",
             "Remote domains refused (policy, authentication, TLS), per direction",

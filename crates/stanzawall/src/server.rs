@@ -69,15 +69,33 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         Some(store) => store.clone(),
         None => Arc::new(RateTable::new()),
     };
+    let sessions = Arc::new(crate::sessions::Sessions::default());
+    // Like `[store]`, read once: the quarantine lives where the store does.
+    let quarantine = match crate::quarantine::Quarantine::open(&first.config, metrics.clone(), sessions.clone()) {
+        Ok(q) => Some(Arc::new(q)),
+        Err(e) => {
+            error!(error = %e, "cannot open the quarantine; stanzas to hold will be dropped (audited)");
+            None
+        }
+    };
     let shared = Shared {
         guard: guard.clone(),
         rates,
         metrics: metrics.clone(),
-        audit: Audit::start(metrics),
-        sessions: Arc::new(crate::sessions::Sessions::default()),
+        audit: Audit::start(metrics.clone()),
+        sessions,
         store,
+        quarantine,
     };
+
     let (gen_tx, gen_rx) = watch::channel(first.clone());
+    tokio::spawn(housekeeping(
+        shared.quarantine.clone(),
+        shared.rates.clone(),
+        metrics,
+        shared.audit.clone(),
+        gen_rx.clone(),
+    ));
     // The admin API's reloads come through here and are answered with their outcome.
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<crate::admin::ReloadRequest>(8);
     let admin_state =
@@ -440,4 +458,40 @@ async fn reload(
     start_listeners(&next, sockets, running, gen_rx, shutdown_rx, tracker, shared).await;
     info!(changes = ?changes, "configuration reloaded");
     Ok(changes)
+}
+
+/// Every `SWEEP_EVERY`: expire quarantine entries past retention and report-fed list entries
+/// past their TTL, each with an audit record and a metric.
+async fn housekeeping(
+    quarantine: Option<Arc<crate::quarantine::Quarantine>>,
+    rates: Arc<dyn stanzawall_core::policy::RateStore>,
+    metrics: Arc<Metrics>,
+    audit: crate::audit::Audit,
+    gen_rx: tokio::sync::watch::Receiver<Arc<crate::state::Generation>>,
+) {
+    let mut tick = tokio::time::interval(crate::quarantine::SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let path = gen_rx.borrow().policy.audit().path.clone();
+        let mut lines = Vec::new();
+        if let Some(q) = &quarantine {
+            match q.expire().await {
+                Ok(gone) => {
+                    for e in gone {
+                        info!(quarantine.id = %e.id, "quarantine entry expired");
+                        lines.push(crate::quarantine::audit_event("expired", &e, None));
+                    }
+                }
+                Err(e) => warn!(error = %e, "quarantine expiry failed"),
+            }
+        }
+        for event in rates.antispam().expire_listed(std::time::Instant::now()) {
+            metrics.antispam.get_or_create(&crate::metrics::AntiSpamLabels { event: "unlisted", reason: "" }).inc();
+            let origin = crate::audit::Origin { listener: "", client_ip: [0, 0, 0, 0].into(), user: None };
+            lines.push(crate::audit::antispam_record(&event, origin));
+        }
+        if !lines.is_empty() {
+            audit.record(path, lines).await;
+        }
+    }
 }

@@ -48,6 +48,39 @@ pub enum Control {
 /// Room on a session's control channel: a kick, and a few notices and verdicts in flight.
 const CONTROL_QUEUE: usize = 8;
 
+/// A stanza released from the quarantine, to be written by one session's engine
+/// ([`StreamMachine::deliver_released`](stanzawall_core::session::StreamMachine::deliver_released)).
+/// The answer comes once the bytes were handed to the socket (or why not).
+#[derive(Debug)]
+pub struct Delivery {
+    /// The chain it was held in (which way it goes).
+    pub chain: stanzawall_core::policy::Chain,
+    /// The stanza.
+    pub stanza: stanzawall_core::xml::Element,
+    /// Where the session answers.
+    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Why a delivery to one session did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// No session has this id (it ended).
+    #[error("session {0} has ended")]
+    Gone(u64),
+    /// The session is busy with other deliveries.
+    #[error("session {0} is busy")]
+    Busy(u64),
+    /// The session refused it (closing, not bound, another chain).
+    #[error("session {0}: {1}")]
+    Refused(u64, String),
+    /// No answer in time.
+    #[error("session {0} did not answer")]
+    Timeout(u64),
+}
+
+/// How long a delivery may wait for the session's engine to write it.
+const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One open session as the table sees it.
 #[derive(Debug)]
 pub struct Entry {
@@ -65,6 +98,7 @@ pub struct Entry {
     control: mpsc::Sender<Control>,
     /// A kick was delivered: the session is closing.
     kicked: std::sync::atomic::AtomicBool,
+    deliveries: mpsc::Sender<Delivery>,
 }
 
 /// Every open session, by id.
@@ -104,8 +138,9 @@ impl Sessions {
         listener: &str,
         kind: &'static str,
         peer: SocketAddr,
-    ) -> (Registration, mpsc::Receiver<Control>) {
+    ) -> (Registration, mpsc::Receiver<Control>, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let (dtx, drx) = mpsc::channel(4);
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(Entry {
             id,
@@ -120,9 +155,57 @@ impl Sessions {
             stanzas_from_backend: AtomicU64::new(0),
             control: tx,
             kicked: std::sync::atomic::AtomicBool::new(false),
+            deliveries: dtx,
         });
         lock(&self.table).insert(id, entry.clone());
-        (Registration { sessions: self.clone(), entry }, rx)
+        (Registration { sessions: self.clone(), entry }, rx, drx)
+    }
+
+    /// Sessions that may take a stanza released from `chain`: `preferred` first (the session it
+    /// was held in, if still open), then, for c2s chains, every session bound to `bare` (the
+    /// sender's account for c2s-in, the recipient's for c2s-out), for s2s chains every session
+    /// of that door (the engine checks its authenticated domain pairs).
+    pub fn candidates(&self, chain: stanzawall_core::policy::Chain, preferred: Option<u64>, bare: &str) -> Vec<u64> {
+        use stanzawall_core::policy::Chain;
+        let table = lock(&self.table);
+        let fits = |e: &Entry| match chain {
+            Chain::C2sIn | Chain::C2sOut => {
+                matches!(e.kind, "c2s" | "c2s-tls" | "websocket" | "bosh")
+                    && lock(&e.jid).as_deref().is_some_and(|j| j.split('/').next() == Some(bare))
+            }
+            Chain::S2sIn => matches!(e.kind, "s2s" | "s2s-tls"),
+            Chain::S2sOut => e.kind == "s2s-out",
+        };
+        let mut out: Vec<u64> = preferred.filter(|id| table.contains_key(id)).into_iter().collect();
+        let mut others: Vec<u64> =
+            table.values().filter(|e| Some(e.id) != preferred && fits(e)).map(|e| e.id).collect();
+        // Newest first: the latest login of the account is the likeliest to stay.
+        others.sort_unstable_by(|a, b| b.cmp(a));
+        out.extend(others);
+        out
+    }
+
+    /// Hand `stanza` to session `id` and wait until its engine wrote it (or refused).
+    pub async fn deliver(
+        &self,
+        id: u64,
+        chain: stanzawall_core::policy::Chain,
+        stanza: stanzawall_core::xml::Element,
+    ) -> Result<(), DeliveryError> {
+        let entry = lock(&self.table).get(&id).cloned().ok_or(DeliveryError::Gone(id))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match entry.deliveries.try_send(Delivery { chain, stanza, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(DeliveryError::Busy(id)),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(DeliveryError::Gone(id)),
+        }
+        match tokio::time::timeout(DELIVERY_TIMEOUT, answer).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(why))) => Err(DeliveryError::Refused(id, why)),
+            // The session ended before answering: it did not write it.
+            Ok(Err(_)) => Err(DeliveryError::Gone(id)),
+            Err(_) => Err(DeliveryError::Timeout(id)),
+        }
     }
 
     /// How many sessions are open.
@@ -229,7 +312,7 @@ mod tests {
     #[tokio::test]
     async fn register_list_kick_and_drop() {
         let sessions = Arc::new(Sessions::default());
-        let (reg, mut rx) = sessions.register("c2s", "c2s", "127.0.0.1:4000".parse().unwrap());
+        let (reg, mut rx, _deliveries) = sessions.register("c2s", "c2s", "127.0.0.1:4000".parse().unwrap());
         reg.set_jid("alice@example.test/phone");
         reg.update(10, 20, 1, 2);
         let list = sessions.list();

@@ -64,6 +64,9 @@ pub struct Shared {
     pub sessions: Arc<crate::sessions::Sessions>,
     /// The shared store (`[store] backend = "redis"`): also `rates`; bans are counted there.
     pub store: Option<Arc<RedisStore>>,
+    /// Held stanzas (`quarantine` rules); `None` when its store could not be opened (then a
+    /// stanza to hold is dropped and audited).
+    pub quarantine: Option<Arc<crate::quarantine::Quarantine>>,
 }
 
 /// Errors loading a generation: either a config mistake or an unreadable file.

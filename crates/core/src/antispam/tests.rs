@@ -306,7 +306,7 @@ fn contacts_learned_from_roster_results_and_pushes() {
     assert_eq!(c.relation(&b, &jid("mallory@spam.test")), Relation::Contact, "the roster was not replaced");
     // The user asking a subscription makes the contact pending-out at once.
     let now = Instant::now();
-    a.learn_from_user(&el("<presence type='subscribe' to='zoe@new.test'/>"), Some(&bob), now);
+    a.learn_from_user(&el("<presence type='subscribe' to='zoe@new.test'/>"), Some(&bob), now, None);
     assert_eq!(c.relation(&b, &jid("zoe@new.test")), Relation::Contact);
     // A new roster result replaces the old one.
     a.learn_from_server(&el("<iq type='result' id='r2'><query xmlns='jabber:iq:roster'/></iq>"), Some(&bob));
@@ -347,7 +347,7 @@ fn spam_reports_are_read_counted_and_expire() {
     };
     let alice = crate::jid::parse_full("alice@example.test/a").unwrap();
     let bob = crate::jid::parse_full("bob@example.test/b").unwrap();
-    let ev = a.learn_from_user(&report("spammer@spam.test/x", "urn:xmpp:reporting:spam"), Some(&alice), t0);
+    let ev = a.learn_from_user(&report("spammer@spam.test/x", "urn:xmpp:reporting:spam"), Some(&alice), t0, None);
     assert_eq!(
         ev,
         [Event::Report {
@@ -359,25 +359,25 @@ fn spam_reports_are_read_counted_and_expire() {
         }]
     );
     // The same reporter again counts once; another reporter counts.
-    a.learn_from_user(&report("spammer@spam.test", "urn:xmpp:reporting:spam"), Some(&alice), t0);
-    let ev = a.learn_from_user(&report("spammer@spam.test", "urn:xmpp:reporting:abuse"), Some(&bob), t0);
+    a.learn_from_user(&report("spammer@spam.test", "urn:xmpp:reporting:spam"), Some(&alice), t0, None);
+    let ev = a.learn_from_user(&report("spammer@spam.test", "urn:xmpp:reporting:abuse"), Some(&bob), t0, None);
     assert!(matches!(&ev[..], [Event::Report { reporters: 2, reason: "abuse", .. }]));
     assert_eq!(a.reporters(&bare("spammer@spam.test"), Duration::from_secs(3600), t0), 2);
     assert_eq!(a.reporters(&bare("spammer@spam.test"), Duration::from_secs(3600), t0 + Duration::from_secs(3600)), 0);
     assert_eq!(a.reports_recorded(), 3);
     // A block without a report is no report; version 0 is read.
     let plain = el("<iq type='set' id='b2'><block xmlns='urn:xmpp:blocking'><item jid='x@y.test'/></block></iq>");
-    assert!(a.learn_from_user(&plain, Some(&alice), t0).is_empty());
+    assert!(a.learn_from_user(&plain, Some(&alice), t0, None).is_empty());
     let v0 = el("<iq type='set' id='b3'><block xmlns='urn:xmpp:blocking'><item jid='x@y.test'>\
                  <report xmlns='urn:xmpp:reporting:0'><spam/></report></item></block></iq>");
     assert!(matches!(
-        &a.learn_from_user(&v0, Some(&alice), t0)[..],
+        &a.learn_from_user(&v0, Some(&alice), t0, None)[..],
         [Event::Report { reason: "spam", text: None, .. }]
     ));
     let beside = el("<iq type='set' id='b4'><block xmlns='urn:xmpp:blocking'>\
                      <report xmlns='urn:xmpp:reporting:0'><text>flood</text><spam/></report>\
                      <item jid='p@y.test'/><item jid='q@y.test'/></block></iq>");
-    let ev = a.learn_from_user(&beside, Some(&alice), t0);
+    let ev = a.learn_from_user(&beside, Some(&alice), t0, None);
     assert_eq!(ev.len(), 2);
     assert!(
         matches!(&ev[1], Event::Report { reported, reason: "spam", text: Some(t), .. } if reported.as_str() == "q@y.test" && t == "flood")

@@ -84,6 +84,25 @@ pub(super) struct RawAudit {
     include_body: Option<bool>,
 }
 
+/// `[antispam]`: settings of the anti-spam state that are not rule conditions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAntispam {
+    report_threshold: Option<Spanned<toml::Value>>,
+}
+
+/// Validate `[antispam]` into `policy`.
+pub(super) fn antispam(
+    raw: Option<&RawAntispam>,
+    policy: &mut PolicyConfig,
+    loc: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    if let Some(t) = raw.and_then(|r| r.report_threshold.as_ref()) {
+        policy.report_threshold = Some(conditions::report_threshold(t, loc)?);
+    }
+    Ok(())
+}
+
 /// The policy sections of one file (the main config or an include).
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawPolicy {
@@ -364,6 +383,7 @@ fn add_sections(
             "pass" => ActionConfig::Pass,
             "drop" => ActionConfig::Drop,
             "log" => ActionConfig::Log,
+            "quarantine" => ActionConfig::Quarantine,
             "strip" => ActionConfig::Strip,
             "mask" => {
                 ActionConfig::Mask { with: r.mask.as_ref().map_or_else(|| "*".to_owned(), |m| m.get_ref().clone()) }
@@ -398,7 +418,9 @@ fn add_sections(
                 return loc.err(
                     r.action.span(),
                     &action_key,
-                    format!("unknown action '{other}' (expected pass, drop, bounce, close, strip, mask or log)"),
+                    format!(
+                        "unknown action '{other}' (expected pass, drop, bounce, close, strip, mask, log or quarantine)"
+                    ),
                 )
             }
         };

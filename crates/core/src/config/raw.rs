@@ -51,6 +51,8 @@ struct RawConfig {
     store: Option<super::store::RawStore>,
     file_transfer: Option<super::transfer::RawFileTransfer>,
     contacts: Option<Spanned<super::contacts::RawContacts>>,
+    antispam: Option<super::policy::RawAntispam>,
+    quarantine: Option<super::quarantine::RawQuarantine>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,7 +327,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     }
     let mut network = network(&raw.network, loc)?;
     // Bans and RTBL lists outlive the process here; relative to the config file.
-    let state_dir = raw.state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()));
+    let state_dir = state_dir_of(&raw.state_dir, loc);
     let sections = RawPolicy { list: raw.list, rate: raw.rate, rule: raw.rule, chain: raw.chain };
     let mut policy = super::policy::policy(sections, &raw.include, &raw.audit, &state_dir, loc, files)?;
     let contacts = super::contacts::contacts(raw.contacts.as_ref(), loc)?;
@@ -336,6 +338,8 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
         }
     }
     super::s2s::s2s_domains(raw.s2s.as_ref(), &mut policy, loc)?;
+    super::policy::antispam(raw.antispam.as_ref(), &mut policy, loc)?;
+    let quarantine = super::quarantine::quarantine(raw.quarantine.as_ref(), &state_dir, loc)?;
     resolve_network_lists(&mut network, &raw.network, &policy, loc)?;
     let admin = admin::admin(&raw.admin, &certificates, loc)?;
     let nftables = nftables(&raw.nftables, &listeners, loc)?;
@@ -346,6 +350,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     let file_transfer = super::transfer::file_transfer(raw.file_transfer.as_ref(), &listeners, loc)?;
     Ok(Config {
         contacts,
+        quarantine,
         file_transfer,
         s2s,
         store,
@@ -386,4 +391,9 @@ pub(super) fn valid_host_port(s: &str) -> bool {
         Some((host, port)) => crate::jid::is_domain(host) && port.parse::<u16>().is_ok_and(|p| p != 0),
         None => false,
     }
+}
+
+/// `state_dir`, default `state/` beside the config file.
+fn state_dir_of(state_dir: &Option<Spanned<String>>, loc: &Locator<'_>) -> std::path::PathBuf {
+    state_dir.as_ref().map_or_else(|| loc.path("state"), |d| loc.path(d.get_ref()))
 }

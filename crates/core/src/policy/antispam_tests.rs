@@ -346,3 +346,93 @@ fn the_readme_recommended_configuration_does_what_it_says() {
     assert_eq!(outcomes[..4], [Outcome::Pass, Outcome::Pass, Outcome::Pass, Outcome::Pass]);
     assert_eq!(outcomes[4..], [Outcome::Drop, Outcome::Drop]);
 }
+
+#[test]
+fn report_threshold_puts_the_reported_jid_on_a_list_for_its_ttl() {
+    let p = policy(
+        r#"
+[antispam]
+report_threshold = { reporters = 2, window = "1h", list = "reported", ttl = "1d" }
+
+[list.reported]
+entries = ["fixed@spam.test"]
+
+[[rule]]
+name = "reported-senders"
+chain = "s2s-in"
+when = { kind = "message", from_in = "reported" }
+action = "drop"
+
+[[rule]]
+name = "to-reported"
+chain = "c2s-in"
+when = { to_in = "reported" }
+action = "bounce"
+"#,
+    );
+    let rates = RateTable::new();
+    let now = Instant::now();
+    let m = |from: &str| format!("<message from='{from}' to='bob@example.test'><body>x</body></message>");
+    let report = "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='other@spam.test'>\
+                  <report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'/></item></block></iq>";
+    // The list's fixed entries match from the start; the reported JID only once listed.
+    assert_eq!(s2s_in(&p, &m("fixed@spam.test/r"), &rates, now).outcome, Outcome::Drop);
+    assert_eq!(s2s_in(&p, &m("other@spam.test/r"), &rates, now).outcome, Outcome::Pass);
+    c2s_in(&p, "alice@example.test/a", report, &rates, now);
+    assert!(!rates.antispam().take_events().iter().any(|e| matches!(e, Event::Listed { .. })));
+    assert_eq!(s2s_in(&p, &m("other@spam.test/r"), &rates, now).outcome, Outcome::Pass, "one reporter");
+    // The session's own pipeline reports the events it learned (filter::police); here the
+    // state is asked directly after the second reporter.
+    let user = jid::parse_full("bob@example.test/b").unwrap();
+    let events = rates.antispam().learn_from_user(&stanza(report), Some(&user), now, p.report_threshold());
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Listed { jid, list, reporters: 2, ttl }
+            if jid.as_str() == "other@spam.test" && list == "reported" && ttl.as_secs() == 86_400)),
+        "{events:?}"
+    );
+    let v = s2s_in(&p, &m("other@spam.test/r"), &rates, now);
+    assert_eq!((v.outcome, v.rule.as_deref()), (Outcome::Drop, Some("reported-senders")));
+    // `to_in` reads the same list; the recipient's bare JID is looked up.
+    let to = "<message to='other@spam.test/x'><body>hi</body></message>";
+    assert!(matches!(c2s_in(&p, "alice@example.test/a", to, &rates, now).outcome, Outcome::Bounce { .. }));
+    assert_eq!(rates.antispam().listed("reported", now).len(), 1);
+    // A day later it has expired: no longer listed, and the expiry is one event.
+    let later = now + Duration::from_secs(86_400);
+    assert_eq!(s2s_in(&p, &m("other@spam.test/r"), &rates, later).outcome, Outcome::Pass);
+    let gone = rates.antispam().expire_listed(later);
+    assert!(
+        matches!(&gone[..], [Event::Unlisted { jid, list }] if jid.as_str() == "other@spam.test" && list == "reported")
+    );
+    assert!(rates.antispam().listed("reported", later).is_empty());
+    assert!(rates.antispam().expire_listed(later).is_empty());
+}
+
+#[test]
+fn report_threshold_is_checked_with_file_line_and_key() {
+    let cases = [
+        (
+            "report_threshold = { reporters = 3, window = \"1h\", ttl = \"1d\" }",
+            "antispam.report_threshold.list: missing",
+        ),
+        (
+            "report_threshold = { reporters = 0, window = \"1h\", list = \"r\", ttl = \"1d\" }",
+            "antispam.report_threshold.reporters: expected an integer from 1 to 64",
+        ),
+        (
+            "report_threshold = { reporters = 3, window = \"1h\", list = \"r\", ttl = \"90d\" }",
+            "antispam.report_threshold.ttl: expected a duration",
+        ),
+        (
+            "report_threshold = { reporters = 3, window = \"1h\", list = \"a b\", ttl = \"1d\" }",
+            "antispam.report_threshold.list: 'a b': names are",
+        ),
+        ("bogus = 1", "unknown field `bogus`"),
+    ];
+    for (line, want) in cases {
+        let e = error(&format!("[antispam]\n{line}\n"));
+        assert!(e.contains("stanzawall.toml:") && e.contains(want), "{line}: {e}");
+    }
+    // Without the threshold, a rule naming the list needs the list declared.
+    let e = error("[[rule]]\nname = \"r\"\nwhen = { from_in = \"reported\" }\naction = \"drop\"\n");
+    assert!(e.contains("unknown list 'reported'"), "{e}");
+}

@@ -80,6 +80,7 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
             ActionConfig::Pass => Action::Pass,
             ActionConfig::Drop => Action::Drop,
             ActionConfig::Log => Action::Log,
+            ActionConfig::Quarantine => Action::Quarantine,
             ActionConfig::Bounce { condition, text } => Action::Bounce { condition: *condition, text: text.clone() },
             ActionConfig::Close { condition, text } => Action::Close { condition: *condition, text: text.clone() },
             ActionConfig::Strip => {
@@ -146,6 +147,7 @@ pub(super) fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         s2s: super::s2s::S2sRules::compile(&config.s2s)?,
         uses_contacts: rules.iter().any(|r| uses_contacts(&r.when)),
         file: Arc::new(super::file::FileRules::compile(config)?),
+        report_threshold: config.report_threshold.as_ref().map(|t| t.threshold.clone()),
         rules,
     })
 }
@@ -230,6 +232,21 @@ impl Compiler<'_> {
         let set = Arc::new(set);
         self.jid_lists.insert(name.value.clone(), set.clone());
         Ok(set)
+    }
+
+    /// `from_in`/`to_in`: the list's entries, and, for the list `[antispam] report_threshold`
+    /// feeds, the JIDs on it now (a `[list.NAME]` of the same name adds fixed entries).
+    fn jid_list_cond(&mut self, name: &Located<String>, to: bool) -> Result<Cond, ConfigError> {
+        let fed = self.config.report_threshold.as_ref().is_some_and(|t| t.threshold.list == name.value);
+        let static_cond = |set| if to { Cond::To(set) } else { Cond::From(set) };
+        if !fed {
+            return Ok(static_cond(self.jid_list(name)?));
+        }
+        let listed = Cond::Listed { list: Arc::from(name.value.as_str()), to };
+        if !self.config.lists.contains_key(&name.value) {
+            return Ok(listed);
+        }
+        Ok(Cond::Any(vec![vec![static_cond(self.jid_list(name)?)], vec![listed]]))
     }
 
     fn domain_list(&mut self, name: &Located<String>) -> Result<Arc<DomainSet>, ConfigError> {
@@ -421,8 +438,8 @@ impl Compiler<'_> {
             ConditionConfig::From(p) => Cond::From(self.patterns(p)?),
             ConditionConfig::To(p) => Cond::To(self.patterns(p)?),
             ConditionConfig::User(p) => Cond::User(self.patterns(p)?),
-            ConditionConfig::FromIn(l) => Cond::From(self.jid_list(l)?),
-            ConditionConfig::ToIn(l) => Cond::To(self.jid_list(l)?),
+            ConditionConfig::FromIn(l) => self.jid_list_cond(l, false)?,
+            ConditionConfig::ToIn(l) => self.jid_list_cond(l, true)?,
             ConditionConfig::FromDomainIn(l) => Cond::FromDomain(self.domain_list(l)?),
             ConditionConfig::ToDomainIn(l) => Cond::ToDomain(self.domain_list(l)?),
             ConditionConfig::SourceIp(items) => Cond::SourceIp(self.cidrs(items)?),

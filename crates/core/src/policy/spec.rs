@@ -231,6 +231,15 @@ pub struct ReportedConfig {
     pub window: std::time::Duration,
 }
 
+/// `[antispam] report_threshold`, with where it was configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportThresholdConfig {
+    /// The threshold.
+    pub threshold: crate::antispam::ReportThreshold,
+    /// Where it was configured.
+    pub origin: Origin,
+}
+
 /// What a matching rule does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionConfig {
@@ -261,6 +270,9 @@ pub enum ActionConfig {
     },
     /// Audit and continue with the next rule.
     Log,
+    /// Hold the stanza undelivered in the quarantine, silently (released or deleted by an
+    /// operator).
+    Quarantine,
 }
 
 impl ActionConfig {
@@ -274,6 +286,7 @@ impl ActionConfig {
             ActionConfig::Strip => "strip",
             ActionConfig::Mask { .. } => "mask",
             ActionConfig::Log => "log",
+            ActionConfig::Quarantine => "quarantine",
         }
     }
 }
@@ -324,6 +337,8 @@ pub struct PolicyConfig {
     pub audit: AuditConfig,
     /// `[s2s]` domain policy.
     pub s2s: S2sDomainsConfig,
+    /// `[antispam] report_threshold`: reported JIDs listed for a while.
+    pub report_threshold: Option<ReportThresholdConfig>,
 }
 
 /// How strongly a remote server must be authenticated (`require_authenticated`), weakest first.

@@ -781,3 +781,76 @@ action = "drop"
     assert_eq!(v.rule.as_deref(), Some("any-kind"));
     assert_eq!(v.hits.iter().map(|h| &*h.rule).collect::<Vec<_>>(), ["log-presence", "any-kind"]);
 }
+
+#[test]
+fn quarantine_is_an_action_that_holds_the_stanza_and_its_wrapper() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "hold-links"
+when = { kind = "message", body_regex = "https?://" }
+action = "quarantine"
+"#,
+    );
+    let rates = RateTable::new();
+    let now = Instant::now();
+    let v = eval_at(
+        &p,
+        Chain::C2sIn,
+        "<message to='bob@example.test'><body>see http://x.test</body></message>",
+        &rates,
+        now,
+    );
+    assert_eq!((v.outcome, v.rule.as_deref()), (Outcome::Quarantine, Some("hold-links")));
+    assert_eq!(v.hits[0].action.as_str(), "quarantine");
+    assert_eq!(Outcome::Quarantine.disposition().as_str(), "quarantine");
+    // A carbon of a held message holds the whole carbon (the wrapper is what is delivered).
+    let user = alice();
+    let ctx = Context { chain: Chain::C2sOut, user: Some(&user), source_ip: "192.0.2.10".parse().unwrap() };
+    let carbon = stanza(
+        "<message from='alice@example.test' to='alice@example.test/phone'>\
+           <received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client' from='mallory@spam.test/x' to='alice@example.test/laptop'>\
+               <body>http://spam.test</body></message></forwarded></received></message>",
+    );
+    let by_sender =
+        policy("[[rule]]\nname = \"hold-mallory\"\nwhen = { from = \"mallory@spam.test\" }\naction = \"quarantine\"\n");
+    let eval = by_sender.evaluate_stanza(&carbon, &ctx, &rates, now);
+    assert_eq!((eval.outcome, eval.outer.rule), (Outcome::Quarantine, None));
+    assert_eq!(eval.wrapped[0].verdict.rule.as_deref(), Some("hold-mallory"));
+    // Every chain takes it, and `log_only` shadows it like any action.
+    for chain in Chain::ALL {
+        let v =
+            eval_at(&p, chain, "<message from='a@b.test/r' to='c@d.test'><body>http://x</body></message>", &rates, now);
+        assert_eq!(v.outcome, Outcome::Quarantine, "{chain:?}");
+    }
+    let shadow =
+        policy("[[rule]]\nname = \"q\"\nwhen = { kind = \"message\" }\naction = \"quarantine\"\nlog_only = true\n");
+    assert_eq!(eval_at(&shadow, Chain::C2sIn, "<message to='b@x.test'/>", &rates, now).outcome, Outcome::Pass);
+    // Options of other actions are refused with it; an unknown action names quarantine.
+    let e = error("[[rule]]\nname = \"q\"\nwhen = { kind = \"message\" }\naction = \"quarantine\"\ntext = \"no\"\n");
+    assert!(e.contains("rule[0].text: only meaningful with action = bounce or close"), "{e}");
+    let e = error("[[rule]]\nname = \"q\"\naction = \"hold\"\n");
+    assert!(e.contains("expected pass, drop, bounce, close, strip, mask, log or quarantine"), "{e}");
+}
+
+#[test]
+fn quarantine_section_is_validated() {
+    let c = config_with("[quarantine]\nmax_entries = 5\nmax_bytes = \"1MiB\"\nretention = \"2d\"\n", &[]).unwrap();
+    assert_eq!(c.quarantine.max_entries, 5);
+    assert_eq!(c.quarantine.max_bytes, 1 << 20);
+    assert_eq!(c.quarantine.retention, Duration::from_secs(2 * 86_400));
+    assert_eq!(c.quarantine.path, Path::new("/etc/sw/state/quarantine.redb"));
+    let d = config_with("", &[]).unwrap().quarantine;
+    assert_eq!((d.max_entries, d.max_bytes, d.retention.as_secs()), (10_000, 64 << 20, 14 * 86_400));
+    for (text, want) in [
+        ("max_entries = 0", "quarantine.max_entries: must be an integer from 1"),
+        ("max_bytes = \"12 parsecs\"", "quarantine.max_bytes: expected a size"),
+        ("retention = \"0s\"", "quarantine.retention: expected a duration"),
+        ("retention = \"400d\"", "quarantine.retention: expected a duration"),
+        ("path = \"x\"", "unknown field `path`"),
+    ] {
+        let e = config_with(&format!("[quarantine]\n{text}\n"), &[]).unwrap_err();
+        assert!(e.contains("stanzawall.toml:") && e.contains(want), "{text}: {e}");
+    }
+}

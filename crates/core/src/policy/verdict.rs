@@ -30,6 +30,9 @@ pub enum Outcome {
     },
     /// Forward this rewritten stanza instead (strip, mask).
     Rewrite(Element),
+    /// Hold it, undelivered, in the quarantine (the daemon stores it; an operator releases or
+    /// deletes it). The sender is not told: a silent hold, like a drop that can be undone.
+    Quarantine,
 }
 
 impl Outcome {
@@ -41,6 +44,7 @@ impl Outcome {
             Outcome::Bounce { .. } => Disposition::Bounce,
             Outcome::Close { .. } => Disposition::Close,
             Outcome::Rewrite(_) => Disposition::Rewrite,
+            Outcome::Quarantine => Disposition::Quarantine,
         }
     }
 }
@@ -58,6 +62,8 @@ pub enum Disposition {
     Close,
     /// Forwarded rewritten.
     Rewrite,
+    /// Held in the quarantine.
+    Quarantine,
 }
 
 impl Disposition {
@@ -69,6 +75,7 @@ impl Disposition {
             Disposition::Bounce => "bounce",
             Disposition::Close => "close",
             Disposition::Rewrite => "rewrite",
+            Disposition::Quarantine => "quarantine",
         }
     }
 }
@@ -90,6 +97,8 @@ pub enum RuleAction {
     Mask,
     /// `log`: audited, evaluation continues.
     Log,
+    /// `quarantine`: held, not delivered, until released or deleted.
+    Quarantine,
 }
 
 impl RuleAction {
@@ -103,6 +112,7 @@ impl RuleAction {
             RuleAction::Strip => "strip",
             RuleAction::Mask => "mask",
             RuleAction::Log => "log",
+            RuleAction::Quarantine => "quarantine",
         }
     }
 }

@@ -6,8 +6,8 @@
 //! message arriving as a carbon or an archive result, so every stanza wrapped in a
 //! `<forwarded/>` — at any depth, nested forwards included — is evaluated in the same chain as
 //! if it had arrived on its own, with its own `from` as the sender, and the strongest outcome
-//! decides for the whole stanza: close, then drop (a bounce on `c2s-in`, where the sender is the
-//! client), then rewrite (the wrapped stanza is replaced in place), then pass.
+//! decides for the whole stanza: close, then drop or quarantine (a bounce on `c2s-in`, where the
+//! sender is the client; the first of them stands), then rewrite (the wrapped stanza is replaced in place), then pass.
 //!
 //! Never fails open: a stanza wrapping more than [`MAX_WRAPPED`] stanzas is dropped unread.
 
@@ -105,7 +105,9 @@ impl Policy {
             let verdict = self.evaluate_as(inner, ctx, rates, now, true);
             let this = match (&verdict.outcome, ctx.chain) {
                 (Outcome::Pass, _) => None,
-                (Outcome::Close { .. } | Outcome::Drop, _)
+                // A held wrapped stanza holds the whole: releasing it delivers the wrapper as
+                // the receiver would have had it (a carbon stays a carbon).
+                (Outcome::Close { .. } | Outcome::Drop | Outcome::Quarantine, _)
                 | (Outcome::Bounce { .. }, Chain::C2sIn | Chain::S2sIn | Chain::S2sOut) => {
                     Some(verdict.outcome.clone())
                 }

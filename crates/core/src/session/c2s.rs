@@ -38,6 +38,7 @@ use crate::xml::{Element, StreamReader, XmlLimits};
 pub use backend::skipped_reason;
 pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decision};
 pub use features::{filter_features, is_channel_binding_mechanism};
+pub(crate) use filter::held;
 pub use filter::policy_effects;
 pub use hold::ROSTER_HOLD;
 
@@ -401,6 +402,39 @@ impl StreamMachine for C2sSession {
             return;
         }
         self.client_error(condition, text);
+    }
+
+    /// A stanza released from the quarantine: c2s-in toward the server (its `from` stamped with
+    /// this session's JID, as every client stanza is, RFC 6120 §8.1.2.1: the session it was
+    /// held in may have ended and this be another of the account's), c2s-out toward the client.
+    fn deliver_released(
+        &mut self,
+        chain: crate::policy::Chain,
+        mut stanza: Element,
+    ) -> Result<(), super::DeliverRefused> {
+        use crate::policy::Chain;
+        if self.client_phase != ClientPhase::Open || self.backend_phase != BackendPhase::Open {
+            return Err(if self.is_closed() || self.client_phase == ClientPhase::Closing {
+                super::DeliverRefused::Closed
+            } else {
+                super::DeliverRefused::NotEstablished
+            });
+        }
+        let Some(bound) = self.bound.clone() else { return Err(super::DeliverRefused::NotEstablished) };
+        let r = match chain {
+            Chain::C2sIn => {
+                stanza.set_attr("from", bound.to_string());
+                stanza.write_to(&mut self.to_backend, NS_CLIENT);
+                self.sm.to_server.injected()
+            }
+            Chain::C2sOut => {
+                stanza.write_to(&mut self.to_client, NS_CLIENT);
+                self.sm.to_client.injected()
+            }
+            Chain::S2sIn | Chain::S2sOut => return Err(super::DeliverRefused::WrongStream),
+        };
+        self.sm_result(r);
+        Ok(())
     }
 
     /// Traffic counters.

@@ -91,8 +91,35 @@ pub enum Effect {
     AntiSpam(crate::antispam::Event),
     /// An in-band file transfer (XEP-0047): scan its bytes, answer the verdict, report its end.
     Ibb(crate::transfer::ibb::IbbEvent),
+    /// A `quarantine` rule held a stanza: nothing was forwarded and the sender was not told.
+    /// The daemon stores it durably (and audits it with the entry's id) before the session
+    /// reads on; a stanza it cannot store is dropped and audited, never delivered.
+    Quarantine(Box<Held>),
     /// Flush what is queued and close both legs.
     Close(CloseReason),
+}
+
+/// A stanza held by a `quarantine` rule, as the session hands it to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The chain it was held in (which way it was going: `c2s-in` toward the server, `c2s-out`
+    /// toward the client, `s2s-*` across federation).
+    pub chain: Chain,
+    /// The rule that held it (`None`: the stanza wrapped in it was held by a rule, named in its
+    /// own policy record).
+    pub rule: Option<String>,
+    /// The stanza as it would have been forwarded (after from-stamping on `c2s-in`).
+    pub stanza: Element,
+    /// Its addresses and kind, for the entry and the audit log.
+    pub summary: StanzaSummary,
+}
+
+impl Held {
+    /// The stanza in canonical form with its namespace declared (`jabber:client` or
+    /// `jabber:server`): what the quarantine stores, parsed back on release.
+    pub fn canonical(&self) -> String {
+        self.stanza.to_string()
+    }
 }
 
 /// An authenticated s2s domain pair, as the audit log and metrics report it.

@@ -29,7 +29,7 @@ const MAX_BAN: Duration = Duration::from_secs(366 * 86_400);
 const MAX_RECORDS: usize = 2_000;
 
 /// The query string as key → value (last wins).
-fn query(q: Option<String>) -> BTreeMap<String, String> {
+pub(super) fn query(q: Option<String>) -> BTreeMap<String, String> {
     q.map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use serde_json::json;
 
-use super::{api, dashboard, metrics, readyz, reply, St};
+use super::{api, dashboard, metrics, quarantine, readyz, reply, St};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +108,10 @@ pub(super) fn routes() -> Vec<Route> {
         route(Get, "/api/v1/audit", Read, api::audit),
         route(Get, "/api/v1/audit/stream", Read, api::audit_stream),
         route(Post, "/api/v1/reload", Admin, api::reload),
+        route(Get, "/api/v1/quarantine", Read, quarantine::list),
+        route(Get, "/api/v1/quarantine/{id}", Read, quarantine::show),
+        route(Post, "/api/v1/quarantine/{id}/release", Admin, quarantine::release),
+        route(Delete, "/api/v1/quarantine/{id}", Admin, quarantine::delete),
     ]
 }
 

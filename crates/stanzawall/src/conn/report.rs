@@ -95,14 +95,17 @@ pub(crate) fn report(effect: &Effect, listener: &str, client_ip: IpAddr, chains:
             Report { audit: vec![line], s2s_refused: Some(direction), ..Report::default() }
         }
         Effect::AntiSpam(event) => {
+            use stanzawall_core::antispam::Event;
             let user = match event {
-                stanzawall_core::antispam::Event::Report { reporter, .. } => Some(reporter.to_string()),
-                stanzawall_core::antispam::Event::Wave { .. } => None,
+                Event::Report { reporter, .. } => Some(reporter.to_string()),
+                Event::Wave { .. } | Event::Listed { .. } | Event::Unlisted { .. } => None,
             };
             let origin = audit::Origin { listener, client_ip, user: user.as_deref() };
             let labels = match event {
-                stanzawall_core::antispam::Event::Wave { .. } => AntiSpamLabels { event: "wave", reason: "" },
-                stanzawall_core::antispam::Event::Report { reason, .. } => AntiSpamLabels { event: "report", reason },
+                Event::Wave { .. } => AntiSpamLabels { event: "wave", reason: "" },
+                Event::Report { reason, .. } => AntiSpamLabels { event: "report", reason },
+                Event::Listed { .. } => AntiSpamLabels { event: "listed", reason: "" },
+                Event::Unlisted { .. } => AntiSpamLabels { event: "unlisted", reason: "" },
             };
             Report { audit: vec![audit::antispam_record(event, origin)], antispam: Some(labels), ..Report::default() }
         }
@@ -174,5 +177,28 @@ mod tests {
         let dropped = Effect::Dropped { from_backend: true, stanza: None, reason: "too large" };
         assert_eq!(report(&dropped).audit[0]["chain"], "c2s-out");
         assert_eq!(report(&Effect::Authenticated), Report::default());
+    }
+
+    #[test]
+    fn report_fed_listings_and_quarantine_verdicts_are_audited_and_counted() {
+        use stanzawall_core::antispam::Event;
+        let jid = stanzawall_core::jid::parse("spammer@spam.test").unwrap().to_bare();
+        let listed =
+            Event::Listed { jid, list: "reported".into(), reporters: 3, ttl: std::time::Duration::from_secs(60) };
+        let r = report(&Effect::AntiSpam(listed));
+        assert_eq!(r.antispam, Some(AntiSpamLabels { event: "listed", reason: "" }));
+        let line = &r.audit[0];
+        assert_eq!((line["event"].as_str(), line["jid"].as_str()), (Some("report-listed"), Some("spammer@spam.test")));
+        assert_eq!(
+            (line["list"].as_str(), line["reporters"].as_u64(), line["ttl_seconds"].as_u64()),
+            (Some("reported"), Some(3), Some(60))
+        );
+        // A quarantine rule's own record: its action and outcome say quarantine.
+        let r = report(&event(vec![hit("hold", RuleAction::Quarantine, false)], Disposition::Quarantine));
+        assert_eq!(
+            (r.audit[0]["action"].as_str(), r.audit[0]["outcome"].as_str()),
+            (Some("quarantine"), Some("quarantine"))
+        );
+        assert_eq!(r.verdicts[0].action, "quarantine");
     }
 }

@@ -191,6 +191,8 @@ impl AdminEndpoint {
                 audit: crate::audit::Audit::start(gateway_metrics),
                 sessions: Arc::new(crate::sessions::Sessions::default()),
                 store: None,
+                // Passive inspection holds nothing: there is no stanza to deliver later.
+                quarantine: None,
             };
             Arc::new(crate::admin::Admin::for_inspection(generation, shared, Arc::new(registry)))
         };

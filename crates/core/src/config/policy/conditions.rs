@@ -307,3 +307,27 @@ fn group(
     }
     Ok(conds)
 }
+
+/// `[antispam] report_threshold = { reporters, window, list, ttl }`.
+pub(in crate::config) fn report_threshold(
+    v: &toml::Spanned<toml::Value>,
+    loc: &Locator<'_>,
+) -> Result<crate::policy::spec::ReportThresholdConfig, ConfigError> {
+    let key = "antispam.report_threshold";
+    let t = Table::new(v.get_ref(), key, v.span(), loc)?;
+    t.only(&["reporters", "window", "list", "ttl"])?;
+    let list = t.string("list")?.ok_or_else(|| t.missing("list"))?.trim().to_owned();
+    let ok = !list.is_empty()
+        && list.len() <= 64
+        && list.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        return t.err("list", format!("'{list}': names are 1-64 letters, digits, '-', '_' or '.'"));
+    }
+    let threshold = crate::antispam::ReportThreshold {
+        reporters: t.count("reporters", 1, crate::antispam::MAX_REPORTERS)?.ok_or_else(|| t.missing("reporters"))?,
+        window: t.window("window", crate::antispam::MAX_REPORT_AGE)?.ok_or_else(|| t.missing("window"))?,
+        list,
+        ttl: t.window("ttl", crate::antispam::MAX_LISTED_TTL)?.ok_or_else(|| t.missing("ttl"))?,
+    };
+    Ok(crate::policy::spec::ReportThresholdConfig { threshold, origin: loc.origin(v.span(), key) })
+}

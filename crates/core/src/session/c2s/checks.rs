@@ -129,7 +129,7 @@ pub fn decide(
             if policy.uses_contacts() {
                 rates.antispam().request_full_roster(el, ctx.user);
             }
-            drop(rates.antispam().learn_from_user(el, ctx.user, now))
+            drop(rates.antispam().learn_from_user(el, ctx.user, now, policy.report_threshold()))
         }
         _ => {}
     }

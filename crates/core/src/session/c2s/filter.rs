@@ -2,14 +2,15 @@
 //!
 //! Every stanza of a session is evaluated: client → server in chain `c2s-in`, server → client
 //! in `c2s-out`, with the stanzas it wraps ([`crate::policy::wrapped`]). The verdict is carried
-//! out here (forward, forward rewritten, drop, bounce to the sender, close) and reported as an
+//! out here (forward, forward rewritten, drop, bounce to the sender, close, hold in the
+//! quarantine as an [`Effect::Quarantine`]) and reported as an
 //! [`Effect::Policy`] for the audit log; what is withheld or injected is told to the XEP-0198
 //! accounting ([`super::sm_relay`]).
 
 use super::C2sSession;
 use crate::jid::FullJid;
 use crate::policy::{Chain, Context, Evaluation, Outcome};
-use crate::session::{Effect, PolicyEvent, StanzaSummary};
+use crate::session::{Effect, Held, PolicyEvent, StanzaSummary};
 use crate::stanza::{self, Kind, StanzaCondition};
 use crate::stream::{StreamError, NS_CLIENT};
 use crate::xml::Element;
@@ -33,7 +34,8 @@ impl C2sSession {
                 if binding.policy.uses_contacts() {
                     antispam.request_full_roster(&mut el, self.bound.as_ref());
                 }
-                let learned = antispam.learn_from_user(&el, self.bound.as_ref(), now);
+                let threshold = binding.policy.report_threshold();
+                let learned = antispam.learn_from_user(&el, self.bound.as_ref(), now, threshold);
                 self.effects.extend(learned.into_iter().map(Effect::AntiSpam));
             }
             _ => {}
@@ -80,6 +82,18 @@ impl C2sSession {
                 self.close_with(StreamError::new(condition, text));
                 None
             }
+            Outcome::Quarantine => {
+                // Held silently: withheld for XEP-0198 like a drop, handed to the daemon to store.
+                let r = match chain {
+                    Chain::C2sOut => self.sm.to_client.withheld(),
+                    Chain::C2sIn | Chain::S2sIn | Chain::S2sOut => self.sm.to_server.withheld(),
+                };
+                self.sm_result(r);
+                if let Some(held) = held(chain, el, &eval, self.bound.as_ref()) {
+                    self.effects.push_back(Effect::Quarantine(Box::new(held)));
+                }
+                None
+            }
         }
     }
 
@@ -123,6 +137,16 @@ impl C2sSession {
         self.sm_result(r);
         sent
     }
+}
+
+/// The [`Held`] record of a stanza `eval` quarantined: the rule is the outer verdict's, else
+/// that of the first wrapped stanza held.
+pub(crate) fn held(chain: Chain, el: Element, eval: &Evaluation, user: Option<&FullJid>) -> Option<Held> {
+    let summary = StanzaSummary::of(&el, user)?;
+    let rule = eval.outer.rule.clone().or_else(|| {
+        eval.wrapped.iter().find(|w| w.verdict.outcome == Outcome::Quarantine).and_then(|w| w.verdict.rule.clone())
+    });
+    Some(Held { chain, rule: rule.map(|r| r.to_string()), stanza: el, summary })
 }
 
 /// The effects the session reports for one evaluated stanza `el` of a session bound to `user`:

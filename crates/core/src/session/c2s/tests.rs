@@ -991,7 +991,7 @@ fn decided_fate(xml: &str, chain: crate::policy::Chain, rules: &str) -> Fate {
         Decision::Gateway(Check::Bounce(..) | Check::Drop(_)) => Fate::Dropped,
         Decision::Policy(eval) => match eval.outcome {
             crate::policy::Outcome::Pass | crate::policy::Outcome::Rewrite(_) => Fate::Forwarded,
-            crate::policy::Outcome::Drop => Fate::Dropped,
+            crate::policy::Outcome::Drop | crate::policy::Outcome::Quarantine => Fate::Dropped,
             crate::policy::Outcome::Bounce { condition, .. } if crate::stanza::may_bounce(&el) => {
                 Fate::Bounced(condition.as_str().to_owned())
             }
@@ -1266,4 +1266,53 @@ fn a_held_stanza_is_decided_with_what_is_known_when_the_time_is_up() {
     assert!(backend_out(&mut s).contains("<body>x</body>"));
     s.feed_client(b"<message to='carol@example.test' type='chat'><body>y</body></message>");
     assert!(backend_out(&mut s).contains("<body>y</body>"));
+}
+
+#[test]
+fn quarantined_stanzas_are_held_silently_and_released_into_the_session() {
+    use crate::policy::Chain;
+    let mut s = bound();
+    with_policy(&mut s, "[[rule]]\nname = \"hold\"\nwhen = { body_contains = \"hold\" }\naction = \"quarantine\"\n");
+    s.feed_client(msg("please hold").as_bytes());
+    assert_eq!(backend_out(&mut s), "", "nothing reaches the server");
+    assert_eq!(client_out(&mut s), "", "the sender is not told");
+    let fx = effects(&mut s);
+    let held = match fx.as_slice() {
+        [Effect::Policy(e), Effect::Quarantine(h)] => {
+            assert_eq!(e.outcome, crate::policy::Disposition::Quarantine);
+            h.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((held.chain, held.rule.as_deref()), (Chain::C2sIn, Some("hold")));
+    assert_eq!(held.summary.from.as_deref(), Some("alice@example.test/phone"));
+    let stored = held.canonical();
+    assert_eq!(
+        stored,
+        "<message xmlns='jabber:client' to='bob@example.test' type='chat' from='alice@example.test/phone'><body>please hold</body></message>"
+    );
+    // From the server toward the client: held the same way.
+    s.feed_backend(b"<message from='mallory@evil.test/x' to='alice@example.test/phone'><body>hold me</body></message>");
+    assert_eq!(client_out(&mut s), "");
+    let fx = effects(&mut s);
+    assert!(matches!(fx.as_slice(), [Effect::Policy(_), Effect::Quarantine(h)] if h.chain == Chain::C2sOut), "{fx:?}");
+    // Released: parsed back from the stored text and written toward where it was going, once,
+    // with the session's JID as sender on c2s-in.
+    let el = crate::xml::parse_stanzas(&stored, XmlLimits::default()).unwrap().remove(0);
+    s.deliver_released(Chain::C2sIn, el).unwrap();
+    assert_eq!(
+        backend_out(&mut s),
+        "<message to='bob@example.test' type='chat' from='alice@example.test/phone'><body>please hold</body></message>"
+    );
+    let el = crate::xml::parse_stanzas(
+        "<message from='mallory@evil.test/x' to='alice@example.test/phone'><body>hold me</body></message>",
+        XmlLimits::default(),
+    )
+    .unwrap()
+    .remove(0);
+    s.deliver_released(Chain::C2sOut, el.clone()).unwrap();
+    assert!(client_out(&mut s).contains("<body>hold me</body>"));
+    assert_eq!(s.deliver_released(Chain::S2sIn, el.clone()), Err(crate::session::DeliverRefused::WrongStream));
+    s.refuse(Condition::PolicyViolation, "bye");
+    assert_eq!(s.deliver_released(Chain::C2sOut, el), Err(crate::session::DeliverRefused::Closed));
 }

@@ -210,6 +210,12 @@ impl S2sCore {
                 self.front_error(condition, &text, None);
                 None
             }
+            Outcome::Quarantine => {
+                if let Some(held) = crate::session::c2s::held(chain, el, &eval, None) {
+                    self.effects.push_back(Effect::Quarantine(Box::new(held)));
+                }
+                None
+            }
         }
     }
 

@@ -533,6 +533,24 @@ impl S2sInbound {
 }
 
 impl StreamMachine for S2sInbound {
+    /// An s2s-in stanza released from the quarantine goes on to our server, if this stream
+    /// still has its domain pair authenticated (RFC 6120 §8.1.2.2: never a pair it has not).
+    fn deliver_released(&mut self, chain: Chain, stanza: Element) -> Result<(), crate::session::DeliverRefused> {
+        use crate::session::DeliverRefused;
+        if self.core.closed {
+            return Err(DeliverRefused::Closed);
+        }
+        if chain != Chain::S2sIn {
+            return Err(DeliverRefused::WrongStream);
+        }
+        let Ok((from, to)) = stanza_domains(&stanza) else { return Err(DeliverRefused::WrongStream) };
+        if !self.pairs.iter().any(|p| p.remote == from && p.local == to && p.state == PairState::Valid) {
+            return Err(DeliverRefused::NotEstablished);
+        }
+        stanza.write_s2s(&mut self.core.to_back);
+        Ok(())
+    }
+
     fn client_bytes(&mut self, data: &[u8], now: Instant) {
         self.core.tick(now);
         if self.core.closed || self.phase == Phase::TlsHandshake {

@@ -439,6 +439,26 @@ impl S2sOutbound {
 }
 
 impl StreamMachine for S2sOutbound {
+    /// An s2s-out stanza released from the quarantine goes on to the remote server, if this
+    /// stream still has its domain pair authenticated.
+    fn deliver_released(&mut self, chain: Chain, stanza: Element) -> Result<(), crate::session::DeliverRefused> {
+        use crate::session::DeliverRefused;
+        if self.core.closed {
+            return Err(DeliverRefused::Closed);
+        }
+        if chain != Chain::S2sOut {
+            return Err(DeliverRefused::WrongStream);
+        }
+        let Ok((from, to)) = super::stanza_domains(&stanza) else { return Err(DeliverRefused::WrongStream) };
+        if Some(&to) != self.remote.as_ref()
+            || !self.pairs.iter().any(|p| p.local == from && p.state == PairState::Valid)
+        {
+            return Err(DeliverRefused::NotEstablished);
+        }
+        stanza.write_s2s(&mut self.core.to_back);
+        Ok(())
+    }
+
     fn client_bytes(&mut self, data: &[u8], now: Instant) {
         self.core.tick(now);
         if self.core.closed {

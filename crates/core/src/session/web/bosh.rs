@@ -703,6 +703,18 @@ impl StreamMachine for BoshSession {
         self.inner.bound_jid()
     }
 
+    fn deliver_released(
+        &mut self,
+        chain: crate::policy::Chain,
+        stanza: crate::xml::Element,
+    ) -> Result<(), crate::session::DeliverRefused> {
+        if self.done {
+            return Err(crate::session::DeliverRefused::Closed);
+        }
+        // Written by the c2s machine; framed toward the client with its other output.
+        self.inner.deliver_released(chain, stanza)
+    }
+
     fn domain(&self) -> Option<&str> {
         self.inner.domain()
     }
