@@ -57,6 +57,9 @@ pub struct Admin {
     failures: Mutex<FailureLimiter>,
     /// List edits one at a time (read, change, write, reload).
     list_edit: tokio::sync::Mutex<()>,
+    /// Set by `POST /api/v1/drain` (and by SIGUSR2, through the supervisor): the supervisor
+    /// follows it and drains the gateway.
+    pub drain: watch::Sender<bool>,
 }
 
 type St = Arc<Admin>;
@@ -77,6 +80,7 @@ impl Admin {
             ready: AtomicBool::new(false),
             failures: Mutex::new(FailureLimiter::default()),
             list_edit: tokio::sync::Mutex::new(()),
+            drain: watch::channel(false).0,
         }
     }
 
@@ -219,6 +223,7 @@ fn router(st: St) -> axum::Router {
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/audit/stream", get(api::audit_stream))
         .route("/api/v1/reload", post(api::reload))
+        .route("/api/v1/drain", post(api::drain))
         .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(st)
 }

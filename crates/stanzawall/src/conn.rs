@@ -570,10 +570,18 @@ impl<S: StreamMachine> Connection<'_, S> {
             _ = tokio::time::sleep(pause), if room == 0 => self.shaped += pause,
             _ = self.shutdown.changed() => self.session.shutdown(),
             // An operator's kick (admin API): the engine sends the stream error and closes.
-            Some(kick) = self.kicks.recv() => {
-                info!(session.id = self.registration.id(), condition = kick.condition.as_str(), "session kicked by an operator");
-                self.session.refuse(kick.condition, &kick.text);
-            }
+            Some(kick) = self.kicks.recv() => match kick.drain {
+                // The gateway leaves its pool: the session settles what it can, then ends.
+                Some(error) => {
+                    info!(session.id = self.registration.id(), condition = error.condition.as_str(), "session ending: the gateway is draining");
+                    self.session.drain(error, std::time::Instant::now());
+                    self.rearm_if_earlier();
+                }
+                None => {
+                    info!(session.id = self.registration.id(), condition = kick.condition.as_str(), "session kicked by an operator");
+                    self.session.refuse(kick.condition, &kick.text);
+                }
+            },
             _ = &mut self.timer => {
                 self.session.handle_timeout(std::time::Instant::now());
                 self.armed = self.deadline();

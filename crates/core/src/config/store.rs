@@ -172,6 +172,77 @@ pub(super) fn store(raw: Option<&RawStore>, loc: &Locator<'_>) -> Result<StoreCo
     })
 }
 
+/// `[drain]`: how this gateway leaves a pool of gateways (SIGUSR2 or `POST /api/v1/drain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// How long sessions may go on after the drain started before the gateway ends them.
+    pub grace: Duration,
+    /// `host:port` of a peer gateway (or of the balancer) named in `<see-other-host/>` (RFC 6120
+    /// §4.9.3.19); `None`: sessions get `<system-shutdown/>`.
+    pub peer: Option<String>,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { grace: Duration::from_secs(30), peer: None }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDrain {
+    grace: Option<Spanned<String>>,
+    peer: Option<Spanned<String>>,
+}
+
+/// Validate `[drain]`.
+pub(super) fn drain(raw: Option<&RawDrain>, loc: &Locator<'_>) -> Result<DrainConfig, ConfigError> {
+    let d = DrainConfig::default();
+    let Some(r) = raw else { return Ok(d) };
+    let grace = match &r.grace {
+        None => d.grace,
+        // Zero is allowed: end every session at once (it still gets its stream error).
+        Some(v) => match parse_duration(v.get_ref()) {
+            Some(t) if t <= Duration::from_secs(86_400) => t,
+            _ => return loc.err(v.span(), "drain.grace", "expected a duration such as \"30s\", at most 1 day"),
+        },
+    };
+    let peer = match &r.peer {
+        None => None,
+        Some(v) => {
+            let s = v.get_ref().trim();
+            if !valid_host_port(s) {
+                return loc.err(
+                    v.span(),
+                    "drain.peer",
+                    "expected HOST:PORT (a DNS name, an IPv4 address or [IPv6]) with a port from 1 to 65535",
+                );
+            }
+            Some(s.to_owned())
+        }
+    };
+    Ok(DrainConfig { grace, peer })
+}
+
+/// `host:port` as `<see-other-host/>` carries it (RFC 6120 §4.9.3.19: a domain name, an IPv4
+/// address or a bracketed IPv6 address, then an optional port; the gateway always writes one).
+fn valid_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else { return false };
+    if !port.parse::<u16>().is_ok_and(|p| p > 0) || host.is_empty() || host.len() > 253 {
+        return false;
+    }
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        }),
+    }
+}
+
 /// Validate a listener's `accept_proxy` and `trusted_proxies` (they belong with `[store]`: both
 /// exist for gateways behind a load balancer).
 pub(super) fn accept_proxy(

@@ -18,6 +18,7 @@
 mod backend;
 mod checks;
 mod client;
+mod drain;
 mod features;
 mod filter;
 mod sasl;
@@ -34,6 +35,7 @@ use crate::stream::{Condition, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, XmlLimits};
 
 pub use backend::skipped_reason;
+pub use drain::DRAIN_ACK_TIMEOUT;
 pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decision};
 pub use features::{filter_features, is_channel_binding_mechanism};
 pub use filter::policy_effects;
@@ -143,6 +145,8 @@ pub struct C2sSession {
     sm_enable_pending: bool,
     /// `[file_transfer]`: the gateway's proxy JID and forced mediation.
     transfer: Option<transfer_hook::FileTransferHook>,
+    /// The gateway is leaving its pool: the session ends once both sides are settled.
+    drain: Option<drain::Drain>,
 }
 
 /// Most runs of withheld or injected stanzas kept between two acknowledgements per direction.
@@ -183,6 +187,7 @@ impl C2sSession {
             sm: StreamManagement::new(SM_MAX_GAPS),
             sm_enable_pending: false,
             transfer: None,
+            drain: None,
         }
     }
 
@@ -252,6 +257,11 @@ impl StreamMachine for C2sSession {
             // After the client's `</stream:stream>` nothing more may come from it.
             return;
         }
+        if self.drain_stops_client_input() {
+            // Draining: the server has been asked what it handled; what the client sends now
+            // is not accepted (it stays unacknowledged and is sent again after reconnecting).
+            return;
+        }
         self.client.feed(data);
         self.drain_client();
     }
@@ -288,17 +298,21 @@ impl StreamMachine for C2sSession {
         if self.is_closed() {
             return None;
         }
-        Some(match self.closing_since {
+        let due = match self.closing_since {
             Some(since) => since + self.cfg.timeouts.close,
             None if !self.authenticated => self.handshake_deadline,
             None => self.last_activity + self.cfg.timeouts.idle,
-        })
+        };
+        Some(self.drain_deadline().map_or(due, |d| d.min(due)))
     }
 
     /// The time is `now`: act on a deadline that passed (nothing before it is due).
     fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         if self.poll_timeout().is_none_or(|due| now < due) {
+            return;
+        }
+        if self.drain_timed_out(now) {
             return;
         }
         if self.client_phase == ClientPhase::Closing {
@@ -390,6 +404,11 @@ impl StreamMachine for C2sSession {
         self.client_error_no_finish(StreamError::new(Condition::SystemShutdown, None));
         self.close_backend_stream();
         self.finish(CloseReason::Shutdown);
+    }
+
+    /// The gateway leaves its pool: settle Stream Management, then end (see [`drain`]).
+    fn drain(&mut self, error: StreamError, now: Instant) {
+        self.start_drain(error, now);
     }
 
     /// Close the client's stream with a stream error decided outside the session (a ban).

@@ -104,7 +104,7 @@ pub async fn kick(
     if text.len() > 512 || text.chars().any(char::is_control) {
         return fail(StatusCode::BAD_REQUEST, "text: at most 512 bytes, no control characters");
     }
-    let result = st.shared.sessions.kick(id, Kick { condition, text: text.clone() });
+    let result = st.shared.sessions.kick(id, Kick { condition, text: text.clone(), drain: None });
     let detail = |result: &str, session: Value| json!({ "result": result, "session": session, "condition": condition.as_str(), "text": text });
     match result {
         Ok(session) => {
@@ -198,7 +198,11 @@ pub async fn ban(State(st): State<St>, Operator(c): Operator, bytes: Bytes) -> R
             let addr = s["address"].as_str().and_then(|a| a.parse::<std::net::SocketAddr>().ok());
             let (Some(addr), Some(id)) = (addr, s["id"].as_u64()) else { continue };
             if source.contains(addr.ip()) {
-                let kick = Kick { condition: Condition::PolicyViolation, text: "Banned by an administrator".into() };
+                let kick = Kick {
+                    condition: Condition::PolicyViolation,
+                    text: "Banned by an administrator".into(),
+                    drain: None,
+                };
                 if st.shared.sessions.kick(id, kick).is_ok() {
                     kicked.push(id);
                 }
@@ -556,4 +560,23 @@ pub async fn reload(State(st): State<St>, Operator(c): Operator) -> Response {
             reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "reloaded": false, "error": e }))
         }
     }
+}
+
+/// `POST /api/v1/drain`: as SIGUSR2. The gateway stops accepting at once and `/readyz` answers
+/// 503 (so the balancer's health check takes it out); open sessions go on for `[drain] grace`,
+/// then end with `<see-other-host/>` naming `[drain] peer` (or `<system-shutdown/>`); the
+/// process exits when the last one has ended. Asking again changes nothing.
+pub async fn drain(State(st): State<St>, Operator(c): Operator) -> Response {
+    // Not ready from this answer on, before the supervisor has even seen the request.
+    st.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let already = st.drain.send_replace(true);
+    let d = st.generation().config.drain.clone();
+    let detail = json!({
+        "result": if already { "already draining" } else { "ok" },
+        "grace_seconds": d.grace.as_secs_f64(),
+        "peer": d.peer,
+        "sessions": st.shared.sessions.len(),
+    });
+    st.audit(&c, "drain", detail.clone()).await;
+    reply(StatusCode::ACCEPTED, json!({ "draining": true, "drain": detail }))
 }

@@ -24,6 +24,11 @@ impl C2sSession {
 
     pub(super) fn drain_client(&mut self) {
         while !matches!(self.client_phase, ClientPhase::Closed | ClientPhase::TlsHandshake | ClientPhase::Closing) {
+            if self.drain_stops_client_input() {
+                // The client's acknowledgement ended the first step of a drain: what follows
+                // it in the same read is not accepted (see `drain`).
+                break;
+            }
             if self.awaiting_features() {
                 // Clients pipeline (tsung sends `<auth/>` in the same write as its header) and
                 // the servers accept it: what follows the header waits in the reader, unparsed,
