@@ -34,7 +34,8 @@ use prometheus_client::registry::Registry;
 use stanzawall_core::ban::BanConfig;
 use stanzawall_core::config::{OnError, StoreBackend, StoreConfig};
 use stanzawall_core::guard::Cidr;
-use stanzawall_core::policy::rate::{Bucket, KeySource, Limit};
+use stanzawall_core::antispam::{TextCopy, Wave, WaveMatch, WaveSpec};
+use stanzawall_core::policy::rate::{Bucket, FanoutQuery, KeySource, Limit};
 use stanzawall_core::policy::{RateStore, RateTable};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -96,6 +97,110 @@ local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('EXPIREAT', KEYS[1], last[2])
 redis.call('PUBLISH', ARGV[3], 'ban ' .. ARGV[1] .. ' ' .. ARGV[2])
 return 1
+";
+
+/// Distinct recipients of one `fanout` key, atomically (as `antispam::distinct::Distinct::add`
+/// counts them). KEYS: the key's recipients (sorted set: recipient digest → last seen, ms of
+/// the server's clock), the source's set of keys. ARGV: recipient digest, window ms, the
+/// condition's recipients, the source's quota of keys, the key's member name in the source's
+/// set. Returns 1 when past the limit (or the source may not make another key: fail closed).
+/// At most `recipients` members per key; every key expires with its window.
+pub const FANOUT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZSCORE', KEYS[2], ARGV[5]) == false and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then
+    return 1
+  end
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 1
+end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], window)
+redis.call('ZADD', KEYS[2], now + window, ARGV[5])
+if redis.call('PTTL', KEYS[2]) < window then
+  redis.call('PEXPIRE', KEYS[2], window)
+end
+return 0
+";
+
+/// One copy of a text toward a wave (as `antispam::wave::Waves::observe` counts it), atomically.
+/// KEYS: the copy's band keys (band value → cluster number). ARGV: cluster key prefix, window
+/// ms, least equal signature values, the signature (8 hex digits per value), sender digest,
+/// recipient digest, senders that make a wave, recipients that make one (0: none), the
+/// sample, the wave id, the cluster counter's key. A cluster is a hash (signature, sample, id,
+/// detected) with a set of sender and of recipient digests, each capped at its threshold;
+/// everything expires one window after the cluster's last copy. Returns `0`, or
+/// `1|NEW|ID|SENDERS|RECIPIENTS|SAMPLE` when the copy belongs to a detected wave.
+pub const WAVE_SCRIPT: &str = r"
+local window = tonumber(ARGV[2])
+local need = tonumber(ARGV[3])
+local sig = ARGV[4]
+local best, bestsame = nil, -1
+local seen = {}
+for i = 1, #KEYS do
+  local id = redis.call('GET', KEYS[i])
+  if id and not seen[id] then
+    seen[id] = true
+    local other = redis.call('HGET', ARGV[1] .. id, 's')
+    if other then
+      local same = 0
+      for j = 0, 63 do
+        if string.sub(other, j * 8 + 1, j * 8 + 8) == string.sub(sig, j * 8 + 1, j * 8 + 8) then
+          same = same + 1
+        end
+      end
+      if same >= need and same > bestsame then
+        best, bestsame = id, same
+      end
+    end
+  end
+end
+if not best then
+  best = tostring(redis.call('INCR', ARGV[11]))
+  redis.call('HSET', ARGV[1] .. best, 's', sig, 'sample', ARGV[9], 'id', ARGV[10], 'd', '0')
+end
+local c = ARGV[1] .. best
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if cur == best then
+    redis.call('PEXPIRE', KEYS[i], window)
+  elseif not cur or redis.call('EXISTS', ARGV[1] .. cur) == 0 then
+    redis.call('SET', KEYS[i], best, 'PX', window)
+  end
+end
+local senders, recipients = c .. ':s', c .. ':r'
+local ns, nr = tonumber(ARGV[7]), tonumber(ARGV[8])
+if redis.call('SCARD', senders) < ns then
+  redis.call('SADD', senders, ARGV[5])
+end
+if nr > 0 and redis.call('SCARD', recipients) < nr then
+  redis.call('SADD', recipients, ARGV[6])
+end
+local sc, rc = redis.call('SCARD', senders), redis.call('SCARD', recipients)
+redis.call('PEXPIRE', c, window)
+redis.call('PEXPIRE', senders, window)
+if nr > 0 then
+  redis.call('PEXPIRE', recipients, window)
+end
+local new = 0
+if (sc >= ns or (nr > 0 and rc >= nr)) and redis.call('HGET', c, 'd') == '0' then
+  redis.call('HSET', c, 'd', '1')
+  new = 1
+end
+if redis.call('HGET', c, 'd') ~= '1' then
+  return '0'
+end
+return '1|' .. new .. '|' .. redis.call('HGET', c, 'id') .. '|' .. sc .. '|' .. rc .. '|' .. redis.call('HGET', c, 'sample')
 ";
 
 /// Connections kept ready for rate decisions.
@@ -175,9 +280,18 @@ pub struct RedisStore {
     rate_script: redis::Script,
     failure_script: redis::Script,
     ban_script: redis::Script,
+    fanout_script: redis::Script,
+    wave_script: redis::Script,
     metrics: StoreMetrics,
-    last_log: Mutex<[Option<Instant>; 2]>,
+    last_log: Mutex<[Option<Instant>; KINDS.len()]>,
 }
+
+/// The kinds of shared state, as metric labels (indexes: the `RATES`… constants).
+const KINDS: [&str; 4] = ["rates", "bans", "fanout", "waves"];
+const RATES: usize = 0;
+const BANS: usize = 1;
+const FANOUT: usize = 2;
+const WAVES: usize = 3;
 
 /// Errors making the store.
 #[derive(Debug, thiserror::Error)]
@@ -202,8 +316,10 @@ impl RedisStore {
             rate_script: redis::Script::new(RATE_SCRIPT),
             failure_script: redis::Script::new(FAILURE_SCRIPT),
             ban_script: redis::Script::new(BAN_SCRIPT),
+            fanout_script: redis::Script::new(FANOUT_SCRIPT),
+            wave_script: redis::Script::new(WAVE_SCRIPT),
             metrics: StoreMetrics::default(),
-            last_log: Mutex::new([None; 2]),
+            last_log: Mutex::new([None; KINDS.len()]),
         })))
     }
 
@@ -218,10 +334,10 @@ impl RedisStore {
         );
         registry.register(
             "stanzawall_store_fallbacks",
-            "Decisions taken without the shared store (rates_on_error, bans_on_error), by kind of state",
+            "Decisions taken without the shared store (rates_on_error, bans_on_error, fanout_on_error, waves_on_error), by kind of state",
             m.fallbacks.clone(),
         );
-        for kind in ["rates", "bans"] {
+        for kind in KINDS {
             let _ = m.errors.get_or_create(&KindLabels { kind });
             let _ = m.fallbacks.get_or_create(&KindLabels { kind });
         }
@@ -279,7 +395,7 @@ impl RedisStore {
 
     /// Note a failure: down until the watcher sees the store answer again.
     fn failed(&self, kind: usize, e: &redis::RedisError) {
-        let label = ["rates", "bans"][kind];
+        let label = KINDS[kind];
         self.metrics.errors.get_or_create(&KindLabels { kind: label }).inc();
         if self.up.swap(false, Ordering::AcqRel) {
             self.metrics.up.set(0);
@@ -290,13 +406,14 @@ impl RedisStore {
 
     /// A decision taken without the store: counted, and logged once a minute per kind.
     fn fell_back(&self, kind: usize) {
-        let label = ["rates", "bans"][kind];
+        let label = KINDS[kind];
         self.metrics.fallbacks.get_or_create(&KindLabels { kind: label }).inc();
         let now = Instant::now();
         let mut last = self.last_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if last[kind].is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
             last[kind] = Some(now);
-            let on_error = [self.config.rates_on_error, self.config.bans_on_error][kind];
+            let c = &self.config;
+            let on_error = [c.rates_on_error, c.bans_on_error, c.fanout_on_error, c.waves_on_error][kind];
             warn!(
                 store.kind = label,
                 on_error = on_error.as_str(),
@@ -306,7 +423,7 @@ impl RedisStore {
     }
 
     fn fallback_rate(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool {
-        self.fell_back(0);
+        self.fell_back(RATES);
         match self.config.rates_on_error {
             OnError::Local => self.local.over_limit(bucket, source, limit, now),
             OnError::Closed => true,
@@ -336,6 +453,60 @@ impl RedisStore {
                 .invoke(con)
         })?;
         Ok(over != 0)
+    }
+
+    fn source_text(source: &KeySource) -> String {
+        match source {
+            KeySource::User(u) => format!("u:{u}"),
+            KeySource::Address(ip) => format!("a:{ip}"),
+        }
+    }
+
+    fn redis_fanout(&self, q: &FanoutQuery<'_>) -> redis::RedisResult<bool> {
+        let ns = q.ns.to_be_bytes();
+        let key_id = self.key(&[b"fanout", &ns, q.key.as_bytes()]);
+        let source_id = self.key(&[b"fanout", &ns, Self::source_text(q.source).as_bytes()]);
+        let recipient = &self.key(&[b"who", q.recipient.as_bytes()])[..16];
+        let p = &self.config.prefix;
+        let over: i64 = self.with_connection(|con| {
+            self.fanout_script
+                .key(format!("{p}fan:{key_id}"))
+                .key(format!("{p}fansrc:{source_id}"))
+                .arg(recipient)
+                .arg(u64::try_from(q.window.as_millis()).unwrap_or(u64::MAX).max(1))
+                .arg(q.recipients)
+                .arg(q.quota)
+                .arg(&key_id)
+                .invoke(con)
+        })?;
+        Ok(over != 0)
+    }
+
+    fn redis_wave(&self, spec: &WaveSpec, copy: &TextCopy<'_>) -> redis::RedisResult<Option<WaveMatch>> {
+        use stanzawall_core::antispam::wave;
+        let ns = spec.ns.to_be_bytes();
+        let p = &self.config.prefix;
+        let mut invocation = self.wave_script.prepare_invoke();
+        for b in wave::bands(copy.fingerprint) {
+            invocation.key(format!("{p}wb:{}", self.key(&[b"band", &ns, &b.to_be_bytes()])));
+        }
+        let need = (spec.similarity * wave::SIGNATURE as f64 - 1e-9).ceil() as usize;
+        let signature: String = copy.fingerprint.iter().map(|v| format!("{v:08x}")).collect();
+        let sample: String = copy.normal.chars().take(wave::SAMPLE_CHARS).collect();
+        invocation
+            .arg(format!("{p}wc:{}:", self.key(&[b"wave", &ns])))
+            .arg(u64::try_from(spec.window.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(need)
+            .arg(signature)
+            .arg(&self.key(&[b"who", copy.sender.as_bytes()])[..16])
+            .arg(&self.key(&[b"who", copy.recipient.as_bytes()])[..16])
+            .arg(spec.senders)
+            .arg(spec.recipients.unwrap_or(0))
+            .arg(sample)
+            .arg(wave::wave_id(copy.fingerprint))
+            .arg(format!("{p}wave:next"));
+        let answer: String = self.with_connection(|con| invocation.invoke(con))?;
+        Ok(parse_wave_answer(&answer))
     }
 
     /// Count an authentication failure of `source` in the store; `Some(until)` if it banned.
@@ -398,10 +569,10 @@ impl RedisStore {
         if self.is_up() {
             match self.record_failure(source, now, ban) {
                 Ok(until) => return until,
-                Err(e) => self.failed(1, &e),
+                Err(e) => self.failed(BANS, &e),
             }
         }
-        self.fell_back(1);
+        self.fell_back(BANS);
         local()
     }
 
@@ -409,7 +580,7 @@ impl RedisStore {
     pub fn refuse_admission(&self) -> bool {
         let refuse = self.config.bans_on_error == OnError::Closed && !self.is_up();
         if refuse {
-            self.fell_back(1);
+            self.fell_back(BANS);
         }
         refuse
     }
@@ -510,16 +681,65 @@ impl RateStore for RedisStore {
         match blocking(|| self.redis_over_limit(bucket, source, limit)) {
             Ok(over) => over,
             Err(e) => {
-                self.failed(0, &e);
+                self.failed(RATES, &e);
                 self.fallback_rate(bucket, source, limit, now)
             }
         }
     }
 
     fn antispam(&self) -> &stanzawall_core::antispam::AntiSpam {
-        // Anti-spam state is per gateway for now: the local fallback table's.
+        // Contacts, reports and the event queue stay per gateway; fan-out and waves are shared
+        // below, and this table's are their fallback.
         self.local.antispam()
     }
+
+    fn fanout(&self, q: &FanoutQuery<'_>, now: Instant) -> bool {
+        if self.is_up() {
+            match blocking(|| self.redis_fanout(q)) {
+                Ok(over) => return over,
+                Err(e) => self.failed(FANOUT, &e),
+            }
+        }
+        self.fell_back(FANOUT);
+        match self.config.fanout_on_error {
+            OnError::Local => self.local.antispam().fanout(q.ns, q.key, q.source, q.quota, q.recipient, q.recipients, q.window, now),
+            OnError::Closed => true,
+            OnError::Open => false,
+        }
+    }
+
+    fn wave(&self, spec: &WaveSpec, copy: &TextCopy<'_>, now: Instant) -> Option<WaveMatch> {
+        if self.is_up() {
+            match blocking(|| self.redis_wave(spec, copy)) {
+                Ok(found) => return found,
+                Err(e) => self.failed(WAVES, &e),
+            }
+        }
+        self.fell_back(WAVES);
+        match self.config.waves_on_error {
+            OnError::Local => self.local.antispam().wave_local(spec, copy, now),
+            // Fail closed: the condition holds (its rule's action applies), flagged as such.
+            OnError::Closed => Some(WaveMatch {
+                wave: Wave { id: "store-down".into(), senders: 0, recipients: 0, sample: String::new() },
+                new: false,
+            }),
+            OnError::Open => None,
+        }
+    }
+}
+
+/// The wave script's answer: `0`, or `1|NEW|ID|SENDERS|RECIPIENTS|SAMPLE`.
+fn parse_wave_answer(answer: &str) -> Option<WaveMatch> {
+    let mut parts = answer.splitn(6, '|');
+    if parts.next()? != "1" {
+        return None;
+    }
+    let new = parts.next()? == "1";
+    let id = parts.next()?.to_owned();
+    let senders = parts.next()?.parse().ok()?;
+    let recipients = parts.next()?.parse().ok()?;
+    let sample = parts.next()?.to_owned();
+    Some(WaveMatch { wave: Wave { id, senders, recipients, sample }, new })
 }
 
 /// Run a blocking store call from a session's task: on the multi-threaded runtime the worker

@@ -35,10 +35,11 @@ pub enum OnError {
     /// client spread over N gateways gets at most N times the limit); bans are still made
     /// and enforced here and pushed to the store when it is back.
     Local,
-    /// Refuse: a rate condition counts as over its limit; new connections are refused (the
-    /// bans of the other gateways cannot be known).
+    /// Refuse: a rate or `fanout` condition counts as over its limit, a `wave` condition as
+    /// met; new connections are refused (the bans of the other gateways cannot be known).
     Closed,
-    /// Let through: a rate condition counts as under its limit (rates only).
+    /// Let through: a rate or `fanout` condition counts as under its limit, a `wave` condition
+    /// as not met (not offered for bans).
     Open,
 }
 
@@ -69,6 +70,11 @@ pub struct StoreConfig {
     pub rates_on_error: OnError,
     /// Admission (bans) while the store is unreachable.
     pub bans_on_error: OnError,
+    /// `fanout` conditions while the store is unreachable (`closed`: every one holds).
+    pub fanout_on_error: OnError,
+    /// `wave` conditions while the store is unreachable (`closed`: every text long enough to be
+    /// fingerprinted counts as part of a wave).
+    pub waves_on_error: OnError,
 }
 
 impl Default for StoreConfig {
@@ -80,6 +86,8 @@ impl Default for StoreConfig {
             connect_timeout: Duration::from_secs(1),
             rates_on_error: OnError::Local,
             bans_on_error: OnError::Local,
+            fanout_on_error: OnError::Local,
+            waves_on_error: OnError::Local,
         }
     }
 }
@@ -94,6 +102,8 @@ pub(super) struct RawStore {
     connect_timeout: Option<Spanned<String>>,
     rates_on_error: Option<Spanned<String>>,
     bans_on_error: Option<Spanned<String>>,
+    fanout_on_error: Option<Spanned<String>>,
+    waves_on_error: Option<Spanned<String>>,
 }
 
 /// Validate `[store]`.
@@ -169,6 +179,8 @@ pub(super) fn store(raw: Option<&RawStore>, loc: &Locator<'_>) -> Result<StoreCo
         rates_on_error: on_error(&r.rates_on_error, "store.rates_on_error", d.rates_on_error, true)?,
         // A ban store that lets everyone in when it is down would be a way around every ban.
         bans_on_error: on_error(&r.bans_on_error, "store.bans_on_error", d.bans_on_error, false)?,
+        fanout_on_error: on_error(&r.fanout_on_error, "store.fanout_on_error", d.fanout_on_error, true)?,
+        waves_on_error: on_error(&r.waves_on_error, "store.waves_on_error", d.waves_on_error, true)?,
     })
 }
 
