@@ -5,6 +5,8 @@ one Prosody, a real redis-server on 127.0.0.1:26379, HAProxy in TCP mode with PR
 - a per-sender rate limit holds across both (a client's two resources, one on each gateway);
 - HAProxy round-robin with send-proxy-v2: the gateways see the real client address (the ban
   hits the client, not the balancer); a header from an untrusted address is refused;
+- a sender's fan-out limit holds when its messages alternate between the gateways, and a
+  spam wave seen half on each gateway is detected (both counted in Redis);
 - Redis stopped mid-test: rates fall back as configured ("local" on A, "closed" on B), a gateway
   with bans_on_error = "closed" refuses connections; Redis back: state is shared again.
 
@@ -53,13 +55,13 @@ def store_toml(redis: RedisInstance, **extra: str) -> str:
 
 
 def gateway(tmp, pki, prosody, name: str, port: int, admin: int, redis: RedisInstance, *,
-            ban: dict | None = None, proxied: bool = False, **store: str) -> Gateway:
+            ban: dict | None = None, proxied: bool = False, policy: str = "", **store: str) -> Gateway:
     extra = {"accept_proxy": "v2", "trusted_proxies": [HOST]} if proxied else {}
     network = {"connection_rate_per_ip": "off", "max_connections_per_ip": 100_000,
                "ban": ban or {"auth_failures": 1000}}
     return Gateway(tmp / name, pki.cert, pki.key, [Listener("c2s", "c2s", port, prosody.port, extra)],
                    network=network,
-                   extra_toml=f'[admin]\nbind = "{HOST}:{admin}"\n' + store_toml(redis, **store) + POLICY)
+                   extra_toml=f'[admin]\nbind = "{HOST}:{admin}"\n' + store_toml(redis, **store) + POLICY + policy)
 
 
 @pytest.fixture
@@ -299,3 +301,115 @@ def test_redis_stopped_mid_test(tmp, pki, prosody, redis):
     finally:
         assert a.terminate() == 0
         assert b.terminate() == 0
+
+
+# The wave rule first: carol's copy of the wave is refused as a wave, not as her fifth recipient.
+ANTISPAM = """
+[[rule]]
+name   = "spam-waves"
+chain  = "c2s-in"
+when   = { kind = "message", wave = { senders = 3, window = "30m" } }
+action = "bounce"
+text   = "Part of a spam wave"
+
+[[rule]]
+name   = "fan-out"
+chain  = "c2s-in"
+when   = { kind = "message", from = "carol@example.test", fanout = { recipients = 4, window = "10m" } }
+action = "bounce"
+text   = "Too many recipients"
+"""
+
+WAVE = [  # (sender, gateway index, text): variants of one text, as in test_antispam.py
+    ("alice", 0, "Hello Dave! Your parcel #4471 is waiting at the depot. Pay the customs fee at "
+                 "https://parcel-depot.example/pay/4471 today"),
+    ("bob", 1, "Hello  Marta!  Your parcel #88 is waiting at the depot.  Pay the customs fee at "
+               "https://parcel-depot.example/pay/x88 today"),
+    ("carol", 0, "Hello Sven! Your parcel #31337 is w\u0430iting at the depot. Pay the customs fee at "
+                 "http://www.parcel-depot.example/pay/31337?src=sms today"),
+    ("dave", 1, "Hello Bob! Your parcel #5 is waiting at the depot. Pay the customs fee at "
+                "https://parcel-depot.example/pay/5 today"),
+]
+
+
+async def refusals(c: Client, text: str, ids: set[str], settle: float = 1.5) -> set[str]:
+    """The ids among `ids` the gateway bounced to `c` with `text` (anything else, such as the
+    server's own errors for unknown recipients, is ignored)."""
+    out: set[str] = set()
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        while not c.messages.empty():
+            m = c.messages.get_nowait()
+            if m.type == "error" and m.id in ids and text in m.xml:
+                out.add(m.id)
+        await asyncio.sleep(0.05)
+    return out
+
+
+def test_fanout_and_waves_are_counted_across_both_gateways(tmp, pki, prosody, redis):
+    a = gateway(tmp, pki, prosody, "redis-spam-a", GW_A, ADMIN_A, redis, policy=ANTISPAM,
+                fanout_on_error="local").start()
+    b = gateway(tmp, pki, prosody, "redis-spam-b", GW_B, ADMIN_B, redis, policy=ANTISPAM,
+                fanout_on_error="closed").start()
+    try:
+        assert a.wait_log("shared store connected") and b.wait_log("shared store connected")
+
+        async def scenario():
+            ports = [GW_A, GW_B]
+            carols, dave = clients(prosody, pki, ports)
+            others = {u: Client(f"{prosody.jid(u)}/spam", prosody.users[u], HOST, ports[i], ca_file=pki.ca_cert)
+                      for u, i in (("alice", 0), ("bob", 1))}
+            async with carols[0], carols[1], dave, others["alice"], others["bob"]:
+                # Fan-out: carol writes to six new recipients, alternating gateways; the limit
+                # is four distinct ones, so the fifth (at A) and the sixth (at B) are refused:
+                # each gateway alone has seen only three.
+                for i in range(6):
+                    c = carols[i % 2]
+                    m = c.xmpp.make_message(mto=f"nobody{i}@{prosody.domain}", mbody="a short note", mtype="chat")
+                    m["id"] = f"f{i}"
+                    m.send()
+                    await asyncio.sleep(0.1)
+                fan = set()
+                for c in carols:
+                    fan |= await refusals(c, "Too many recipients", {f"f{i}" for i in range(6)})
+                # A wave: three senders, two at A and one at B; the third copy is refused.
+                senders = {"alice": others["alice"], "bob": others["bob"], "carol": carols[0], "dave": dave}
+                for i, (who, _, text) in enumerate(WAVE):
+                    to = "bob" if who == "dave" else "dave"
+                    m = senders[who].xmpp.make_message(mto=f"{to}@{prosody.domain}", mbody=text, mtype="chat")
+                    m["id"] = f"w{i}"
+                    m.send()
+                    await asyncio.sleep(0.1)
+                wave = set()
+                for c in senders.values():
+                    wave |= await refusals(c, "Part of a spam wave", {f"w{i}" for i in range(len(WAVE))}, 0.5)
+                # What Redis holds: digests only, every key with a TTL.
+                keys = redis.cli("--scan", "--pattern", "stanzawall:*").split()
+                ttls = {k: int(redis.cli("PTTL", k)) for k in keys if ":fan" in k or ":w" in k}
+                # Redis stopped: A (fanout_on_error = "local") counts in its own, empty, table;
+                # B ("closed") refuses every fan-out-counted message.
+                redis.stop()
+                for i, c in enumerate(carols):
+                    m = c.xmpp.make_message(mto=f"later{i}@{prosody.domain}", mbody="a short note", mtype="chat")
+                    m["id"] = f"d{i}"
+                    m.send()
+                down = set()
+                for c in carols:
+                    down |= await refusals(c, "Too many recipients", {"d0", "d1"})
+                return fan, wave, down, keys, ttls
+
+        fan, wave, down, keys, ttls = run(scenario(), timeout=120)
+        assert fan == {"f4", "f5"}, f"the shared fan-out count refuses the 5th and 6th recipients: {fan}"
+        assert wave == {"w2", "w3"}, f"the wave is detected at its third sender and stays flagged: {wave}"
+        assert any(k.startswith("stanzawall:fan:") for k in keys) and any(k.startswith("stanzawall:wb:") for k in keys), keys
+        assert not any("@" in k or "example" in k for k in keys), f"no raw JID in a key: {keys}"
+        assert ttls and all(t > 0 for t in ttls.values()), f"every fan-out and wave key expires: {ttls}"
+        assert down == {"d1"}, f"store down: A local (passes), B closed (refuses): {down}"
+        assert "store.kind=\"fanout\"" in b.log() or "store.kind=fanout" in b.log(), b.log()[-2000:]
+        fallbacks = metric(ADMIN_B, 'stanzawall_store_fallbacks_total{kind="fanout"}')
+        assert int(fallbacks.split()[-1]) >= 1, fallbacks
+        assert a.proc.running() and b.proc.running()
+    finally:
+        for g in (a, b):
+            code = g.terminate()
+            assert code == 0, f"{g.dir.name} exited with {code}: {g.log()[-3000:]}"

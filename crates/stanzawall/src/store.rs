@@ -137,7 +137,7 @@ return 0
 /// KEYS: the copy's band keys (band value → cluster number). ARGV: cluster key prefix, window
 /// ms, least equal signature values, the signature (8 hex digits per value), sender digest,
 /// recipient digest, senders that make a wave, recipients that make one (0: none), the
-/// sample, the wave id, the cluster counter's key. A cluster is a hash (signature, sample, id,
+/// sample, the wave id (a new cluster's name is the id and the server's time). A cluster is a hash (signature, sample, id,
 /// detected) with a set of sender and of recipient digests, each capped at its threshold;
 /// everything expires one window after the cluster's last copy. Returns `0`, or
 /// `1|NEW|ID|SENDERS|RECIPIENTS|SAMPLE` when the copy belongs to a detected wave.
@@ -166,7 +166,8 @@ for i = 1, #KEYS do
   end
 end
 if not best then
-  best = tostring(redis.call('INCR', ARGV[11]))
+  local t = redis.call('TIME')
+  best = ARGV[10] .. '.' .. t[1] .. '.' .. t[2]
   redis.call('HSET', ARGV[1] .. best, 's', sig, 'sample', ARGV[9], 'id', ARGV[10], 'd', '0')
 end
 local c = ARGV[1] .. best
@@ -503,8 +504,7 @@ impl RedisStore {
             .arg(spec.senders)
             .arg(spec.recipients.unwrap_or(0))
             .arg(sample)
-            .arg(wave::wave_id(copy.fingerprint))
-            .arg(format!("{p}wave:next"));
+            .arg(wave::wave_id(copy.fingerprint));
         let answer: String = self.with_connection(|con| invocation.invoke(con))?;
         Ok(parse_wave_answer(&answer))
     }
