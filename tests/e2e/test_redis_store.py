@@ -7,6 +7,8 @@ one Prosody, a real redis-server on 127.0.0.1:26379, HAProxy in TCP mode with PR
   hits the client, not the balancer); a header from an untrusted address is refused;
 - a sender's fan-out limit holds when its messages alternate between the gateways, and a
   spam wave seen half on each gateway is detected (both counted in Redis);
+- a list edit through one gateway's admin API is made in the other's list file and enforced
+  there within a second; a ban made through the API reaches the other gateway too;
 - Redis stopped mid-test: rates fall back as configured ("local" on A, "closed" on B), a gateway
   with bans_on_error = "closed" refuses connections; Redis back: state is shared again.
 
@@ -16,7 +18,10 @@ The flooder uses its own loopback address (127.0.0.3), as in test_network_layer.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -24,7 +29,7 @@ import pytest
 
 from harness.client import Client, run
 from harness.defaults import HOST
-from harness.gateway import Gateway, Listener
+from harness.gateway import Gateway, Listener, binary
 from harness.raw import RawStream, stream_header
 from harness.redis import HaproxyInstance, RedisInstance
 
@@ -55,13 +60,16 @@ def store_toml(redis: RedisInstance, **extra: str) -> str:
 
 
 def gateway(tmp, pki, prosody, name: str, port: int, admin: int, redis: RedisInstance, *,
-            ban: dict | None = None, proxied: bool = False, policy: str = "", **store: str) -> Gateway:
+            ban: dict | None = None, proxied: bool = False, policy: str = "", tokens: bool = False,
+            **store: str) -> Gateway:
     extra = {"accept_proxy": "v2", "trusted_proxies": [HOST]} if proxied else {}
     network = {"connection_rate_per_ip": "off", "max_connections_per_ip": 100_000,
                "ban": ban or {"auth_failures": 1000}}
     return Gateway(tmp / name, pki.cert, pki.key, [Listener("c2s", "c2s", port, prosody.port, extra)],
                    network=network,
-                   extra_toml=f'[admin]\nbind = "{HOST}:{admin}"\n' + store_toml(redis, **store) + POLICY + policy)
+                   extra_toml=(f'[admin]\nbind = "{HOST}:{admin}"\n'
+                               + ('tokens = "admin-tokens"\n' if tokens else "")
+                               + store_toml(redis, **store) + POLICY + policy))
 
 
 @pytest.fixture
@@ -411,5 +419,87 @@ def test_fanout_and_waves_are_counted_across_both_gateways(tmp, pki, prosody, re
         assert a.proc.running() and b.proc.running()
     finally:
         for g in (a, b):
+            code = g.terminate()
+            assert code == 0, f"{g.dir.name} exited with {code}: {g.log()[-3000:]}"
+
+
+LISTS = """
+[list.bad_urls]
+file = "lists/bad-urls.txt"
+
+[[rule]]
+name   = "bad-links"
+chain  = "c2s-in"
+when   = { kind = "message", url_in = "bad_urls" }
+action = "bounce"
+text   = "Link blocked by policy"
+"""
+
+
+def admin_token(gw: Gateway) -> str:
+    out = subprocess.run([str(binary()), "admin-token", "--tokens", str(gw.dir / "admin-tokens"), "--role", "admin",
+                          "--name", "ops"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def api(admin: int, method: str, path: str, token: str, body: dict) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(HOST, admin, timeout=15)
+    try:
+        conn.request(method, path, body=json.dumps(body),
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read().decode() or "{}")
+    finally:
+        conn.close()
+
+
+def test_list_edits_and_api_bans_reach_the_other_gateway(tmp, pki, prosody, redis):
+    gws = []
+    for name, port, admin in (("redis-lists-a", GW_A, ADMIN_A), ("redis-lists-b", GW_B, ADMIN_B)):
+        g = gateway(tmp, pki, prosody, name, port, admin, redis, policy=LISTS, tokens=True)
+        (g.dir / "lists").mkdir(exist_ok=True)
+        (g.dir / "lists" / "bad-urls.txt").write_text("# links doing the rounds\n")
+        g.token = admin_token(g)
+        gws.append(g.start())
+    a, b = gws
+    try:
+        assert a.wait_log("shared store connected") and b.wait_log("shared store connected")
+        status, got = api(ADMIN_A, "POST", "/api/v1/lists/bad_urls/entries", a.token, {"entry": "evil.example"})
+        assert status == 200 and got["changed"] and got["published"] == "ok", got
+        edited = time.monotonic()
+        b_file = b.dir / "lists" / "bad-urls.txt"
+        assert until(lambda: "evil.example" in b_file.read_text().splitlines(), 1.0), \
+            "the edit made at A is in B's list file within a second"
+        b.wait_log("list edit received from the shared store", 2)
+        print(f"list edit reached B after {time.monotonic() - edited:.3f}s")
+        assert b_file.read_text() == "# links doing the rounds\nevil.example\n", "B's other lines are kept"
+
+        async def send_link(port: int, tag: str) -> bool:
+            """True if carol's message with the listed link is refused at the gateway on `port`."""
+            c = Client(f"{prosody.jid('carol')}/{tag}", prosody.users["carol"], HOST, port, ca_file=pki.ca_cert)
+            async with c:
+                m = c.xmpp.make_message(mto=prosody.jid("dave"), mbody="see https://evil.example/x", mtype="chat")
+                m["id"] = tag
+                m.send()
+                return tag in await refusals(c, "Link blocked by policy", {tag}, 2.0)
+
+        assert run(send_link(GW_B, "atb")), "B enforces the entry added at A"
+        # And back: removed at B, gone from A's file and no longer enforced there.
+        status, got = api(ADMIN_B, "DELETE", "/api/v1/lists/bad_urls/entries", b.token, {"entry": "evil.example"})
+        assert status == 200 and got["changed"], got
+        a_file = a.dir / "lists" / "bad-urls.txt"
+        assert until(lambda: "evil.example" not in a_file.read_text(), 1.0)
+        assert until(lambda: "list edit received from the shared store" in a.log(), 2.0)
+        assert not run(send_link(GW_A, "bta")), "A no longer refuses the link"
+        # A ban made through A's API refuses the source at B within a second (its guard and its
+        # ban file; the nftables set follows the same path as a ban made by failures).
+        status, got = api(ADMIN_A, "POST", "/api/v1/bans", a.token, {"address": FLOODER})
+        assert status == 201, got
+        assert until(lambda: refused(FLOODER, GW_B), 1.0), "the API ban made at A refuses the source at B"
+        assert until(lambda: (b.dir / "state" / "bans").exists()
+                     and (b.dir / "state" / "bans").read_text().startswith(f"{FLOODER} "), 2.0)
+    finally:
+        for g in gws:
             code = g.terminate()
             assert code == 0, f"{g.dir.name} exited with {code}: {g.log()[-3000:]}"

@@ -16,7 +16,7 @@
 //! reloads exactly as SIGHUP does (the supervisor answers with the reload's error, and the edit
 //! is undone if the reload fails).
 
-mod api;
+pub(crate) mod api;
 pub mod auth;
 mod dashboard;
 pub mod lists;

@@ -96,7 +96,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     if let Some(store) = &shared.store {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         store.start(tx);
-        tokio::spawn(crate::state::apply_bans(store.clone(), rx, guard.clone(), gen_rx.clone()));
+        tokio::spawn(crate::state::apply_bans(store.clone(), rx, guard.clone(), gen_rx.clone(), admin_state.clone()));
     }
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
     admin_state.ready.store(true, std::sync::atomic::Ordering::Relaxed);

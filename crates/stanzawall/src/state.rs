@@ -337,8 +337,13 @@ pub async fn apply_bans(
     mut events: tokio::sync::mpsc::Receiver<BanEvent>,
     guard: SharedGuard,
     gen_rx: tokio::sync::watch::Receiver<Arc<Generation>>,
+    admin: Arc<crate::admin::Admin>,
 ) {
     while let Some(event) = events.recv().await {
+        if let BanEvent::List(edit) = &event {
+            crate::admin::api::apply_remote_list_edit(&admin, edit).await;
+            continue;
+        }
         let now = SystemTime::now();
         let (added, local_only) = {
             let mut g = lock(&guard);
@@ -346,6 +351,7 @@ pub async fn apply_bans(
             let (incoming, snapshot) = match event {
                 BanEvent::Ban(source, until) => (vec![(source, until)], false),
                 BanEvent::Snapshot(all) => (all, true),
+                BanEvent::List(_) => (Vec::new(), false),
             };
             let mut added = Vec::new();
             for (source, until) in &incoming {

@@ -229,13 +229,40 @@ struct StoreMetrics {
     fallbacks: Family<KindLabels, Counter>,
 }
 
-/// A ban as the store's channel and ban set carry it.
+/// What the store's channels carry to this gateway: bans, and list edits made on another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BanEvent {
     /// `ban SOURCE UNTIL`.
     Ban(Cidr, SystemTime),
     /// Every active ban, read when the watcher (re)connects.
     Snapshot(Vec<(Cidr, SystemTime)>),
+    /// A list entry added or removed through another gateway's admin API.
+    List(ListEdit),
+}
+
+/// One list edit as the `PREFIX lists` channel carries it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListEdit {
+    /// The gateway that made it (its own messages come back to it and are ignored).
+    pub origin: String,
+    /// `add` or `remove`.
+    pub op: String,
+    /// The list's name (`[list.NAME]`).
+    pub list: String,
+    /// The entry, as the admin API cleaned it.
+    pub entry: String,
+}
+
+impl ListEdit {
+    /// Read a message; `None` for anything that is not a well-formed edit.
+    pub fn parse(text: &str) -> Option<ListEdit> {
+        let e: ListEdit = serde_json::from_str(text).ok()?;
+        let ok = matches!(e.op.as_str(), "add" | "remove")
+            && !e.list.is_empty()
+            && e.list.len() <= 128
+            && crate::admin::lists::clean(&e.entry).is_ok_and(|c| c == e.entry);
+        ok.then_some(e)
+    }
 }
 
 /// Parse one `ban ADDR/LEN UNTIL_UNIX_S` message (anything else: `None`, logged by the caller).
@@ -283,6 +310,8 @@ pub struct RedisStore {
     ban_script: redis::Script,
     fanout_script: redis::Script,
     wave_script: redis::Script,
+    /// This gateway's name on the list channel (random, per process).
+    instance: String,
     metrics: StoreMetrics,
     last_log: Mutex<[Option<Instant>; KINDS.len()]>,
 }
@@ -319,6 +348,11 @@ impl RedisStore {
             ban_script: redis::Script::new(BAN_SCRIPT),
             fanout_script: redis::Script::new(FANOUT_SCRIPT),
             wave_script: redis::Script::new(WAVE_SCRIPT),
+            instance: {
+                let mut b = [0u8; 8];
+                let _ = getrandom::fill(&mut b);
+                b.iter().map(|x| format!("{x:02x}")).collect()
+            },
             metrics: StoreMetrics::default(),
             last_log: Mutex::new([None; KINDS.len()]),
         })))
@@ -362,6 +396,24 @@ impl RedisStore {
 
     fn channel(&self) -> String {
         format!("{}bans", self.config.prefix)
+    }
+
+    fn lists_channel(&self) -> String {
+        format!("{}lists", self.config.prefix)
+    }
+
+    /// Tell the other gateways about a list edit made here (blocking). Pub/sub: a gateway not
+    /// connected at this moment does not see it (README "Running several gateways").
+    pub fn publish_list_edit(&self, add: bool, list: &str, entry: &str) -> redis::RedisResult<()> {
+        let edit = ListEdit {
+            origin: self.instance.clone(),
+            op: if add { "add" } else { "remove" }.to_owned(),
+            list: list.to_owned(),
+            entry: entry.to_owned(),
+        };
+        let text = serde_json::to_string(&edit).unwrap_or_default();
+        self.with_connection(|con| redis::cmd("PUBLISH").arg(self.lists_channel()).arg(text).query::<i64>(con))
+            .map(drop)
     }
 
     fn bans_key(&self) -> String {
@@ -637,6 +689,7 @@ impl RedisStore {
         self.pool.lock().extend(spare);
         let mut pubsub = con.as_pubsub();
         pubsub.subscribe(self.channel())?;
+        pubsub.subscribe(self.lists_channel())?;
         pubsub.set_read_timeout(Some(WATCH_TICK))?;
         if !self.up.swap(true, Ordering::AcqRel) {
             self.metrics.up.set(1);
@@ -644,6 +697,18 @@ impl RedisStore {
         }
         loop {
             match pubsub.get_message() {
+                Ok(msg) if msg.get_channel_name() == self.lists_channel() => {
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    match ListEdit::parse(&payload) {
+                        Some(edit) if edit.origin == self.instance => {}
+                        Some(edit) => {
+                            if events.blocking_send(BanEvent::List(edit)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        None => warn!(message = %payload.escape_debug(), "unreadable message on the list channel"),
+                    }
+                }
                 Ok(msg) => {
                     let payload: String = msg.get_payload().unwrap_or_default();
                     match parse_ban_message(&payload) {
