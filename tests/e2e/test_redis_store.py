@@ -8,7 +8,8 @@ one Prosody, a real redis-server on 127.0.0.1:26379, HAProxy in TCP mode with PR
 - a sender's fan-out limit holds when its messages alternate between the gateways, and a
   spam wave seen half on each gateway is detected (both counted in Redis);
 - a list edit through one gateway's admin API is made in the other's list file and enforced
-  there within a second; a ban made through the API reaches the other gateway too;
+  there within a second; a ban made through the API reaches the other gateway too; audit
+  records of both carry sequence numbers from one counter in Redis;
 - Redis stopped mid-test: rates fall back as configured ("local" on A, "closed" on B), a gateway
   with bans_on_error = "closed" refuses connections; Redis back: state is shared again.
 
@@ -424,6 +425,9 @@ def test_fanout_and_waves_are_counted_across_both_gateways(tmp, pki, prosody, re
 
 
 LISTS = """
+[audit]
+path = "audit.jsonl"
+
 [list.bad_urls]
 file = "lists/bad-urls.txt"
 
@@ -492,6 +496,18 @@ def test_list_edits_and_api_bans_reach_the_other_gateway(tmp, pki, prosody, redi
         assert until(lambda: "evil.example" not in a_file.read_text(), 1.0)
         assert until(lambda: "list edit received from the shared store" in a.log(), 2.0)
         assert not run(send_link(GW_A, "bta")), "A no longer refuses the link"
+        # Audit records of both gateways carry numbers from one counter in Redis: the edit made
+        # at A comes before the one made at B, whatever the two clocks say.
+        def audit(g: Gateway) -> list[dict]:
+            path = g.dir / "audit.jsonl"
+            return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        assert until(lambda: any(r.get("action") == "list-remove" for r in audit(b)), 2.0)
+        added = next(r for r in audit(a) if r.get("action") == "list-add")
+        removed = next(r for r in audit(b) if r.get("action") == "list-remove")
+        assert isinstance(added.get("seq"), int) and isinstance(removed.get("seq"), int), (added, removed)
+        assert removed["seq"] > added["seq"], (added, removed)
+        assert added["gateway"] != removed["gateway"], (added, removed)
+        assert int(redis.cli("GET", "stanzawall:audit:seq")) >= removed["seq"]
         # A ban made through A's API refuses the source at B within a second (its guard and its
         # ban file; the nftables set follows the same path as a ban made by failures).
         status, got = api(ADMIN_A, "POST", "/api/v1/bans", a.token, {"address": FLOODER})

@@ -79,7 +79,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         guard: guard.clone(),
         rates,
         metrics: metrics.clone(),
-        audit: Audit::start(metrics),
+        audit: Audit::start(metrics, store.clone()),
         sessions: Arc::new(crate::sessions::Sessions::default()),
         store,
     };

@@ -416,6 +416,18 @@ impl RedisStore {
             .map(drop)
     }
 
+    /// This gateway's name in the store (random, per process): the `gateway` of its audit
+    /// records and the origin of its list edits.
+    pub fn instance_name(&self) -> &str {
+        &self.instance
+    }
+
+    /// Take `n` audit sequence numbers from the store's counter; the last one (blocking).
+    pub fn next_audit_seq(&self, n: u64) -> redis::RedisResult<u64> {
+        let key = format!("{}audit:seq", self.config.prefix);
+        self.with_connection(|con| redis::cmd("INCRBY").arg(key).arg(n).query(con))
+    }
+
     fn bans_key(&self) -> String {
         format!("{}bans", self.config.prefix)
     }
@@ -843,6 +855,78 @@ mod tests {
             "ban 192.0.2.7/32 99999999999999999999",
         ] {
             assert_eq!(parse_ban_message(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn wave_answers() {
+        assert_eq!(parse_wave_answer("0"), None);
+        let m = parse_wave_answer("1|1|00ff00ff00ff00ff|3|0|your parcel | is waiting").unwrap();
+        assert!(m.new);
+        assert_eq!((m.wave.id.as_str(), m.wave.senders, m.wave.recipients), ("00ff00ff00ff00ff", 3, 0));
+        assert_eq!(m.wave.sample, "your parcel | is waiting", "the sample keeps its own bars");
+        for bad in ["", "1", "1|1|id", "1|1|id|x|0|s", "2|0|id|1|1|s"] {
+            assert_eq!(parse_wave_answer(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn list_edit_messages() {
+        let ok = r#"{"origin":"ab","op":"add","list":"bad_urls","entry":"evil.example"}"#;
+        assert_eq!(ListEdit::parse(ok).unwrap().entry, "evil.example");
+        for bad in [
+            r#"{"origin":"ab","op":"drop","list":"bad_urls","entry":"evil.example"}"#,
+            r#"{"origin":"ab","op":"add","list":"","entry":"evil.example"}"#,
+            r#"{"origin":"ab","op":"add","list":"l","entry":"a
+b"}"#,
+            r#"{"origin":"ab","op":"add","list":"l","entry":" padded "}"#,
+            r#"{"origin":"ab","op":"add","list":"l","entry":"x # y"}"#,
+            "ban 192.0.2.7/32 1",
+            "",
+        ] {
+            assert_eq!(ListEdit::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn down_store_decides_fanout_and_waves_as_configured() {
+        let source = KeySource::Address("192.0.2.1".parse().unwrap());
+        let q = FanoutQuery {
+            ns: 1,
+            key: "carol@example.test",
+            source: &source,
+            quota: 10,
+            recipient: "a@example.test",
+            recipients: 1,
+            window: Duration::from_secs(60),
+        };
+        let sig = [7u32; stanzawall_core::antispam::wave::SIGNATURE];
+        let copy = TextCopy { fingerprint: &sig, normal: "a wave of text", sender: "s@x.test", recipient: "r@x.test" };
+        let spec = WaveSpec {
+            ns: 1,
+            senders: 1,
+            recipients: None,
+            window: Duration::from_secs(60),
+            similarity: 0.8,
+            min_length: 1,
+        };
+        let now = Instant::now();
+        for (mode, fanout_second, wave) in
+            [(OnError::Local, true, true), (OnError::Closed, true, true), (OnError::Open, false, false)]
+        {
+            let store = RedisStore::new(&StoreConfig {
+                backend: StoreBackend::Redis { url: "redis://127.0.0.1:1".into() },
+                fanout_on_error: mode,
+                waves_on_error: mode,
+                ..StoreConfig::default()
+            })
+            .unwrap()
+            .unwrap();
+            let first = store.fanout(&q, now);
+            assert_eq!(first, mode == OnError::Closed, "{mode:?}");
+            let other = FanoutQuery { recipient: "b@example.test", ..q };
+            assert_eq!(store.fanout(&other, now), fanout_second, "{mode:?}");
+            assert_eq!(store.wave(&spec, &copy, now).is_some(), wave, "{mode:?}");
         }
     }
 
