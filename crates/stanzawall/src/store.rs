@@ -1,10 +1,10 @@
-//! The Redis store (`[store] backend = "redis"`): rate buckets and bans shared by several
-//! gateways behind one load balancer (README "Several gateways (Redis)").
+//! The Redis store (`[store] backend = "redis"`): the state several gateways behind one load
+//! balancer share (README "Running several gateways (Redis)").
 //!
 //! The core decides (which bucket a stanza is charged to, which limit applies, how many
-//! failures ban); this module only keeps the counters, in Redis, through two Lua scripts that
-//! each run atomically on the server, so two gateways can never both admit the last event of
-//! a burst nor both miss the failure that bans:
+//! failures ban, which recipients and texts are counted); this module only keeps the counters,
+//! in Redis, through Lua scripts that each run atomically on the server, so two gateways can
+//! never both admit the last event of a burst nor both miss the failure that bans:
 //!
 //! - **rates** ([`RATE_SCRIPT`]): GCRA as in `stanzawall_core::limit::Gcra`, one key per
 //!   (limiter, chain, key value) holding the theoretical arrival time in µs of the Redis
@@ -14,12 +14,17 @@
 //!   window; at the threshold the ban goes into one sorted set of all bans (score = until, in
 //!   Unix seconds) and is published on a channel. Every gateway subscribes, applies the ban to
 //!   its own guard (the accept path never asks Redis) and to its nftables set.
+//! - **fan-out** ([`FANOUT_SCRIPT`]) and **waves** ([`WAVE_SCRIPT`]): the `fanout` and `wave`
+//!   conditions' tables, keyed by digests, capped per key, expiring with their windows.
+//! - **list edits**: published on a channel by the gateway whose admin API made them, made in
+//!   their own list files by the others; **audit order**: one counter numbers every record.
 //!
-//! Time budget: a rate decision is one EVALSHA on a pooled connection whose read and write
+//! Time budget: a decision is one EVALSHA on a pooled connection whose read and write
 //! timeouts are `[store] timeout`; the session's task gives its worker thread up meanwhile
 //! (`block_in_place`). On a timeout or an error the store counts as down until the watcher
 //! thread reconnects (with backoff) and answers a ping; meanwhile decisions follow
-//! `rates_on_error` / `bans_on_error`, with a metric and one log line a minute.
+//! `rates_on_error` / `bans_on_error` / `fanout_on_error` / `waves_on_error`, with a metric and
+//! one log line a minute per kind.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

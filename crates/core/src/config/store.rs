@@ -1,4 +1,4 @@
-//! `[store]`: where shared state is kept (README "Several gateways (Redis)"). In process by
+//! `[store]`: where shared state is kept (README "Running several gateways (Redis)"). In process by
 //! default; in Redis when several gateways behind a load balancer must share rate buckets and
 //! bans. Parsed here into [`StoreConfig`]; the daemon's `store` module builds the store.
 //!
