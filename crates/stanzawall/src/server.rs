@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use stanzawall_core::config::ConfigError;
-use stanzawall_core::stream::{Condition, StreamError};
 use stanzawall_core::policy::RateTable;
+use stanzawall_core::stream::{Condition, StreamError};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -44,8 +44,7 @@ const LIST_POLL: Duration = Duration::from_millis(500);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a drain waits, after the grace period, for the sessions it asked to end: their
 /// acknowledgements (bounded in the core) and the flush of their last bytes.
-const DRAIN_END_BOUND: Duration =
-    Duration::from_secs(stanzawall_core::session::c2s::DRAIN_ACK_TIMEOUT.as_secs() + 5);
+const DRAIN_END_BOUND: Duration = Duration::from_secs(stanzawall_core::session::c2s::DRAIN_ACK_TIMEOUT.as_secs() + 5);
 
 /// Size and modification time of each watched file (list files), to notice edits.
 fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
@@ -238,7 +237,9 @@ async fn drain(
         _ = stop.asked() => return info!("stop asked while draining"),
     }
     let error = match config.peer {
-        Some(peer) => StreamError::see_other_host(peer, Some("this gateway is leaving; connect to the named host".into())),
+        Some(peer) => {
+            StreamError::see_other_host(peer, Some("this gateway is leaving; connect to the named host".into()))
+        }
         None => StreamError::new(Condition::SystemShutdown, None),
     };
     let asked = shared.sessions.drain_all(&error);

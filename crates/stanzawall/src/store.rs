@@ -36,10 +36,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use stanzawall_core::antispam::{TextCopy, Wave, WaveMatch, WaveSpec};
 use stanzawall_core::ban::BanConfig;
 use stanzawall_core::config::{OnError, StoreBackend, StoreConfig};
 use stanzawall_core::guard::Cidr;
-use stanzawall_core::antispam::{TextCopy, Wave, WaveMatch, WaveSpec};
 use stanzawall_core::policy::rate::{Bucket, FanoutQuery, KeySource, Limit};
 use stanzawall_core::policy::{RateStore, RateTable};
 use tokio::sync::mpsc;
@@ -784,7 +784,9 @@ impl RateStore for RedisStore {
         }
         self.fell_back(FANOUT);
         match self.config.fanout_on_error {
-            OnError::Local => self.local.antispam().fanout(q.ns, q.key, q.source, q.quota, q.recipient, q.recipients, q.window, now),
+            OnError::Local => {
+                self.local.antispam().fanout(q.ns, q.key, q.source, q.quota, q.recipient, q.recipients, q.window, now)
+            }
             OnError::Closed => true,
             OnError::Open => false,
         }

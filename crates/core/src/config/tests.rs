@@ -335,7 +335,10 @@ fn drain_section() {
     let c = parse(&format!("{GOOD}\n[drain]\ngrace = \"2s\"\npeer = \"gw-b.example.test:5222\"\n")).unwrap();
     assert_eq!(c.drain.grace, std::time::Duration::from_secs(2));
     assert_eq!(c.drain.peer.as_deref(), Some("gw-b.example.test:5222"));
-    assert_eq!(parse(&format!("{GOOD}\n[drain]\npeer = \"[2001:db8::1]:5222\"\ngrace = \"0s\"\n")).unwrap().drain.grace, std::time::Duration::ZERO);
+    assert_eq!(
+        parse(&format!("{GOOD}\n[drain]\npeer = \"[2001:db8::1]:5222\"\ngrace = \"0s\"\n")).unwrap().drain.grace,
+        std::time::Duration::ZERO
+    );
     for bad in ["gw-b", "gw-b:0", "gw-b:99999", ":5222", "a b:5222", "[::1:5222", "-x.test:5222", "gw\u{e9}.test:1"] {
         let e = error(&format!("{GOOD}\n[drain]\npeer = \"{bad}\"\n"));
         assert!(e.contains("drain.peer") && e.contains("HOST:PORT"), "{bad}: {e}");

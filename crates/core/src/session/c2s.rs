@@ -35,8 +35,8 @@ use crate::stream::{Condition, StreamError, NS_CLIENT, STREAM_CLOSE};
 use crate::xml::{Element, StreamReader, XmlLimits};
 
 pub use backend::skipped_reason;
-pub use drain::DRAIN_ACK_TIMEOUT;
 pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decision};
+pub use drain::DRAIN_ACK_TIMEOUT;
 pub use features::{filter_features, is_channel_binding_mechanism};
 pub use filter::policy_effects;
 

@@ -330,7 +330,8 @@ async fn edit_list(st: St, c: super::Caller, name: String, q: Option<String>, by
     let file = |st: &St| {
         st.generation().config.policy.lists.get(&name).and_then(|l| l.file.clone()).map(|f| f.display().to_string())
     };
-    let detail = |result: &str, file: Option<String>| json!({ "result": result, "list": name, "entry": entry, "file": file });
+    let detail =
+        |result: &str, file: Option<String>| json!({ "result": result, "list": name, "entry": entry, "file": file });
     match edit_list_file(&st, &name, &entry, add).await {
         Ok(Edited::Unchanged(why)) => {
             reply(StatusCode::OK, json!({ "changed": false, "list": name, "entry": entry, "why": why }))
