@@ -78,7 +78,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         guard: guard.clone(),
         rates,
         metrics: metrics.clone(),
-        audit: Audit::start(metrics, store.clone()),
+        audit: Audit::start(metrics, store.clone().map(|s| s as Arc<dyn crate::audit::Sequencer>)),
         sessions: Arc::new(crate::sessions::Sessions::default()),
         store,
     };
@@ -95,7 +95,16 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     if let Some(store) = &shared.store {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         store.start(tx);
-        tokio::spawn(crate::state::apply_bans(store.clone(), rx, guard.clone(), gen_rx.clone(), admin_state.clone()));
+        // List edits other gateways published are made here by the admin side (state never
+        // calls into admin).
+        let (edits_tx, mut edits_rx) = tokio::sync::mpsc::channel::<crate::store::ListEdit>(64);
+        let admin_edits = admin_state.clone();
+        tokio::spawn(async move {
+            while let Some(edit) = edits_rx.recv().await {
+                crate::admin::api::apply_remote_list_edit(&admin_edits, &edit).await;
+            }
+        });
+        tokio::spawn(crate::state::apply_bans(store.clone(), rx, guard.clone(), gen_rx.clone(), edits_tx));
     }
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
     admin_state.ready.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -337,11 +337,11 @@ pub async fn apply_bans(
     mut events: tokio::sync::mpsc::Receiver<BanEvent>,
     guard: SharedGuard,
     gen_rx: tokio::sync::watch::Receiver<Arc<Generation>>,
-    admin: Arc<crate::admin::Admin>,
+    list_edits: tokio::sync::mpsc::Sender<crate::store::ListEdit>,
 ) {
     while let Some(event) = events.recv().await {
-        if let BanEvent::List(edit) = &event {
-            crate::admin::api::apply_remote_list_edit(&admin, edit).await;
+        if let BanEvent::List(edit) = event {
+            let _ = list_edits.send(edit).await;
             continue;
         }
         let now = SystemTime::now();

@@ -413,6 +413,10 @@ pub(crate) async fn edit_list_file(
 /// that is already true here changes nothing), and logged.
 pub(crate) async fn apply_remote_list_edit(st: &super::Admin, edit: &crate::store::ListEdit) {
     let add = edit.op == "add";
+    // Checked as an entry given to this API is: a peer's bug must not write two lines.
+    if lists::clean(&edit.entry).ok() != Some(edit.entry.as_str()) {
+        return tracing::warn!(list = %edit.list, from = %edit.origin, "list edit from the shared store refused: not a clean entry");
+    }
     match edit_list_file(st, &edit.list, &edit.entry, add).await {
         Ok(Edited::Changed(entries)) => {
             tracing::info!(list = %edit.list, op = %edit.op, entries, from = %edit.origin, "list edit received from the shared store")
