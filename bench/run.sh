@@ -9,6 +9,11 @@
 #   (f) stanzawall  as (e) with 100,000-entry lists
 #   (g) stanzawall  as (e) with 10-entry lists (the baseline for the list-size goal)
 #
+# Several gateways (issue 16), in their own alternated rounds at the end (section 6):
+#   (m1) stanzawall, rate + fan-out rules, in-process store   (m2) the same, Redis store
+#   (h1) HAProxy (TCP, send-proxy-v2) → one stanzawall         (h2) HAProxy → two stanzawalls
+# `run.sh --scale` runs only section 6 (short rounds), for a quick look on a busy machine.
+#
 # Rounds alternate the rows (a b c d e f g, a b c …) so that noise on this shared machine hits
 # every row alike; the summary gives medians, min–max and ratios to (b). Then: throughput and
 # p99 vs connections (PNG), RSS per idle TLS session, full logins/s, and the overhead in front
@@ -23,8 +28,9 @@ ROOT=$(dirname "$HERE")
 PY=/usr/bin/python3            # Debian's, standard library only (the pyenv one lacks nothing we need, but be explicit)
 MODE=full
 [[ ${1:-} == --quick ]] && MODE=quick
+[[ ${1:-} == --scale ]] && MODE=scale
 
-if [[ $MODE == quick ]]; then
+if [[ $MODE == quick || $MODE == scale ]]; then
   ROUNDS=2 DUR=4 WARM=1 SESSIONS=50 WINDOW=16
   BULK_ROUNDS=1 BULK_BODY=4000 BULK_SESSIONS=10
   SWEEP="1 10 100 1000" SWEEP_DUR=3
@@ -102,8 +108,10 @@ P_SINK=27100 P_SINK_TLS=27101 P_HAP=27102 P_XP=27103 P_SW=27104 P_SW_STARTTLS=27
 P_SW10K=27106 P_SW100K=27107 P_SW10=27108
 P_PROS=27110 P_PROS_TLS=27111 P_SW_PROS=27112
 P_RSS_SINK=27120 P_RSS_PROXY=27121
+P_REDIS=27130 P_SW_MEM=27131 P_SW_REDIS=27132 P_HAP1=27133 P_HAP2=27134 P_GW1=27135 P_GW2=27136
 for p in $P_SINK $P_SINK_TLS $P_HAP $P_XP $P_SW $P_SW_STARTTLS $P_SW10K $P_SW100K $P_SW10 \
-         $P_PROS $P_PROS_TLS $P_SW_PROS $P_RSS_SINK $P_RSS_PROXY; do
+         $P_PROS $P_PROS_TLS $P_SW_PROS $P_RSS_SINK $P_RSS_PROXY \
+         $P_REDIS $P_SW_MEM $P_SW_REDIS $P_HAP1 $P_HAP2 $P_GW1 $P_GW2; do
   port_free "$p" || { echo "run.sh: port $p is in use" >&2; exit 1; }
 done
 
@@ -239,7 +247,14 @@ EOF
 }
 
 # --- start the fleet ------------------------------------------------------------------------------
-declare -A ROW_PORT ROW_PID ROW_NA ROW_DESC
+declare -A ROW_PORT ROW_PID ROW_NA ROW_DESC GW_PID
+start_bg() { # start_bg LOG CMD… → sets STARTED_PID
+  "${@:2}" > "$1" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+}
+# (`--scale` skips sections 1-5 and their fleet: section 6 starts its own rows.)
+if [[ $MODE != scale ]]; then
 ROWS="a b c d e f g"
 ROW_DESC[a]="direct (TLS by the sink)"
 ROW_DESC[b]="HAProxy $(${HAPROXY:-true} -v 2>/dev/null | awk 'NR==1 {print $3}') TCP+TLS"
@@ -248,12 +263,6 @@ ROW_DESC[d]="stanzawall, no rules"
 ROW_DESC[e]="stanzawall, policy 10k lists"
 ROW_DESC[f]="stanzawall, policy 100k lists"
 ROW_DESC[g]="stanzawall, policy 10-entry lists"
-
-start_bg() { # start_bg LOG CMD… → sets STARTED_PID
-  "${@:2}" > "$1" 2>&1 &
-  STARTED_PID=$!
-  PIDS+=("$STARTED_PID")
-}
 
 log "starting bench-sink (plaintext backend :$P_SINK, direct TLS :$P_SINK_TLS)"
 start_bg sink.log "$SINK" --listen 127.0.0.1:$P_SINK --domain $DOMAIN; SINK_PID=$STARTED_PID
@@ -306,6 +315,7 @@ for row in g e f; do
   fi
 done
 for row in $ROWS; do [[ -n ${ROW_NA[$row]:-} ]] && log "row $row: ${ROW_NA[$row]}"; done
+fi
 active_rows() { local r; for r in "$@"; do [[ -z ${ROW_NA[$r]:-} ]] && printf '%s ' "$r"; done; true; }
 
 # --- one measurement ----------------------------------------------------------------------------
@@ -325,6 +335,7 @@ measure() {
   log "$section $row #$round: $(echo "$out" | cut -c1-160) cores=$cpu"
 }
 
+if [[ $MODE != scale ]]; then
 # --- 1. the table: rows alternated, ROUNDS rounds -------------------------------------------------
 ACTIVE=$(active_rows $ROWS)
 log "table: rows [$ACTIVE], $ROUNDS rounds × ${DUR}s, $SESSIONS sessions, window $WINDOW"
@@ -464,10 +475,102 @@ EOF
   fi
 fi
 
+fi  # MODE != scale
+
+# --- 6. several gateways (issue 16): the shared store's cost, and two gateways behind HAProxy -------
+# m1/m2: one gateway whose every message meets a rate and a fan-out condition (two store
+# decisions per stanza, never over their limits), with the in-process store and with Redis (a
+# private redis-server; the store's budget is raised to 100 ms so that a slow moment on a busy
+# machine shows as latency instead of quietly falling back to local decisions).
+# h1/h2: HAProxy in TCP mode with send-proxy-v2 in front of one, then two, gateways (no rules).
+scale_cfg() { # scale_cfg NAME PORT [redis]
+  stanzawall_cfg "$1" "$2" $P_SINK
+  [[ ${3:-} == redis ]] && printf '\n[store]\nurl = "redis://127.0.0.1:%s/0"\ntimeout = "100ms"\n' $P_REDIS >> "$1"
+  cat >> "$1" <<EOF
+
+[rate.per_sender]
+rate  = "1000000/second"
+burst = 1000000
+key   = "from.bare"
+
+[[rule]]
+name   = "flood"
+when   = { kind = "message", rate = "per_sender" }
+action = "bounce"
+error  = "resource-constraint"
+
+[[rule]]
+name   = "fan-out"
+chain  = "c2s-in"
+when   = { kind = "message", fanout = { recipients = 1000, window = "10m" } }
+action = "bounce"
+EOF
+}
+proxied_cfg() { # proxied_cfg NAME PORT
+  stanzawall_cfg "$1" "$2" $P_SINK
+  sed -i "s|^backend = \"127.0.0.1:$P_SINK\"|&\naccept_proxy = \"v2\"\ntrusted_proxies = [\"127.0.0.1\"]|" "$1"
+}
+haproxy_tcp_cfg() { # haproxy_tcp_cfg NAME PORT GATEWAY_PORT…
+  local name=$1 port=$2 i=0 p; shift 2
+  { printf 'global\n  maxconn 9800\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30m\n  timeout server 30m\n'
+    printf 'frontend fe\n  bind 127.0.0.1:%s\n  default_backend gateways\nbackend gateways\n  balance roundrobin\n' "$port"
+    for p in "$@"; do printf '  server gw%s 127.0.0.1:%s send-proxy-v2\n' $((i++)) "$p"; done
+  } > "$name"
+}
+SCALE_ROWS=""
+ROW_DESC[m1]="stanzawall, rate + fan-out, in-process store"
+ROW_DESC[m2]="stanzawall, rate + fan-out, Redis store"
+ROW_DESC[h1]="HAProxy send-proxy-v2 → one stanzawall"
+ROW_DESC[h2]="HAProxy send-proxy-v2 → two stanzawalls"
+if [[ $MODE == scale ]]; then
+  log "starting bench-sink (plaintext backend :$P_SINK)"
+  start_bg sink.log "$SINK" --listen 127.0.0.1:$P_SINK --domain $DOMAIN
+  wait_port $P_SINK
+fi
+scale_cfg sw-mem.toml $P_SW_MEM
+start_bg sw-mem.log "$SW" run --config sw-mem.toml
+ROW_PORT[m1]=$P_SW_MEM ROW_PID[m1]=$STARTED_PID
+if wait_port $P_SW_MEM 30; then SCALE_ROWS+="m1 "; else ROW_NA[m1]="n/a: did not start (see sw-mem.log)"; fi
+if command -v redis-server > /dev/null; then
+  start_bg redis.log redis-server --port $P_REDIS --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK"
+  wait_port $P_REDIS
+  scale_cfg sw-redis.toml $P_SW_REDIS redis
+  start_bg sw-redis.log "$SW" run --config sw-redis.toml
+  ROW_PORT[m2]=$P_SW_REDIS ROW_PID[m2]=$STARTED_PID
+  if wait_port $P_SW_REDIS 30; then SCALE_ROWS+="m2 "; else ROW_NA[m2]="n/a: did not start (see sw-redis.log)"; fi
+else
+  ROW_NA[m2]="n/a: redis-server not installed"
+fi
+if [[ -n $HAPROXY ]]; then
+  for gw in 1 2; do
+    port_var=P_GW$gw
+    proxied_cfg "sw-gw$gw.toml" "${!port_var}"
+    start_bg "sw-gw$gw.log" "$SW" run --config "sw-gw$gw.toml"; GW_PID[$gw]=$STARTED_PID
+    wait_port "${!port_var}" 30
+  done
+  haproxy_tcp_cfg hap1.cfg $P_HAP1 $P_GW1
+  haproxy_tcp_cfg hap2.cfg $P_HAP2 $P_GW1 $P_GW2
+  start_bg hap1.log "$HAPROXY" -f hap1.cfg -db; ROW_PORT[h1]=$P_HAP1 ROW_PID[h1]=${GW_PID[1]}
+  start_bg hap2.log "$HAPROXY" -f hap2.cfg -db; ROW_PORT[h2]=$P_HAP2 ROW_PID[h2]=${GW_PID[1]}
+  if wait_port $P_HAP1 && wait_port $P_HAP2; then SCALE_ROWS+="h1 h2 "; else ROW_NA[h1]="n/a: HAProxy did not start" ROW_NA[h2]="n/a: HAProxy did not start"; fi
+else
+  ROW_NA[h1]="n/a: haproxy not installed" ROW_NA[h2]="n/a: haproxy not installed"
+fi
+log "several gateways: rows [$SCALE_ROWS], $ROUNDS rounds × ${DUR}s, $SESSIONS sessions (proxy cores of h1/h2: the first gateway's)"
+for ((r = 1; r <= ROUNDS; r++)); do
+  for row in $SCALE_ROWS; do
+    measure scale "$row" $r "" --sessions $SESSIONS --window $WINDOW --duration $DUR --warmup $WARM
+  done
+done
+if [[ -n ${ROW_PID[m2]:-} ]]; then
+  # Decisions the Redis row took without Redis (past its budget) would flatter it.
+  log "m2: $(grep -c 'shared store unavailable' sw-redis.log || true) 'shared store unavailable' lines in sw-redis.log"
+fi
+
 # --- summary and plot ---------------------------------------------------------------------------------
 {
   echo "{\"section\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$(date -u +%Y-%m-%dT%H:%MZ)\",\"commit\":\"$(git -C "$ROOT" rev-parse --short HEAD)\",\"dirty\":$( [[ -n $(git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock) ]] && echo true || echo false ),\"cpus\":$(nproc),\"cpu_model\":\"$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)\",\"fd_limit\":$FD_LIMIT,\"stanzawall\":\"$SW_VERSION from $SW_SRC, built $SW_BUILT\",\"rounds\":$ROUNDS,\"duration\":$DUR,\"sessions\":$SESSIONS,\"window\":$WINDOW,\"elapsed_s\":$(( $(date +%s) - T_START ))}"
-  for row in $ROWS s pd pg; do
+  for row in ${ROWS:-} s pd pg m1 m2 h1 h2; do
     printf '{"section":"row","row":"%s","desc":"%s","na":"%s"}\n' "$row" "${ROW_DESC[$row]:-}" "${ROW_NA[$row]:-}"
   done
 } >> "$RAW"

@@ -199,4 +199,26 @@ if pros:
     w(f"- in front of Prosody ≤ 5% throughput loss: {pros.get('loss', 0) * 100:.1f}% — {goal(pros.get('loss', 1) <= 0.05)}; "
       f"≤ 0.3 ms added p99: {pros.get('p99', 0):+.2f} ms — {goal(pros.get('p99', 1) <= 0.3)}")
 
+scale = {row: [x for x in by[("scale", row)] if ok(x)] for row in ("m1", "m2", "h1", "h2")}
+if any(by[("scale", row)] for row in scale) or any(row in na for row in scale):
+    w("\n### Several gateways (issue 16)\n")
+    w("Alternated rounds in the same run. m1/m2: every message meets a rate and a fan-out condition (two store "
+      "decisions per stanza); h1/h2: HAProxy TCP with send-proxy-v2; proxy cores are the first gateway's.\n")
+    w("| row | setup | echoes/s (median) | min–max | p50 ms | p99 ms | proxy cores | errors |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|")
+    got = {}
+    for row, runs in scale.items():
+        if not runs:
+            reason = na.get(row) or ("n/a: every run failed" if by[("scale", row)] else "n/a: not run")
+            w(f"| {row} | {desc.get(row, '')} | {reason} | | | | | |")
+            continue
+        sps = [x["r"]["stanzas_per_s"] for x in runs]
+        q = lambda k: med([x["r"][k] / 1000 for x in runs])
+        got[row] = (med(sps), q("p99_us"))
+        w(f"| {row} | {desc.get(row, '')} | {fmt(med(sps))} | {span(sps)} | {fmt(q('p50_us'), 2)} | {fmt(q('p99_us'), 2)} "
+          f"| {fmt(med([x['proxy_cores'] for x in runs]), 2)} | {sum(x['r'].get('errors', 0) for x in runs)} |")
+    for a, b, what in (("m1", "m2", "Redis store vs in-process"), ("h1", "h2", "two gateways vs one")):
+        if a in got and b in got:
+            w(f"- {what}: {got[b][0] / got[a][0]:.2f}× throughput, p99 {got[b][1] - got[a][1]:+.2f} ms")
+
 (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -5,6 +5,11 @@ one Prosody, a real redis-server on 127.0.0.1:26379, HAProxy in TCP mode with PR
 - a per-sender rate limit holds across both (a client's two resources, one on each gateway);
 - HAProxy round-robin with send-proxy-v2: the gateways see the real client address (the ban
   hits the client, not the balancer); a header from an untrusted address is refused;
+- a sender's fan-out limit holds when its messages alternate between the gateways, and a
+  spam wave seen half on each gateway is detected (both counted in Redis);
+- a list edit through one gateway's admin API is made in the other's list file and enforced
+  there within a second; a ban made through the API reaches the other gateway too; audit
+  records of both carry sequence numbers from one counter in Redis;
 - Redis stopped mid-test: rates fall back as configured ("local" on A, "closed" on B), a gateway
   with bans_on_error = "closed" refuses connections; Redis back: state is shared again.
 
@@ -14,7 +19,10 @@ The flooder uses its own loopback address (127.0.0.3), as in test_network_layer.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -22,7 +30,7 @@ import pytest
 
 from harness.client import Client, run
 from harness.defaults import HOST
-from harness.gateway import Gateway, Listener
+from harness.gateway import Gateway, Listener, binary
 from harness.raw import RawStream, stream_header
 from harness.redis import HaproxyInstance, RedisInstance
 
@@ -53,13 +61,16 @@ def store_toml(redis: RedisInstance, **extra: str) -> str:
 
 
 def gateway(tmp, pki, prosody, name: str, port: int, admin: int, redis: RedisInstance, *,
-            ban: dict | None = None, proxied: bool = False, **store: str) -> Gateway:
+            ban: dict | None = None, proxied: bool = False, policy: str = "", tokens: bool = False,
+            **store: str) -> Gateway:
     extra = {"accept_proxy": "v2", "trusted_proxies": [HOST]} if proxied else {}
     network = {"connection_rate_per_ip": "off", "max_connections_per_ip": 100_000,
                "ban": ban or {"auth_failures": 1000}}
     return Gateway(tmp / name, pki.cert, pki.key, [Listener("c2s", "c2s", port, prosody.port, extra)],
                    network=network,
-                   extra_toml=f'[admin]\nbind = "{HOST}:{admin}"\n' + store_toml(redis, **store) + POLICY)
+                   extra_toml=(f'[admin]\nbind = "{HOST}:{admin}"\n'
+                               + ('tokens = "admin-tokens"\n' if tokens else "")
+                               + store_toml(redis, **store) + POLICY + policy))
 
 
 @pytest.fixture
@@ -299,3 +310,212 @@ def test_redis_stopped_mid_test(tmp, pki, prosody, redis):
     finally:
         assert a.terminate() == 0
         assert b.terminate() == 0
+
+
+# The wave rule first: carol's copy of the wave is refused as a wave, not as her fifth recipient.
+ANTISPAM = """
+[[rule]]
+name   = "spam-waves"
+chain  = "c2s-in"
+when   = { kind = "message", wave = { senders = 3, window = "30m" } }
+action = "bounce"
+text   = "Part of a spam wave"
+
+[[rule]]
+name   = "fan-out"
+chain  = "c2s-in"
+when   = { kind = "message", from = "carol@example.test", fanout = { recipients = 4, window = "10m" } }
+action = "bounce"
+text   = "Too many recipients"
+"""
+
+WAVE = [  # (sender, gateway index, text): variants of one text, as in test_antispam.py
+    ("alice", 0, "Hello Dave! Your parcel #4471 is waiting at the depot. Pay the customs fee at "
+                 "https://parcel-depot.example/pay/4471 today"),
+    ("bob", 1, "Hello  Marta!  Your parcel #88 is waiting at the depot.  Pay the customs fee at "
+               "https://parcel-depot.example/pay/x88 today"),
+    ("carol", 0, "Hello Sven! Your parcel #31337 is w\u0430iting at the depot. Pay the customs fee at "
+                 "http://www.parcel-depot.example/pay/31337?src=sms today"),
+    ("dave", 1, "Hello Bob! Your parcel #5 is waiting at the depot. Pay the customs fee at "
+                "https://parcel-depot.example/pay/5 today"),
+]
+
+
+async def refusals(c: Client, text: str, ids: set[str], settle: float = 1.5) -> set[str]:
+    """The ids among `ids` the gateway bounced to `c` with `text` (anything else, such as the
+    server's own errors for unknown recipients, is ignored)."""
+    out: set[str] = set()
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        while not c.messages.empty():
+            m = c.messages.get_nowait()
+            if m.type == "error" and m.id in ids and text in m.xml:
+                out.add(m.id)
+        await asyncio.sleep(0.05)
+    return out
+
+
+def test_fanout_and_waves_are_counted_across_both_gateways(tmp, pki, prosody, redis):
+    a = gateway(tmp, pki, prosody, "redis-spam-a", GW_A, ADMIN_A, redis, policy=ANTISPAM,
+                fanout_on_error="local").start()
+    b = gateway(tmp, pki, prosody, "redis-spam-b", GW_B, ADMIN_B, redis, policy=ANTISPAM,
+                fanout_on_error="closed").start()
+    try:
+        assert a.wait_log("shared store connected") and b.wait_log("shared store connected")
+
+        async def scenario():
+            ports = [GW_A, GW_B]
+            carols, dave = clients(prosody, pki, ports)
+            others = {u: Client(f"{prosody.jid(u)}/spam", prosody.users[u], HOST, ports[i], ca_file=pki.ca_cert)
+                      for u, i in (("alice", 0), ("bob", 1))}
+            async with carols[0], carols[1], dave, others["alice"], others["bob"]:
+                # Fan-out: carol writes to six new recipients, alternating gateways; the limit
+                # is four distinct ones, so the fifth (at A) and the sixth (at B) are refused:
+                # each gateway alone has seen only three.
+                for i in range(6):
+                    c = carols[i % 2]
+                    m = c.xmpp.make_message(mto=f"nobody{i}@{prosody.domain}", mbody="a short note", mtype="chat")
+                    m["id"] = f"f{i}"
+                    m.send()
+                    await asyncio.sleep(0.1)
+                fan = set()
+                for c in carols:
+                    fan |= await refusals(c, "Too many recipients", {f"f{i}" for i in range(6)})
+                # A wave: three senders, two at A and one at B; the third copy is refused.
+                senders = {"alice": others["alice"], "bob": others["bob"], "carol": carols[0], "dave": dave}
+                for i, (who, _, text) in enumerate(WAVE):
+                    to = "bob" if who == "dave" else "dave"
+                    m = senders[who].xmpp.make_message(mto=f"{to}@{prosody.domain}", mbody=text, mtype="chat")
+                    m["id"] = f"w{i}"
+                    m.send()
+                    await asyncio.sleep(0.1)
+                wave = set()
+                for c in senders.values():
+                    wave |= await refusals(c, "Part of a spam wave", {f"w{i}" for i in range(len(WAVE))}, 0.5)
+                # What Redis holds: digests only, every key with a TTL.
+                keys = redis.cli("--scan", "--pattern", "stanzawall:*").split()
+                ttls = {k: int(redis.cli("PTTL", k)) for k in keys if ":fan" in k or ":w" in k}
+                # Redis stopped: A (fanout_on_error = "local") counts in its own, empty, table;
+                # B ("closed") refuses every fan-out-counted message.
+                redis.stop()
+                for i, c in enumerate(carols):
+                    m = c.xmpp.make_message(mto=f"later{i}@{prosody.domain}", mbody="a short note", mtype="chat")
+                    m["id"] = f"d{i}"
+                    m.send()
+                down = set()
+                for c in carols:
+                    down |= await refusals(c, "Too many recipients", {"d0", "d1"})
+                return fan, wave, down, keys, ttls
+
+        fan, wave, down, keys, ttls = run(scenario(), timeout=120)
+        assert fan == {"f4", "f5"}, f"the shared fan-out count refuses the 5th and 6th recipients: {fan}"
+        assert wave == {"w2", "w3"}, f"the wave is detected at its third sender and stays flagged: {wave}"
+        assert any(k.startswith("stanzawall:fan:") for k in keys) and any(k.startswith("stanzawall:wb:") for k in keys), keys
+        assert not any("@" in k or "example" in k for k in keys), f"no raw JID in a key: {keys}"
+        assert ttls and all(t > 0 for t in ttls.values()), f"every fan-out and wave key expires: {ttls}"
+        assert down == {"d1"}, f"store down: A local (passes), B closed (refuses): {down}"
+        assert "store.kind=\"fanout\"" in b.log() or "store.kind=fanout" in b.log(), b.log()[-2000:]
+        fallbacks = metric(ADMIN_B, 'stanzawall_store_fallbacks_total{kind="fanout"}')
+        assert int(fallbacks.split()[-1]) >= 1, fallbacks
+        assert a.proc.running() and b.proc.running()
+    finally:
+        for g in (a, b):
+            code = g.terminate()
+            assert code == 0, f"{g.dir.name} exited with {code}: {g.log()[-3000:]}"
+
+
+LISTS = """
+[audit]
+path = "audit.jsonl"
+
+[list.bad_urls]
+file = "lists/bad-urls.txt"
+
+[[rule]]
+name   = "bad-links"
+chain  = "c2s-in"
+when   = { kind = "message", url_in = "bad_urls" }
+action = "bounce"
+text   = "Link blocked by policy"
+"""
+
+
+def admin_token(gw: Gateway) -> str:
+    out = subprocess.run([str(binary()), "admin-token", "--tokens", str(gw.dir / "admin-tokens"), "--role", "admin",
+                          "--name", "ops"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def api(admin: int, method: str, path: str, token: str, body: dict) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(HOST, admin, timeout=15)
+    try:
+        conn.request(method, path, body=json.dumps(body),
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read().decode() or "{}")
+    finally:
+        conn.close()
+
+
+def test_list_edits_and_api_bans_reach_the_other_gateway(tmp, pki, prosody, redis):
+    gws = []
+    for name, port, admin in (("redis-lists-a", GW_A, ADMIN_A), ("redis-lists-b", GW_B, ADMIN_B)):
+        g = gateway(tmp, pki, prosody, name, port, admin, redis, policy=LISTS, tokens=True)
+        (g.dir / "lists").mkdir(exist_ok=True)
+        (g.dir / "lists" / "bad-urls.txt").write_text("# links doing the rounds\n")
+        g.token = admin_token(g)
+        gws.append(g.start())
+    a, b = gws
+    try:
+        assert a.wait_log("shared store connected") and b.wait_log("shared store connected")
+        status, got = api(ADMIN_A, "POST", "/api/v1/lists/bad_urls/entries", a.token, {"entry": "evil.example"})
+        assert status == 200 and got["changed"] and got["published"] == "ok", got
+        edited = time.monotonic()
+        b_file = b.dir / "lists" / "bad-urls.txt"
+        assert until(lambda: "evil.example" in b_file.read_text().splitlines(), 1.0), \
+            "the edit made at A is in B's list file within a second"
+        b.wait_log("list edit received from the shared store", 2)
+        print(f"list edit reached B after {time.monotonic() - edited:.3f}s")
+        assert b_file.read_text() == "# links doing the rounds\nevil.example\n", "B's other lines are kept"
+
+        async def send_link(port: int, tag: str) -> bool:
+            """True if carol's message with the listed link is refused at the gateway on `port`."""
+            c = Client(f"{prosody.jid('carol')}/{tag}", prosody.users["carol"], HOST, port, ca_file=pki.ca_cert)
+            async with c:
+                m = c.xmpp.make_message(mto=prosody.jid("dave"), mbody="see https://evil.example/x", mtype="chat")
+                m["id"] = tag
+                m.send()
+                return tag in await refusals(c, "Link blocked by policy", {tag}, 2.0)
+
+        assert run(send_link(GW_B, "atb")), "B enforces the entry added at A"
+        # And back: removed at B, gone from A's file and no longer enforced there.
+        status, got = api(ADMIN_B, "DELETE", "/api/v1/lists/bad_urls/entries", b.token, {"entry": "evil.example"})
+        assert status == 200 and got["changed"], got
+        a_file = a.dir / "lists" / "bad-urls.txt"
+        assert until(lambda: "evil.example" not in a_file.read_text(), 1.0)
+        assert until(lambda: "list edit received from the shared store" in a.log(), 2.0)
+        assert not run(send_link(GW_A, "bta")), "A no longer refuses the link"
+        # Audit records of both gateways carry numbers from one counter in Redis: the edit made
+        # at A comes before the one made at B, whatever the two clocks say.
+        def audit(g: Gateway) -> list[dict]:
+            path = g.dir / "audit.jsonl"
+            return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        assert until(lambda: any(r.get("action") == "list-remove" for r in audit(b)), 2.0)
+        added = next(r for r in audit(a) if r.get("action") == "list-add")
+        removed = next(r for r in audit(b) if r.get("action") == "list-remove")
+        assert isinstance(added.get("seq"), int) and isinstance(removed.get("seq"), int), (added, removed)
+        assert removed["seq"] > added["seq"], (added, removed)
+        assert added["gateway"] != removed["gateway"], (added, removed)
+        assert int(redis.cli("GET", "stanzawall:audit:seq")) >= removed["seq"]
+        # A ban made through A's API refuses the source at B within a second (its guard and its
+        # ban file; the nftables set follows the same path as a ban made by failures).
+        status, got = api(ADMIN_A, "POST", "/api/v1/bans", a.token, {"address": FLOODER})
+        assert status == 201, got
+        assert until(lambda: refused(FLOODER, GW_B), 1.0), "the API ban made at A refuses the source at B"
+        assert until(lambda: (b.dir / "state" / "bans").exists()
+                     and (b.dir / "state" / "bans").read_text().startswith(f"{FLOODER} "), 2.0)
+    finally:
+        for g in gws:
+            code = g.terminate()
+            assert code == 0, f"{g.dir.name} exited with {code}: {g.log()[-3000:]}"

@@ -141,6 +141,19 @@ pub enum Event {
     },
 }
 
+/// One copy of a text as a `wave` condition counts it, before any digest is taken.
+#[derive(Debug, Clone, Copy)]
+pub struct TextCopy<'a> {
+    /// The fingerprint of its normal form.
+    pub fingerprint: &'a wave::Signature,
+    /// The normal form (for the sample).
+    pub normal: &'a str,
+    /// The sender's bare JID.
+    pub sender: &'a str,
+    /// The recipient's bare JID.
+    pub recipient: &'a str,
+}
+
 /// The anti-spam state of the gateway.
 #[derive(Debug)]
 pub struct AntiSpam {
@@ -368,6 +381,17 @@ impl AntiSpam {
         let item = self.item_digest(recipient);
         let added = self.fanout.update(&(ns, key), &(ns, source), quota, now, |d| d.add(item, now, window, recipients));
         matches!(added, Ok(Added::Over) | Err(_))
+    }
+
+    /// Count a copy in this gateway's wave table (keyed digests of the JIDs).
+    pub fn wave_local(&self, spec: &WaveSpec, copy: &TextCopy<'_>, now: Instant) -> Option<WaveMatch> {
+        let c = wave::Copy {
+            fingerprint: copy.fingerprint,
+            normal: copy.normal,
+            sender: self.item_digest(copy.sender),
+            recipient: self.item_digest(copy.recipient),
+        };
+        self.waves.observe(spec, c, now)
     }
 
     /// Queue an event for the next session that reports (a wave found during evaluation).

@@ -27,7 +27,7 @@ use crate::xml::XmlLimits;
 pub use contacts::ContactsConfig;
 pub use quarantine::QuarantineConfig;
 pub use s2s::{S2sConfig, S2sRoute};
-pub use store::{OnError, StoreBackend, StoreConfig};
+pub use store::{DrainConfig, OnError, StoreBackend, StoreConfig};
 pub use transfer::{ClamdAddress, FileTransferConfig};
 
 /// What a listener accepts.
@@ -270,6 +270,8 @@ pub struct Config {
     pub s2s: Option<S2sConfig>,
     /// `[store]`: where shared state (rate buckets, bans) is kept.
     pub store: StoreConfig,
+    /// `[drain]`: leaving a pool of gateways (grace period, the peer named to clients).
+    pub drain: DrainConfig,
     /// `[file_transfer]`: the bytestream proxy and the file checks (with a `socks5` listener).
     pub file_transfer: Option<FileTransferConfig>,
     /// `[contacts]`: the gateway's privileged component connection (rosters, RTBLs, reports).
@@ -486,6 +488,9 @@ impl Config {
         }
         if self.admin != old.admin {
             out.push("admin changed".to_owned());
+        }
+        if self.drain != old.drain {
+            out.push("drain changed".to_owned());
         }
         let (new, old) = (&self.policy, &old.policy);
         for (name, l) in &new.lists {

@@ -643,7 +643,16 @@ impl Policy {
                 let (Some(key), Some(to)) = (rate_key(c.key, f), f.to()) else { return false };
                 let source = rate::KeySource::of(f.ctx.user, f.ctx.source_ip);
                 let recipient = to.to_bare();
-                rates.antispam().fanout(c.ns, &key, &source, c.quota, recipient.as_str(), c.recipients, c.window, now)
+                let q = rate::FanoutQuery {
+                    ns: c.ns,
+                    key: &key,
+                    source: &source,
+                    quota: c.quota,
+                    recipient: recipient.as_str(),
+                    recipients: c.recipients,
+                    window: c.window,
+                };
+                rates.fanout(&q, now)
             }
             Cond::Wave(c) => self.wave(c, f, rates, now),
             Cond::Listed { list, to } => {
@@ -665,14 +674,11 @@ impl Policy {
             return false;
         }
         let (Some(from), Some(to)) = (f.from(), f.to()) else { return false };
+        let (sender, recipient) = (from.to_bare(), to.to_bare());
+        let copy =
+            crate::antispam::TextCopy { fingerprint, normal, sender: sender.as_str(), recipient: recipient.as_str() };
+        let Some(m) = rates.wave(&c.spec, &copy, now) else { return false };
         let a = rates.antispam();
-        let copy = crate::antispam::wave::Copy {
-            fingerprint,
-            normal,
-            sender: a.item_digest(from.to_bare().as_str()),
-            recipient: a.item_digest(to.to_bare().as_str()),
-        };
-        let Some(m) = a.waves.observe(&c.spec, copy, now) else { return false };
         let w = &m.wave;
         *f.note.borrow_mut() =
             Some(format!("wave {} ({} senders, {} recipients): \"{}\"", w.id, w.senders, w.recipients, w.sample));

@@ -106,6 +106,13 @@ pub trait StreamMachine {
     fn shutdown(&mut self);
     /// Close with a stream error decided outside the machine (a ban).
     fn refuse(&mut self, condition: Condition, text: &str);
+    /// The gateway leaves its pool (drain, README "Running several gateways"): end the session
+    /// with `error` (`<see-other-host/>` or `<system-shutdown/>`) once nothing it accepted can
+    /// be lost. Kinds without Stream Management close at once, as at shutdown.
+    fn drain(&mut self, error: crate::stream::StreamError, now: Instant) {
+        let _ = (error, now);
+        self.shutdown();
+    }
     /// A new policy (reload): the next stanza is evaluated against it.
     fn set_policy(&mut self, policy: Arc<Policy>);
     /// Traffic counters.

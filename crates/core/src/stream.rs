@@ -151,12 +151,21 @@ pub struct StreamError {
     pub text: Option<String>,
     /// Application-specific condition (RFC 6120 §4.9.4), as (namespace, element name).
     pub app: Option<(&'static str, &'static str)>,
+    /// The character data of the condition element: only `<see-other-host/>` has any, the
+    /// `host[:port]` the peer should connect to instead (RFC 6120 §4.9.3.19).
+    pub other_host: Option<String>,
 }
 
 impl StreamError {
     /// A stream error with a condition and optional explanation.
     pub fn new(condition: Condition, text: impl Into<Option<String>>) -> Self {
-        StreamError { condition, text: text.into(), app: None }
+        StreamError { condition, text: text.into(), app: None, other_host: None }
+    }
+
+    /// `<see-other-host>host:port</see-other-host>` (RFC 6120 §4.9.3.19): the peer should
+    /// reconnect there (a gateway leaving its pool names a peer gateway or the balancer).
+    pub fn see_other_host(host: impl Into<String>, text: impl Into<Option<String>>) -> Self {
+        StreamError { other_host: Some(host.into()), ..StreamError::new(Condition::SeeOtherHost, text) }
     }
 
     /// Add an application-specific condition element.
@@ -168,8 +177,11 @@ impl StreamError {
 
     /// The `<stream:error>` element.
     pub fn to_element(&self) -> Element {
-        let mut el =
-            Element::new(NS_STREAMS, "error").with_child(Element::new(NS_STREAM_ERRORS, self.condition.as_str()));
+        let mut condition = Element::new(NS_STREAM_ERRORS, self.condition.as_str());
+        if let (Condition::SeeOtherHost, Some(host)) = (self.condition, &self.other_host) {
+            condition = condition.with_text(host.clone());
+        }
+        let mut el = Element::new(NS_STREAMS, "error").with_child(condition);
         if let Some(t) = &self.text {
             el = el.with_child(
                 Element::new(NS_STREAM_ERRORS, "text")
@@ -191,7 +203,11 @@ impl StreamError {
             .find_map(|c| Condition::from_name(&c.name))
             .unwrap_or(Condition::UndefinedCondition);
         let text = el.child(NS_STREAM_ERRORS, "text").map(Element::text);
-        StreamError { condition, text, app: None }
+        let other_host = match condition {
+            Condition::SeeOtherHost => el.child(NS_STREAM_ERRORS, "see-other-host").map(Element::text),
+            _ => None,
+        };
+        StreamError { condition, text, app: None, other_host }
     }
 }
 

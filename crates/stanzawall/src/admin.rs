@@ -17,12 +17,12 @@
 //! reloads exactly as SIGHUP does (the supervisor answers with the reload's error, and the edit
 //! is undone if the reload fails).
 
-mod api;
+pub(crate) mod api;
 pub mod auth;
 mod dashboard;
 pub mod lists;
-pub mod routes;
 mod quarantine;
+pub mod routes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +60,9 @@ pub struct Admin {
     failures: Mutex<FailureLimiter>,
     /// List edits one at a time (read, change, write, reload).
     list_edit: tokio::sync::Mutex<()>,
+    /// Set by `POST /api/v1/drain` (and by SIGUSR2, through the supervisor): the supervisor
+    /// follows it and drains the gateway.
+    pub drain: watch::Sender<bool>,
     /// What this listener serves: everything, or (passive inspection) metrics and health only.
     scope: Scope,
 }
@@ -92,6 +95,7 @@ impl Admin {
             failures: Mutex::new(FailureLimiter::default()),
             list_edit: tokio::sync::Mutex::new(()),
             scope: Scope::Gateway,
+            drain: watch::channel(false).0,
         }
     }
 

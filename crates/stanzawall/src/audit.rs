@@ -273,8 +273,10 @@ pub fn records(event: &PolicyEvent, origin: Origin<'_>) -> Vec<Value> {
 }
 
 impl Audit {
-    /// Start the writer task.
-    pub fn start(metrics: Arc<Metrics>) -> Audit {
+    /// Start the writer task. With a shared store every record gets `seq`, a number from one
+    /// counter in the store, and `gateway`, this gateway's name there, so that the audit logs
+    /// of several gateways merge into one order (README "Running several gateways").
+    pub fn start(metrics: Arc<Metrics>, store: Option<Arc<dyn Sequencer>>) -> Audit {
         let (tx, mut rx) = mpsc::channel::<(Option<PathBuf>, Vec<Value>)>(QUEUE);
         let feed = Arc::new(Feed::new());
         let fed = feed.clone();
@@ -283,6 +285,9 @@ impl Audit {
             let mut open: Option<(PathBuf, tokio::io::BufWriter<tokio::fs::File>)> = None;
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, 256).await > 0 {
+                if let Some(store) = &store {
+                    number(store, &mut batch).await;
+                }
                 for (path, lines) in batch.drain(..) {
                     for l in &lines {
                         fed.push(l);
@@ -336,6 +341,47 @@ impl Audit {
     pub async fn record(&self, path: Option<PathBuf>, lines: Vec<Value>) {
         if !lines.is_empty() {
             let _ = self.tx.send((path, lines)).await;
+        }
+    }
+}
+
+/// Where audit sequence numbers come from: the shared store's counter (implemented by the
+/// daemon's Redis store; the audit writer never talks to Redis itself).
+pub trait Sequencer: Send + Sync + std::fmt::Debug + 'static {
+    /// This gateway's name there (the records' `gateway`).
+    fn name(&self) -> &str;
+    /// True while the counter can be asked.
+    fn is_up(&self) -> bool;
+    /// Take `n` numbers; the last one (blocking).
+    fn take(&self, n: u64) -> Result<u64, String>;
+}
+
+/// Number a batch of records from the store's counter (one `INCRBY` for the batch, off the
+/// async threads). Records written while the store is down get `gateway` but no `seq`.
+async fn number(store: &Arc<dyn Sequencer>, batch: &mut [(Option<PathBuf>, Vec<Value>)]) {
+    let n: u64 = batch.iter().map(|(_, l)| l.len() as u64).sum();
+    let last = match store.is_up() && n > 0 {
+        true => {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.take(n)).await {
+                Ok(Ok(last)) => Some(last),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "audit sequence numbers unavailable from the shared store");
+                    None
+                }
+                Err(_) => None,
+            }
+        }
+        false => None,
+    };
+    let mut next = last.map(|l| l + 1 - n);
+    for record in batch.iter_mut().flat_map(|(_, l)| l.iter_mut()) {
+        if let Some(map) = record.as_object_mut() {
+            if let Some(seq) = next.as_mut() {
+                map.insert("seq".to_owned(), json!(*seq));
+                *seq += 1;
+            }
+            map.insert("gateway".to_owned(), json!(store.name()));
         }
     }
 }

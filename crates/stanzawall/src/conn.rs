@@ -656,10 +656,18 @@ impl<S: StreamMachine> Connection<'_, S> {
             }
             // An operator's kick (admin API): the engine sends the stream error and closes.
             Some(control) = self.kicks.recv() => match control {
-                crate::sessions::Control::Kick(kick) => {
-                    info!(session.id = self.registration.id(), condition = kick.condition.as_str(), "session kicked by an operator");
-                    self.session.refuse(kick.condition, &kick.text);
-                }
+                crate::sessions::Control::Kick(kick) => match kick.drain {
+                    // The gateway leaves its pool: the session settles what it can, then ends.
+                    Some(error) => {
+                        info!(session.id = self.registration.id(), condition = error.condition.as_str(), "session ending: the gateway is draining");
+                        self.session.drain(error, std::time::Instant::now());
+                        self.rearm_if_earlier();
+                    }
+                    None => {
+                        info!(session.id = self.registration.id(), condition = kick.condition.as_str(), "session kicked by an operator");
+                        self.session.refuse(kick.condition, &kick.text);
+                    }
+                },
                 crate::sessions::Control::Notice(stanza) => self.session.notify_client(&stanza),
                 crate::sessions::Control::Scanned { id, verdict } => self.session.transfer_scanned(id, verdict),
             },

@@ -8,7 +8,10 @@
 //! generation and logs why. Every load (the config, its includes and list files, certificates,
 //! the ban file) runs on a thread of its own under a deadline ([`crate::files`]), while this
 //! loop keeps answering SIGTERM/SIGINT. Shutdown stops accepting, asks every session to send
-//! `<system-shutdown/>`, and waits a bounded time for them to finish.
+//! `<system-shutdown/>`, and waits a bounded time for them to finish. A drain (SIGUSR2, `POST
+//! /api/v1/drain`) stops accepting and fails `/readyz` at once, lets sessions go on for
+//! `[drain] grace`, then ends them with `<see-other-host/>` once their Stream Management is
+//! settled, and exits when the last one has ended ([`drain`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use stanzawall_core::config::ConfigError;
 use stanzawall_core::policy::RateTable;
+use stanzawall_core::stream::{Condition, StreamError};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -38,6 +42,9 @@ use crate::state::{
 const LIST_POLL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for sessions to deliver `<system-shutdown/>` and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a drain waits, after the grace period, for the sessions it asked to end: their
+/// acknowledgements (bounded in the core) and the flush of their last bytes.
+const DRAIN_END_BOUND: Duration = Duration::from_secs(stanzawall_core::session::c2s::DRAIN_ACK_TIMEOUT.as_secs() + 5);
 
 /// Size and modification time of each watched file (list files), to notice edits.
 fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
@@ -82,7 +89,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         guard: guard.clone(),
         rates,
         metrics: metrics.clone(),
-        audit: Audit::start(metrics.clone()),
+        audit: Audit::start(metrics.clone(), store.clone().map(|s| s as Arc<dyn crate::audit::Sequencer>)),
         sessions,
         store,
         quarantine,
@@ -109,7 +116,16 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     if let Some(store) = &shared.store {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         store.start(tx);
-        tokio::spawn(crate::state::apply_bans(store.clone(), rx, guard.clone(), gen_rx.clone()));
+        // List edits other gateways published are made here by the admin side (state never
+        // calls into admin).
+        let (edits_tx, mut edits_rx) = tokio::sync::mpsc::channel::<crate::store::ListEdit>(64);
+        let admin_edits = admin_state.clone();
+        tokio::spawn(async move {
+            while let Some(edit) = edits_rx.recv().await {
+                crate::admin::api::apply_remote_list_edit(&admin_edits, &edit).await;
+            }
+        });
+        tokio::spawn(crate::state::apply_bans(store.clone(), rx, guard.clone(), gen_rx.clone(), edits_tx));
     }
     crate::component::start(&first, shared.clone(), gen_rx.clone(), reload_tx.clone()).await?;
     start_listeners(&first, sockets, &mut running, &gen_rx, &shutdown_rx, &tracker, &shared).await;
@@ -119,6 +135,9 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut drain_rx = admin_state.drain.subscribe();
+    let mut draining = false;
     // List files are polled: an edit takes effect within a second or two, with no signal.
     let mut poll = tokio::time::interval(LIST_POLL);
     let mut watched = first.config.watched_files();
@@ -140,6 +159,17 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr2.recv() => {
+                draining = true;
+                break;
+            }
+            Ok(()) = drain_rx.changed() => {
+                draining = *drain_rx.borrow_and_update();
+                if draining {
+                    break;
+                }
+                false
+            }
         };
         if reload_now {
             // Taken before the files are read: an edit that lands while the reload reads them is
@@ -170,6 +200,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         }
     }
 
+    if draining {
+        let stop = Stop { term: &mut term, int: &mut int };
+        drain(&mut running, &admin_state, &shared, &tracker, &gen_rx, stop).await;
+    }
     info!(sessions = tracker.len(), "shutting down");
     for (_, l) in running.drain() {
         l.task.abort();
@@ -181,6 +215,71 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The signals that end a drain early (the operator wants the process gone now).
+struct Stop<'a> {
+    term: &'a mut tokio::signal::unix::Signal,
+    int: &'a mut tokio::signal::unix::Signal,
+}
+
+impl Stop<'_> {
+    async fn asked(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Leave the pool of gateways (SIGUSR2, `POST /api/v1/drain`; README "Running several
+/// gateways"): stop accepting on every listener and answer `/readyz` with 503 at once, so the
+/// balancer's health check takes this gateway out while open sessions go on; after `[drain]
+/// grace`, end the remaining ones with `<see-other-host/>` naming `[drain] peer` (else
+/// `<system-shutdown/>`), each once its Stream Management is settled (`session::c2s::drain`).
+/// Returns when no session is left, or at a bound past that, or when SIGTERM/SIGINT comes; the
+/// caller's shutdown then ends whatever remains.
+async fn drain(
+    running: &mut HashMap<String, RunningListener>,
+    admin: &crate::admin::Admin,
+    shared: &Shared,
+    tracker: &TaskTracker,
+    gen_rx: &watch::Receiver<Arc<Generation>>,
+    mut stop: Stop<'_>,
+) {
+    admin.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    admin.drain.send_replace(true);
+    for (name, l) in running.drain() {
+        l.task.abort();
+        let _ = l.task.await;
+        info!(listener = %name, bind = %l.bind, "listener stopped (draining)");
+    }
+    let config = gen_rx.borrow().config.drain.clone();
+    info!(
+        grace_s = config.grace.as_secs_f64(),
+        peer = config.peer.as_deref().unwrap_or("-"),
+        sessions = tracker.len(),
+        "draining: not accepting, /readyz answers 503; sessions go on for the grace period"
+    );
+    tracker.close();
+    tokio::select! {
+        _ = tracker.wait() => return info!("drained: every session ended within the grace period"),
+        _ = tokio::time::sleep(config.grace) => {}
+        _ = stop.asked() => return info!("stop asked while draining"),
+    }
+    let error = match config.peer {
+        Some(peer) => {
+            StreamError::see_other_host(peer, Some("this gateway is leaving; connect to the named host".into()))
+        }
+        None => StreamError::new(Condition::SystemShutdown, None),
+    };
+    let asked = shared.sessions.drain_all(&error);
+    info!(sessions = asked, condition = error.condition.as_str(), "drain grace over: ending the remaining sessions");
+    tokio::select! {
+        _ = tracker.wait() => info!("drained: every session ended"),
+        _ = tokio::time::sleep(DRAIN_END_BOUND) => warn!(sessions = tracker.len(), "sessions still open after the drain; shutting them down"),
+        _ = stop.asked() => info!("stop asked while draining"),
+    }
 }
 
 /// Bind the sockets a generation needs that are not already bound at the same address.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
-use stanzawall_core::stream::Condition;
+use stanzawall_core::stream::{Condition, StreamError};
 use tokio::sync::mpsc;
 
 /// A request to end one session with a stream error.
@@ -27,6 +27,10 @@ pub struct Kick {
     pub condition: Condition,
     /// The text sent with it.
     pub text: String,
+    /// The gateway is draining: end the session through
+    /// [`StreamMachine::drain`](stanzawall_core::session::StreamMachine::drain) with this error
+    /// instead (`condition` and `text` are then unused).
+    pub drain: Option<StreamError>,
 }
 
 /// What a session's control channel carries.
@@ -220,6 +224,14 @@ impl Sessions {
         entries.iter().map(|e| e.to_json()).collect()
     }
 
+    /// Ask every open session to end with `error` once it is settled (a drain); how many were
+    /// asked (a session with a kick pending is closing already).
+    pub fn drain_all(&self, error: &StreamError) -> usize {
+        let entries: Vec<Arc<Entry>> = lock(&self.table).values().cloned().collect();
+        let kick = Kick { condition: error.condition, text: String::new(), drain: Some(error.clone()) };
+        entries.iter().filter(|e| e.control.try_send(Control::Kick(kick.clone())).is_ok()).count()
+    }
+
     /// Ask session `id` to close with `kick`.
     pub fn kick(&self, id: u64, kick: Kick) -> Result<Value, KickError> {
         let entry = lock(&self.table).get(&id).cloned().ok_or(KickError::NotFound(id))?;
@@ -319,7 +331,7 @@ mod tests {
         assert_eq!(list.len(), 1);
         assert_eq!(list[0]["jid"], "alice@example.test/phone");
         assert_eq!(list[0]["bytes"]["to_client"], 20);
-        let kick = Kick { condition: Condition::Reset, text: "bye".into() };
+        let kick = Kick { condition: Condition::Reset, text: "bye".into(), drain: None };
         sessions.kick(reg.id(), kick.clone()).unwrap();
         assert!(matches!(sessions.kick(reg.id(), kick.clone()), Err(KickError::Closing(_))));
         assert!(matches!(rx.recv().await.unwrap(), Control::Kick(k) if k.condition == Condition::Reset));

@@ -365,8 +365,13 @@ pub async fn apply_bans(
     mut events: tokio::sync::mpsc::Receiver<BanEvent>,
     guard: SharedGuard,
     gen_rx: tokio::sync::watch::Receiver<Arc<Generation>>,
+    list_edits: tokio::sync::mpsc::Sender<crate::store::ListEdit>,
 ) {
     while let Some(event) = events.recv().await {
+        if let BanEvent::List(edit) = event {
+            let _ = list_edits.send(edit).await;
+            continue;
+        }
         let now = SystemTime::now();
         let (added, local_only) = {
             let mut g = lock(&guard);
@@ -374,6 +379,7 @@ pub async fn apply_bans(
             let (incoming, snapshot) = match event {
                 BanEvent::Ban(source, until) => (vec![(source, until)], false),
                 BanEvent::Snapshot(all) => (all, true),
+                BanEvent::List(_) => (Vec::new(), false),
             };
             let mut added = Vec::new();
             for (source, until) in &incoming {

@@ -48,15 +48,23 @@ class RedisInstance:
 
 
 class HaproxyInstance:
-    """HAProxy in TCP mode: one frontend, round-robin over ``backends`` with PROXY v2."""
+    """HAProxy in TCP mode: one frontend, round-robin over ``backends`` with PROXY v2.
 
-    def __init__(self, workdir: Path, port: int, backends: list[int]):
+    With ``health`` (one admin port per backend) each gateway is checked with ``GET /readyz`` on
+    its admin listener every 200 ms (out after one failure, back after two successes), as the
+    README's snippet does: a draining gateway answers 503 and is taken out of the rotation."""
+
+    def __init__(self, workdir: Path, port: int, backends: list[int], health: list[int] | None = None):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.config_path = self.dir / "haproxy.cfg"
         self.log_path = self.dir / "haproxy.log"
-        servers = "\n".join(f"  server gw{i} {HOST}:{p} send-proxy-v2" for i, p in enumerate(backends))
+        check = (lambda i: f" check port {health[i]} inter 200ms fall 1 rise 2") if health else (lambda i: "")
+        servers = "\n".join(f"  server gw{i} {HOST}:{p} send-proxy-v2{check(i)}" for i, p in enumerate(backends))
+        # A connection that reaches a gateway which stopped accepting before its check failed
+        # is sent to another one.
+        httpchk = "  option httpchk GET /readyz\n  retries 3\n  option redispatch\n" if health else ""
         self.config_path.write_text(f"""global
   maxconn 512
 defaults
@@ -69,7 +77,7 @@ frontend xmpp
   default_backend gateways
 backend gateways
   balance roundrobin
-{servers}
+{httpchk}{servers}
 """)
         self.proc: Spawned | None = None
 

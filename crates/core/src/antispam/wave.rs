@@ -141,7 +141,8 @@ fn unconfuse(c: char) -> char {
 /// Values in a signature.
 pub const SIGNATURE: usize = 64;
 const ROWS: usize = 4;
-const BANDS: usize = SIGNATURE / ROWS;
+/// Bands of a signature.
+pub const BANDS: usize = SIGNATURE / ROWS;
 
 /// A MinHash signature.
 pub type Signature = [u32; SIGNATURE];
@@ -202,6 +203,16 @@ fn gram_hash(gram: &[char]) -> u64 {
 /// Similarity of two signatures: the fraction of equal values (estimated Jaccard similarity).
 pub fn similarity(a: &Signature, b: &Signature) -> f64 {
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / SIGNATURE as f64
+}
+
+/// The band values of a signature: two texts that share one are candidates for each other.
+pub fn bands(sig: &Signature) -> [u64; BANDS] {
+    std::array::from_fn(|i| band(sig, i))
+}
+
+/// The identifier a wave gets from its first copy's fingerprint (the same on every gateway).
+pub fn wave_id(sig: &Signature) -> String {
+    format!("{:016x}", band(sig, 0) ^ band(sig, 1).rotate_left(32))
 }
 
 fn band(sig: &Signature, i: usize) -> u64 {
@@ -345,7 +356,7 @@ impl Waves {
         c.detected |= reached;
         c.detected.then(|| WaveMatch {
             wave: Wave {
-                id: format!("{:016x}", band(&c.fingerprint, 0) ^ band(&c.fingerprint, 1).rotate_left(32)),
+                id: wave_id(&c.fingerprint),
                 senders: c.senders.len(),
                 recipients: c.recipients.len(),
                 sample: c.sample.clone(),

@@ -49,6 +49,7 @@ struct RawConfig {
     admin: admin::RawAdmin,
     s2s: Option<super::s2s::RawS2s>,
     store: Option<super::store::RawStore>,
+    drain: Option<super::store::RawDrain>,
     file_transfer: Option<super::transfer::RawFileTransfer>,
     contacts: Option<Spanned<super::contacts::RawContacts>>,
     antispam: Option<super::policy::RawAntispam>,
@@ -347,6 +348,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
     let has_out = listeners.iter().any(|l| l.kind == ListenerKind::S2sOut);
     let s2s = super::s2s::s2s(raw.s2s.as_ref(), needs_s2s, has_out, &state_dir, loc)?;
     let store = super::store::store(raw.store.as_ref(), loc)?;
+    let drain = super::store::drain(raw.drain.as_ref(), loc)?;
     let file_transfer = super::transfer::file_transfer(raw.file_transfer.as_ref(), &listeners, loc)?;
     Ok(Config {
         contacts,
@@ -354,6 +356,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>, files: &dyn Files, serving: bool)
         file_transfer,
         s2s,
         store,
+        drain,
         path: loc.file.to_path_buf(),
         state_dir,
         certificates,

@@ -1,4 +1,4 @@
-//! `[store]`: where shared state is kept (README "Several gateways (Redis)"). In process by
+//! `[store]`: where shared state is kept (README "Running several gateways (Redis)"). In process by
 //! default; in Redis when several gateways behind a load balancer must share rate buckets and
 //! bans. Parsed here into [`StoreConfig`]; the daemon's `store` module builds the store.
 //!
@@ -35,10 +35,11 @@ pub enum OnError {
     /// client spread over N gateways gets at most N times the limit); bans are still made
     /// and enforced here and pushed to the store when it is back.
     Local,
-    /// Refuse: a rate condition counts as over its limit; new connections are refused (the
-    /// bans of the other gateways cannot be known).
+    /// Refuse: a rate or `fanout` condition counts as over its limit, a `wave` condition as
+    /// met; new connections are refused (the bans of the other gateways cannot be known).
     Closed,
-    /// Let through: a rate condition counts as under its limit (rates only).
+    /// Let through: a rate or `fanout` condition counts as under its limit, a `wave` condition
+    /// as not met (not offered for bans).
     Open,
 }
 
@@ -69,6 +70,11 @@ pub struct StoreConfig {
     pub rates_on_error: OnError,
     /// Admission (bans) while the store is unreachable.
     pub bans_on_error: OnError,
+    /// `fanout` conditions while the store is unreachable (`closed`: every one holds).
+    pub fanout_on_error: OnError,
+    /// `wave` conditions while the store is unreachable (`closed`: every text long enough to be
+    /// fingerprinted counts as part of a wave).
+    pub waves_on_error: OnError,
 }
 
 impl Default for StoreConfig {
@@ -80,6 +86,8 @@ impl Default for StoreConfig {
             connect_timeout: Duration::from_secs(1),
             rates_on_error: OnError::Local,
             bans_on_error: OnError::Local,
+            fanout_on_error: OnError::Local,
+            waves_on_error: OnError::Local,
         }
     }
 }
@@ -94,6 +102,8 @@ pub(super) struct RawStore {
     connect_timeout: Option<Spanned<String>>,
     rates_on_error: Option<Spanned<String>>,
     bans_on_error: Option<Spanned<String>>,
+    fanout_on_error: Option<Spanned<String>>,
+    waves_on_error: Option<Spanned<String>>,
 }
 
 /// Validate `[store]`.
@@ -169,7 +179,80 @@ pub(super) fn store(raw: Option<&RawStore>, loc: &Locator<'_>) -> Result<StoreCo
         rates_on_error: on_error(&r.rates_on_error, "store.rates_on_error", d.rates_on_error, true)?,
         // A ban store that lets everyone in when it is down would be a way around every ban.
         bans_on_error: on_error(&r.bans_on_error, "store.bans_on_error", d.bans_on_error, false)?,
+        fanout_on_error: on_error(&r.fanout_on_error, "store.fanout_on_error", d.fanout_on_error, true)?,
+        waves_on_error: on_error(&r.waves_on_error, "store.waves_on_error", d.waves_on_error, true)?,
     })
+}
+
+/// `[drain]`: how this gateway leaves a pool of gateways (SIGUSR2 or `POST /api/v1/drain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// How long sessions may go on after the drain started before the gateway ends them.
+    pub grace: Duration,
+    /// `host:port` of a peer gateway (or of the balancer) named in `<see-other-host/>` (RFC 6120
+    /// §4.9.3.19); `None`: sessions get `<system-shutdown/>`.
+    pub peer: Option<String>,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { grace: Duration::from_secs(30), peer: None }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDrain {
+    grace: Option<Spanned<String>>,
+    peer: Option<Spanned<String>>,
+}
+
+/// Validate `[drain]`.
+pub(super) fn drain(raw: Option<&RawDrain>, loc: &Locator<'_>) -> Result<DrainConfig, ConfigError> {
+    let d = DrainConfig::default();
+    let Some(r) = raw else { return Ok(d) };
+    let grace = match &r.grace {
+        None => d.grace,
+        // Zero is allowed: end every session at once (it still gets its stream error).
+        Some(v) => match parse_duration(v.get_ref()) {
+            Some(t) if t <= Duration::from_secs(86_400) => t,
+            _ => return loc.err(v.span(), "drain.grace", "expected a duration such as \"30s\", at most 1 day"),
+        },
+    };
+    let peer = match &r.peer {
+        None => None,
+        Some(v) => {
+            let s = v.get_ref().trim();
+            if !valid_host_port(s) {
+                return loc.err(
+                    v.span(),
+                    "drain.peer",
+                    "expected HOST:PORT (a DNS name, an IPv4 address or [IPv6]) with a port from 1 to 65535",
+                );
+            }
+            Some(s.to_owned())
+        }
+    };
+    Ok(DrainConfig { grace, peer })
+}
+
+/// `host:port` as `<see-other-host/>` carries it (RFC 6120 §4.9.3.19: a domain name, an IPv4
+/// address or a bracketed IPv6 address, then an optional port; the gateway always writes one).
+fn valid_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else { return false };
+    if !port.parse::<u16>().is_ok_and(|p| p > 0) || host.is_empty() || host.len() > 253 {
+        return false;
+    }
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        }),
+    }
 }
 
 /// Validate a listener's `accept_proxy` and `trusted_proxies` (they belong with `[store]`: both

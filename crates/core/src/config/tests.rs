@@ -327,3 +327,34 @@ fn admin_tls_and_client_certificates() {
     let e = error(&format!("{GOOD}\n[admin]\ntls_certificate = \"example.test\"\n"));
     assert!(e.contains("admin.tls_certificate: TLS for the admin listener needs admin.bind"), "{e}");
 }
+
+#[test]
+fn drain_section() {
+    let d = parse(GOOD).unwrap().drain;
+    assert_eq!(d, DrainConfig { grace: std::time::Duration::from_secs(30), peer: None });
+    let c = parse(&format!("{GOOD}\n[drain]\ngrace = \"2s\"\npeer = \"gw-b.example.test:5222\"\n")).unwrap();
+    assert_eq!(c.drain.grace, std::time::Duration::from_secs(2));
+    assert_eq!(c.drain.peer.as_deref(), Some("gw-b.example.test:5222"));
+    assert_eq!(
+        parse(&format!("{GOOD}\n[drain]\npeer = \"[2001:db8::1]:5222\"\ngrace = \"0s\"\n")).unwrap().drain.grace,
+        std::time::Duration::ZERO
+    );
+    for bad in ["gw-b", "gw-b:0", "gw-b:99999", ":5222", "a b:5222", "[::1:5222", "-x.test:5222", "gw\u{e9}.test:1"] {
+        let e = error(&format!("{GOOD}\n[drain]\npeer = \"{bad}\"\n"));
+        assert!(e.contains("drain.peer") && e.contains("HOST:PORT"), "{bad}: {e}");
+    }
+    assert!(error(&format!("{GOOD}\n[drain]\ngrace = \"soon\"\n")).contains("drain.grace"));
+    assert!(error(&format!("{GOOD}\n[drain]\nlinger = \"1s\"\n")).contains("linger"));
+}
+
+#[test]
+fn store_decisions_on_error_per_kind() {
+    let c = parse(&format!(
+        "{GOOD}\n[store]\nurl = \"redis://127.0.0.1:6379\"\nfanout_on_error = \"closed\"\nwaves_on_error = \"open\"\n"
+    ))
+    .unwrap();
+    assert_eq!((c.store.fanout_on_error, c.store.waves_on_error), (OnError::Closed, OnError::Open));
+    assert_eq!(parse(GOOD).unwrap().store.fanout_on_error, OnError::Local);
+    let e = error(&format!("{GOOD}\n[store]\nurl = \"redis://127.0.0.1:6379\"\nwaves_on_error = \"maybe\"\n"));
+    assert!(e.contains("store.waves_on_error"), "{e}");
+}

@@ -74,6 +74,26 @@ pub struct Limit {
     pub max_keys_per_source: usize,
 }
 
+/// One `fanout` question: count `recipient` among the distinct recipients of `key` (a sender)
+/// in the condition `ns`.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutQuery<'a> {
+    /// The condition's own namespace (two rules count apart).
+    pub ns: u64,
+    /// Whose recipients are counted (the sender's bare JID, domain, address, …).
+    pub key: &'a str,
+    /// Who makes the key (its quota of keys is `quota`).
+    pub source: &'a KeySource,
+    /// Keys one source may hold.
+    pub quota: usize,
+    /// The recipient's bare JID.
+    pub recipient: &'a str,
+    /// Distinct recipients allowed within the window.
+    pub recipients: usize,
+    /// The sliding window.
+    pub window: std::time::Duration,
+}
+
 /// Where rate buckets are kept: the one interface the policy evaluator charges events through
 /// (the rate part of the `Store` of DESIGN.md "State"). The evaluator decides *which* bucket and
 /// limit a stanza is charged to; the store only keeps the counters.
@@ -89,10 +109,29 @@ pub trait RateStore: Send + Sync + std::fmt::Debug {
     /// documented for it, never by panicking.
     fn over_limit(&self, bucket: Bucket<'_>, source: &KeySource, limit: &Limit, now: Instant) -> bool;
 
-    /// The anti-spam state ([`crate::antispam`]: contacts, fan-out, waves, reports). In process
-    /// in every store today (a shared store keeps its local fallback's); sharing it between
-    /// gateways is future work.
+    /// The anti-spam state ([`crate::antispam`]: contacts, reports, the events queue, and the
+    /// fan-out and wave tables of the in-process store). A shared store keeps its local
+    /// fallback's here and shares fan-out and waves through [`RateStore::fanout`] and
+    /// [`RateStore::wave`].
     fn antispam(&self) -> &crate::antispam::AntiSpam;
+
+    /// Count one recipient of a `fanout` condition; true when it is past the limit (or may not
+    /// be counted: fail closed). The in-process store counts in [`RateStore::antispam`]; a
+    /// shared store counts for every gateway and answers within its budget or as configured.
+    fn fanout(&self, q: &FanoutQuery<'_>, now: Instant) -> bool {
+        self.antispam().fanout(q.ns, q.key, q.source, q.quota, q.recipient, q.recipients, q.window, now)
+    }
+
+    /// Count one copy of a text toward a wave (`sender` and `recipient` are bare JIDs; each
+    /// store keeps only digests of them): `Some` when it belongs to a detected wave.
+    fn wave(
+        &self,
+        spec: &crate::antispam::WaveSpec,
+        copy: &crate::antispam::TextCopy<'_>,
+        now: Instant,
+    ) -> Option<crate::antispam::WaveMatch> {
+        self.antispam().wave_local(spec, copy, now)
+    }
 }
 
 impl RateStore for RateTable {

@@ -19,6 +19,7 @@ mod backend;
 mod checks;
 mod client;
 pub(crate) use client::header_problem;
+mod drain;
 mod features;
 mod filter;
 mod hold;
@@ -37,6 +38,7 @@ use crate::xml::{Element, StreamReader, XmlLimits};
 
 pub use backend::skipped_reason;
 pub use checks::{check_backend_stanza, check_client_stanza, decide, Check, Decision};
+pub use drain::DRAIN_ACK_TIMEOUT;
 pub use features::{filter_features, is_channel_binding_mechanism};
 pub(crate) use filter::held;
 pub use filter::policy_effects;
@@ -149,6 +151,8 @@ pub struct C2sSession {
     transfer: Option<transfer_hook::FileTransferHook>,
     /// A stanza from each leg waiting for a roster ([`hold`]).
     held: [Option<hold::Held>; 2],
+    /// The gateway is leaving its pool: the session ends once both sides are settled.
+    drain: Option<drain::Drain>,
 }
 
 /// Most runs of withheld or injected stanzas kept between two acknowledgements per direction.
@@ -190,6 +194,7 @@ impl C2sSession {
             sm_enable_pending: false,
             transfer: None,
             held: [None, None],
+            drain: None,
         }
     }
 
@@ -259,6 +264,11 @@ impl StreamMachine for C2sSession {
             // After the client's `</stream:stream>` nothing more may come from it.
             return;
         }
+        if self.drain_stops_client_input() {
+            // Draining: the server has been asked what it handled; what the client sends now
+            // is not accepted (it stays unacknowledged and is sent again after reconnecting).
+            return;
+        }
         self.client.feed(data);
         self.drain_client();
     }
@@ -294,7 +304,8 @@ impl StreamMachine for C2sSession {
     /// A held stanza's deadline ([`hold`]) comes first when it is earlier.
     fn poll_timeout(&self) -> Option<Instant> {
         let protocol = self.protocol_deadline()?;
-        Some(self.hold_deadline().map_or(protocol, |h| h.min(protocol)))
+        let due = self.hold_deadline().map_or(protocol, |h| h.min(protocol));
+        Some(self.drain_deadline().map_or(due, |d| d.min(due)))
     }
 
     /// The time is `now`: decide held stanzas that are ready, and act on a protocol deadline
@@ -302,6 +313,10 @@ impl StreamMachine for C2sSession {
     fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.release_held(now);
+        // A drain's deadline comes before the protocol's (idle, handshake, close).
+        if self.drain_timed_out(now) {
+            return;
+        }
         if self.protocol_deadline().is_none_or(|due| now < due) {
             return;
         }
@@ -394,6 +409,11 @@ impl StreamMachine for C2sSession {
         self.client_error_no_finish(StreamError::new(Condition::SystemShutdown, None));
         self.close_backend_stream();
         self.finish(CloseReason::Shutdown);
+    }
+
+    /// The gateway leaves its pool: settle Stream Management, then end (see [`drain`]).
+    fn drain(&mut self, error: StreamError, now: Instant) {
+        self.start_drain(error, now);
     }
 
     /// Close the client's stream with a stream error decided outside the session (a ban).

@@ -234,6 +234,11 @@ impl Direction {
         wire(self.sent.to_receiver)
     }
 
+    /// True when R has acknowledged everything it was sent (forwarded and injected).
+    pub fn all_acknowledged(&self) -> bool {
+        self.acked.to_receiver == self.sent.to_receiver
+    }
+
     /// Divergence points awaiting an acknowledgement (bounded by the cap).
     pub fn unacked_gaps(&self) -> usize {
         self.gaps.len()

@@ -104,7 +104,7 @@ pub async fn kick(
     if text.len() > 512 || text.chars().any(char::is_control) {
         return fail(StatusCode::BAD_REQUEST, "text: at most 512 bytes, no control characters");
     }
-    let result = st.shared.sessions.kick(id, Kick { condition, text: text.clone() });
+    let result = st.shared.sessions.kick(id, Kick { condition, text: text.clone(), drain: None });
     let detail = |result: &str, session: Value| json!({ "result": result, "session": session, "condition": condition.as_str(), "text": text });
     match result {
         Ok(session) => {
@@ -190,6 +190,15 @@ pub async fn ban(State(st): State<St>, Operator(c): Operator, bytes: Bytes) -> R
     if let Some(sync) = &generation.ban_sync {
         sync.ban_source(source, until).await;
     }
+    // Shared with the other gateways (their guards, ban files and nftables sets) as a ban
+    // made by failures is; when the store is down it gets there with the next snapshot.
+    if let Some(store) = st.shared.store.clone().filter(|s| s.is_up()) {
+        match tokio::task::spawn_blocking(move || store.push_bans(&[(source, until)])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "ban not pushed to the shared store"),
+            Err(e) => tracing::warn!(error = %e, "ban pusher failed"),
+        }
+    }
     // Sessions already open from the source end too when asked (a ban otherwise stops new
     // connections only).
     let mut kicked = Vec::new();
@@ -198,7 +207,11 @@ pub async fn ban(State(st): State<St>, Operator(c): Operator, bytes: Bytes) -> R
             let addr = s["address"].as_str().and_then(|a| a.parse::<std::net::SocketAddr>().ok());
             let (Some(addr), Some(id)) = (addr, s["id"].as_u64()) else { continue };
             if source.contains(addr.ip()) {
-                let kick = Kick { condition: Condition::PolicyViolation, text: "Banned by an administrator".into() };
+                let kick = Kick {
+                    condition: Condition::PolicyViolation,
+                    text: "Banned by an administrator".into(),
+                    drain: None,
+                };
                 if st.shared.sessions.kick(id, kick).is_ok() {
                     kicked.push(id);
                 }
@@ -299,6 +312,7 @@ pub async fn remove_entry(
 }
 
 /// Rewrite a list file with one entry added or removed, then reload; undo if the reload fails.
+/// A change is then published to the other gateways when the store is shared.
 async fn edit_list(st: St, c: super::Caller, name: String, q: Option<String>, bytes: Bytes, add: bool) -> Response {
     let action = if add { "list-add" } else { "list-remove" };
     let b = match body(&bytes) {
@@ -313,48 +327,105 @@ async fn edit_list(st: St, c: super::Caller, name: String, q: Option<String>, by
         Ok(e) => e.to_owned(),
         Err(e) => return fail(StatusCode::BAD_REQUEST, format!("entry: {e}")),
     };
+    let file = |st: &St| {
+        st.generation().config.policy.lists.get(&name).and_then(|l| l.file.clone()).map(|f| f.display().to_string())
+    };
+    let detail =
+        |result: &str, file: Option<String>| json!({ "result": result, "list": name, "entry": entry, "file": file });
+    match edit_list_file(&st, &name, &entry, add).await {
+        Ok(Edited::Unchanged(why)) => {
+            reply(StatusCode::OK, json!({ "changed": false, "list": name, "entry": entry, "why": why }))
+        }
+        Ok(Edited::Changed(entries)) => {
+            let mut published = None;
+            if let Some(store) = st.shared.store.clone() {
+                let (list, e) = (name.clone(), entry.clone());
+                let sent = tokio::task::spawn_blocking(move || store.publish_list_edit(add, &list, &e)).await;
+                published = Some(match sent {
+                    Ok(Ok(())) => "ok".to_owned(),
+                    Ok(Err(e)) => format!("not published to the other gateways: {e}"),
+                    Err(e) => format!("not published to the other gateways: {e}"),
+                });
+            }
+            let mut d = detail("ok", file(&st));
+            d["published"] = json!(published);
+            st.audit(&c, action, d).await;
+            reply(
+                StatusCode::OK,
+                json!({ "changed": true, "list": name, "entry": entry, "entries": entries, "published": published }),
+            )
+        }
+        Err((status, why)) => {
+            if status != StatusCode::NOT_FOUND && status != StatusCode::CONFLICT {
+                st.audit(&c, action, detail(&why, file(&st))).await;
+            }
+            fail(status, why)
+        }
+    }
+}
+
+/// What one list edit did.
+pub(crate) enum Edited {
+    /// The file was rewritten and the configuration reloaded: the list has this many entries.
+    Changed(usize),
+    /// Nothing to do (already listed, or not listed).
+    Unchanged(&'static str),
+}
+
+/// Add or remove `entry` in list `name`'s file and reload (undone if the reload fails). The
+/// file stays the source of truth of what this gateway runs.
+pub(crate) async fn edit_list_file(
+    st: &super::Admin,
+    name: &str,
+    entry: &str,
+    add: bool,
+) -> Result<Edited, (StatusCode, String)> {
     let _one_at_a_time = st.list_edit.lock().await;
     let generation = st.generation();
-    let Some(list) = generation.config.policy.lists.get(&name) else {
-        return fail(StatusCode::NOT_FOUND, format!("no list '{name}'"));
+    let Some(list) = generation.config.policy.lists.get(name) else {
+        return Err((StatusCode::NOT_FOUND, format!("no list '{name}'")));
     };
     let Some(file) = list.file.clone() else {
         let at = format!("{}:{}", list.origin.file.display(), list.origin.line);
-        return fail(StatusCode::CONFLICT, format!("list '{name}' is written inline ({at}); edit the config file"));
+        return Err((StatusCode::CONFLICT, format!("list '{name}' is written inline ({at}); edit the config file")));
     };
-    let detail =
-        |result: &str| json!({ "result": result, "list": name, "entry": entry, "file": file.display().to_string() });
-    let old = match read_file(file.clone()).await {
-        Ok(t) => t,
-        Err(e) => {
-            st.audit(&c, action, detail(&e)).await;
-            return fail(StatusCode::INTERNAL_SERVER_ERROR, e);
-        }
-    };
-    let new = if add { lists::add(&old, &entry) } else { lists::remove(&old, &entry) };
+    let old = read_file(file.clone()).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let new = if add { lists::add(&old, entry) } else { lists::remove(&old, entry) };
     let Some(new) = new else {
-        let why = if add { "already listed" } else { "not listed" };
-        return reply(StatusCode::OK, json!({ "changed": false, "list": name, "entry": entry, "why": why }));
+        return Ok(Edited::Unchanged(if add { "already listed" } else { "not listed" }));
     };
-    if let Err(e) = write_file(file.clone(), new).await {
-        st.audit(&c, action, detail(&e)).await;
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, e);
-    }
+    write_file(file.clone(), new).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
     match st.reload_now().await {
-        Ok(_) => {
-            st.audit(&c, action, detail("ok")).await;
-            let entries = st.generation().config.policy.lists.get(&name).map_or(0, |l| l.entries.len());
-            reply(StatusCode::OK, json!({ "changed": true, "list": name, "entry": entry, "entries": entries }))
-        }
+        Ok(_) => Ok(Edited::Changed(st.generation().config.policy.lists.get(name).map_or(0, |l| l.entries.len()))),
         Err(e) => {
             // The file is the source of truth: put it back so it says what is running.
             let restored = write_file(file.clone(), old).await;
             let why = format!("the list with this change does not load: {e}");
-            st.audit(&c, action, detail(&why)).await;
             if let Err(r) = restored {
-                return fail(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}; and restoring the file failed: {r}"));
+                return Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{why}; and restoring the file failed: {r}")));
             }
-            fail(StatusCode::UNPROCESSABLE_ENTITY, why)
+            Err((StatusCode::UNPROCESSABLE_ENTITY, why))
+        }
+    }
+}
+
+/// A list edit another gateway published: made here too, in this gateway's own file (an edit
+/// that is already true here changes nothing), and logged.
+pub(crate) async fn apply_remote_list_edit(st: &super::Admin, edit: &crate::store::ListEdit) {
+    let add = edit.op == "add";
+    // Checked as an entry given to this API is: a peer's bug must not write two lines.
+    if lists::clean(&edit.entry).ok() != Some(edit.entry.as_str()) {
+        return tracing::warn!(list = %edit.list, from = %edit.origin, "list edit from the shared store refused: not a clean entry");
+    }
+    match edit_list_file(st, &edit.list, &edit.entry, add).await {
+        Ok(Edited::Changed(entries)) => {
+            tracing::info!(list = %edit.list, op = %edit.op, entries, from = %edit.origin, "list edit received from the shared store")
+        }
+        Ok(Edited::Unchanged(why)) => {
+            tracing::info!(list = %edit.list, op = %edit.op, why, from = %edit.origin, "list edit received from the shared store: nothing to change")
+        }
+        Err((_, why)) => {
+            tracing::warn!(list = %edit.list, op = %edit.op, error = %why, from = %edit.origin, "list edit from the shared store not applied")
         }
     }
 }
@@ -556,4 +627,23 @@ pub async fn reload(State(st): State<St>, Operator(c): Operator) -> Response {
             reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "reloaded": false, "error": e }))
         }
     }
+}
+
+/// `POST /api/v1/drain`: as SIGUSR2. The gateway stops accepting at once and `/readyz` answers
+/// 503 (so the balancer's health check takes it out); open sessions go on for `[drain] grace`,
+/// then end with `<see-other-host/>` naming `[drain] peer` (or `<system-shutdown/>`); the
+/// process exits when the last one has ended. Asking again changes nothing.
+pub async fn drain(State(st): State<St>, Operator(c): Operator) -> Response {
+    // Not ready from this answer on, before the supervisor has even seen the request.
+    st.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let already = st.drain.send_replace(true);
+    let d = st.generation().config.drain.clone();
+    let detail = json!({
+        "result": if already { "already draining" } else { "ok" },
+        "grace_seconds": d.grace.as_secs_f64(),
+        "peer": d.peer,
+        "sessions": st.shared.sessions.len(),
+    });
+    st.audit(&c, "drain", detail.clone()).await;
+    reply(StatusCode::ACCEPTED, json!({ "draining": true, "drain": detail }))
 }

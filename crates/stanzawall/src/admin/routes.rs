@@ -108,6 +108,7 @@ pub(super) fn routes() -> Vec<Route> {
         route(Get, "/api/v1/audit", Read, api::audit),
         route(Get, "/api/v1/audit/stream", Read, api::audit_stream),
         route(Post, "/api/v1/reload", Admin, api::reload),
+        route(Post, "/api/v1/drain", Admin, api::drain),
         route(Get, "/api/v1/quarantine", Read, quarantine::list),
         route(Get, "/api/v1/quarantine/{id}", Read, quarantine::show),
         route(Post, "/api/v1/quarantine/{id}/release", Admin, quarantine::release),

@@ -188,7 +188,7 @@ impl AdminEndpoint {
                 rates: Arc::new(stanzawall_core::policy::RateTable::new()),
                 metrics: gateway_metrics.clone(),
                 // Refused admin requests are audited as the gateway does (`[audit] path`).
-                audit: crate::audit::Audit::start(gateway_metrics),
+                audit: crate::audit::Audit::start(gateway_metrics, None),
                 sessions: Arc::new(crate::sessions::Sessions::default()),
                 store: None,
                 // Passive inspection holds nothing: there is no stanza to deliver later.

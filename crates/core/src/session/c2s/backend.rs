@@ -111,6 +111,10 @@ impl C2sSession {
         if &*el.ns == NS_SM {
             return self.on_backend_sm(el);
         }
+        if self.drain_withholds_server_stanzas() {
+            // Draining: not delivered, so not acknowledged; the server keeps it (see `drain`).
+            return;
+        }
         if self.transfer_swallows(&el) {
             return;
         }

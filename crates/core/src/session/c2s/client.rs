@@ -28,6 +28,11 @@ impl C2sSession {
                 // A stanza waits for a roster (`hold`): what follows it waits too, in order.
                 break;
             }
+            if self.drain_stops_client_input() {
+                // The client's acknowledgement ended the first step of a drain: what follows
+                // it in the same read is not accepted (see `drain`).
+                break;
+            }
             if self.awaiting_features() {
                 // Clients pipeline (tsung sends `<auth/>` in the same write as its header) and
                 // the servers accept it: what follows the header waits in the reader, unparsed,

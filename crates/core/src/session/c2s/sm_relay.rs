@@ -51,7 +51,10 @@ impl C2sSession {
                 };
                 match self.sm.to_client.translate_ack(h) {
                     Ok(h) => {
-                        Element::new(NS_SM, "a").with_attr("h", h.to_string()).write_to(&mut self.to_backend, NS_CLIENT)
+                        Element::new(NS_SM, "a")
+                            .with_attr("h", h.to_string())
+                            .write_to(&mut self.to_backend, NS_CLIENT);
+                        self.drain_client_acked();
                     }
                     Err(e) => self.close_with(e.stream_error()),
                 }
@@ -90,7 +93,8 @@ impl C2sSession {
                 };
                 match self.sm.to_server.translate_ack(h) {
                     Ok(h) => {
-                        Element::new(NS_SM, "a").with_attr("h", h.to_string()).write_to(&mut self.to_client, NS_CLIENT)
+                        Element::new(NS_SM, "a").with_attr("h", h.to_string()).write_to(&mut self.to_client, NS_CLIENT);
+                        self.drain_server_acked();
                     }
                     Err(e) => self.fail_backend(format!("backend acknowledged impossibly: {}", e.stream_error())),
                 }

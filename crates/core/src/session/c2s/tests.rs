@@ -1316,3 +1316,94 @@ fn quarantined_stanzas_are_held_silently_and_released_into_the_session() {
     s.refuse(Condition::PolicyViolation, "bye");
     assert_eq!(s.deliver_released(Chain::C2sOut, el), Err(crate::session::DeliverRefused::Closed));
 }
+
+/// A bound session with Stream Management enabled both ways.
+fn bound_with_sm() -> C2sSession {
+    let mut s = bound();
+    s.feed_client(b"<enable xmlns='urn:xmpp:sm:3'/>");
+    backend_out(&mut s);
+    s.feed_backend(b"<enabled xmlns='urn:xmpp:sm:3'/>");
+    client_out(&mut s);
+    effects(&mut s);
+    s
+}
+
+#[test]
+fn drain_without_stream_management_forwards_what_was_read_then_names_the_peer() {
+    let mut s = bound();
+    s.feed_client(msg("last").as_bytes());
+    s.drain(StreamError::see_other_host("gw-b.example.test:5222", None), s.now);
+    let back = backend_out(&mut s);
+    assert!(back.contains("<body>last</body>") && back.ends_with("</stream:stream>"), "{back}");
+    let out = client_out(&mut s);
+    assert!(
+        out.contains(
+            "<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>gw-b.example.test:5222</see-other-host>"
+        ),
+        "{out}"
+    );
+    assert!(s.is_closed());
+    assert_eq!(effects(&mut s), vec![Effect::Close(CloseReason::Shutdown)]);
+}
+
+#[test]
+fn drain_with_stream_management_settles_both_acknowledgements_first() {
+    let mut s = bound_with_sm();
+    // Two stanzas from the server delivered, three from the client forwarded.
+    s.feed_backend(msg("in1").as_bytes());
+    s.feed_backend(msg("in2").as_bytes());
+    client_out(&mut s);
+    for b in ["out1", "out2", "out3"] {
+        s.feed_client(msg(b).as_bytes());
+    }
+    backend_out(&mut s);
+    s.drain(StreamError::new(Condition::SystemShutdown, None), s.now);
+    assert_eq!(client_out(&mut s), "<r xmlns='urn:xmpp:sm:3'/>");
+    assert!(!s.is_closed());
+    // A stanza from the server now is withheld: the server keeps it unacknowledged.
+    s.feed_backend(msg("in3").as_bytes());
+    assert_eq!(client_out(&mut s), "");
+    // The client still sends (accepted and forwarded), then acknowledges all it was sent.
+    s.feed_client(msg("out4").as_bytes());
+    s.feed_client(format!("<a xmlns='urn:xmpp:sm:3' h='2'/>{}", msg("after-ack")).as_bytes());
+    let back = backend_out(&mut s);
+    assert!(back.contains("out4"), "{back}");
+    assert!(back.contains("<a xmlns='urn:xmpp:sm:3' h='2'/><r xmlns='urn:xmpp:sm:3'/>"), "{back}");
+    assert!(!back.contains("after-ack"), "what follows the client's ack is not accepted: {back}");
+    s.feed_client(msg("later").as_bytes());
+    assert_eq!(backend_out(&mut s), "");
+    // A partial ack from the server does not end it; the covering one does.
+    s.feed_backend(b"<a xmlns='urn:xmpp:sm:3' h='3'/>");
+    assert!(!s.is_closed());
+    s.feed_backend(b"<a xmlns='urn:xmpp:sm:3' h='4'/>");
+    let out = client_out(&mut s);
+    assert!(out.starts_with("<a xmlns='urn:xmpp:sm:3' h='3'/><a xmlns='urn:xmpp:sm:3' h='4'/>"), "{out}");
+    assert!(out.contains("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{out}");
+    assert!(backend_out(&mut s).ends_with("</stream:stream>"));
+    assert!(s.is_closed());
+}
+
+#[test]
+fn drain_ends_at_its_deadline_without_an_answer() {
+    let mut s = bound_with_sm();
+    s.feed_backend(msg("in1").as_bytes());
+    client_out(&mut s);
+    let start = s.now;
+    s.drain(StreamError::new(Condition::SystemShutdown, None), start);
+    assert_eq!(client_out(&mut s), "<r xmlns='urn:xmpp:sm:3'/>");
+    let due = s.poll_timeout().unwrap();
+    assert!(due <= start + drain::DRAIN_ACK_TIMEOUT);
+    s.handle_timeout(due - Duration::from_millis(1));
+    assert!(!s.is_closed());
+    s.handle_timeout(due);
+    assert!(client_out(&mut s).contains("system-shutdown"));
+    assert!(s.is_closed());
+}
+
+#[test]
+fn drain_with_everything_acknowledged_ends_at_once() {
+    let mut s = bound_with_sm();
+    s.drain(StreamError::see_other_host("[2001:db8::1]:5222", None), s.now);
+    assert!(client_out(&mut s).contains(">[2001:db8::1]:5222</see-other-host>"));
+    assert!(s.is_closed());
+}

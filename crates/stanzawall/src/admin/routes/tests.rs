@@ -145,9 +145,10 @@ fn app(config: &Path) -> axum::Router {
         guard,
         rates: Arc::new(stanzawall_core::policy::RateTable::new()),
         metrics: metrics.clone(),
-        audit: crate::audit::Audit::start(metrics),
+        audit: crate::audit::Audit::start(metrics, None),
         sessions: Arc::new(crate::sessions::Sessions::default()),
         store: None,
+        quarantine: None,
     };
     let (_gen_tx, gen_rx) = tokio::sync::watch::channel(generation);
     // Nobody answers reloads here: `POST /api/v1/reload` gets its "shutting down" error.
