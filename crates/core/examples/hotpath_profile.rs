@@ -10,9 +10,11 @@
 //! ```
 //!
 //! Modes: `parse` (the 218-byte chat message of `benches/xml.rs`, N times through one reader),
-//! `serialize` (the parsed trees written N times), `policy` (the `bench/run.sh` realistic policy
-//! with 10-entry lists evaluated N times on c2s-in and on c2s-out for a 270-byte chat message),
-//! `policy4k` (the same for a ≈4 KB body, `bench/run.sh`'s bulk row).
+//! `serialize` (each parsed tree written 10 times into one buffer with room), `fresh` (each
+//! written 10 times into a new buffer, as a session's flush buffer starts out), `parse4k` and
+//! `serialize4k` (the same for the ≈4 KB body of `policy4k`), `policy` (the `bench/run.sh`
+//! realistic policy with 10-entry lists evaluated N times on c2s-in and on c2s-out for a
+//! 270-byte chat message), `policy4k` (the same for a ≈4 KB body, `bench/run.sh`'s bulk row).
 
 // A profiling driver whose setup fails has nothing to measure: stopping with the reason is all
 // it can do.
@@ -129,16 +131,32 @@ log_only = true
     Policy::compile(&config.policy).unwrap_or_else(|e| panic!("profile policy: {e}"))
 }
 
+/// `bench/run.sh`'s bulk row: a ≈4 KB body (loadgen's filler) with one URL.
+fn bulk_message() -> String {
+    format!(
+        "<message to='alice@bench.test/res' type='chat' id='b1'><body>Have a look at \
+         https://news1.example.org/articles/2?ref=chat before we meet. {}</body></message>",
+        &"The quarterly numbers look fine; let us go through the slides tomorrow morning. ".repeat(51)[..3940]
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map_or("parse", String::as_str);
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2000);
-    let mut input = HEADER.as_bytes().to_vec();
+    let mut input: Vec<u8> = HEADER.as_bytes().to_vec();
     for _ in 0..n {
         input.extend_from_slice(STANZA.as_bytes());
     }
     match mode {
-        "parse" | "serialize" => {
+        "parse" | "serialize" | "fresh" | "parse4k" | "serialize4k" => {
+            let big = mode.ends_with("4k");
+            if big {
+                input = HEADER.as_bytes().to_vec();
+                for _ in 0..n {
+                    input.extend_from_slice(bulk_message().as_bytes());
+                }
+            }
             let mut r = StreamReader::new(XmlLimits::default());
             let mut out = Vec::with_capacity(input.len());
             let mut stanzas = 0;
@@ -148,11 +166,25 @@ fn main() {
                 while let Ok(Some(ev)) = r.next_event() {
                     if let XmlEvent::Stanza(el) = ev {
                         stanzas += 1;
-                        if mode == "serialize" {
-                            out.clear();
-                            for _ in 0..10 {
-                                el.write_to(&mut out, NS_CLIENT);
+                        match mode {
+                            // Into one buffer with room (the serializer's own cost).
+                            "serialize" | "serialize4k" => {
+                                out.clear();
+                                for _ in 0..10 {
+                                    el.write_to(&mut out, NS_CLIENT);
+                                }
                             }
+                            // Each write into a new buffer, as a session's flush buffer starts
+                            // after the daemon took the last one (allocation and growth).
+                            "fresh" => {
+                                for _ in 0..10 {
+                                    let mut flush = Vec::new();
+                                    el.write_to(&mut flush, NS_CLIENT);
+                                    out.clear();
+                                    out.extend_from_slice(black_box(&flush));
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -161,12 +193,7 @@ fn main() {
         }
         "policy" | "policy4k" => {
             let policy = policy();
-            // policy4k: bench/run.sh's bulk row, a ≈4 KB body (loadgen's filler) with one URL.
-            let bulk = format!(
-                "<message to='alice@bench.test/res' type='chat' id='b1'><body>Have a look at \
-                 https://news1.example.org/articles/2?ref=chat before we meet. {}</body></message>",
-                &"The quarterly numbers look fine; let us go through the slides tomorrow morning. ".repeat(51)[..3940]
-            );
+            let bulk = bulk_message();
             let xml = if mode == "policy" { CHAT } else { bulk.as_str() };
             let el = parse_stanzas(xml, XmlLimits::default()).expect("chat stanza").remove(0);
             let user = parse_full("bob@bench.test/res").expect("user");
@@ -229,6 +256,8 @@ fn main() {
                 }
             }
         }
-        other => panic!("unknown mode {other}: parse, serialize, policy or canon"),
+        other => {
+            panic!("unknown mode {other}: parse, serialize, fresh, parse4k, serialize4k, policy, policy4k or canon")
+        }
     }
 }
