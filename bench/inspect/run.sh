@@ -70,6 +70,8 @@ OUT="$ROOT/bench/results/inspect.md"
   if [[ ${#ts[@]} -gt 0 ]]; then
     TS=$(median "${ts[@]}")
     echo "| tshark -r FILE -Y xmpp | $(printf '%.2f' "$TS") | $(echo "$SIZE / 1000000 / $TS" | bc -l | xargs printf '%.1f') |"
+  else
+    echo "| tshark -r FILE -Y xmpp | n/a: tshark not installed (apt-get install tshark) | |"
   fi
   echo
   echo '```'
