@@ -60,6 +60,8 @@ pub struct AntiSpamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuarantineLabels {
     pub event: &'static str,
+    /// `stanza` or `file`.
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,7 +166,9 @@ impl Metrics {
             self.antispam.clone(),
         );
         for event in ["held", "released", "deleted", "expired", "refused"] {
-            drop(self.quarantine.get_or_create(&QuarantineLabels { event }));
+            for kind in ["stanza", "file"] {
+                drop(self.quarantine.get_or_create(&QuarantineLabels { event, kind }));
+            }
         }
         r.register(
             "quarantine_events",
