@@ -56,7 +56,8 @@ pub struct AntiSpamLabels {
 }
 
 /// Labels of `stanzawall_quarantine_events_total`: `held`, `released`, `deleted`, `expired`,
-/// `refused` (not stored: the quarantine was full or failed; the stanza was dropped).
+/// `refused` (not stored: the quarantine was full or failed; the stanza was dropped); `kind`
+/// `stanza` or `file` (a file a `file` rule held).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuarantineLabels {
     pub event: &'static str,

@@ -464,7 +464,8 @@ backend = "127.0.0.1:15222"
         let compiled = crate::policy::Policy::compile(&c.policy).unwrap();
         assert!(compiled.file_rules().quarantines());
         let qp = Arc::new(c.file_transfer.unwrap().inspect_policy(compiled.file_rules().clone()).unwrap());
-        let up = |name: &str| Offer { transport: Some(Transport::Upload), name: Some(name.to_owned()), ..Offer::default() };
+        let up =
+            |name: &str| Offer { transport: Some(Transport::Upload), name: Some(name.to_owned()), ..Offer::default() };
         let mut ins = Inspection::with_offer(qp.clone(), up("x.bin")).unwrap();
         assert!(ins.push(&[b'a'; 100_000]).unwrap().is_empty());
         assert!(ins.push(&[b'b'; 10]).unwrap().is_empty());
