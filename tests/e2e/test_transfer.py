@@ -35,7 +35,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -48,7 +50,7 @@ from harness.ca import Pki
 from harness.clamd import EICAR, ClamdInstance
 from harness.client import Client, run
 from harness.defaults import HOST, USERS
-from harness.gateway import Gateway, Listener
+from harness.gateway import Gateway, Listener, binary
 from harness.prosody import ProsodyInstance
 
 GW_PORT = 25570
@@ -117,6 +119,12 @@ scan_timeout = "20s"
 pairing_timeout = "20s"
 
 [[rule]]
+name = "review-uploads"
+chain = "file"
+when = {{ name = ["*.review"], transport = ["upload"] }}
+action = "quarantine"
+
+[[rule]]
 name = "no-executables"
 chain = "file"
 when = {{ name = ["*.exe", "*.scr"] }}
@@ -137,6 +145,14 @@ when = {{ to = ["carol@example.test"], size_over = 1000000 }}
 action = "block"
 text = "carol accepts files up to 1 MB"
 
+# After the block rules: pending until the content's type is known, it must not hold back
+# their decisions on offers.
+[[rule]]
+name = "review-pdfs-for-bob"
+chain = "file"
+when = {{ to = ["bob@example.test"], media_type = ["application/pdf"], transport = ["s5b"] }}
+action = "quarantine"
+
 [[rule]]
 name = "log-every-ibb"
 chain = "file"
@@ -148,9 +164,13 @@ path = "audit.jsonl"
 
 [admin]
 bind = "{HOST}:{ADMIN_PORT}"
+tokens = "admin-tokens"
 """
     g = Gateway(tmp / "gateway-transfer", pki.cert, pki.key,
-                [Listener("c2s", "c2s", GW_PORT, prosody_ft.port)], extra_toml=extra).start()
+                [Listener("c2s", "c2s", GW_PORT, prosody_ft.port)], extra_toml=extra)
+    g.tokens = {role: make_token(g.dir / "admin-tokens", role, name)  # type: ignore[attr-defined]
+                for role, name in [("admin", "ops"), ("read", "viewer")]}
+    g.start()
     g.ca = pki.ca_cert  # type: ignore[attr-defined]
     yield g
     assert g.terminate() == 0, f"stanzawall did not exit cleanly; log {g.log_path}"
@@ -762,3 +782,105 @@ def test_scanner_down_blocks(gw: Gateway, clamd: ClamdInstance) -> None:
     got, how, record = send(gw, b"harmless text, but nobody can scan it\n" * 100)
     assert how is not None
     assert (record["verdict"], record["detector"]) == ("block", "scanner-error"), record
+
+
+# --- file quarantine (issue 13 item 5): refused toward the receiver, kept for review ----------
+
+def make_token(path: Path, role: str, name: str) -> str:
+    out = subprocess.run([str(binary()), "admin-token", "--tokens", str(path), "--role", role, "--name", name],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip()
+
+
+def api(gw: Gateway, method: str, path: str, role: str = "admin") -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://{HOST}:{ADMIN_PORT}{path}", method=method,
+                                 headers={"Authorization": f"Bearer {gw.tokens[role]}"})  # type: ignore[attr-defined]
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def held_file(gw: Gateway, sha: str) -> dict:
+    """The quarantine entry (kind file) of the content with SHA-256 ``sha``, as listed."""
+    status, body = api(gw, "GET", "/api/v1/quarantine", "read")
+    assert status == 200, body
+    found = [e for e in body.get("entries", []) if e.get("kind") == "file" and (e.get("file") or {}).get("sha256") == sha]
+    assert len(found) == 1, body
+    return found[0]
+
+
+def quarantine_metric(event: str, kind: str) -> float:
+    body = urllib.request.urlopen(f"http://{HOST}:{ADMIN_PORT}/metrics", timeout=5).read().decode()
+    m = re.search(r'^stanzawall_quarantine_events_total\{event="%s",kind="%s"\} (\S+)$' % (event, kind), body, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def review_and_delete(gw: Gateway, entry: dict, data: bytes) -> None:
+    """The kept bytes are the file; release is refused (files are not delivered); delete
+    removes the entry and its bytes."""
+    stored = gw.dir / "state" / entry["file"]["path"]
+    assert stored.is_file(), entry
+    kept = stored.read_bytes()
+    assert len(kept) == len(data) == entry["file"]["size"] and hashlib.sha256(kept).hexdigest() == entry["file"]["sha256"]
+    status, body = api(gw, "POST", f"/api/v1/quarantine/{entry['id']}/release")
+    assert status == 409 and "files are kept for review, not delivered" in json.dumps(body), (status, body)
+    assert api(gw, "GET", f"/api/v1/quarantine/{entry['id']}", "read")[1]["state"] == "held"
+    deleted = quarantine_metric("deleted", "file")
+    status, body = api(gw, "DELETE", f"/api/v1/quarantine/{entry['id']}")
+    assert status == 200, body
+    assert not stored.exists(), "delete must remove the kept file"
+    assert api(gw, "GET", f"/api/v1/quarantine/{entry['id']}", "read")[0] == 404
+    assert quarantine_metric("deleted", "file") == deleted + 1
+    # Copies of transfers that were not quarantined (every other test's) were removed at once.
+    left = sorted(p.name for p in (gw.dir / "state" / "quarantine" / "files").iterdir())
+    assert left == [], left
+
+
+def quarantine_audit(gw: Gateway, qid: str) -> dict:
+    path = gw.dir / "audit.jsonl"
+    for _ in range(100):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("event") == "quarantine" and r.get("id") == qid:
+                return r
+        time.sleep(0.1)
+    raise AssertionError(f"no quarantine audit record for {qid}")
+
+
+def test_a_quarantined_upload_is_refused_and_kept_for_review(gw: Gateway) -> None:
+    data = os.urandom(300_000)
+    sha = hashlib.sha256(data).hexdigest()
+    held = quarantine_metric("held", "file")
+    get_url, status, body, record = upload(gw, "minutes.review", data)
+    assert status == 403 and b"quarantine" in body, (status, body)
+    assert (record["transport"], record["verdict"], record["detector"], record["rule"]) == \
+        ("upload", "block", "quarantine", "review-uploads"), record
+    assert record["sha256"] == sha and record["quarantine_id"], record
+    status, got = download(get_url)
+    assert status != 200 and got != data, "the upload service must not have the file"
+    entry = held_file(gw, sha)
+    assert entry["id"] == record["quarantine_id"] and entry["rule"] == "review-uploads" and entry["state"] == "held"
+    assert (entry["file"]["name"], entry["file"]["transport"], entry["chain"]) == ("minutes.review", "upload", "file")
+    assert quarantine_metric("held", "file") == held + 1
+    a = quarantine_audit(gw, entry["id"])
+    assert (a["outcome"], a["kind"], a["transport"], a["file"]["sha256"]) == ("held", "file", "upload", sha), a
+    review_and_delete(gw, entry, data)
+
+
+def test_a_quarantined_relay_transfer_is_cut_and_kept_for_review(gw: Gateway) -> None:
+    data = b"%PDF-1.4\n" + os.urandom(600_000)
+    sha = hashlib.sha256(data).hexdigest()
+    errors: list = []
+    got, how, record = send(gw, data, to="bob", errors=errors)
+    assert how is not None, "a quarantined file must not end like a complete one"
+    # Decided once the type is known: nothing at all reached bob.
+    assert got == b"", len(got)
+    assert (record["transport"], record["verdict"], record["detector"], record["rule"]) == \
+        ("s5b", "block", "quarantine", "review-pdfs-for-bob"), record
+    assert errors and "held for review" in str(errors[0]), errors
+    entry = held_file(gw, sha)
+    assert entry["file"]["media_type"] == "application/pdf" and entry["file"]["transport"] == "s5b", entry
+    assert entry["from"].startswith("alice@example.test") and entry["to"].startswith("bob@example.test"), entry
+    review_and_delete(gw, entry, data)

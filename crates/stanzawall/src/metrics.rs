@@ -56,10 +56,13 @@ pub struct AntiSpamLabels {
 }
 
 /// Labels of `stanzawall_quarantine_events_total`: `held`, `released`, `deleted`, `expired`,
-/// `refused` (not stored: the quarantine was full or failed; the stanza was dropped).
+/// `refused` (not stored: the quarantine was full or failed; the stanza was dropped); `kind`
+/// `stanza` or `file` (a file a `file` rule held).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuarantineLabels {
     pub event: &'static str,
+    /// `stanza` or `file`.
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,7 +167,9 @@ impl Metrics {
             self.antispam.clone(),
         );
         for event in ["held", "released", "deleted", "expired", "refused"] {
-            drop(self.quarantine.get_or_create(&QuarantineLabels { event }));
+            for kind in ["stanza", "file"] {
+                drop(self.quarantine.get_or_create(&QuarantineLabels { event, kind }));
+            }
         }
         r.register(
             "quarantine_events",

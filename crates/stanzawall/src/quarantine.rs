@@ -29,6 +29,7 @@
 pub mod cli;
 pub mod embedded;
 pub mod redis;
+pub mod tee;
 
 use std::fmt;
 use std::future::Future;
@@ -88,9 +89,9 @@ impl State {
 }
 
 /// A held file (kind `file`): its metadata and where the file pipeline keeps its bytes, below
-/// the state directory. The file-transfer pipeline fills these in when it holds a file; the
-/// store keeps, lists, expires and deletes such entries like stanza ones (release of files is
-/// the pipeline's to wire).
+/// the state directory ([`tee`]). The store keeps, lists, expires and deletes such entries like
+/// stanza ones; deleting or expiring one removes its bytes too. Files are not released: they
+/// are kept for review only (a release answers [`ReleaseError::File`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldFile {
     /// Path of the held bytes, relative to the state directory.
@@ -103,6 +104,9 @@ pub struct HeldFile {
     pub sha256: Option<String>,
     /// The media type found in the content.
     pub media_type: Option<String>,
+    /// How it travelled (`s5b`, `upload`).
+    #[serde(default)]
+    pub transport: Option<String>,
 }
 
 /// One quarantine entry.
@@ -404,6 +408,8 @@ pub struct Quarantine {
     bounds: QuarantineConfig,
     metrics: Arc<Metrics>,
     deliver: Arc<dyn Deliver>,
+    /// Where held files' bytes are ([`tee`]); `None`: no file entries are kept here.
+    state_dir: Option<std::path::PathBuf>,
 }
 
 /// A finished release: the entry (now released) and how it was delivered.
@@ -424,6 +430,9 @@ pub enum ReleaseError {
     /// Nobody could take it; the entry is held again.
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// A file entry: files are kept for review, not delivered.
+    #[error("entry {0} is a file: files are kept for review, not delivered (delete it when reviewed)")]
+    File(String),
 }
 
 async fn off_loop<T: Send + 'static>(
@@ -440,7 +449,7 @@ impl Quarantine {
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
     ) -> Quarantine {
-        Quarantine { store, bounds, metrics, deliver: Arc::new(SessionDeliver { sessions }) }
+        Quarantine { store, bounds, metrics, deliver: Arc::new(SessionDeliver { sessions }), state_dir: None }
     }
 
     /// Try `fallback` when no session can take a released stanza: the other gateways (Redis),
@@ -464,24 +473,51 @@ impl Quarantine {
                 // Releases from another gateway reach this one's sessions, and the other way round.
                 store.start_delivery(sessions.clone(), tokio::runtime::Handle::current());
                 let remote = Arc::new(redis::RemoteDeliver { store: store.clone() });
-                Ok(Quarantine::new(store, config.quarantine.clone(), metrics, sessions).with_fallback(remote))
+                Ok(Quarantine::new(store, config.quarantine.clone(), metrics, sessions)
+                    .with_fallback(remote)
+                    .with_state_dir(config.state_dir.clone()))
             }
             stanzawall_core::config::StoreBackend::Memory => {
                 let store = Arc::new(embedded::Embedded::open(&config.quarantine.path)?);
-                Ok(Quarantine::new(store, config.quarantine.clone(), metrics, sessions))
+                Ok(Quarantine::new(store, config.quarantine.clone(), metrics, sessions)
+                    .with_state_dir(config.state_dir.clone()))
             }
         }
     }
 
-    fn count(&self, event: &'static str) {
-        self.metrics.quarantine.get_or_create(&QuarantineLabels { event }).inc();
+    fn count(&self, event: &'static str, entry: &Entry) {
+        let kind = if entry.kind == "file" { "file" } else { "stanza" };
+        self.metrics.quarantine.get_or_create(&QuarantineLabels { event, kind }).inc();
     }
 
-    /// Store a held stanza (before the session reads on).
+    /// Keep the bytes of held files below `state_dir` (deleting an entry removes them).
+    pub fn with_state_dir(mut self, state_dir: std::path::PathBuf) -> Quarantine {
+        self.state_dir = Some(state_dir);
+        self
+    }
+
+    /// Remove the bytes of a file entry that is gone (deleted, expired).
+    async fn remove_bytes(&self, entry: &Entry) {
+        let (Some(file), Some(dir)) = (&entry.file, &self.state_dir) else { return };
+        // Only a path the tee made: an entry from a shared store must not name any other file.
+        if !tee::is_file_path(&file.path) {
+            return warn!(quarantine.id = %entry.id, path = %file.path, "file entry with an unexpected path: not removed");
+        }
+        match tokio::fs::remove_file(dir.join(&file.path)).await {
+            Ok(()) => {}
+            // Kept by another gateway sharing the store (Redis): its files are on its disk.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(quarantine.id = %entry.id, error = %e, "could not remove a held file"),
+        }
+    }
+
+    /// Store a held stanza (before the session reads on), or a held file (after its bytes are
+    /// synced).
     pub async fn hold(&self, entry: Entry) -> Result<(), QuarantineError> {
         let (store, bounds) = (self.store.clone(), self.bounds.clone());
+        let counted = entry.clone();
         let r = off_loop(move || store.hold(&entry, &bounds)).await;
-        self.count(if r.is_ok() { "held" } else { "refused" });
+        self.count(if r.is_ok() { "held" } else { "refused" }, &counted);
         self.refresh_gauges().await;
         r
     }
@@ -506,6 +542,11 @@ impl Quarantine {
 
     /// Release entry `id` for `who`: claim, deliver, then mark released or undo the claim.
     pub async fn release(&self, id: &str, who: &str) -> Result<Released, ReleaseError> {
+        // Files are kept for review, never delivered: refused before any claim, so the entry
+        // stays as it is.
+        if self.get(id).await?.kind == "file" {
+            return Err(ReleaseError::File(id.to_owned()));
+        }
         let (store, key, by) = (self.store.clone(), id.to_owned(), who.to_owned());
         let mut entry = off_loop(move || store.claim(&key, &by, unix_ms(SystemTime::now()))).await?;
         let outcome = match parse_entry(&entry) {
@@ -519,7 +560,7 @@ impl Quarantine {
                     // Delivered: the claim stands (the entry reads `releasing`, never held again).
                     error!(quarantine.id = %id, error = %e, "released, but the store did not record it");
                 }
-                self.count("released");
+                self.count("released", &entry);
                 self.refresh_gauges().await;
                 entry.state = State::Released;
                 Ok(Released { entry, via })
@@ -546,8 +587,9 @@ impl Quarantine {
     pub async fn delete(&self, id: &str) -> Result<Entry, QuarantineError> {
         let (store, key) = (self.store.clone(), id.to_owned());
         let r = off_loop(move || store.delete(&key)).await;
-        if r.is_ok() {
-            self.count("deleted");
+        if let Ok(entry) = &r {
+            self.remove_bytes(entry).await;
+            self.count("deleted", entry);
             self.refresh_gauges().await;
         }
         r
@@ -559,8 +601,9 @@ impl Quarantine {
             .saturating_sub(u64::try_from(self.bounds.retention.as_millis()).unwrap_or(u64::MAX));
         let store = self.store.clone();
         let gone = off_loop(move || store.expire(cutoff)).await?;
-        for _ in &gone {
-            self.count("expired");
+        for entry in &gone {
+            self.remove_bytes(entry).await;
+            self.count("expired", entry);
         }
         self.refresh_gauges().await;
         Ok(gone)

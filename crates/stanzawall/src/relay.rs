@@ -242,10 +242,36 @@ pub async fn serve(
         transport: Some(Transport::S5b),
         ..Offer::default()
     };
+    // A copy for the quarantine, only where a `file` rule can quarantine (see upload.rs).
+    let mut tee = match &generation.inspect {
+        Some(p) if p.rules.quarantines() => Some(
+            crate::quarantine::tee::Tee::start(&generation.config.state_dir, generation.config.quarantine.max_bytes)
+                .await,
+        ),
+        _ => None,
+    };
     let outcome = match generation.inspect.clone() {
-        Some(policy) => relay(&ft, policy, offer.clone(), socket, early, activated.target).await,
+        Some(policy) => relay(&ft, policy, offer.clone(), socket, early, activated.target, tee.as_mut()).await,
         None => aborted(socket, activated.target, Default::default(), "no file policy".into()),
     };
+    let mut extra = serde_json::Map::new();
+    if let Some(tee) = tee {
+        match &outcome.result {
+            Err(End::Refused(r)) if r.detector == stanzawall_core::transfer::Detector::Quarantine => {
+                let held = crate::quarantine::tee::HeldTransfer {
+                    listener: &listener.name,
+                    transport: Transport::S5b,
+                    offer: &offer,
+                    facts: &outcome.facts,
+                    refusal: r,
+                };
+                let (id, record) = tee.keep(shared.quarantine.as_deref(), held).await;
+                extra.insert("quarantine_id".into(), json!(id));
+                shared.audit.record(audit_path.clone(), vec![record]).await;
+            }
+            _ => tee.discard().await,
+        }
+    }
     let (verdict, detector) = match &outcome.result {
         Ok(()) => ("pass", "none"),
         Err(End::Refused(r)) => ("block", r.detector.as_str()),
@@ -266,7 +292,6 @@ pub async fn serve(
         Err(End::Refused(r)) => Ending::Block(r),
         Err(End::Aborted(why)) => Ending::Aborted(why),
     };
-    let mut extra = serde_json::Map::new();
     extra.insert("stream.hash".into(), json!(hash));
     extra.insert("requester".into(), json!(activated.requester));
     extra.insert("target".into(), json!(activated.target_jid));
@@ -317,7 +342,8 @@ struct Outcome {
     result: Result<(), End>,
 }
 
-/// Move the file from `requester` to `target` through the pipeline.
+/// Move the file from `requester` to `target` through the pipeline (and into `tee`, when
+/// given: every byte from the requester, for a quarantine verdict).
 async fn relay(
     ft: &FileTransferConfig,
     policy: Arc<InspectPolicy>,
@@ -325,6 +351,7 @@ async fn relay(
     mut requester: TcpStream,
     early: Vec<u8>,
     mut target: TcpStream,
+    mut tee: Option<&mut crate::quarantine::tee::Tee>,
 ) -> Outcome {
     let mut ins = match Inspection::with_offer(policy, offer) {
         Ok(i) => i,
@@ -340,6 +367,9 @@ async fn relay(
     loop {
         if !pending.is_empty() {
             METRICS.bytes_in.inc_by(pending.len() as u64);
+            if let Some(t) = tee.as_deref_mut() {
+                t.write(&pending).await;
+            }
             let released = match ins.push(&pending) {
                 Ok(r) => r,
                 Err(r) => return cut(requester, target, ins.facts().clone(), r),

@@ -103,10 +103,38 @@ pub async fn serve(
         media_type: head.header("content-type").map(normalize_type),
         ..Offer::default()
     };
+    // A copy for the quarantine, only where a `file` rule can quarantine (README "File
+    // transfer"): kept on a quarantine verdict, removed on any other ending.
+    let mut tee = match &generation.inspect {
+        Some(p) if p.rules.quarantines() => Some(
+            crate::quarantine::tee::Tee::start(&generation.config.state_dir, generation.config.quarantine.max_bytes)
+                .await,
+        ),
+        _ => None,
+    };
     let (facts, result) = match generation.inspect.clone() {
-        Some(policy) => put(&ft, policy, offer.clone(), &head, early, &mut client, &mut backend).await,
+        Some(policy) => put(&ft, policy, offer.clone(), &head, early, &mut client, &mut backend, tee.as_mut()).await,
         None => (Default::default(), Err(End::Aborted("no file policy".into()))),
     };
+    let mut extra = serde_json::Map::new();
+    extra.insert("path".into(), json!(head.target));
+    if let Some(tee) = tee {
+        match &result {
+            Err(End::Refused(r)) if r.detector == stanzawall_core::transfer::Detector::Quarantine => {
+                let held = crate::quarantine::tee::HeldTransfer {
+                    listener: &listener.name,
+                    transport: Transport::Upload,
+                    offer: &offer,
+                    facts: &facts,
+                    refusal: r,
+                };
+                let (id, record) = tee.keep(shared.quarantine.as_deref(), held).await;
+                extra.insert("quarantine_id".into(), json!(id));
+                shared.audit.record(generation.policy.audit().path.clone(), vec![record]).await;
+            }
+            _ => tee.discard().await,
+        }
+    }
     let (verdict, detector) = match &result {
         Ok(()) => ("pass", "none"),
         Err(End::Refused(r)) => ("block", r.detector.as_str()),
@@ -133,8 +161,6 @@ pub async fn serve(
         Err(End::Refused(r)) => Ending::Block(r),
         Err(End::Aborted(why)) => Ending::Aborted(why),
     };
-    let mut extra = serde_json::Map::new();
-    extra.insert("path".into(), json!(head.target));
     let report = crate::transfers::Report {
         listener: &listener.name,
         transport: Transport::Upload,
@@ -283,7 +309,8 @@ enum End {
     Aborted(String),
 }
 
-/// Stream the PUT body through the pipeline to the service.
+/// Stream the PUT body through the pipeline to the service (and into `tee`, when given).
+#[allow(clippy::too_many_arguments)]
 async fn put(
     ft: &FileTransferConfig,
     policy: Arc<InspectPolicy>,
@@ -292,6 +319,7 @@ async fn put(
     early: Vec<u8>,
     client: &mut Stream,
     backend: &mut Stream,
+    mut tee: Option<&mut crate::quarantine::tee::Tee>,
 ) -> (stanzawall_core::transfer::Facts, Result<(), End>) {
     let length = head.content_length.unwrap_or(0);
     let mut ins = match Inspection::with_offer(policy, offer) {
@@ -313,6 +341,9 @@ async fn put(
             // Bytes past the declared length belong to no request of ours.
             pending.truncate(usize::try_from(remaining).unwrap_or(usize::MAX));
             remaining -= pending.len() as u64;
+            if let Some(t) = tee.as_deref_mut() {
+                t.write(&pending).await;
+            }
             let released = match ins.push(&pending) {
                 Ok(r) => r,
                 Err(r) => return (ins.facts().clone(), Err(End::Refused(r))),

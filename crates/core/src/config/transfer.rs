@@ -401,7 +401,7 @@ backend = "127.0.0.1:15222"
     }
 
     #[test]
-    fn file_rules_parse_judge_by_stage_and_refuse_quarantine() {
+    fn file_rules_parse_judge_by_stage_and_check_quarantine() {
         use std::sync::Arc;
 
         use crate::policy::file::{Offer, Transport};
@@ -452,10 +452,38 @@ backend = "127.0.0.1:15222"
         out.extend(ins.scanned(ScanVerdict::NotConfigured).unwrap());
         assert_eq!(out, secret);
         assert_eq!(ins.facts().rule.as_deref(), Some("legal-may"));
-        // Quarantine is not there yet, and says so; file rules take no stanza conditions.
-        let q = "[[rule]]\nname = \"q\"\nchain = \"file\"\nwhen = { malware = true }\naction = \"quarantine\"\n";
-        let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{q}")).unwrap_err();
-        assert!(e.contains("quarantine is not supported on chain file yet") && e.contains("gw.toml:"), "{e}");
+        // Quarantine is accepted on the transports whose files can be kept, refused (with the
+        // line) where they cannot; file rules take no stanza conditions.
+        let q = "[[rule]]\nname = \"q\"\nchain = \"file\"\nwhen = { malware = true, transport = [\"s5b\", \"upload\"] }\naction = \"quarantine\"\n";
+        let c = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{q}")).unwrap();
+        assert_eq!(c.policy.file_rules[0].action, crate::policy::file::FileActionConfig::Quarantine);
+        // A quarantine decided on the offer: nothing is released, the input is read to its end
+        // (counted, hashed), then refused with the quarantine detector.
+        let q = "[[rule]]\nname = \"keep-bin\"\nchain = \"file\"\nwhen = { name = \"*.bin\", transport = \"upload\" }\naction = \"quarantine\"\n";
+        let c = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{q}")).unwrap();
+        let compiled = crate::policy::Policy::compile(&c.policy).unwrap();
+        assert!(compiled.file_rules().quarantines());
+        let qp = Arc::new(c.file_transfer.unwrap().inspect_policy(compiled.file_rules().clone()).unwrap());
+        let up =
+            |name: &str| Offer { transport: Some(Transport::Upload), name: Some(name.to_owned()), ..Offer::default() };
+        let mut ins = Inspection::with_offer(qp.clone(), up("x.bin")).unwrap();
+        assert!(ins.push(&[b'a'; 100_000]).unwrap().is_empty());
+        assert!(ins.push(&[b'b'; 10]).unwrap().is_empty());
+        let r = ins.finish().unwrap_err();
+        assert_eq!((r.detector, r.rule.as_deref()), (Detector::Quarantine, Some("keep-bin")));
+        assert_eq!(ins.facts().bytes, 100_010);
+        assert_eq!(ins.facts().sha256.as_deref().map(str::len), Some(64));
+        // Another name passes whole.
+        let mut ins = Inspection::with_offer(qp, up("x.txt")).unwrap();
+        let mut out = ins.push(b"hello").unwrap();
+        ins.finish().unwrap();
+        out.extend(ins.scanned(ScanVerdict::NotConfigured).unwrap());
+        assert_eq!(out, b"hello");
+        for when in ["{ malware = true }", "{ transport = [\"s5b\", \"ibb\"] }"] {
+            let q = format!("[[rule]]\nname = \"q\"\nchain = \"file\"\nwhen = {when}\naction = \"quarantine\"\n");
+            let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{q}")).unwrap_err();
+            assert!(e.contains("ibb cannot be kept") && e.contains("gw.toml:"), "{e}");
+        }
         let k = "[[rule]]\nname = \"k\"\nchain = \"file\"\nwhen = { kind = \"message\" }\naction = \"block\"\n";
         let e = parse(&format!("{RELAY}[file_transfer]\nproxy_jid = \"p.example.test\"\n{k}")).unwrap_err();
         assert!(e.contains("unknown condition 'kind' on chain file"), "{e}");

@@ -102,6 +102,9 @@ pub enum FileActionConfig {
     },
     /// Audited, and the walk goes on.
     Log,
+    /// Refused toward the receiver as `block` is, and the whole file kept in the quarantine
+    /// for review (the daemon tees it to the state directory; the sender gets the block error).
+    Quarantine,
 }
 
 /// One `[[rule]] chain = "file"`.
@@ -180,6 +183,7 @@ enum Action {
     Pass,
     Block(Option<String>),
     Log,
+    Quarantine,
 }
 
 #[derive(Debug)]
@@ -209,6 +213,8 @@ pub enum FileDecision {
         /// Its `text`, if any.
         text: Option<String>,
     },
+    /// A `quarantine` rule holds: refused, and the whole file kept for review.
+    Quarantine(Arc<str>),
     /// Every rule was passed over: the `[file_transfer]` checks decide.
     Fallthrough,
     /// A terminal rule is still pending: ask again when more is known.
@@ -317,6 +323,12 @@ impl FileRules {
         self.rules.is_empty()
     }
 
+    /// Does some rule (not a shadow one) quarantine? Then the daemon keeps a copy of every
+    /// file while it passes, to store it on a quarantine verdict.
+    pub fn quarantines(&self) -> bool {
+        self.rules.iter().any(|r| !r.log_only && matches!(r.action, Action::Quarantine))
+    }
+
     /// Number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()
@@ -331,6 +343,7 @@ impl FileRules {
                     Action::Pass => "pass",
                     Action::Block(_) => "block",
                     Action::Log => "log",
+                    Action::Quarantine => "quarantine",
                 };
                 (r.name.clone(), action, r.log_only)
             })
@@ -362,7 +375,11 @@ impl FileRules {
                             format!(
                                 "{} (would {})",
                                 rule.name,
-                                if matches!(rule.action, Action::Pass) { "pass" } else { "block" }
+                                match rule.action {
+                                    Action::Pass => "pass",
+                                    Action::Quarantine => "quarantine",
+                                    _ => "block",
+                                }
                             )
                         } else {
                             rule.name.to_string()
@@ -374,6 +391,7 @@ impl FileRules {
                     return match &rule.action {
                         Action::Pass => FileDecision::Pass(rule.name.clone()),
                         Action::Block(text) => FileDecision::Block { rule: rule.name.clone(), text: text.clone() },
+                        Action::Quarantine => FileDecision::Quarantine(rule.name.clone()),
                         Action::Log => FileDecision::Fallthrough,
                     }
                 }
@@ -408,6 +426,7 @@ impl FileRules {
                 FileActionConfig::Pass => Action::Pass,
                 FileActionConfig::Block { text } => Action::Block(text.clone()),
                 FileActionConfig::Log => Action::Log,
+                FileActionConfig::Quarantine => Action::Quarantine,
             };
             rules.push(Rule { name: Arc::from(r.name.as_str()), when, action, log_only: r.log_only });
         }

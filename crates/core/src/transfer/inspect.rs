@@ -17,7 +17,11 @@
 //! `[[rule]] chain = "file"` rules first, then the `[file_transfer]` checks above as its
 //! implicit last rules (all `block`), then pass. The chain is asked again whenever a fact
 //! arrives — the offer, each push, the end, the verdict — and a file is cut as soon as it is
-//! decided `block`, or released whole as soon as a rule decides `pass`.
+//! decided `block`, or released whole as soon as a rule decides `pass`. A `quarantine` rule
+//! refuses as `block` does toward the receiver (nothing more is released), but the sender's
+//! input is still taken to its end, counted and hashed, so that the daemon's copy of it is the
+//! whole file; [`Inspection::finish`] (or the verdict) then refuses with
+//! [`Detector::Quarantine`], which tells the daemon to keep that copy.
 //!
 //! Never does I/O: the daemon feeds the same bytes to clamd's INSTREAM and reports its verdict
 //! with [`Inspection::scanned`].
@@ -205,6 +209,9 @@ pub enum Detector {
     Scanner,
     /// A `[[rule]] chain = "file"` with `action = "block"`.
     Rule,
+    /// A `[[rule]] chain = "file"` with `action = "quarantine"`: refused as by `block`, and
+    /// the whole file kept for review (the daemon stores what it teed).
+    Quarantine,
 }
 
 impl Detector {
@@ -218,6 +225,7 @@ impl Detector {
             Detector::Antivirus => "antivirus",
             Detector::Scanner => "scanner-error",
             Detector::Rule => "rule",
+            Detector::Quarantine => "quarantine",
         }
     }
 }
@@ -282,6 +290,10 @@ enum State {
     PassedEarly,
     AwaitingScan,
     Passed,
+    /// A `quarantine` rule decided before the end: nothing more is released, but the input is
+    /// still read (counted, hashed, its type sniffed) to its end, so that the daemon's copy is
+    /// the whole file; [`Inspection::finish`] then refuses.
+    Quarantining(Refusal),
     Refused(Refusal),
 }
 
@@ -289,6 +301,7 @@ enum State {
 enum Decision {
     Pass,
     Block(Refusal),
+    Quarantine(Refusal),
     Pending,
 }
 
@@ -350,6 +363,10 @@ impl Inspection {
                 ins.state = State::PassedEarly;
                 Ok(ins)
             }
+            Decision::Quarantine(r) => {
+                ins.state = State::Quarantining(r);
+                Ok(ins)
+            }
             Decision::Pending => Ok(ins),
         }
     }
@@ -364,10 +381,10 @@ impl Inspection {
         &self.offer
     }
 
-    /// The refusal, once refused.
+    /// The refusal, once refused (or decided to be quarantined).
     pub fn refusal(&self) -> Option<&Refusal> {
         match &self.state {
-            State::Refused(r) => Some(r),
+            State::Refused(r) | State::Quarantining(r) => Some(r),
             _ => None,
         }
     }
@@ -390,6 +407,11 @@ impl Inspection {
             FileDecision::Block { rule, text } => Decision::Block(Refusal {
                 detector: Detector::Rule,
                 detail: text.unwrap_or_else(|| format!("refused by rule '{rule}'")),
+                rule: Some(rule.to_string()),
+            }),
+            FileDecision::Quarantine(rule) => Decision::Quarantine(Refusal {
+                detector: Detector::Quarantine,
+                detail: format!("held for review by rule '{rule}'"),
                 rule: Some(rule.to_string()),
             }),
             FileDecision::Pending => Decision::Pending,
@@ -457,10 +479,11 @@ impl Inspection {
         }
     }
 
-    /// Bytes from the sender. Returns the bytes that may be written to the receiver now.
+    /// Bytes from the sender. Returns the bytes that may be written to the receiver now
+    /// (none, once a `quarantine` rule decided: the input is still taken to its end).
     pub fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, Refusal> {
         match &self.state {
-            State::Streaming | State::PassedEarly => {}
+            State::Streaming | State::PassedEarly | State::Quarantining(_) => {}
             State::Refused(r) => return Err(r.clone()),
             State::AwaitingScan | State::Passed => {
                 return Err(self.refuse(Refusal::check(Detector::Size, "data after the end of the file".to_owned())))
@@ -471,6 +494,23 @@ impl Inspection {
         self.hasher.update(data);
         if self.state == State::PassedEarly {
             return Ok(data.to_vec());
+        }
+        if let State::Quarantining(_) = self.state {
+            // Kept only up to the size cap (invariant 6): beyond it the file is refused and
+            // not kept (a plain size refusal).
+            if self.seen.bytes > self.policy.max_bytes {
+                let detail = format!("more than {} bytes (not kept for review)", self.policy.max_bytes);
+                return Err(self.refuse(Refusal::check(Detector::Size, detail)));
+            }
+            // Only the media type is still wanted (for the record); nothing is released.
+            if !self.sniffed {
+                self.held.extend_from_slice(data);
+                if self.held.len() >= SNIFF_BYTES {
+                    self.sniff();
+                    self.held = Vec::new();
+                }
+            }
+            return Ok(Vec::new());
         }
         self.held.extend_from_slice(data);
         if !self.sniffed && self.held.len() >= SNIFF_BYTES {
@@ -484,6 +524,12 @@ impl Inspection {
             Decision::Pass => {
                 self.state = State::PassedEarly;
                 return Ok(std::mem::take(&mut self.held));
+            }
+            Decision::Quarantine(r) => {
+                // What is held is never released; the rest is read to the end.
+                self.held = Vec::new();
+                self.state = State::Quarantining(r);
+                return Ok(Vec::new());
             }
             Decision::Pending => {}
         }
@@ -540,7 +586,7 @@ impl Inspection {
     /// here; the tail stays held until [`Inspection::scanned`].
     pub fn finish(&mut self) -> Result<&Facts, Refusal> {
         match &self.state {
-            State::Streaming | State::PassedEarly => {}
+            State::Streaming | State::PassedEarly | State::Quarantining(_) => {}
             State::Refused(r) => return Err(r.clone()),
             State::AwaitingScan | State::Passed => return Ok(&self.facts),
         }
@@ -560,8 +606,12 @@ impl Inspection {
             self.state = State::Passed;
             return Ok(&self.facts);
         }
+        if let State::Quarantining(r) = &self.state {
+            let r = r.clone();
+            return Err(self.refuse(r));
+        }
         match self.decide() {
-            Decision::Block(r) => return Err(self.refuse(r)),
+            Decision::Block(r) | Decision::Quarantine(r) => return Err(self.refuse(r)),
             Decision::Pass => self.state = State::Passed,
             Decision::Pending => self.state = State::AwaitingScan,
         }
@@ -573,7 +623,7 @@ impl Inspection {
         match &self.state {
             State::AwaitingScan => {}
             State::Refused(r) => return Err(r.clone()),
-            State::Streaming | State::PassedEarly => {
+            State::Streaming | State::PassedEarly | State::Quarantining(_) => {
                 return Err(self.refuse(Refusal::check(Detector::Scanner, "verdict before the end of the file".into())))
             }
             State::Passed => return Ok(std::mem::take(&mut self.held)),
@@ -583,7 +633,7 @@ impl Inspection {
         let failed = matches!(verdict, ScanVerdict::Failed(_));
         self.verdict = Some(verdict);
         match self.decide() {
-            Decision::Block(r) => Err(self.refuse(r)),
+            Decision::Block(r) | Decision::Quarantine(r) => Err(self.refuse(r)),
             Decision::Pass => {
                 self.facts.scanner_failed_open = failed;
                 self.state = State::Passed;

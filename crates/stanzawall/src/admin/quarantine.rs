@@ -84,6 +84,7 @@ pub async fn release(State(st): State<St>, Operator(c): Operator, Path(id): Path
                 ReleaseError::Deliver(DeliverError::SessionGone(_)) => StatusCode::CONFLICT,
                 ReleaseError::Deliver(DeliverError::Undeliverable(_)) => StatusCode::UNPROCESSABLE_ENTITY,
                 ReleaseError::Deliver(DeliverError::Uncertain(_)) => StatusCode::GATEWAY_TIMEOUT,
+                ReleaseError::File(_) => StatusCode::CONFLICT,
             };
             fail(status, e)
         }

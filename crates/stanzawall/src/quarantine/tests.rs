@@ -198,3 +198,66 @@ fn release_targets_follow_the_direction() {
     assert!(valid_id(&inn.id));
     assert!(!valid_id("../../etc") && !valid_id("ABCDEF0123456789"));
 }
+
+#[tokio::test]
+async fn a_teed_file_is_kept_on_a_quarantine_verdict_not_released_and_deleted_with_its_entry() {
+    use stanzawall_core::policy::file::{Offer, Transport};
+    use stanzawall_core::transfer::{Detector, Facts, Refusal};
+    let d = dir("tee");
+    let path = d.join("q.redb");
+    let store: Arc<dyn QuarantineStore> = Arc::new(Embedded::open(&path).unwrap());
+    let q = Quarantine::new(store, bounds(10, 1 << 20, &path), Arc::new(Metrics::default()), Arc::default())
+        .with_state_dir(d.clone());
+    let files = || std::fs::read_dir(d.join(tee::FILES_DIR)).map_or(0, Iterator::count);
+    // A transfer that passed: its copy goes at once.
+    let mut t = tee::Tee::start(&d, 1 << 20).await;
+    t.write(b"passed").await;
+    t.discard().await;
+    assert_eq!(files(), 0);
+    // A quarantine verdict: written in pieces, kept whole, recorded with its metadata.
+    let data = b"kept for review ".repeat(1000);
+    let mut t = tee::Tee::start(&d, 1 << 20).await;
+    for chunk in data.chunks(4096) {
+        t.write(chunk).await;
+    }
+    let offer = Offer { transport: Some(Transport::Upload), name: Some("a.review".into()), ..Offer::default() };
+    let facts = Facts { bytes: data.len() as u64, sha256: Some("ab".repeat(32)), ..Facts::default() };
+    let refusal = Refusal { detector: Detector::Quarantine, detail: "held".into(), rule: Some("r".into()) };
+    let held = tee::HeldTransfer {
+        listener: "up",
+        transport: Transport::Upload,
+        offer: &offer,
+        facts: &facts,
+        refusal: &refusal,
+    };
+    let (id, record) = t.keep(Some(&q), held).await;
+    let id = id.expect("kept");
+    assert_eq!(record["outcome"], "held");
+    let e = q.get(&id).await.unwrap();
+    let f = e.file.clone().unwrap();
+    assert_eq!(
+        (e.kind.as_str(), f.size, f.name.as_deref(), f.transport.as_deref()),
+        ("file", data.len() as u64, Some("a.review"), Some("upload"))
+    );
+    assert_eq!(std::fs::read(d.join(&f.path)).unwrap(), data);
+    assert!(matches!(q.release(&id, "ops").await, Err(ReleaseError::File(_))));
+    assert_eq!(q.get(&id).await.unwrap().state, State::Held);
+    q.delete(&id).await.unwrap();
+    assert!(!d.join(&f.path).exists());
+    // Over quarantine.max_bytes: not kept (the file stays refused), no bytes left behind.
+    let mut t = tee::Tee::start(&d, 10).await;
+    t.write(b"0123456789abc").await;
+    let held = tee::HeldTransfer {
+        listener: "up",
+        transport: Transport::Upload,
+        offer: &offer,
+        facts: &facts,
+        refusal: &refusal,
+    };
+    let (id, record) = t.keep(Some(&q), held).await;
+    assert!(id.is_none());
+    assert!(record["reason"].as_str().unwrap().contains("quarantine.max_bytes"), "{record}");
+    assert_eq!(files(), 0);
+    assert!(tee::is_file_path(&f.path) && !tee::is_file_path("quarantine/files/../../etc/passwd"));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -1,6 +1,6 @@
 //! `[[rule]] chain = "file"` as written: its own conditions (sender, recipient, transport,
 //! size, name, media types, hash list, DLP/antivirus results) and actions (`pass`, `block`,
-//! `log`), checked here with the line of the offending key ([`crate::policy::file`]).
+//! `log`, `quarantine`), checked here with the line of the offending key ([`crate::policy::file`]).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,9 @@ use crate::config::ConfigError;
 use crate::origin::Origin;
 use crate::policy::file::{FileActionConfig, FileConditionConfig, FileRuleConfig, Transport};
 use crate::policy::spec::Located;
+
+/// Transports whose files a `quarantine` rule can keep.
+const QUARANTINE_TRANSPORTS: &[Transport] = &[Transport::S5b, Transport::Upload];
 
 const FILE_CONDITION_KEYS: &[&str] = &[
     "from",
@@ -41,18 +44,12 @@ pub(super) fn file_rule(
         "pass" => FileActionConfig::Pass,
         "block" => FileActionConfig::Block { text: r.text.as_ref().map(|t| t.get_ref().clone()) },
         "log" => FileActionConfig::Log,
-        "quarantine" => {
-            return loc.err(
-                r.action.span(),
-                &format!("{key}.action"),
-                "quarantine is not supported on chain file yet (use block, and log for review)",
-            )
-        }
+        "quarantine" => FileActionConfig::Quarantine,
         other => {
             return loc.err(
                 r.action.span(),
                 &format!("{key}.action"),
-                format!("unknown action '{other}' on chain file (expected pass, block or log)"),
+                format!("unknown action '{other}' on chain file (expected pass, block, log or quarantine)"),
             )
         }
     };
@@ -73,6 +70,22 @@ pub(super) fn file_rule(
         None => Vec::new(),
         Some(w) => conditions(w.get_ref(), &format!("{key}.when"), loc)?,
     };
+    if action == FileActionConfig::Quarantine {
+        // Only the relay and the upload proxy see the file's bytes as one stream they can copy
+        // to disk; IBB chunks travel inside the c2s session and are not kept (yet).
+        let transports = when.iter().find_map(|c| match c {
+            FileConditionConfig::Transport(t) => Some(t),
+            _ => None,
+        });
+        if !transports.is_some_and(|t| t.iter().all(|t| QUARANTINE_TRANSPORTS.contains(t))) {
+            return loc.err(
+                r.action.span(),
+                &format!("{key}.action"),
+                "quarantine on chain file keeps files of transport s5b and upload only: add \
+                 when.transport = [\"s5b\", \"upload\"] (or one of them); ibb cannot be kept",
+            );
+        }
+    }
     Ok(FileRuleConfig { name, when, action, log_only: r.log_only.unwrap_or(false), origin })
 }
 
