@@ -205,6 +205,8 @@ pub enum Detector {
     Scanner,
     /// A `[[rule]] chain = "file"` with `action = "block"`.
     Rule,
+    /// The transport broke its own protocol (an XEP-0047 seq gap, a chunk over its block size).
+    Protocol,
 }
 
 impl Detector {
@@ -218,6 +220,7 @@ impl Detector {
             Detector::Antivirus => "antivirus",
             Detector::Scanner => "scanner-error",
             Detector::Rule => "rule",
+            Detector::Protocol => "protocol",
         }
     }
 }
