@@ -37,12 +37,12 @@ use stanzawall_core::capture::{
     CaptureEvent, CaptureLimits, CaptureStats, FileInspection, FlowAddrs, Inspector, Observed, Segment, StreamKind,
     TcpFlags,
 };
+use stanzawall_core::config::Config;
 use stanzawall_core::policy::file::{Offer, Transport};
 use stanzawall_core::policy::Chain;
-use stanzawall_core::transfer::ibb::IbbEnded;
-use stanzawall_core::config::Config;
 use stanzawall_core::policy::Policy;
 use stanzawall_core::session::Effect;
+use stanzawall_core::transfer::ibb::IbbEnded;
 
 use crate::audit::humantime_rfc3339;
 use crate::conn::report;

@@ -37,9 +37,9 @@ use crate::session::{
     decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND, NS_CSI, NS_SASL, NS_TLS,
 };
 use crate::stanza::{self, Kind, StanzaCondition};
+use crate::stream::{Condition, NS_CLIENT, NS_SERVER};
 use crate::transfer::ibb::{IbbEvent, IbbInspector, IbbVerdict, Original, NS_IBB};
 use crate::transfer::ScanVerdict;
-use crate::stream::{Condition, NS_CLIENT, NS_SERVER};
 use crate::xml::{Element, StreamReader, XmlError, XmlEvent, XmlLimits, NS_STREAMS};
 
 /// What the tracker needs from the inspector for one call.

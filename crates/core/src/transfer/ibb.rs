@@ -185,15 +185,10 @@ impl IbbInspector {
             };
             return match Inspection::with_offer(self.policy.clone(), offer) {
                 Ok(ins) => {
-                    self.streams.insert((sid, to), Stream {
-                            ins,
-                            held: None,
-                            opened,
-                            closing: None,
-                            sender,
-                            block_size,
-                            next_seq: 0,
-                        });
+                    self.streams.insert(
+                        (sid, to),
+                        Stream { ins, held: None, opened, closing: None, sender, block_size, next_seq: 0 },
+                    );
                     let mut step = IbbStep::forward();
                     step.events.push(IbbEvent::Opened { id: opened });
                     step
