@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::session::Effect;
 use crate::stanza::StanzaCondition;
 use crate::transfer::ibb::IbbEnded;
+use crate::transfer::Detector;
 
 const BASE: &str = "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
     [[listener]]\nname = \"c2s\"\nkind = \"c2s\"\nbind = \"127.0.0.1:5222\"\nbackend = \"127.0.0.1:1\"\n";
@@ -815,4 +816,27 @@ fn hostile_in_band_streams_give_errors_not_panics() {
             ("big", Some("protocol: data of 10 bytes over the block-size 4".to_owned()), 0),
         ]
     );
+}
+
+#[test]
+fn in_band_transfers_from_an_s2s_initiator_are_judged_too() {
+    let mut insp = file_inspector(false);
+    let mut dlp = b"minutes of the meeting\n".repeat(10);
+    dlp.extend_from_slice(b"CONFIDENTIAL\n");
+    let stanzas: Vec<String> = ibb_session("bob@example.test/b", "fed", 128, &chunks(&dlp, 128))
+        .into_iter()
+        .map(|s| s.replacen("<iq ", "<iq from='mallory@remote.test/m' ", 1))
+        .collect();
+    let refs: Vec<&str> = stanzas.iter().map(String::as_str).collect();
+    s2s_flow(&mut insp, "192.0.2.20:40001", "192.0.2.1:5269", "remote.test", "example.test", &refs);
+    let got: Vec<_> = events(&mut insp)
+        .into_iter()
+        .filter_map(|e| match e.what {
+            Observed::FileTransfer { chain, ended, .. } => {
+                Some((chain, ended.sender, ended.facts.bytes, ended.refusal.map(|r| r.detector)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [(Chain::S2sIn, "mallory@remote.test/m".to_owned(), dlp.len() as u64, Some(Detector::Dlp))]);
 }
