@@ -1147,3 +1147,80 @@ def test_live_capture_errors_name_the_problem(tmp: Path, policy_file):
         shutil.rmtree(world, ignore_errors=True)
     assert r.returncode == 1, r
     assert "--interface lo: no permission to capture" in r.stderr and "CAP_NET_RAW" in r.stderr, r.stderr
+
+
+# -- in-band bytestreams (XEP-0047) -------------------------------------------------------------
+
+IBB_POLICY = """
+[[listener]]
+name = "relay"
+kind = "socks5"
+bind = "127.0.0.1:25680"
+
+[file_transfer]
+proxy_jid = "proxy.example.test"
+dlp_keywords = ["CONFIDENTIAL"]
+deny_types = ["application/pdf"]
+
+[[rule]]
+name   = "nothing-to-carol"
+chain  = "file"
+when   = { to = "carol@example.test" }
+action = "block"
+"""
+
+
+def ibb_stanzas(to: str, sid: str, data: bytes, block: int = 512) -> list[tuple[int, bytes]]:
+    """A XEP-0047 transfer from the client: open, data iqs (seq from 0, base64), close."""
+    import base64
+    ns = "http://jabber.org/protocol/ibb"
+    out = [(0, f"<iq type='set' id='{sid}-o' to='{to}'><open xmlns='{ns}' sid='{sid}' block-size='{block}' "
+               f"stanza='iq'/></iq>".encode())]
+    for seq, i in enumerate(range(0, len(data), block)):
+        chunk = base64.b64encode(data[i:i + block]).decode()
+        out.append((0, f"<iq type='set' id='{sid}-{seq}' to='{to}'><data xmlns='{ns}' sid='{sid}' "
+                       f"seq='{seq}'>{chunk}</data></iq>".encode()))
+        out.append((1, f"<iq type='result' id='{sid}-{seq}' from='{to}'/>".encode()))
+    out.append((0, f"<iq type='set' id='{sid}-c' to='{to}'><close xmlns='{ns}' sid='{sid}'/></iq>".encode()))
+    return out
+
+
+def test_in_band_transfers_are_judged_by_the_file_chain(tmp: Path):
+    policy = tmp / "inspect-ibb.toml"
+    policy.write_text(IBB_POLICY)
+    clean = b"quarterly numbers, all fine\n" * 100
+    leak = clean + b"this is CONFIDENTIAL\n"
+    pdf = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n" * 40
+    conv = baseline_conv()
+    conv.talk(ibb_stanzas("bob@example.test/b", "clean", clean))
+    conv.talk(ibb_stanzas("bob@example.test/b", "leak", leak))
+    conv.talk(ibb_stanzas("bob@example.test/b", "pdf", pdf, block=256))
+    conv.talk(ibb_stanzas("carol@example.test/c", "carol", b"hello"))
+    conv.fin()
+    write_pcap(tmp / "ibb.pcap", [ether(p) for p in conv.packets], 1)
+    code, audit, alerts, summary = inspect(policy, tmp / "ibb.pcap")
+    assert code == 0, summary
+    files = [r for r in audit if r.get("event") == "file-transfer"]
+    got = [(r["sid"], r["sender"], r["recipient"], r["transport"], r["bytes"], r["detector"], r["verdict"])
+           for r in files]
+    assert got == [
+        ("clean", "alice@example.test/r", "bob@example.test/b", "ibb", len(clean), "none", "would pass"),
+        ("leak", "alice@example.test/r", "bob@example.test/b", "ibb", len(leak), "dlp", "would block"),
+        ("pdf", "alice@example.test/r", "bob@example.test/b", "ibb", len(pdf), "type", "would block"),
+        ("carol", "alice@example.test/r", "carol@example.test/c", "ibb", 0, "rule", "would block"),
+    ], files
+    import hashlib
+    assert files[0]["sha256"] == hashlib.sha256(clean).hexdigest()
+    assert files[2]["media_type"] == "application/pdf" and files[3]["rule"] == "nothing-to-carol"
+    # The inline record's fields, plus the flow and the capture time.
+    for r in files:
+        assert (r["flow.src_ip"], r["flow.src_port"], r["flow.dest_ip"], r["flow.dest_port"]) == \
+            (CLIENT[0], CLIENT[1], SERVER[0], SERVER[1]), r
+        assert r["capture.ts"].startswith("1800000000.") and r["client.ip"] == CLIENT[0], r
+        assert {"name", "declared_size", "media_type", "logged", "scanner_failed_open", "duration_ms"} <= r.keys()
+    blocked = [a for a in alerts if a.get("event_type") == "alert" and "in-band file" in a["alert"]["signature"]]
+    assert [a["xmpp"]["sid"] for a in blocked] == ["leak", "pdf", "carol"], blocked
+    assert all(a["alert"]["action"] == "allowed" for a in blocked)
+    assert "in-band transfers: 4 (would pass 1, would block 3)" in summary, summary
+    # The carol data after its refused open would be refused as an unknown stream.
+    assert "refused in-band stanzas 1" in summary, summary

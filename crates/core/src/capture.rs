@@ -34,7 +34,10 @@ use crate::config::Limits;
 use crate::jid::FullJid;
 use crate::policy::{Chain, Policy, RateTable};
 use crate::session::Effect;
+use crate::stanza::StanzaCondition;
 use crate::stream::Condition;
+use crate::transfer::ibb::IbbEnded;
+use crate::transfer::InspectPolicy;
 use crate::xml::XmlError;
 
 use reassembly::{HalfStream, Piece};
@@ -244,6 +247,26 @@ pub enum Observed {
         /// Stream offset of the retransmitted segment.
         offset: u64,
     },
+    /// An in-band bytestream (XEP-0047) ended, judged by the `file` chain and the
+    /// `[file_transfer]` checks as the inline session judges it (`refusal`: would block).
+    FileTransfer {
+        /// The chain of the stanzas that carried it.
+        chain: Chain,
+        /// How it ended.
+        ended: Box<IbbEnded>,
+        /// Capture time of its `<open/>`, if seen.
+        opened: Option<Duration>,
+    },
+    /// The inline gateway would refuse this in-band bytestream stanza without a transfer to
+    /// report (an open with a bad block-size, data that is not base64, data in a message).
+    FileTransferError {
+        /// The chain of the stanza.
+        chain: Chain,
+        /// The stanza error the sender would get.
+        condition: StanzaCondition,
+        /// Why.
+        reason: String,
+    },
     /// The flow left the table.
     Ended {
         /// Why.
@@ -331,7 +354,24 @@ pub struct Inspector {
     pieces: Vec<Piece>,
     /// The domains we serve (`[s2s] domains`), lowercase; `None`: not configured.
     local_domains: Option<Vec<String>>,
+    /// In-band bytestreams are inspected (`[file_transfer]`).
+    files: Option<FileInspection>,
 }
+
+/// How in-band bytestreams (XEP-0047) of plaintext flows are judged.
+#[derive(Debug, Clone)]
+pub struct FileInspection {
+    /// The `file` chain and the `[file_transfer]` checks.
+    pub policy: Arc<InspectPolicy>,
+    /// An antivirus is configured inline. Nothing is scanned from a capture (the inspector
+    /// is sans-IO, and a verdict per file would stall the reader): every stream ends with the
+    /// scanner failure [`NOT_SCANNED`], which `on_scanner_error` turns into block or pass, as
+    /// the gateway does when clamd cannot answer.
+    pub scanner: bool,
+}
+
+/// The scanner failure of every in-band stream when an antivirus is configured.
+pub const NOT_SCANNED: &str = "not scanned in passive mode";
 
 impl Inspector {
     /// An inspector evaluating `policy` with the parser limits `xml`; policy time starts at
@@ -352,7 +392,14 @@ impl Inspector {
             stats: CaptureStats::default(),
             pieces: Vec::new(),
             local_domains: None,
+            files: None,
         }
+    }
+
+    /// Inspect in-band bytestreams (XEP-0047) of plaintext c2s and s2s flows with the inline
+    /// pipeline ([`crate::transfer::ibb::IbbInspector`], one per flow, at most 16 streams each).
+    pub fn set_file_inspection(&mut self, files: Option<FileInspection>) {
+        self.files = files;
     }
 
     /// The domains we serve (`[s2s] domains`): an s2s stream addressed to one of them is
@@ -432,6 +479,7 @@ impl Inspector {
             xml: &self.xml,
             probe_bytes: self.limits.probe_bytes,
             local_domains: self.local_domains.as_deref(),
+            files: self.files.as_ref(),
             now,
             ts,
             events: &mut self.events,
@@ -537,6 +585,7 @@ impl Inspector {
             xml: &self.xml,
             probe_bytes: self.limits.probe_bytes,
             local_domains: self.local_domains.as_deref(),
+            files: self.files.as_ref(),
             now,
             ts,
             events: &mut self.events,

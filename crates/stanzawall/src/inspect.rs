@@ -34,16 +34,21 @@ use pcap_parser::pcapng::Block;
 use pcap_parser::{create_reader, Linktype, PcapBlockOwned, PcapError};
 use serde_json::{json, Value};
 use stanzawall_core::capture::{
-    CaptureEvent, CaptureLimits, CaptureStats, FlowAddrs, Inspector, Observed, Segment, StreamKind, TcpFlags,
+    CaptureEvent, CaptureLimits, CaptureStats, FileInspection, FlowAddrs, Inspector, Observed, Segment, StreamKind,
+    TcpFlags,
 };
 use stanzawall_core::config::Config;
+use stanzawall_core::policy::file::{Offer, Transport};
+use stanzawall_core::policy::Chain;
 use stanzawall_core::policy::Policy;
 use stanzawall_core::session::Effect;
+use stanzawall_core::transfer::ibb::IbbEnded;
 
 use crate::audit::humantime_rfc3339;
 use crate::conn::report;
 use crate::metrics::VerdictLabels;
 use crate::state::StdFiles;
+use crate::transfers::Ending;
 use live::{FileFilter, KernelStats, Live, Next};
 use metrics::{AdminEndpoint, ConditionLabels, InspectMetrics, KindLabels};
 
@@ -76,6 +81,7 @@ const SID_GATEWAY: u32 = 9_100_002;
 const SID_CLOSE: u32 = 9_100_003;
 const SID_PARSE: u32 = 9_100_004;
 const SID_CONFLICT: u32 = 9_100_005;
+const SID_FILE: u32 = 9_100_006;
 
 /// How often a live capture flushes its output and brings the metrics up to date.
 const LIVE_SYNC: Duration = Duration::from_millis(500);
@@ -95,6 +101,11 @@ pub fn run(opts: &Options) -> anyhow::Result<bool> {
         _ => None,
     };
     let mut inspector = Inspector::new(policy.clone(), config.limits, limits, Instant::now());
+    // In-band bytestreams are judged where the gateway would judge them: with `[file_transfer]`.
+    if let Some(ft) = &config.file_transfer {
+        let inspect = ft.inspect_policy(policy.file_rules().clone()).context("[file_transfer]")?;
+        inspector.set_file_inspection(Some(FileInspection { policy: Arc::new(inspect), scanner: ft.clamd.is_some() }));
+    }
     // `[s2s] domains` tell inbound from outbound s2s streams (s2s-in / s2s-out).
     inspector.set_local_domains(config.s2s.as_ref().map(|s| s.local_domains.clone()));
     let mut live = match &opts.interface {
@@ -471,6 +482,31 @@ impl Sink {
             },
             Observed::Encrypted(_) => s.encrypted += 1,
             Observed::Bound(_) => s.bound += 1,
+            Observed::FileTransfer { chain, ended, opened } => {
+                let blocked = ended.refusal.is_some();
+                if blocked {
+                    s.ibb_block += 1;
+                } else {
+                    s.ibb_pass += 1;
+                }
+                let mut line = ibb_record(*chain, ended, *opened, &ev);
+                writeln!(self.audit, "{line}")?;
+                if let Some(r) = &ended.refusal {
+                    *s.ibb_detectors.entry(r.detector.as_str()).or_default() += 1;
+                    let signature = format!("stanzawall in-band file would be blocked: {r}");
+                    line["verdict"] = json!("would block");
+                    self.alert(&ev, SID_FILE, &signature, 2, Some(line))?;
+                }
+            }
+            Observed::FileTransferError { chain, condition, reason } => {
+                s.ibb_errors += 1;
+                let signature = format!(
+                    "stanzawall in-band bytestream stanza would be refused ({}, {}): {reason}",
+                    chain.as_str(),
+                    condition.as_str()
+                );
+                self.alert(&ev, SID_FILE, &signature, 2, None)?;
+            }
             Observed::Authenticated { .. } | Observed::AuthFailed | Observed::Gap { .. } => {}
             Observed::Ended { xmpp, totals, how } => {
                 if *xmpp {
@@ -602,6 +638,36 @@ fn annotate(line: &mut Value, ev: &CaptureEvent) {
     map.insert("verdict".into(), json!(format!("would {outcome}")));
 }
 
+/// The inline `file-transfer` record of an in-band transfer seen in a capture, with the flow
+/// and the capture time as [`annotate`] adds them, and the verdict as what would have been done.
+fn ibb_record(chain: Chain, e: &IbbEnded, opened: Option<Duration>, ev: &CaptureEvent) -> Value {
+    let offer = Offer {
+        sender: stanzawall_core::jid::parse(&e.sender),
+        recipient: stanzawall_core::jid::parse(&e.recipient),
+        transport: Some(Transport::Ibb),
+        ..Offer::default()
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("sid".into(), json!(e.sid));
+    extra.insert("chain".into(), json!(chain.as_str()));
+    let report = crate::transfers::Report {
+        listener: "inspect",
+        transport: Transport::Ibb,
+        client_ip: Some(ev.flow.client.ip()),
+        sender: Some(&e.sender),
+        recipient: Some(&e.recipient),
+        offer: Some(&offer),
+        facts: &e.facts,
+        ending: e.refusal.as_ref().map_or(Ending::Pass, Ending::Block),
+        duration: opened.map_or(Duration::ZERO, |o| ev.ts.saturating_sub(o)),
+        extra,
+    };
+    let mut line = crate::transfers::record(&report);
+    annotate(&mut line, ev);
+    line["verdict"] = json!(if e.refusal.is_some() { "would block" } else { "would pass" });
+    line
+}
+
 /// The TCP segment in one packet of link type `linktype`, if it holds one.
 fn decode(linktype: Linktype, data: &[u8]) -> Option<Segment<'_>> {
     let packet = match linktype {
@@ -651,6 +717,12 @@ struct Summary {
     stanzas: u64,
     rules: BTreeMap<String, u64>,
     parse_errors: BTreeMap<&'static str, u64>,
+    /// In-band transfers (XEP-0047) that would pass / be blocked, blocks per detector.
+    ibb_pass: u64,
+    ibb_block: u64,
+    ibb_detectors: BTreeMap<&'static str, u64>,
+    /// In-band bytestream stanzas that would be refused outside a transfer.
+    ibb_errors: u64,
 }
 
 impl Summary {
@@ -695,6 +767,17 @@ impl Summary {
         let _ = writeln!(out, "  verdicts:{}", if self.rules.is_empty() { " none" } else { "" });
         for (rule, n) in &self.rules {
             let _ = writeln!(out, "    {rule}: {n}");
+        }
+        let _ = writeln!(
+            out,
+            "  in-band transfers: {} (would pass {}, would block {}), refused in-band stanzas {}",
+            self.ibb_pass + self.ibb_block,
+            self.ibb_pass,
+            self.ibb_block,
+            self.ibb_errors
+        );
+        for (d, n) in &self.ibb_detectors {
+            let _ = writeln!(out, "    blocked by {d}: {n}");
         }
         let _ = writeln!(out, "  parse errors:{}", if self.parse_errors.is_empty() { " none" } else { "" });
         for (c, n) in &self.parse_errors {

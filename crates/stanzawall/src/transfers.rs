@@ -100,11 +100,7 @@ pub struct Report<'a> {
 /// Count, log and audit one transfer.
 pub async fn report(shared: &Shared, audit_path: Option<std::path::PathBuf>, r: Report<'_>) {
     let transport = r.transport.as_str();
-    let (verdict, detector, detail, rule) = match r.ending {
-        Ending::Pass => ("pass", "none", String::new(), r.facts.rule.clone()),
-        Ending::Block(x) => ("block", x.detector.as_str(), x.detail.clone(), x.rule.clone()),
-        Ending::Aborted(why) => ("aborted", "none", why.to_owned(), None),
-    };
+    let (verdict, detector, detail, rule) = ending(&r);
     METRICS.transfers.get_or_create(&TransferLabels { transport, verdict, detector }).inc();
     METRICS.bytes.get_or_create(&TransportLabel { transport }).inc_by(r.facts.bytes);
     METRICS.seconds.get_or_create(&TransportLabel { transport }).observe(r.duration.as_secs_f64());
@@ -113,12 +109,29 @@ pub async fn report(shared: &Shared, audit_path: Option<std::path::PathBuf>, r: 
         bytes = r.facts.bytes, verdict, detector, rule = rule.as_deref().unwrap_or("-"), detail = %detail,
         "file transfer ended"
     );
+    let record = record(&r);
+    shared.audit.record(audit_path, vec![record]).await;
+}
+
+/// Verdict, detector, detail and rule of a report.
+fn ending(r: &Report<'_>) -> (&'static str, &'static str, String, Option<String>) {
+    match r.ending {
+        Ending::Pass => ("pass", "none", String::new(), r.facts.rule.clone()),
+        Ending::Block(x) => ("block", x.detector.as_str(), x.detail.clone(), x.rule.clone()),
+        Ending::Aborted(why) => ("aborted", "none", why.to_owned(), None),
+    }
+}
+
+/// The `file-transfer` audit record of one transfer (also written by `stanzawall inspect`
+/// for in-band transfers seen in a capture, so both modes audit the same fields).
+pub fn record(r: &Report<'_>) -> serde_json::Value {
+    let (verdict, detector, detail, rule) = ending(r);
     let offer = r.offer.cloned().unwrap_or_default();
     let mut record = json!({
         "time": crate::audit::humantime_rfc3339(std::time::SystemTime::now()),
         "event": "file-transfer",
         "listener": r.listener,
-        "transport": transport,
+        "transport": r.transport.as_str(),
         "client.ip": r.client_ip.map(|ip| ip.to_string()),
         "sender": r.sender,
         "recipient": r.recipient,
@@ -137,9 +150,9 @@ pub async fn report(shared: &Shared, audit_path: Option<std::path::PathBuf>, r: 
         "duration_ms": r.duration.as_millis() as u64,
     });
     if let Some(obj) = record.as_object_mut() {
-        obj.extend(r.extra);
+        obj.extend(r.extra.clone());
     }
-    shared.audit.record(audit_path, vec![record]).await;
+    record
 }
 
 static NOTICES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -9,6 +9,9 @@ use super::reassembly::{HalfStream, Piece};
 use super::*;
 use crate::config::Config;
 use crate::session::Effect;
+use crate::stanza::StanzaCondition;
+use crate::transfer::ibb::IbbEnded;
+use crate::transfer::Detector;
 
 const BASE: &str = "[[tls.certificate]]\ndomains = [\"example.test\"]\ncert = \"c\"\nkey = \"k\"\n\
     [[listener]]\nname = \"c2s\"\nkind = \"c2s\"\nbind = \"127.0.0.1:5222\"\nbackend = \"127.0.0.1:1\"\n";
@@ -639,4 +642,201 @@ fn a_client_header_the_gateway_would_refuse_is_reported_with_its_condition() {
         let evs = events(&mut insp);
         assert_eq!(first_refusal(&evs), expected, "{text}: {evs:?}");
     }
+}
+
+const FILES: &str = "[[listener]]\nname = \"relay\"\nkind = \"socks5\"\nbind = \"192.0.2.10:7777\"\n\
+    [file_transfer]\nproxy_jid = \"proxy.example.test\"\ndlp_keywords = [\"CONFIDENTIAL\"]\n\
+    deny_types = [\"application/pdf\"]\n\
+    [[rule]]\nname = \"nothing-to-carol\"\nchain = \"file\"\nwhen = { to = \"carol@example.test\" }\naction = \"block\"\n";
+
+/// An inspector judging in-band bytestreams with `[file_transfer]` (`scanner`: clamd named).
+fn file_inspector(scanner: bool) -> Inspector {
+    let config = Config::parse(&format!("{BASE}{FILES}"), std::path::Path::new("/x.toml")).unwrap();
+    let policy = Arc::new(Policy::compile(&config.policy).unwrap());
+    let ft = config.file_transfer.as_ref().unwrap();
+    let inspect = Arc::new(ft.inspect_policy(policy.file_rules().clone()).unwrap());
+    let mut insp = Inspector::new(policy, config.limits, CaptureLimits::default(), Instant::now());
+    insp.set_file_inspection(Some(FileInspection { policy: inspect, scanner }));
+    insp
+}
+
+fn b64(d: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(d)
+}
+
+/// One XEP-0047 session from alice to `to`: open, `chunks` as data iqs with seq from 0, close.
+fn ibb_session(to: &str, sid: &str, block: usize, chunks: &[String]) -> Vec<String> {
+    let mut out = vec![format!(
+        "<iq type='set' id='{sid}-o' to='{to}'><open xmlns='http://jabber.org/protocol/ibb' sid='{sid}' \
+         block-size='{block}' stanza='iq'/></iq>"
+    )];
+    for (seq, c) in chunks.iter().enumerate() {
+        out.push(format!(
+            "<iq type='set' id='{sid}-{seq}' to='{to}'><data xmlns='http://jabber.org/protocol/ibb' sid='{sid}' \
+             seq='{seq}'>{c}</data></iq>"
+        ));
+    }
+    out.push(format!(
+        "<iq type='set' id='{sid}-c' to='{to}'><close xmlns='http://jabber.org/protocol/ibb' sid='{sid}'/></iq>"
+    ));
+    out
+}
+
+/// Run `stanzas` from the client of a logged-in flow; the in-band transfers and refusals seen.
+fn ibb_flow(insp: &mut Inspector, stanzas: &[String]) -> (Vec<IbbEnded>, Vec<(StanzaCondition, String)>) {
+    let mut conn = Conn::new();
+    login(insp, &mut conn);
+    for s in stanzas {
+        conn.send(insp, 0, s.as_bytes());
+    }
+    conn.close(insp, false);
+    let evs = events(insp);
+    let mut ended = Vec::new();
+    let mut errors = Vec::new();
+    for e in evs {
+        match e.what {
+            Observed::FileTransfer { chain, ended: x, opened } => {
+                assert_eq!(chain, Chain::C2sIn);
+                // The open's capture time, unless the open itself was refused.
+                assert!(opened.is_none_or(|o| o < e.ts), "{opened:?} {:?}", e.ts);
+                assert_eq!(opened.is_some(), x.sid != "carol", "{x:?}");
+                ended.push(*x);
+            }
+            Observed::FileTransferError { condition, reason, .. } => errors.push((condition, reason)),
+            _ => {}
+        }
+    }
+    (ended, errors)
+}
+
+/// The text of a chunked file, base64 per block.
+fn chunks(data: &[u8], block: usize) -> Vec<String> {
+    data.chunks(block).map(b64).collect()
+}
+
+#[test]
+fn in_band_transfers_are_judged_by_the_file_chain_and_checks() {
+    let mut insp = file_inspector(false);
+    let text = b"quarterly numbers, all fine\n".repeat(40);
+    let mut dlp = text.clone();
+    dlp.extend_from_slice(b"this is CONFIDENTIAL\n");
+    let pdf = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n".repeat(10);
+    let mut stanzas = ibb_session("bob@example.test/b", "clean", 256, &chunks(&text, 256));
+    stanzas.extend(ibb_session("bob@example.test/b", "leak", 256, &chunks(&dlp, 256)));
+    stanzas.extend(ibb_session("bob@example.test/b", "pdf", 128, &chunks(&pdf, 128)));
+    stanzas.extend(ibb_session("carol@example.test/c", "carol", 256, &chunks(b"hi", 256)));
+    let (ended, errors) = ibb_flow(&mut insp, &stanzas);
+    // The carol stream is refused at its open: its data is then unknown, never waved through.
+    assert_eq!(errors, [(StanzaCondition::NotAcceptable, "unknown in-band bytestream".to_owned())]);
+    let got: Vec<_> = ended
+        .iter()
+        .map(|e| (e.sid.as_str(), e.sender.as_str(), e.facts.bytes, e.refusal.as_ref().map(|r| r.detector.as_str())))
+        .collect();
+    // The carol stream is refused at its open (the file chain's `to`), before any byte.
+    assert_eq!(
+        got,
+        [
+            ("clean", "alice@example.test/r", text.len() as u64, None),
+            ("leak", "alice@example.test/r", dlp.len() as u64, Some("dlp")),
+            ("pdf", "alice@example.test/r", pdf.len() as u64, Some("type")),
+            ("carol", "alice@example.test/r", 0, Some("rule")),
+        ]
+    );
+    assert_eq!(ended[3].refusal.as_ref().unwrap().rule.as_deref(), Some("nothing-to-carol"));
+    // The clean file's hash is the whole file's.
+    let sha = ended[0].facts.sha256.clone().unwrap();
+    assert_eq!(sha.len(), 64);
+}
+
+#[test]
+fn with_clamd_named_in_band_files_are_reported_not_scanned() {
+    let mut insp = file_inspector(true);
+    let stanzas = ibb_session("bob@example.test/b", "s", 256, &chunks(b"plain text", 256));
+    let (ended, _) = ibb_flow(&mut insp, &stanzas);
+    let r = ended[0].refusal.as_ref().expect("on_scanner_error = block by default");
+    assert_eq!((r.detector.as_str(), r.detail.contains(NOT_SCANNED)), ("scanner-error", true), "{r}");
+}
+
+#[test]
+fn hostile_in_band_streams_give_errors_not_panics() {
+    let mut insp = file_inspector(false);
+    let to = "bob@example.test/b";
+    let data = |sid: &str, seq: &str, text: &str| {
+        format!(
+            "<iq type='set' id='d' to='{to}'><data xmlns='http://jabber.org/protocol/ibb' sid='{sid}' \
+             seq='{seq}'>{text}</data></iq>"
+        )
+    };
+    let open = |sid: &str, block: &str| {
+        format!(
+            "<iq type='set' id='o' to='{to}'><open xmlns='http://jabber.org/protocol/ibb' sid='{sid}' \
+             block-size='{block}'/></iq>"
+        )
+    };
+    let stanzas = vec![
+        // A block size over XEP-0047's 65535, and none at all.
+        open("huge", "4294967296"),
+        open("none", "").replace(" block-size=''", ""),
+        // Not base64.
+        open("b64", "64"),
+        data("b64", "0", "!!!not base64***"),
+        // A seq gap: 0 then 2.
+        open("gap", "64"),
+        data("gap", "0", &b64(b"abc")),
+        data("gap", "2", &b64(b"def")),
+        // A chunk over the block size.
+        open("big", "4"),
+        data("big", "0", &b64(b"0123456789")),
+        // Data for a stream never opened, and data in a message.
+        data("ghost", "0", &b64(b"x")),
+        format!(
+            "<message to='{to}'><data xmlns='http://jabber.org/protocol/ibb' sid='m' seq='0'>{}</data></message>",
+            b64(b"x")
+        ),
+    ];
+    let (ended, errors) = ibb_flow(&mut insp, &stanzas);
+    let conditions: Vec<_> = errors.iter().map(|(c, r)| (c.as_str(), r.as_str())).collect();
+    assert_eq!(
+        conditions,
+        [
+            ("resource-constraint", "block-size must be 1 to 65535"),
+            ("bad-request", "open without block-size"),
+            ("bad-request", "data is not base64"),
+            ("not-acceptable", "unknown in-band bytestream"),
+            ("not-acceptable", "in-band data in messages is not accepted; use iq"),
+        ]
+    );
+    let cut: Vec<_> =
+        ended.iter().map(|e| (e.sid.as_str(), e.refusal.as_ref().map(|r| r.to_string()), e.facts.bytes)).collect();
+    assert_eq!(
+        cut,
+        [
+            ("gap", Some("protocol: data seq 2 where 1 was due".to_owned()), 3),
+            ("big", Some("protocol: data of 10 bytes over the block-size 4".to_owned()), 0),
+        ]
+    );
+}
+
+#[test]
+fn in_band_transfers_from_an_s2s_initiator_are_judged_too() {
+    let mut insp = file_inspector(false);
+    let mut dlp = b"minutes of the meeting\n".repeat(10);
+    dlp.extend_from_slice(b"CONFIDENTIAL\n");
+    let stanzas: Vec<String> = ibb_session("bob@example.test/b", "fed", 128, &chunks(&dlp, 128))
+        .into_iter()
+        .map(|s| s.replacen("<iq ", "<iq from='mallory@remote.test/m' ", 1))
+        .collect();
+    let refs: Vec<&str> = stanzas.iter().map(String::as_str).collect();
+    s2s_flow(&mut insp, "192.0.2.20:40001", "192.0.2.1:5269", "remote.test", "example.test", &refs);
+    let got: Vec<_> = events(&mut insp)
+        .into_iter()
+        .filter_map(|e| match e.what {
+            Observed::FileTransfer { chain, ended, .. } => {
+                Some((chain, ended.sender, ended.facts.bytes, ended.refusal.map(|r| r.detector)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [(Chain::S2sIn, "mallory@remote.test/m".to_owned(), dlp.len() as u64, Some(Detector::Dlp))]);
 }

@@ -36,8 +36,10 @@ use crate::session::sm::NS_SM;
 use crate::session::{
     decide, policy_effects, skipped_reason, Check, Decision, Effect, StanzaSummary, NS_BIND, NS_CSI, NS_SASL, NS_TLS,
 };
-use crate::stanza::{self, Kind};
+use crate::stanza::{self, Kind, StanzaCondition};
 use crate::stream::{Condition, NS_CLIENT, NS_SERVER};
+use crate::transfer::ibb::{IbbEvent, IbbInspector, IbbVerdict, Original, NS_IBB};
+use crate::transfer::ScanVerdict;
 use crate::xml::{Element, StreamReader, XmlError, XmlEvent, XmlLimits, NS_STREAMS};
 
 /// What the tracker needs from the inspector for one call.
@@ -48,6 +50,7 @@ pub(super) struct Ctx<'a> {
     pub probe_bytes: usize,
     /// The domains we serve; `None`: every s2s stream is inbound.
     pub local_domains: Option<&'a [String]>,
+    pub files: Option<&'a super::FileInspection>,
     pub now: Instant,
     pub ts: Duration,
     pub events: &'a mut VecDeque<CaptureEvent>,
@@ -109,6 +112,10 @@ pub(super) struct Tracker {
     /// The domain the initiator's stream header addressed (s2s: the receiving server).
     stream_to: Option<String>,
     totals: FlowTotals,
+    /// The in-band bytestreams the initiator sends, once one is seen.
+    ibb: Option<IbbInspector>,
+    /// Capture time of each open stream's `<open/>`, by the inspector's id.
+    ibb_opened: Vec<(u64, Duration)>,
 }
 
 impl Tracker {
@@ -127,6 +134,8 @@ impl Tracker {
             mechanism: None,
             stream_to: None,
             totals: FlowTotals::default(),
+            ibb: None,
+            ibb_opened: Vec::new(),
         }
     }
 
@@ -556,15 +565,25 @@ impl Tracker {
         let source_ip = self.addrs().client.ip();
         let context = Context { chain, user: self.user.as_ref(), source_ip };
         match decide(&mut el, &context, ctx.policy, ctx.rates, ctx.now) {
+            Decision::Gateway(Check::Pass) => self.on_ibb(chain, &el, ctx),
             Decision::Gateway(check) => self.on_check(from_client, chain, &el, check, ctx),
             Decision::Policy(mut eval) => {
                 let include_body = ctx.policy.audit().include_body;
                 for effect in policy_effects(chain, &el, &mut eval, self.user.as_ref(), include_body) {
                     self.emit(ctx, Observed::Decision(chain, effect));
                 }
-                if let crate::policy::Outcome::Close { condition, text } = &eval.outcome {
-                    let reason = text.clone().unwrap_or_else(|| "policy".to_owned());
-                    self.emit(ctx, Observed::WouldClose { chain, condition: *condition, reason });
+                match &eval.outcome {
+                    crate::policy::Outcome::Close { condition, text } => {
+                        let reason = text.clone().unwrap_or_else(|| "policy".to_owned());
+                        self.emit(ctx, Observed::WouldClose { chain, condition: *condition, reason });
+                    }
+                    // As inline: only what the policy forwards reaches the IBB inspection.
+                    crate::policy::Outcome::Pass => self.on_ibb(chain, &el, ctx),
+                    crate::policy::Outcome::Rewrite(rewritten) => {
+                        let rewritten = rewritten.clone();
+                        self.on_ibb(chain, &rewritten, ctx);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -575,6 +594,61 @@ impl Tracker {
                 self.user = Some(full.clone());
                 self.emit(ctx, Observed::Bound(full));
             }
+        }
+    }
+
+    /// A forwarded stanza of the initiator through the inline IBB inspection (the c2s
+    /// session's `transfer_ibb`): every stream that ends is reported with its verdict.
+    fn on_ibb(&mut self, chain: Chain, el: &Element, ctx: &mut Ctx<'_>) {
+        let Some(files) = ctx.files else { return };
+        if !matches!(chain, Chain::C2sIn | Chain::S2sIn | Chain::S2sOut) {
+            return;
+        }
+        if el.name == "message" && el.child(NS_IBB, "data").is_some() {
+            // As inline: a message cannot be held back and acknowledged like an iq.
+            let reason = "in-band data in messages is not accepted; use iq".to_owned();
+            let condition = StanzaCondition::NotAcceptable;
+            return self.emit(ctx, Observed::FileTransferError { chain, condition, reason });
+        }
+        if el.name != "iq" || !el.elements().any(|c| &*c.ns == NS_IBB) {
+            return;
+        }
+        let ibb = self.ibb.get_or_insert_with(|| {
+            let ibb = IbbInspector::new(files.policy.clone());
+            if files.scanner {
+                ibb.with_scanner()
+            } else {
+                ibb
+            }
+        });
+        let step = ibb.client_stanza(el);
+        let mut ended = Vec::new();
+        for event in step.events {
+            match event {
+                IbbEvent::Ended(e) => ended.push(e),
+                IbbEvent::AwaitVerdict { id } => {
+                    let verdict = ScanVerdict::Failed(super::NOT_SCANNED.to_owned());
+                    if let Some(IbbVerdict { ended: IbbEvent::Ended(e), .. }) = ibb.scanned(id, verdict) {
+                        ended.push(e);
+                    }
+                }
+                IbbEvent::Opened { id } => {
+                    // The inspector tracks at most 16 streams; opens it forgot never end.
+                    if self.ibb_opened.len() >= 64 {
+                        self.ibb_opened.remove(0);
+                    }
+                    self.ibb_opened.push((id, ctx.ts));
+                }
+                IbbEvent::Data { .. } => {}
+            }
+        }
+        if let (true, Original::Bounce(condition, reason)) = (ended.is_empty(), step.original) {
+            self.emit(ctx, Observed::FileTransferError { chain, condition, reason });
+        }
+        for e in ended {
+            let at = self.ibb_opened.iter().position(|(id, _)| *id == e.id);
+            let opened = at.map(|i| self.ibb_opened.remove(i).1);
+            self.emit(ctx, Observed::FileTransfer { chain, ended: e, opened });
         }
     }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 
-use super::inspect::{Facts, InspectPolicy, Inspection, Refusal, ScanVerdict};
+use super::inspect::{Detector, Facts, InspectPolicy, Inspection, Refusal, ScanVerdict};
 use crate::policy::file::{Offer, Transport};
 use crate::stanza::StanzaCondition;
 use crate::xml::Element;
@@ -117,6 +117,10 @@ struct Stream {
     /// The sender's `<close/>`, waiting for the antivirus's verdict.
     closing: Option<Element>,
     sender: String,
+    /// The `block-size` of the `<open/>`: no chunk may decode to more (XEP-0047 §2.2).
+    block_size: usize,
+    /// The `seq` the next `<data/>` must carry (XEP-0047 §2.2: from 0, +1, wrapping at 65535).
+    next_seq: u16,
 }
 
 /// The IBB sessions one user is sending (see the module docs).
@@ -156,6 +160,13 @@ impl IbbInspector {
         let to = el.attr("to").unwrap_or_default().to_owned();
         if let Some(open) = ibb_child(el, "open") {
             let sid = open.attr("sid").unwrap_or_default().to_owned();
+            // XEP-0047 §2.1: block-size is at most 65535; a larger (or missing) one is refused
+            // before anything is tracked for it.
+            let block_size = match open.attr("block-size").map(str::parse::<u16>) {
+                Some(Ok(n)) if n > 0 => usize::from(n),
+                Some(_) => return bounce(StanzaCondition::ResourceConstraint, "block-size must be 1 to 65535"),
+                None => return bounce(StanzaCondition::BadRequest, "open without block-size"),
+            };
             // Opens the receiver declined never see a close: past the cap the oldest stream is
             // forgotten (its later data is refused as unknown, never let through).
             if self.streams.len() >= MAX_STREAMS {
@@ -174,7 +185,10 @@ impl IbbInspector {
             };
             return match Inspection::with_offer(self.policy.clone(), offer) {
                 Ok(ins) => {
-                    self.streams.insert((sid, to), Stream { ins, held: None, opened, closing: None, sender });
+                    self.streams.insert(
+                        (sid, to),
+                        Stream { ins, held: None, opened, closing: None, sender, block_size, next_seq: 0 },
+                    );
                     let mut step = IbbStep::forward();
                     step.events.push(IbbEvent::Opened { id: opened });
                     step
@@ -205,6 +219,19 @@ impl IbbInspector {
                 Ok(b) => b,
                 Err(_) => return bounce(StanzaCondition::BadRequest, "data is not base64"),
             };
+            // XEP-0047 §2.2: a seq out of order or a chunk over the block size means the
+            // bytes cannot be put together as sent: the stream is cut, never guessed at.
+            let seq = data.attr("seq").and_then(|s| s.parse::<u16>().ok());
+            if seq != Some(stream.next_seq) {
+                let detail =
+                    format!("data seq {} where {} was due", data.attr("seq").unwrap_or("(none)"), stream.next_seq);
+                return self.cut(key, protocol_refusal(detail));
+            }
+            if bytes.len() > stream.block_size {
+                let detail = format!("data of {} bytes over the block-size {}", bytes.len(), stream.block_size);
+                return self.cut(key, protocol_refusal(detail));
+            }
+            stream.next_seq = stream.next_seq.wrapping_add(1);
             if let Err(r) = stream.ins.push(&bytes) {
                 return self.cut(key, r);
             }
@@ -351,6 +378,11 @@ impl IbbInspector {
             && matches!(el.attr("type"), Some("result" | "error"))
             && el.attr("id").is_some_and(|id| self.swallow.remove(id))
     }
+}
+
+/// A stream broken as XEP-0047 defines it (seq, block size).
+fn protocol_refusal(detail: String) -> Refusal {
+    Refusal { detector: Detector::Protocol, detail, rule: None }
 }
 
 fn bounce(condition: StanzaCondition, text: &str) -> IbbStep {

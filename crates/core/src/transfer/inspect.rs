@@ -212,6 +212,8 @@ pub enum Detector {
     /// A `[[rule]] chain = "file"` with `action = "quarantine"`: refused as by `block`, and
     /// the whole file kept for review (the daemon stores what it teed).
     Quarantine,
+    /// The transport broke its own protocol (an XEP-0047 seq gap, a chunk over its block size).
+    Protocol,
 }
 
 impl Detector {
@@ -226,6 +228,7 @@ impl Detector {
             Detector::Scanner => "scanner-error",
             Detector::Rule => "rule",
             Detector::Quarantine => "quarantine",
+            Detector::Protocol => "protocol",
         }
     }
 }
