@@ -58,10 +58,9 @@ const SEND_QUEUE: usize = 256;
 pub enum Outgoing {
     /// From the component's own address (`from` is set to it).
     Direct(Element),
-    /// The quarantine (issue 12) releases held messages through this.
-    #[allow(dead_code)]
     /// A `<message/>` on behalf of its `from` (a local user's bare JID, or the server's
-    /// domain), wrapped per XEP-0356 §5.3; needs message permission `outgoing`.
+    /// domain), wrapped per XEP-0356 §5.3; needs message permission `outgoing`. The
+    /// quarantine releases held messages through this ([`crate::quarantine::ComponentDeliver`]).
     OnBehalf(Element),
 }
 

@@ -19,9 +19,11 @@
 //! account on this gateway (c2s-in: the sender's, whose backend leg carries it to the server,
 //! `from` restamped with that session's JID; c2s-out: the recipient's, to its client); for s2s
 //! chains any stream of that door with the domain pair authenticated. Else the fallbacks
-//! ([`Deliver`]): with Redis, such a session on another gateway ([`redis::RemoteDeliver`]); a
-//! XEP-0356 component sending on the server's behalf, when one is plugged in. Else a clear
-//! error and the entry stays held.
+//! ([`Deliver`]): with Redis, such a session on another gateway ([`redis::RemoteDeliver`]); with
+//! `[contacts]`, the XEP-0356 component ([`ComponentDeliver`]), which sends a held c2s-in
+//! `<message/>` through the server on behalf of its sender (§5: message permission `outgoing`
+//! covers only messages from the server's own users, so other kinds and chains cannot go this
+//! way). Else a clear error and the entry stays held.
 //!
 //! Bounded (invariant 6): `[quarantine] max_entries`, `max_bytes` and `retention`; a stanza
 //! that does not fit is dropped and audited, never delivered (invariant 5, fail closed).
@@ -267,10 +269,10 @@ pub enum DeliverError {
     Uncertain(String),
 }
 
-/// Where a released stanza goes. [`SessionDeliver`] writes it into a live session; a XEP-0356
-/// privileged component (another engineer's work) plugs in as the fallback with
-/// [`Quarantine::with_fallback`] and sends it through the server on behalf of the recipient's
-/// or sender's server when no session can take it.
+/// Where a released stanza goes. [`SessionDeliver`] writes it into a live session; the XEP-0356
+/// privileged component ([`ComponentDeliver`]) plugs in as the fallback with
+/// [`Quarantine::with_fallback`] and sends a held message through the server on behalf of its
+/// sender when no session can take it.
 pub trait Deliver: Send + Sync + fmt::Debug {
     /// Deliver `stanza`, held as `entry`, once; `Ok` says how (for the audit log).
     fn deliver<'a>(
@@ -323,6 +325,56 @@ impl Deliver for SessionDeliver {
             };
             let tried = if tried.is_empty() { String::new() } else { format!(" ({})", tried.join("; ")) };
             Err(DeliverError::SessionGone(format!("{whom}{tried}")))
+        })
+    }
+}
+
+/// Delivery through the XEP-0356 privileged component (`[contacts]`), for a release no session
+/// can take: a held `c2s-in` `<message/>` is sent on behalf of its sender's bare JID (XEP-0356
+/// §5, message permission `outgoing`), and the server routes it as if the sender had sent it.
+///
+/// Only that: §5 lets the component send *messages* on behalf of the server's *own users*. A
+/// `c2s-out` stanza comes from someone else (often a remote sender: the server would refuse
+/// it, and a local one is better released into the recipient's session, which sees it as it
+/// was going), and an iq or presence has no privileged route at all. Those keep the 409: the
+/// entry stays held for a session.
+///
+/// "Once" holds as for sessions: the stanza is handed to the component's connection once, while
+/// the entry is claimed; if the component cannot take it (not connected, no permission, its
+/// queue full) the claim is undone. A refusal the server sends later is logged by the
+/// component (it cannot be told apart from other errors by then); the entry stays `released`.
+#[derive(Debug)]
+pub struct ComponentDeliver;
+
+impl Deliver for ComponentDeliver {
+    fn deliver<'a>(
+        &'a self,
+        entry: &'a Entry,
+        chain: Chain,
+        mut stanza: Element,
+    ) -> Pin<Box<dyn Future<Output = Result<String, DeliverError>> + Send + 'a>> {
+        Box::pin(async move {
+            if chain != Chain::C2sIn || stanza.name != "message" {
+                return Err(DeliverError::SessionGone(format!(
+                    "the component cannot send a held {} {} (XEP-0356 §5 lets it send only messages on behalf of                      local users, i.e. c2s-in messages)",
+                    entry.chain, entry.kind
+                )));
+            }
+            let Some(sender) = account(entry, chain) else {
+                return Err(DeliverError::SessionGone(
+                    "the component needs the sender's JID, and the entry has none".into(),
+                ));
+            };
+            let Some(component) = crate::component::handle() else {
+                return Err(DeliverError::SessionGone("the component is not running".into()));
+            };
+            // §5.3: the forwarded message's `from` is the user on whose behalf it is sent (bare:
+            // the user's sessions may be gone; the server treats it as sent by the account).
+            stanza.set_attr("from", sender.clone());
+            match component.send(crate::component::Outgoing::OnBehalf(stanza)).await {
+                Ok(()) => Ok(format!("component (XEP-0356, on behalf of {sender})")),
+                Err(e) => Err(DeliverError::SessionGone(format!("the component did not take it: {e}"))),
+            }
         })
     }
 }
@@ -404,6 +456,8 @@ pub struct Quarantine {
     bounds: QuarantineConfig,
     metrics: Arc<Metrics>,
     deliver: Arc<dyn Deliver>,
+    /// Whether the XEP-0356 component is among the fallbacks (for the 409's words).
+    component: bool,
 }
 
 /// A finished release: the entry (now released) and how it was delivered.
@@ -440,14 +494,20 @@ impl Quarantine {
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
     ) -> Quarantine {
-        Quarantine { store, bounds, metrics, deliver: Arc::new(SessionDeliver { sessions }) }
+        Quarantine { store, bounds, metrics, deliver: Arc::new(SessionDeliver { sessions }), component: false }
     }
 
     /// Try `fallback` when no session can take a released stanza: the other gateways (Redis),
-    /// and the XEP-0356 component when it exists (another engineer's; this is its plug).
+    /// the XEP-0356 component ([`Quarantine::with_component`]).
     pub fn with_fallback(mut self, fallback: Arc<dyn Deliver>) -> Quarantine {
         self.deliver = Arc::new(Chained { first: self.deliver, fallback });
         self
+    }
+
+    /// Last, the XEP-0356 component (`[contacts]`): see [`ComponentDeliver`].
+    pub fn with_component(mut self) -> Quarantine {
+        self.component = true;
+        self.with_fallback(Arc::new(ComponentDeliver))
     }
 
     /// The store `config` asks for: Redis with `[store] backend = "redis"`, else the embedded
@@ -531,10 +591,12 @@ impl Quarantine {
                     warn!(quarantine.id = %id, error = %u, "could not undo the claim of an undelivered release");
                 }
                 Err(match e {
-                    DeliverError::SessionGone(why) => DeliverError::SessionGone(format!(
-                        "{why}; no component delivery is configured; the entry stays held: release it again when \
-                         the account is back"
-                    )),
+                    DeliverError::SessionGone(why) => {
+                        let component = if self.component { "" } else { "; no component delivery is configured" };
+                        DeliverError::SessionGone(format!(
+                            "{why}{component}; the entry stays held: release it again when the account is back"
+                        ))
+                    }
                     other => other,
                 }
                 .into())
