@@ -398,6 +398,54 @@ def test_a_spam_report_reaches_the_admin(gw, prosody_priv, pki):
     assert metric("stanzawall_component_reports_forwarded_total", result="sent") == 1
 
 
+async def until(pred, timeout: float = 10.0, what: str = "condition"):
+    """`wait_until` for inside a client's event loop (which must keep running meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def test_a_release_whose_sender_is_gone_goes_through_the_component_once(gw, prosody_priv, pki):
+    """Carol's message to dave is held; carol logs out (no session of hers is left on the
+    gateway); the release is sent by the component on carol's behalf: dave receives exactly one
+    copy from carol, and a second release is refused with 409. (Before the restart test below,
+    which stops this module's gateway; not alice, who blocked dave in the report test, so the
+    server would rightly drop her message.)"""
+    before = metric("stanzawall_quarantine_events_total", event="released")
+
+    async def go():
+        async with direct(prosody_priv, "dave", prosody_priv.port) as dave:
+            async with through(gw, prosody_priv, "carol", pki) as carol:
+                send(carol, "dave@example.test", "hold-me until an operator looks", "q1")
+                await until(lambda: [r for r in audit_records(gw) if r.get("event") == "quarantine"
+                                    and r.get("outcome") == "held"], what="the hold")
+            entries = await until(lambda: [e for e in api(gw, "GET", "/api/v1/quarantine")[1].get("entries", [])
+                                          if e.get("to") == "dave@example.test"], what="the entry")
+            assert len(entries) == 1, entries
+            qid = entries[0]["id"]
+            # Carol's session is gone (its end is seen by the gateway shortly after she leaves).
+            await until(lambda: "carol@example.test" not in json.dumps(api(gw, "GET", "/api/v1/sessions")[1]),
+                       what="carol's session gone")
+            assert not [x for x in dave.inbound if 'id="q1"' in x], dave.inbound
+            status, body = api(gw, "POST", f"/api/v1/quarantine/{qid}/release")
+            assert status == 200, body
+            assert "component" in json.dumps(body), body
+            got = await wait_inbound(dave, has_id("q1"))
+            assert ET.fromstring(got).get("from", "").startswith("carol@example.test"), got
+            assert "hold-me until an operator looks" in got
+            again, body2 = api(gw, "POST", f"/api/v1/quarantine/{qid}/release")
+            assert again == 409, (again, body2)
+            await asyncio.sleep(1.0)
+            assert len([x for x in dave.inbound if 'id="q1"' in x]) == 1, dave.inbound
+    run(go())
+    assert metric("stanzawall_quarantine_events_total", event="released") == before + 1
+
+
 def test_a_restarted_gateway_keeps_the_rtbl_without_the_server(gw, prosody_priv, pki, tmp):
     """Last in this module: it stops the module's gateway. The new one cannot reach the
     component port, so what it blocks comes from its state file."""
@@ -454,50 +502,3 @@ def test_ejabberd_grants_rosters_through_its_built_in_mod_privilege(tmp, pki, ej
         run(go())
     finally:
         assert g.terminate() == 0, f"stanzawall did not exit cleanly; log {g.log_path}"
-
-
-
-async def until(pred, timeout: float = 10.0, what: str = "condition"):
-    """`wait_until` for inside a client's event loop (which must keep running meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
-def test_a_release_whose_sender_is_gone_goes_through_the_component_once(gw, prosody_priv, pki):
-    """Alice's message to dave is held; alice logs out (no session of hers is left on the
-    gateway); the release is sent by the component on alice's behalf: dave receives exactly one
-    copy from alice, and a second release is refused with 409."""
-    before = metric("stanzawall_quarantine_events_total", event="released")
-
-    async def go():
-        async with direct(prosody_priv, "dave", prosody_priv.port) as dave:
-            async with through(gw, prosody_priv, "alice", pki) as alice:
-                send(alice, "dave@example.test", "hold-me until an operator looks", "q1")
-                await until(lambda: [r for r in audit_records(gw) if r.get("event") == "quarantine"
-                                    and r.get("outcome") == "held"], what="the hold")
-            entries = await until(lambda: [e for e in api(gw, "GET", "/api/v1/quarantine")[1].get("entries", [])
-                                          if e.get("to") == "dave@example.test"], what="the entry")
-            assert len(entries) == 1, entries
-            qid = entries[0]["id"]
-            # Alice's session is gone (its end is seen by the gateway shortly after she leaves).
-            await until(lambda: "alice@example.test" not in json.dumps(api(gw, "GET", "/api/v1/sessions")[1]),
-                       what="alice's session gone")
-            assert not [x for x in dave.inbound if 'id="q1"' in x], dave.inbound
-            status, body = api(gw, "POST", f"/api/v1/quarantine/{qid}/release")
-            assert status == 200, body
-            assert "component" in json.dumps(body), body
-            got = await wait_inbound(dave, has_id("q1"))
-            assert ET.fromstring(got).get("from", "").startswith("alice@example.test"), got
-            assert "hold-me until an operator looks" in got
-            again, body2 = api(gw, "POST", f"/api/v1/quarantine/{qid}/release")
-            assert again == 409, (again, body2)
-            await asyncio.sleep(1.0)
-            assert len([x for x in dave.inbound if 'id="q1"' in x]) == 1, dave.inbound
-    run(go())
-    assert metric("stanzawall_quarantine_events_total", event="released") == before + 1
