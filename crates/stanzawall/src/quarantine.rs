@@ -270,7 +270,7 @@ pub enum DeliverError {
 }
 
 /// Where a released stanza goes. [`SessionDeliver`] writes it into a live session; the XEP-0356
-/// privileged component ([`ComponentDeliver`]) plugs in as the fallback with
+/// privileged component (`crate::component::ComponentDeliver`) plugs in as the fallback with
 /// [`Quarantine::with_fallback`] and sends a held message through the server on behalf of its
 /// sender when no session can take it.
 pub trait Deliver: Send + Sync + fmt::Debug {
@@ -325,56 +325,6 @@ impl Deliver for SessionDeliver {
             };
             let tried = if tried.is_empty() { String::new() } else { format!(" ({})", tried.join("; ")) };
             Err(DeliverError::SessionGone(format!("{whom}{tried}")))
-        })
-    }
-}
-
-/// Delivery through the XEP-0356 privileged component (`[contacts]`), for a release no session
-/// can take: a held `c2s-in` `<message/>` is sent on behalf of its sender's bare JID (XEP-0356
-/// §5, message permission `outgoing`), and the server routes it as if the sender had sent it.
-///
-/// Only that: §5 lets the component send *messages* on behalf of the server's *own users*. A
-/// `c2s-out` stanza comes from someone else (often a remote sender: the server would refuse
-/// it, and a local one is better released into the recipient's session, which sees it as it
-/// was going), and an iq or presence has no privileged route at all. Those keep the 409: the
-/// entry stays held for a session.
-///
-/// "Once" holds as for sessions: the stanza is handed to the component's connection once, while
-/// the entry is claimed; if the component cannot take it (not connected, no permission, its
-/// queue full) the claim is undone. A refusal the server sends later is logged by the
-/// component (it cannot be told apart from other errors by then); the entry stays `released`.
-#[derive(Debug)]
-pub struct ComponentDeliver;
-
-impl Deliver for ComponentDeliver {
-    fn deliver<'a>(
-        &'a self,
-        entry: &'a Entry,
-        chain: Chain,
-        mut stanza: Element,
-    ) -> Pin<Box<dyn Future<Output = Result<String, DeliverError>> + Send + 'a>> {
-        Box::pin(async move {
-            if chain != Chain::C2sIn || stanza.name != "message" {
-                return Err(DeliverError::SessionGone(format!(
-                    "the component cannot send a held {} {} (XEP-0356 §5 lets it send only messages on behalf of                      local users, i.e. c2s-in messages)",
-                    entry.chain, entry.kind
-                )));
-            }
-            let Some(sender) = account(entry, chain) else {
-                return Err(DeliverError::SessionGone(
-                    "the component needs the sender's JID, and the entry has none".into(),
-                ));
-            };
-            let Some(component) = crate::component::handle() else {
-                return Err(DeliverError::SessionGone("the component is not running".into()));
-            };
-            // §5.3: the forwarded message's `from` is the user on whose behalf it is sent (bare:
-            // the user's sessions may be gone; the server treats it as sent by the account).
-            stanza.set_attr("from", sender.clone());
-            match component.send(crate::component::Outgoing::OnBehalf(stanza)).await {
-                Ok(()) => Ok(format!("component (XEP-0356, on behalf of {sender})")),
-                Err(e) => Err(DeliverError::SessionGone(format!("the component did not take it: {e}"))),
-            }
         })
     }
 }
@@ -504,10 +454,11 @@ impl Quarantine {
         self
     }
 
-    /// Last, the XEP-0356 component (`[contacts]`): see [`ComponentDeliver`].
-    pub fn with_component(mut self) -> Quarantine {
+    /// Last, the XEP-0356 component (`[contacts]`): `crate::component::ComponentDeliver`
+    /// (passed in: the component module depends on this one, not the other way round).
+    pub fn with_component(mut self, component: Arc<dyn Deliver>) -> Quarantine {
         self.component = true;
-        self.with_fallback(Arc::new(ComponentDeliver))
+        self.with_fallback(component)
     }
 
     /// The store `config` asks for: Redis with `[store] backend = "redis"`, else the embedded

@@ -198,36 +198,3 @@ fn release_targets_follow_the_direction() {
     assert!(valid_id(&inn.id));
     assert!(!valid_id("../../etc") && !valid_id("ABCDEF0123456789"));
 }
-
-#[tokio::test]
-async fn the_component_takes_only_c2s_in_messages_and_a_refusal_leaves_the_entry_held() {
-    let d = dir("component");
-    let path = d.join("q.redb");
-    let store: Arc<dyn QuarantineStore> = Arc::new(Embedded::open(&path).unwrap());
-    let q = Quarantine::new(store, bounds(10, 1 << 20, &path), Arc::new(Metrics::default()), Arc::default())
-        .with_component();
-    // A c2s-out stanza from a remote sender: XEP-0356 §5 has no way to send it; a 409 that says so.
-    let e = entry("from afar");
-    let id = e.id.clone();
-    q.hold(e).await.unwrap();
-    match q.release(&id, "ops").await {
-        Err(ReleaseError::Deliver(DeliverError::SessionGone(why))) => {
-            assert!(why.contains("XEP-0356 §5 lets it send only messages"), "{why}");
-            assert!(!why.contains("no component delivery is configured"), "{why}");
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(q.get(&id).await.unwrap().state, State::Held);
-    // A c2s-in message, but the component is not running in this process: held again.
-    let e = Entry::of_held(&held(Chain::C2sIn, "alice@example.test/pc", "dave@example.test", "hi"), "c2s", 3);
-    let id = e.id.clone();
-    q.hold(e).await.unwrap();
-    match q.release(&id, "ops").await {
-        Err(ReleaseError::Deliver(DeliverError::SessionGone(why))) => {
-            assert!(why.contains("no open session of alice@example.test"), "{why}");
-            assert!(why.contains("the component is not running"), "{why}");
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(q.get(&id).await.unwrap().state, State::Held);
-}
