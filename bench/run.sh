@@ -8,6 +8,13 @@
 #   (e) stanzawall  realistic policy: 10,000-entry domain and URL lists, 100 regexes, rates
 #   (f) stanzawall  as (e) with 100,000-entry lists
 #   (g) stanzawall  as (e) with 10-entry lists (the baseline for the list-size goal)
+#   (x) stanzawall  as (e) plus the anti-spam rules (issue 12): stranger, fan-out and wave
+#                   conditions on every message (no `[contacts]`: rosters are learnt from the
+#                   sessions, as without a component; nothing in the traffic trips them)
+#
+# BENCH_ONLY="x e" (environment): measure only those rows, in section 1 (the table and bulk
+# rounds; the others are reported as not selected, sections 2-6 are skipped); for a quick look
+# at one row on a busy machine.
 #
 # Several gateways (issue 16), in their own alternated rounds at the end (section 6):
 #   (m1) stanzawall, rate + fan-out rules, in-process store   (m2) the same, Redis store
@@ -48,6 +55,9 @@ DOMAIN=bench.test
 T_START=$(date +%s)
 
 OUT=$HERE/results/$MODE
+# A BENCH_ONLY run is partial: its results stay in the scratch directory (the committed
+# results/{quick,full} are whole runs).
+[[ -n ${BENCH_ONLY:-} ]] && OUT=$HERE/results/run-$(date +%Y%m%d-%H%M%S)/out
 WORK=$HERE/results/run-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT" "$WORK"
 RAW=$OUT/raw.jsonl
@@ -105,11 +115,11 @@ cat bench.crt bench.key > bench.pem
 
 # Ports: 27100 + n. Fixed, checked free first.
 P_SINK=27100 P_SINK_TLS=27101 P_HAP=27102 P_XP=27103 P_SW=27104 P_SW_STARTTLS=27105
-P_SW10K=27106 P_SW100K=27107 P_SW10=27108
+P_SW10K=27106 P_SW100K=27107 P_SW10=27108 P_SWAS=27109
 P_PROS=27110 P_PROS_TLS=27111 P_SW_PROS=27112
 P_RSS_SINK=27120 P_RSS_PROXY=27121
 P_REDIS=27130 P_SW_MEM=27131 P_SW_REDIS=27132 P_HAP1=27133 P_HAP2=27134 P_GW1=27135 P_GW2=27136
-for p in $P_SINK $P_SINK_TLS $P_HAP $P_XP $P_SW $P_SW_STARTTLS $P_SW10K $P_SW100K $P_SW10 \
+for p in $P_SINK $P_SINK_TLS $P_HAP $P_XP $P_SW $P_SW_STARTTLS $P_SW10K $P_SW100K $P_SW10 $P_SWAS \
          $P_PROS $P_PROS_TLS $P_SW_PROS $P_RSS_SINK $P_RSS_PROXY \
          $P_REDIS $P_SW_MEM $P_SW_REDIS $P_HAP1 $P_HAP2 $P_GW1 $P_GW2; do
   port_free "$p" || { echo "run.sh: port $p is in use" >&2; exit 1; }
@@ -246,6 +256,39 @@ EOF
   done
 }
 
+# The realistic policy (e, 10,000-entry lists) plus the anti-spam conditions of the README's
+# recommended configuration, on every message of the traffic (issue 12's row): `stranger`
+# (judged on c2s-out, where the recipient is the local user), `fanout` and `wave` (both count
+# every message). Every loadgen session sends the same text, so the thresholds are the largest
+# the config allows (100 senders, 1,000 recipients; 10,000 recipients for fan-out), above the
+# bench's 50 sessions: nothing holds, every message is fingerprinted, counted and passes. With
+# the README's 5 senders the loadgen's traffic *is* a wave and is dropped (0 echoes/s).
+antispam_cfg() { # NAME PORT BACKEND_PORT
+  policy_cfg "$1" "$2" "$3" 10000
+  cat >> "$1" <<EOF
+
+[[rule]]
+name   = "spam-waves"
+chain  = ["c2s-in", "c2s-out"]
+when   = { kind = "message", wave = { senders = 100, recipients = 1000, window = "30m" } }
+action = "drop"
+
+[[rule]]
+name   = "fan-out"
+chain  = "c2s-in"
+when   = { kind = "message", fanout = { recipients = 10000, window = "10m", key = "from.bare" } }
+action = "bounce"
+error  = "resource-constraint"
+
+[[rule]]
+name   = "stranger-links"
+chain  = "c2s-out"
+when   = { kind = "message", type = ["chat", "normal"], stranger = true, body_regex = "https?://" }
+action = "bounce"
+text   = "Links from outside the user's contacts are not delivered"
+EOF
+}
+
 # --- start the fleet ------------------------------------------------------------------------------
 declare -A ROW_PORT ROW_PID ROW_NA ROW_DESC GW_PID
 start_bg() { # start_bg LOG CMD… → sets STARTED_PID
@@ -255,7 +298,7 @@ start_bg() { # start_bg LOG CMD… → sets STARTED_PID
 }
 # (`--scale` skips sections 1-5 and their fleet: section 6 starts its own rows.)
 if [[ $MODE != scale ]]; then
-ROWS="a b c d e f g"
+ROWS="a b c d e f g x"
 ROW_DESC[a]="direct (TLS by the sink)"
 ROW_DESC[b]="HAProxy $(${HAPROXY:-true} -v 2>/dev/null | awk 'NR==1 {print $3}') TCP+TLS"
 ROW_DESC[c]="xmpp-proxy"
@@ -263,6 +306,7 @@ ROW_DESC[d]="stanzawall, no rules"
 ROW_DESC[e]="stanzawall, policy 10k lists"
 ROW_DESC[f]="stanzawall, policy 100k lists"
 ROW_DESC[g]="stanzawall, policy 10-entry lists"
+ROW_DESC[x]="stanzawall, policy 10k lists + anti-spam (stranger, fanout, wave)"
 
 log "starting bench-sink (plaintext backend :$P_SINK, direct TLS :$P_SINK_TLS)"
 start_bg sink.log "$SINK" --listen 127.0.0.1:$P_SINK --domain $DOMAIN; SINK_PID=$STARTED_PID
@@ -314,6 +358,23 @@ for row in g e f; do
     POLICY_NA="n/a: policy accepted by check but not enforced by this build"; ROW_NA[$row]=$POLICY_NA
   fi
 done
+if [[ -z $POLICY_NA ]]; then
+  antispam_cfg sw-antispam.toml $P_SWAS $P_SINK
+  if ! "$SW" check --config sw-antispam.toml > check-antispam.log 2>&1; then
+    ROW_NA[x]="n/a: stanzawall check rejects the anti-spam config: $(head -1 check-antispam.log)"
+  else
+    start_bg sw-antispam.log "$SW" run --config sw-antispam.toml
+    ROW_PORT[x]=$P_SWAS ROW_PID[x]=$STARTED_PID
+    wait_port $P_SWAS 30 || ROW_NA[x]="n/a: stanzawall with the anti-spam rules did not start"
+  fi
+else
+  ROW_NA[x]=$POLICY_NA
+fi
+if [[ -n ${BENCH_ONLY:-} ]]; then
+  for row in $ROWS; do
+    [[ " $BENCH_ONLY " == *" $row "* ]] || ROW_NA[$row]=${ROW_NA[$row]:-"not selected (BENCH_ONLY)"}
+  done
+fi
 for row in $ROWS; do [[ -n ${ROW_NA[$row]:-} ]] && log "row $row: ${ROW_NA[$row]}"; done
 fi
 active_rows() { local r; for r in "$@"; do [[ -z ${ROW_NA[$r]:-} ]] && printf '%s ' "$r"; done; true; }
@@ -352,6 +413,8 @@ for ((r = 1; r <= BULK_ROUNDS; r++)); do
   done
 done
 
+# BENCH_ONLY: section 1 only (sections 2-6 measure fixed rows).
+if [[ -z ${BENCH_ONLY:-} ]]; then
 # --- 2. throughput and p99 vs connections -------------------------------------------------------
 SWEEP_ROWS=$(active_rows a b c d e)
 for n in $SWEEP; do
@@ -475,8 +538,10 @@ EOF
   fi
 fi
 
+fi  # BENCH_ONLY
 fi  # MODE != scale
 
+if [[ -z ${BENCH_ONLY:-} ]]; then
 # --- 6. several gateways (issue 16): the shared store's cost, and two gateways behind HAProxy -------
 # m1/m2: one gateway whose every message meets a rate and a fan-out condition (two store
 # decisions per stanza, never over their limits), with the in-process store and with Redis (a
@@ -566,6 +631,8 @@ if [[ -n ${ROW_PID[m2]:-} ]]; then
   # Decisions the Redis row took without Redis (past its budget) would flatter it.
   log "m2: $(grep -c 'shared store unavailable' sw-redis.log || true) 'shared store unavailable' lines in sw-redis.log"
 fi
+
+fi  # BENCH_ONLY
 
 # --- summary and plot ---------------------------------------------------------------------------------
 {

@@ -15,7 +15,10 @@ What is shown:
   the server keeps the list from its state file;
 * spam reports (XEP-0377) are forwarded to `[contacts] report_to` as a message the admin,
   logged in with slixmpp, receives;
-* metrics and audit records of the component.
+* metrics and audit records of the component;
+* a quarantined message whose sender has logged out is released through the component, sent
+  on the sender's behalf (XEP-0356 §5, message `outgoing`): the recipient gets it once, a
+  second release is 409.
 
 Ports (25580-25589): gateway c2s 25580, its admin endpoint 25581, Prosody c2s 25582, Prosody
 component port 25583, gateway c2s for ejabberd 25584, ejabberd c2s 25585, ejabberd
@@ -34,11 +37,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import subprocess
+import urllib.error
 
 from harness.client import Client, run
 from harness.defaults import HOST, USERS
 from harness.ejabberd import EjabberdInstance
-from harness.gateway import Gateway, Listener
+from harness.gateway import Gateway, Listener, binary
 from harness.prosody import ProsodyInstance
 
 GATEWAY_PORT = 25580
@@ -97,8 +102,18 @@ text   = "You are not in this user's contacts"
 """
 
 
+HOLD = """
+[[rule]]
+name   = "hold-for-dave"
+chain  = "c2s-in"
+when   = { kind = "message", to = "dave@example.test", body_contains = "hold-me" }
+action = "quarantine"
+"""
+
+
 def rules(backend_port: int) -> str:
-    return contacts(backend_port) + f'\n[admin]\nbind = "{HOST}:{ADMIN_PORT}"\n' + RTBL + STRANGERS
+    return (contacts(backend_port) + f'\n[admin]\nbind = "{HOST}:{ADMIN_PORT}"\ntokens = "admin-tokens"\n'
+            + RTBL + STRANGERS + HOLD)
 
 
 class PrivilegedProsody(ProsodyInstance):
@@ -222,7 +237,21 @@ def wait_until(pred, timeout: float = 10.0, what: str = "condition"):
 def start_gateway(workdir: Path, pki, listener: Listener, backend_port: int) -> Gateway:
     g = Gateway(workdir, pki.cert, pki.key, [listener], extra_toml=rules(backend_port))
     (g.dir / "component.secret").write_text(SECRET + "\n")
+    if not (g.dir / "admin-tokens").exists():
+        out = subprocess.run([str(binary()), "admin-token", "--tokens", str(g.dir / "admin-tokens"), "--role",
+                              "admin", "--name", "ops"], capture_output=True, text=True, timeout=30, check=True)
+        g.admin_token = out.stdout.strip()
     return g.start()
+
+
+def api(g: Gateway, method: str, path: str) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://{HOST}:{ADMIN_PORT}{path}", method=method,
+                                 headers={"Authorization": f"Bearer {g.admin_token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
 
 
 # -- Prosody ------------------------------------------------------------------------------
@@ -369,6 +398,54 @@ def test_a_spam_report_reaches_the_admin(gw, prosody_priv, pki):
     assert metric("stanzawall_component_reports_forwarded_total", result="sent") == 1
 
 
+async def until(pred, timeout: float = 10.0, what: str = "condition"):
+    """`wait_until` for inside a client's event loop (which must keep running meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def test_a_release_whose_sender_is_gone_goes_through_the_component_once(gw, prosody_priv, pki):
+    """Carol's message to dave is held; carol logs out (no session of hers is left on the
+    gateway); the release is sent by the component on carol's behalf: dave receives exactly one
+    copy from carol, and a second release is refused with 409. (Before the restart test below,
+    which stops this module's gateway; not alice, who blocked dave in the report test, so the
+    server would rightly drop her message.)"""
+    before = metric("stanzawall_quarantine_events_total", event="released")
+
+    async def go():
+        async with direct(prosody_priv, "dave", prosody_priv.port) as dave:
+            async with through(gw, prosody_priv, "carol", pki) as carol:
+                send(carol, "dave@example.test", "hold-me until an operator looks", "q1")
+                await until(lambda: [r for r in audit_records(gw) if r.get("event") == "quarantine"
+                                    and r.get("outcome") == "held"], what="the hold")
+            entries = await until(lambda: [e for e in api(gw, "GET", "/api/v1/quarantine")[1].get("entries", [])
+                                          if e.get("to") == "dave@example.test"], what="the entry")
+            assert len(entries) == 1, entries
+            qid = entries[0]["id"]
+            # Carol's session is gone (its end is seen by the gateway shortly after she leaves).
+            await until(lambda: "carol@example.test" not in json.dumps(api(gw, "GET", "/api/v1/sessions")[1]),
+                       what="carol's session gone")
+            assert not [x for x in dave.inbound if 'id="q1"' in x], dave.inbound
+            status, body = api(gw, "POST", f"/api/v1/quarantine/{qid}/release")
+            assert status == 200, body
+            assert "component" in json.dumps(body), body
+            got = await wait_inbound(dave, has_id("q1"))
+            assert ET.fromstring(got).get("from", "").startswith("carol@example.test"), got
+            assert "hold-me until an operator looks" in got
+            again, body2 = api(gw, "POST", f"/api/v1/quarantine/{qid}/release")
+            assert again == 409, (again, body2)
+            await asyncio.sleep(1.0)
+            assert len([x for x in dave.inbound if 'id="q1"' in x]) == 1, dave.inbound
+    run(go())
+    assert metric("stanzawall_quarantine_events_total", event="released") == before + 1
+
+
 def test_a_restarted_gateway_keeps_the_rtbl_without_the_server(gw, prosody_priv, pki, tmp):
     """Last in this module: it stops the module's gateway. The new one cannot reach the
     component port, so what it blocks comes from its state file."""
@@ -425,4 +502,3 @@ def test_ejabberd_grants_rosters_through_its_built_in_mod_privilege(tmp, pki, ej
         run(go())
     finally:
         assert g.terminate() == 0, f"stanzawall did not exit cleanly; log {g.log_path}"
-

@@ -58,10 +58,9 @@ const SEND_QUEUE: usize = 256;
 pub enum Outgoing {
     /// From the component's own address (`from` is set to it).
     Direct(Element),
-    /// The quarantine (issue 12) releases held messages through this.
-    #[allow(dead_code)]
     /// A `<message/>` on behalf of its `from` (a local user's bare JID, or the server's
-    /// domain), wrapped per XEP-0356 §5.3; needs message permission `outgoing`.
+    /// domain), wrapped per XEP-0356 §5.3; needs message permission `outgoing`. The
+    /// quarantine releases held messages through this ([`crate::quarantine::ComponentDeliver`]).
     OnBehalf(Element),
 }
 
@@ -478,6 +477,59 @@ impl Task {
     }
 }
 
+/// Delivery through the XEP-0356 privileged component (`[contacts]`), for a release no session
+/// can take: a held `c2s-in` `<message/>` is sent on behalf of its sender's bare JID (XEP-0356
+/// §5, message permission `outgoing`), and the server routes it as if the sender had sent it.
+///
+/// Only that: §5 lets the component send *messages* on behalf of the server's *own users*. A
+/// `c2s-out` stanza comes from someone else (often a remote sender: the server would refuse
+/// it, and a local one is better released into the recipient's session, which sees it as it
+/// was going), and an iq or presence has no privileged route at all. Those keep the 409: the
+/// entry stays held for a session.
+///
+/// "Once" holds as for sessions: the stanza is handed to the component's connection once, while
+/// the entry is claimed; if the component cannot take it (not connected, no permission, its
+/// queue full) the claim is undone. A refusal the server sends later is logged by the
+/// component (it cannot be told apart from other errors by then); the entry stays `released`.
+#[derive(Debug)]
+pub struct ComponentDeliver;
+
+impl crate::quarantine::Deliver for ComponentDeliver {
+    fn deliver<'a>(
+        &'a self,
+        entry: &'a crate::quarantine::Entry,
+        chain: stanzawall_core::policy::Chain,
+        mut stanza: Element,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, crate::quarantine::DeliverError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            if chain != stanzawall_core::policy::Chain::C2sIn || stanza.name != "message" {
+                return Err(crate::quarantine::DeliverError::SessionGone(format!(
+                    "the component cannot send a held {} {} (XEP-0356 §5 lets it send only messages on behalf of                      local users, i.e. c2s-in messages)",
+                    entry.chain, entry.kind
+                )));
+            }
+            let Some(sender) = crate::quarantine::account(entry, chain) else {
+                return Err(crate::quarantine::DeliverError::SessionGone(
+                    "the component needs the sender's JID, and the entry has none".into(),
+                ));
+            };
+            let Some(component) = handle() else {
+                return Err(crate::quarantine::DeliverError::SessionGone("the component is not running".into()));
+            };
+            // §5.3: the forwarded message's `from` is the user on whose behalf it is sent (bare:
+            // the user's sessions may be gone; the server treats it as sent by the account).
+            stanza.set_attr("from", sender.clone());
+            match component.send(Outgoing::OnBehalf(stanza)).await {
+                Ok(()) => Ok(format!("component (XEP-0356, on behalf of {sender})")),
+                Err(e) => {
+                    Err(crate::quarantine::DeliverError::SessionGone(format!("the component did not take it: {e}")))
+                }
+            }
+        })
+    }
+}
+
 /// Forward a spam report to every `[contacts] report_to` address (from the component's own
 /// address), as Prosody's `mod_report_forward` does; nothing when no component is configured.
 pub async fn forward_report(event: &stanzawall_core::antispam::Event, report_to: &[String]) {
@@ -499,5 +551,65 @@ pub async fn forward_report(event: &stanzawall_core::antispam::Event, report_to:
             }
         };
         METRICS.reports_forwarded.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use stanzawall_core::config::QuarantineConfig;
+    use stanzawall_core::policy::Chain;
+    use stanzawall_core::session::{Held, StanzaSummary};
+    use stanzawall_core::xml::{parse_stanzas, XmlLimits};
+
+    use super::ComponentDeliver;
+    use crate::metrics::Metrics;
+    use crate::quarantine::embedded::Embedded;
+    use crate::quarantine::{new_id, DeliverError, Entry, Quarantine, QuarantineStore, ReleaseError, State};
+
+    fn held(chain: Chain, from: &str, to: &str) -> Held {
+        let xml = format!("<message from='{from}' to='{to}' type='chat'><body>hi</body></message>");
+        let stanza = parse_stanzas(&xml, XmlLimits::default()).unwrap().remove(0);
+        let user = stanzawall_core::jid::parse_full(if chain == Chain::C2sIn { from } else { to }).unwrap();
+        let summary = StanzaSummary::of(&stanza, Some(&user)).unwrap();
+        Held { chain, rule: Some("hold".into()), stanza, summary }
+    }
+
+    #[tokio::test]
+    async fn the_component_takes_only_c2s_in_messages_and_a_refusal_leaves_the_entry_held() {
+        let d = std::env::temp_dir().join(format!("stanzawall-qc-{}-{}", std::process::id(), new_id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("q.redb");
+        let store: Arc<dyn QuarantineStore> = Arc::new(Embedded::open(&path).unwrap());
+        let bounds =
+            QuarantineConfig { max_entries: 10, max_bytes: 1 << 20, retention: Duration::from_secs(3600), path };
+        let q = Quarantine::new(store, bounds, Arc::new(Metrics::default()), Arc::default())
+            .with_component(Arc::new(ComponentDeliver));
+        // A c2s-out stanza from a remote sender: XEP-0356 §5 has no way to send it; a 409 that says so.
+        let e = Entry::of_held(&held(Chain::C2sOut, "mallory@spam.test/x", "bob@example.test/laptop"), "c2s", 7);
+        let id = e.id.clone();
+        q.hold(e).await.unwrap();
+        match q.release(&id, "ops").await {
+            Err(ReleaseError::Deliver(DeliverError::SessionGone(why))) => {
+                assert!(why.contains("XEP-0356 §5 lets it send only messages"), "{why}");
+                assert!(!why.contains("no component delivery is configured"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.get(&id).await.unwrap().state, State::Held);
+        // A c2s-in message, but the component is not running in this process: held again.
+        let e = Entry::of_held(&held(Chain::C2sIn, "alice@example.test/pc", "dave@example.test"), "c2s", 3);
+        let id = e.id.clone();
+        q.hold(e).await.unwrap();
+        match q.release(&id, "ops").await {
+            Err(ReleaseError::Deliver(DeliverError::SessionGone(why))) => {
+                assert!(why.contains("no open session of alice@example.test"), "{why}");
+                assert!(why.contains("the component is not running"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.get(&id).await.unwrap().state, State::Held);
     }
 }

@@ -19,9 +19,11 @@
 //! account on this gateway (c2s-in: the sender's, whose backend leg carries it to the server,
 //! `from` restamped with that session's JID; c2s-out: the recipient's, to its client); for s2s
 //! chains any stream of that door with the domain pair authenticated. Else the fallbacks
-//! ([`Deliver`]): with Redis, such a session on another gateway ([`redis::RemoteDeliver`]); a
-//! XEP-0356 component sending on the server's behalf, when one is plugged in. Else a clear
-//! error and the entry stays held.
+//! ([`Deliver`]): with Redis, such a session on another gateway ([`redis::RemoteDeliver`]); with
+//! `[contacts]`, the XEP-0356 component ([`ComponentDeliver`]), which sends a held c2s-in
+//! `<message/>` through the server on behalf of its sender (§5: message permission `outgoing`
+//! covers only messages from the server's own users, so other kinds and chains cannot go this
+//! way). Else a clear error and the entry stays held.
 //!
 //! Bounded (invariant 6): `[quarantine] max_entries`, `max_bytes` and `retention`; a stanza
 //! that does not fit is dropped and audited, never delivered (invariant 5, fail closed).
@@ -271,10 +273,10 @@ pub enum DeliverError {
     Uncertain(String),
 }
 
-/// Where a released stanza goes. [`SessionDeliver`] writes it into a live session; a XEP-0356
-/// privileged component (another engineer's work) plugs in as the fallback with
-/// [`Quarantine::with_fallback`] and sends it through the server on behalf of the recipient's
-/// or sender's server when no session can take it.
+/// Where a released stanza goes. [`SessionDeliver`] writes it into a live session; the XEP-0356
+/// privileged component (`crate::component::ComponentDeliver`) plugs in as the fallback with
+/// [`Quarantine::with_fallback`] and sends a held message through the server on behalf of its
+/// sender when no session can take it.
 pub trait Deliver: Send + Sync + fmt::Debug {
     /// Deliver `stanza`, held as `entry`, once; `Ok` says how (for the audit log).
     fn deliver<'a>(
@@ -410,6 +412,8 @@ pub struct Quarantine {
     deliver: Arc<dyn Deliver>,
     /// Where held files' bytes are ([`tee`]); `None`: no file entries are kept here.
     state_dir: Option<std::path::PathBuf>,
+    /// Whether the XEP-0356 component is among the fallbacks (for the 409's words).
+    component: bool,
 }
 
 /// A finished release: the entry (now released) and how it was delivered.
@@ -449,14 +453,28 @@ impl Quarantine {
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
     ) -> Quarantine {
-        Quarantine { store, bounds, metrics, deliver: Arc::new(SessionDeliver { sessions }), state_dir: None }
+        Quarantine {
+            store,
+            bounds,
+            metrics,
+            deliver: Arc::new(SessionDeliver { sessions }),
+            state_dir: None,
+            component: false,
+        }
     }
 
     /// Try `fallback` when no session can take a released stanza: the other gateways (Redis),
-    /// and the XEP-0356 component when it exists (another engineer's; this is its plug).
+    /// the XEP-0356 component ([`Quarantine::with_component`]).
     pub fn with_fallback(mut self, fallback: Arc<dyn Deliver>) -> Quarantine {
         self.deliver = Arc::new(Chained { first: self.deliver, fallback });
         self
+    }
+
+    /// Last, the XEP-0356 component (`[contacts]`): `crate::component::ComponentDeliver`
+    /// (passed in: the component module depends on this one, not the other way round).
+    pub fn with_component(mut self, component: Arc<dyn Deliver>) -> Quarantine {
+        self.component = true;
+        self.with_fallback(component)
     }
 
     /// The store `config` asks for: Redis with `[store] backend = "redis"`, else the embedded
@@ -572,10 +590,12 @@ impl Quarantine {
                     warn!(quarantine.id = %id, error = %u, "could not undo the claim of an undelivered release");
                 }
                 Err(match e {
-                    DeliverError::SessionGone(why) => DeliverError::SessionGone(format!(
-                        "{why}; no component delivery is configured; the entry stays held: release it again when \
-                         the account is back"
-                    )),
+                    DeliverError::SessionGone(why) => {
+                        let component = if self.component { "" } else { "; no component delivery is configured" };
+                        DeliverError::SessionGone(format!(
+                            "{why}{component}; the entry stays held: release it again when the account is back"
+                        ))
+                    }
                     other => other,
                 }
                 .into())

@@ -79,6 +79,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let sessions = Arc::new(crate::sessions::Sessions::default());
     // Like `[store]`, read once: the quarantine lives where the store does.
     let quarantine = match crate::quarantine::Quarantine::open(&first.config, metrics.clone(), sessions.clone()) {
+        // With `[contacts]`, a held message whose sender is gone goes through the component.
+        Ok(q) if first.config.contacts.is_some() => {
+            Some(Arc::new(q.with_component(Arc::new(crate::component::ComponentDeliver))))
+        }
         Ok(q) => Some(Arc::new(q)),
         Err(e) => {
             error!(error = %e, "cannot open the quarantine; stanzas to hold will be dropped (audited)");

@@ -22,8 +22,9 @@ use super::{
     db, db_error, domain_attr, features, header_problem, meets, stanza_domains, AuthMethod, Dnssec, PeerCert,
     S2sSettings, S2sWrite, NS_DIALBACK, NS_SASL, NS_TLS,
 };
-use crate::jid::FullJid;
-use crate::policy::{Chain, Policy};
+use crate::jid::{BareJid, FullJid};
+use crate::policy::{Chain, Context, Policy};
+use crate::session::c2s::ROSTER_HOLD;
 use crate::session::{BackendFailure, CloseReason, Counters, Effect, PolicyBinding, S2sAuth, StreamMachine};
 use crate::stanza::{Kind, StanzaCondition};
 use crate::stream::{Condition, Header, StreamError, STREAM_CLOSE};
@@ -75,7 +76,7 @@ struct Pair {
 /// One inbound s2s stream (see the module docs).
 #[derive(Debug)]
 pub struct S2sInbound {
-    core: S2sCore,
+    pub(super) core: S2sCore,
     phase: Phase,
     back: BackPhase,
     tls: bool,
@@ -93,6 +94,9 @@ pub struct S2sInbound {
     pairs: Vec<Pair>,
     /// Our server's stream id on the back leg (keys are bound to it).
     back_id: Option<String>,
+    /// A stanza waiting for its recipient's roster (the component fetches it), as on c2s
+    /// (`crate::session::c2s::hold`): what the peer sends after it waits behind it, in order.
+    held: Option<(Element, BareJid, Instant)>,
 }
 
 impl S2sInbound {
@@ -112,6 +116,7 @@ impl S2sInbound {
             cert_pending: None,
             pairs: Vec::new(),
             back_id: None,
+            held: None,
         }
     }
 
@@ -132,7 +137,7 @@ impl S2sInbound {
     }
 
     fn drain(&mut self) {
-        while !self.core.closed && self.phase != Phase::TlsHandshake {
+        while !self.core.closed && self.phase != Phase::TlsHandshake && self.held.is_none() {
             if self.waiting() {
                 if self.core.front.buffered_len() > self.core.cfg.limits.stanza_bytes {
                     self.error(Condition::PolicyViolation, "too much sent while authentication is pending");
@@ -437,9 +442,53 @@ impl S2sInbound {
                 "stanza rate of the domain exceeded",
             );
         }
+        if let Some(owner) = self.roster_wait(&el) {
+            self.held = Some((el, owner, self.core.now + ROSTER_HOLD));
+            return;
+        }
+        self.forward(el);
+    }
+
+    fn forward(&mut self, el: Element) {
         let Some(el) = self.core.police(Chain::S2sIn, el) else { return };
         self.core.counters.stanzas_from_client += 1;
         el.write_s2s(&mut self.core.to_back);
+    }
+
+    /// Whose roster `el` should wait for: a `stranger*`/`roster_known` rule of `s2s-in` asks
+    /// about its local recipient, whose roster is unknown and being fetched. Spam comes mostly
+    /// over federation, so this is where the fetch matters most (README "Rosters").
+    fn roster_wait(&self, el: &Element) -> Option<BareJid> {
+        let b = &self.core.filter;
+        if !b.policy.uses_contacts() || b.policy.is_pass_all(Chain::S2sIn) {
+            return None;
+        }
+        let a = b.rates.antispam();
+        let ctx = Context { chain: Chain::S2sIn, user: None, source_ip: b.source_ip };
+        let owner = b.policy.roster_owner(el, &ctx)?;
+        if a.contacts.is_known(&owner) {
+            return None;
+        }
+        a.fetch.want(&owner, self.core.now).then_some(owner)
+    }
+
+    /// Decide the held stanza once its roster is known, its fetch ended or its time is up
+    /// (then with what is known: an unknown roster fails open), and read on behind it.
+    fn release_held(&mut self, now: Instant) {
+        let a = self.core.filter.rates.antispam();
+        let ready = self
+            .held
+            .as_ref()
+            .is_some_and(|(_, owner, until)| now >= *until || a.contacts.is_known(owner) || !a.fetch.is_waiting(owner));
+        if !ready {
+            return;
+        }
+        let Some((el, _, _)) = self.held.take() else { return };
+        if self.core.closed {
+            return;
+        }
+        self.forward(el);
+        self.drain();
     }
 
     fn drain_back(&mut self) {
@@ -583,15 +632,29 @@ impl StreamMachine for S2sInbound {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.core.poll_timeout()
+        let hold = self.held.as_ref().map(|(_, _, until)| *until);
+        match (self.core.poll_timeout(), hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.core.now = self.core.now.max(now);
+        self.release_held(now);
         if self.core.poll_timeout().is_none_or(|due| now < due) {
             return;
         }
         self.error(Condition::ConnectionTimeout, "no traffic or authentication in time");
+    }
+
+    fn paused(&self) -> (bool, bool) {
+        (self.held.is_some(), false)
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.core.tick(now);
+        self.release_held(now);
     }
 
     fn take_client_buffered(&mut self) -> Vec<u8> {

@@ -465,3 +465,61 @@ fn per_domain_connection_rate_refuses_new_streams() {
     }
     assert_eq!(refused, 2, "a burst of 10, then refused");
 }
+
+/// An inbound stream after SASL EXTERNAL, its pair accepted: stanzas flow.
+fn inbound_ready(extra_policy: &str) -> S2sInbound {
+    let mut s = inbound_open(PeerCert::Pkix, extra_policy);
+    s.client_bytes(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>Yi5leGFtcGxl</auth>", now());
+    backend_accepts(&mut s);
+    s.client_bytes(header(REMOTE, LOCAL, None).as_bytes(), now());
+    front(&mut s);
+    effects(&mut s);
+    back(&mut s);
+    s
+}
+
+#[test]
+fn inbound_stanza_to_an_unknown_roster_waits_for_the_fetch_then_is_judged() {
+    let strangers = "[[rule]]\nname = \"strangers\"\nchain = \"s2s-in\"\n\
+        when = { kind = \"message\", stranger = true }\naction = \"drop\"\n";
+    let mut s = inbound_ready(strangers);
+    let a = s.core.filter.rates.clone();
+    let bob = crate::jid::parse("bob@a.example").unwrap().to_bare();
+    let msg =
+        |b: &str| format!("<message from='eve@b.example/x' to='bob@a.example' type='chat'><body>{b}</body></message>");
+    // No component: nothing waits, the unknown roster fails open (as before).
+    s.client_bytes(msg("one").as_bytes(), now());
+    assert!(back(&mut s).contains("<body>one</body>"));
+    // The component is up and a.example granted roster access: the next message waits, and
+    // what follows it waits behind it.
+    a.antispam().fetch.set_domains([LOCAL.to_owned()]);
+    s.client_bytes(msg("two").as_bytes(), now());
+    s.client_bytes(b"<presence from='eve@b.example/x' to='carol@a.example'/>", now());
+    assert_eq!(back(&mut s), "", "held, and the presence behind it too");
+    assert_eq!(s.paused(), (true, false));
+    assert_eq!(s.poll_timeout(), Some(now() + crate::session::c2s::ROSTER_HOLD));
+    assert_eq!(a.antispam().fetch.take_requests(), vec![bob.clone()]);
+    s.wake(now());
+    assert_eq!(back(&mut s), "", "nothing changed: still held");
+    // The roster arrives without eve: a stranger, dropped; the presence goes on.
+    let carol = crate::antispam::contacts::RosterItem {
+        jid: crate::jid::parse("carol@a.example").unwrap(),
+        present: true,
+        contact: true,
+    };
+    a.antispam().contacts.replace(&bob, &[carol]);
+    a.antispam().fetch.done(&bob, true, now());
+    s.wake(now());
+    assert_eq!(s.paused(), (false, false));
+    let out = back(&mut s);
+    assert!(!out.contains("<body>two</body>") && out.contains("<presence"), "{out}");
+    // A fetch that never answers: decided at the 2 s with what is known (fail open).
+    let dave = "<message from='eve@b.example/x' to='dave@a.example' type='chat'><body>three</body></message>";
+    s.client_bytes(dave.as_bytes(), now());
+    assert_eq!(back(&mut s), "");
+    s.handle_timeout(now() + crate::session::c2s::ROSTER_HOLD - std::time::Duration::from_millis(1));
+    assert_eq!(back(&mut s), "");
+    s.handle_timeout(now() + crate::session::c2s::ROSTER_HOLD);
+    assert!(back(&mut s).contains("<body>three</body>"), "unknown roster: fail open");
+    assert!(!s.core.closed);
+}
