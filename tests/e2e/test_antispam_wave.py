@@ -9,6 +9,10 @@ held, and so are the sixth's and a later copy from the first sender; an ordinary
 the same senders still arrives. The held copies are listed by the admin API with the rule, the
 audit log has the wave with its sample and sender count, the metrics count it.
 
+Subscription-request floods (issue 12 item 7) meet the same conditions: dave asks five users for
+their presence; the fan-out rule on `<presence type='subscribe'>` lets the first three requests
+through and drops the fourth and fifth.
+
 The helpers (API, audit, clients) are test_quarantine.py's. Ports: gateway 25690, its admin
 endpoint 25691, Prosody 25692.
 """
@@ -46,6 +50,12 @@ name   = "spam-waves"
 chain  = "c2s-in"
 when   = {{ kind = "message", wave = {{ senders = 5, window = "30m" }} }}
 action = "quarantine"
+
+[[rule]]
+name   = "subscription-fan-out"
+chain  = "c2s-in"
+when   = {{ kind = "presence", type = "subscribe", fanout = {{ recipients = 3, window = "10m" }} }}
+action = "drop"
 """
 
 # One scam, six ways: another name, number and URL path each, doubled spaces, upper case, a
@@ -121,3 +131,34 @@ def test_six_accounts_make_a_wave_and_its_later_copies_are_held(gw, srv, pki):
         ["alice@example.test", "erin@example.test", "frank@example.test"], entries
     assert all(e["rule"] == "spam-waves" and e["to"] == "grace@example.test" for e in entries), entries
     assert metric(ADMIN, "stanzawall_antispam_events_total", event="wave") == waves_before + 1
+
+
+def test_a_subscription_request_flood_meets_the_same_fan_out_condition(gw, srv, pki):
+    targets = ["alice", "bob", "carol", "erin", "frank"]
+
+    async def go():
+        clients = {u: client(gw, srv, u, pki) for u in targets + ["dave"]}
+        for c in clients.values():
+            await c.__aenter__()
+        try:
+            dave = clients["dave"]
+            for t in targets:
+                dave.xmpp.send_presence(pto=f"{t}@example.test", ptype="subscribe")
+                await asyncio.sleep(0.1)
+            # Sentinels on the same path (dave's stream, then the server to each target).
+            for t in targets:
+                send(dave, f"{t}@example.test", "hello there, it is dave", f"hi-{t}")
+            for t in targets:
+                await wait_inbound(clients[t], f"hi-{t}")
+            asked = {t for t in targets
+                     if any(x.startswith("<presence") and 'type="subscribe"' in x and "dave@example.test" in x
+                            for x in clients[t].inbound)}
+            assert asked == {"alice", "bob", "carol"}, asked
+        finally:
+            for c in clients.values():
+                await c.__aexit__(None, None, None)
+
+    run(go())
+    dropped = wait_audit(gw, lambda r: r.get("rule") == "subscription-fan-out")
+    assert sorted(r["to"] for r in dropped) == ["erin@example.test", "frank@example.test"], dropped
+    assert all(r["kind"] == "presence" and r["action"] == "drop" for r in dropped), dropped
