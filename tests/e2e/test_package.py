@@ -272,7 +272,7 @@ def _base_system() -> Path:
     """A tar of ``debootstrap --variant=minbase --include=systemd CODENAME``, made at most once
     a week (the e2e lock keeps two runs from making it at once)."""
     codename = _os_release("VERSION_CODENAME")
-    tarball = CHROOT_CACHE / f"{codename}-minbase-systemd.tar"
+    tarball = CHROOT_CACHE / f"{codename}-minbase-systemd-libpcap.tar"
     if tarball.exists() and time.time() - tarball.stat().st_mtime < CHROOT_MAX_AGE:
         return tarball
     if shutil.which("debootstrap") is None:
@@ -281,7 +281,9 @@ def _base_system() -> Path:
     work = CHROOT_CACHE / f"build-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
-        cmd = ["debootstrap", "--variant=minbase", "--include=systemd", codename, str(work / "root")]
+        # libpcap0.8: the package's one library dependency beyond libc (live capture); dpkg -i
+        # does not fetch dependencies, a server installing with apt would.
+        cmd = ["debootstrap", "--variant=minbase", "--include=systemd,libpcap0.8", codename, str(work / "root")]
         mirror = _apt_mirror(codename)
         if mirror:
             cmd.append(mirror)
